@@ -1,0 +1,150 @@
+"""The one generation protocol that annotators see.
+
+An engine takes a :class:`GenerationRequest` (prompt text, ``n``, seed, sampling settings) and
+returns a :class:`GenerationResult` (``n`` texts with their generated-token counts and finish
+reasons, plus prompt-token and prefix-cache counts). Everything is asynchronous so that many
+problems can be in flight at once against one engine: continuous batching does the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+
+class EngineError(RuntimeError):
+    """A generation request failed for good (after any retries the engine makes)."""
+
+
+class ContextLengthError(EngineError):
+    """The prompt does not fit in the model's context window."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One sampling request.
+
+    ``seed`` makes the request reproducible: the same prompt, seed and settings give the same
+    texts (exactly in float32 on vLLM CPU). ``stop`` strings are not included in the texts.
+    """
+
+    prompt: str
+    n: int = 1
+    seed: int | None = None
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt:
+            raise ValueError(f"prompt must be a non-empty string, got {self.prompt!r:.40}")
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if not 0.0 <= self.temperature <= 5.0:
+            raise ValueError(f"temperature must be in [0, 5], got {self.temperature!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The ``n`` samples of one request.
+
+    ``generated_tokens[i]`` counts the tokens of ``texts[i]``; ``finish_reasons[i]`` is
+    ``"stop"`` (EOS or a stop string) or ``"length"`` (hit ``max_tokens``).
+    ``prompt_tokens`` is the prompt's length in tokens and ``cached_prompt_tokens`` how many of
+    them were served from the prefix cache (0 when the engine cannot tell).
+    """
+
+    texts: tuple[str, ...]
+    generated_tokens: tuple[int, ...]
+    finish_reasons: tuple[str, ...]
+    prompt_tokens: int
+    cached_prompt_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if not (len(self.texts) == len(self.generated_tokens) == len(self.finish_reasons)):
+            raise ValueError("texts, generated_tokens and finish_reasons must have equal length")
+
+    @property
+    def total_generated_tokens(self) -> int:
+        return sum(self.generated_tokens)
+
+
+@dataclass
+class CostMeter:
+    """Accumulates the cost of the requests made for one record (rollouts and tokens)."""
+
+    requests: int = 0
+    rollouts: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, result: GenerationResult) -> None:
+        self.requests += 1
+        self.rollouts += len(result.texts)
+        self.prompt_tokens += result.prompt_tokens
+        self.generated_tokens += result.total_generated_tokens
+        self.cached_tokens += result.cached_prompt_tokens
+
+    def merge(self, other: "CostMeter") -> None:
+        self.requests += other.requests
+        self.rollouts += other.rollouts
+        self.prompt_tokens += other.prompt_tokens
+        self.generated_tokens += other.generated_tokens
+        self.cached_tokens += other.cached_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "rollouts": self.rollouts,
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "cached_tokens": self.cached_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@runtime_checkable
+class GenerationEngine(Protocol):
+    """What annotators may use of a model. Implementations: vLLM, OpenAI-compatible, fakes."""
+
+    #: Model identity recorded in provenance (name or path, and revision/hash when known).
+    model_id: str
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Sample ``request.n`` continuations of ``request.prompt``."""
+        ...
+
+    def apply_chat_template(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+    ) -> str:
+        """Render chat messages to a prompt string with the model's own chat template."""
+        ...
+
+    def token_pieces(self, text: str) -> list[str]:
+        """Split ``text`` into consecutive pieces, one per token, that concatenate to ``text``."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """Provenance of an engine, recorded on every record it helped produce."""
+
+    kind: str
+    model_id: str
+    weights_sha256: str | None = None
+    engine_version: str | None = None
+    settings: dict = field(default_factory=dict)

@@ -1,0 +1,211 @@
+"""Typed, validated configuration, and a strict converter from plain mappings (YAML, CLI).
+
+Dicts exist only at the boundary: :func:`from_mapping` turns them into frozen dataclasses once,
+rejecting unknown keys and wrong types with an error that names the field path and the value,
+e.g. ``models.policy.top_p must be in (0, 1], got 1.5``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and the value."""
+
+
+def _fail(path: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"{path or '<root>'}: {message}")
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        _fail(path, f"got {value!r}, which matches none of the allowed types ({'; '.join(errors)})")
+    if origin is Literal:
+        if value not in args:
+            _fail(path, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            _fail(path, f"must be a mapping, got {type(value).__name__} {value!r:.60}")
+        return from_mapping(tp, value, path=path)
+    if origin in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            _fail(path, f"must be a list, got {type(value).__name__} {value!r:.60}")
+        item_tp = args[0] if args else Any
+        items = [_convert(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            _fail(path, f"must be a mapping, got {type(value).__name__} {value!r:.60}")
+        key_tp, val_tp = args if args else (Any, Any)
+        return {
+            _convert(key_tp, k, f"{path}.{k}"): _convert(val_tp, v, f"{path}.{k}")
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(path, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(path, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(path, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(path, f"must be a string, got {value!r}")
+        return value
+    if tp is type(None):
+        if value is not None:
+            _fail(path, f"must be null, got {value!r}")
+        return None
+    raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+def from_mapping(cls: type, data: Mapping[str, Any], *, path: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and bad values raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        _fail(
+            path,
+            f"unknown key(s) {', '.join(where + k for k in unknown)}; "
+            f"allowed: {', '.join(sorted(fields))}",
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, f"{path}.{name}" if path else name)
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        _fail(path, f"missing required key(s): {', '.join(missing)}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        # Validation inside __post_init__ names the field only; prefix the path.
+        if path and not str(exc).startswith(path):
+            raise ConfigError(f"{path}.{exc}") from None
+        raise
+
+
+def to_mapping(obj: Any) -> Any:
+    """The inverse of :func:`from_mapping`: plain dicts/lists, JSON- and YAML-ready."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_mapping(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_mapping(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: to_mapping(v) for k, v in obj.items()}
+    return obj
+
+
+def check(condition: bool, field_name: str, message: str, value: Any) -> None:
+    """Raise ``ConfigError('<field> <message>, got <value>')`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"{field_name} {message}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Engines and sampling
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling settings of one stage. ``stop`` strings end a sample and are not returned."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.temperature <= 5.0, "temperature", "must be in [0, 5]", self.temperature)
+        check(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]", self.top_p)
+        check(self.max_tokens >= 1, "max_tokens", "must be >= 1", self.max_tokens)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which model to load and how.
+
+    ``model`` is ``"embedded"`` (the bundled SmolLM2-135M-Instruct), a local folder, or a model
+    id already in the local Hugging Face cache. CPU-only settings (``kv_cache_space_gib``,
+    ``cpu_threads_bind``) are applied automatically on machines without a GPU unless set here.
+    """
+
+    kind: Literal["vllm", "openai"] = "vllm"
+    model: str = "embedded"
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    max_model_len: int = 2048
+    enable_prefix_caching: bool = True
+    enforce_eager: bool | None = None
+    kv_cache_space_gib: float | None = None
+    cpu_threads_bind: str | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    # openai engine
+    base_url: str | None = None
+    api_key_env: str | None = None
+    tokenizer: str | None = None
+    request_timeout_s: float = 120.0
+    max_retries: int = 6
+    retry_max_wait_s: float = 30.0
+    max_concurrency: int = 64
+
+    def __post_init__(self) -> None:
+        check(bool(self.model), "model", "must be non-empty", self.model)
+        check(self.max_model_len >= 64, "max_model_len", "must be >= 64", self.max_model_len)
+        if self.kv_cache_space_gib is not None:
+            check(self.kv_cache_space_gib > 0, "kv_cache_space_gib", "must be > 0",
+                  self.kv_cache_space_gib)
+        check(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
+              "must be in (0, 1]", self.gpu_memory_utilization)
+        check(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1",
+              self.tensor_parallel_size)
+        if self.max_num_seqs is not None:
+            check(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1", self.max_num_seqs)
+        if self.max_num_batched_tokens is not None:
+            check(self.max_num_batched_tokens >= self.max_model_len, "max_num_batched_tokens",
+                  "must be >= max_model_len (chunked prefill is off)", self.max_num_batched_tokens)
+        check(self.request_timeout_s > 0, "request_timeout_s", "must be > 0",
+              self.request_timeout_s)
+        check(self.max_retries >= 0, "max_retries", "must be >= 0", self.max_retries)
+        check(self.retry_max_wait_s > 0, "retry_max_wait_s", "must be > 0", self.retry_max_wait_s)
+        check(self.max_concurrency >= 1, "max_concurrency", "must be >= 1", self.max_concurrency)
+        if self.kind == "openai":
+            check(bool(self.base_url), "base_url", "is required when kind is 'openai'",
+                  self.base_url)

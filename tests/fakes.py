@@ -1,0 +1,74 @@
+"""Scripted engines for fast unit tests: the one seam annotators talk through, faked."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Callable, Sequence
+
+from steplabel.engines.base import ChatMessage, GenerationRequest, GenerationResult
+
+Responder = Callable[[GenerationRequest, int], str]
+
+_TOKEN_RE = re.compile(r"\s*\S+|\s+")
+
+
+def fake_tokens(text: str) -> list[str]:
+    """Whitespace-delimited 'tokens' whose concatenation is the text."""
+    return _TOKEN_RE.findall(text)
+
+
+class ScriptedEngine:
+    """Answers every request with ``respond(request, sample_index)``.
+
+    Records every request in ``requests``; reports prefix-cache hits as the longest common
+    token prefix with any earlier prompt (like vLLM's automatic prefix caching, at token grain).
+    """
+
+    def __init__(self, respond: Responder, *, model_id: str = "scripted", delay_s: float = 0.0):
+        self.respond = respond
+        self.model_id = model_id
+        self.delay_s = delay_s
+        self.requests: list[GenerationRequest] = []
+        self._seen: list[list[str]] = []
+
+    @property
+    def rollouts(self) -> int:
+        return sum(r.n for r in self.requests)
+
+    def _cached(self, tokens: list[str]) -> int:
+        best = 0
+        for seen in self._seen:
+            n = 0
+            for a, b in zip(seen, tokens):
+                if a != b:
+                    break
+                n += 1
+            best = max(best, n)
+        return best
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        self.requests.append(request)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        prompt_tokens = fake_tokens(request.prompt)
+        cached = self._cached(prompt_tokens)
+        self._seen.append(prompt_tokens)
+        texts = tuple(self.respond(request, i) for i in range(request.n))
+        for stop in request.stop:
+            texts = tuple(t.split(stop, 1)[0] for t in texts)
+        return GenerationResult(
+            texts=texts,
+            generated_tokens=tuple(len(fake_tokens(t)) for t in texts),
+            finish_reasons=tuple("stop" for _ in texts),
+            prompt_tokens=len(prompt_tokens),
+            cached_prompt_tokens=cached,
+        )
+
+    def apply_chat_template(self, messages: Sequence[ChatMessage], *,
+                            add_generation_prompt: bool = True) -> str:
+        text = "".join(f"<|{m.role}|>\n{m.content}\n" for m in messages)
+        return text + ("<|assistant|>\n" if add_generation_prompt else "")
+
+    def token_pieces(self, text: str) -> list[str]:
+        return fake_tokens(text)
