@@ -92,6 +92,10 @@ class JudgeConfig:
 
     template_id: str = DEFAULT_JUDGE_TEMPLATE
     votes: int = 1
+    #: Written at the start of the judge's reply and parsed as part of it. Empty for capable
+    #: judges; small models need the verdict's form forced, e.g. ``"The earliest wrong
+    #: paragraph is \\boxed{"`` (the judge then only writes the index and the closing brace).
+    response_prefix: str = ""
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=0.7, max_tokens=512)
     )
@@ -330,8 +334,10 @@ class LLMJudge:
         self.template = load_template(self.config.template_id)
 
     def build_prompt(self, *, question: str, steps: Sequence[str]) -> str:
-        """The exact prompt sent for one solution (see :func:`render_judge_prompt`)."""
-        return render_judge_prompt(self.engine, self.template, question=question, steps=steps)
+        """The exact prompt sent for one solution (see :func:`render_judge_prompt`), followed
+        by the configured ``response_prefix``."""
+        return render_judge_prompt(self.engine, self.template, question=question,
+                                   steps=steps) + self.config.response_prefix
 
     def request_for(self, *, problem_id: str, solution_index: int, question: str,
                     steps: Sequence[str]) -> GenerationRequest:
@@ -355,7 +361,8 @@ class LLMJudge:
         result = await self.engine.generate(request)
         meter = CostMeter()
         meter.add(result)
-        parses = [parse_judge_reply(text, len(steps)) for text in result.texts]
+        replies = [self.config.response_prefix + text for text in result.texts]
+        parses = [parse_judge_reply(reply, len(steps)) for reply in replies]
         votes = [p.index for p in parses]
         first_error, agreement = majority_vote(votes)
         return JudgeResult(
@@ -366,7 +373,7 @@ class LLMJudge:
             agreement=agreement,
             votes=votes,
             parse_reasons=[p.reason for p in parses],
-            raw_replies=list(result.texts),
+            raw_replies=replies,
             finish_reasons=list(result.finish_reasons),
             template_id=self.template.id,
             template_sha256=self.template.sha256,

@@ -28,7 +28,14 @@ async def create_engine(config: EngineConfig):
         from steplabel.engines.openai_engine import OpenAICompletionsEngine
 
         return OpenAICompletionsEngine(config)
-    raise ValueError(f"engine kind must be vllm or openai, got {config.kind!r}")
+    if config.kind == "custom":
+        import importlib
+        import inspect
+
+        module_name, _, attr = (config.factory or "").partition(":")
+        engine = getattr(importlib.import_module(module_name), attr)(config)
+        return await engine if inspect.isawaitable(engine) else engine
+    raise ValueError(f"engine kind must be vllm, openai or custom, got {config.kind!r}")
 
 
 class EngineHost:

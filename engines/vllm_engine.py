@@ -138,8 +138,10 @@ class VLLMEngine:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(
+            output_kind=RequestOutputKind.FINAL_ONLY,
             n=request.n,
             seed=request.seed,
             max_tokens=request.max_tokens,
@@ -149,9 +151,14 @@ class VLLMEngine:
         )
         request_id = f"steplabel-{next(self._ids)}"
         final = None
+        # With n > 1, vLLM fans the request out and may report finished samples in several
+        # outputs: collect them by sample index.
+        samples = {}
         try:
             async for output in self._llm.generate(request.prompt, params, request_id):
                 final = output
+                for sample in output.outputs:
+                    samples[sample.index] = sample
         except ValueError as exc:
             message = str(exc)
             if "longer than the maximum model length" in message or "context length" in message:
@@ -159,7 +166,9 @@ class VLLMEngine:
             raise EngineError(f"vLLM rejected the request: {message}") from exc
         if final is None:
             raise EngineError(f"vLLM returned no output for {request_id}")
-        outputs = sorted(final.outputs, key=lambda o: o.index)
+        outputs = [samples[i] for i in sorted(samples)]
+        if len(outputs) != request.n:
+            raise EngineError(f"vLLM returned {len(outputs)} samples for n={request.n}")
         return GenerationResult(
             texts=tuple(o.text for o in outputs),
             generated_tokens=tuple(len(o.token_ids) for o in outputs),

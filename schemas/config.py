@@ -159,12 +159,15 @@ class SamplingConfig:
 class EngineConfig:
     """Which model to load and how.
 
+    ``kind``: ``vllm`` (in-process), ``openai`` (an OpenAI-compatible completions endpoint), or
+    ``custom`` (``factory`` names a ``module:callable`` that builds an engine from this config:
+    the plug-in point for other backends and for scripted engines in tests and benchmarks).
     ``model`` is ``"embedded"`` (the bundled SmolLM2-135M-Instruct), a local folder, or a model
     id already in the local Hugging Face cache. CPU-only settings (``kv_cache_space_gib``,
     ``cpu_threads_bind``) are applied automatically on machines without a GPU unless set here.
     """
 
-    kind: Literal["vllm", "openai"] = "vllm"
+    kind: Literal["vllm", "openai", "custom"] = "vllm"
     model: str = "embedded"
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
@@ -185,6 +188,8 @@ class EngineConfig:
     max_retries: int = 6
     retry_max_wait_s: float = 30.0
     max_concurrency: int = 64
+    # custom engine: "module:callable" taking this config and returning an engine
+    factory: str | None = None
 
     def __post_init__(self) -> None:
         check(bool(self.model), "model", "must be non-empty", self.model)
@@ -206,6 +211,9 @@ class EngineConfig:
         check(self.max_retries >= 0, "max_retries", "must be >= 0", self.max_retries)
         check(self.retry_max_wait_s > 0, "retry_max_wait_s", "must be > 0", self.retry_max_wait_s)
         check(self.max_concurrency >= 1, "max_concurrency", "must be >= 1", self.max_concurrency)
+        if self.kind == "custom":
+            check(bool(self.factory) and ":" in (self.factory or ""), "factory",
+                  "must be 'module:callable' when kind is 'custom'", self.factory)
         if self.kind == "openai":
             check(bool(self.base_url), "base_url", "is required when kind is 'openai'",
                   self.base_url)

@@ -1,0 +1,310 @@
+"""Per-step Monte Carlo labels (Math-Shepherd; Qwen's truncated variant).
+
+For every step prefix ``x_{1:t}`` of a solution, a completer samples ``k`` continuations in one
+request (``n = k``, so the prefix is computed once and served from the prefix cache) and each
+completed solution is graded against the gold answer. Per step we keep the raw counts:
+
+- ``n_correct``: rollouts graded correct;
+- ``n_total``: rollouts graded correct or incorrect (the denominator of the MC value);
+- ``n_unknown``: rollouts the grader could not decide; counted apart, never in the denominator.
+
+From the counts: soft label ``value = n_correct / n_total`` (None when ``n_total == 0``) and hard
+label ``value > hard_threshold`` (τ = 0: "any rollout reaches the gold answer", Math-Shepherd HE).
+
+Every step's request is in flight at once (``asyncio.gather``), and many solutions can be
+annotated concurrently against one engine; nothing here serializes the engine.
+
+:func:`sample_and_grade` is the shared primitive (one request, graded) that OmegaPRM reuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from steplabel.annotators.grading import Grade, grade
+from steplabel.annotators.prompts import SolutionPrompt
+from steplabel.annotators.seeds import derive_seed
+from steplabel.annotators.splitting import Splitter
+from steplabel.engines.base import CostMeter, GenerationEngine, GenerationRequest
+from steplabel.schemas.config import ConfigError, SamplingConfig, check
+
+ANNOTATOR_NAME = "monte_carlo"
+ANNOTATOR_VERSION = "1"
+
+#: ``grader(completed_solution_text, gold_answer) -> Grade``; :func:`grading.grade` by default.
+Grader = Callable[[str, "str | None"], Grade]
+
+
+# --------------------------------------------------------------------------------------------
+# Shared primitive: one request of n rollouts, graded
+
+
+@dataclass(frozen=True)
+class GradedRollouts:
+    """The ``n`` rollouts of one request from one prefix, each graded.
+
+    ``verdicts[i]`` is ``"correct"``, ``"incorrect"`` or ``"unknown"``; ``reasons[i]`` says why.
+    ``generated_tokens[i]`` is the length of ``texts[i]`` in tokens, as the engine counted them.
+    """
+
+    seed: int
+    texts: tuple[str, ...]
+    generated_tokens: tuple[int, ...]
+    verdicts: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+    @property
+    def n_correct(self) -> int:
+        return self.verdicts.count("correct")
+
+    @property
+    def n_total(self) -> int:
+        """Graded rollouts (correct + incorrect); unknowns are excluded."""
+        return self.n_correct + self.verdicts.count("incorrect")
+
+    @property
+    def n_unknown(self) -> int:
+        return self.verdicts.count("unknown")
+
+    @property
+    def value(self) -> float | None:
+        """MC value ``n_correct / n_total`` in [0, 1]; None when no rollout could be graded."""
+        return self.n_correct / self.n_total if self.n_total else None
+
+
+def sampling_request(prompt_text: str, *, n: int, seed: int,
+                     sampling: SamplingConfig) -> GenerationRequest:
+    """The generation request for ``n`` rollouts from ``prompt_text`` with ``sampling``."""
+    return GenerationRequest(
+        prompt=prompt_text,
+        n=n,
+        seed=seed,
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        stop=tuple(sampling.stop),
+    )
+
+
+async def sample_and_grade(
+    engine: GenerationEngine,
+    *,
+    prompt_text: str,
+    solution_prefix: str,
+    n: int,
+    seed: int,
+    sampling: SamplingConfig,
+    gold_answer: str | None,
+    grader: Grader = grade,
+    cost: CostMeter | None = None,
+) -> GradedRollouts:
+    """Sample ``n`` rollouts from ``prompt_text`` in one request and grade each.
+
+    Each rollout is graded as the completed solution ``solution_prefix + text`` (the prefix the
+    completer continued, its separator, then the rollout), so a rollout from a complete solution
+    that adds nothing is graded by the solution's own final answer. Grading runs in a worker
+    thread: the grader may block (math-verify runs in a subprocess) and must not stall the loop.
+    """
+    result = await engine.generate(sampling_request(prompt_text, n=n, seed=seed,
+                                                    sampling=sampling))
+    if cost is not None:
+        cost.add(result)
+    grades = await asyncio.to_thread(
+        lambda: [grader(solution_prefix + text, gold_answer) for text in result.texts]
+    )
+    return GradedRollouts(
+        seed=seed,
+        texts=tuple(result.texts),
+        generated_tokens=tuple(result.generated_tokens),
+        verdicts=tuple(g.verdict for g in grades),
+        reasons=tuple(g.reason for g in grades),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Config and result
+
+
+@dataclass(frozen=True)
+class MonteCarloConfig:
+    """Settings of the Monte Carlo annotator.
+
+    - ``rollouts``: k, continuations sampled per step prefix (>= 1; Math-Shepherd and Qwen use 8).
+    - ``hard_threshold``: τ in [0, 1); hard label = ``value > τ``. τ = 0 means "any correct".
+    - ``truncate_after_first_error``: Qwen's recipe; labels after the first hard-negative step
+      become None (the raw counts of every step are kept).
+    - ``sampling``: completer sampling settings (temperature 0.7, 256 new tokens by default).
+    """
+
+    rollouts: int = 8
+    hard_threshold: float = 0.0
+    truncate_after_first_error: bool = False
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.rollouts, int) and not isinstance(self.rollouts, bool)
+              and self.rollouts >= 1, "rollouts", "must be an integer >= 1", self.rollouts)
+        check(isinstance(self.hard_threshold, (int, float)) and 0.0 <= self.hard_threshold < 1.0,
+              "hard_threshold", "must be in [0, 1)", self.hard_threshold)
+        check(isinstance(self.truncate_after_first_error, bool), "truncate_after_first_error",
+              "must be true or false", self.truncate_after_first_error)
+        if not isinstance(self.sampling, SamplingConfig):
+            raise ConfigError(f"sampling must be a SamplingConfig, got {self.sampling!r}")
+
+
+@dataclass(frozen=True)
+class MonteCarloResult:
+    """Monte Carlo labels of one solution; plain fields, one entry per step in the list fields.
+
+    - ``n_correct[t]``, ``n_total[t]`` (correct + incorrect), ``n_unknown[t]``: raw counts of
+      the rollouts from prefix ``steps[:t+1]``; ``n_total[t] + n_unknown[t] == k``.
+    - ``values[t]``: MC value ``n_correct / n_total`` in [0, 1], None when ``n_total == 0``.
+      Always the raw estimate, also after a truncation.
+    - ``soft_labels[t]``: ``values[t]``, or None after the truncation point.
+    - ``hard_labels[t]``: ``values[t] > hard_threshold``; None when the value is None or after
+      the truncation point.
+    - ``first_error_index``: the first step whose hard label is False, ``-1`` when no step is
+      negative, None (unknown) when a step with an unknown label comes before any negative.
+    - ``truncated_after``: with truncation on, the index of the first hard-negative step (labels
+      after it are None); None when truncation is off or no step is negative.
+    - ``seeds[t]``: the request seed of step t; rollout ``i`` of step t is ``(seeds[t], i)``.
+    - ``unknown_reasons[t]``: the grader's reasons for the unknown rollouts of step t.
+    - ``rollouts``: rollouts sampled (k × number of steps); ``cost``: ``CostMeter.as_dict()``.
+    """
+
+    problem_id: str
+    solution_index: int
+    num_steps: int
+    k: int
+    hard_threshold: float
+    n_correct: list[int]
+    n_total: list[int]
+    n_unknown: list[int]
+    values: list[float | None]
+    soft_labels: list[float | None]
+    hard_labels: list[bool | None]
+    first_error_index: int | None
+    truncated_after: int | None
+    seeds: list[int]
+    unknown_reasons: list[list[str]]
+    rollouts: int
+    cost: dict[str, int]
+    annotator: str
+    model_id: str
+
+
+def first_error_from_labels(hard_labels: Sequence[bool | None]) -> int | None:
+    """First index whose label is False; -1 if none is; None if a None label comes first."""
+    for index, label in enumerate(hard_labels):
+        if label is None:
+            return None
+        if not label:
+            return index
+    return -1
+
+
+# --------------------------------------------------------------------------------------------
+# Annotator
+
+
+class MonteCarloAnnotator:
+    """Labels every step of a solution by k completions from its prefix.
+
+    Holds only the engine and settings, never per-problem state, so one instance may annotate
+    many solutions concurrently.
+    """
+
+    def __init__(self, engine: GenerationEngine, config: MonteCarloConfig, *, run_seed: int,
+                 grader: Grader = grade) -> None:
+        if not isinstance(config, MonteCarloConfig):
+            raise TypeError(f"config must be a MonteCarloConfig, got {type(config).__name__}")
+        self.engine = engine
+        self.config = config
+        self.run_seed = run_seed
+        self.grader = grader
+
+    @property
+    def name(self) -> str:
+        return f"{ANNOTATOR_NAME}/{ANNOTATOR_VERSION}"
+
+    def seed_for(self, *, problem_id: str, solution_index: int, step_index: int) -> int:
+        """Request seed of the rollouts from prefix ``steps[:step_index + 1]``."""
+        return derive_seed(self.run_seed, "mc", problem_id, solution_index, step_index)
+
+    async def annotate(
+        self,
+        *,
+        problem_id: str,
+        solution_index: int,
+        prompt: SolutionPrompt,
+        steps: list[str],
+        splitter: Splitter,
+        gold_answer: str | None,
+    ) -> MonteCarloResult:
+        """Estimate the MC value of every step prefix of ``steps`` (k rollouts each).
+
+        ``steps`` are the solution's steps as ``splitter`` produced them (the first includes
+        the prompt's ``response_prefix``); ``gold_answer`` is already extracted (None: every
+        rollout grades unknown). Costs exactly ``k * len(steps)`` rollouts.
+        """
+        if not steps:
+            raise ValueError(f"steps must be non-empty (problem {problem_id!r}, "
+                             f"solution {solution_index})")
+        cfg = self.config
+        cost = CostMeter()
+        seeds = [self.seed_for(problem_id=problem_id, solution_index=solution_index,
+                               step_index=t) for t in range(len(steps))]
+
+        async def estimate(t: int) -> GradedRollouts:
+            prefix = splitter.join(list(steps[: t + 1]))
+            return await sample_and_grade(
+                self.engine,
+                prompt_text=prompt.for_continuation(prefix, splitter.separator),
+                solution_prefix=prefix + splitter.separator,
+                n=cfg.rollouts,
+                seed=seeds[t],
+                sampling=cfg.sampling,
+                gold_answer=gold_answer,
+                grader=self.grader,
+                cost=cost,
+            )
+
+        estimates = await asyncio.gather(*(estimate(t) for t in range(len(steps))))
+
+        values = [e.value for e in estimates]
+        hard: list[bool | None] = [None if v is None else v > cfg.hard_threshold for v in values]
+        soft: list[float | None] = list(values)
+        first_error = first_error_from_labels(hard)
+        truncated_after = None
+        if cfg.truncate_after_first_error:
+            first_negative = next((t for t, h in enumerate(hard) if h is False), None)
+            if first_negative is not None:
+                truncated_after = first_negative
+                for t in range(first_negative + 1, len(steps)):
+                    hard[t] = None
+                    soft[t] = None
+
+        return MonteCarloResult(
+            problem_id=problem_id,
+            solution_index=solution_index,
+            num_steps=len(steps),
+            k=cfg.rollouts,
+            hard_threshold=float(cfg.hard_threshold),
+            n_correct=[e.n_correct for e in estimates],
+            n_total=[e.n_total for e in estimates],
+            n_unknown=[e.n_unknown for e in estimates],
+            values=values,
+            soft_labels=soft,
+            hard_labels=hard,
+            first_error_index=first_error,
+            truncated_after=truncated_after,
+            seeds=seeds,
+            unknown_reasons=[[r for v, r in zip(e.verdicts, e.reasons) if v == "unknown"]
+                             for e in estimates],
+            rollouts=cost.rollouts,
+            cost=cost.as_dict(),
+            annotator=self.name,
+            model_id=getattr(self.engine, "model_id", "unknown"),
+        )

@@ -1,0 +1,146 @@
+"""Annotation cost: Monte Carlo over all steps vs OmegaPRM's binary search (not a test).
+
+On the planted-error policy (tests/planted.py) with a scripted engine, for M in {4, 8, 16, 32}
+steps and random planted first-error positions, measure for each localizer:
+
+- first-error accuracy: the predicted first-error index equals the planted one (an unknown
+  prediction counts as wrong);
+- rollouts per localization (mean and max), against the bound k * (ceil(log2 M) + 1).
+
+Three policies: ``exact`` (a clean prefix always has 0 < MC < 1, so both are exact by
+construction), and ``p=0.5`` / ``p=0.2`` (each rollout from a clean prefix succeeds
+independently with that chance, so a clean step can look wrong when all k rollouts fail: a
+false negative, probability (1 - p)^k per estimate).
+
+Usage: ``python benchmarks/annotation_cost.py [--trials 200] [--k 8] [--seed 0]``. Prints a
+Markdown table and writes ``benchmarks/results/annotation_cost.json``. Rollouts are graded by
+the real grader (``grading.grade``), which takes most of the run time (about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the planted policy and the scripted engine
+
+from planted import PlantedPolicy, PlantedProblem  # noqa: E402
+
+from steplabel.annotators.monte_carlo import MonteCarloAnnotator, MonteCarloConfig  # noqa: E402
+from steplabel.annotators.omegaprm import locate_first_error  # noqa: E402
+from steplabel.annotators.splitting import get_splitter  # noqa: E402
+
+STEP_COUNTS = (4, 8, 16, 32)
+POLICIES = {
+    "exact": PlantedPolicy(success_rate=0.5, guarantee_mixed=True),
+    "p=0.5": PlantedPolicy(success_rate=0.5, guarantee_mixed=False),
+    "p=0.2": PlantedPolicy(success_rate=0.2, guarantee_mixed=False),
+}
+SPLITTER = get_splitter("step_markers")
+
+
+async def one_trial(policy: PlantedPolicy, problem: PlantedProblem, error_at: int, *,
+                    k: int, run_seed: int) -> dict:
+    steps = problem.steps(error_at)
+    # A fresh engine per trial: the scripted engine's prefix-cache bookkeeping is quadratic.
+    mc_engine, bs_engine = policy.engine(), policy.engine()
+    mc = await MonteCarloAnnotator(mc_engine, MonteCarloConfig(rollouts=k),
+                                   run_seed=run_seed).annotate(
+        problem_id=problem.problem_id, solution_index=0, prompt=problem.prompt(mc_engine),
+        steps=steps, splitter=SPLITTER, gold_answer=problem.gold)
+    bs = await locate_first_error(
+        bs_engine, prompt=problem.prompt(bs_engine), pieces=steps, gold_answer=problem.gold,
+        run_seed=run_seed, problem_id=problem.problem_id, splitter=SPLITTER, rollouts=k)
+    return {"mc_ok": mc.first_error_index == error_at, "mc_rollouts": mc.rollouts,
+            "bs_ok": bs.first_error_index == error_at, "bs_rollouts": bs.rollouts}
+
+
+async def run(*, trials: int, k: int, seed: int) -> list[dict]:
+    rows = []
+    for policy_name, policy in POLICIES.items():
+        for m in STEP_COUNTS:
+            rng = random.Random(f"{seed}/{m}")
+            cases = [(PlantedProblem.make(f"bench-{m}-{i}", num_steps=m, rng_seed=seed),
+                      rng.randrange(m)) for i in range(trials)]
+            results = await asyncio.gather(*(
+                one_trial(policy, problem, error_at, k=k, run_seed=seed)
+                for problem, error_at in cases))
+            mc_rollouts = [r["mc_rollouts"] for r in results]
+            bs_rollouts = [r["bs_rollouts"] for r in results]
+            rows.append({
+                "policy": policy_name,
+                "num_steps": m,
+                "trials": trials,
+                "k": k,
+                "mc_accuracy": sum(r["mc_ok"] for r in results) / trials,
+                "mc_rollouts_mean": sum(mc_rollouts) / trials,
+                "mc_rollouts_max": max(mc_rollouts),
+                "bs_accuracy": sum(r["bs_ok"] for r in results) / trials,
+                "bs_rollouts_mean": sum(bs_rollouts) / trials,
+                "bs_rollouts_max": max(bs_rollouts),
+                "bs_bound": k * (math.ceil(math.log2(m)) + 1),
+            })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| policy | M | MC acc | MC rollouts/loc | BS acc | BS rollouts/loc (mean / max) "
+        "| bound k(⌈log2 M⌉+1) | MC/BS rollouts |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['policy']} | {r['num_steps']} | {r['mc_accuracy']:.3f} "
+            f"| {r['mc_rollouts_mean']:.1f} | {r['bs_accuracy']:.3f} "
+            f"| {r['bs_rollouts_mean']:.1f} / {r['bs_rollouts_max']} | {r['bs_bound']} "
+            f"| {r['mc_rollouts_mean'] / r['bs_rollouts_mean']:.1f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--trials", type=int, default=200,
+                        help="planted positions per (policy, M) (default 200)")
+    parser.add_argument("--k", type=int, default=8, help="rollouts per estimate (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "annotation_cost.json")
+    args = parser.parse_args(argv)
+    if args.trials < 1 or args.k < 1:
+        parser.error(f"--trials and --k must be >= 1, got {args.trials} and {args.k}")
+
+    started = time.perf_counter()
+    rows = asyncio.run(run(trials=args.trials, k=args.k, seed=args.seed))
+    elapsed = time.perf_counter() - started
+    print(markdown(rows))
+    print(f"\n{args.trials} planted positions per row, k = {args.k}, seed {args.seed}; "
+          f"{elapsed:.1f} s")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+    tmp.write_text(json.dumps({
+        "benchmark": "annotation_cost",
+        "policy": "tests/planted.py PlantedPolicy, scripted engine",
+        "splitter": SPLITTER.provenance(),
+        "trials": args.trials, "k": args.k, "seed": args.seed,
+        "python": platform.python_version(),
+        "elapsed_s": round(elapsed, 2),
+        "rows": rows,
+    }, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The ``steplabel`` command line. Flags are read here only; stages get typed config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+COMMANDS_NOT_BUILT = {
+    "regenerate": "rerun a job from its manifest.lock.json and verify the result",
+    "inspect": "print label statistics of a dataset (text, --json, --html)",
+    "export": "export a dataset to TRL / OpenRLHF / Math-Shepherd formats",
+    "evaluate": "evaluate annotators against human first-error labels (ProcessBench)",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="steplabel",
+        description="Manufacture step-labelled reasoning data for process reward models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a job manifest end to end (Beam pipeline)")
+    run.add_argument("manifest", help="job manifest (YAML)")
+    run.add_argument("--out", help="dataset directory (default: out/<manifest name>)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace a COMPLETED dataset or another manifest's work in --out")
+    run.add_argument("--runner", choices=["local", "dataflow", "flink"],
+                     help="override the manifest's runner")
+    run.add_argument("--runner-profile", help="runner profile YAML (jobs/runners/*.yaml)")
+    run.add_argument("--direct-running-mode",
+                     choices=["in_memory", "multi_threading", "multi_processing"],
+                     help="local runner mode")
+    run.add_argument("--max-in-flight", type=int, help="problems in flight per worker")
+
+    data = sub.add_parser("demo-data", help="write the generated arithmetic problem set")
+    data.add_argument("--out", required=True, help="JSONL file to write")
+    data.add_argument("--count", type=int, default=24)
+    data.add_argument("--seed", type=int, default=0)
+
+    for name, text in COMMANDS_NOT_BUILT.items():
+        cmd = sub.add_parser(name, help=f"{text} (not built yet)")
+        cmd.add_argument("args", nargs="*")
+    return parser
+
+
+def _run(args) -> int:
+    from steplabel.pipelines.job import JobError, describe, run_job
+    from steplabel.schemas.config import ConfigError
+    from steplabel.schemas.manifest import load_manifest
+
+    try:
+        manifest = load_manifest(args.manifest)
+        changes = {}
+        if args.runner:
+            changes["runner"] = args.runner
+        if args.runner_profile:
+            changes["profile"] = args.runner_profile
+        if args.direct_running_mode:
+            changes["direct_running_mode"] = args.direct_running_mode
+        if args.max_in_flight:
+            changes["max_in_flight"] = args.max_in_flight
+        if changes:
+            manifest = manifest.with_runner(**changes)
+        out = args.out or os.path.join("out", manifest.name)
+        beam_args = [a for a in args.beam_args if a != "--"]  # Beam's own options
+        result = run_job(manifest, out_dir=out, overwrite=args.overwrite, beam_args=beam_args)
+    except (ConfigError, JobError, FileNotFoundError) as exc:
+        print(f"steplabel: error: {exc}", file=sys.stderr)
+        return 2
+    print(describe(result))
+    if not result.stats["reconciliation"]["ok"]:
+        print("steplabel: error: problems in and problems accounted for differ; the dataset "
+              "is not marked COMPLETED", file=sys.stderr)
+        return 1
+    print(f"[steplabel] dataset written to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    # Options steplabel does not know are Beam pipeline options (run only).
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.beam_args = extra
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "run":
+        return _run(args)
+    if args.command == "demo-data":
+        from steplabel.demo_data import write_problems
+
+        count = write_problems(args.out, count=args.count, seed=args.seed)
+        print(f"[steplabel] wrote {count} problems to {args.out}")
+        return 0
+    print(f"steplabel {args.command}: not built yet ({COMMANDS_NOT_BUILT[args.command]})",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""``steplabel run``: the Beam pipeline from a manifest to a finished dataset directory.
+
+read → validate → label (sample, split, grade, Monte Carlo / OmegaPRM, judge, consensus; one
+async coroutine per problem, many in flight) → write Parquet shards → finalize (info, stats,
+lock, COMPLETED last). Resumable: finished problems are checkpointed under ``_work/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from steplabel.pipelines import storage
+from steplabel.pipelines.label import LabelProblemsFn
+from steplabel.pipelines.sources import ReadProblems, ValidateProblems, read_local_items
+from steplabel.schemas.records import OUTPUTS, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+
+class JobError(RuntimeError):
+    """The job cannot start or did not finish; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class JobResult:
+    out_dir: str
+    info: dict
+    stats: dict
+    seconds: float
+
+
+class WriteOutputs(beam.PTransform):
+    """Rows of every output, tagged ``(output, row)``, into deterministic Parquet shards."""
+
+    def __init__(self, out_dir: str, *, num_shards: int) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.num_shards = num_shards
+
+    def expand(self, tagged_rows):
+        out_dir, num_shards = self.out_dir, self.num_shards
+        return (
+            tagged_rows
+            | "KeyByShard" >> beam.Map(
+                lambda kv: ((kv[0], storage.shard_of(kv[1], num_shards)), kv[1]))
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteShards" >> beam.MapTuple(
+                lambda key, rows: (key[0], storage.write_shard(out_dir, key[0], key[1],
+                                                               num_shards, rows)))
+        )
+
+
+def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
+                   total: int | None = None):
+    """Apply the whole job to ``pipeline``; returns the PCollection of written shards."""
+    source = manifest.source
+    raw = pipeline | "ReadProblems" >> ReadProblems(source, items=items)
+    problems, invalid = raw | "ValidateProblems" >> ValidateProblems(
+        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash)
+    labelled = problems | "LabelProblems" >> beam.ParDo(
+        LabelProblemsFn(manifest, out_dir=out_dir, max_in_flight=manifest.runner.max_in_flight,
+                        total=total)).with_outputs(*OUTPUTS)
+    tagged = [
+        labelled[name] | f"Tag_{name}" >> beam.Map(lambda row, name=name: (name, row))
+        for name in OUTPUTS
+    ]
+    tagged.append(invalid | "Tag_input_dead_letter" >> beam.Map(lambda row: ("dead_letter", row)))
+    rows = tagged | "MergeOutputs" >> beam.Flatten()
+    return rows | "WriteOutputs" >> WriteOutputs(out_dir, num_shards=manifest.runner.num_shards)
+
+
+def pipeline_options(manifest, extra_args: list[str] | None = None) -> PipelineOptions:
+    """Beam options for the manifest's runner: a profile's options, then the manifest's, then
+    command-line arguments (later wins)."""
+    from steplabel.pipelines.runners import runner_options
+
+    return PipelineOptions(runner_options(manifest.runner) + list(extra_args or []))
+
+
+def make_pipeline(manifest, options: PipelineOptions) -> beam.Pipeline:
+    if manifest.runner.runner == "local":
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        # Beam's FnApiRunner directly: the DirectRunner would first try to download Prism.
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    return beam.Pipeline(options=options)
+
+
+def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
+    """Refuse a finished dataset (unless ``overwrite``) and a directory of another manifest."""
+    run_file = storage.join(out_dir, storage.WORK_DIR, "run.json")
+    completed = storage.join(out_dir, storage.COMPLETED)
+    if storage.exists(completed) and not overwrite:
+        raise JobError(f"{out_dir} already holds a COMPLETED dataset; pass --overwrite to "
+                       "replace it, or choose another --out")
+    local = "://" not in out_dir
+    if overwrite and local and Path(out_dir).exists():
+        shutil.rmtree(out_dir)
+    if storage.exists(run_file):
+        previous = storage.read_json(run_file)
+        if previous.get("manifest_hash") != manifest.hash:
+            raise JobError(
+                f"{out_dir} holds work of another manifest ({previous.get('name')!r}, hash "
+                f"{previous.get('manifest_hash', '')[:12]}) and this one is {manifest.name!r} "
+                f"(hash {manifest.hash[:12]}); use an empty --out, or --overwrite")
+    elif local and Path(out_dir).exists() and any(Path(out_dir).iterdir()):
+        raise JobError(f"{out_dir} is not empty and is not a steplabel run of this manifest; "
+                       "choose an empty --out, or pass --overwrite")
+    storage.write_json_atomic(run_file, {"name": manifest.name, "manifest_hash": manifest.hash,
+                                         "manifest": manifest.to_dict()})
+
+
+def run_job(manifest, *, out_dir: str, overwrite: bool = False,
+            beam_args: list[str] | None = None) -> JobResult:
+    """Run the job to completion and finalize the dataset directory."""
+    from steplabel.pipelines.finalize import finalize_dataset
+
+    started = time.perf_counter()
+    prepare_out_dir(out_dir, manifest, overwrite=overwrite)
+    items = None
+    remote = bool(manifest.source.path and "://" in manifest.source.path)
+    if not remote:
+        items = read_local_items(manifest.source)
+    options = pipeline_options(manifest, beam_args)
+    pipeline = make_pipeline(manifest, options)
+    build_pipeline(pipeline, manifest, out_dir=out_dir, items=items,
+                   total=len(items) if items is not None else None)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {}
+    try:
+        for counter in result.metrics().query()["counters"]:
+            counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + (
+                counter.committed if counter.committed is not None else counter.attempted)
+    except Exception:  # noqa: BLE001 - some runners do not report metrics
+        log.warning("the runner did not report metrics; stats.json has no Beam counters")
+    info, stats = finalize_dataset(out_dir, manifest, problems_in=len(items) if items else None,
+                                   counters=counters)
+    return JobResult(out_dir, info, stats, time.perf_counter() - started)
+
+
+def describe(result: JobResult) -> str:
+    info = result.info
+    rows = ", ".join(f"{k} {v}" for k, v in info["rows"].items() if v)
+    return f"[steplabel] finished in {result.seconds:.0f}s: {rows}\n" + json.dumps(
+        result.stats.get("reconciliation", {}), sort_keys=True)

@@ -1,0 +1,160 @@
+"""The Beam stage that labels problems: engines hosted once per worker, many problems in flight.
+
+:class:`LabelProblemsFn` keeps up to ``max_in_flight`` problems running at once on the worker's
+engine host (one event loop thread, one engine per model), so the engine's continuous batching
+always has work from many problems. Finished problems are checkpointed before their rows are
+emitted; on a rerun, checkpointed problems are replayed instead of recomputed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import sys
+import threading
+import time
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils import shared
+
+from steplabel.annotators.job import Engines, ProblemLabeler
+from steplabel.pipelines import storage
+
+log = logging.getLogger(__name__)
+
+
+class _WorkerEngines:
+    """What one worker process shares across bundles and threads: engines and the labeler."""
+
+    def __init__(self, manifest) -> None:
+        from steplabel.engines.host import EngineHost
+
+        self.host = EngineHost()
+        models = manifest.models
+        policy = self.host.engine(models.policy)
+        completer = self.host.engine(models.completer_model)
+        judge = self.host.engine(models.judge_model)
+        self.engines = Engines(policy=policy, completer=completer, judge=judge)
+        self.labeler = ProblemLabeler(manifest, self.engines)
+
+
+class Progress:
+    """Problems done of total, rollouts/s, tokens/s and ETA, printed to stderr at most every
+    ``interval_s`` seconds."""
+
+    def __init__(self, total: int | None, *, interval_s: float = 5.0, stream=None) -> None:
+        self.total = total
+        self.interval_s = interval_s
+        self.stream = stream or sys.stderr
+        self.started = time.monotonic()
+        self.last_print = 0.0
+        self.done = self.resumed = self.rollouts = self.tokens = 0
+        self._lock = threading.Lock()
+
+    def update(self, *, rollouts: int = 0, tokens: int = 0, resumed: bool = False) -> None:
+        with self._lock:
+            self.done += 1
+            self.resumed += resumed
+            self.rollouts += rollouts
+            self.tokens += tokens
+            now = time.monotonic()
+            finished = self.total is not None and self.done >= self.total
+            if now - self.last_print >= self.interval_s or finished:
+                self.last_print = now
+                print(self.line(now), file=self.stream, flush=True)
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = max(1e-6, (now or time.monotonic()) - self.started)
+        computed = self.done - self.resumed
+        rate = computed / elapsed
+        total = f"/{self.total}" if self.total else ""
+        eta = ""
+        if self.total and rate > 0:
+            eta = f", ETA {max(0.0, (self.total - self.done) / rate):.0f}s"
+        return (f"[steplabel] problems {self.done}{total} ({self.resumed} resumed), "
+                f"{self.rollouts / elapsed:.1f} rollouts/s, {self.tokens / elapsed:.0f} "
+                f"tokens/s, {elapsed:.0f}s elapsed{eta}")
+
+
+_PROGRESS: dict[str, Progress] = {}
+
+
+def _row_cost(rows: dict[str, list[dict]]) -> tuple[int, int]:
+    rollouts = tokens = 0
+    for output in ("trajectories", "rejected"):
+        for row in rows.get(output, ()):
+            for key in ("cost_policy", "cost_mc", "cost_judge"):
+                cost = row.get(key) or {}
+                rollouts += cost.get("rollouts", 0)
+                tokens += cost.get("generated_tokens", 0)
+    for row in rows.get("filtered", ()):
+        cost = row.get("cost") or {}
+        rollouts += cost.get("rollouts", 0)
+        tokens += cost.get("generated_tokens", 0)
+    return rollouts, tokens
+
+
+class LabelProblemsFn(beam.DoFn):
+    """Problems in; tagged rows out (one tag per output of :mod:`steplabel.schemas.records`)."""
+
+    def __init__(self, manifest, *, out_dir: str, max_in_flight: int,
+                 total: int | None = None, engines_handle: shared.Shared | None = None) -> None:
+        self.manifest = manifest
+        self.out_dir = out_dir
+        self.max_in_flight = max_in_flight
+        self.total = total
+        self._handle = engines_handle or shared.Shared()
+
+    def setup(self) -> None:
+        manifest = self.manifest
+        self._worker = self._handle.acquire(lambda: _WorkerEngines(manifest),
+                                            tag=manifest.hash)
+        self._progress = _PROGRESS.setdefault(f"{self.out_dir}|{manifest.hash}",
+                                              Progress(self.total))
+
+    def start_bundle(self) -> None:
+        self._pending: dict[concurrent.futures.Future, str] = {}
+
+    def _emit(self, problem_id: str, rows: dict, counters: dict, *, resumed: bool):
+        for name, value in counters.items():
+            Metrics.counter("steplabel", name).inc(value)
+        Metrics.counter("steplabel", "problems_resumed" if resumed else "problems_labelled").inc()
+        rollouts, tokens = _row_cost(rows)
+        self._progress.update(rollouts=0 if resumed else rollouts,
+                              tokens=0 if resumed else tokens, resumed=resumed)
+        for output, output_rows in rows.items():
+            for row in output_rows:
+                yield output, row
+
+    def _finished(self, future: concurrent.futures.Future, problem_id: str):
+        outputs = future.result()  # engine failures are already dead-letter rows
+        rows = {k: list(v) for k, v in outputs.rows.items()}
+        counters = dict(outputs.counters)
+        storage.save_checkpoint(self.out_dir, problem_id, rows, counters)
+        yield from self._emit(problem_id, rows, counters, resumed=False)
+
+    def _drain(self, *, until: int):
+        while len(self._pending) > until:
+            done, _ = concurrent.futures.wait(self._pending,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: self._pending[f]):
+                problem_id = self._pending.pop(future)
+                yield from self._finished(future, problem_id)
+
+    def process(self, problem):
+        checkpoint = storage.load_checkpoint(self.out_dir, problem.problem_id)
+        if checkpoint is not None:
+            for output, row in self._emit(problem.problem_id, checkpoint["rows"],
+                                          checkpoint.get("counters", {}), resumed=True):
+                yield beam.pvalue.TaggedOutput(output, row)
+            return
+        future = self._worker.host.submit(self._worker.labeler.label(problem))
+        self._pending[future] = problem.problem_id
+        for output, row in self._drain(until=self.max_in_flight - 1):
+            yield beam.pvalue.TaggedOutput(output, row)
+
+    def finish_bundle(self):
+        for output, row in self._drain(until=0):
+            yield beam.pvalue.TaggedOutput(output, GlobalWindows.windowed_value(row))

@@ -1,0 +1,56 @@
+"""Beam options for each runner: local (FnApiRunner, offline), Dataflow, Flink.
+
+A runner profile is a YAML mapping of Beam pipeline options (``jobs/runners/*.yaml``); the
+manifest's ``runner.options`` and then command-line arguments override it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from steplabel.schemas.config import ConfigError
+
+
+def _as_args(options: dict) -> list[str]:
+    args = []
+    for key, value in options.items():
+        if isinstance(value, bool):
+            if value:
+                args.append(f"--{key}")
+        elif isinstance(value, (list, tuple)):
+            args.extend(f"--{key}={item}" for item in value)
+        elif value is not None:
+            args.append(f"--{key}={value}")
+    return args
+
+
+def load_profile(path: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"runner.profile: file {path} does not exist")
+    data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("options", {}), dict):
+        raise ConfigError(f"runner.profile: {path} must be a mapping with an 'options' mapping")
+    unknown = set(data) - {"runner", "description", "options"}
+    if unknown:
+        raise ConfigError(f"runner.profile: unknown key(s) {', '.join(sorted(unknown))} in {path}")
+    return data
+
+
+def runner_options(runner) -> list[str]:
+    """Beam command-line style options for ``runner`` (a RunnerConfig)."""
+    if runner.runner == "local":
+        args = [f"--direct_running_mode={runner.direct_running_mode}",
+                f"--direct_num_workers={runner.direct_num_workers}"]
+        return args + _as_args(runner.options)
+    if not runner.profile:
+        raise ConfigError(f"runner.profile is required for the {runner.runner} runner "
+                          f"(see jobs/runners/{runner.runner}.yaml)")
+    profile = load_profile(runner.profile)
+    if profile.get("runner") not in (None, runner.runner):
+        raise ConfigError(f"runner.profile {runner.profile} is for {profile['runner']}, "
+                          f"not {runner.runner}")
+    options = {**profile.get("options", {}), **runner.options}
+    return _as_args(options)

@@ -1,0 +1,168 @@
+"""Output directory layout, atomic writes, per-problem checkpoints and Parquet shards.
+
+Everything goes through Beam's ``FileSystems``, so a dataset directory may be local or on any
+filesystem Beam supports (``gs://`` on Dataflow). Writes are atomic: a file is written under a
+temporary name in its final folder (``.inprogress-*``, never matched by readers) and renamed,
+so no partial shard is ever visible under its final name.
+
+Layout of a dataset directory::
+
+    trajectories/part-00000-of-00004.parquet   kept trajectories
+    rejected/…  omegaprm/{states,pairs,searches}/…  filtered/…  dead_letter/…
+    stats.json  manifest.lock.json  info.json  COMPLETED (written last)
+    _work/run.json                 the manifest hash this directory belongs to
+    _work/checkpoints/<key>.json   every finished problem's rows (resume)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import uuid
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS, to_table
+
+COMPLETED = "COMPLETED"
+WORK_DIR = "_work"
+TMP_MARK = ".inprogress-"
+
+
+def join(*parts: str) -> str:
+    if "://" in parts[0]:
+        return posixpath.join(*parts)
+    return FileSystems.join(*parts)
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    folder, name = posixpath.split(path) if "://" in path else _split_local(path)
+    tmp = join(folder, f"{TMP_MARK}{uuid.uuid4().hex}-{name}")
+    FileSystems.mkdirs(folder) if not FileSystems.exists(folder) else None
+    with FileSystems.create(tmp) as handle:
+        handle.write(data)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+def _split_local(path: str) -> tuple[str, str]:
+    import os
+
+    return os.path.split(path)
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path) as handle:
+        return handle.read()
+
+
+def write_json_atomic(path: str, data) -> None:
+    write_bytes_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(path: str):
+    return json.loads(read_bytes(path))
+
+
+def list_files(pattern: str) -> list[str]:
+    matches = FileSystems.match([pattern])[0].metadata_list
+    return sorted(m.path for m in matches if TMP_MARK not in posixpath.basename(m.path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: one file per finished problem
+
+
+def checkpoint_path(out_dir: str, problem_id: str) -> str:
+    key = hashlib.sha256(problem_id.encode("utf-8")).hexdigest()[:32]
+    return join(out_dir, WORK_DIR, "checkpoints", key[:2], f"{key}.json")
+
+
+def save_checkpoint(out_dir: str, problem_id: str, rows: dict[str, list[dict]],
+                    counters: dict[str, int]) -> None:
+    payload = {"problem_id": problem_id, "rows": rows, "counters": counters}
+    write_bytes_atomic(checkpoint_path(out_dir, problem_id),
+                       json.dumps(payload, sort_keys=True).encode("utf-8"))
+
+
+def load_checkpoint(out_dir: str, problem_id: str) -> dict | None:
+    path = checkpoint_path(out_dir, problem_id)
+    if not FileSystems.exists(path):
+        return None
+    try:
+        payload = json.loads(read_bytes(path))
+    except (ValueError, OSError):
+        return None  # unreadable: recompute (atomic writes make this unexpected)
+    return payload if payload.get("problem_id") == problem_id else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards
+
+
+def shard_of(row: dict, num_shards: int) -> int:
+    key = str(row.get("problem_id") or row.get("original") or "")
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % num_shards
+
+
+def _sort_key(row: dict) -> tuple:
+    return (
+        str(row.get("problem_id") or ""),
+        row.get("solution_index") if row.get("solution_index") is not None else -1,
+        str(row.get("node_id") or row.get("node_a") or ""),
+        row.get("search_index") if row.get("search_index") is not None else -1,
+        json.dumps(row, sort_keys=True, default=str),
+    )
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    return f"part-{index:05d}-of-{num_shards:05d}.parquet"
+
+
+def write_shard(out_dir: str, output: str, index: int, num_shards: int,
+                rows: Iterable[dict]) -> tuple[str, int]:
+    """Write one shard (rows sorted deterministically) atomically; return (path, rows)."""
+    ordered = sorted(rows, key=_sort_key)
+    table = to_table(output, ordered)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    path = join(out_dir, OUTPUT_DIRS[output], shard_name(index, num_shards))
+    write_bytes_atomic(path, buffer.getvalue())
+    return path, len(ordered)
+
+
+def output_files(dataset_dir: str, output: str) -> list[str]:
+    return list_files(join(dataset_dir, OUTPUT_DIRS[output], "part-*.parquet"))
+
+
+def iter_rows(dataset_dir: str, output: str, columns: list[str] | None = None,
+              batch_size: int = 1024):
+    """Stream the rows of one output, a record batch at a time (memory stays flat)."""
+    for path in output_files(dataset_dir, output):
+        with FileSystems.open(path) as handle:
+            parquet = pq.ParquetFile(io.BytesIO(handle.read()) if "://" in path else path)
+            for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+                yield from batch.to_pylist()
+
+
+def count_rows(dataset_dir: str, output: str) -> int:
+    total = 0
+    for path in output_files(dataset_dir, output):
+        with FileSystems.open(path) as handle:
+            total += pq.ParquetFile(pa.BufferReader(handle.read())).metadata.num_rows
+    return total
+
+
+def all_outputs() -> list[str]:
+    return list(OUTPUTS)

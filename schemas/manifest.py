@@ -1,0 +1,214 @@
+"""The job manifest: YAML in, typed objects out.
+
+Unknown keys are errors, not silently ignored; every bad value raises :class:`ConfigError` naming
+the field path and the value. A stage is enabled by its presence: ``monte_carlo: {}`` runs Monte
+Carlo with the defaults, leaving the key out skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from steplabel.annotators.judge import JudgeConfig
+from steplabel.annotators.monte_carlo import MonteCarloConfig
+from steplabel.annotators.omegaprm import OmegaPRMConfig
+from steplabel.annotators.splitting import SPLITTERS
+from steplabel.schemas.config import (
+    ConfigError,
+    EngineConfig,
+    SamplingConfig,
+    check,
+    from_mapping,
+    to_mapping,
+)
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """Which input fields hold the problem id, question and gold answer. ``id: null`` numbers
+    the problems by their position in the source (``<source>-<index>``)."""
+
+    id: str | None = "id"
+    question: str = "question"
+    answer: str = "answer"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where problems come from.
+
+    - ``jsonl`` / ``parquet``: ``path`` is a file or glob (local or any Beam filesystem);
+    - ``hf``: ``path`` is a local ``datasets`` folder or data file(s) loaded with ``builder``
+      (``json``/``parquet``/``csv``), or ``dataset`` is a hub id that must be pinned with
+      ``revision`` (network needed).
+    """
+
+    kind: Literal["jsonl", "parquet", "hf"] = "jsonl"
+    path: str | None = None
+    dataset: str | None = None
+    revision: str | None = None
+    builder: str | None = None
+    split: str = "train"
+    name: str | None = None
+    fields: FieldMapping = field(default_factory=FieldMapping)
+    answer_format: Literal["plain", "gsm8k", "boxed"] = "plain"
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind in ("jsonl", "parquet"):
+            check(bool(self.path), "path", f"is required for a {self.kind} source", self.path)
+        if self.kind == "hf":
+            check(bool(self.path) != bool(self.dataset), "path",
+                  "or dataset (exactly one) is required for an hf source", self.path)
+            if self.dataset:
+                check(bool(self.revision), "revision",
+                      "must pin a hub dataset to a revision (commit or tag)", self.revision)
+        if self.limit is not None:
+            check(self.limit >= 1, "limit", "must be >= 1", self.limit)
+
+    @property
+    def source_name(self) -> str:
+        if self.name:
+            return self.name
+        return Path(self.path or self.dataset or "source").stem
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """The models of a job. ``completer`` and ``judge`` default to the policy's model (one
+    engine is then shared)."""
+
+    policy: EngineConfig = field(default_factory=EngineConfig)
+    completer: EngineConfig | None = None
+    judge: EngineConfig | None = None
+
+    @property
+    def completer_model(self) -> EngineConfig:
+        return self.completer or self.policy
+
+    @property
+    def judge_model(self) -> EngineConfig:
+        return self.judge or self.policy
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Sampling chain-of-thought solutions from the policy.
+
+    ``response_prefix`` is written at the start of the assistant's reply (``"Step 1:"`` makes
+    small models follow the step format); it is part of the solution text.
+    """
+
+    samples: int = 4
+    template: str = "policy_steps_v1"
+    response_prefix: str = "Step 1:"
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(temperature=0.8, max_tokens=256)
+    )
+
+    def __post_init__(self) -> None:
+        check(1 <= self.samples <= 1024, "samples", "must be in [1, 1024]", self.samples)
+
+
+@dataclass(frozen=True)
+class SplitterConfig:
+    name: str = "step_markers"
+
+    def __post_init__(self) -> None:
+        check(self.name in SPLITTERS, "name", f"must be one of {', '.join(sorted(SPLITTERS))}",
+              self.name)
+
+
+@dataclass(frozen=True)
+class ConsensusConfig:
+    """Keep trajectories whose Monte Carlo and judge first-error indices agree."""
+
+    expected_keep_rate_min: float = 0.2
+    expected_keep_rate_max: float = 0.8
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How the Beam job runs. ``local`` is Beam's FnApiRunner (offline); ``dataflow`` and
+    ``flink`` take their options from a runner profile in ``jobs/runners/``."""
+
+    runner: Literal["local", "dataflow", "flink"] = "local"
+    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
+    direct_num_workers: int = 1
+    max_in_flight: int = 64
+    num_shards: int = 4
+    profile: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(self.max_in_flight >= 1, "max_in_flight", "must be >= 1", self.max_in_flight)
+        check(self.num_shards >= 1, "num_shards", "must be >= 1", self.num_shards)
+        check(self.direct_num_workers >= 1, "direct_num_workers", "must be >= 1",
+              self.direct_num_workers)
+
+
+@dataclass(frozen=True)
+class JobManifest:
+    name: str
+    source: SourceConfig
+    seed: int = 0
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    splitter: SplitterConfig = field(default_factory=SplitterConfig)
+    monte_carlo: MonteCarloConfig | None = None
+    omegaprm: OmegaPRMConfig | None = None
+    judge: JudgeConfig | None = None
+    consensus: ConsensusConfig | None = None
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.name), "name", "must be non-empty", self.name)
+        check(self.seed >= 0, "seed", "must be >= 0", self.seed)
+        if self.consensus is not None:
+            check(self.monte_carlo is not None and self.judge is not None, "consensus",
+                  "needs both monte_carlo and judge enabled", "monte_carlo/judge missing")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_mapping(self)
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of the canonical JSON form: what the job computes, not how it runs."""
+        data = self.to_dict()
+        data.pop("runner", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def with_runner(self, **changes: Any) -> "JobManifest":
+        return replace(self, runner=replace(self.runner, **changes))
+
+
+def load_manifest(path: str | Path) -> JobManifest:
+    """Read and validate a manifest file; relative source paths resolve against its folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"manifest {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"manifest {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"manifest {path} is not UTF-8: {exc}") from None
+    manifest = manifest_from_dict(data)
+    source = manifest.source
+    if source.path and "://" not in source.path and not Path(source.path).is_absolute():
+        manifest = replace(
+            manifest, source=replace(source, path=str((path.parent / source.path).resolve()))
+        )
+    return manifest
+
+
+def manifest_from_dict(data: Any) -> JobManifest:
+    if not isinstance(data, dict):
+        raise ConfigError(f"<root>: a manifest must be a mapping, got {type(data).__name__}")
+    return from_mapping(JobManifest, data)

@@ -1,0 +1,274 @@
+"""Monte Carlo step labels against the planted-error policy (exact, deterministic)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pyarrow as pa
+import pytest
+from fakes import ScriptedEngine
+from planted import ANSWER_PREFIX, UNKNOWN_ANSWER, PlantedPolicy, PlantedProblem, split_prompt
+
+from steplabel.annotators.grading import grade
+from steplabel.annotators.monte_carlo import (
+    MonteCarloAnnotator,
+    MonteCarloConfig,
+    MonteCarloResult,
+    first_error_from_labels,
+)
+from steplabel.annotators.seeds import derive_seed
+from steplabel.annotators.splitting import get_splitter
+from steplabel.schemas.config import ConfigError, SamplingConfig
+
+pytestmark = pytest.mark.unit
+
+SPLITTER = get_splitter("step_markers")
+K = 8
+
+
+def annotate(engine, problem: PlantedProblem, steps: list[str], *, config=None,
+             run_seed: int = 7, solution_index: int = 0, gold: str | None = "default",
+             grader=grade) -> MonteCarloResult:
+    annotator = MonteCarloAnnotator(engine, config or MonteCarloConfig(), run_seed=run_seed,
+                                    grader=grader)
+    return asyncio.run(annotator.annotate(
+        problem_id=problem.problem_id, solution_index=solution_index,
+        prompt=problem.prompt(engine), steps=steps, splitter=SPLITTER,
+        gold_answer=problem.gold if gold == "default" else gold))
+
+
+def assert_counts_consistent(result: MonteCarloResult, k: int = K) -> None:
+    for c, t, u in zip(result.n_correct, result.n_total, result.n_unknown):
+        assert 0 <= c <= t
+        assert t + u == k
+    for value, c, t in zip(result.values, result.n_correct, result.n_total):
+        assert value == (c / t if t else None)
+    assert [len(r) for r in result.unknown_reasons] == result.n_unknown
+
+
+# -- config ----------------------------------------------------------------------------------
+
+
+def test_config_defaults_and_validation():
+    cfg = MonteCarloConfig()
+    assert (cfg.rollouts, cfg.hard_threshold, cfg.truncate_after_first_error) == (8, 0.0, False)
+    assert cfg.sampling == SamplingConfig(temperature=0.7, max_tokens=256)
+    with pytest.raises(ConfigError, match=r"rollouts must be an integer >= 1, got 0"):
+        MonteCarloConfig(rollouts=0)
+    with pytest.raises(ConfigError, match=r"hard_threshold must be in \[0, 1\), got 1.0"):
+        MonteCarloConfig(hard_threshold=1.0)
+    with pytest.raises(ConfigError, match="truncate_after_first_error"):
+        MonteCarloConfig(truncate_after_first_error="yes")  # type: ignore[arg-type]
+
+
+def test_first_error_from_labels():
+    assert first_error_from_labels([True, True]) == -1
+    assert first_error_from_labels([True, False, None]) == 1
+    assert first_error_from_labels([True, None, False]) is None
+    assert first_error_from_labels([]) == -1
+
+
+# -- the planted error -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_steps", [1, 4, 7, 16])
+def test_finds_planted_error_with_exactly_k_times_m_rollouts(num_steps):
+    problem = PlantedProblem.make(f"mc-{num_steps}", num_steps=num_steps)
+    for error_at in range(num_steps):
+        engine = PlantedPolicy().engine()
+        result = annotate(engine, problem, problem.steps(error_at))
+        assert result.first_error_index == error_at
+        assert result.rollouts == engine.rollouts == K * num_steps
+        assert result.cost["rollouts"] == K * num_steps
+        assert result.cost["requests"] == len(engine.requests) == num_steps
+        assert all(r.n == K for r in engine.requests)
+        assert result.hard_labels == [t < error_at for t in range(num_steps)]
+        assert all(0 < v < 1 for v in result.values[:error_at])  # guaranteed mixed
+        assert all(v == 0 for v in result.values[error_at:])
+        assert_counts_consistent(result)
+
+
+def test_solution_without_error_is_minus_one():
+    problem = PlantedProblem.make("clean", num_steps=5)
+    result = annotate(PlantedPolicy().engine(), problem, problem.steps())
+    assert result.first_error_index == -1
+    assert result.hard_labels == [True] * 5
+    # A rollout from the complete solution adds nothing and is graded by its own answer.
+    assert result.values[-1] == 1.0
+
+
+def test_requests_continue_each_step_prefix_with_derived_seeds():
+    problem = PlantedProblem.make("prompts", num_steps=4)
+    steps = problem.steps(2)
+    engine = PlantedPolicy().engine()
+    result = annotate(engine, problem, steps, run_seed=11, solution_index=3)
+    prompt = problem.prompt(engine)
+    expected_prompts = [prompt.for_continuation(SPLITTER.join(steps[: t + 1]), "\n")
+                        for t in range(4)]
+    assert sorted(r.prompt for r in engine.requests) == sorted(expected_prompts)
+    seeds = [derive_seed(11, "mc", "prompts", 3, t) for t in range(4)]
+    assert result.seeds == seeds
+    assert {r.prompt: r.seed for r in engine.requests} == dict(zip(expected_prompts, seeds))
+    sampling = MonteCarloConfig().sampling
+    assert all((r.temperature, r.max_tokens) == (sampling.temperature, sampling.max_tokens)
+               for r in engine.requests)
+
+
+def test_hard_threshold():
+    problem = PlantedProblem.make("tau", num_steps=8)
+    result = annotate(PlantedPolicy().engine(), problem, problem.steps(6),
+                      config=MonteCarloConfig(hard_threshold=0.5))
+    assert result.hard_labels == [v > 0.5 for v in result.values]
+    first_low = next(t for t, v in enumerate(result.values) if v <= 0.5)
+    assert result.first_error_index == first_low
+
+
+# -- unknown is a value ----------------------------------------------------------------------
+
+
+def test_unknown_rollouts_are_counted_apart():
+    problem = PlantedProblem.make("unk", num_steps=8)
+    engine = PlantedPolicy(unknown_rate=0.4).engine()
+    result = annotate(engine, problem, problem.steps(5))
+    assert sum(result.n_unknown) > 0
+    assert_counts_consistent(result)
+    assert all(reason == "prediction_answer_too_deep"
+               for reasons in result.unknown_reasons for reason in reasons)
+    # The guaranteed samples are never unknown, so the labels stay exact.
+    assert result.first_error_index == 5
+
+
+def unknown_at_one_step(step_count: int):
+    """Planted policy, except every rollout from a prefix of ``step_count`` steps is unknown."""
+    policy = PlantedPolicy()
+
+    def respond(request, index):
+        _, response = split_prompt(request.prompt)
+        if response.count("Step ") == step_count:
+            return ANSWER_PREFIX + UNKNOWN_ANSWER
+        return policy(request, index)
+
+    return ScriptedEngine(respond)
+
+
+def test_unknown_step_before_the_error_makes_first_error_unknown():
+    problem = PlantedProblem.make("unk-before", num_steps=6)
+    result = annotate(unknown_at_one_step(2), problem, problem.steps(4))
+    assert result.n_total[1] == 0 and result.n_unknown[1] == K
+    assert result.values[1] is None and result.hard_labels[1] is None
+    assert result.hard_labels[4] is False
+    assert result.first_error_index is None
+    assert_counts_consistent(result)
+
+
+def test_unknown_step_after_the_error_does_not_hide_it():
+    problem = PlantedProblem.make("unk-after", num_steps=6)
+    result = annotate(unknown_at_one_step(5), problem, problem.steps(2))
+    assert result.hard_labels[4] is None
+    assert result.first_error_index == 2
+
+
+def test_missing_gold_answer_is_unknown_everywhere():
+    problem = PlantedProblem.make("no-gold", num_steps=3)
+    result = annotate(PlantedPolicy().engine(), problem, problem.steps(1), gold=None)
+    assert result.n_total == [0, 0, 0] and result.n_unknown == [K, K, K]
+    assert result.values == [None] * 3 and result.hard_labels == [None] * 3
+    assert result.first_error_index is None
+    assert result.unknown_reasons[0] == ["gold_missing"] * K
+
+
+# -- Qwen truncation -------------------------------------------------------------------------
+
+
+def test_truncation_keeps_counts_and_drops_later_labels():
+    problem = PlantedProblem.make("trunc", num_steps=8)
+    config = MonteCarloConfig(truncate_after_first_error=True)
+    full = annotate(PlantedPolicy().engine(), problem, problem.steps(3))
+    cut = annotate(PlantedPolicy().engine(), problem, problem.steps(3), config=config)
+    assert cut.truncated_after == 3 and full.truncated_after is None
+    assert cut.first_error_index == 3
+    assert (cut.n_correct, cut.n_total, cut.n_unknown, cut.values) == \
+        (full.n_correct, full.n_total, full.n_unknown, full.values)
+    assert cut.hard_labels == [True, True, True, False, None, None, None, None]
+    assert cut.soft_labels[:4] == full.values[:4] and cut.soft_labels[4:] == [None] * 4
+    assert cut.rollouts == K * 8
+
+    clean = annotate(PlantedPolicy().engine(), problem, problem.steps(), config=config)
+    assert clean.truncated_after is None and clean.hard_labels == [True] * 8
+
+
+# -- determinism and concurrency -------------------------------------------------------------
+
+
+def test_same_run_seed_repeats_requests_and_results():
+    problem = PlantedProblem.make("seeded", num_steps=6)
+    first, second, other = (PlantedPolicy().engine() for _ in range(3))
+    a = annotate(first, problem, problem.steps(4), run_seed=5)
+    b = annotate(second, problem, problem.steps(4), run_seed=5)
+    c = annotate(other, problem, problem.steps(4), run_seed=6)
+    assert first.requests == second.requests
+    assert a == b
+    assert {r.seed for r in other.requests}.isdisjoint({r.seed for r in first.requests})
+    assert c.first_error_index == 4
+
+
+class InFlightEngine(ScriptedEngine):
+    """Scripted engine that records the peak number of concurrent requests."""
+
+    def __init__(self, respond):
+        super().__init__(respond, delay_s=0.01)
+        self.in_flight = self.peak = 0
+
+    async def generate(self, request):
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            return await super().generate(request)
+        finally:
+            self.in_flight -= 1
+
+
+def without_cache_hits(result):
+    # Prefix-cache hits depend on the order in which one engine saw the prompts.
+    return dataclasses.replace(result, cost={**result.cost, "cached_tokens": 0})
+
+
+def test_all_steps_are_in_flight_at_once():
+    problem = PlantedProblem.make("flight", num_steps=6)
+    engine = InFlightEngine(PlantedPolicy())
+    annotate(engine, problem, problem.steps(2))
+    assert engine.peak == 6
+
+
+def test_many_problems_concurrently_match_one_at_a_time():
+    problems = [PlantedProblem.make(f"conc-{i}", num_steps=3 + i) for i in range(6)]
+    errors = [i % (3 + i) for i in range(6)]
+    config = MonteCarloConfig(truncate_after_first_error=True)
+
+    async def run_all(engine, concurrently: bool):
+        annotator = MonteCarloAnnotator(engine, config, run_seed=3)
+        calls = [annotator.annotate(problem_id=p.problem_id, solution_index=i,
+                                    prompt=p.prompt(engine), steps=p.steps(e),
+                                    splitter=SPLITTER, gold_answer=p.gold)
+                 for i, (p, e) in enumerate(zip(problems, errors))]
+        if concurrently:
+            return await asyncio.gather(*calls)
+        return [await call for call in calls]
+
+    shared = InFlightEngine(PlantedPolicy())
+    together = asyncio.run(run_all(shared, True))
+    alone = asyncio.run(run_all(PlantedPolicy().engine(), False))
+    assert shared.peak == sum(p.num_steps for p in problems)
+    assert [without_cache_hits(r) for r in together] == [without_cache_hits(r) for r in alone]
+    assert [r.first_error_index for r in together] == errors
+
+
+def test_result_maps_to_arrow():
+    problem = PlantedProblem.make("arrow", num_steps=4)
+    result = annotate(unknown_at_one_step(4), problem, problem.steps(1),
+                      config=MonteCarloConfig(truncate_after_first_error=True))
+    table = pa.Table.from_pylist([dataclasses.asdict(result)])
+    assert table.num_rows == 1
+    assert table.column("hard_labels").to_pylist() == [[True, False, None, None]]
+    assert table.column("values").to_pylist()[0][3] is None
