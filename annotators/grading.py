@@ -167,6 +167,14 @@ def _verify_worker(conn) -> None:  # pragma: no cover - runs in the worker proce
             gold, predicted = conn.recv()
         except EOFError:
             return
+        if predicted is None:  # a readability check of one answer
+            try:
+                parsed = parse(f"${gold}$", parsing_timeout=None)
+                readable = any(not isinstance(p, str) for p in parsed)
+                conn.send(("correct", "readable") if readable else ("unknown", "unreadable"))
+            except Exception as exc:  # noqa: BLE001
+                conn.send(("unknown", f"checker_error:{type(exc).__name__}"))
+            continue
         try:
             gold_parsed = parse(f"${gold}$", parsing_timeout=None)
             # math-verify returns the raw string alone when it could not read the expression.
@@ -252,6 +260,17 @@ def _pool() -> MathVerifyPool:
         if _POOL is None:
             _POOL = MathVerifyPool()
         return _POOL
+
+
+def check_answer_readable(answer: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
+    """None when the grader can read ``answer`` (a gold answer, at validation); else why not."""
+    problem = _too_complex(answer)
+    if problem:
+        return problem
+    if as_number(answer) is not None:
+        return None
+    verdict, reason = _pool().compare(answer, None, timeout_s)  # type: ignore[arg-type]
+    return None if verdict == "correct" else reason
 
 
 def compare_answers(gold: str, predicted: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Grade:

@@ -25,6 +25,25 @@ from steplabel.pipelines import storage
 log = logging.getLogger(__name__)
 
 
+class MeteredEngine:
+    """An engine that counts what it served (for live progress); otherwise transparent."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.model_id = engine.model_id
+        self.rollouts = 0
+        self.generated_tokens = 0
+
+    async def generate(self, request):
+        result = await self._engine.generate(request)
+        self.rollouts += len(result.texts)
+        self.generated_tokens += result.total_generated_tokens
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
 class _WorkerEngines:
     """What one worker process shares across bundles and threads: engines and the labeler."""
 
@@ -33,19 +52,31 @@ class _WorkerEngines:
 
         self.host = EngineHost()
         models = manifest.models
-        policy = self.host.engine(models.policy)
-        completer = self.host.engine(models.completer_model)
-        judge = self.host.engine(models.judge_model)
-        self.engines = Engines(policy=policy, completer=completer, judge=judge)
+        metered: dict[int, MeteredEngine] = {}
+
+        def engine(config):
+            raw = self.host.engine(config)
+            return metered.setdefault(id(raw), MeteredEngine(raw))
+
+        self.engines = Engines(policy=engine(models.policy),
+                               completer=engine(models.completer_model),
+                               judge=engine(models.judge_model))
+        self.metered = list(metered.values())
         self.labeler = ProblemLabeler(manifest, self.engines)
+
+    def served(self) -> tuple[int, int]:
+        return (sum(e.rollouts for e in self.metered),
+                sum(e.generated_tokens for e in self.metered))
 
 
 class Progress:
     """Problems done of total, rollouts/s, tokens/s and ETA, printed to stderr at most every
     ``interval_s`` seconds."""
 
-    def __init__(self, total: int | None, *, interval_s: float = 5.0, stream=None) -> None:
+    def __init__(self, total: int | None, *, interval_s: float = 5.0, stream=None,
+                 served=None) -> None:
         self.total = total
+        self.served = served  # () -> (rollouts, generated tokens) served by the engines so far
         self.interval_s = interval_s
         self.stream = stream or sys.stderr
         self.started = time.monotonic()
@@ -53,15 +84,15 @@ class Progress:
         self.done = self.resumed = self.rollouts = self.tokens = 0
         self._lock = threading.Lock()
 
-    def update(self, *, rollouts: int = 0, tokens: int = 0, resumed: bool = False) -> None:
+    def update(self, *, resumed: bool = False, force: bool = False) -> None:
         with self._lock:
-            self.done += 1
-            self.resumed += resumed
-            self.rollouts += rollouts
-            self.tokens += tokens
+            self.done += not force
+            self.resumed += resumed and not force
+            if self.served is not None:
+                self.rollouts, self.tokens = self.served()
             now = time.monotonic()
             finished = self.total is not None and self.done >= self.total
-            if now - self.last_print >= self.interval_s or finished:
+            if now - self.last_print >= self.interval_s or finished or force:
                 self.last_print = now
                 print(self.line(now), file=self.stream, flush=True)
 
@@ -71,7 +102,7 @@ class Progress:
         rate = computed / elapsed
         total = f"/{self.total}" if self.total else ""
         eta = ""
-        if self.total and rate > 0:
+        if self.total and rate > 0 and self.done < self.total:
             eta = f", ETA {max(0.0, (self.total - self.done) / rate):.0f}s"
         return (f"[steplabel] problems {self.done}{total} ({self.resumed} resumed), "
                 f"{self.rollouts / elapsed:.1f} rollouts/s, {self.tokens / elapsed:.0f} "
@@ -79,21 +110,6 @@ class Progress:
 
 
 _PROGRESS: dict[str, Progress] = {}
-
-
-def _row_cost(rows: dict[str, list[dict]]) -> tuple[int, int]:
-    rollouts = tokens = 0
-    for output in ("trajectories", "rejected"):
-        for row in rows.get(output, ()):
-            for key in ("cost_policy", "cost_mc", "cost_judge"):
-                cost = row.get(key) or {}
-                rollouts += cost.get("rollouts", 0)
-                tokens += cost.get("generated_tokens", 0)
-    for row in rows.get("filtered", ()):
-        cost = row.get("cost") or {}
-        rollouts += cost.get("rollouts", 0)
-        tokens += cost.get("generated_tokens", 0)
-    return rollouts, tokens
 
 
 class LabelProblemsFn(beam.DoFn):
@@ -111,8 +127,8 @@ class LabelProblemsFn(beam.DoFn):
         manifest = self.manifest
         self._worker = self._handle.acquire(lambda: _WorkerEngines(manifest),
                                             tag=manifest.hash)
-        self._progress = _PROGRESS.setdefault(f"{self.out_dir}|{manifest.hash}",
-                                              Progress(self.total))
+        self._progress = _PROGRESS.setdefault(
+            f"{self.out_dir}|{manifest.hash}", Progress(self.total, served=self._worker.served))
 
     def start_bundle(self) -> None:
         self._pending: dict[concurrent.futures.Future, str] = {}
@@ -121,9 +137,7 @@ class LabelProblemsFn(beam.DoFn):
         for name, value in counters.items():
             Metrics.counter("steplabel", name).inc(value)
         Metrics.counter("steplabel", "problems_resumed" if resumed else "problems_labelled").inc()
-        rollouts, tokens = _row_cost(rows)
-        self._progress.update(rollouts=0 if resumed else rollouts,
-                              tokens=0 if resumed else tokens, resumed=resumed)
+        self._progress.update(resumed=resumed)
         for output, output_rows in rows.items():
             for row in output_rows:
                 yield output, row
@@ -137,8 +151,11 @@ class LabelProblemsFn(beam.DoFn):
 
     def _drain(self, *, until: int):
         while len(self._pending) > until:
-            done, _ = concurrent.futures.wait(self._pending,
+            done, _ = concurrent.futures.wait(self._pending, timeout=self._progress.interval_s,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
+            if not done:  # long problems: still show that the engines are working
+                self._progress.update(force=True)
+                continue
             for future in sorted(done, key=lambda f: self._pending[f]):
                 problem_id = self._pending.pop(future)
                 yield from self._finished(future, problem_id)

