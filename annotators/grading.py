@@ -50,21 +50,36 @@ class Grade:
 # Answer extraction
 
 
-def _boxed_contents(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` in order, braces balanced."""
-    found = []
-    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            ch = text[i]
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    found.append(text[start:i])
-                    break
-    return found
+_BOXED_OPEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE_RE = re.compile(r"[{}]")
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last-opened ``\\boxed{...}`` / ``\\fbox{...}`` that closes (braces
+    balanced), or None when no box closes.
+
+    One pass over the braces, so the time is linear in ``len(text)`` whatever the text: model
+    output is untrusted, and scanning to the end once per opening took minutes on ``\\boxed{``
+    repeated 20,000 times.
+    """
+    opens = {match.end() - 1 for match in _BOXED_OPEN_RE.finditer(text)}
+    if not opens:
+        return None
+    stack: list[tuple[int, int]] = []  # (content start, depth of its opening brace)
+    depth, best = 0, None
+    for match in _BRACE_RE.finditer(text):
+        i = match.start()
+        if text[i] == "{":
+            depth += 1
+            if i in opens:
+                stack.append((i + 1, depth))
+        else:
+            if stack and stack[-1][1] == depth:
+                start = stack.pop()[0]
+                if best is None or start > best[0]:
+                    best = (start, i)
+            depth -= 1
+    return text[best[0]:best[1]] if best else None
 
 
 _GSM8K_RE = re.compile(r"####\s*([^\n]+)")
@@ -73,13 +88,22 @@ _ANSWER_IS_RE = re.compile(
 )
 
 
+def _rstrip_end(text: str) -> str:
+    """``text`` without trailing whitespace and sentence punctuation (``.``, ``。``, ``!``).
+    A loop, not the regex ``[\\s.。!]+$``, which is quadratic on long inner whitespace runs."""
+    end = len(text)
+    while end and (text[end - 1].isspace() or text[end - 1] in ".。!"):
+        end -= 1
+    return text[:end]
+
+
 def _clean(answer: str) -> str:
-    answer = re.sub(r"[\s.。!]+$", "", answer.strip())
+    answer = _rstrip_end(answer.strip())
     # Strip wrapping math delimiters and trailing sentence punctuation.
     for left, right in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if answer.startswith(left) and answer.endswith(right) and len(answer) >= 2 * len(left):
             answer = answer[len(left) : len(answer) - len(right)].strip()
-    answer = re.sub(r"[\s.。!]+$", "", answer)
+    answer = _rstrip_end(answer)
     return answer.strip()
 
 
@@ -89,17 +113,17 @@ def extract_final_answer(text: str) -> str | None:
     Precedence: the last ``\\boxed{}``; else the last GSM8K ``#### N``; else the last
     "The answer is ..." sentence.
     """
-    boxed = _boxed_contents(text)
-    if boxed:
-        return _clean(boxed[-1]) or None
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return _clean(boxed) or None
     hashes = _GSM8K_RE.findall(text)
     if hashes:
         return _clean(hashes[-1]) or None
     stated = _ANSWER_IS_RE.findall(text)
     if stated:
         answer = _clean(stated[-1])
-        boxed = _boxed_contents(answer)
-        return (_clean(boxed[-1]) if boxed else answer) or None
+        boxed = _last_boxed(answer)
+        return (_clean(boxed) if boxed is not None else answer) or None
     return None
 
 
@@ -114,8 +138,8 @@ def parse_gold(gold: str, fmt: GoldFormat = "plain") -> str | None:
         hashes = _GSM8K_RE.findall(gold)
         return (_clean(hashes[-1]) or None) if hashes else None
     if fmt == "boxed":
-        boxed = _boxed_contents(gold)
-        return (_clean(boxed[-1]) or None) if boxed else None
+        boxed = _last_boxed(gold)
+        return (_clean(boxed) or None) if boxed is not None else None
     raise ValueError(f"gold format must be plain, gsm8k or boxed, got {fmt!r}")
 
 

@@ -29,10 +29,12 @@ class PromptTemplate:
 
 @lru_cache(maxsize=None)
 def load_template(template_id: str) -> PromptTemplate:
-    path = PROMPT_DIR / f"{template_id}.txt"
-    if not path.is_file():
-        known = sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
+    # Looked up among the known ids, never used as a path: an id from a manifest such as
+    # "../x", one with a NUL byte or one too long for the filesystem is just unknown.
+    known = sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
+    if not isinstance(template_id, str) or template_id not in known:
         raise ValueError(f"prompt template must be one of {', '.join(known)}, got {template_id!r}")
+    path = PROMPT_DIR / f"{template_id}.txt"
     return PromptTemplate(template_id, path.read_text(encoding="utf-8").rstrip("\n"))
 
 

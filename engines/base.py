@@ -20,6 +20,16 @@ class ContextLengthError(EngineError):
     """The prompt does not fit in the model's context window."""
 
 
+class EngineDiedError(RuntimeError):
+    """The engine itself is gone (its process died): no request can succeed any more.
+
+    Deliberately *not* an :class:`EngineError`. An ``EngineError`` is one request's failure and
+    sends its problem to the dead letter; a dead engine is not the problem's fault, and treating
+    it so would flood the dead letter with every remaining problem. The job stops instead, with
+    this message; finished problems are checkpointed, and rerunning the same command resumes.
+    """
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One sampling request.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Sequence
 from steplabel.engines.base import (
     ChatMessage,
     ContextLengthError,
+    EngineDiedError,
     EngineError,
     EngineInfo,
     GenerationRequest,
@@ -118,6 +120,7 @@ class VLLMEngine:
             **extra,
         )
         llm = AsyncLLM.from_engine_args(args)
+        start_orphan_reaper()
         tokenizer = AutoTokenizer.from_pretrained(model.path, revision=config.revision)
         engine = cls(config, model, llm, tokenizer)
         engine.start_seconds = time.perf_counter() - started
@@ -159,11 +162,11 @@ class VLLMEngine:
                 final = output
                 for sample in output.outputs:
                     samples[sample.index] = sample
-        except ValueError as exc:
-            message = str(exc)
-            if "longer than the maximum model length" in message or "context length" in message:
-                raise ContextLengthError(message) from exc
-            raise EngineError(f"vLLM rejected the request: {message}") from exc
+        except Exception as exc:  # noqa: BLE001 - classified here, re-raised as ours or as is
+            mapped = map_vllm_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         if final is None:
             raise EngineError(f"vLLM returned no output for {request_id}")
         outputs = [samples[i] for i in sorted(samples)]
@@ -194,6 +197,85 @@ class VLLMEngine:
 
     def shutdown(self) -> None:
         self._llm.shutdown()
+
+
+_REAPER_CODE = """
+import os, sys, time, signal
+parent, pids = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+while os.getppid() == parent:
+    time.sleep(1.0)
+for pid in pids:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+def start_orphan_reaper() -> None:
+    """Kill vLLM's engine processes if this process dies without shutting them down.
+
+    vLLM's engine core and workers are child processes; when the driver is killed (SIGKILL, a
+    crashed Beam worker) they are re-parented and keep computing, at full CPU, for nobody. A tiny
+    watcher process notices its parent is gone and kills them.
+    """
+    import subprocess
+    import sys
+
+    import psutil
+
+    children = [c.pid for c in psutil.Process().children(recursive=True)]
+    if children:
+        subprocess.Popen([sys.executable, "-c", _REAPER_CODE, str(os.getpid()),
+                          *map(str, children)], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+
+
+#: How vLLM words "the prompt does not fit": ``The decoder prompt (length N) is longer than the
+#: maximum model length of M`` (input_processor) and ``This model's maximum context length is M
+#: tokens. However, your prompt contains at least N input tokens`` (0.32's renderer).
+_CONTEXT_LENGTH_RE = re.compile(
+    r"longer than the maximum model length|context length",
+    re.IGNORECASE)
+
+
+def map_vllm_error(exc: BaseException) -> BaseException:
+    """What a failed ``AsyncLLM.generate`` means to the pipeline.
+
+    - ``EngineDeadError`` (the engine-core process is gone; every later request fails at once)
+      becomes :class:`EngineDiedError`: the job stops with a clear message instead of sending
+      every remaining problem to the dead letter; a rerun resumes from the checkpoints.
+    - A request vLLM refuses (``VLLMClientError`` such as ``VLLMValidationError``, or a plain
+      ``ValueError`` from older versions) becomes :class:`ContextLengthError` when it says the
+      prompt does not fit, else :class:`EngineError`: that problem goes to the dead letter.
+    - ``EngineGenerateError`` (one request failed, the engine lives on) becomes
+      :class:`EngineError`.
+    - Anything else (cancellation, a bug) is returned unchanged, to propagate as it is.
+
+    vLLM's validation errors derive from ``VLLMClientError``, not ``ValueError``: catching only
+    ``ValueError`` let an over-long prompt escape the labeler and fail the whole job.
+    """
+    try:
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+    except ImportError:  # pragma: no cover - vLLM without these classes
+        VLLMClientError = EngineDeadError = EngineGenerateError = ()  # type: ignore
+    if isinstance(exc, EngineDeadError):
+        return EngineDiedError(
+            "the vLLM engine process died, so no request can succeed any more "
+            f"({type(exc).__name__}: {exc}); the job stops here. Finished problems are "
+            "checkpointed: rerun the same command to resume.")
+    if isinstance(exc, (ValueError, VLLMClientError)):
+        message = str(exc)
+        if _CONTEXT_LENGTH_RE.search(message):
+            return ContextLengthError(message)
+        return EngineError(f"vLLM rejected the request: {message}")
+    if isinstance(exc, EngineGenerateError):
+        cause = exc.__cause__
+        return EngineError(f"vLLM failed the request: {type(cause).__name__ if cause else ''}"
+                           f" {cause or exc}".strip())
+    return exc
 
 
 def tokenizer_pieces(tokenizer, text: str) -> list[str]:

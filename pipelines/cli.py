@@ -7,12 +7,26 @@ import logging
 import os
 import sys
 
-COMMANDS_NOT_BUILT = {
-    "regenerate": "rerun a job from its manifest.lock.json and verify the result",
-    "inspect": "print label statistics of a dataset (text, --json, --html)",
-    "export": "export a dataset to TRL / OpenRLHF / Math-Shepherd formats",
-    "evaluate": "evaluate annotators against human first-error labels (ProcessBench)",
+import importlib
+
+#: Commands that live in their own modules: ``steplabel.pipelines.<module>`` provides
+#: ``add_arguments(parser)`` and ``run(args) -> int`` (exit status).
+COMMAND_MODULES = {
+    "regenerate": ("regenerate", "rerun a job from its manifest.lock.json and verify the result"),
+    "inspect": ("inspect", "print label statistics of a dataset (text, --json, --html)"),
+    "export": ("export", "export a dataset to TRL / OpenRLHF / Math-Shepherd formats"),
+    "evaluate": ("evaluate", "evaluate annotators against human first-error labels"),
 }
+
+
+def _command_module(name: str):
+    module, _ = COMMAND_MODULES[name]
+    try:
+        return importlib.import_module(f"steplabel.pipelines.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"steplabel.pipelines.{module}":
+            return None
+        raise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,9 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--count", type=int, default=24)
     data.add_argument("--seed", type=int, default=0)
 
-    for name, text in COMMANDS_NOT_BUILT.items():
-        cmd = sub.add_parser(name, help=f"{text} (not built yet)")
-        cmd.add_argument("args", nargs="*")
+    for name, (_, text) in COMMAND_MODULES.items():
+        module = _command_module(name)
+        if module is None:
+            cmd = sub.add_parser(name, help=f"{text} (not built yet)")
+            cmd.add_argument("args", nargs="*")
+        else:
+            module.add_arguments(sub.add_parser(name, help=text, description=text))
     return parser
 
 
@@ -100,9 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         count = write_problems(args.out, count=args.count, seed=args.seed)
         print(f"[steplabel] wrote {count} problems to {args.out}")
         return 0
-    print(f"steplabel {args.command}: not built yet ({COMMANDS_NOT_BUILT[args.command]})",
-          file=sys.stderr)
-    return 2
+    module = _command_module(args.command)
+    if module is None:
+        print(f"steplabel {args.command}: not built yet ({COMMAND_MODULES[args.command][1]})",
+              file=sys.stderr)
+        return 2
+    return module.run(args)
 
 
 if __name__ == "__main__":

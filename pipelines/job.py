@@ -133,8 +133,18 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     pipeline = make_pipeline(manifest, options)
     build_pipeline(pipeline, manifest, out_dir=out_dir, items=items,
                    total=len(items) if items is not None else None)
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as exc:  # noqa: BLE001 - only a dead engine is re-worded; the rest re-raised
+        if not engine_died(exc):
+            raise
+        finished = len(storage.list_files(storage.join(out_dir, storage.WORK_DIR, "checkpoints",
+                                                       "*", "*.json")))
+        raise JobError(
+            f"the job stopped because an engine died: {_first_line(exc)}. {finished} finished "
+            f"problems are checkpointed in {storage.join(out_dir, storage.WORK_DIR)}; rerun the "
+            "same command to resume (they are replayed, not recomputed).") from exc
     counters = {}
     try:
         for counter in result.metrics().query()["counters"]:
@@ -145,6 +155,25 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     info, stats = finalize_dataset(out_dir, manifest, problems_in=len(items) if items else None,
                                    counters=counters)
     return JobResult(out_dir, info, stats, time.perf_counter() - started)
+
+
+def engine_died(exc: BaseException) -> bool:
+    """Whether a pipeline failure is an engine's death (:class:`EngineDiedError`), found in the
+    exception chain or, for runners that pass worker errors on as text, in the message."""
+    from steplabel.engines.base import EngineDiedError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, EngineDiedError) or "EngineDiedError" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 def describe(result: JobResult) -> str:

@@ -125,9 +125,13 @@ def _original_text(data: Any) -> str:
         except UnicodeDecodeError:
             return data.decode("utf-8", errors="backslashreplace")
     try:
-        return json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
+        text = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # lone surrogates: keep them as \u escapes
+        return json.dumps(data, sort_keys=True, default=str, ensure_ascii=True)
     except (TypeError, ValueError):
-        return repr(data)
+        return repr(data).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _text_field(record: dict, key: str, what: str) -> tuple[str | None, str | None]:
@@ -139,6 +143,12 @@ def _text_field(record: dict, key: str, what: str) -> tuple[str | None, str | No
     text = str(value)
     if not text.strip():
         return None, f"empty_{what}"
+    try:
+        # JSON's "\ud800" escape decodes to a lone surrogate: valid JSON, but not text that
+        # UTF-8 (Parquet, the tokenizer, the checkpoint key) can hold.
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, "not_utf8"
     return text, None
 
 

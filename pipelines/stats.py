@@ -1,156 +1,395 @@
 """Label statistics of a dataset directory, computed by streaming its Parquet shards.
 
-Memory stays flat as the dataset grows: rows are read a record batch at a time and folded into
-counters and fixed-size histograms. Each figure maps to a known failure mode of automatic labels
-(METHODS.md §8): positive-step rate, first-error position, Monte Carlo value distribution,
-judge-vs-MC confusion, consensus keep rate, pre-filter drops, dead-letter reasons, outcome-correct
-trajectories that still carry a negative step, and cost per label.
+Memory stays flat as the dataset grows: rows are read a record batch at a time, only the columns
+a figure needs, and folded into counters and fixed-size histograms (step indices are bucketed to
+``0..19`` and ``20+``). Each figure maps to a known failure mode of automatic labels
+(METHODS.md §8): positive-step rate, labels by step index, first-error position, Monte Carlo
+value distribution, judge-vs-MC confusion, consensus keep rate, pre-filter drops, dead-letter
+reasons, outcome-correct trajectories that still carry a negative step, and cost per label.
+
+Per-problem figures (problems, pre-filter drop rate, OmegaPRM cost per source) need every row
+of a problem together. The writer guarantees that (``storage.write_shard``): all outputs are
+sharded by ``problem_id`` with the same hash and shard count, and each shard is sorted by
+``problem_id``. So the shards with the same name are merged on ``problem_id`` (a k-way merge of
+sorted streams) and each problem's rows are seen together, one problem in memory at a time.
+If a shard is found out of order, ``grouping_exact`` is False in the result and per-problem
+counts may count one problem more than once; row-level figures are unaffected.
 """
 
 from __future__ import annotations
 
+import heapq
+import io
+import itertools
+import posixpath
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 
 from steplabel.pipelines import storage
+from steplabel.schemas.records import OUTPUTS
+
+MAX_POSITION = 20  # step-index buckets: 0..19 and "20+"
+NO_ERROR = "none"  # first-error histogram key of "every step correct"
 
 TRAJECTORY_COLUMNS = [
-    "problem_id", "source", "steps", "labels", "hard_labels", "mc_values", "mc_first_error",
+    "problem_id", "source", "steps", "labels", "mc_values", "mc_first_error",
     "judge_first_error", "consensus_keep", "consensus_reason", "final_answer_correct",
     "cost_policy", "cost_mc", "cost_judge",
 ]
-MAX_POSITION = 20  # histogram buckets: 0..19 and "20+"
+#: The columns each output is read with (the smallest set the figures need).
+COLUMNS: dict[str, list[str]] = {
+    "trajectories": TRAJECTORY_COLUMNS,
+    "rejected": TRAJECTORY_COLUMNS,
+    "omegaprm_states": ["problem_id", "record_type", "hard_label", "n_total", "n_unknown"],
+    "omegaprm_pairs": ["problem_id"],
+    "omegaprm_searches": ["problem_id"],
+    "filtered": ["problem_id", "source", "stage", "reason", "cost"],
+    "dead_letter": ["problem_id", "source", "stage", "reason"],
+}
+COST_STAGES = ("policy", "mc", "judge")
+COST_FIELDS = ("requests", "rollouts", "prompt_tokens", "generated_tokens", "cached_tokens")
+PREFILTER_STAGE = "omegaprm_prefilter"
+UNKNOWN_SOURCE = "unknown"
 
 
-def _bucket(index: int) -> str:
+def step_bucket(index: int) -> str:
+    """Histogram key of a step index: ``"0"``..``"19"``, then ``"20+"``."""
     return str(index) if index < MAX_POSITION else f"{MAX_POSITION}+"
 
 
-class _Group:
-    def __init__(self) -> None:
-        self.rows = self.steps = 0
-        self.kept = self.rejected = 0
-        self.labelled_steps = self.positive_steps = 0
-        self.by_index = defaultdict(lambda: [0, 0])  # index -> [positive, labelled]
-        self.first_error = Counter()
-        self.mc_values = Counter()  # bucketed to tenths; exact 0 and 1 apart
-        self.mc_value_count = 0
-        self.confusion = Counter()
-        self.reject_reasons = Counter()
-        self.correct_outcome = self.correct_with_negative = 0
-        self.cost = Counter()
+def index_bucket(value: int | None) -> str:
+    """Key of a first-error index: ``"unknown"`` (null), ``"-1"`` (no error), else a step bucket."""
+    if value is None:
+        return "unknown"
+    return "-1" if value < 0 else step_bucket(value)
 
-    def add(self, row: dict, kept: bool) -> None:
-        self.rows += 1
-        self.steps += len(row["steps"] or ())
-        self.kept += kept
-        self.rejected += not kept
+
+def mc_bucket(value: float) -> str:
+    """MC value bucket: exact ``"0"`` and ``"1"`` apart, tenths in between (``"0.3-0.4"``
+    holds 0.3 <= v < 0.4; ``"0.0-0.1"`` excludes 0 and ``"0.9-1.0"`` excludes 1)."""
+    if value <= 0:
+        return "0"
+    if value >= 1:
+        return "1"
+    tenth = min(int(value * 10), 9)
+    return f"{tenth / 10:.1f}-{(tenth + 1) / 10:.1f}"
+
+
+MC_BUCKETS = ["0"] + [f"{t / 10:.1f}-{(t + 1) / 10:.1f}" for t in range(10)] + ["1"]
+INDEX_BUCKETS = ["-1"] + [step_bucket(i) for i in range(MAX_POSITION + 1)] + ["unknown"]
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator`` rounded to 6 places; None when the denominator is 0."""
+    return round(numerator / denominator, 6) if denominator else None
+
+
+def _bucket_order(key: str) -> tuple:
+    """Sort key for step-index buckets: -1, 0..19, 20+, then none/unknown."""
+    if key in ("-1",):
+        return (0, -1)
+    if key.isdigit():
+        return (0, int(key))
+    if key.endswith("+"):
+        return (1, 0)
+    return (2, key)
+
+
+def _sorted_buckets(counter: dict) -> dict:
+    return {k: counter[k] for k in sorted(counter, key=_bucket_order)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: one problem's rows at a time
+
+
+@dataclass
+class ProblemRows:
+    """Every row of one problem id across outputs (only the :data:`COLUMNS` of each).
+
+    ``problem_id`` is None for input rows that had no readable id (dead letters of ``validate``).
+    """
+
+    problem_id: str | None
+    rows: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def source(self) -> str:
+        for output in ("trajectories", "rejected", "filtered", "dead_letter"):
+            for row in self.rows.get(output, ()):
+                if row.get("source"):
+                    return row["source"]
+        return UNKNOWN_SOURCE
+
+
+def iter_file_rows(path: str, *, columns: list[str] | None = None,
+                   batch_size: int = 1024) -> Iterator[dict]:
+    """The rows of one Parquet file, a record batch at a time."""
+    if "://" in path:
+        with FileSystems.open(path) as handle:
+            source = io.BytesIO(handle.read())
+        parquet = pq.ParquetFile(source)
+    else:
+        parquet = pq.ParquetFile(path)
+    for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+        yield from batch.to_pylist()
+
+
+def _shard_files(dataset_dir: str) -> dict[str, dict[str, str]]:
+    """Shard file name -> {output: path}, over every output of the dataset."""
+    shards: dict[str, dict[str, str]] = defaultdict(dict)
+    for output in OUTPUTS:
+        for path in storage.output_files(dataset_dir, output):
+            shards[posixpath.basename(path)][output] = path
+    return shards
+
+
+class _OrderCheck:
+    """Passes rows through and notes whether their problem ids ever go backwards."""
+
+    def __init__(self) -> None:
+        self.sorted = True
+
+    def wrap(self, rows: Iterable[dict], output: str) -> Iterator[tuple[str, str, dict]]:
+        previous = ""
+        for row in rows:
+            key = str(row.get("problem_id") or "")
+            if key < previous:
+                self.sorted = False
+            previous = key
+            yield key, output, row
+
+
+def iter_problems(dataset_dir: str, *, order: _OrderCheck | None = None) -> Iterator[ProblemRows]:
+    """Every problem's rows together, streaming (see the module docstring).
+
+    Dead-letter rows without a problem id come one per :class:`ProblemRows` (id None).
+    """
+    order = order or _OrderCheck()
+    for _, files in sorted(_shard_files(dataset_dir).items()):
+        streams = [order.wrap(iter_file_rows(path, columns=COLUMNS[output]), output)
+                   for output, path in files.items()]
+        merged = heapq.merge(*streams, key=lambda item: item[0])
+        for key, items in itertools.groupby(merged, key=lambda item: item[0]):
+            if not key:
+                for _, output, row in items:
+                    problem = ProblemRows(None)
+                    problem.rows[output].append(row)
+                    yield problem
+                continue
+            problem = ProblemRows(key)
+            for _, output, row in items:
+                problem.rows[output].append(row)
+            yield problem
+
+
+# ---------------------------------------------------------------------------------------------
+# Folding
+
+
+class LabelStats:
+    """The figures of one group of problems (the whole dataset, or one source)."""
+
+    def __init__(self) -> None:
+        self.problems = 0
+        self.rows = Counter()
+        self.steps_all = self.steps_kept = 0
+        self.labelled_steps = self.positive_steps = 0
+        self.by_index: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [positive, negative]
+        self.first_error = Counter()
+        self.mc_values = Counter()
+        self.confusion: dict[str, Counter] = defaultdict(Counter)
+        self.both_known = self.agree = 0
+        self.consensus_evaluated = self.consensus_kept = 0
+        self.reject_reasons = Counter()
+        self.outcome = {name: [0, 0] for name in ("final_labels", "monte_carlo", "judge")}
+        self.cost: dict[str, Counter] = {stage: Counter() for stage in COST_STAGES}
+        self.cost["omegaprm_prefilter_dropped"] = Counter()
+        self.prefilter_checked = self.prefilter_dropped = 0
+        self.filtered = Counter()
+        self.dead_letter = Counter()
+        self.states = Counter()
+        self.labelled_states = self.positive_states = self.omegaprm_rollouts = 0
+
+    # -- per problem -------------------------------------------------------------------------
+
+    def add_problem(self, problem: ProblemRows) -> None:
+        rows = problem.rows
+        for output, items in rows.items():
+            self.rows[output] += len(items)
+        for row in rows.get("dead_letter", ()):
+            self.dead_letter[f"{row['stage']}:{row['reason']}"] += 1
+        labelled_here = any(rows.get(o) for o in ("trajectories", "rejected", "filtered",
+                                                  "omegaprm_states"))
+        label_dead = any(r["stage"] != "validate" for r in rows.get("dead_letter", ()))
+        if problem.problem_id is not None and (labelled_here or label_dead):
+            self.problems += 1
+        for row in rows.get("trajectories", ()):
+            self._add_trajectory(row, kept=True)
+        for row in rows.get("rejected", ()):
+            self._add_trajectory(row, kept=False)
+        prefilter_drop = False
+        for row in rows.get("filtered", ()):
+            self.filtered[f"{row['stage']}:{row['reason']}"] += 1
+            if row["stage"] == PREFILTER_STAGE:
+                prefilter_drop = True
+                for name, value in (row.get("cost") or {}).items():
+                    self.cost["omegaprm_prefilter_dropped"][name] += value or 0
+        states = rows.get("omegaprm_states", ())
+        if prefilter_drop or states:
+            self.prefilter_checked += 1
+            self.prefilter_dropped += prefilter_drop
+        for row in states:
+            self.states[row["record_type"]] += 1
+            if row["hard_label"] is not None:
+                self.labelled_states += 1
+                self.positive_states += bool(row["hard_label"])
+            if row["record_type"] != "completion":  # completions have no rollouts of their own
+                self.omegaprm_rollouts += (row["n_total"] or 0) + (row["n_unknown"] or 0)
+
+    # -- per trajectory ----------------------------------------------------------------------
+
+    def _add_trajectory(self, row: dict, *, kept: bool) -> None:
+        steps = len(row["steps"] or ())
+        self.steps_all += steps
+        if kept:
+            self.steps_kept += steps
+        if row.get("consensus_keep") is not None:
+            self.consensus_evaluated += 1
+            self.consensus_kept += bool(row["consensus_keep"])
         if not kept:
             self.reject_reasons[row.get("consensus_reason") or "unknown"] += 1
         labels = row["labels"] if kept else None
         if labels:
+            first = -1
             for index, label in enumerate(labels):
                 if label is None:
                     continue
                 self.labelled_steps += 1
                 self.positive_steps += bool(label)
-                cell = self.by_index[_bucket(index)]
-                cell[0] += bool(label)
-                cell[1] += 1
-            first = next((i for i, label in enumerate(labels) if label is False), -1)
-            self.first_error["none" if first == -1 else _bucket(first)] += 1
-            if row.get("final_answer_correct"):
-                self.correct_outcome += 1
-                self.correct_with_negative += first != -1
+                self.by_index[step_bucket(index)][0 if label else 1] += 1
+                if not label and first == -1:
+                    first = index
+            self.first_error[NO_ERROR if first == -1 else step_bucket(first)] += 1
+            self._outcome("final_labels", row, first)
         for value in row.get("mc_values") or ():
-            if value is None:
-                continue
-            self.mc_value_count += 1
-            key = "0" if value == 0 else "1" if value == 1 else f"{min(int(value * 10), 9) / 10:.1f}"
-            self.mc_values[key] += 1
+            if value is not None:
+                self.mc_values[mc_bucket(value)] += 1
         mc, judge = row.get("mc_first_error"), row.get("judge_first_error")
-        if row.get("mc_values") is not None or row.get("judge_first_error") is not None:
-            self.confusion[f"{_fmt(mc)}|{_fmt(judge)}"] += 1
-        for key in ("cost_policy", "cost_mc", "cost_judge"):
-            for name, value in (row.get(key) or {}).items():
-                self.cost[f"{key[5:]}_{name}"] += value or 0
+        if row.get("mc_values") is not None or judge is not None:
+            self.confusion[index_bucket(mc)][index_bucket(judge)] += 1
+            if mc is not None and judge is not None:
+                self.both_known += 1
+                self.agree += mc == judge
+        self._outcome("monte_carlo", row, mc)
+        self._outcome("judge", row, judge)
+        for stage in COST_STAGES:
+            for name, value in (row.get(f"cost_{stage}") or {}).items():
+                self.cost[stage][name] += value or 0
+
+    def _outcome(self, name: str, row: dict, first_error: int | None) -> None:
+        if row.get("final_answer_correct") and first_error is not None:
+            cell = self.outcome[name]
+            cell[0] += 1
+            cell[1] += first_error >= 0
+
+    # -- result ------------------------------------------------------------------------------
 
     def summary(self) -> dict:
-        mc_total = self.mc_value_count
-        mc_tokens = self.cost["mc_prompt_tokens"]
-        labels = max(1, self.labelled_steps)
+        """Plain, JSON-ready figures. Rates are None when their denominator is 0."""
+        mc_count = sum(self.mc_values.values())
+        cost = {stage: {name: counter[name] for name in COST_FIELDS}
+                for stage, counter in self.cost.items()}
+        spent = {name: sum(cost[stage][name] for stage in COST_STAGES) for name in COST_FIELDS}
         return {
-            "rows": self.rows,
-            "kept": self.kept,
-            "rejected": self.rejected,
-            "steps": self.steps,
-            "labelled_steps": self.labelled_steps,
-            "positive_step_rate": _ratio(self.positive_steps, self.labelled_steps),
-            "positive_rate_by_step_index": {
-                k: _ratio(v[0], v[1]) for k, v in sorted(self.by_index.items(), key=_index_key)
+            "problems": self.problems,
+            "rows": {output: self.rows[output] for output in OUTPUTS},
+            "steps": {
+                "all": self.steps_all,
+                "kept": self.steps_kept,
+                "labelled": self.labelled_steps,
+                "positive": self.positive_steps,
+                "negative": self.labelled_steps - self.positive_steps,
             },
-            "first_error_histogram": dict(sorted(self.first_error.items(), key=_index_key)),
-            "mc_value_distribution": dict(sorted(self.mc_values.items())),
-            "mc_share_exact_0": _ratio(self.mc_values["0"], mc_total),
-            "mc_share_exact_1": _ratio(self.mc_values["1"], mc_total),
-            "judge_vs_mc_first_error": dict(sorted(self.confusion.items())),
-            "consensus_keep_rate": _ratio(self.kept, self.rows),
-            "reject_reasons": dict(sorted(self.reject_reasons.items())),
-            "correct_outcome_with_negative_step": _ratio(self.correct_with_negative,
-                                                         self.correct_outcome),
-            "cost": dict(sorted(self.cost.items())),
+            "positive_step_rate": ratio(self.positive_steps, self.labelled_steps),
+            "labels_by_step_index": {
+                key: {"positive": pos, "negative": neg, "positive_rate": ratio(pos, pos + neg)}
+                for key, (pos, neg) in sorted(self.by_index.items(),
+                                              key=lambda kv: _bucket_order(kv[0]))
+            },
+            "first_error_histogram": _sorted_buckets(self.first_error),
+            "mc_values": {
+                "count": mc_count,
+                "share_exact_0": ratio(self.mc_values["0"], mc_count),
+                "share_exact_1": ratio(self.mc_values["1"], mc_count),
+                "histogram": {key: self.mc_values[key] for key in MC_BUCKETS},
+            },
+            "judge_vs_mc_first_error": {
+                "matrix": {mc: _sorted_buckets(row)
+                           for mc, row in sorted(self.confusion.items(),
+                                                 key=lambda kv: INDEX_BUCKETS.index(kv[0]))},
+                "both_known": self.both_known,
+                "agreement_rate": ratio(self.agree, self.both_known),
+            },
+            "consensus": {
+                "evaluated": self.consensus_evaluated,
+                "kept": self.consensus_kept,
+                "keep_rate": ratio(self.consensus_kept, self.consensus_evaluated),
+                "reject_reasons": dict(sorted(self.reject_reasons.items())),
+            },
+            "prefilter": {
+                "checked": self.prefilter_checked,
+                "dropped": self.prefilter_dropped,
+                "drop_rate": ratio(self.prefilter_dropped, self.prefilter_checked),
+            },
+            "filtered": dict(sorted(self.filtered.items())),
+            "dead_letter": dict(sorted(self.dead_letter.items())),
+            "correct_outcome_with_negative_step": {
+                name: {"correct_outcome": correct, "with_negative_step": negative,
+                       "rate": ratio(negative, correct)}
+                for name, (correct, negative) in self.outcome.items()
+            },
+            "cost": cost,
             "cost_per_label": {
-                "rollouts": _ratio(self.cost["mc_rollouts"] + self.cost["judge_rollouts"], labels),
-                "generated_tokens": _ratio(
-                    self.cost["mc_generated_tokens"] + self.cost["judge_generated_tokens"]
-                    + self.cost["policy_generated_tokens"], labels),
-                "mc_cached_share": _ratio(self.cost["mc_cached_tokens"], mc_tokens),
+                "kept_step_labels": self.labelled_steps,
+                "rollouts": ratio(spent["rollouts"], self.labelled_steps),
+                "generated_tokens": ratio(spent["generated_tokens"], self.labelled_steps),
+                "cached_prompt_share": ratio(spent["cached_tokens"], spent["prompt_tokens"]),
+            },
+            "omegaprm": {
+                "states": dict(sorted(self.states.items())),
+                "labelled_states": self.labelled_states,
+                "positive_state_rate": ratio(self.positive_states, self.labelled_states),
+                "rollouts": self.omegaprm_rollouts
+                + self.cost["omegaprm_prefilter_dropped"]["rollouts"],
+                "rollouts_per_state_label": ratio(
+                    self.omegaprm_rollouts + self.cost["omegaprm_prefilter_dropped"]["rollouts"],
+                    self.labelled_states),
             },
         }
 
 
-def _fmt(value) -> str:
-    return "unknown" if value is None else str(value)
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 6) if b else None
-
-
-def _index_key(item) -> tuple:
-    key = item[0]
-    if key == "none":
-        return (2, 0)
-    if key.endswith("+"):
-        return (1, 0)
-    return (0, int(key))
-
-
 def compute_stats(dataset_dir: str) -> dict:
-    """The statistics of a dataset directory, overall and per source."""
-    overall, per_source = _Group(), defaultdict(_Group)
-    for output, kept in (("trajectories", True), ("rejected", False)):
-        for row in storage.iter_rows(dataset_dir, output, columns=TRAJECTORY_COLUMNS):
-            overall.add(row, kept)
-            per_source[row["source"]].add(row, kept)
-    filtered = Counter()
-    filtered_problems = set()
-    for row in storage.iter_rows(dataset_dir, "filtered",
-                                 columns=["problem_id", "stage", "reason"]):
-        filtered[f"{row['stage']}:{row['reason']}"] += 1
-        filtered_problems.add(row["problem_id"])
-    dead = Counter()
-    for row in storage.iter_rows(dataset_dir, "dead_letter", columns=["stage", "reason"]):
-        dead[f"{row['stage']}:{row['reason']}"] += 1
-    omegaprm_states = Counter()
-    for row in storage.iter_rows(dataset_dir, "omegaprm_states",
-                                 columns=["record_type", "hard_label"]):
-        omegaprm_states[f"{row['record_type']}:{_fmt(row['hard_label'])}"] += 1
+    """The statistics of a dataset directory, overall and per source (streaming).
+
+    Cost per label divides everything spent on trajectories (policy samples, Monte Carlo
+    rollouts and judge calls, rejected trajectories included) by the kept step labels.
+    OmegaPRM's cost is counted from its states (pre-filter rollouts at the root, k per probe)
+    plus the pre-filter cost of dropped questions; its token counts are not recorded per row.
+    """
+    order = _OrderCheck()
+    overall, per_source = LabelStats(), defaultdict(LabelStats)
+    for problem in iter_problems(dataset_dir, order=order):
+        overall.add_problem(problem)
+        per_source[problem.source].add_problem(problem)
     return {
         "overall": overall.summary(),
         "per_source": {name: group.summary() for name, group in sorted(per_source.items())},
-        "filtered": dict(sorted(filtered.items())),
-        "dead_letter": dict(sorted(dead.items())),
-        "omegaprm_states": dict(sorted(omegaprm_states.items())),
+        "grouping_exact": order.sorted,
     }
 
 

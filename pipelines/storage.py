@@ -45,10 +45,28 @@ def exists(path: str) -> bool:
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    folder, name = posixpath.split(path) if "://" in path else _split_local(path)
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    The bytes go to a temporary name in the same folder (``.inprogress-<uuid>-<name>``, which
+    readers never match), then are renamed. A writer killed or failing mid-write leaves only
+    such a temporary file, which :func:`remove_temp_files` deletes when the job finishes.
+    Locally the temporary file is flushed to disk before ``os.replace`` swaps it in atomically
+    (there is no moment without a file); on object stores the old object is deleted first,
+    since their rename is a copy.
+    """
+    remote = "://" in path
+    folder, name = posixpath.split(path) if remote else _split_local(path)
     tmp = join(folder, f"{TMP_MARK}{uuid.uuid4().hex}-{name}")
     FileSystems.mkdirs(folder) if not FileSystems.exists(folder) else None
+    if not remote:
+        import os
+
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        return
     with FileSystems.create(tmp) as handle:
         handle.write(data)
     if FileSystems.exists(path):
@@ -76,8 +94,30 @@ def read_json(path: str):
 
 
 def list_files(pattern: str) -> list[str]:
+    """Files matching ``pattern``; temporary files of unfinished writes never match."""
     matches = FileSystems.match([pattern])[0].metadata_list
     return sorted(m.path for m in matches if TMP_MARK not in posixpath.basename(m.path))
+
+
+def temp_files(out_dir: str) -> list[str]:
+    """Temporary files of writes that never finished (a killed or failed writer) anywhere a
+    dataset directory is written: the root, every output folder, ``_work`` and checkpoints."""
+    folders = ["", *OUTPUT_DIRS.values(), WORK_DIR, posixpath.join(WORK_DIR, "checkpoints", "*")]
+    patterns = [join(out_dir, folder, f"{TMP_MARK}*") if folder else join(out_dir, f"{TMP_MARK}*")
+                for folder in folders]
+    found = []
+    for result in FileSystems.match(patterns):
+        found.extend(m.path for m in result.metadata_list)
+    return sorted(set(found))
+
+
+def remove_temp_files(out_dir: str) -> list[str]:
+    """Delete :func:`temp_files` (call only when no writer of this job can still be running,
+    as the finalize step does); returns the deleted paths."""
+    leftovers = temp_files(out_dir)
+    if leftovers:
+        FileSystems.delete(leftovers)
+    return leftovers
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import yaml
 from steplabel.annotators.judge import JudgeConfig
 from steplabel.annotators.monte_carlo import MonteCarloConfig
 from steplabel.annotators.omegaprm import OmegaPRMConfig
+from steplabel.annotators.prompts import load_template
 from steplabel.annotators.splitting import SPLITTERS
 from steplabel.schemas.config import (
     ConfigError,
@@ -114,6 +115,11 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         check(1 <= self.samples <= 1024, "samples", "must be in [1, 1024]", self.samples)
+        # Checked here, not first in a worker when the job is already running.
+        try:
+            load_template(self.template)
+        except ValueError as exc:
+            raise ConfigError(f"template {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,8 @@ def load_manifest(path: str | Path) -> JobManifest:
         raise ConfigError(f"manifest {path} is not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"manifest {path} is not UTF-8: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"manifest {path} is nested too deeply to be a manifest") from None
     manifest = manifest_from_dict(data)
     source = manifest.source
     if source.path and "://" not in source.path and not Path(source.path).is_absolute():

@@ -103,3 +103,57 @@ def _arithmetic_respond(request: GenerationRequest, index: int) -> str:
 def arithmetic_engine(config) -> ScriptedEngine:
     """``kind: custom`` factory used by the pipeline tests (``factory: fakes:arithmetic_engine``)."""
     return ScriptedEngine(_arithmetic_respond, model_id="scripted-arithmetic")
+
+
+def slow_arithmetic_engine(config) -> ScriptedEngine:
+    """Like :func:`arithmetic_engine`, 50 ms per request: long enough to kill a job mid-way."""
+    return ScriptedEngine(_arithmetic_respond, model_id="scripted-arithmetic", delay_s=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines with faults, for the reliability tests (tests/test_bad_input.py, test_engine_faults.py)
+
+#: Environment variable read by :func:`arithmetic_engine_with_faults` when it builds its engine:
+#: the engine dies (raises ``EngineDiedError`` on every request) from this request on (1-based).
+DIE_AFTER_ENV = "STEPLABEL_FAKE_DIE_AFTER"
+
+
+class FaultyScriptedEngine(ScriptedEngine):
+    """A :class:`ScriptedEngine` with a context window and an optional death.
+
+    ``max_prompt_tokens``: a prompt of more fake tokens raises ``ContextLengthError`` with
+    vLLM's wording. ``die_after``: request number ``die_after`` and every later one raise
+    ``EngineDiedError``, as the vLLM engine does once its engine-core process is gone.
+    """
+
+    def __init__(self, respond: Responder, *, max_prompt_tokens: int | None = None,
+                 die_after: int | None = None, **kwargs) -> None:
+        super().__init__(respond, **kwargs)
+        self.max_prompt_tokens = max_prompt_tokens
+        self.die_after = die_after
+        self.calls = 0
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        from steplabel.engines.base import ContextLengthError, EngineDiedError
+
+        self.calls += 1
+        if self.die_after is not None and self.calls >= self.die_after:
+            raise EngineDiedError("scripted engine died (its process is gone)")
+        length = len(fake_tokens(request.prompt))
+        if self.max_prompt_tokens is not None and length > self.max_prompt_tokens:
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.max_prompt_tokens} tokens. "
+                f"However, your prompt contains at least {length} input tokens")
+        return await super().generate(request)
+
+
+def arithmetic_engine_with_faults(config) -> FaultyScriptedEngine:
+    """``kind: custom`` factory: the arithmetic engine with a context window of
+    ``config.max_model_len`` fake tokens (whitespace words), dying after the request number in
+    ``$STEPLABEL_FAKE_DIE_AFTER`` when that is set."""
+    import os
+
+    die_after = os.environ.get(DIE_AFTER_ENV)
+    return FaultyScriptedEngine(_arithmetic_respond, model_id="scripted-arithmetic",
+                                max_prompt_tokens=config.max_model_len,
+                                die_after=int(die_after) if die_after else None)

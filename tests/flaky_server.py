@@ -11,8 +11,11 @@ separated word per "token". Faults are injected by a schedule::
         ...
         server.request_count, server.faults_injected, server.peak_in_flight
 
+        server.inject_randomly([Fault.RESET, Fault.RATE_LIMIT], rate=0.2, seed=0)
+
 A request takes the first matching scheduled fault (scheduled faults are used in order, one per
-request), else the matching ``fail_always`` fault, else a good answer.
+request), else the matching ``fail_always`` fault, else (with ``inject_randomly``) a fault drawn
+with probability ``rate``, else a good answer.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import collections
 import enum
 import hashlib
 import json
+import random
 import socket
 import struct
 import threading
@@ -155,6 +159,7 @@ class FlakyCompletionsServer:
         self._stopping = threading.Event()
         self._scheduled: list[tuple[str | None, Fault]] = []
         self._always: list[tuple[str | None, Fault]] = []
+        self._random: tuple[tuple[Fault, ...], float, random.Random] | None = None
         self._seen_prompts: list[list[str]] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -185,10 +190,19 @@ class FlakyCompletionsServer:
         with self._lock:
             self._always.append((prompt_contains, Fault(fault)))
 
+    def inject_randomly(self, faults, *, rate: float, seed: int = 0) -> None:
+        """Every other request gets one of ``faults`` (uniformly) with probability ``rate``,
+        drawn from a generator seeded with ``seed``."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rate must be in [0, 1], got {rate}")
+        with self._lock:
+            self._random = (tuple(Fault(f) for f in faults), rate, random.Random(seed))
+
     def clear_faults(self) -> None:
         with self._lock:
             self._scheduled.clear()
             self._always.clear()
+            self._random = None
 
     def start(self) -> "FlakyCompletionsServer":
         handler = type("Handler", (_Handler,), {"server_state": self})
@@ -236,6 +250,10 @@ class FlakyCompletionsServer:
                     if needle is None or needle in prompt:
                         fault = always
                         break
+            if fault is None and self._random is not None:
+                faults, rate, rng = self._random
+                if faults and rng.random() < rate:
+                    fault = rng.choice(faults)
             if fault is not None:
                 self.faults_injected[fault.value] += 1
             return fault
@@ -411,3 +429,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         self.wfile.flush()
+
+
+def write_word_tokenizer(folder) -> str:
+    """A tiny Hugging Face tokenizer folder (one token per whitespace-separated word, a plain
+    chat template) for the openai engine's local tokenizer; returns the folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", eos_token="<eos>")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)

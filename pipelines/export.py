@@ -1,0 +1,422 @@
+"""``steplabel export DATASET --format trl|openrlhf|math-shepherd --out DIR``: training formats.
+
+Formats (every row also carries ``problem_id``, ``solution_index`` and ``source``):
+
+- ``trl``: TRL's stepwise supervision (``PRMTrainer``): ``prompt`` (the question),
+  ``completions`` (the steps), ``labels`` (one bool per step). TRL joins the steps with its
+  ``step_separator`` and puts each label on the separator's last token; ``export.json`` gives
+  the separator that matches the dataset's splitter (``"\\n"`` for ``step_markers``/``lines``,
+  ``"\\n\\n"`` for ``paragraphs``).
+- ``openrlhf``: OpenRLHF's process reward dataset: ``input`` is the question, a newline, then
+  each step followed by `` <placeholder>`` (steps joined by newlines); ``value`` holds one label
+  per placeholder, ``"+"``/``"-"`` with ``--labels hard`` (train with ``--reward_tokens + -``)
+  or the step's Monte Carlo value in [0, 1] with ``--labels soft``. Given ``--tokenizer``, the
+  placeholder must be one token, and it must still be one token inside every input (a
+  placeholder that merges with its neighbours would shift the labels): the export refuses a
+  multi-token placeholder and skips, with a count, an input where the in-context check fails.
+- ``math-shepherd``: ``input`` is the question, a space, then ``Step k: … ки`` per step (steps
+  joined by newlines; a step that already starts with a ``Step k:`` marker keeps it); ``label``
+  is the same text with each ``ки`` replaced by ``+`` or ``-`` (HF ``peiyi9979/Math-Shepherd``).
+
+Which steps are exported: only kept trajectories (the ``trajectories`` output) with labels.
+Kept labels stop at the first error, as in Qwen's recipe (steps after the first wrong one have
+no trustworthy label), so **steps after the first error are dropped from the example**. A
+label list with an unknown (null) label is cut before it, so that every exported step has a
+label; an example left with no labelled step is skipped. Every skip and cut is counted in
+``export.json``. Rejected trajectories (consensus disagreements) are never exported.
+
+Output: ``DIR/data/part-*.parquet`` (one shard per trajectory shard, explicit schema, written
+atomically and streamed a record batch at a time) and ``DIR/export.json``; load with
+``datasets.load_dataset("parquet", data_files="DIR/data/*.parquet")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import posixpath
+import re
+import sys
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+
+import pyarrow as pa
+
+from steplabel.pipelines import storage
+
+FORMATS = ("trl", "openrlhf", "math-shepherd")
+LABEL_KINDS = ("hard", "soft")
+MATH_SHEPHERD_TAG = "ки"
+DEFAULT_PLACEHOLDER = MATH_SHEPHERD_TAG
+DATA_DIR = "data"
+BATCH_ROWS = 1024
+_STEP_MARKER = re.compile(r"(?i)^\s*step\s*\d+\s*[:.)]")
+
+_IDS = [("problem_id", pa.string()), ("solution_index", pa.int32()), ("source", pa.string())]
+SCHEMAS: dict[tuple[str, str], pa.Schema] = {
+    ("trl", "hard"): pa.schema([("prompt", pa.string()), ("completions", pa.list_(pa.string())),
+                                ("labels", pa.list_(pa.bool_())), *_IDS]),
+    ("openrlhf", "hard"): pa.schema([("input", pa.string()), ("value", pa.list_(pa.string())),
+                                     *_IDS]),
+    ("openrlhf", "soft"): pa.schema([("input", pa.string()), ("value", pa.list_(pa.float64())),
+                                     *_IDS]),
+    ("math-shepherd", "hard"): pa.schema([("input", pa.string()), ("label", pa.string()),
+                                          *_IDS]),
+}
+SOURCE_COLUMNS = ["problem_id", "solution_index", "source", "question", "steps", "labels",
+                  "soft_labels", "provenance"]
+
+
+class ExportError(RuntimeError):
+    """The export cannot be made as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class LabelledExample:
+    """A kept trajectory cut to its labelled steps: ``len(steps) == len(labels)``.
+
+    ``soft`` holds the Monte Carlo values of the same steps, or None when any is missing.
+    """
+
+    problem_id: str
+    solution_index: int
+    source: str
+    question: str
+    steps: list[str]
+    labels: list[bool]
+    soft: list[float] | None
+
+
+def labelled_example(row: dict, counts: Counter) -> LabelledExample | None:
+    """The exportable part of a trajectory row, or None (with the reason counted)."""
+    labels, steps = row.get("labels"), row.get("steps") or []
+    if not labels:
+        counts["skipped_no_labels"] += 1
+        return None
+    known = []
+    for label in labels:
+        if label is None:
+            counts["cut_at_unknown_label"] += 1
+            break
+        known.append(bool(label))
+    if not known:
+        counts["skipped_no_labels"] += 1
+        return None
+    if len(known) > len(steps):
+        counts["skipped_more_labels_than_steps"] += 1
+        return None
+    counts["steps_dropped_after_last_label"] += len(steps) - len(known)
+    soft_values = (row.get("soft_labels") or [])[:len(known)]
+    soft = ([float(v) for v in soft_values]
+            if len(soft_values) == len(known) and all(v is not None for v in soft_values)
+            else None)
+    return LabelledExample(row["problem_id"], row["solution_index"], row["source"],
+                           row["question"], list(steps[:len(known)]), known, soft)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats
+
+
+def _ids(example: LabelledExample) -> dict:
+    return {"problem_id": example.problem_id, "solution_index": example.solution_index,
+            "source": example.source}
+
+
+def trl_row(example: LabelledExample) -> dict:
+    return {"prompt": example.question, "completions": example.steps, "labels": example.labels,
+            **_ids(example)}
+
+
+def openrlhf_input(question: str, steps: list[str], placeholder: str) -> str:
+    return question + "\n" + "\n".join(f"{step} {placeholder}" for step in steps)
+
+
+def openrlhf_row(example: LabelledExample, *, placeholder: str, labels: str) -> dict:
+    value = (["+" if label else "-" for label in example.labels] if labels == "hard"
+             else example.soft)
+    return {"input": openrlhf_input(example.question, example.steps, placeholder),
+            "value": value, **_ids(example)}
+
+
+def math_shepherd_steps(steps: list[str]) -> list[str]:
+    """Steps with their ``Step k:`` marker (kept when the step already has one)."""
+    return [step if _STEP_MARKER.match(step) else f"Step {k}: {step}"
+            for k, step in enumerate(steps, start=1)]
+
+
+def math_shepherd_row(example: LabelledExample) -> dict:
+    marked = math_shepherd_steps(example.steps)
+    tagged = [f"{step} {MATH_SHEPHERD_TAG}" for step in marked]
+    graded = [f"{step} {'+' if label else '-'}" for step, label in zip(marked, example.labels)]
+    return {"input": example.question + " " + "\n".join(tagged),
+            "label": example.question + " " + "\n".join(graded), **_ids(example)}
+
+
+class PlaceholderCheck:
+    """Checks that a placeholder is one token of ``tokenizer``, alone and inside inputs."""
+
+    def __init__(self, tokenizer, placeholder: str) -> None:
+        ids = tokenizer.encode(placeholder, add_special_tokens=False)
+        if len(ids) != 1:
+            pieces = tokenizer.convert_ids_to_tokens(ids)
+            raise ExportError(
+                f"placeholder {placeholder!r} is {len(ids)} tokens for this tokenizer "
+                f"({pieces}); OpenRLHF needs a single token: pass --placeholder with one "
+                "(a special or added token is safest)")
+        self.tokenizer = tokenizer
+        self.token_id = ids[0]
+
+    def fits(self, text: str, expected: int) -> bool:
+        """True when ``text`` tokenizes with exactly ``expected`` placeholder tokens."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return sum(1 for i in ids if i == self.token_id) == expected
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot load a tokenizer from {path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    format: str
+    labels: str = "hard"
+    placeholder: str = DEFAULT_PLACEHOLDER
+    tokenizer: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.labels not in LABEL_KINDS:
+            raise ExportError(f"labels must be hard or soft, got {self.labels!r}")
+        if (self.format, self.labels) not in SCHEMAS:
+            raise ExportError(f"--labels {self.labels} is not available for {self.format} "
+                              "(soft labels: openrlhf only; TRL and Math-Shepherd take hard "
+                              "labels)")
+        if self.format != "openrlhf" and (self.tokenizer or
+                                          self.placeholder != DEFAULT_PLACEHOLDER):
+            raise ExportError("--placeholder and --tokenizer apply to --format openrlhf only")
+        if not self.placeholder or self.placeholder != self.placeholder.strip():
+            raise ExportError(f"placeholder must be non-empty without surrounding spaces, got "
+                              f"{self.placeholder!r}")
+
+
+class Exporter:
+    """Turns labelled examples into rows of one format, counting what it skips."""
+
+    def __init__(self, options: ExportOptions, counts: Counter) -> None:
+        self.options = options
+        self.counts = counts
+        self.check = (PlaceholderCheck(load_tokenizer(options.tokenizer), options.placeholder)
+                      if options.format == "openrlhf" and options.tokenizer else None)
+
+    def row(self, example: LabelledExample) -> dict | None:
+        o = self.options
+        if o.format == "trl":
+            return trl_row(example)
+        if o.format == "math-shepherd":
+            if _contains(example, MATH_SHEPHERD_TAG):
+                self.counts["skipped_step_tag_in_text"] += 1
+                return None
+            return math_shepherd_row(example)
+        if o.labels == "soft" and example.soft is None:
+            self.counts["skipped_no_soft_labels"] += 1
+            return None
+        if _contains(example, o.placeholder):
+            self.counts["skipped_placeholder_in_text"] += 1
+            return None
+        row = openrlhf_row(example, placeholder=o.placeholder, labels=o.labels)
+        if self.check is not None and not self.check.fits(row["input"], len(example.labels)):
+            self.counts["skipped_placeholder_not_one_token_in_context"] += 1
+            return None
+        return row
+
+
+def _contains(example: LabelledExample, marker: str) -> bool:
+    return marker in example.question or any(marker in step for step in example.steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _write_shard(path: str, schema: pa.Schema, rows: Iterator[dict]) -> int:
+    """Stream rows into one Parquet file, atomically (temp name, then rename). Returns rows;
+    writes nothing when there are none."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    folder, name = posixpath.split(path) if "://" in path else _split(path)
+    tmp = storage.join(folder, f"{storage.TMP_MARK}{uuid.uuid4().hex}-{name}")
+    written, writer, handle, batch = 0, None, None, []
+    try:
+        for row in rows:
+            batch.append(row)
+            if len(batch) == BATCH_ROWS:
+                if writer is None:
+                    handle = FileSystems.create(tmp)
+                    writer = pq.ParquetWriter(handle, schema, compression="zstd")
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                written += len(batch)
+                batch = []
+        if batch:
+            if writer is None:
+                handle = FileSystems.create(tmp)
+                writer = pq.ParquetWriter(handle, schema, compression="zstd")
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            written += len(batch)
+    finally:
+        if writer is not None:
+            writer.close()
+        if handle is not None:
+            handle.close()
+    if written:
+        if storage.exists(path):
+            FileSystems.delete([path])
+        FileSystems.rename([tmp], [path])
+    return written
+
+
+def _split(path: str) -> tuple[str, str]:
+    import os
+
+    return os.path.split(os.path.abspath(path))
+
+
+def _prepare_out(out_dir: str, *, overwrite: bool) -> None:
+    from pathlib import Path
+
+    if "://" in out_dir:
+        if storage.list_files(storage.join(out_dir, "*")) and not overwrite:
+            raise ExportError(f"{out_dir} is not empty; pass --overwrite to replace it")
+        return
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{out_dir} is not empty; pass --overwrite to replace it")
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def step_separator(dataset_dir: str) -> str | None:
+    """The separator of the splitter that made the dataset (TRL's ``step_separator``)."""
+    import json
+
+    from steplabel.annotators.splitting import get_splitter
+
+    for row in storage.iter_rows(dataset_dir, "trajectories", columns=["provenance"]):
+        splitter = json.loads((row["provenance"] or {}).get("splitter") or "{}")
+        try:
+            return get_splitter(splitter.get("name", "")).separator
+        except ValueError:
+            return None
+    return None
+
+
+def export_dataset(dataset_dir: str, *, out_dir: str, options: ExportOptions,
+                   overwrite: bool = False) -> dict:
+    """Export the kept, labelled trajectories of a dataset; returns the ``export.json`` dict."""
+    from steplabel.pipelines.stats import iter_file_rows
+
+    files = storage.output_files(dataset_dir, "trajectories")
+    if not files:
+        raise ExportError(f"{dataset_dir} holds no trajectories shards")
+    counts: Counter = Counter()
+    exporter = Exporter(options, counts)  # loads the tokenizer before anything is written
+    _prepare_out(out_dir, overwrite=overwrite)
+    schema = SCHEMAS[(options.format, options.labels)]
+
+    def rows_of(path: str) -> Iterator[dict]:
+        for row in iter_file_rows(path, columns=SOURCE_COLUMNS):
+            counts["trajectories_read"] += 1
+            example = labelled_example(row, counts)
+            out = exporter.row(example) if example is not None else None
+            if out is not None:
+                counts["examples"] += 1
+                counts["steps"] += len(example.labels)
+                counts["negative_steps"] += example.labels.count(False)
+                yield out
+
+    written = []
+    for path in files:
+        target = storage.join(out_dir, DATA_DIR, posixpath.basename(path))
+        if _write_shard(target, schema, rows_of(path)):
+            written.append(target)
+    if not written:
+        raise ExportError(f"no exportable example in {dataset_dir} "
+                          f"({_describe_counts(counts)})")
+    info = _read_info(dataset_dir)
+    manifest = {
+        "format": options.format,
+        "labels": options.labels,
+        "placeholder": options.placeholder if options.format == "openrlhf" else None,
+        "tokenizer_checked": options.tokenizer,
+        "step_tag": MATH_SHEPHERD_TAG if options.format == "math-shepherd" else None,
+        "trl_step_separator": step_separator(dataset_dir) if options.format == "trl" else None,
+        "columns": schema.names,
+        "source_dataset": dataset_dir,
+        "source_manifest_hash": info.get("manifest_hash"),
+        "files": [posixpath.relpath(p, out_dir) if "://" not in p else p for p in written],
+        "counts": dict(sorted(counts.items())),
+        "load_with": f"datasets.load_dataset('parquet', data_files='{out_dir}/{DATA_DIR}/"
+                     "*.parquet')",
+    }
+    storage.write_json_atomic(storage.join(out_dir, "export.json"), manifest)
+    return manifest
+
+
+def _read_info(dataset_dir: str) -> dict:
+    path = storage.join(dataset_dir, "info.json")
+    return storage.read_json(path) if storage.exists(path) else {}
+
+
+def _describe_counts(counts: Counter) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no trajectories"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="a steplabel dataset directory")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="training format")
+    parser.add_argument("--out", required=True, help="directory for the exported shards")
+    parser.add_argument("--labels", choices=LABEL_KINDS, default="hard",
+                        help="hard (bool, +/-) or soft (Monte Carlo value; openrlhf only)")
+    parser.add_argument("--tokenizer", metavar="PATH",
+                        help="openrlhf: check the placeholder against this tokenizer (a local "
+                             "folder); refuse a placeholder that is not a single token")
+    parser.add_argument("--placeholder", metavar="TOKEN", default=DEFAULT_PLACEHOLDER,
+                        help=f"openrlhf: the token after each step (default {DEFAULT_PLACEHOLDER})")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = ExportOptions(format=args.format, labels=args.labels,
+                                placeholder=args.placeholder, tokenizer=args.tokenizer)
+        result = export_dataset(args.dataset, out_dir=args.out, options=options,
+                                overwrite=args.overwrite)
+    except ExportError as exc:
+        print(f"steplabel export: error: {exc}", file=sys.stderr)
+        return 2
+    counts = result["counts"]
+    print(f"[steplabel] exported {counts.get('examples', 0)} examples "
+          f"({counts.get('steps', 0)} labelled steps) of {counts.get('trajectories_read', 0)} "
+          f"kept trajectories as {args.format} to {args.out}")
+    skipped = {k: v for k, v in counts.items()
+               if v and k.startswith(("skipped", "cut", "steps_dropped"))}
+    if skipped:
+        print("[steplabel] " + _describe_counts(Counter(skipped)))
+    if result["trl_step_separator"] is not None:
+        print(f"[steplabel] train with PRMConfig(step_separator={result['trl_step_separator']!r})")
+    return 0

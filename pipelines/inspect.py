@@ -1,0 +1,423 @@
+"""``steplabel inspect DATASET [--json] [--html FILE]``: label statistics of a dataset.
+
+Prints, for the whole dataset and for each source, the figures of
+:func:`steplabel.pipelines.stats.compute_stats`: rows and steps, positive-step rate, labels by
+step index, first-error position histogram, Monte Carlo value distribution (share of exact 0
+and 1), judge-vs-Monte-Carlo first-error confusion, consensus keep rate and reject reasons,
+pre-filter drop rate, dead-letter reasons, outcome-correct trajectories that still carry a
+negative step, and cost per label. ``--json`` prints the same figures as JSON; ``--html FILE``
+writes one self-contained report (plots as PNG embedded in the page, no network needed).
+
+The statistics are recomputed from the Parquet shards, streaming (memory stays flat), so they
+describe the dataset as it is on disk, whatever version wrote its ``stats.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import sys
+from typing import Any
+
+from steplabel.pipelines import storage
+from steplabel.pipelines.stats import INDEX_BUCKETS, MC_BUCKETS, compute_stats
+from steplabel.schemas.records import OUTPUTS
+
+#: Sources beyond this many get tables but no plots in the HTML report (keeps it readable).
+MAX_SOURCES_WITH_PLOTS = 20
+
+
+class InspectError(RuntimeError):
+    """The directory is not a dataset that can be inspected."""
+
+
+def dataset_report(dataset_dir: str) -> dict:
+    """Everything ``inspect`` shows: identity of the dataset plus the streamed statistics."""
+    if not any(storage.output_files(dataset_dir, output) for output in OUTPUTS):
+        raise InspectError(f"{dataset_dir} holds no steplabel output shards")
+    info = _read_json_if_exists(storage.join(dataset_dir, "info.json")) or {}
+    written = _read_json_if_exists(storage.join(dataset_dir, "stats.json")) or {}
+    stats = compute_stats(dataset_dir)
+    return {
+        "dataset": dataset_dir,
+        "name": info.get("name"),
+        "manifest_hash": info.get("manifest_hash"),
+        "schema_version": info.get("schema_version"),
+        "completed": storage.exists(storage.join(dataset_dir, storage.COMPLETED)),
+        **stats,
+        # Beam counters of the run that wrote the dataset (not recomputable from the shards).
+        "run_counters": written.get("counters", {}),
+    }
+
+
+def _read_json_if_exists(path: str) -> Any:
+    return storage.read_json(path) if storage.exists(path) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _pairs(mapping: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in mapping.items()) or "none"
+
+
+def render_group(title: str, s: dict) -> str:
+    """One group's figures as text."""
+    steps = s["steps"]
+    lines = [f"== {title} ==",
+             f"problems: {s['problems']}",
+             f"rows: {_pairs({k: v for k, v in s['rows'].items() if v})}",
+             f"steps: {steps['all']} in all trajectories, {steps['kept']} in kept ones, "
+             f"{steps['labelled']} labelled ({steps['positive']} positive, "
+             f"{steps['negative']} negative)",
+             f"positive-step rate: {_pct(s['positive_step_rate'])}"]
+    if s["labels_by_step_index"]:
+        lines.append("labels by step index (kept trajectories):")
+        lines.append(f"  {'index':>6} {'positive':>9} {'negative':>9} {'positive rate':>14}")
+        for index, cell in s["labels_by_step_index"].items():
+            lines.append(f"  {index:>6} {cell['positive']:>9} {cell['negative']:>9} "
+                         f"{_pct(cell['positive_rate']):>14}")
+    lines.append(f"first-error position (kept, final labels): "
+                 f"{_pairs(s['first_error_histogram'])}")
+    mc = s["mc_values"]
+    lines.append(f"Monte Carlo values: {mc['count']} values, exact 0 "
+                 f"{_pct(mc['share_exact_0'])}, exact 1 {_pct(mc['share_exact_1'])}")
+    if mc["count"]:
+        lines.append("  " + " | ".join(f"{k}: {v}" for k, v in mc["histogram"].items()))
+    confusion = s["judge_vs_mc_first_error"]
+    if confusion["matrix"]:
+        columns = [k for k in INDEX_BUCKETS
+                   if any(k in row for row in confusion["matrix"].values())]
+        lines.append("judge vs Monte Carlo first error (rows: Monte Carlo, columns: judge):")
+        corner = "MC/judge"
+        lines.append("  " + f"{corner:>10}" + "".join(f"{c:>8}" for c in columns))
+        for mc_key, row in confusion["matrix"].items():
+            lines.append("  " + f"{mc_key:>10}" + "".join(f"{row.get(c, 0):>8}" for c in columns))
+        lines.append(f"  agreement: {_pct(confusion['agreement_rate'])} of "
+                     f"{confusion['both_known']} with both indices known")
+    consensus = s["consensus"]
+    lines.append(f"consensus: kept {consensus['kept']} of {consensus['evaluated']} "
+                 f"({_pct(consensus['keep_rate'])}); reject reasons: "
+                 f"{_pairs(consensus['reject_reasons'])}")
+    prefilter = s["prefilter"]
+    lines.append(f"pre-filter: dropped {prefilter['dropped']} of {prefilter['checked']} "
+                 f"questions ({_pct(prefilter['drop_rate'])}); filtered rows: "
+                 f"{_pairs(s['filtered'])}")
+    lines.append(f"dead letters: {_pairs(s['dead_letter'])}")
+    outcome = s["correct_outcome_with_negative_step"]
+    lines.append("correct final answer but a negative step: " + "; ".join(
+        f"{name.replace('_', ' ')} {cell['with_negative_step']} of {cell['correct_outcome']} "
+        f"({_pct(cell['rate'])})" for name, cell in outcome.items()))
+    lines.append("cost: " + "; ".join(
+        f"{stage} {c['rollouts']} rollouts, {c['generated_tokens']} generated tokens, "
+        f"{c['cached_tokens']}/{c['prompt_tokens']} prompt tokens cached"
+        for stage, c in s["cost"].items() if c["requests"]))
+    per_label = s["cost_per_label"]
+    lines.append(f"cost per kept step label ({per_label['kept_step_labels']} labels): "
+                 f"{_num(per_label['rollouts'])} rollouts, "
+                 f"{_num(per_label['generated_tokens'], 1)} generated tokens; cached prompt "
+                 f"share {_pct(per_label['cached_prompt_share'])}")
+    omega = s["omegaprm"]
+    if omega["states"] or omega["rollouts"]:
+        lines.append(f"OmegaPRM: states {_pairs(omega['states'])}; {omega['labelled_states']} "
+                     f"labelled ({_pct(omega['positive_state_rate'])} positive); "
+                     f"{omega['rollouts']} rollouts, {_num(omega['rollouts_per_state_label'])} "
+                     "per state label")
+    return "\n".join(lines)
+
+
+def render_text(report: dict) -> str:
+    head = [f"dataset: {report['dataset']} (name {report['name']!r}, manifest "
+            f"{(report['manifest_hash'] or '')[:12]}, "
+            f"{'COMPLETED' if report['completed'] else 'not completed'})"]
+    if not report["grouping_exact"]:
+        head.append("note: some shard is not sorted by problem_id; per-problem counts may "
+                    "count a problem twice")
+    parts = ["\n".join(head), render_group("whole dataset", report["overall"])]
+    parts += [render_group(f"source {name}", s) for name, s in report["per_source"].items()]
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+
+def _png(fig) -> str:
+    """A matplotlib figure as a ``data:`` URI (PNG, base64)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figure(width: float = 6.0, height: float = 3.2):
+    # Figure + the Agg canvas directly: no pyplot state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+POSITIVE, NEGATIVE, NEUTRAL = "#3a923a", "#c03d3e", "#3274a1"
+STAGE_NAMES = {"mc": "Monte Carlo", "omegaprm_prefilter_dropped": "pre-filter\n(dropped)"}
+
+
+def plot_labels_by_index(s: dict) -> str | None:
+    cells = s["labels_by_step_index"]
+    if not cells:
+        return None
+    fig = _figure()
+    ax = fig.subplots()
+    keys = list(cells)
+    positive = [cells[k]["positive"] for k in keys]
+    negative = [cells[k]["negative"] for k in keys]
+    ax.bar(keys, positive, color=POSITIVE, label="positive")
+    ax.bar(keys, negative, bottom=positive, color=NEGATIVE, label="negative")
+    ax.set_xlabel("step index")
+    ax.set_ylabel("labelled steps")
+    ax.set_title("Labels by step index (kept trajectories)")
+    ax.legend()
+    return _png(fig)
+
+
+def plot_first_error(s: dict) -> str | None:
+    histogram = s["first_error_histogram"]
+    if not histogram:
+        return None
+    fig = _figure()
+    ax = fig.subplots()
+    keys = list(histogram)
+    ax.bar(keys, [histogram[k] for k in keys],
+           color=[POSITIVE if k == "none" else NEGATIVE for k in keys])
+    ax.set_xlabel("first wrong step (none: every step correct)")
+    ax.set_ylabel("trajectories")
+    ax.set_title("First-error position (kept, final labels)")
+    return _png(fig)
+
+
+def plot_mc_values(s: dict) -> str | None:
+    mc = s["mc_values"]
+    if not mc["count"]:
+        return None
+    fig = _figure(7.0)
+    ax = fig.subplots()
+    ax.bar(MC_BUCKETS, [mc["histogram"][k] for k in MC_BUCKETS],
+           color=[NEGATIVE if k == "0" else POSITIVE if k == "1" else NEUTRAL
+                  for k in MC_BUCKETS])
+    ax.set_xlabel("Monte Carlo value (exact 0 and 1 apart)")
+    ax.set_ylabel("steps")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.set_title(f"Monte Carlo values: exact 0 {_pct(mc['share_exact_0'])}, "
+                 f"exact 1 {_pct(mc['share_exact_1'])}")
+    return _png(fig)
+
+
+def plot_confusion(s: dict) -> str | None:
+    matrix = s["judge_vs_mc_first_error"]["matrix"]
+    if not matrix:
+        return None
+    rows = [k for k in INDEX_BUCKETS if k in matrix]
+    columns = [k for k in INDEX_BUCKETS if any(k in row for row in matrix.values())]
+    values = [[matrix[r].get(c, 0) for c in columns] for r in rows]
+    fig = _figure(max(4.0, 1.5 + 0.6 * len(columns)), max(3.2, 1.2 + 0.5 * len(rows)))
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="Blues")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("judge first error")
+    ax.set_ylabel("Monte Carlo first error")
+    top = max(max(row) for row in values) or 1
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center",
+                    color="white" if value > top / 2 else "black")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_title("Judge vs Monte Carlo first error")
+    return _png(fig)
+
+
+def plot_consensus(s: dict) -> str | None:
+    consensus = s["consensus"]
+    if not consensus["evaluated"]:
+        return None
+    fig = _figure()
+    ax = fig.subplots()
+    keys = ["kept"] + list(consensus["reject_reasons"])
+    counts = [consensus["kept"]] + list(consensus["reject_reasons"].values())
+    ax.bar(keys, counts, color=[POSITIVE] + [NEGATIVE] * (len(keys) - 1))
+    ax.set_ylabel("trajectories")
+    ax.set_title(f"Consensus: keep rate {_pct(consensus['keep_rate'])}")
+    return _png(fig)
+
+
+def plot_cost(s: dict) -> str | None:
+    stages = {k: v for k, v in s["cost"].items() if v["requests"]}
+    if not stages:
+        return None
+    fig = _figure(7.0)
+    left, right = fig.subplots(1, 2)
+    keys = list(stages)
+    names = [STAGE_NAMES.get(k, k) for k in keys]
+    left.bar(names, [stages[k]["rollouts"] for k in keys], color=NEUTRAL)
+    left.set_title("Rollouts by stage")
+    right.bar(names, [stages[k]["generated_tokens"] for k in keys], color=NEUTRAL)
+    right.set_title("Generated tokens by stage")
+    return _png(fig)
+
+
+def plot_sources(per_source: dict) -> str | None:
+    if len(per_source) < 2:
+        return None
+    figures = {
+        "positive-step rate": lambda s: s["positive_step_rate"],
+        "consensus keep rate": lambda s: s["consensus"]["keep_rate"],
+        "pre-filter drop rate": lambda s: s["prefilter"]["drop_rate"],
+        "correct answer, negative step": lambda s: s["correct_outcome_with_negative_step"][
+            "final_labels"]["rate"],
+    }
+    names = list(per_source)[:MAX_SOURCES_WITH_PLOTS]
+    fig = _figure(max(6.0, 1.2 * len(names)), 3.5)
+    ax = fig.subplots()
+    width = 0.8 / len(figures)
+    for i, (label, value) in enumerate(figures.items()):
+        ax.bar([x + i * width for x in range(len(names))],
+               [value(per_source[n]) or 0 for n in names], width=width, label=label)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names)
+    ax.set_ylim(0, 1)
+    ax.set_title("Rates by source")
+    ax.legend(fontsize="small")
+    return _png(fig)
+
+
+PLOTS = [plot_labels_by_index, plot_first_error, plot_mc_values, plot_confusion, plot_consensus,
+         plot_cost]
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; padding-top: 1em; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td.k { text-align: left; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+.plots img { max-width: 100%; border: 1px solid #eee; }
+pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><td class='k'>{html.escape(str(k))}</td><td>{html.escape(str(v))}"
+                   "</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _group_html(title: str, s: dict, *, plots: bool) -> str:
+    consensus, prefilter = s["consensus"], s["prefilter"]
+    per_label, outcome = s["cost_per_label"], s["correct_outcome_with_negative_step"]
+    rows = [
+        ("problems", s["problems"]),
+        *[(f"rows: {k}", v) for k, v in s["rows"].items()],
+        ("steps (all / kept / labelled)",
+         f"{s['steps']['all']} / {s['steps']['kept']} / {s['steps']['labelled']}"),
+        ("positive-step rate", _pct(s["positive_step_rate"])),
+        ("MC values: share exact 0 / exact 1",
+         f"{_pct(s['mc_values']['share_exact_0'])} / {_pct(s['mc_values']['share_exact_1'])}"),
+        ("judge-MC first-error agreement", _pct(s["judge_vs_mc_first_error"]["agreement_rate"])),
+        ("consensus keep rate", f"{_pct(consensus['keep_rate'])} "
+                                f"({consensus['kept']} of {consensus['evaluated']})"),
+        ("reject reasons", _pairs(consensus["reject_reasons"])),
+        ("pre-filter drop rate", f"{_pct(prefilter['drop_rate'])} "
+                                 f"({prefilter['dropped']} of {prefilter['checked']})"),
+        ("filtered rows", _pairs(s["filtered"])),
+        ("dead letters", _pairs(s["dead_letter"])),
+        *[(f"correct answer with a negative step ({name.replace('_', ' ')})",
+           f"{_pct(cell['rate'])} ({cell['with_negative_step']} of {cell['correct_outcome']})")
+          for name, cell in outcome.items()],
+        ("rollouts per kept step label", _num(per_label["rollouts"])),
+        ("generated tokens per kept step label", _num(per_label["generated_tokens"], 1)),
+        ("cached prompt share", _pct(per_label["cached_prompt_share"])),
+        ("OmegaPRM rollouts per state label", _num(s["omegaprm"]["rollouts_per_state_label"])),
+    ]
+    parts = [f"<h2>{html.escape(title)}</h2>", _table(rows)]
+    if s["labels_by_step_index"]:
+        header = "<tr><th>step index</th><th>positive</th><th>negative</th><th>rate</th></tr>"
+        body = "".join(f"<tr><td>{html.escape(k)}</td><td>{c['positive']}</td>"
+                       f"<td>{c['negative']}</td><td>{_pct(c['positive_rate'])}</td></tr>"
+                       for k, c in s["labels_by_step_index"].items())
+        parts.append(f"<table>{header}{body}</table>")
+    if plots:
+        images = [uri for uri in (plot(s) for plot in PLOTS) if uri]
+        parts.append("<div class='plots'>" + "".join(
+            f'<img src="{uri}" alt="plot">' for uri in images) + "</div>")
+    return "\n".join(parts)
+
+
+def render_html(report: dict) -> str:
+    """One self-contained HTML page: tables, embedded PNG plots, the JSON figures."""
+    title = f"steplabel dataset report: {report['name'] or report['dataset']}"
+    sections = [_group_html("Whole dataset", report["overall"], plots=True)]
+    comparison = plot_sources(report["per_source"])
+    if comparison:
+        sections.append(f"<h2>Sources compared</h2><div class='plots'>"
+                        f'<img src="{comparison}" alt="rates by source"></div>')
+    for index, (name, s) in enumerate(report["per_source"].items()):
+        sections.append(_group_html(f"Source {name}", s,
+                                    plots=index < MAX_SOURCES_WITH_PLOTS))
+    meta = _table([("dataset", report["dataset"]), ("name", report["name"]),
+                   ("manifest hash", report["manifest_hash"]),
+                   ("completed", report["completed"])])
+    figures = html.escape(json.dumps(report, indent=2, sort_keys=True, default=str))
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>{meta}{''.join(sections)}"
+            f"<h2>All figures (JSON)</h2><details><summary>show</summary><pre>{figures}</pre>"
+            f"</details></body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def write_report(path: str, page: str) -> None:
+    """Write the page atomically (local path or any Beam filesystem)."""
+    if "://" not in path:
+        from pathlib import Path
+
+        path = str(Path(path).resolve())
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    storage.write_bytes_atomic(path, page.encode("utf-8"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="a steplabel dataset directory")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--html", metavar="FILE",
+                        help="also write a self-contained HTML report with plots to FILE")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = dataset_report(args.dataset)
+    except InspectError as exc:
+        print(f"steplabel inspect: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        print(render_text(report))
+    if args.html:
+        write_report(args.html, render_html(report))
+        print(f"[steplabel] HTML report written to {args.html}", file=sys.stderr)
+    return 0

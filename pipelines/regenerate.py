@@ -1,0 +1,489 @@
+"""``steplabel regenerate LOCK --out DIR [--verify DATASET]``: make a dataset again from its lock.
+
+``manifest.lock.json`` (written by every run, :func:`steplabel.pipelines.finalize.build_lock`)
+holds the full manifest and what it ran on. Before rerunning, the lock is checked against this
+machine:
+
+- **refused**, naming what changed: an input file whose SHA-256 differs, is missing, or is new
+  under the source's glob; a model folder whose weights digest differs (with the files that
+  changed when the lock lists them); a prompt template whose text changed; a lock whose
+  manifest no longer loads;
+- **warned**, then run: different package versions, code commit, uncommitted code, platform,
+  determinism-relevant environment variables, or a manifest hash that the current code computes
+  differently (the manifest model gained a field).
+
+``--verify DATASET`` compares the regenerated dataset with an existing one row by row, for every
+output, joined on each output's stable key (:data:`ROW_KEYS`). It reports identical and
+differing rows, rows found on one side only, and which columns differ (struct columns by field,
+``provenance.engine_version``); the exit status is 1 on any difference. Shards with the same
+name are compared pairwise, so memory is bounded by the largest shard, not the dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+#: The columns that identify a row of each output (stable across reruns of one manifest).
+ROW_KEYS: dict[str, tuple[str, ...]] = {
+    "trajectories": ("problem_id", "solution_index"),
+    "rejected": ("problem_id", "solution_index"),
+    "omegaprm_states": ("problem_id", "node_id"),
+    "omegaprm_pairs": ("problem_id", "node_a", "node_b"),
+    "omegaprm_searches": ("problem_id", "search_index"),
+    "filtered": ("problem_id", "stage"),
+    "dead_letter": ("stage", "problem_id", "reason", "original"),
+}
+EXAMPLES_PER_OUTPUT = 5
+
+
+class RegenerateError(RuntimeError):
+    """The lock cannot be used here; the message says what changed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking the lock against this machine
+
+
+@dataclass(frozen=True)
+class LockCheck:
+    """What differs between the lock and this machine: ``refusals`` stop the run."""
+
+    refusals: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def load_lock(path: str) -> dict:
+    try:
+        lock = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RegenerateError(f"lock file {path} does not exist") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RegenerateError(f"lock file {path} is not JSON: {exc}") from None
+    if not isinstance(lock, dict) or not isinstance(lock.get("manifest"), dict):
+        raise RegenerateError(f"{path} is not a steplabel manifest.lock.json (no 'manifest')")
+    return lock
+
+
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "none"
+
+
+def check_inputs(locked: dict[str, str], current: dict[str, str]) -> list[str]:
+    """Refusals for input files whose content hash changed, that vanished or that appeared."""
+    problems = []
+    for path in sorted(set(locked) | set(current)):
+        if path not in current:
+            problems.append(f"input file {path} is missing (sha256 {_short(locked[path])} in "
+                            "the lock)")
+        elif path not in locked:
+            problems.append(f"input file {path} is new: the source matches a file the locked "
+                            "run did not read")
+        elif locked[path] != current[path]:
+            problems.append(f"input file {path} changed: sha256 {_short(locked[path])} in the "
+                            f"lock, {_short(current[path])} now")
+    return problems
+
+
+def _changed_files(locked: dict[str, str] | None, current: dict[str, str]) -> str:
+    if not locked:
+        return ""
+    names = sorted(n for n in set(locked) | set(current) if locked.get(n) != current.get(n))
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f" (files that differ: {shown})" if names else ""
+
+
+def check_models(locked: dict[str, dict], manifest) -> tuple[list[str], list[str]]:
+    """Refusals for model folders whose weights digest changed; warnings when unverifiable."""
+    from steplabel.engines.vllm_engine import resolve_model
+    from steplabel.models import hash_model_dir, weights_digest
+
+    refusals, warnings = [], []
+    configs = {"policy": manifest.models.policy, "completer": manifest.models.completer_model,
+               "judge": manifest.models.judge_model}
+    checked: dict[str, str | None] = {}  # the same folder serves several roles
+    for role, entry in sorted(locked.items()):
+        config = configs.get(role)
+        if config is None:
+            continue
+        expected = entry.get("weights_sha256")
+        if config.kind != "vllm":
+            if config.kind == "openai":
+                warnings.append(f"{role} model {config.model!r} is served over HTTP at "
+                                f"{config.base_url}; its weights cannot be verified")
+            continue
+        if expected is None:
+            warnings.append(f"{role} model {config.model!r} was not a local folder when locked; "
+                            "its weights cannot be verified")
+            continue
+        try:
+            path = resolve_model(config).path
+        except Exception as exc:  # noqa: BLE001 - any failure to find the model is a refusal
+            refusals.append(f"{role} model {config.model!r} cannot be resolved: {exc}")
+            continue
+        if not Path(path).is_dir():
+            refusals.append(f"{role} model {config.model!r} is not a local folder any more "
+                            f"(locked weights sha256 {_short(expected)})")
+            continue
+        if path not in checked:
+            checked[path] = weights_digest(Path(path))
+        actual = checked[path]
+        if actual != expected:
+            detail = _changed_files(entry.get("files"), hash_model_dir(Path(path)))
+            refusals.append(f"{role} model {config.model!r} at {path}: weights sha256 "
+                            f"{_short(expected)} in the lock, {_short(actual)} now{detail}")
+    return refusals, warnings
+
+
+def check_templates(locked: dict[str, str]) -> list[str]:
+    from steplabel.annotators.prompts import load_template
+
+    refusals = []
+    for template_id, expected in sorted(locked.items()):
+        try:
+            actual = load_template(template_id).sha256
+        except ValueError as exc:
+            refusals.append(f"prompt template {template_id!r} is gone: {exc}")
+            continue
+        if actual != expected:
+            refusals.append(f"prompt template {template_id!r} changed: sha256 "
+                            f"{_short(expected)} in the lock, {_short(actual)} now")
+    return refusals
+
+
+def _differences(what: str, locked: dict, current: dict) -> list[str]:
+    return [f"{what} {name}: {locked.get(name)} in the lock, {current.get(name)} now"
+            for name in sorted(set(locked) | set(current))
+            if locked.get(name) != current.get(name)]
+
+
+def check_environment(lock: dict) -> list[str]:
+    """Warnings: package versions, code commit, uncommitted changes, platform, environment."""
+    import os
+    import platform
+
+    from steplabel.pipelines.finalize import DETERMINISM_ENV, code_version, package_versions
+
+    warnings = _differences("package", lock.get("packages") or {}, package_versions())
+    locked_code, code = lock.get("code") or {}, code_version()
+    if locked_code.get("steplabel") != code["steplabel"]:
+        warnings.append(f"steplabel version {locked_code.get('steplabel')} in the lock, "
+                        f"{code['steplabel']} now")
+    if locked_code.get("git_commit") != code["git_commit"]:
+        warnings.append(f"code commit {locked_code.get('git_commit')} in the lock, "
+                        f"{code['git_commit']} now")
+    if locked_code.get("git_dirty"):
+        warnings.append("the locked run had uncommitted code changes; they are not in the lock")
+    if code["git_dirty"]:
+        warnings.append("this checkout has uncommitted code changes")
+    locked_platform = lock.get("platform") or {}
+    current_platform = {"python": platform.python_version(), "machine": platform.machine(),
+                        "system": platform.system(), "processor": platform.processor() or None}
+    warnings += _differences("platform", locked_platform,
+                             {k: current_platform.get(k) for k in locked_platform})
+    if "environment" in lock:
+        current_env = {name: os.environ.get(name) for name in DETERMINISM_ENV}
+        warnings += _differences("environment variable", lock["environment"], current_env)
+    return warnings
+
+
+def check_lock(lock: dict, manifest) -> LockCheck:
+    """Compare a lock with this machine (see the module docstring)."""
+    from steplabel.pipelines.finalize import input_hashes
+
+    refusals = check_inputs(lock.get("inputs") or {}, input_hashes(manifest.source))
+    warnings = []
+    if not lock.get("inputs"):
+        warnings.append("the lock holds no input hashes (remote or hub source): the input "
+                        "cannot be verified")
+    model_refusals, model_warnings = check_models(lock.get("models") or {}, manifest)
+    refusals += model_refusals
+    warnings += model_warnings
+    refusals += check_templates(lock.get("prompt_templates") or {})
+    if lock.get("manifest_hash") and lock["manifest_hash"] != manifest.hash:
+        warnings.append(f"manifest hash {_short(lock['manifest_hash'])} in the lock, "
+                        f"{_short(manifest.hash)} as computed now: the manifest model changed, "
+                        "so the manifest_hash column of every row will differ")
+    warnings += check_environment(lock)
+    return LockCheck(tuple(refusals), tuple(warnings))
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing two datasets row by row
+
+
+def values_equal(a: Any, b: Any) -> bool:
+    """Exact equality, except that NaN equals NaN (floats are compared bit for bit otherwise)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def differing_columns(a: dict, b: dict) -> list[str]:
+    """Columns whose values differ; struct columns are reported by field (``cost_mc.rollouts``)."""
+    columns = []
+    for name in sorted(set(a) | set(b)):
+        x, y = a.get(name), b.get(name)
+        if values_equal(x, y):
+            continue
+        if isinstance(x, dict) and isinstance(y, dict):
+            columns += [f"{name}.{sub}" for sub in sorted(set(x) | set(y))
+                        if not values_equal(x.get(sub), y.get(sub))]
+        else:
+            columns.append(name)
+    return columns
+
+
+def keyed_rows(rows: Iterable[dict], key_columns: tuple[str, ...]) -> dict[tuple, dict]:
+    """Rows by their key; a repeated key gets an occurrence number (rows are written sorted,
+    so the n-th occurrence is the same row in both datasets)."""
+    keyed: dict[tuple, dict] = {}
+    seen: Counter = Counter()
+    for row in rows:
+        key = tuple(row.get(c) for c in key_columns)
+        occurrence = seen[key]
+        seen[key] += 1
+        keyed[key + ((occurrence,) if occurrence else ())] = row
+    return keyed
+
+
+@dataclass
+class OutputComparison:
+    """Row-by-row comparison of one output. ``columns`` counts differing rows per column;
+    ``examples`` holds up to :data:`EXAMPLES_PER_OUTPUT` ``(key, columns)`` pairs."""
+
+    output: str
+    key_columns: tuple[str, ...]
+    rows_regenerated: int = 0
+    rows_reference: int = 0
+    identical: int = 0
+    differing: int = 0
+    only_regenerated: int = 0
+    only_reference: int = 0
+    columns: Counter = field(default_factory=Counter)
+    examples: list[tuple[dict, list[str]]] = field(default_factory=list)
+    missing_examples: list[tuple[str, dict]] = field(default_factory=list)
+    shards: int = 0
+    shards_byte_identical: int = 0
+    paired_shards: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not (self.differing or self.only_regenerated or self.only_reference)
+
+    def add(self, regenerated: dict[tuple, dict], reference: dict[tuple, dict]) -> None:
+        self.rows_regenerated += len(regenerated)
+        self.rows_reference += len(reference)
+        for key in sorted(set(regenerated) | set(reference), key=repr):
+            a, b = regenerated.get(key), reference.get(key)
+            if a is None or b is None:
+                side = "reference" if a is None else "regenerated"
+                if a is None:
+                    self.only_reference += 1
+                else:
+                    self.only_regenerated += 1
+                if len(self.missing_examples) < EXAMPLES_PER_OUTPUT:
+                    self.missing_examples.append((side, self._key_dict(key)))
+                continue
+            columns = differing_columns(a, b)
+            if not columns:
+                self.identical += 1
+                continue
+            self.differing += 1
+            self.columns.update(columns)
+            if len(self.examples) < EXAMPLES_PER_OUTPUT:
+                self.examples.append((self._key_dict(key), columns))
+
+    def _key_dict(self, key: tuple) -> dict:
+        named = dict(zip(self.key_columns, key))
+        if len(key) > len(self.key_columns):
+            named["occurrence"] = key[-1]
+        if isinstance(named.get("original"), str) and len(named["original"]) > 60:
+            named["original"] = named["original"][:57] + "..."
+        return named
+
+    def to_dict(self) -> dict:
+        return {
+            "output": self.output, "key": list(self.key_columns), "ok": self.ok,
+            "rows_regenerated": self.rows_regenerated, "rows_reference": self.rows_reference,
+            "identical": self.identical, "differing": self.differing,
+            "only_regenerated": self.only_regenerated, "only_reference": self.only_reference,
+            "differing_columns": dict(self.columns.most_common()),
+            "examples": [{"key": k, "columns": c} for k, c in self.examples],
+            "missing_examples": [{"only_in": "regenerated" if s == "regenerated" else
+                                  "reference", "key": k} for s, k in self.missing_examples],
+            "shards": self.shards, "shards_byte_identical": self.shards_byte_identical,
+        }
+
+
+@dataclass
+class DatasetComparison:
+    regenerated: str
+    reference: str
+    outputs: list[OutputComparison]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+    def to_dict(self) -> dict:
+        return {"regenerated": self.regenerated, "reference": self.reference, "ok": self.ok,
+                "outputs": [o.to_dict() for o in self.outputs]}
+
+    def render(self) -> str:
+        lines = [f"[steplabel] verify: {self.regenerated} (regenerated) against "
+                 f"{self.reference} (reference)"]
+        for o in self.outputs:
+            lines.append(
+                f"  {o.output:<18} {o.rows_regenerated} vs {o.rows_reference} rows: "
+                f"{o.identical} identical, {o.differing} differing, "
+                f"{o.only_regenerated} only regenerated, {o.only_reference} only reference; "
+                f"{o.shards_byte_identical}/{o.shards} shard files byte-identical"
+                + ("" if o.paired_shards else " (shard names differ: compared whole outputs)"))
+            for column, count in o.columns.most_common():
+                lines.append(f"      column {column}: differs in {count} row(s)")
+            for key, columns in o.examples:
+                lines.append(f"      e.g. {_key_text(key)}: {', '.join(columns)}")
+            for side, key in o.missing_examples:
+                lines.append(f"      only in {side}: {_key_text(key)}")
+        total = sum(o.rows_reference for o in self.outputs)
+        lines.append(f"[steplabel] verify: every row identical ({total} rows)" if self.ok else
+                     "[steplabel] verify: DIFFERENCES FOUND (see above)")
+        return "\n".join(lines)
+
+
+def _key_text(key: dict) -> str:
+    return " ".join(f"{k}={v!r}" for k, v in key.items())
+
+
+def _file_digest(path: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    digest = hashlib.sha256()
+    with FileSystems.open(path) as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def compare_output(regenerated: str, reference: str, output: str) -> OutputComparison:
+    """Compare one output of two datasets (shard by shard when their shard names agree)."""
+    import posixpath
+
+    from steplabel.pipelines import storage
+    from steplabel.pipelines.stats import iter_file_rows
+
+    key_columns = ROW_KEYS[output]
+    result = OutputComparison(output, key_columns)
+    files_a = {posixpath.basename(p): p for p in storage.output_files(regenerated, output)}
+    files_b = {posixpath.basename(p): p for p in storage.output_files(reference, output)}
+    result.shards = len(set(files_a) | set(files_b))
+    result.shards_byte_identical = sum(
+        1 for name in set(files_a) & set(files_b)
+        if _file_digest(files_a[name]) == _file_digest(files_b[name]))
+
+    def rows_of(paths: Iterable[str]) -> dict[tuple, dict]:
+        return keyed_rows((row for path in paths for row in iter_file_rows(path)), key_columns)
+
+    if set(files_a) == set(files_b):
+        for name in sorted(files_a):
+            result.add(rows_of([files_a[name]]), rows_of([files_b[name]]))
+    else:
+        # Different shard counts: a row may sit in another shard, so join whole outputs.
+        result.paired_shards = False
+        result.add(rows_of(sorted(files_a.values())), rows_of(sorted(files_b.values())))
+    return result
+
+
+def compare_datasets(regenerated: str, reference: str) -> DatasetComparison:
+    """Row-by-row comparison of every output of two dataset directories."""
+    from steplabel.schemas.records import OUTPUTS
+
+    return DatasetComparison(regenerated, reference,
+                             [compare_output(regenerated, reference, output) for output in OUTPUTS])
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("lock", help="a dataset's manifest.lock.json")
+    parser.add_argument("--out", required=True, help="directory for the regenerated dataset")
+    parser.add_argument("--verify", metavar="DATASET",
+                        help="compare the regenerated dataset with this one, row by row; exit "
+                             "status 1 on any difference")
+    parser.add_argument("--verify-json", metavar="FILE",
+                        help="also write the comparison as JSON to FILE")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a COMPLETED dataset in --out")
+
+
+def _same_place(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit status: 0 done (and identical), 1 differences or unfinished run, 2 refused."""
+    from steplabel.pipelines.job import JobError, describe, run_job
+    from steplabel.schemas.config import ConfigError
+    from steplabel.schemas.manifest import manifest_from_dict
+
+    def refuse(message: str) -> int:
+        print(f"steplabel regenerate: refusing: {message}", file=sys.stderr)
+        return 2
+
+    if args.verify:
+        from steplabel.pipelines import storage
+
+        if _same_place(args.out, args.verify):
+            return refuse("--out and --verify name the same directory; regenerate elsewhere")
+        if not storage.exists(storage.join(args.verify, storage.COMPLETED)):
+            return refuse(f"--verify {args.verify} is not a COMPLETED steplabel dataset")
+    try:
+        lock = load_lock(args.lock)
+        manifest = manifest_from_dict(lock["manifest"])
+    except RegenerateError as exc:
+        return refuse(str(exc))
+    except ConfigError as exc:
+        return refuse(f"the locked manifest does not load with this code: {exc}")
+    check = check_lock(lock, manifest)
+    for warning in check.warnings:
+        print(f"steplabel regenerate: warning: {warning}", file=sys.stderr)
+    if check.refusals:
+        for refusal in check.refusals:
+            print(f"steplabel regenerate: refusing: {refusal}", file=sys.stderr)
+        print("steplabel regenerate: the lock no longer matches this machine; nothing was run",
+              file=sys.stderr)
+        return 2
+    try:
+        result = run_job(manifest, out_dir=args.out, overwrite=args.overwrite)
+    except JobError as exc:
+        return refuse(str(exc))
+    print(describe(result))
+    if not result.stats["reconciliation"]["ok"]:
+        print("steplabel regenerate: error: the regenerated dataset is not COMPLETED",
+              file=sys.stderr)
+        return 1
+    print(f"[steplabel] regenerated dataset written to {args.out}")
+    if not args.verify:
+        return 0
+    comparison = compare_datasets(args.out, args.verify)
+    print(comparison.render())
+    if args.verify_json:
+        Path(args.verify_json).write_text(json.dumps(comparison.to_dict(), indent=2,
+                                                     default=str))
+    return 0 if comparison.ok else 1

@@ -1,0 +1,232 @@
+"""``steplabel export``: TRL, OpenRLHF and Math-Shepherd formats, loadable with ``datasets``."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from steplabel.pipelines import storage
+from steplabel.pipelines.cli import main
+from steplabel.pipelines.export import (
+    MATH_SHEPHERD_TAG,
+    ExportError,
+    ExportOptions,
+    labelled_example,
+    math_shepherd_row,
+)
+from steplabel.pipelines.job import run_job
+from test_pipeline import manifest_for, write_problems
+
+pytestmark = pytest.mark.pipeline
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A small dataset made by a real run of the pipeline with the scripted engine."""
+    base = tmp_path_factory.mktemp("export")
+    source = write_problems(base / "problems.jsonl", 8)
+    out = base / "dataset"
+    run_job(manifest_for(source), out_dir=str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def kept(dataset) -> dict[tuple, dict]:
+    return {(r["problem_id"], r["solution_index"]): r
+            for r in storage.iter_rows(str(dataset), "trajectories")}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from steplabel.models import ensure_embedded_model
+
+    return AutoTokenizer.from_pretrained(ensure_embedded_model().path)
+
+
+def load(out: Path):
+    import datasets
+
+    return datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"),
+                                 split="train")
+
+
+def export(dataset: Path, out: Path, *args: str) -> int:
+    return main(["export", str(dataset), "--out", str(out), *args])
+
+
+def test_trl_export_loads_with_datasets(dataset, kept, tmp_path):
+    assert export(dataset, tmp_path / "trl", "--format", "trl") == 0
+    rows = load(tmp_path / "trl")
+    assert len(rows) == len(kept) > 0
+    assert set(rows.column_names) >= {"prompt", "completions", "labels"}
+    for row in rows:
+        source = kept[(row["problem_id"], row["solution_index"])]
+        assert row["prompt"] == source["question"]
+        assert row["labels"] == source["labels"]
+        assert row["completions"] == source["steps"][:len(source["labels"])]
+    info = json.loads((tmp_path / "trl" / "export.json").read_text())
+    assert info["trl_step_separator"] == "\n"  # the step_markers splitter joins with newlines
+    assert info["counts"]["examples"] == len(kept)
+
+
+@pytest.mark.filterwarnings("ignore:You are importing from .trl.experimental.")
+def test_trl_export_feeds_trl_prm_tokenization(dataset, tmp_path, tokenizer):
+    """The real TRL PRM trainer tokenization puts every label on the separator after its step."""
+    from trl.experimental.prm import PRMTrainer
+
+    assert export(dataset, tmp_path / "trl", "--format", "trl") == 0
+    separator = json.loads((tmp_path / "trl" / "export.json").read_text())["trl_step_separator"]
+    separator_ids = tokenizer.encode(separator, add_special_tokens=False)
+    checked = 0
+    for row in load(tmp_path / "trl"):
+        features = {"prompt": row["prompt"], "completions": row["completions"],
+                    "labels": row["labels"]}
+        tokens = PRMTrainer.tokenize_row(features, tokenizer, separator, max_length=None,
+                                         max_completion_length=None,
+                                         train_on_last_step_only=False, is_eval=False)
+        input_ids, labels = tokens["input_ids"], tokens["labels"]
+        assert len(input_ids) == len(labels)
+        labelled = [i for i, label in enumerate(labels) if label != -100]
+        # one label per step, equal to the step's label, on the separator's last token
+        assert [labels[i] for i in labelled] == [int(label) for label in row["labels"]]
+        assert all(input_ids[i] == separator_ids[-1] for i in labelled)
+        # ...which ends exactly that step: the text since the previous label is step + separator
+        start = len(input_ids) - sum(
+            len(tokenizer.encode(step, add_special_tokens=False)) + len(separator_ids)
+            for step in row["completions"])
+        for step, end in zip(row["completions"], labelled):
+            assert tokenizer.decode(input_ids[start:end + 1]) == step + separator
+            start = end + 1
+        assert start == len(input_ids)
+        checked += 1
+    assert checked > 0
+
+
+def test_math_shepherd_export(dataset, kept, tmp_path):
+    assert export(dataset, tmp_path / "ms", "--format", "math-shepherd") == 0
+    rows = load(tmp_path / "ms")
+    assert len(rows) == len(kept)
+    for row in rows:
+        source = kept[(row["problem_id"], row["solution_index"])]
+        text, label = row["input"], row["label"]
+        assert text.startswith(source["question"] + " Step 1:")
+        assert text.count(f" {MATH_SHEPHERD_TAG}") == len(source["labels"])
+        assert text.endswith(MATH_SHEPHERD_TAG)
+        # label: the same text with each tag replaced, in order, by + or -
+        pieces = text.split(MATH_SHEPHERD_TAG)
+        signs = ["+" if good else "-" for good in source["labels"]]
+        assert label == "".join(p + s for p, s in zip(pieces, signs + [""]))
+
+
+def test_openrlhf_export_hard_and_soft(dataset, kept, tmp_path):
+    assert export(dataset, tmp_path / "hard", "--format", "openrlhf") == 0
+    for row in load(tmp_path / "hard"):
+        source = kept[(row["problem_id"], row["solution_index"])]
+        assert row["input"].count(f" {MATH_SHEPHERD_TAG}") == len(row["value"])
+        assert row["value"] == ["+" if good else "-" for good in source["labels"]]
+    assert export(dataset, tmp_path / "soft", "--format", "openrlhf", "--labels", "soft") == 0
+    for row in load(tmp_path / "soft"):
+        source = kept[(row["problem_id"], row["solution_index"])]
+        assert row["value"] == source["soft_labels"][:len(source["labels"])]
+        assert all(0.0 <= v <= 1.0 for v in row["value"])
+
+
+def test_openrlhf_placeholder_checked_with_a_tokenizer(dataset, kept, tmp_path, tokenizer,
+                                                       capsys):
+    from steplabel.models import ensure_embedded_model
+
+    path = str(ensure_embedded_model().path)
+    # "ки" is two byte-level tokens for SmolLM2: refused before anything is written.
+    assert export(dataset, tmp_path / "a", "--format", "openrlhf", "--tokenizer", path) == 2
+    assert "'ки' is 2 tokens" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "data").exists()
+    # A special token stays one token inside every input.
+    assert export(dataset, tmp_path / "b", "--format", "openrlhf", "--tokenizer", path,
+                  "--placeholder", "<|endoftext|>") == 0
+    placeholder_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    rows = load(tmp_path / "b")
+    assert len(rows) == len(kept)
+    for row in rows:
+        ids = tokenizer(row["input"], add_special_tokens=False)["input_ids"]
+        assert ids.count(placeholder_id) == len(row["value"])
+    # "#" is one token alone but merges with the space before it (" #"): every input fails
+    # the in-context check, so nothing is exported.
+    assert export(dataset, tmp_path / "c", "--format", "openrlhf", "--tokenizer", path,
+                  "--placeholder", "#") == 2
+    assert "skipped_placeholder_not_one_token_in_context" in capsys.readouterr().err
+
+
+def test_bad_option_combinations_are_refused(dataset, tmp_path, capsys):
+    assert export(dataset, tmp_path / "x", "--format", "trl", "--labels", "soft") == 2
+    assert "soft labels: openrlhf only" in capsys.readouterr().err
+    assert export(dataset, tmp_path / "y", "--format", "trl", "--placeholder", "<x>") == 2
+    assert "openrlhf only" in capsys.readouterr().err
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "keep.txt").write_text("mine")
+    assert export(dataset, tmp_path / "z", "--format", "trl") == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Which steps are exported (hand-made rows)
+
+
+def row(labels, steps, soft=None, question="What is 2 + 2?"):
+    return {"problem_id": "p", "solution_index": 0, "source": "s", "question": question,
+            "steps": steps, "labels": labels, "soft_labels": soft}
+
+
+@pytest.mark.unit
+def test_steps_after_the_first_error_are_dropped():
+    counts = Counter()
+    example = labelled_example(row([True, False], ["a", "b", "c", "d"],
+                                   soft=[1.0, 0.0, None, None]), counts)
+    assert example.steps == ["a", "b"] and example.labels == [True, False]
+    assert example.soft == [1.0, 0.0]
+    assert counts["steps_dropped_after_last_label"] == 2
+
+
+@pytest.mark.unit
+def test_unknown_labels_cut_the_example_and_empty_ones_are_skipped():
+    counts = Counter()
+    example = labelled_example(row([True, None, False], ["a", "b", "c"]), counts)
+    assert example.steps == ["a"] and example.labels == [True] and example.soft is None
+    assert labelled_example(row([None, True], ["a", "b"]), counts) is None
+    assert labelled_example(row(None, ["a"]), counts) is None
+    assert counts == Counter(cut_at_unknown_label=2, skipped_no_labels=2,
+                             steps_dropped_after_last_label=2)
+
+
+@pytest.mark.unit
+def test_math_shepherd_markers():
+    example = labelled_example(row([True, False], ["Step 1: 2 + 2 = 4", "so it is 5"]),
+                               Counter())
+    out = math_shepherd_row(example)
+    assert out["input"] == "What is 2 + 2? Step 1: 2 + 2 = 4 ки\nStep 2: so it is 5 ки"
+    assert out["label"] == "What is 2 + 2? Step 1: 2 + 2 = 4 +\nStep 2: so it is 5 -"
+
+
+@pytest.mark.unit
+def test_export_of_hand_made_dataset_counts_what_it_drops(tmp_path):
+    from steplabel.pipelines.export import export_dataset
+
+    rows = [
+        {**row([True, False], ["Step 1: a", "Step 2: b", "Step 3: c"]), "problem_id": "p1"},
+        {**row([True, None], ["Step 1: a", "Step 2: b"]), "problem_id": "p2"},
+        {**row([True], ["Step 1: ки"]), "problem_id": "p3"},  # the tag inside the text
+        {**row(None, ["Step 1: a"]), "problem_id": "p4"},
+    ]
+    storage.write_shard(str(tmp_path / "ds"), "trajectories", 0, 1, rows)
+    result = export_dataset(str(tmp_path / "ds"), out_dir=str(tmp_path / "out"),
+                            options=ExportOptions(format="math-shepherd"))
+    assert result["counts"] == {
+        "trajectories_read": 4, "examples": 2, "steps": 3, "negative_steps": 1,
+        "steps_dropped_after_last_label": 2, "cut_at_unknown_label": 1,
+        "skipped_no_labels": 1, "skipped_step_tag_in_text": 1}
+    with pytest.raises(ExportError, match="no exportable example"):
+        storage.write_shard(str(tmp_path / "empty"), "trajectories", 0, 1, [rows[3]])
+        export_dataset(str(tmp_path / "empty"), out_dir=str(tmp_path / "out2"),
+                       options=ExportOptions(format="trl"))

@@ -1,0 +1,70 @@
+"""A small job end to end on the real vLLM engine with the embedded model."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from steplabel.pipelines import storage
+from steplabel.pipelines.job import run_job
+from steplabel.schemas.manifest import manifest_from_dict
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def small_job(tmp_path_factory):
+    base = tmp_path_factory.mktemp("real")
+    source = base / "problems.jsonl"
+    source.write_text("\n".join(json.dumps(p) for p in [
+        {"id": "a", "question": "Tom has 3 apples and buys 4 more. How many apples does he have?",
+         "answer": "7"},
+        {"id": "b", "question": "There are 9 birds on a tree and 5 fly away. How many are left?",
+         "answer": "4"},
+    ]) + "\n")
+    manifest = manifest_from_dict({
+        "name": "real-small",
+        "seed": 5,
+        "source": {"kind": "jsonl", "path": str(source)},
+        "models": {"policy": {"kind": "vllm", "model": "embedded", "dtype": "float32",
+                              "max_model_len": 1024}},
+        "policy": {"samples": 2, "sampling": {"temperature": 0.8, "max_tokens": 64}},
+        "monte_carlo": {"rollouts": 2, "sampling": {"temperature": 0.8, "max_tokens": 40}},
+        "omegaprm": {"rollouts": 2, "prefilter_rollouts": 4, "search_limit": 1,
+                     "sampling": {"temperature": 0.8, "max_tokens": 64}},
+        "judge": {"response_prefix": "The earliest wrong paragraph is \\boxed{",
+                  "sampling": {"temperature": 0.0, "max_tokens": 4}},
+        "consensus": {},
+        "runner": {"num_shards": 1},
+    })
+    out = base / "out"
+    return manifest, out, run_job(manifest, out_dir=str(out))
+
+
+def test_real_job_completes_and_accounts_for_every_problem(small_job):
+    _, out, result = small_job
+    assert (out / "COMPLETED").exists()
+    assert result.stats["reconciliation"]["ok"]
+    assert result.info["rows"]["trajectories"] + result.info["rows"]["rejected"] == 4
+
+
+def test_real_job_records(small_job):
+    manifest, out, _ = small_job
+    rows = list(storage.iter_rows(str(out), "trajectories")) + list(
+        storage.iter_rows(str(out), "rejected"))
+    for row in rows:
+        steps = row["steps"]
+        assert steps and all(s.strip() for s in steps)
+        assert len(row["mc_n_correct"]) == len(steps)
+        for correct, total, unknown in zip(row["mc_n_correct"], row["mc_n_total"],
+                                           row["mc_n_unknown"]):
+            assert 0 <= correct <= total and total + unknown == 2
+        assert row["cost_mc"]["rollouts"] == 2 * len(steps)
+        assert row["cost_mc"]["generated_tokens"] > 0
+        assert row["cost_policy"]["generated_tokens"] > 0
+        assert row["cost_judge"]["requests"] == 1
+        assert len(row["provenance"]["policy_weights_sha256"]) == 64
+        assert row["provenance"]["manifest_hash"] == manifest.hash
+        assert row["consensus_reason"] in {"agree", "disagree", "mc_unknown", "judge_unknown"}
+    lock = json.loads((out / "manifest.lock.json").read_text())
+    assert len(lock["models"]["policy"]["weights_sha256"]) == 64
