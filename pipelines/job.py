@@ -37,44 +37,62 @@ class JobResult:
     seconds: float
 
 
-class WriteOutputs(beam.PTransform):
-    """Rows of every output, tagged ``(output, row)``, into deterministic Parquet shards."""
+class WriteInputDeadLetters(beam.PTransform):
+    """Dead-letter rows of bad input records into their own deterministic shards
+    (``dead_letter/input-part-*``); problems' rows are written from checkpoints."""
 
     def __init__(self, out_dir: str, *, num_shards: int) -> None:
         super().__init__()
         self.out_dir = out_dir
         self.num_shards = num_shards
 
-    def expand(self, tagged_rows):
+    def expand(self, rows):
         out_dir, num_shards = self.out_dir, self.num_shards
         return (
-            tagged_rows
-            | "KeyByShard" >> beam.Map(
-                lambda kv: ((kv[0], storage.shard_of(kv[1], num_shards)), kv[1]))
+            rows
+            | "KeyByShard" >> beam.Map(lambda row: (storage.shard_of(row, num_shards), row))
             | "GroupShards" >> beam.GroupByKey()
             | "WriteShards" >> beam.MapTuple(
-                lambda key, rows: (key[0], storage.write_shard(out_dir, key[0], key[1],
-                                                               num_shards, rows)))
+                lambda index, group: storage.write_shard(out_dir, "dead_letter", index,
+                                                         num_shards, group, prefix="input-"))
+        )
+
+
+class WriteOutputs(beam.PTransform):
+    """Once every problem is labelled (checkpointed), write shard ``i`` of every output from
+    the checkpoints, one shard per element: parallel, streaming, deterministic."""
+
+    def __init__(self, out_dir: str, *, num_shards: int) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.num_shards = num_shards
+
+    def expand(self, labelled_ids):
+        out_dir, num_shards = self.out_dir, self.num_shards
+        done = labelled_ids | "CountLabelled" >> beam.combiners.Count.Globally()
+        return (
+            labelled_ids.pipeline
+            | "ShardIndices" >> beam.Create(list(range(num_shards)))
+            | "WriteShards" >> beam.Map(
+                lambda index, _done: storage.write_shard_from_checkpoints(out_dir, index,
+                                                                          num_shards),
+                beam.pvalue.AsSingleton(done))
         )
 
 
 def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
                    total: int | None = None):
-    """Apply the whole job to ``pipeline``; returns the PCollection of written shards."""
+    """Apply the whole job to ``pipeline``."""
     source = manifest.source
+    num_shards = manifest.runner.num_shards
     raw = pipeline | "ReadProblems" >> ReadProblems(source, items=items)
     problems, invalid = raw | "ValidateProblems" >> ValidateProblems(
         fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash)
     labelled = problems | "LabelProblems" >> beam.ParDo(
         LabelProblemsFn(manifest, out_dir=out_dir, max_in_flight=manifest.runner.max_in_flight,
-                        total=total)).with_outputs(*OUTPUTS)
-    tagged = [
-        labelled[name] | f"Tag_{name}" >> beam.Map(lambda row, name=name: (name, row))
-        for name in OUTPUTS
-    ]
-    tagged.append(invalid | "Tag_input_dead_letter" >> beam.Map(lambda row: ("dead_letter", row)))
-    rows = tagged | "MergeOutputs" >> beam.Flatten()
-    return rows | "WriteOutputs" >> WriteOutputs(out_dir, num_shards=manifest.runner.num_shards)
+                        total=total))
+    invalid | "WriteInputDeadLetters" >> WriteInputDeadLetters(out_dir, num_shards=num_shards)
+    return labelled | "WriteOutputs" >> WriteOutputs(out_dir, num_shards=num_shards)
 
 
 def pipeline_options(manifest, extra_args: list[str] | None = None) -> PipelineOptions:
@@ -104,8 +122,18 @@ def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
     local = "://" not in out_dir
     if overwrite and local and Path(out_dir).exists():
         shutil.rmtree(out_dir)
+    from steplabel.pipelines.finalize import input_hashes
+
+    inputs = input_hashes(manifest.source)
     if storage.exists(run_file):
         previous = storage.read_json(run_file)
+        changed = sorted(k for k in set(inputs) | set(previous.get("inputs", {}))
+                         if inputs.get(k) != previous.get("inputs", {}).get(k))
+        if previous.get("manifest_hash") == manifest.hash and changed:
+            raise JobError(
+                f"{out_dir} holds work of this manifest on other input data ({', '.join(changed)}"
+                " changed since); resuming would mix datasets: use an empty --out, or "
+                "--overwrite")
         if previous.get("manifest_hash") != manifest.hash:
             raise JobError(
                 f"{out_dir} holds work of another manifest ({previous.get('name')!r}, hash "
@@ -115,7 +143,7 @@ def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
         raise JobError(f"{out_dir} is not empty and is not a steplabel run of this manifest; "
                        "choose an empty --out, or pass --overwrite")
     storage.write_json_atomic(run_file, {"name": manifest.name, "manifest_hash": manifest.hash,
-                                         "manifest": manifest.to_dict()})
+                                         "manifest": manifest.to_dict(), "inputs": inputs})
 
 
 def run_job(manifest, *, out_dir: str, overwrite: bool = False,

@@ -2,7 +2,8 @@
 
 Everything goes through Beam's ``FileSystems``, so a dataset directory may be local or on any
 filesystem Beam supports (``gs://`` on Dataflow). Writes are atomic: a file is written under a
-temporary name in its final folder (``.inprogress-*``, never matched by readers) and renamed,
+temporary name in its final folder (``.inprogress-*.tmp``, never matched by readers: hidden, and
+without the final extension, so not even a ``*.parquet`` glob picks it up) and renamed,
 so no partial shard is ever visible under its final name.
 
 Layout of a dataset directory::
@@ -47,8 +48,8 @@ def exists(path: str) -> bool:
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
 
-    The bytes go to a temporary name in the same folder (``.inprogress-<uuid>-<name>``, which
-    readers never match), then are renamed. A writer killed or failing mid-write leaves only
+    The bytes go to a temporary name in the same folder (``.inprogress-<uuid>-<name>.tmp``,
+    which readers never match), then are renamed. A writer killed or failing mid-write leaves only
     such a temporary file, which :func:`remove_temp_files` deletes when the job finishes.
     Locally the temporary file is flushed to disk before ``os.replace`` swaps it in atomically
     (there is no moment without a file); on object stores the old object is deleted first,
@@ -56,7 +57,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     """
     remote = "://" in path
     folder, name = posixpath.split(path) if remote else _split_local(path)
-    tmp = join(folder, f"{TMP_MARK}{uuid.uuid4().hex}-{name}")
+    tmp = join(folder, f"{TMP_MARK}{uuid.uuid4().hex}-{name}.tmp")
     FileSystems.mkdirs(folder) if not FileSystems.exists(folder) else None
     if not remote:
         import os
@@ -166,24 +167,111 @@ def _sort_key(row: dict) -> tuple:
     )
 
 
-def shard_name(index: int, num_shards: int) -> str:
-    return f"part-{index:05d}-of-{num_shards:05d}.parquet"
+def shard_name(index: int, num_shards: int, prefix: str = "") -> str:
+    return f"{prefix}part-{index:05d}-of-{num_shards:05d}.parquet"
 
 
 def write_shard(out_dir: str, output: str, index: int, num_shards: int,
-                rows: Iterable[dict]) -> tuple[str, int]:
+                rows: Iterable[dict], *, prefix: str = "") -> tuple[str, int]:
     """Write one shard (rows sorted deterministically) atomically; return (path, rows)."""
     ordered = sorted(rows, key=_sort_key)
     table = to_table(output, ordered)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
-    path = join(out_dir, OUTPUT_DIRS[output], shard_name(index, num_shards))
+    path = join(out_dir, OUTPUT_DIRS[output], shard_name(index, num_shards, prefix))
     write_bytes_atomic(path, buffer.getvalue())
     return path, len(ordered)
 
 
 def output_files(dataset_dir: str, output: str) -> list[str]:
-    return list_files(join(dataset_dir, OUTPUT_DIRS[output], "part-*.parquet"))
+    return list_files(join(dataset_dir, OUTPUT_DIRS[output], "*part-*.parquet"))
+
+
+def checkpoint_files(out_dir: str) -> list[str]:
+    return list_files(join(out_dir, WORK_DIR, "checkpoints", "*", "*.json"))
+
+
+def checkpoint_shard(path: str, num_shards: int) -> int:
+    """The shard of a checkpoint's problem, from its file name: equals :func:`shard_of` of its
+    rows, since both hash the problem id the same way."""
+    key = posixpath.basename(path).split(".")[0]
+    return int(key[:16], 16) % num_shards
+
+
+class _StreamingShard:
+    """One output's shard, written a row group at a time to a temporary name, then renamed."""
+
+    def __init__(self, out_dir: str, output: str, index: int, num_shards: int,
+                 row_group_rows: int) -> None:
+        self.output = output
+        self.path = join(out_dir, OUTPUT_DIRS[output], shard_name(index, num_shards))
+        folder = posixpath.dirname(self.path) if "://" in self.path else _split_local(self.path)[0]
+        self.tmp = join(folder, f"{TMP_MARK}{uuid.uuid4().hex}-{posixpath.basename(self.path)}")
+        if not FileSystems.exists(folder):
+            FileSystems.mkdirs(folder)
+        self._handle = FileSystems.create(self.tmp)
+        self._writer = pq.ParquetWriter(self._handle, OUTPUTS[output], compression="zstd")
+        self._buffer: list[dict] = []
+        self.row_group_rows = row_group_rows
+        self.rows = 0
+
+    def add(self, rows: list[dict]) -> None:
+        self._buffer.extend(rows)
+        if len(self._buffer) >= self.row_group_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._writer.write_table(to_table(self.output, self._buffer))
+            self.rows += len(self._buffer)
+            self._buffer = []
+
+    def close(self) -> tuple[str, int]:
+        self.flush()
+        self._writer.close()
+        self._handle.close()
+        if FileSystems.exists(self.path):
+            FileSystems.delete([self.path])
+        FileSystems.rename([self.tmp], [self.path])
+        return self.path, self.rows
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+            self._handle.close()
+        finally:
+            if FileSystems.exists(self.tmp):
+                FileSystems.delete([self.tmp])
+
+
+def write_shard_from_checkpoints(out_dir: str, index: int, num_shards: int, *,
+                                 row_group_rows: int = 2048) -> dict[str, int]:
+    """Write shard ``index`` of every output from the finished problems' checkpoints.
+
+    Problems are taken in checkpoint-name order and each problem's rows in a fixed order, so
+    the shards do not depend on which run (or which worker, or how many attempts) labelled a
+    problem. Rows stream through in row groups: memory stays flat however large the dataset.
+    Returns rows written per output; outputs with no rows in this shard get no file.
+    """
+    files = sorted((path for path in checkpoint_files(out_dir)
+                    if checkpoint_shard(path, num_shards) == index),
+                   key=posixpath.basename)
+    shards: dict[str, _StreamingShard] = {}
+    try:
+        for path in files:
+            payload = json.loads(read_bytes(path))
+            for output, rows in sorted(payload["rows"].items()):
+                if not rows:
+                    continue
+                if output not in shards:
+                    shards[output] = _StreamingShard(out_dir, output, index, num_shards,
+                                                     row_group_rows)
+                shards[output].add(sorted(rows, key=_sort_key))
+        return {output: shard.close()[1] for output, shard in shards.items()}
+    except BaseException:
+        for shard in shards.values():
+            shard.abort()
+        raise
 
 
 def iter_rows(dataset_dir: str, output: str, columns: list[str] | None = None,

@@ -189,3 +189,13 @@ def test_validate_transform_with_test_pipeline():
                     equal_to([("a", "3"), ("c", "10")]), label="problems")
         assert_that(dead | "Reasons" >> beam.Map(lambda r: r["reason"]),
                     equal_to(["missing_answer"]), label="dead")
+
+
+def test_resume_refused_when_input_changed(tmp_path):
+    source = write_problems(tmp_path / "p.jsonl", 2)
+    manifest = manifest_for(source)
+    run_job(manifest, out_dir=str(tmp_path / "a"))
+    (tmp_path / "a" / "COMPLETED").unlink()
+    write_problems(source, 3)
+    with pytest.raises(JobError, match="other input data"):
+        run_job(manifest, out_dir=str(tmp_path / "a"))
