@@ -72,11 +72,14 @@ class EngineHost:
     def close(self) -> None:
         with self._lock:
             engines, self._engines = list(self._engines.values()), {}
+        async def in_loop(function):
+            function()
+
         for engine in engines:
             shutdown = getattr(engine, "shutdown", None)
             if shutdown is not None:
                 try:
-                    shutdown()
+                    self.run(in_loop(shutdown), timeout=60)
                 except Exception:  # noqa: BLE001 - closing is best effort
                     pass
             aclose = getattr(engine, "aclose", None)

@@ -196,7 +196,11 @@ class VLLMEngine:
         return tokenizer_pieces(self._tokenizer, text)
 
     def shutdown(self) -> None:
-        self._llm.shutdown()
+        """Stop the engine's processes. Call it from the engine's event loop thread (the
+        :class:`~steplabel.engines.host.EngineHost` does) so its output task ends cleanly."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
 
 
 _REAPER_CODE = """

@@ -456,18 +456,43 @@ def _counters(result) -> dict[str, int]:
     return dict(sorted(counters.items()))
 
 
+def prepare_evaluation_dir(out_dir: str, spec: EvaluationSpec, *, overwrite: bool) -> None:
+    """Refuse a COMPLETED evaluation (unless ``overwrite``), a directory holding another
+    evaluation's work (another hash: other settings or changed gold/answers files, so resuming
+    would mix results) and any other non-empty directory; then record this evaluation in
+    ``_work/run.json``, which a rerun checks before it resumes from the checkpoints."""
+    import shutil
+
+    run_file = storage.join(out_dir, storage.WORK_DIR, "run.json")
+    if storage.exists(storage.join(out_dir, storage.COMPLETED)) and not overwrite:
+        raise EvaluationError(f"{out_dir} already holds a COMPLETED evaluation; pass "
+                              "--overwrite to replace it, or choose another --out")
+    local = "://" not in out_dir
+    if overwrite and local and Path(out_dir).exists():
+        shutil.rmtree(out_dir)
+    if storage.exists(run_file):
+        previous = storage.read_json(run_file)
+        if previous.get("evaluation_hash") != spec.hash:
+            raise EvaluationError(
+                f"{out_dir} holds work of another evaluation ({previous.get('name')!r}, hash "
+                f"{str(previous.get('evaluation_hash'))[:12]}) and this one is {spec.name!r} "
+                f"(hash {spec.hash[:12]}): settings or input files differ; use an empty "
+                "--out, or --overwrite")
+    elif local and Path(out_dir).exists() and any(Path(out_dir).iterdir()):
+        raise EvaluationError(f"{out_dir} is not empty and is not a steplabel evaluation; "
+                              "choose an empty --out, or pass --overwrite")
+    storage.write_json_atomic(run_file, {"name": spec.name, "evaluation_hash": spec.hash,
+                                         "spec": spec.to_dict()})
+
+
 def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = False,
                    manifest_path: str | None = None) -> EvaluationResult:
     """Run the evaluate job to completion, then write the report and mark the directory."""
-    from steplabel.pipelines.job import JobError, make_pipeline, pipeline_options, \
-        prepare_out_dir
+    from steplabel.pipelines.job import make_pipeline, pipeline_options
 
     started = time.perf_counter()
     items, rejects = read_gold(spec)
-    try:
-        prepare_out_dir(out_dir, spec, overwrite=overwrite)
-    except JobError as exc:
-        raise EvaluationError(str(exc)) from None
+    prepare_evaluation_dir(out_dir, spec, overwrite=overwrite)
     manifest = spec.manifest
     pipeline = make_pipeline(manifest, pipeline_options(manifest))
     build_evaluation_pipeline(pipeline, spec, out_dir=out_dir, items=items,

@@ -144,12 +144,20 @@ def test_completed_and_foreign_directories_are_refused(tmp_path, finished):
     shutil.copytree(out, copy)
     (copy / "COMPLETED").unlink()
     other = spec_for(write_manifest(tmp_path / "other.yaml", seed=12))
-    with pytest.raises(EvaluationError, match="another manifest"):
+    with pytest.raises(EvaluationError, match="another evaluation"):
         run_evaluation(other, out_dir=str(copy))
     changed_gold = tmp_path / "processbench_small.json"
     changed_gold.write_text(Path(GOLD[0]).read_text().replace("We add 2", "We add two"))
-    edited = spec_for(tmp_path / "other.yaml", gold=[str(changed_gold), GOLD[1]])
+    edited = spec_for(write_manifest(tmp_path / "same.yaml"),
+                      gold=[str(changed_gold), GOLD[1]])
     assert edited.hash != spec.hash
+    with pytest.raises(EvaluationError, match="input files differ"):
+        run_evaluation(edited, out_dir=str(copy))
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("not an evaluation")
+    with pytest.raises(EvaluationError, match="not empty"):
+        run_evaluation(spec, out_dir=str(stray))
 
 
 def test_engine_failure_goes_to_the_dead_letter(tmp_path):
