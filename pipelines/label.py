@@ -146,7 +146,7 @@ class Progress:
             eta = f", ETA {max(0.0, (self.total - self.done) / rate):.0f}s"
         return (f"[steplabel] problems {self.done}{total} ({self.resumed} resumed), "
                 f"{self.rollouts / elapsed:.1f} rollouts/s, {self.tokens / elapsed:.0f} "
-                f"tokens/s, {elapsed:.0f}s elapsed{eta}")
+                f"tokens/s, {elapsed:.1f}s elapsed{eta}")
 
 
 _PROGRESS: dict[str, Progress] = {}
