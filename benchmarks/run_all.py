@@ -1,0 +1,147 @@
+"""The benchmark suite: one command, JSON per benchmark and a Markdown summary.
+
+    .venv/bin/python benchmarks/run_all.py [--skip-setup]
+
+Runs, one after another on a quiet machine (each figure is a ratio or a count measured side by
+side within one run):
+1. set-up and start-up: a fresh environment with scripts/setup.sh (pip's cache helps), the model
+   conversion into an empty cache, engine start;
+2. engine throughput of the embedded model (16 prompts × n=4 × 64 tokens);
+3. engine saturation: the same request mix through the pipeline and the bare engine, and the
+   Monte Carlo prefix-cache share;
+4. annotation cost: scripted planted-error policy (M = 4..32) and the embedded model;
+5. scale: 100, 1,000 and 10,000 problems with an instant engine.
+Writes benchmarks/results/*.json and benchmarks/results/SUMMARY.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+
+
+def run(script: str, *args: str) -> dict:
+    started = time.perf_counter()
+    print(f"[bench] {script} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script), *args], check=True,
+                   stdout=subprocess.DEVNULL)
+    print(f"[bench] {script} done in {time.perf_counter() - started:.0f}s", flush=True)
+    return json.loads((RESULTS / script.replace(".py", ".json")).read_text())
+
+
+def setup_times() -> dict:
+    with tempfile.TemporaryDirectory(prefix="steplabel-setup-") as tmp:
+        env = {**os.environ, "STEPLABEL_VENV": str(Path(tmp) / "venv"),
+               "STEPLABEL_CACHE_DIR": str(Path(tmp) / "cache")}
+        started = time.perf_counter()
+        subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh")], check=True, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        total = time.perf_counter() - started
+        size = subprocess.run(["du", "-sm", str(Path(tmp) / "venv")], capture_output=True,
+                              text=True, check=True).stdout.split()[0]
+        venv_python = str(Path(tmp) / "venv" / "bin" / "python")
+        started = time.perf_counter()
+        subprocess.run([venv_python, "-m", "steplabel.models", "prepare", "--force"], check=True,
+                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        convert = time.perf_counter() - started
+        started = time.perf_counter()
+        subprocess.run([venv_python, "-m", "steplabel.models", "prepare"], check=True, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        verify = time.perf_counter() - started
+    report = {"setup_seconds": round(total, 1), "environment_mib": int(size),
+              "model_conversion_seconds": round(convert, 1),
+              "model_verify_seconds": round(verify, 1)}
+    (RESULTS / "setup.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def summary(results: dict) -> str:
+    lines = ["# steplabel benchmarks", ""]
+    if "setup" in results:
+        s = results["setup"]
+        lines += ["## Set-up and start-up", "",
+                  f"- set-up (fresh venv, pip cache warm): {s['setup_seconds']} s; environment "
+                  f"{s['environment_mib']} MiB",
+                  f"- model conversion (GGUF → safetensors): {s['model_conversion_seconds']} s; "
+                  f"verification on later runs: {s['model_verify_seconds']} s", ""]
+    e = results["engine"]
+    lines += ["## Engine", "",
+              f"- engine start: {e['engine_start_s']} s",
+              f"- {e['prompts']} prompts × n={e['n']} × {e['max_tokens']} tokens: "
+              f"{e['generated_tokens_per_s']} generated tokens/s ({e['dtype']})", ""]
+    t = results["saturation"]
+    lines += ["## Saturation and prefix cache", "",
+              "| | tokens/s | generated tokens | seconds |", "|---|---:|---:|---:|",
+              f"| pipeline | {t['pipeline']['tokens_per_s']} | {t['pipeline']['generated_tokens']} "
+              f"| {t['pipeline']['seconds']} |",
+              f"| bare engine | {t['bare_engine']['tokens_per_s']} | "
+              f"{t['bare_engine']['generated_tokens']} | {t['bare_engine']['seconds']} |", "",
+              f"- saturation ratio: **{t['saturation_ratio']}** (target ≥ 0.90: "
+              f"{'met' if t['targets']['saturation_ratio_ge_0.90'] else 'NOT met'})",
+              f"- Monte Carlo prompt tokens served from the prefix cache: "
+              f"**{t['mc_prefix_cache_share']:.1%}** (target ≥ 80%: "
+              f"{'met' if t['targets']['mc_prefix_cache_share_ge_0.80'] else 'NOT met'})", ""]
+    a = results["annotation_cost"]
+    lines += ["## Annotation cost, scripted planted-error policy", "",
+              "| policy | M | MC acc | MC rollouts | BS acc | BS rollouts | MC/BS |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in a.get("rows", []):
+        lines.append(f"| {row['policy']} | {row['num_steps']} | {row['mc_accuracy']:.3f} | "
+                     f"{row['mc_rollouts_mean']:.1f} | {row['bs_accuracy']:.3f} | "
+                     f"{row['bs_rollouts_mean']:.1f} | {row['mc_rollouts_mean'] / row['bs_rollouts_mean']:.1f}x |")
+    c = results["embedded_cost"]
+    lines += ["", "## Annotation cost, embedded model", "",
+              f"- Monte Carlo: {c['monte_carlo']['rollouts_per_step_label']} rollouts and "
+              f"{c['monte_carlo']['generated_tokens_per_step_label']} generated tokens per step "
+              f"label; {c['monte_carlo']['rollouts_per_localization']} rollouts per first-error "
+              f"localization ({c['monte_carlo']['mean_steps']} steps per trajectory)",
+              f"- OmegaPRM binary search: {c['omegaprm']['rollouts_per_localization']} rollouts "
+              f"per localization over {c['omegaprm']['mean_pieces_searched']} pieces "
+              f"({c['omegaprm']['searches']} searches, {c['omegaprm']['questions_filtered']} "
+              f"questions pre-filtered)", ""]
+    sc = results["scale"]
+    lines += ["## Scale (instant engine, full Beam pipeline)", "",
+              "| problems | wall s | labelling ms/problem | peak RSS MiB |", "|---:|---:|---:|---:|"]
+    for row in sc["runs"]:
+        lines.append(f"| {row['problems']} | {row['seconds']} | {row['labelling_ms_per_problem']} "
+                     f"| {row['peak_rss_mib']} |")
+    lines += ["", f"- time per problem, largest/smallest: {sc['time_per_problem_ratio_last_first']}"
+              f" ({'met' if sc['targets']['time_per_problem_flat_within_20pct'] else 'NOT met'})",
+              f"- peak memory, largest/smallest: {sc['peak_rss_ratio_last_first']} "
+              f"({'met' if sc['targets']['memory_flat_within_20pct'] else 'NOT met'})", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-setup", action="store_true")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    started = time.perf_counter()
+    results = {}
+    if not args.skip_setup:
+        print("[bench] set-up", flush=True)
+        results["setup"] = setup_times()
+    results["engine"] = run("engine_throughput.py")
+    results["saturation"] = run("saturation.py")
+    results["annotation_cost"] = run("annotation_cost.py")
+    results["embedded_cost"] = run("embedded_cost.py")
+    results["scale"] = run("scale.py")
+    text = summary(results) + f"\nSuite time: {time.perf_counter() - started:.0f} s\n"
+    (RESULTS / "SUMMARY.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
