@@ -38,19 +38,30 @@ class Splitter:
         return json.dumps({"name": self.name, "params": self.params}, sort_keys=True)
 
 
+def normalize_newlines(text: str) -> str:
+    """Windows line ends (``\\r\\n``, and stray runs like ``\\r\\r\\n``) as ``\\n``. Replacing only
+    ``\\r\\n`` once is not idempotent (``\\r\\r\\n`` leaves a new ``\\r\\n``), and then splitting
+    the joined steps again would give other steps. Linear time (no regex backtracking over long
+    runs of ``\\r``)."""
+    if "\r" not in text:
+        return text
+    lines = text.split("\n")
+    return "\n".join([line.rstrip("\r") for line in lines[:-1]] + lines[-1:])
+
+
 def _paragraphs(text: str) -> list[str]:
-    return re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n"))
+    return re.split(r"\n[ \t]*\n", normalize_newlines(text))
 
 
 def _lines(text: str) -> list[str]:
-    return text.replace("\r\n", "\n").split("\n")
+    return normalize_newlines(text).split("\n")
 
 
 _STEP_MARKER = re.compile(r"(?im)^[ \t]*(?=step\s*\d+\s*[:.)])")
 
 
 def _step_markers(text: str) -> list[str]:
-    text = text.replace("\r\n", "\n")
+    text = normalize_newlines(text)
     starts = [m.start() for m in _STEP_MARKER.finditer(text)]
     if not starts:
         return [text]

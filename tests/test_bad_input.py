@@ -283,7 +283,7 @@ def test_bad_manifest_is_a_config_error_naming_the_field(tmp_path, path, value, 
 def test_unreadable_manifest_files(tmp_path, content, message):
     manifest = tmp_path / "job.yaml"
     manifest.write_bytes(content)
-    with pytest.raises(ConfigError, match=None) as caught:
+    with pytest.raises(ConfigError) as caught:
         load_manifest(manifest)
     assert message in str(caught.value)
 

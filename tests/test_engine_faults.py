@@ -224,3 +224,4 @@ def test_job_error_for_a_dead_engine_names_the_checkpoints(tmp_path, monkeypatch
     with pytest.raises(JobError, match=r"an engine died: scripted engine died .* 0 finished "
                                        r"problems are checkpointed"):
         run_job(manifest, out_dir=str(tmp_path / "out"))
+

@@ -163,3 +163,34 @@ def test_engine_killed_mid_run_fails_loudly_and_the_rerun_resumes(tmp_path):
     assert stats["counters"]["problems_resumed"] == len(saved)
     assert stats["counters"]["problems_labelled"] == len(problems) - len(saved)
     assert (out / "COMPLETED").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# How vLLM's errors are classified (no model needed, but importing vLLM takes seconds)
+
+
+def test_vllm_errors_map_to_dead_letters_or_a_job_failure():
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+    from steplabel.engines.base import ContextLengthError, EngineDiedError, EngineError
+    from steplabel.engines.vllm_engine import map_vllm_error
+
+    # vLLM 0.32's wording, from a VLLMValidationError (not a ValueError).
+    too_long = VLLMValidationError(
+        "This model's maximum context length is 128 tokens. However, your prompt contains at "
+        "least 129 input tokens, which exceeds this limit even without any output tokens.",
+        parameter="input_tokens", value=129)
+    assert not isinstance(too_long, ValueError)
+    assert isinstance(map_vllm_error(too_long), ContextLengthError)
+    older = ValueError("The decoder prompt (length 300) is longer than the maximum model "
+                       "length of 256. Make sure that `max_model_len` is no smaller than ...")
+    assert isinstance(map_vllm_error(older), ContextLengthError)
+    rejected = map_vllm_error(VLLMValidationError("temperature must be >= 0"))
+    assert type(rejected) is EngineError and "temperature" in str(rejected)
+    assert type(map_vllm_error(EngineGenerateError())) is EngineError
+    died = map_vllm_error(EngineDeadError())
+    assert isinstance(died, EngineDiedError) and not isinstance(died, EngineError)
+    assert "rerun the same command to resume" in str(died)
+    bug = KeyError("x")
+    assert map_vllm_error(bug) is bug
