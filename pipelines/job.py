@@ -146,12 +146,37 @@ def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
                                          "manifest": manifest.to_dict(), "inputs": inputs})
 
 
+def accelerator_count() -> int:
+    """GPUs on this machine; a CPU-only machine counts as one (one engine uses every core)."""
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+    except ImportError:
+        return 1
+
+
+def check_engine_copies(manifest) -> None:
+    """Each local worker process hosts its own engines: never more of them than accelerators."""
+    runner = manifest.runner
+    uses_vllm = any(config.kind == "vllm" for config in (
+        manifest.models.policy, manifest.models.completer_model, manifest.models.judge_model))
+    if (runner.runner == "local" and runner.direct_running_mode == "multi_processing"
+            and uses_vllm and runner.direct_num_workers > accelerator_count()):
+        raise JobError(
+            f"runner.direct_num_workers is {runner.direct_num_workers} in multi_processing "
+            f"mode, but this machine has {accelerator_count()} accelerator(s): every worker "
+            "process would load its own vLLM engine. Use in_memory or multi_threading mode "
+            "(one engine, many problems in flight) or fewer workers.")
+
+
 def run_job(manifest, *, out_dir: str, overwrite: bool = False,
             beam_args: list[str] | None = None) -> JobResult:
     """Run the job to completion and finalize the dataset directory."""
     from steplabel.pipelines.finalize import finalize_dataset
 
     started = time.perf_counter()
+    check_engine_copies(manifest)
     prepare_out_dir(out_dir, manifest, overwrite=overwrite)
     items = None
     remote = bool(manifest.source.path and "://" in manifest.source.path)

@@ -81,7 +81,7 @@ def _load_hf(source) -> Iterable[dict]:
         return datasets.load_dataset(source.dataset, revision=source.revision,
                                      split=source.split)
     path = Path(source.path)
-    if path.is_dir() and (path / "dataset_info.json").exists() or (path / "state.json").exists():
+    if path.is_dir():  # a folder written by Dataset(Dict).save_to_disk
         loaded = datasets.load_from_disk(str(path))
         return loaded[source.split] if isinstance(loaded, datasets.DatasetDict) else loaded
     builder = source.builder or {".jsonl": "json", ".json": "json", ".parquet": "parquet",

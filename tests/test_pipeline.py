@@ -199,3 +199,16 @@ def test_resume_refused_when_input_changed(tmp_path):
     write_problems(source, 3)
     with pytest.raises(JobError, match="other input data"):
         run_job(manifest, out_dir=str(tmp_path / "a"))
+
+
+def test_multi_processing_runner(tmp_path, monkeypatch):
+    # Workers are subprocesses: they must import the scripted engine's module themselves.
+    tests_dir = str(Path(__file__).resolve().parent)
+    monkeypatch.setenv("PYTHONPATH", tests_dir)
+    source = write_problems(tmp_path / "p.jsonl", 6)
+    manifest = manifest_for(source, runner={"direct_running_mode": "multi_processing",
+                                            "direct_num_workers": 2, "num_shards": 2})
+    result = run_job(manifest, out_dir=str(tmp_path / "mp"))
+    reference = run_job(manifest_for(source), out_dir=str(tmp_path / "ref"))
+    assert result.stats["reconciliation"]["ok"]
+    assert result.info["rows"] == reference.info["rows"]

@@ -66,3 +66,16 @@ def test_remote_runner_needs_profile(tmp_path):
     bad.write_text("runner: flink\noptions: {runner: PortableRunner}\n")
     with pytest.raises(ConfigError, match="is for flink"):
         runner_options(manifest({"runner": "dataflow", "profile": str(bad)}).runner)
+
+
+def test_never_more_engine_copies_than_accelerators(tmp_path):
+    from steplabel.pipelines.job import JobError, run_job
+
+    m = manifest_from_dict({
+        "name": "copies",
+        "source": {"kind": "jsonl", "path": str(tmp_path / "p.jsonl")},
+        "models": {"policy": {"kind": "vllm", "model": "embedded"}},
+        "runner": {"direct_running_mode": "multi_processing", "direct_num_workers": 2},
+    })
+    with pytest.raises(JobError, match="would load its own vLLM engine"):
+        run_job(m, out_dir=str(tmp_path / "out"))
