@@ -8,11 +8,14 @@ value distribution, judge-vs-MC confusion, consensus keep rate, pre-filter drops
 reasons, outcome-correct trajectories that still carry a negative step, and cost per label.
 
 Per-problem figures (problems, pre-filter drop rate, OmegaPRM cost per source) need every row
-of a problem together. The writer guarantees that (``storage.write_shard``): all outputs are
-sharded by ``problem_id`` with the same hash and shard count, and each shard is sorted by
-``problem_id``. So the shards with the same name are merged on ``problem_id`` (a k-way merge of
-sorted streams) and each problem's rows are seen together, one problem in memory at a time.
-If a shard is found out of order, ``grouping_exact`` is False in the result and per-problem
+of a problem together. The writer makes that possible: all outputs are sharded by
+``problem_id`` with the same hash and shard count, and within a shard every output lists the
+problems in one common order (``storage.write_shard_from_checkpoints`` writes them in
+checkpoint-name order, ``sha256(problem_id)``; ``storage.write_shard`` and datasets of earlier
+versions sort by ``problem_id``). For each set of same-named shards the order is detected from
+the ``problem_id`` column alone (:data:`PROBLEM_ORDERS`), then the shards are merged on it (a
+k-way merge of sorted streams): each problem's rows are seen together, one problem in memory at
+a time. If no known order holds, ``grouping_exact`` is False in the result and per-problem
 counts may count one problem more than once; row-level figures are unaffected.
 """
 
@@ -148,16 +151,48 @@ def _shard_files(dataset_dir: str) -> dict[str, dict[str, str]]:
     return shards
 
 
+def checkpoint_order(problem_id: str) -> str:
+    """Where ``write_shard_from_checkpoints`` puts a problem: its checkpoint file's name."""
+    return posixpath.basename(storage.checkpoint_path("/", problem_id))
+
+
+#: The orders in which a shard may list its problems, tried in turn (empty ids sort first).
+PROBLEM_ORDERS = {
+    "checkpoint": lambda problem_id: checkpoint_order(problem_id) if problem_id else "",
+    "problem_id": lambda problem_id: problem_id or "",
+}
+
+
+def _ordered_by(paths: Iterable[str], order) -> bool:
+    """Whether every file lists its problems in ``order`` (reads the problem_id column only)."""
+    for path in paths:
+        previous = ""
+        for row in iter_file_rows(path, columns=["problem_id"]):
+            key = order(row["problem_id"])
+            if key < previous:
+                return False
+            previous = key
+    return True
+
+
 class _OrderCheck:
-    """Passes rows through and notes whether their problem ids ever go backwards."""
+    """Picks each shard set's order and passes rows through with their merge key; notes
+    whether the order was ever broken."""
 
     def __init__(self) -> None:
         self.sorted = True
 
-    def wrap(self, rows: Iterable[dict], output: str) -> Iterator[tuple[str, str, dict]]:
+    def choose(self, paths: list[str]):
+        for order in PROBLEM_ORDERS.values():
+            if _ordered_by(paths, order):
+                return order
+        self.sorted = False
+        return PROBLEM_ORDERS["checkpoint"]
+
+    def wrap(self, rows: Iterable[dict], output: str, order) -> Iterator[tuple[str, str, dict]]:
         previous = ""
         for row in rows:
-            key = str(row.get("problem_id") or "")
+            key = order(row.get("problem_id"))
             if key < previous:
                 self.sorted = False
             previous = key
@@ -171,18 +206,21 @@ def iter_problems(dataset_dir: str, *, order: _OrderCheck | None = None) -> Iter
     """
     order = order or _OrderCheck()
     for _, files in sorted(_shard_files(dataset_dir).items()):
-        streams = [order.wrap(iter_file_rows(path, columns=COLUMNS[output]), output)
+        shard_order = order.choose(list(files.values()))
+        streams = [order.wrap(iter_file_rows(path, columns=COLUMNS[output]), output, shard_order)
                    for output, path in files.items()]
         merged = heapq.merge(*streams, key=lambda item: item[0])
-        for key, items in itertools.groupby(merged, key=lambda item: item[0]):
-            if not key:
+        for merge_key, items in itertools.groupby(merged, key=lambda item: item[0]):
+            if not merge_key:  # rows without a problem id: one group each
                 for _, output, row in items:
                     problem = ProblemRows(None)
                     problem.rows[output].append(row)
                     yield problem
                 continue
-            problem = ProblemRows(key)
+            problem = None
             for _, output, row in items:
+                if problem is None:
+                    problem = ProblemRows(row["problem_id"])
                 problem.rows[output].append(row)
             yield problem
 

@@ -6,12 +6,14 @@ import re
 import tracemalloc
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from steplabel.pipelines import storage
 from steplabel.pipelines.cli import main
 from steplabel.pipelines.job import run_job
 from steplabel.pipelines.stats import compute_stats, iter_problems
+from steplabel.schemas.records import OUTPUT_DIRS, to_table
 from test_pipeline import BAD_LINES, manifest_for, write_problems
 
 pytestmark = pytest.mark.pipeline
@@ -229,3 +231,26 @@ def test_statistics_memory_stays_flat(tmp_path):
     small = peak_bytes(1_500, tmp_path / "small")
     large = peak_bytes(6_000, tmp_path / "large")
     assert large < 1.5 * small, (small, large)  # 4x the rows, about the same peak
+
+
+@pytest.mark.unit
+def test_shard_order_is_detected_and_an_unknown_order_is_reported(tmp_path):
+    from steplabel.pipelines.stats import PROBLEM_ORDERS
+
+    ids = [f"p{i}" for i in range(12)]
+    by_checkpoint = sorted(ids, key=PROBLEM_ORDERS["checkpoint"])
+    assert by_checkpoint != sorted(ids)  # the two orders really differ on these ids
+    for name, ordered in (("checkpoint", by_checkpoint), ("unknown", by_checkpoint[::-1])):
+        folder = tmp_path / name
+        for output in ("trajectories", "omegaprm_states"):
+            make = (lambda pid: trajectory(pid, 0, "s", labels=[True], mc=-1, judge=-1,
+                                           keep=True, steps=("x",), mc_values=(1.0,))
+                    ) if output == "trajectories" else (lambda pid: state(pid, 0, "root"))
+            path = folder / OUTPUT_DIRS[output] / "part-00000-of-00001.parquet"
+            path.parent.mkdir(parents=True)
+            pq.write_table(to_table(output, [make(pid) for pid in ordered]), path)
+        stats = compute_stats(str(folder))
+        assert stats["grouping_exact"] is (name == "checkpoint")
+        if name == "checkpoint":
+            assert stats["overall"]["problems"] == 12
+            assert stats["overall"]["prefilter"]["checked"] == 12
