@@ -126,18 +126,29 @@ def summary(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-setup", action="store_true")
+    parser.add_argument("--reuse", nargs="*", default=[],
+                        help="benchmarks whose results/*.json to reuse instead of rerunning "
+                             "(e.g. setup engine_throughput)")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     started = time.perf_counter()
     results = {}
-    if not args.skip_setup:
+
+    def get(name: str, script: str) -> dict:
+        if name in args.reuse:
+            return json.loads((RESULTS / f"{name}.json").read_text())
+        return run(script)
+
+    if "setup" in args.reuse:
+        results["setup"] = json.loads((RESULTS / "setup.json").read_text())
+    elif not args.skip_setup:
         print("[bench] set-up", flush=True)
         results["setup"] = setup_times()
-    results["engine"] = run("engine_throughput.py")
-    results["saturation"] = run("saturation.py")
-    results["annotation_cost"] = run("annotation_cost.py")
-    results["embedded_cost"] = run("embedded_cost.py")
-    results["scale"] = run("scale.py")
+    results["engine"] = get("engine_throughput", "engine_throughput.py")
+    results["saturation"] = get("saturation", "saturation.py")
+    results["annotation_cost"] = get("annotation_cost", "annotation_cost.py")
+    results["embedded_cost"] = get("embedded_cost", "embedded_cost.py")
+    results["scale"] = get("scale", "scale.py")
     text = summary(results) + f"\nSuite time: {time.perf_counter() - started:.0f} s\n"
     (RESULTS / "SUMMARY.md").write_text(text)
     print(text)

@@ -55,9 +55,15 @@ def run_pipeline(work: Path, problems: int) -> tuple[list[dict], dict]:
     subprocess.run([sys.executable, "-m", "steplabel", "run", str(path), "--out",
                     str(work / "out")], env=env, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
+    from steplabel.pipelines import storage
+
     requests = [json.loads(line) for line in record.read_text().splitlines()]
-    stats = json.loads((work / "out" / "stats.json").read_text())
-    return requests, stats
+    mc = {"prompt_tokens": 0, "cached_tokens": 0}
+    for output in ("trajectories", "rejected"):
+        for row in storage.iter_rows(str(work / "out"), output, columns=["cost_mc"]):
+            for key in mc:
+                mc[key] += row["cost_mc"][key]
+    return requests, mc
 
 
 def replay(requests: list[dict]) -> dict:
@@ -87,11 +93,10 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=16)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="steplabel-saturation-") as tmp:
-        requests, stats = run_pipeline(Path(tmp), args.problems)
+        requests, mc = run_pipeline(Path(tmp), args.problems)
     window = max(r["completed"] for r in requests) - min(r["submitted"] for r in requests)
     pipeline_tokens = sum(r["generated_tokens"] for r in requests)
     bare = replay(requests)
-    cost = stats["overall"]["cost"]
     report = {
         "problems": args.problems,
         "requests": len(requests),
@@ -100,7 +105,7 @@ def main() -> None:
         "bare_engine": {"seconds": round(bare["seconds"], 1),
                         "generated_tokens": bare["generated_tokens"],
                         "tokens_per_s": round(bare["generated_tokens"] / bare["seconds"], 1)},
-        "mc_prefix_cache_share": round(cost["mc_cached_tokens"] / max(1, cost["mc_prompt_tokens"]), 3),
+        "mc_prefix_cache_share": round(mc["cached_tokens"] / max(1, mc["prompt_tokens"]), 3),
     }
     report["saturation_ratio"] = round(report["pipeline"]["tokens_per_s"]
                                        / report["bare_engine"]["tokens_per_s"], 3)

