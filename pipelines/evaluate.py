@@ -47,7 +47,6 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from steplabel.annotators.evaluation import (
     ANNOTATORS,
@@ -72,7 +71,7 @@ from steplabel.engines.base import ContextLengthError, EngineError
 from steplabel.pipelines import storage
 from steplabel.pipelines.label import LabelProblemsFn
 from steplabel.schemas.config import ConfigError
-from steplabel.schemas.manifest import JobManifest, manifest_from_dict
+from steplabel.schemas.manifest import JobManifest, manifest_from_dict, read_manifest_data
 from steplabel.schemas.records import COST
 
 log = logging.getLogger(__name__)
@@ -130,13 +129,7 @@ class EvaluationError(RuntimeError):
 
 def load_evaluation_manifest(path: str | Path) -> JobManifest:
     """A job manifest for evaluate: validated like ``run``'s, ``source`` optional."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"manifest {path} does not exist") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"manifest {path} is not valid UTF-8 YAML: {exc}") from None
+    data = read_manifest_data(path)
     if isinstance(data, dict) and "source" not in data:
         data = {**data, "source": dict(_NO_SOURCE)}
     return manifest_from_dict(data)

@@ -194,11 +194,11 @@ class JobManifest:
         return replace(self, runner=replace(self.runner, **changes))
 
 
-def load_manifest(path: str | Path) -> JobManifest:
-    """Read and validate a manifest file; relative source paths resolve against its folder."""
+def read_manifest_data(path: str | Path) -> Any:
+    """The YAML of a manifest file, or a ConfigError that says what is wrong with the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"manifest {path} does not exist") from None
     except yaml.YAMLError as exc:
@@ -207,6 +207,12 @@ def load_manifest(path: str | Path) -> JobManifest:
         raise ConfigError(f"manifest {path} is not UTF-8: {exc}") from None
     except RecursionError:
         raise ConfigError(f"manifest {path} is nested too deeply to be a manifest") from None
+
+
+def load_manifest(path: str | Path) -> JobManifest:
+    """Read and validate a manifest file; relative source paths resolve against its folder."""
+    path = Path(path)
+    data = read_manifest_data(path)
     manifest = manifest_from_dict(data)
     source = manifest.source
     if source.path and "://" not in source.path and not Path(source.path).is_absolute():
