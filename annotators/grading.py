@@ -164,6 +164,9 @@ def as_number(answer: str) -> Fraction | None:
         return None
 
 
+_CODE_LIKE = re.compile(r"__|\b(?:import|lambda|exec|eval)\b|[A-Za-z_]\w*\(\s*['\"]")
+
+
 def _too_complex(answer: str) -> str | None:
     if len(answer) > MAX_ANSWER_CHARS:
         return "answer_too_long"
@@ -303,6 +306,10 @@ def compare_answers(gold: str, predicted: str, *, timeout_s: float = DEFAULT_TIM
         problem = _too_complex(answer)
         if problem:
             return Grade("unknown", f"{who}_{problem}", predicted, gold)
+    # math-verify reads the longest mathematical prefix it can: "1+__import__('os')..." would be
+    # graded as 1. Text that looks like code is not a mathematical answer.
+    if _CODE_LIKE.search(predicted):
+        return Grade("unknown", "prediction_looks_like_code", predicted, gold)
     gold_num, pred_num = as_number(gold), as_number(predicted)
     if gold_num is not None and pred_num is not None:
         verdict = "correct" if gold_num == pred_num else "incorrect"

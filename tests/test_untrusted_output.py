@@ -80,12 +80,11 @@ def test_grading_code_like_completions_executes_nothing(tmp_path, gold):
         assert not sentinel.exists(), f"payload {payload!r} was executed"
 
 
-@pytest.mark.xfail(strict=True, reason="known: math-verify parses the LaTeX "
-                   "'1+__import__(...)' as 1 (a partial parse), so the grade is a false "
-                   "'correct'; nothing is executed (see the test above)")
 def test_a_code_like_prediction_is_not_graded_correct():
+    # math-verify alone would read the partial expression '1+__import__(...)' as 1.
     result = grade("The answer is 1+__import__('os').system('true')", "1", timeout_s=10.0)
-    assert result.verdict != "correct"
+    assert (result.verdict, result.reason) == ("unknown", "prediction_looks_like_code")
+    assert grade("The answer is: f'(x) = x_1^2", "x_1^2").reason != "prediction_looks_like_code"
 
 
 @pytest.mark.parametrize("completion", [
