@@ -112,8 +112,8 @@ def replay(requests: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--problems", type=int, default=36)
-    parser.add_argument("--in-flight", type=int, default=12,
+    parser.add_argument("--problems", type=int, default=24)
+    parser.add_argument("--in-flight", type=int, default=8,
                         help="problems in flight (fewer than --problems: a steady state)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="steplabel-saturation-") as tmp:
