@@ -57,7 +57,7 @@ from steplabel.engines.base import (
     GenerationRequest,
     GenerationResult,
 )
-from steplabel.engines.vllm_engine import tokenizer_pieces
+from steplabel.engines.tokens import tokenizer_pieces
 from steplabel.schemas.config import ConfigError, EngineConfig
 
 log = logging.getLogger(__name__)

@@ -30,6 +30,7 @@ from steplabel.engines.base import (
     GenerationRequest,
     GenerationResult,
 )
+from steplabel.engines.tokens import tokenizer_pieces
 from steplabel.schemas.config import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -283,13 +284,3 @@ def map_vllm_error(exc: BaseException) -> BaseException:
         return EngineError(f"vLLM failed the request: {type(cause).__name__ if cause else ''}"
                            f" {cause or exc}".strip())
     return exc
-
-
-def tokenizer_pieces(tokenizer, text: str) -> list[str]:
-    """Cut ``text`` at the character offsets where its tokens start (pieces join to ``text``)."""
-    if not text:
-        return []
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    starts = sorted({start for start, _ in encoded["offset_mapping"] if 0 < start < len(text)})
-    bounds = [0, *starts, len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]

@@ -374,8 +374,7 @@ def export_dataset(dataset_dir: str, *, out_dir: str, options: ExportOptions,
 
 
 def _read_info(dataset_dir: str) -> dict:
-    path = storage.join(dataset_dir, "info.json")
-    return storage.read_json(path) if storage.exists(path) else {}
+    return storage.read_json_if_exists(storage.join(dataset_dir, "info.json"), {})
 
 
 def _describe_counts(counts: Counter) -> str:

@@ -9,6 +9,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from apache_beam.io.filesystems import FileSystems
+
 from steplabel import __version__
 from steplabel.models import sha256_file
 from steplabel.pipelines import storage
@@ -180,8 +182,6 @@ def _remove_stale_shards(out_dir: str, num_shards: int) -> None:
     for output in OUTPUTS:
         for path in storage.output_files(out_dir, output):
             if not path.endswith(suffix):
-                from apache_beam.io.filesystems import FileSystems
-
                 FileSystems.delete([path])
 
 

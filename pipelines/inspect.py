@@ -38,8 +38,8 @@ def dataset_report(dataset_dir: str) -> dict:
     """Everything ``inspect`` shows: identity of the dataset plus the streamed statistics."""
     if not any(storage.output_files(dataset_dir, output) for output in OUTPUTS):
         raise InspectError(f"{dataset_dir} holds no steplabel output shards")
-    info = _read_json_if_exists(storage.join(dataset_dir, "info.json")) or {}
-    written = _read_json_if_exists(storage.join(dataset_dir, "stats.json")) or {}
+    info = storage.read_json_if_exists(storage.join(dataset_dir, "info.json")) or {}
+    written = storage.read_json_if_exists(storage.join(dataset_dir, "stats.json")) or {}
     stats = compute_stats(dataset_dir)
     return {
         "dataset": dataset_dir,
@@ -51,10 +51,6 @@ def dataset_report(dataset_dir: str) -> dict:
         # Beam counters of the run that wrote the dataset (not recomputable from the shards).
         "run_counters": written.get("counters", {}),
     }
-
-
-def _read_json_if_exists(path: str) -> Any:
-    return storage.read_json(path) if storage.exists(path) else None
 
 
 # ---------------------------------------------------------------------------------------------

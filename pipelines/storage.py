@@ -99,6 +99,10 @@ def read_json(path: str):
     return json.loads(read_bytes(path))
 
 
+def read_json_if_exists(path: str, default=None):
+    return read_json(path) if exists(path) else default
+
+
 def list_files(pattern: str) -> list[str]:
     """Files matching ``pattern``; temporary files of unfinished writes never match."""
     matches = FileSystems.match([pattern])[0].metadata_list
@@ -282,23 +286,22 @@ def write_shard_from_checkpoints(out_dir: str, index: int, num_shards: int, *,
         raise
 
 
+def open_parquet(path: str) -> pq.ParquetFile:
+    """A shard for reading: local files are read lazily by pyarrow; remote ones are fetched."""
+    if "://" not in path:
+        return pq.ParquetFile(path)
+    with FileSystems.open(path) as handle:
+        return pq.ParquetFile(pa.BufferReader(handle.read()))
+
+
 def iter_rows(dataset_dir: str, output: str, columns: list[str] | None = None,
               batch_size: int = 1024):
     """Stream the rows of one output, a record batch at a time (memory stays flat)."""
     for path in output_files(dataset_dir, output):
-        with FileSystems.open(path) as handle:
-            parquet = pq.ParquetFile(io.BytesIO(handle.read()) if "://" in path else path)
-            for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
-                yield from batch.to_pylist()
+        for batch in open_parquet(path).iter_batches(batch_size=batch_size, columns=columns):
+            yield from batch.to_pylist()
 
 
 def count_rows(dataset_dir: str, output: str) -> int:
-    total = 0
-    for path in output_files(dataset_dir, output):
-        with FileSystems.open(path) as handle:
-            total += pq.ParquetFile(pa.BufferReader(handle.read())).metadata.num_rows
-    return total
-
-
-def all_outputs() -> list[str]:
-    return list(OUTPUTS)
+    """Rows of one output, from the shards' footers (locally no row data is read)."""
+    return sum(open_parquet(path).metadata.num_rows for path in output_files(dataset_dir, output))
