@@ -36,6 +36,14 @@ ANNOTATOR_VERSION = "1"
 #: ``grader(completed_solution_text, gold_answer) -> Grade``; :func:`grading.grade` by default.
 Grader = Callable[[str, "str | None"], Grade]
 
+#: The engines' finish reason of a sample cut off at ``max_tokens``.
+FINISH_LENGTH = "length"
+#: How a rollout cut off at ``max_tokens`` is counted: ``unknown`` (default: it never reached a
+#: final answer, so it says nothing about the prefix) or ``incorrect`` (graded as written, as
+#: implementations that ignore finish reasons do; a cut-off text usually has no answer).
+TRUNCATED_RULES = ("unknown", "incorrect")
+REASON_TRUNCATED = "truncated"
+
 
 # --------------------------------------------------------------------------------------------
 # Shared primitive: one request of n rollouts, graded
@@ -45,8 +53,11 @@ Grader = Callable[[str, "str | None"], Grade]
 class GradedRollouts:
     """The ``n`` rollouts of one request from one prefix, each graded.
 
-    ``verdicts[i]`` is ``"correct"``, ``"incorrect"`` or ``"unknown"``; ``reasons[i]`` says why.
-    ``generated_tokens[i]`` is the length of ``texts[i]`` in tokens, as the engine counted them.
+    ``verdicts[i]`` is ``"correct"``, ``"incorrect"`` (finished with a wrong answer, or with
+    none) or ``"unknown"`` (cut off by ``max_tokens`` under the default truncation rule, or the
+    grader could not decide); ``reasons[i]`` says why (``"truncated"`` for a cut-off rollout).
+    ``generated_tokens[i]`` is the length of ``texts[i]`` in tokens, as the engine counted them;
+    ``finish_reasons[i]`` is the engine's (``"stop"`` or ``"length"``).
     """
 
     seed: int
@@ -54,6 +65,7 @@ class GradedRollouts:
     generated_tokens: tuple[int, ...]
     verdicts: tuple[str, ...]
     reasons: tuple[str, ...]
+    finish_reasons: tuple[str, ...] = ()
 
     @property
     def n_correct(self) -> int:
@@ -67,6 +79,11 @@ class GradedRollouts:
     @property
     def n_unknown(self) -> int:
         return self.verdicts.count("unknown")
+
+    @property
+    def n_truncated(self) -> int:
+        """Rollouts the engine cut off at ``max_tokens`` (whatever their verdict)."""
+        return self.finish_reasons.count(FINISH_LENGTH)
 
     @property
     def value(self) -> float | None:
@@ -99,8 +116,13 @@ async def sample_and_grade(
     gold_answer: str | None,
     grader: Grader = grade,
     cost: CostMeter | None = None,
+    truncated: str = "unknown",
 ) -> GradedRollouts:
     """Sample ``n`` rollouts from ``prompt_text`` in one request and grade each.
+
+    ``truncated`` (one of :data:`TRUNCATED_RULES`) says how a rollout the engine cut off at
+    ``max_tokens`` counts: ``"unknown"`` (reason ``"truncated"``, never graded) or
+    ``"incorrect"``-style, i.e. graded as written.
 
     Each rollout is graded as the completed solution ``solution_prefix + text`` (the prefix the
     completer continued, its separator, then the rollout), so a rollout from a complete solution
@@ -109,17 +131,23 @@ async def sample_and_grade(
     """
     result = await engine.generate(sampling_request(prompt_text, n=n, seed=seed,
                                                     sampling=sampling))
+    if truncated not in TRUNCATED_RULES:
+        raise ValueError(f"truncated must be one of {TRUNCATED_RULES}, got {truncated!r}")
     if cost is not None:
         cost.add(result)
+    finish = tuple(result.finish_reasons)
+    cut = [truncated == "unknown" and f == FINISH_LENGTH for f in finish]
     grades = await asyncio.to_thread(
-        lambda: [grader(solution_prefix + text, gold_answer) for text in result.texts]
+        lambda: [None if c else grader(solution_prefix + text, gold_answer)
+                 for text, c in zip(result.texts, cut)]
     )
     return GradedRollouts(
         seed=seed,
         texts=tuple(result.texts),
         generated_tokens=tuple(result.generated_tokens),
-        verdicts=tuple(g.verdict for g in grades),
-        reasons=tuple(g.reason for g in grades),
+        verdicts=tuple("unknown" if g is None else g.verdict for g in grades),
+        reasons=tuple(REASON_TRUNCATED if g is None else g.reason for g in grades),
+        finish_reasons=finish,
     )
 
 

@@ -19,8 +19,10 @@ def fake_tokens(text: str) -> list[str]:
 
 
 class ScriptedEngine:
-    """Answers every request with ``respond(request, sample_index)``.
+    """Answers every request with ``respond(request, sample_index)``, as a real engine would.
 
+    Like vLLM: a sample longer than ``request.max_tokens`` (fake tokens) is cut there with
+    finish reason ``"length"``; a stop string ends a sample (``"stop"``) and is not returned.
     Records every request in ``requests``; reports prefix-cache hits as the longest common
     token prefix with any earlier prompt (like vLLM's automatic prefix caching, at token grain).
     """
@@ -54,13 +56,24 @@ class ScriptedEngine:
         prompt_tokens = fake_tokens(request.prompt)
         cached = self._cached(prompt_tokens)
         self._seen.append(prompt_tokens)
-        texts = tuple(self.respond(request, i) for i in range(request.n))
-        for stop in request.stop:
-            texts = tuple(t.split(stop, 1)[0] for t in texts)
+        texts, finish = [], []
+        for i in range(request.n):
+            text = self.respond(request, i)
+            tokens = fake_tokens(text)
+            cut = len(tokens) > request.max_tokens
+            if cut:
+                text = "".join(tokens[:request.max_tokens])
+            stopped = False
+            for stop in request.stop:
+                if stop in text:
+                    text, stopped = text.split(stop, 1)[0], True
+            texts.append(text)
+            finish.append("length" if cut and not stopped else "stop")
+        texts = tuple(texts)
         return GenerationResult(
             texts=texts,
             generated_tokens=tuple(len(fake_tokens(t)) for t in texts),
-            finish_reasons=tuple("stop" for _ in texts),
+            finish_reasons=tuple(finish),
             prompt_tokens=len(prompt_tokens),
             cached_prompt_tokens=cached,
         )
