@@ -18,6 +18,11 @@ REASON_MC_UNKNOWN = "mc_unknown"
 REASON_JUDGE_UNKNOWN = "judge_unknown"
 #: Every reason :func:`consensus` can give; all but ``agree`` are drop reasons.
 CONSENSUS_REASONS = (REASON_AGREE, REASON_DISAGREE, REASON_MC_UNKNOWN, REASON_JUDGE_UNKNOWN)
+#: A rejection before consensus: the policy's sample was cut off at ``max_tokens``, so it has no
+#: final answer of its own and none of its steps is labelled (nothing is rolled out from it).
+REASON_POLICY_TRUNCATED = "policy_truncated"
+#: Every reason a ``rejected`` row can carry.
+REJECT_REASONS = (REASON_POLICY_TRUNCATED,) + CONSENSUS_REASONS[1:]
 
 
 @dataclass(frozen=True)

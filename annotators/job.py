@@ -19,10 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steplabel import __version__
-from steplabel.annotators.consensus import consensus, consensus_labels
+from steplabel.annotators.consensus import (
+    REASON_POLICY_TRUNCATED,
+    consensus,
+    consensus_labels,
+)
 from steplabel.annotators.grading import GRADER_VERSION, grade
 from steplabel.annotators.judge import LLMJudge
-from steplabel.annotators.monte_carlo import MonteCarloAnnotator, sampling_request
+from steplabel.annotators.monte_carlo import (
+    FINISH_LENGTH,
+    MonteCarloAnnotator,
+    sampling_request,
+)
 from steplabel.annotators.omegaprm import OmegaPRMAnnotator
 from steplabel.annotators.prompts import build_solution_prompt, load_template
 from steplabel.annotators.seeds import derive_seed
@@ -168,16 +176,17 @@ class ProblemLabeler:
         m = self.manifest
         prompt = build_solution_prompt(self.engines.policy, self.policy_template,
                                        problem.question, m.policy.response_prefix)
-        tasks = [self._trajectories(problem, prompt, out)]
+        # The completer continues prefixes in its own chat template (it may be another model).
+        completer_prompt = (prompt if self.engines.completer is self.engines.policy else
+                            build_solution_prompt(self.engines.completer, self.policy_template,
+                                                  problem.question, m.policy.response_prefix))
+        tasks = [self._trajectories(problem, prompt, completer_prompt, out)]
         if self.omegaprm is not None:
-            completer_prompt = (prompt if self.engines.completer is self.engines.policy else
-                                build_solution_prompt(self.engines.completer,
-                                                      self.policy_template, problem.question,
-                                                      m.policy.response_prefix))
             tasks.append(self._omegaprm(problem, completer_prompt, out))
         await asyncio.gather(*tasks)
 
-    async def _trajectories(self, problem: Problem, prompt, out: ProblemOutputs) -> None:
+    async def _trajectories(self, problem: Problem, prompt, completer_prompt,
+                            out: ProblemOutputs) -> None:
         m = self.manifest
         policy_cost = CostMeter()
         seed = derive_seed(m.seed, "policy", problem.problem_id)
@@ -189,13 +198,19 @@ class ProblemLabeler:
         per_sample = {k: v // max(1, len(result.texts)) for k, v in policy_cost.as_dict().items()}
         per_sample["requests"] = 1
         jobs = []
-        for index, text in enumerate(result.texts):
+        for index, (text, finish) in enumerate(zip(result.texts, result.finish_reasons)):
             solution = m.policy.response_prefix + text
             steps = self.splitter.split(solution)
             if not steps:
                 out.count("empty_solutions")
                 continue
-            jobs.append(self._trajectory(problem, prompt, index, solution, steps, seed,
+            if finish == FINISH_LENGTH:
+                # Cut off at max_tokens: no final answer of its own, so no label can be true.
+                out.count("policy_samples_truncated")
+                jobs.append(self._truncated_trajectory(problem, index, solution, steps, seed,
+                                                       per_sample))
+                continue
+            jobs.append(self._trajectory(problem, completer_prompt, index, solution, steps, seed,
                                          per_sample))
         if not jobs:
             out.add("filtered", self._filtered_row(problem, stage="policy",
@@ -203,23 +218,15 @@ class ProblemLabeler:
                                                    counts=(0, 0, 0), cost=policy_cost.as_dict()))
             out.count("filtered_no_usable_solution")
             return
-        for output, row in await asyncio.gather(*jobs):
+        for output, row, counters in await asyncio.gather(*jobs):
             out.add(output, row)
             out.count(f"trajectories_{output}")
+            for name, value in counters.items():
+                out.count(name, value)
 
-    async def _trajectory(self, problem, prompt, index, solution, steps, policy_seed,
-                          policy_cost) -> tuple[str, dict]:
-        m = self.manifest
-        outcome = await asyncio.to_thread(grade, solution, problem.gold_answer)
-        mc_task = (self.mc.annotate(problem_id=problem.problem_id, solution_index=index,
-                                    prompt=prompt, steps=steps, splitter=self.splitter,
-                                    gold_answer=problem.gold_answer) if self.mc else None)
-        judge_task = (self.judge.judge(problem_id=problem.problem_id, solution_index=index,
-                                       question=problem.question, steps=steps)
-                      if self.judge else None)
-        mc, verdict = await asyncio.gather(
-            mc_task if mc_task else _none(), judge_task if judge_task else _none())
-        row: dict[str, Any] = {
+    def _row(self, problem, index, solution, steps, policy_seed, policy_cost) -> dict:
+        """A trajectory row with every annotator field empty (None)."""
+        return {
             "problem_id": problem.problem_id,
             "source": problem.source,
             "solution_index": index,
@@ -227,28 +234,93 @@ class ProblemLabeler:
             "gold_answer": problem.gold_answer,
             "solution": solution,
             "steps": steps,
+            "final_answer": None,
+            "final_answer_correct": None,
+            "outcome_reason": None,
+            "policy_truncated": False,
+            "mc_n_correct": None,
+            "mc_n_total": None,
+            "mc_n_unknown": None,
+            "mc_n_truncated": None,
+            "mc_values": None,
+            "hard_labels": None,
+            "soft_labels": None,
+            "mc_first_error": None,
+            "omegaprm_first_error": None,
+            "judge_first_error": None,
+            "judge_agreement": None,
+            "judge_votes": None,
+            "judge_replies": None,
+            "judge_parse_reasons": None,
+            "judge_finish_reasons": None,
+            "consensus_keep": None,
+            "consensus_reason": None,
+            "labels": None,
+            "label_source": None,
+            "cost_policy": policy_cost,
+            "cost_mc": empty_cost(),
+            "cost_judge": empty_cost(),
+            "provenance": {**self.provenance, "policy_seed": policy_seed},
+        }
+
+    async def _truncated_trajectory(self, problem, index, solution, steps, policy_seed,
+                                    policy_cost) -> tuple[str, dict, dict]:
+        """A policy sample cut off at ``max_tokens``: rejected unlabelled, no rollout spent."""
+        row = self._row(problem, index, solution, steps, policy_seed, policy_cost)
+        row.update(policy_truncated=True, outcome_reason=REASON_POLICY_TRUNCATED,
+                   consensus_keep=False, consensus_reason=REASON_POLICY_TRUNCATED)
+        return "rejected", row, {f"rejected_{REASON_POLICY_TRUNCATED}": 1}
+
+    async def _trajectory(self, problem, prompt, index, solution, steps, policy_seed,
+                          policy_cost) -> tuple[str, dict, dict]:
+        m = self.manifest
+        outcome = await asyncio.to_thread(grade, solution, problem.gold_answer)
+        mc_task = (self.mc.annotate(problem_id=problem.problem_id, solution_index=index,
+                                    prompt=prompt, steps=steps, splitter=self.splitter,
+                                    gold_answer=problem.gold_answer,
+                                    final_verdict=outcome.verdict) if self.mc else None)
+        judge_task = (self.judge.judge(problem_id=problem.problem_id, solution_index=index,
+                                       question=problem.question, steps=steps)
+                      if self.judge else None)
+        mc, verdict = await asyncio.gather(
+            mc_task if mc_task else _none(), judge_task if judge_task else _none())
+        counters: dict[str, int] = {}
+        row = self._row(problem, index, solution, steps, policy_seed, policy_cost)
+        row.update({
             "final_answer": outcome.predicted,
             "final_answer_correct": None if outcome.verdict == "unknown"
             else outcome.verdict == "correct",
             "outcome_reason": outcome.reason,
-            "mc_n_correct": mc.n_correct if mc else None,
-            "mc_n_total": mc.n_total if mc else None,
-            "mc_n_unknown": mc.n_unknown if mc else None,
-            "mc_values": mc.values if mc else None,
-            "hard_labels": mc.hard_labels if mc else None,
-            "soft_labels": mc.soft_labels if mc else None,
-            "mc_first_error": mc.first_error_index if mc else None,
-            "omegaprm_first_error": None,
-            "judge_first_error": verdict.first_error_index if verdict else None,
-            "judge_agreement": verdict.agreement if verdict else None,
-            "judge_votes": verdict.votes if verdict else None,
-            "judge_replies": verdict.raw_replies if verdict else None,
-            "judge_parse_reasons": verdict.parse_reasons if verdict else None,
-            "cost_policy": policy_cost,
-            "cost_mc": mc.cost if mc else empty_cost(),
-            "cost_judge": verdict.cost if verdict else empty_cost(),
-            "provenance": {**self.provenance, "policy_seed": policy_seed},
-        }
+        })
+        if mc is not None:
+            row.update({
+                "mc_n_correct": mc.n_correct,
+                "mc_n_total": mc.n_total,
+                "mc_n_unknown": mc.n_unknown,
+                "mc_n_truncated": mc.n_truncated,
+                "mc_values": mc.values,
+                "hard_labels": mc.hard_labels,
+                "soft_labels": mc.soft_labels,
+                "mc_first_error": mc.first_error_index,
+                "cost_mc": mc.cost,
+            })
+            counters["mc_rollouts"] = mc.rollouts
+            counters["mc_rollouts_truncated"] = sum(mc.n_truncated)
+            counters["mc_rollouts_unknown"] = sum(mc.n_unknown[:-1])
+            counters["mc_steps_unestimated"] = sum(1 for v in mc.values if v is None)
+        if verdict is not None:
+            row.update({
+                "judge_first_error": verdict.first_error_index,
+                "judge_agreement": verdict.agreement,
+                "judge_votes": verdict.votes,
+                "judge_replies": verdict.raw_replies,
+                "judge_parse_reasons": verdict.parse_reasons,
+                "judge_finish_reasons": list(verdict.finish_reasons),
+                "cost_judge": verdict.cost,
+            })
+            counters["judge_replies"] = len(verdict.raw_replies)
+            counters["judge_replies_truncated"] = list(verdict.finish_reasons).count(
+                FINISH_LENGTH)
         output = "trajectories"
         if m.consensus is not None:
             decision = consensus(mc.first_error_index, verdict.first_error_index)
@@ -258,21 +330,14 @@ class ProblemLabeler:
             if decision.keep:
                 row["labels"] = consensus_labels(decision.first_error, len(steps))
             else:
-                row["labels"] = None
                 output = "rejected"
-        else:
-            row["consensus_keep"] = None
-            row["consensus_reason"] = None
-            if mc is not None:
-                row["labels"] = mc.hard_labels
-                row["label_source"] = "monte_carlo"
-            elif verdict is not None and verdict.first_error_index is not None:
-                row["labels"] = consensus_labels(verdict.first_error_index, len(steps))
-                row["label_source"] = "judge"
-            else:
-                row["labels"] = None
-                row["label_source"] = None
-        return output, row
+        elif mc is not None:
+            row["labels"] = mc.hard_labels
+            row["label_source"] = "monte_carlo"
+        elif verdict is not None and verdict.first_error_index is not None:
+            row["labels"] = consensus_labels(verdict.first_error_index, len(steps))
+            row["label_source"] = "judge"
+        return output, row, counters
 
     async def _omegaprm(self, problem: Problem, prompt, out: ProblemOutputs) -> None:
         result = await self.omegaprm.annotate(problem_id=problem.problem_id, prompt=prompt,

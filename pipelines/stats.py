@@ -32,6 +32,7 @@ from typing import Iterable, Iterator
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from steplabel.annotators.consensus import CONSENSUS_REASONS
 from steplabel.pipelines import storage
 from steplabel.schemas.records import OUTPUTS
 
@@ -41,13 +42,15 @@ NO_ERROR = "none"  # first-error histogram key of "every step correct"
 TRAJECTORY_COLUMNS = [
     "problem_id", "source", "steps", "labels", "mc_values", "mc_first_error",
     "judge_first_error", "consensus_keep", "consensus_reason", "final_answer_correct",
-    "cost_policy", "cost_mc", "cost_judge",
+    "cost_policy", "cost_mc", "cost_judge", "policy_truncated", "mc_n_truncated",
+    "judge_finish_reasons",
 ]
 #: The columns each output is read with (the smallest set the figures need).
 COLUMNS: dict[str, list[str]] = {
     "trajectories": TRAJECTORY_COLUMNS,
     "rejected": TRAJECTORY_COLUMNS,
-    "omegaprm_states": ["problem_id", "record_type", "hard_label", "n_total", "n_unknown"],
+    "omegaprm_states": ["problem_id", "record_type", "hard_label", "n_total", "n_unknown",
+                        "n_truncated"],
     "omegaprm_pairs": ["problem_id"],
     "omegaprm_searches": ["problem_id"],
     "filtered": ["problem_id", "source", "stage", "reason", "cost"],
@@ -56,6 +59,18 @@ COLUMNS: dict[str, list[str]] = {
 COST_STAGES = ("policy", "mc", "judge")
 COST_FIELDS = ("requests", "rollouts", "prompt_tokens", "generated_tokens", "cached_tokens")
 PREFILTER_STAGE = "omegaprm_prefilter"
+#: Stages whose samples can be cut off at ``max_tokens``: policy solutions, Monte Carlo and
+#: OmegaPRM rollouts (pre-filter of kept questions and probes), judge replies.
+TRUNCATION_STAGES = ("policy", "monte_carlo", "omegaprm", "judge")
+#: Above this share of cut-off samples in a stage, a finished job warns and names the setting.
+TRUNCATION_WARN_SHARE = 0.05
+#: The manifest setting that bounds each stage's sample length.
+TRUNCATION_SETTINGS = {
+    "policy": ("policy", "policy.sampling.max_tokens"),
+    "monte_carlo": ("monte_carlo", "monte_carlo.sampling.max_tokens"),
+    "omegaprm": ("omegaprm", "omegaprm.sampling.max_tokens"),
+    "judge": ("judge", "judge.sampling.max_tokens"),
+}
 UNKNOWN_SOURCE = "unknown"
 
 
@@ -252,6 +267,8 @@ class LabelStats:
         self.dead_letter = Counter()
         self.states = Counter()
         self.labelled_states = self.positive_states = self.omegaprm_rollouts = 0
+        #: stage -> [generated samples, of which cut off at max_tokens]
+        self.truncation = {stage: [0, 0] for stage in TRUNCATION_STAGES}
 
     # -- per problem -------------------------------------------------------------------------
 
@@ -288,6 +305,8 @@ class LabelStats:
                 self.positive_states += bool(row["hard_label"])
             if row["record_type"] != "completion":  # completions have no rollouts of their own
                 self.omegaprm_rollouts += (row["n_total"] or 0) + (row["n_unknown"] or 0)
+                self.truncation["omegaprm"][0] += (row["n_total"] or 0) + (row["n_unknown"] or 0)
+                self.truncation["omegaprm"][1] += row.get("n_truncated") or 0
 
     # -- per trajectory ----------------------------------------------------------------------
 
@@ -296,7 +315,14 @@ class LabelStats:
         self.steps_all += steps
         if kept:
             self.steps_kept += steps
-        if row.get("consensus_keep") is not None:
+        self.truncation["policy"][0] += 1
+        self.truncation["policy"][1] += bool(row.get("policy_truncated"))
+        self.truncation["monte_carlo"][0] += (row.get("cost_mc") or {}).get("rollouts") or 0
+        self.truncation["monte_carlo"][1] += sum(v or 0 for v in row.get("mc_n_truncated") or ())
+        judge_finish = row.get("judge_finish_reasons") or ()
+        self.truncation["judge"][0] += len(judge_finish)
+        self.truncation["judge"][1] += sum(1 for f in judge_finish if f == "length")
+        if row.get("consensus_reason") in CONSENSUS_REASONS:  # not rejected before consensus
             self.consensus_evaluated += 1
             self.consensus_kept += bool(row["consensus_keep"])
         if not kept:
@@ -379,6 +405,10 @@ class LabelStats:
                 "keep_rate": ratio(self.consensus_kept, self.consensus_evaluated),
                 "reject_reasons": dict(sorted(self.reject_reasons.items())),
             },
+            "truncation": {
+                stage: {"samples": samples, "truncated": cut, "share": ratio(cut, samples)}
+                for stage, (samples, cut) in self.truncation.items()
+            },
             "prefilter": {
                 "checked": self.prefilter_checked,
                 "dropped": self.prefilter_dropped,
@@ -446,3 +476,26 @@ def accounted_problems(dataset_dir: str) -> dict[str, set]:
     seen["dead_letter_label"] = dead_label
     seen["dead_letter_input_rows"] = dead_input  # type: ignore[assignment]
     return seen
+
+
+def truncation_warnings(stats: dict, manifest=None) -> list[str]:
+    """One sentence per stage whose cut-off share passes :data:`TRUNCATION_WARN_SHARE`, naming
+    the ``max_tokens`` setting to raise (with its value when ``manifest`` is given)."""
+    warnings = []
+    for stage, figures in (stats.get("overall", stats).get("truncation") or {}).items():
+        share = figures.get("share")
+        if share is None or share <= TRUNCATION_WARN_SHARE:
+            continue
+        section, setting = TRUNCATION_SETTINGS[stage]
+        value = ""
+        config = getattr(manifest, section, None) if manifest is not None else None
+        if config is not None:
+            value = f" (now {config.sampling.max_tokens})"
+        what = {"policy": "policy solutions (rejected as policy_truncated)",
+                "monte_carlo": "Monte Carlo rollouts (counted unknown, not wrong)",
+                "omegaprm": "OmegaPRM rollouts (counted unknown, not wrong)",
+                "judge": "judge replies"}[stage]
+        warnings.append(f"{share:.0%} of {what} were cut off at max_tokens "
+                        f"({figures['truncated']} of {figures['samples']}): raise "
+                        f"{setting}{value}")
+    return warnings

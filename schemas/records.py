@@ -58,10 +58,12 @@ TRAJECTORY = pa.schema(
         ("final_answer", pa.string()),
         ("final_answer_correct", pa.bool_()),  # null: outcome unknown
         ("outcome_reason", pa.string()),
+        ("policy_truncated", pa.bool_()),  # the policy hit max_tokens: rejected, unlabelled
         # Monte Carlo (Math-Shepherd): per-step raw counts, values and labels
         ("mc_n_correct", pa.list_(pa.int32())),
         ("mc_n_total", pa.list_(pa.int32())),  # graded rollouts: correct + incorrect
         ("mc_n_unknown", pa.list_(pa.int32())),  # ungradable rollouts, outside the total
+        ("mc_n_truncated", pa.list_(pa.int32())),  # cut off at max_tokens (unknown by default)
         ("mc_values", pa.list_(pa.float64())),
         ("hard_labels", pa.list_(pa.bool_())),
         ("soft_labels", pa.list_(pa.float64())),
@@ -74,6 +76,7 @@ TRAJECTORY = pa.schema(
         ("judge_votes", pa.list_(pa.int32())),
         ("judge_replies", pa.list_(pa.string())),
         ("judge_parse_reasons", pa.list_(pa.string())),
+        ("judge_finish_reasons", pa.list_(pa.string())),  # "length": cut off at max_tokens
         # Consensus
         ("consensus_keep", pa.bool_()),
         ("consensus_reason", pa.string()),

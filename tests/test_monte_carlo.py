@@ -39,9 +39,11 @@ def annotate(engine, problem: PlantedProblem, steps: list[str], *, config=None,
 
 
 def assert_counts_consistent(result: MonteCarloResult, k: int = K) -> None:
-    for c, t, u in zip(result.n_correct, result.n_total, result.n_unknown):
+    last = len(result.n_total) - 1
+    for t_index, (c, t, u) in enumerate(zip(result.n_correct, result.n_total, result.n_unknown)):
         assert 0 <= c <= t
-        assert t + u == k
+        # The complete solution is its own single rollout (graded by its final answer).
+        assert t + u == (1 if t_index == last else k)
     for value, c, t in zip(result.values, result.n_correct, result.n_total):
         assert value == (c / t if t else None)
     assert [len(r) for r in result.unknown_reasons] == result.n_unknown
@@ -73,15 +75,16 @@ def test_first_error_from_labels():
 
 
 @pytest.mark.parametrize("num_steps", [1, 4, 7, 16])
-def test_finds_planted_error_with_exactly_k_times_m_rollouts(num_steps):
+def test_finds_planted_error_with_exactly_k_times_m_minus_1_rollouts(num_steps):
     problem = PlantedProblem.make(f"mc-{num_steps}", num_steps=num_steps)
     for error_at in range(num_steps):
         engine = PlantedPolicy().engine()
         result = annotate(engine, problem, problem.steps(error_at))
         assert result.first_error_index == error_at
-        assert result.rollouts == engine.rollouts == K * num_steps
-        assert result.cost["rollouts"] == K * num_steps
-        assert result.cost["requests"] == len(engine.requests) == num_steps
+        # No rollout starts from the complete solution: its last step is its own answer.
+        assert result.rollouts == engine.rollouts == K * (num_steps - 1)
+        assert result.cost["rollouts"] == K * (num_steps - 1)
+        assert result.cost["requests"] == len(engine.requests) == num_steps - 1
         assert all(r.n == K for r in engine.requests)
         assert result.hard_labels == [t < error_at for t in range(num_steps)]
         assert all(0 < v < 1 for v in result.values[:error_at])  # guaranteed mixed
@@ -94,8 +97,9 @@ def test_solution_without_error_is_minus_one():
     result = annotate(PlantedPolicy().engine(), problem, problem.steps())
     assert result.first_error_index == -1
     assert result.hard_labels == [True] * 5
-    # A rollout from the complete solution adds nothing and is graded by its own answer.
+    # The complete solution is labelled by its own answer, with no rollout from it.
     assert result.values[-1] == 1.0
+    assert (result.n_correct[-1], result.n_total[-1], result.n_unknown[-1]) == (1, 1, 0)
 
 
 def test_requests_continue_each_step_prefix_with_derived_seeds():
@@ -105,11 +109,11 @@ def test_requests_continue_each_step_prefix_with_derived_seeds():
     result = annotate(engine, problem, steps, run_seed=11, solution_index=3)
     prompt = problem.prompt(engine)
     expected_prompts = [prompt.for_continuation(SPLITTER.join(steps[: t + 1]), "\n")
-                        for t in range(4)]
+                        for t in range(3)]
     assert sorted(r.prompt for r in engine.requests) == sorted(expected_prompts)
     seeds = [derive_seed(11, "mc", "prompts", 3, t) for t in range(4)]
     assert result.seeds == seeds
-    assert {r.prompt: r.seed for r in engine.requests} == dict(zip(expected_prompts, seeds))
+    assert {r.prompt: r.seed for r in engine.requests} == dict(zip(expected_prompts, seeds[:3]))
     sampling = MonteCarloConfig().sampling
     assert all((r.temperature, r.max_tokens) == (sampling.temperature, sampling.max_tokens)
                for r in engine.requests)
@@ -172,7 +176,7 @@ def test_unknown_step_after_the_error_does_not_hide_it():
 def test_missing_gold_answer_is_unknown_everywhere():
     problem = PlantedProblem.make("no-gold", num_steps=3)
     result = annotate(PlantedPolicy().engine(), problem, problem.steps(1), gold=None)
-    assert result.n_total == [0, 0, 0] and result.n_unknown == [K, K, K]
+    assert result.n_total == [0, 0, 0] and result.n_unknown == [K, K, 1]
     assert result.values == [None] * 3 and result.hard_labels == [None] * 3
     assert result.first_error_index is None
     assert result.unknown_reasons[0] == ["gold_missing"] * K
@@ -192,7 +196,7 @@ def test_truncation_keeps_counts_and_drops_later_labels():
         (full.n_correct, full.n_total, full.n_unknown, full.values)
     assert cut.hard_labels == [True, True, True, False, None, None, None, None]
     assert cut.soft_labels[:4] == full.values[:4] and cut.soft_labels[4:] == [None] * 4
-    assert cut.rollouts == K * 8
+    assert cut.rollouts == K * 7
 
     clean = annotate(PlantedPolicy().engine(), problem, problem.steps(), config=config)
     assert clean.truncated_after is None and clean.hard_labels == [True] * 8
@@ -238,7 +242,7 @@ def test_all_steps_are_in_flight_at_once():
     problem = PlantedProblem.make("flight", num_steps=6)
     engine = InFlightEngine(PlantedPolicy())
     annotate(engine, problem, problem.steps(2))
-    assert engine.peak == 6
+    assert engine.peak == 5  # every step but the complete solution
 
 
 def test_many_problems_concurrently_match_one_at_a_time():
@@ -259,16 +263,100 @@ def test_many_problems_concurrently_match_one_at_a_time():
     shared = InFlightEngine(PlantedPolicy())
     together = asyncio.run(run_all(shared, True))
     alone = asyncio.run(run_all(PlantedPolicy().engine(), False))
-    assert shared.peak == sum(p.num_steps for p in problems)
+    assert shared.peak == sum(p.num_steps - 1 for p in problems)
     assert [without_cache_hits(r) for r in together] == [without_cache_hits(r) for r in alone]
     assert [r.first_error_index for r in together] == errors
 
 
 def test_result_maps_to_arrow():
     problem = PlantedProblem.make("arrow", num_steps=4)
-    result = annotate(unknown_at_one_step(4), problem, problem.steps(1),
+    result = annotate(unknown_at_one_step(3), problem, problem.steps(1),
                       config=MonteCarloConfig(truncate_after_first_error=True))
     table = pa.Table.from_pylist([dataclasses.asdict(result)])
     assert table.num_rows == 1
     assert table.column("hard_labels").to_pylist() == [[True, False, None, None]]
-    assert table.column("values").to_pylist()[0][3] is None
+    assert table.column("values").to_pylist()[0][2] is None
+
+
+# -- faults of real models: cut-off rollouts, re-answering continuations -----------------------
+
+
+def cut_off_after(step_count_at_least: int, *, filler: str = " and so on" * 400):
+    """Planted policy, except every rollout from a prefix of at least ``step_count_at_least``
+    steps rambles past ``max_tokens`` (the engine cuts it, finish reason "length")."""
+    policy = PlantedPolicy()
+
+    def respond(request, index):
+        _, response = split_prompt(request.prompt)
+        text = policy(request, index)
+        if response.count("Step ") >= step_count_at_least:
+            return filler
+        return text
+
+    return ScriptedEngine(respond)
+
+
+def test_cut_off_rollouts_are_unknown_not_wrong():
+    """Defect 1 of issue 12: a rollout cut off at max_tokens has no answer; it used to count as
+    a wrong one, so every step of a correct solution got value 0 and hard label False."""
+    problem = PlantedProblem.make("cut", num_steps=4)
+    engine = cut_off_after(0)
+    result = annotate(engine, problem, problem.steps())
+    assert result.n_truncated[:3] == [K, K, K] and result.n_truncated[3] == 0
+    assert result.n_total[:3] == [0, 0, 0] and result.n_unknown[:3] == [K, K, K]
+    assert result.values[:3] == [None] * 3 and result.hard_labels[:3] == [None] * 3
+    assert False not in result.hard_labels
+    assert result.hard_labels[3] is True  # the correct final answer labels the last step
+    assert result.first_error_index is None  # unknown, not 0
+    assert all(r == ["truncated"] * K for r in result.unknown_reasons[:3])
+    assert_counts_consistent(result)
+
+
+def test_cut_off_rollouts_can_be_counted_incorrect_on_request():
+    problem = PlantedProblem.make("cut-inc", num_steps=4)
+    result = annotate(cut_off_after(0), problem, problem.steps(),
+                      config=MonteCarloConfig(truncated="incorrect"))
+    assert result.values[:3] == [0.0, 0.0, 0.0] and result.first_error_index == 0
+    assert result.n_truncated[:3] == [K, K, K]
+
+
+def test_partly_cut_off_steps_use_known_rollouts_only():
+    problem = PlantedProblem.make("cut-late", num_steps=5)
+    result = annotate(cut_off_after(3), problem, problem.steps(1))
+    assert result.n_truncated == [0, 0, K, K, 0]
+    assert result.hard_labels[:2] == [True, False]
+    assert result.first_error_index == 1  # decided before the unknown steps
+    assert result.values[2:4] == [None, None]
+
+
+def test_final_step_is_labelled_by_the_solution_answer_not_by_rollouts():
+    """Defect 2 of issue 12: continuations after a complete, correct solution that re-answer
+    wrongly used to relabel its last step negative."""
+    problem = PlantedProblem.make("reanswer", num_steps=3)
+    policy = PlantedPolicy()
+    complete = SPLITTER.join(problem.steps())
+
+    def respond(request, index):
+        _, response = split_prompt(request.prompt)
+        if response.strip() == complete.strip():
+            return f"Wait, let me redo it.\n{ANSWER_PREFIX}{int(problem.gold) + 5}"
+        return policy(request, index)
+
+    engine = ScriptedEngine(respond)
+    result = annotate(engine, problem, problem.steps())
+    assert result.hard_labels == [True, True, True]
+    assert result.first_error_index == -1
+    assert all(split_prompt(r.prompt)[1].strip() != complete.strip() for r in engine.requests)
+    assert len(engine.requests) == 2
+
+
+def test_wrong_or_missing_final_answer_labels_the_last_step_negative():
+    problem = PlantedProblem.make("last-wrong", num_steps=3)
+    result = annotate(PlantedPolicy().engine(), problem, problem.steps(answer_error=True))
+    assert result.hard_labels[-1] is False and result.first_error_index == 2
+    assert (result.n_correct[-1], result.n_total[-1]) == (0, 1)
+
+
+def test_config_truncated_rule_is_checked():
+    with pytest.raises(ConfigError, match="truncated must be one of unknown, incorrect"):
+        MonteCarloConfig(truncated="wrong")  # type: ignore[arg-type]

@@ -120,10 +120,12 @@ def test_labels_and_consensus(finished):
                                       else len(row["steps"]))
         assert all(c <= t for c, t in zip(row["mc_n_correct"], row["mc_n_total"]))
         assert row["provenance"]["manifest_hash"]
-        assert row["cost_mc"]["rollouts"] == 4 * len(row["steps"])
+        # k rollouts per step, none from the complete solution
+        assert row["cost_mc"]["rollouts"] == 4 * (len(row["steps"]) - 1)
     for row in rows(out, "rejected"):
         assert row["consensus_keep"] is False
-        assert row["consensus_reason"] in {"disagree", "mc_unknown", "judge_unknown"}
+        assert row["consensus_reason"] in {"disagree", "mc_unknown", "judge_unknown",
+                                           "policy_truncated"}
 
 
 def test_omegaprm_outputs(finished):
