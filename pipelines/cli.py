@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="dataset directory (default: out/<manifest name>)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace a COMPLETED dataset or another manifest's work in --out")
-    run.add_argument("--runner", choices=["local", "dataflow", "flink"],
+    run.add_argument("--runner", choices=["local", "portable", "dataflow", "flink"],
                      help="override the manifest's runner")
     run.add_argument("--runner-profile", help="runner profile YAML (jobs/runners/*.yaml)")
     run.add_argument("--direct-running-mode",

@@ -156,18 +156,40 @@ def accelerator_count() -> int:
         return 1
 
 
-def check_engine_copies(manifest) -> None:
-    """Each local worker process hosts its own engines: never more of them than accelerators."""
+def worker_processes(manifest, options: PipelineOptions) -> int:
+    """SDK worker processes on this machine that each host their own engines: the local
+    runner's in multi_processing mode, the portable runner's (its job service runs here)."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
     runner = manifest.runner
+    if runner.runner == "local" and runner.direct_running_mode == "multi_processing":
+        return runner.direct_num_workers
+    if runner.runner == "portable":
+        return options.view_as(DirectOptions).direct_num_workers or 1
+    return 1
+
+
+def check_engine_copies(manifest, options: PipelineOptions | None = None) -> None:
+    """Each worker process on this machine hosts its own engines: never more of them than
+    accelerators."""
+    options = options or pipeline_options(manifest)
     uses_vllm = any(config.kind == "vllm" for config in (
         manifest.models.policy, manifest.models.completer_model, manifest.models.judge_model))
-    if (runner.runner == "local" and runner.direct_running_mode == "multi_processing"
-            and uses_vllm and runner.direct_num_workers > accelerator_count()):
+    workers = worker_processes(manifest, options)
+    if uses_vllm and workers > accelerator_count():
+        setting = ("runner.direct_num_workers is {n} in multi_processing mode"
+                   if manifest.runner.runner == "local" else
+                   "the portable runner has {n} SDK workers (direct_num_workers)")
         raise JobError(
-            f"runner.direct_num_workers is {runner.direct_num_workers} in multi_processing "
-            f"mode, but this machine has {accelerator_count()} accelerator(s): every worker "
-            "process would load its own vLLM engine. Use in_memory or multi_threading mode "
-            "(one engine, many problems in flight) or fewer workers.")
+            setting.format(n=workers) + f", but this machine has {accelerator_count()} "
+            "accelerator(s): every worker process would load its own vLLM engine. Use one "
+            "worker (one engine, many problems in flight), the local runner's in_memory or "
+            "multi_threading mode, or fewer workers.")
+
+
+def local_absolute(path: str) -> str:
+    """Workers of the portable runner run in other folders: local paths they get are absolute."""
+    return path if "://" in path else str(Path(path).resolve())
 
 
 def run_job(manifest, *, out_dir: str, overwrite: bool = False,
@@ -176,15 +198,15 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     from steplabel.pipelines.finalize import finalize_dataset
 
     started = time.perf_counter()
-    check_engine_copies(manifest)
+    options = pipeline_options(manifest, beam_args)
+    check_engine_copies(manifest, options)
     prepare_out_dir(out_dir, manifest, overwrite=overwrite)
     items = None
     remote = bool(manifest.source.path and "://" in manifest.source.path)
     if not remote:
         items = read_local_items(manifest.source)
-    options = pipeline_options(manifest, beam_args)
     pipeline = make_pipeline(manifest, options)
-    build_pipeline(pipeline, manifest, out_dir=out_dir, items=items,
+    build_pipeline(pipeline, manifest, out_dir=local_absolute(out_dir), items=items,
                    total=len(items) if items is not None else None)
     try:
         result = pipeline.run()

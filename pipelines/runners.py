@@ -1,11 +1,16 @@
-"""Beam options for each runner: local (FnApiRunner, offline), Dataflow, Flink.
+"""Beam options for each runner: local (FnApiRunner, offline), portable (Beam's job service and
+a worker pool on this machine), Dataflow, Flink.
 
 A runner profile is a YAML mapping of Beam pipeline options (``jobs/runners/*.yaml``); the
-manifest's ``runner.options`` and then command-line arguments override it.
+manifest's ``runner.options`` and then command-line arguments override it. A profile's string
+values may name environment variables, ``${NAME}`` or ``${NAME:-default}`` (the portable
+profile reads the endpoints that ``scripts/portable_services.sh start`` prints).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import yaml
@@ -26,6 +31,29 @@ def _as_args(options: dict) -> list[str]:
     return args
 
 
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_variables(value, *, where: str):
+    """``${NAME}`` and ``${NAME:-default}`` in strings (also inside lists) replaced from the
+    environment; an unset variable without a default is an error naming it."""
+    if isinstance(value, list):
+        return [expand_variables(item, where=where) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"runner.profile: {where} needs the environment variable {name}, "
+                              "which is not set")
+        return default
+
+    return _VARIABLE.sub(replace, value)
+
+
 def load_profile(path: str) -> dict:
     file = Path(path)
     if not file.is_file():
@@ -36,6 +64,8 @@ def load_profile(path: str) -> dict:
     unknown = set(data) - {"runner", "description", "options"}
     if unknown:
         raise ConfigError(f"runner.profile: unknown key(s) {', '.join(sorted(unknown))} in {path}")
+    data["options"] = {key: expand_variables(value, where=f"option {key} in {path}")
+                       for key, value in (data.get("options") or {}).items()}
     return data
 
 

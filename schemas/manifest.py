@@ -141,10 +141,10 @@ class ConsensusConfig:
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    """How the Beam job runs. ``local`` is Beam's FnApiRunner (offline); ``dataflow`` and
-    ``flink`` take their options from a runner profile in ``jobs/runners/``."""
+    """How the Beam job runs. ``local`` is Beam's FnApiRunner (offline); ``portable``,
+    ``dataflow`` and ``flink`` take their options from a runner profile in ``jobs/runners/``."""
 
-    runner: Literal["local", "dataflow", "flink"] = "local"
+    runner: Literal["local", "portable", "dataflow", "flink"] = "local"
     direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
     direct_num_workers: int = 1
     max_in_flight: int = 64

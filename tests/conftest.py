@@ -8,3 +8,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def portable_services(tmp_path_factory):
+    """Beam's job service and a worker pool on free ports, for ``--runner portable`` tests
+    (started once per session; the SDK workers import the tests' scripted engines)."""
+    from steplabel.pipelines import services
+
+    state = tmp_path_factory.mktemp("portable-services")
+    running = services.start(state, pythonpath=[str(REPO_ROOT / "tests")])
+    try:
+        yield running
+    finally:
+        services.stop(state)

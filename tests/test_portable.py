@@ -1,0 +1,138 @@
+"""``--runner portable``: the same manifest gives the same dataset on the local runner and on
+Beam's portable runner (job service + SDK workers from a separate worker pool, on this
+machine), row for row and shard for shard."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from steplabel.pipelines import storage
+from steplabel.pipelines.job import JobError, check_engine_copies, pipeline_options, run_job
+from steplabel.pipelines.runners import runner_options
+from steplabel.schemas.config import ConfigError
+from steplabel.schemas.manifest import manifest_from_dict
+from steplabel.schemas.records import OUTPUTS
+
+pytestmark = pytest.mark.pipeline
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILE = str(REPO_ROOT / "jobs" / "runners" / "portable.yaml")
+SCRIPTED = {"kind": "custom", "factory": "fakes:arithmetic_engine"}
+
+BAD_LINES = [
+    b"{not json",
+    b'{"id": "m1", "question": "What is 1 + 1?"}',
+    b'\xff\xfe{"id": "u1"}',
+    b'{"id": "p0", "question": "What is 0 + 2?", "answer": "2"}',  # exact duplicate of p0
+    b'{"id": "p1", "question": "What is 9 + 9?", "answer": "18"}',  # conflicting duplicate
+]
+
+
+def write_problems(path: Path, count: int) -> Path:
+    with open(path, "wb") as handle:
+        for i in range(count):
+            record = {"id": f"p{i}", "question": f"What is {i} + {i + 2}?",
+                      "answer": str(2 * i + 2)}
+            handle.write(json.dumps(record).encode() + b"\n")
+        for line in BAD_LINES:
+            handle.write(line + b"\n")
+    return path
+
+
+def manifest_for(source: Path, runner: dict):
+    return manifest_from_dict({
+        "name": "portable",
+        "seed": 5,
+        "source": {"kind": "jsonl", "path": str(source)},
+        "models": {"policy": SCRIPTED},
+        "policy": {"samples": 3},
+        "monte_carlo": {"rollouts": 4},
+        "omegaprm": {"rollouts": 4, "prefilter_rollouts": 8, "search_limit": 3},
+        "judge": {},
+        "consensus": {},
+        "runner": {"num_shards": 3, **runner},
+    })
+
+
+def shards(out: str) -> dict[str, dict[str, bytes]]:
+    return {output: {Path(path).name: Path(path).read_bytes()
+                     for path in storage.output_files(out, output)} for output in OUTPUTS}
+
+
+def rows_without_cache_counts(out: str) -> dict[str, list[dict]]:
+    """Every output's rows in shard order, without prefix-cache counts (which depend on what
+    else the same engine served before: each SDK worker has its own engine)."""
+    tables = {}
+    for output in OUTPUTS:
+        rows = []
+        for path in storage.output_files(out, output):
+            for row in pq.read_table(path).to_pylist():
+                for key in ("cost_policy", "cost_mc", "cost_judge", "cost"):
+                    if isinstance(row.get(key), dict):
+                        row[key].pop("cached_tokens", None)
+                rows.append(row)
+        tables[output] = rows
+    return tables
+
+
+@pytest.fixture(scope="module")
+def local_dataset(tmp_path_factory):
+    base = tmp_path_factory.mktemp("local")
+    source = write_problems(base / "problems.jsonl", 8)
+    out = str(base / "out")
+    result = run_job(manifest_for(source, {}), out_dir=out)
+    assert result.stats["reconciliation"]["ok"]
+    return source, out, result
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_portable_gives_the_local_dataset(local_dataset, portable_services, monkeypatch,
+                                          tmp_path, workers):
+    source, local_out, local = local_dataset
+    for name, value in portable_services.environment().items():
+        monkeypatch.setenv(name, value)
+    manifest = manifest_for(source, {"runner": "portable", "profile": PROFILE,
+                                     "options": {"direct_num_workers": workers}})
+    out = str(tmp_path / "portable")
+    result = run_job(manifest, out_dir=out)
+
+    assert (Path(out) / "COMPLETED").exists()
+    assert result.info["rows"] == local.info["rows"]
+    assert result.stats["reconciliation"] == local.stats["reconciliation"]
+    assert result.stats["counters"]["problems_labelled"] == local.stats["counters"][
+        "problems_labelled"]
+    assert rows_without_cache_counts(out) == rows_without_cache_counts(local_out)
+    portable_shards, local_shards = shards(out), shards(local_out)
+    assert {k: sorted(v) for k, v in portable_shards.items()} == {
+        k: sorted(v) for k, v in local_shards.items()}
+    if workers == 1:
+        # One SDK worker sees the problems in the local runner's order: the same engine
+        # history, so even the prefix-cache counts and hence every shard's bytes are equal.
+        assert portable_shards == local_shards
+
+
+def test_portable_profile_reads_service_endpoints(monkeypatch):
+    manifest = manifest_for(Path("p.jsonl"), {"runner": "portable", "profile": PROFILE})
+    monkeypatch.setenv("STEPLABEL_JOB_ENDPOINT", "localhost:1234")
+    monkeypatch.setenv("STEPLABEL_WORKER_POOL", "localhost:5678")
+    args = runner_options(manifest.runner)
+    assert "--job_endpoint=localhost:1234" in args
+    assert "--environment_config=localhost:5678" in args
+    assert "--environment_type=EXTERNAL" in args
+    monkeypatch.delenv("STEPLABEL_WORKER_POOL")
+    with pytest.raises(ConfigError, match="STEPLABEL_WORKER_POOL"):
+        runner_options(manifest.runner)
+
+
+def test_portable_workers_never_outnumber_accelerators(monkeypatch):
+    monkeypatch.setenv("STEPLABEL_JOB_ENDPOINT", "localhost:1234")
+    monkeypatch.setenv("STEPLABEL_WORKER_POOL", "localhost:5678")
+    manifest = manifest_from_dict({
+        "name": "copies", "source": {"kind": "jsonl", "path": "p.jsonl"},
+        "models": {"policy": {"kind": "vllm", "model": "embedded"}},
+        "runner": {"runner": "portable", "profile": PROFILE,
+                   "options": {"direct_num_workers": 2}}})
+    with pytest.raises(JobError, match="portable runner has 2 SDK workers"):
+        check_engine_copies(manifest, pipeline_options(manifest))
