@@ -4,23 +4,47 @@ The algorithm, as the paper describes it (METHODS.md §2), with the open re-impl
 designed out (each Monte Carlo point is estimated once, rollout length is counted in tokens, a
 real grader replaces substring matching, no global rollout budget):
 
-1. **Pre-filter.** 32 rollouts from the question (one request, ``n = 32``). A question whose
-   graded rollouts are all correct or all wrong is dropped with the reason and the counts
-   (``OmegaPRMResult.filtered``); it gets no search. Otherwise these rollouts are the root's.
+1. **Pre-filter.** 32 rollouts from the question (one request, ``n = 32``). Only *known*
+   rollouts count (graded correct or incorrect; a rollout cut off at ``max_tokens`` is unknown
+   by default, ``truncated``). A question whose known rollouts are mixed is searched, and these
+   rollouts are the root's. Otherwise it is dropped with the reason and the counts
+   (``OmegaPRMResult.filtered``): ``all_unknown`` (no known rollout), ``too_few_known`` (fewer
+   than ``prefilter_min_known``: too little evidence to call it too easy or too hard),
+   ``all_correct`` or ``all_wrong`` (every known rollout, with enough known).
 2. **Pool.** The incorrect rollouts of every state with ``0 < MC < 1`` are candidates. Correct
-   rollouts of a state with ``MC > 0`` become completed-solution children (value 1, by their
-   own final answer). A state with ``MC = 0`` adds nothing.
+   rollouts of a state with ``MC > 0`` become completed-solution states (value 1, by their
+   own final answer; never rolled out from). A state with ``MC = 0`` or no known rollout
+   (MC None) adds nothing.
 3. **Select** the candidate maximising ``Q(s, r) + U(s)`` with
    ``Q = alpha ** (1 - MC(s)) * beta ** (len(r) / L)`` (``len(r)`` in tokens) and
    ``U = c_puct * sqrt(sum of N over all states) / (1 + N(s))``. A selected rollout leaves the
    pool for good. ``N(s) += 1`` for the selected state; there is no backup to the root.
 4. **Binary search** on the selected rollout's pieces (steps from the splitter, or ~16
    token-length pieces): k rollouts at the midpoint; ``MC > 0`` means the error is later,
-   ``MC = 0`` earlier; ``ceil(log2 M)`` estimates for M pieces. Every probed prefix becomes a
-   tree state (child of the deepest ``MC > 0`` state on the search path), so the prefixes
-   before the first error carry positive labels and the one at it a negative label. Probed
-   prefixes are cached by text: a prefix is estimated at most once per question.
+   ``MC = 0`` earlier; ``ceil(log2 M)`` estimates for M pieces. The divide points are strictly
+   inside the rollout: its full length (a complete solution, labelled by its own graded answer)
+   is never rolled out from. **A probe with no known rollout** (MC None: every rollout cut off
+   or ungradable) is neither an error in the first half nor correct: the search stops there,
+   its first error is None with reason ``probe_unknown``, and the unknown probe is a leaf.
+   Probed prefixes are cached by text: a prefix is estimated at most once per question.
 5. **Stop** after ``search_limit`` searches or when the pool is empty. Every rollout is kept.
+
+**The tree** [OPRM §3.3-3.4] is built from all estimated prefixes once the searches are done,
+so it does not depend on the order in which prefixes were probed. With prefixes compared piece
+by piece:
+
+- a state's parent is the **longest known-good** (``MC > 0``) state whose prefix is a proper
+  prefix of its own (at least the root); the edge's action is the pieces in between, and
+  ``single_step`` says it is exactly one piece. A probe at m with MC 0 and a later probe at m/2
+  with MC > 0 thus nest (root -> m/2 -> m), and no state is a sibling of its own prefix.
+- states are prefixes **up to the first error**: a prefix that extends a known-bad (``MC = 0``)
+  prefix is not a tree state. It is kept apart (``OmegaPRMResult.states_after_error``, its
+  ``parent_id`` the longest bad prefix it extends) with its counts, so no rollout is lost.
+  With a noisy landscape this also drops a ``MC > 0`` prefix that extends a ``MC = 0`` one: the
+  tree trusts the first error on a path.
+- pairs are formed only between children of one parent that both have a known value (sibling
+  actions from the same prefix), never between two completions (both 1 by construction) and
+  never between prefixes that nest.
 
 Outputs: one record per tree state, sibling pairs with preference ``P = (1 + p - q) / 2``, and per
 searched rollout its full solution pieces with the located first-error piece index.
@@ -38,7 +62,12 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Literal, Sequence
 
 from steplabel.annotators.grading import grade
-from steplabel.annotators.monte_carlo import Grader, GradedRollouts, sample_and_grade
+from steplabel.annotators.monte_carlo import (
+    TRUNCATED_RULES,
+    Grader,
+    GradedRollouts,
+    sample_and_grade,
+)
 from steplabel.annotators.prompts import SolutionPrompt
 from steplabel.annotators.seeds import derive_seed
 from steplabel.annotators.splitting import Splitter
@@ -46,7 +75,7 @@ from steplabel.engines.base import CostMeter, GenerationEngine
 from steplabel.schemas.config import ConfigError, SamplingConfig, check
 
 ANNOTATOR_NAME = "omegaprm"
-ANNOTATOR_VERSION = "1"
+ANNOTATOR_VERSION = "2"  # 2: unknown-aware pre-filter and probes; tree nests by prefix
 
 StepUnit = Literal["steps", "tokens"]
 
@@ -73,9 +102,15 @@ class OmegaPRMConfig:
     - ``rollouts``: k >= 1, rollouts per Monte Carlo estimate.
     - ``search_limit`` >= 1: binary searches (selections) per question.
     - ``prefilter_rollouts`` >= 2: rollouts from the question for the pre-filter (and the root).
+    - ``prefilter_min_known``: known (graded) pre-filter rollouts needed to drop a question as
+      ``all_correct`` or ``all_wrong``, in [1, prefilter_rollouts]; None (default): half of
+      ``prefilter_rollouts``, rounded up. Fewer known, all alike: ``too_few_known``.
     - ``step_unit``: ``"steps"`` (pieces are the splitter's steps) or ``"tokens"`` (pieces are
       runs of ``ceil(mean root solution length / target_pieces)`` tokens, OPRM §4.2).
     - ``target_pieces`` >= 2: pieces per average solution when ``step_unit == "tokens"``.
+    - ``truncated``: how a rollout cut off at ``sampling.max_tokens`` counts: ``unknown``
+      (default: it never reached an answer, so it is in no MC value and never selected) or
+      ``incorrect`` (graded as written, as implementations that ignore finish reasons do).
     - ``sampling``: rollout sampling settings.
     """
 
@@ -86,8 +121,10 @@ class OmegaPRMConfig:
     rollouts: int = 8
     search_limit: int = 100
     prefilter_rollouts: int = 32
+    prefilter_min_known: int | None = None
     step_unit: StepUnit = "steps"
     target_pieces: int = 16
+    truncated: Literal["unknown", "incorrect"] = "unknown"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
@@ -105,12 +142,27 @@ class OmegaPRMConfig:
               "must be an integer >= 1", self.search_limit)
         check(_is_int(self.prefilter_rollouts) and self.prefilter_rollouts >= 2,
               "prefilter_rollouts", "must be an integer >= 2", self.prefilter_rollouts)
+        if self.prefilter_min_known is not None:
+            check(_is_int(self.prefilter_min_known)
+                  and 1 <= self.prefilter_min_known <= self.prefilter_rollouts,
+                  "prefilter_min_known",
+                  f"must be an integer in [1, prefilter_rollouts = {self.prefilter_rollouts}]",
+                  self.prefilter_min_known)
         check(self.step_unit in ("steps", "tokens"), "step_unit",
               "must be one of 'steps', 'tokens'", self.step_unit)
         check(_is_int(self.target_pieces) and self.target_pieces >= 2, "target_pieces",
               "must be an integer >= 2", self.target_pieces)
+        check(self.truncated in TRUNCATED_RULES, "truncated",
+              f"must be one of {', '.join(TRUNCATED_RULES)}", self.truncated)
         if not isinstance(self.sampling, SamplingConfig):
             raise ConfigError(f"sampling must be a SamplingConfig, got {self.sampling!r}")
+
+    @property
+    def min_known(self) -> int:
+        """Known pre-filter rollouts needed to call a question all correct or all wrong."""
+        if self.prefilter_min_known is not None:
+            return self.prefilter_min_known
+        return math.ceil(self.prefilter_rollouts / 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,9 +306,12 @@ async def bisect_first_error(
     Invariant: the prefix of ``good`` pieces has MC > 0 and the prefix of ``bad`` pieces is
     wrong. ``estimate(length)`` returns the MC value of the prefix of ``length`` pieces (None if
     no rollout could be graded). Calls ``estimate`` ``ceil(log2(bad - good))`` times at most,
-    each length at most once. Returns ``(index, reason)``: the 0-based index of the first wrong
-    piece (``bad - 1`` at the end) with ``"located"``, or ``(None, reason)`` when a probe was
-    unknown or the range is empty.
+    each length at most once and always strictly between ``good`` and ``bad``: the ``bad``
+    end (a complete solution) is never estimated. Returns ``(index, reason)``: the 0-based
+    index of the first wrong piece (``bad - 1`` at the end) with ``"located"``, or
+    ``(None, reason)``: ``"probe_unknown"`` when a probe had no known rollout (None is neither
+    an error in the first half nor correct, so the search stops there), ``"empty_range"``
+    when there is nothing to search.
     """
     if bad <= good:
         return None, "empty_range"
@@ -283,7 +338,8 @@ class FirstErrorSearch:
       ``probe_unknown`` or ``empty_range`` (no pieces).
     - ``probe_lengths[j]``, ``probe_values[j]``, ``probe_seeds[j]``: the j-th Monte Carlo point
       (prefix length in pieces, MC value or None, request seed), in search order.
-    - ``rollouts``: rollouts sampled (k per probe, at most ``k * ceil(log2 M)``).
+    - ``rollouts``: rollouts sampled (k per probe, at most ``k * ceil(log2 M)``);
+      ``rollouts_truncated``: how many of them the engine cut off at ``max_tokens``.
     """
 
     first_error_index: int | None
@@ -294,6 +350,7 @@ class FirstErrorSearch:
     probe_values: list[float | None]
     probe_seeds: list[int]
     cost: dict[str, int]
+    rollouts_truncated: int = 0
 
 
 def _join_pieces(pieces: Sequence[str], splitter: Splitter | None) -> str:
@@ -314,6 +371,7 @@ async def locate_first_error(
     sampling: SamplingConfig | None = None,
     final_answer_correct: bool | None = None,
     grader: Grader = grade,
+    truncated: str = "unknown",
 ) -> FirstErrorSearch:
     """OmegaPRM's binary search on a given solution, outside any tree.
 
@@ -325,6 +383,8 @@ async def locate_first_error(
     gives ``-1`` without rollouts; an ungradable one gives None. Otherwise k rollouts per probe
     from ``prompt.for_continuation(prefix, separator)``, seeded by
     ``derive_seed(run_seed, "omegaprm", problem_id, "solution", solution_index, length)``.
+    ``truncated`` (``"unknown"`` or ``"incorrect"``) says how a cut-off rollout counts; a probe
+    with no known rollout stops the search (``probe_unknown``, see :func:`bisect_first_error`).
     """
     if not _is_int(rollouts) or rollouts < 1:
         raise ValueError(f"rollouts must be an integer >= 1, got {rollouts!r}")
@@ -335,11 +395,13 @@ async def locate_first_error(
     lengths: list[int] = []
     values: list[float | None] = []
     seeds: list[int] = []
+    cut_off = 0
 
     def result(index: int | None, reason: str) -> FirstErrorSearch:
         return FirstErrorSearch(first_error_index=index, reason=reason, num_pieces=len(pieces),
                                 rollouts=cost.rollouts, probe_lengths=lengths,
-                                probe_values=values, probe_seeds=seeds, cost=cost.as_dict())
+                                probe_values=values, probe_seeds=seeds, cost=cost.as_dict(),
+                                rollouts_truncated=cut_off)
 
     if not pieces:
         return result(None, "empty_range")
@@ -352,12 +414,15 @@ async def locate_first_error(
         return result(-1, "final_answer_correct")
 
     async def estimate(length: int) -> float | None:
+        nonlocal cut_off
+        assert 0 < length < len(pieces), "never roll out from the complete solution"
         prefix = _join_pieces(pieces[:length], splitter)
         seed = derive_seed(run_seed, "omegaprm", problem_id, "solution", solution_index, length)
         graded = await sample_and_grade(
             engine, prompt_text=prompt.for_continuation(prefix, separator),
             solution_prefix=prefix + separator, n=rollouts, seed=seed, sampling=sampling,
-            gold_answer=gold_answer, grader=grader, cost=cost)
+            gold_answer=gold_answer, grader=grader, cost=cost, truncated=truncated)
+        cut_off += graded.n_truncated
         lengths.append(length)
         values.append(graded.value)
         seeds.append(seed)
@@ -379,16 +444,23 @@ class OmegaPRMState:
       probed by a binary search, MC from k rollouts) or ``completion`` (a correct rollout of a
       state with MC > 0, kept as a completed solution: value 1 by its own final answer, counts
       1/1/0, no rollouts of its own).
-    - ``parent_id``: -1 for the root. ``prefix`` is the solution text so far ("" at the root);
-      ``action`` is the text added to the parent's prefix, ``action_pieces`` its length in
-      pieces: ``prefix == parent.prefix + separator + action`` (the separator is the splitter's
-      in steps mode, omitted after the root and in tokens mode). ``depth``: prefix length in
+    - ``parent_id``: -1 for the root; otherwise the longest known-good (MC > 0) state whose
+      prefix is a proper prefix of this one, piece by piece (see the module docstring). For a
+      state in ``OmegaPRMResult.states_after_error``: the longest MC = 0 state it extends.
+    - ``prefix`` is the solution text so far ("" at the root); ``action`` is the text added to
+      the parent's prefix, ``action_pieces`` (>= 1) its length in pieces, ``single_step`` True
+      when that is exactly one piece (the paper's single-step edges):
+      ``prefix == parent.prefix + separator + action`` (the separator is the splitter's in
+      steps mode, omitted after the root and in tokens mode). ``depth``: prefix length in
       pieces.
-    - ``value``: MC in [0, 1], None when no rollout could be graded; ``hard_label``:
-      ``value > 0`` or None. ``n_total`` counts correct + incorrect; unknowns are apart.
+    - ``value``: MC in [0, 1], None when no rollout could be graded (never 0 for lack of
+      known rollouts); ``hard_label``: ``value > 0`` or None. ``n_total`` counts correct +
+      incorrect; unknowns are apart; ``n_truncated`` counts the rollouts the engine cut off at
+      ``max_tokens`` (unknown under the default rule).
     - ``visits``: N(s) at the end of the search. ``seed``: the seed of the request that sampled
-      this state's rollouts (for a completion, of its parent's request); ``rollout_index``: for
-      a completion, which of the parent's rollouts it is; -1 otherwise.
+      this state's rollouts (for a completion, of the request it came from); ``rollout_of`` and
+      ``rollout_index``: for a completion, the state whose rollout it is and which one (its
+      parent may be a longer good prefix of it); -1 otherwise.
     """
 
     state_id: int
@@ -397,14 +469,17 @@ class OmegaPRMState:
     prefix: str
     action: str
     action_pieces: int
+    single_step: bool
     depth: int
     value: float | None
     hard_label: bool | None
     n_correct: int
     n_total: int
     n_unknown: int
+    n_truncated: int
     visits: int
     seed: int
+    rollout_of: int
     rollout_index: int
 
 
@@ -412,7 +487,8 @@ class OmegaPRMState:
 class SiblingPair:
     """Two children of one parent with known values p (first) and q (second).
 
-    ``preference = (1 + p - q) / 2`` is P(first preferred over second) (OPRM §3.4).
+    ``preference = (1 + p - q) / 2`` is P(first preferred over second) (OPRM §3.4). Both
+    actions continue the parent's prefix and neither prefix is a prefix of the other.
     ``single_step`` is True when both actions are one piece (the paper's pairwise examples).
     Pairs of two completion states are not emitted: both have value 1 by construction.
     """
@@ -433,9 +509,11 @@ class FirstErrorRecord:
     ``steps`` are the full solution's pieces (the state's prefix, then the rollout);
     ``start_index`` is the number of prefix pieces (the search covers ``steps[start_index:]``);
     ``first_error_index`` is the 0-based index in ``steps`` of the first wrong piece, None when a
-    probe could not be graded or the rollout had no pieces (``reason``). ``q`` and ``u`` are the
-    selection terms it won with; ``rollouts`` were sampled by this search (cached probes are
-    free); ``probe_state_ids`` lists the probed states in search order.
+    probe had no known rollout (``probe_unknown``: the search stopped there) or the rollout had
+    no pieces (``empty_range``); ``reason`` says which. ``q`` and ``u`` are the selection terms
+    it won with; ``rollouts`` were sampled by this search (cached probes are free), of which
+    ``rollouts_truncated`` were cut off at ``max_tokens``; ``probe_state_ids`` lists the
+    probed states in search order (tree states or states after the error).
     """
 
     search_index: int
@@ -448,6 +526,7 @@ class FirstErrorRecord:
     q: float
     u: float
     rollouts: int
+    rollouts_truncated: int
     probe_state_ids: list[int]
 
 
@@ -456,7 +535,8 @@ class RolloutRecord:
     """One sampled rollout of an estimated state (tree reuse: every rollout is kept).
 
     ``generated_tokens`` is ``len(r)`` in tokens; ``verdict`` is correct, incorrect or unknown;
-    ``selected`` is True when a binary search ran on it.
+    ``finish_reason`` is the engine's (``length``: cut off at ``max_tokens``); ``selected`` is
+    True when a binary search ran on it.
     """
 
     state_id: int
@@ -465,6 +545,7 @@ class RolloutRecord:
     generated_tokens: int
     verdict: str
     reason: str
+    finish_reason: str
     selected: bool
 
 
@@ -473,13 +554,17 @@ class OmegaPRMResult:
     """OmegaPRM output for one question.
 
     - ``filtered``: dropped by the pre-filter (no search); ``filter_reason`` is ``all_correct``,
-      ``all_wrong`` or ``all_unknown`` (no pre-filter rollout could be graded), else None.
-    - ``prefilter_n_correct``/``_n_total``/``_n_unknown``: counts of the pre-filter rollouts.
+      ``all_wrong``, ``too_few_known`` or ``all_unknown`` (see the module docstring), else None.
+    - ``prefilter_n_correct``/``_n_total``/``_n_unknown``/``_n_truncated``: counts of the
+      pre-filter rollouts (total = correct + incorrect; truncated = cut off at ``max_tokens``).
     - ``stop_reason``: ``search_limit``, ``pool_empty`` or ``filtered``; ``searches_run``: the
       number of binary searches (``len(searches)``).
-    - ``states``, ``pairs``, ``searches``, ``rollout_records``: see the record classes.
+    - ``states``: the tree (root first, by id); ``states_after_error``: estimated prefixes that
+      extend a MC = 0 prefix, off the tree; ids are shared, so together they hold every id.
+    - ``pairs``, ``searches``, ``rollout_records``: see the record classes.
     - ``piece_tokens``: tokens per piece in tokens mode, None in steps mode.
-    - ``rollouts``: rollouts sampled in all (pre-filter included); ``cost``: ``CostMeter``.
+    - ``rollouts``: rollouts sampled in all (pre-filter included), ``truncated_rollouts`` of
+      them cut off at ``max_tokens``; ``cost``: ``CostMeter``.
     """
 
     problem_id: str
@@ -490,15 +575,18 @@ class OmegaPRMResult:
     prefilter_n_correct: int
     prefilter_n_total: int
     prefilter_n_unknown: int
+    prefilter_n_truncated: int
     stop_reason: str
     searches_run: int
     states: list[OmegaPRMState]
+    states_after_error: list[OmegaPRMState]
     pairs: list[SiblingPair]
     searches: list[FirstErrorRecord]
     rollout_records: list[RolloutRecord]
     step_unit: str
     piece_tokens: int | None
     rollouts: int
+    truncated_rollouts: int
     cost: dict[str, int]
     annotator: str
     model_id: str
@@ -511,17 +599,21 @@ class OmegaPRMResult:
 @dataclass
 class _Node:
     state_id: int
-    parent_id: int
     kind: str
     pieces: tuple[str, ...]
     prefix: str
-    action: str
-    action_pieces: int
     seed: int
+    rollout_of: int = -1
     rollout_index: int = -1
     graded: GradedRollouts | None = None
-    counts: tuple[int, int, int] = (0, 0, 0)  # n_correct, n_total, n_unknown
+    counts: tuple[int, int, int, int] = (0, 0, 0, 0)  # n_correct, n_total, n_unknown, n_cut
     value: float | None = None
+
+
+def _nested(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """True when one piece sequence is a prefix of the other (equal included)."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
 
 
 class _QuestionSearch:
@@ -568,20 +660,16 @@ class _QuestionSearch:
     def seed_for(self, state_id: int) -> int:
         return derive_seed(self.a.run_seed, "omegaprm", self.problem_id, state_id)
 
-    def new_node(self, *, parent: _Node | None, kind: str, pieces: tuple[str, ...],
-                 seed: int | None = None, rollout_index: int = -1) -> _Node:
+    def new_node(self, *, kind: str, pieces: tuple[str, ...], seed: int | None = None,
+                 rollout_of: int = -1, rollout_index: int = -1) -> _Node:
         state_id = len(self.nodes)
-        start = len(parent.pieces) if parent is not None else 0
-        action = pieces[start:]
         node = _Node(
             state_id=state_id,
-            parent_id=parent.state_id if parent is not None else -1,
             kind=kind,
             pieces=pieces,
             prefix=self.join(pieces),
-            action=self.join(action),
-            action_pieces=len(action),
             seed=self.seed_for(state_id) if seed is None else seed,
+            rollout_of=rollout_of,
             rollout_index=rollout_index,
         )
         self.nodes.append(node)
@@ -600,22 +688,25 @@ class _QuestionSearch:
         node.graded = await sample_and_grade(
             self.a.engine, prompt_text=prompt_text, solution_prefix=solution_prefix, n=n,
             seed=node.seed, sampling=self.cfg.sampling, gold_answer=self.gold_answer,
-            grader=self.a.grader, cost=self.cost)
-        node.counts = (node.graded.n_correct, node.graded.n_total, node.graded.n_unknown)
-        node.value = node.graded.value
+            grader=self.a.grader, cost=self.cost, truncated=self.cfg.truncated)
+        g = node.graded
+        node.counts = (g.n_correct, g.n_total, g.n_unknown, g.n_truncated)
+        node.value = g.value
 
     def expand(self, node: _Node) -> None:
-        """Correct rollouts of a state with MC > 0 become completion children; incorrect
+        """Correct rollouts of a state with MC > 0 become completion states; incorrect
         rollouts of a state with 0 < MC < 1 join the pool. MC = 0 or unknown adds nothing."""
         graded, value = node.graded, node.value
         if graded is None or value is None or value == 0:
             return
         for i, verdict in enumerate(graded.verdicts):
             if verdict == "correct":
-                child = self.new_node(parent=node, kind="completion",
-                                      pieces=self.rollout_pieces(node, i), seed=node.seed,
-                                      rollout_index=i)
-                child.counts, child.value = (1, 1, 0), 1.0
+                pieces = self.rollout_pieces(node, i)
+                if len(pieces) == len(node.pieces):
+                    continue  # adds no piece: the prefix itself was complete, nothing new
+                child = self.new_node(kind="completion", pieces=pieces, seed=node.seed,
+                                      rollout_of=node.state_id, rollout_index=i)
+                child.counts, child.value = (1, 1, 0, 0), 1.0
             elif verdict == "incorrect" and value < 1:
                 q = selection_q(mc=value, rollout_tokens=graded.generated_tokens[i],
                                 alpha=self.cfg.alpha, beta=self.cfg.beta,
@@ -630,21 +721,22 @@ class _QuestionSearch:
         start = len(node.pieces)
         rollouts_before = self.cost.rollouts
         probe_ids: list[int] = []
-        parent = node
+        cut_off = 0
 
         async def estimate(length: int) -> float | None:
-            nonlocal parent
+            nonlocal cut_off
+            # Strictly inside: the complete rollout is labelled by its own graded answer.
+            assert start < length < len(pieces), "never roll out from a complete solution"
             prefix_pieces = pieces[:length]
             known = self.by_prefix.get(self.join(prefix_pieces))
             if known is not None:
                 probe = self.nodes[known]
             else:
-                probe = self.new_node(parent=parent, kind="probe", pieces=prefix_pieces)
+                probe = self.new_node(kind="probe", pieces=prefix_pieces)
                 await self.estimate(probe, self.cfg.rollouts)
+                cut_off += probe.counts[3]
                 self.expand(probe)
             probe_ids.append(probe.state_id)
-            if probe.value is not None and probe.value > 0:
-                parent = probe
             return probe.value
 
         index, reason = await bisect_first_error(good=start, bad=len(pieces), estimate=estimate)
@@ -659,21 +751,26 @@ class _QuestionSearch:
             q=selection.q,
             u=selection.u,
             rollouts=self.cost.rollouts - rollouts_before,
+            rollouts_truncated=cut_off,
             probe_state_ids=probe_ids,
         ))
 
+    def prefilter_reason(self, root: _Node) -> str | None:
+        """None when the root's known rollouts are mixed, else why the question is dropped."""
+        n_correct, n_total, _, _ = root.counts
+        if 0 < n_correct < n_total:
+            return None
+        if n_total == 0:
+            return "all_unknown"
+        if n_total < self.cfg.min_known:
+            return "too_few_known"
+        return "all_correct" if n_correct == n_total else "all_wrong"
+
     async def run(self, question: str) -> OmegaPRMResult:
         cfg = self.cfg
-        root = self.new_node(parent=None, kind="root", pieces=())
+        root = self.new_node(kind="root", pieces=())
         await self.estimate(root, cfg.prefilter_rollouts)
-        n_correct, n_total, _ = root.counts
-        filter_reason = None
-        if n_total == 0:
-            filter_reason = "all_unknown"
-        elif n_correct == n_total:
-            filter_reason = "all_correct"
-        elif n_correct == 0:
-            filter_reason = "all_wrong"
+        filter_reason = self.prefilter_reason(root)
         if filter_reason is not None:
             return self.result(question, filter_reason=filter_reason, stop_reason="filtered")
 
@@ -697,39 +794,78 @@ class _QuestionSearch:
             await self.search_rollout(selection)
         return self.result(question, filter_reason=None, stop_reason=stop_reason)
 
-    # -- output ------------------------------------------------------------------------------
+    # -- the tree ----------------------------------------------------------------------------
 
-    def state_records(self) -> list[OmegaPRMState]:
-        return [
-            OmegaPRMState(
-                state_id=n.state_id, parent_id=n.parent_id, kind=n.kind, prefix=n.prefix,
-                action=n.action, action_pieces=n.action_pieces, depth=len(n.pieces),
-                value=n.value, hard_label=None if n.value is None else n.value > 0,
-                n_correct=n.counts[0], n_total=n.counts[1], n_unknown=n.counts[2],
-                visits=self.pool.visits(n.state_id), seed=n.seed, rollout_index=n.rollout_index,
-            )
-            for n in self.nodes
-        ]
+    def tree(self) -> tuple[list[OmegaPRMState], list[OmegaPRMState]]:
+        """(tree states, states after the error), from every node once the search is done.
 
-    def sibling_pairs(self) -> list[SiblingPair]:
-        children: dict[int, list[_Node]] = {}
+        A node's parent is the longest MC > 0 node whose pieces are a proper prefix of its
+        own; a node with an MC = 0 proper prefix is after the error (its parent is then the
+        longest such prefix). Of several nodes with the same pieces (identical completions) the
+        first stands for them. Independent of the order in which prefixes were probed.
+        """
+        good: dict[tuple[str, ...], _Node] = {}
+        bad: dict[tuple[str, ...], _Node] = {}
         for n in self.nodes:
-            if n.parent_id >= 0 and n.value is not None:
-                children.setdefault(n.parent_id, []).append(n)
+            if n.value is not None:
+                (good if n.value > 0 else bad).setdefault(n.pieces, n)
+        in_tree: list[OmegaPRMState] = []
+        after_error: list[OmegaPRMState] = []
+        for n in self.nodes:
+            if n.kind == "root":
+                in_tree.append(self.state_record(n, parent=None))
+                continue
+            parent = first_bad = None
+            for length in range(len(n.pieces) - 1, -1, -1):
+                key = n.pieces[:length]
+                if first_bad is None and key in bad:
+                    first_bad = bad[key]
+                    break  # after the error whatever lies below
+                if parent is None and key in good:
+                    parent = good[key]
+            if first_bad is not None:
+                after_error.append(self.state_record(n, parent=first_bad))
+            else:
+                assert parent is not None, "the root (MC > 0) is a prefix of every state"
+                in_tree.append(self.state_record(n, parent=parent))
+        return in_tree, after_error
+
+    def state_record(self, n: _Node, *, parent: _Node | None) -> OmegaPRMState:
+        start = len(parent.pieces) if parent is not None else 0
+        action_pieces = len(n.pieces) - start
+        return OmegaPRMState(
+            state_id=n.state_id, parent_id=parent.state_id if parent is not None else -1,
+            kind=n.kind, prefix=n.prefix, action=self.join(n.pieces[start:]),
+            action_pieces=action_pieces, single_step=action_pieces == 1, depth=len(n.pieces),
+            value=n.value, hard_label=None if n.value is None else n.value > 0,
+            n_correct=n.counts[0], n_total=n.counts[1], n_unknown=n.counts[2],
+            n_truncated=n.counts[3], visits=self.pool.visits(n.state_id), seed=n.seed,
+            rollout_of=n.rollout_of, rollout_index=n.rollout_index,
+        )
+
+    def sibling_pairs(self, states: list[OmegaPRMState]) -> list[SiblingPair]:
+        children: dict[int, list[OmegaPRMState]] = {}
+        for s in states:
+            if s.parent_id >= 0 and s.value is not None:
+                children.setdefault(s.parent_id, []).append(s)
         pairs = []
         for parent_id, kids in children.items():
             for i, a in enumerate(kids):
                 for b in kids[i + 1 :]:
                     if a.kind == "completion" and b.kind == "completion":
                         continue
+                    if _nested(self.nodes[a.state_id].pieces, self.nodes[b.state_id].pieces):
+                        continue  # only equal pieces can nest here (see tree())
                     assert a.value is not None and b.value is not None
                     pairs.append(SiblingPair(
                         parent_id=parent_id, first_id=a.state_id, second_id=b.state_id,
                         first_value=a.value, second_value=b.value,
                         preference=pair_preference(a.value, b.value),
-                        single_step=a.action_pieces == 1 and b.action_pieces == 1,
+                        single_step=a.single_step and b.single_step,
                     ))
         return pairs
+
+    # -- output ------------------------------------------------------------------------------
 
     def rollout_records(self) -> list[RolloutRecord]:
         records = []
@@ -741,13 +877,16 @@ class _QuestionSearch:
                 records.append(RolloutRecord(
                     state_id=n.state_id, rollout_index=i, text=text,
                     generated_tokens=g.generated_tokens[i], verdict=g.verdicts[i],
-                    reason=g.reasons[i], selected=(n.state_id, i) in self.selected,
+                    reason=g.reasons[i],
+                    finish_reason=g.finish_reasons[i] if g.finish_reasons else "",
+                    selected=(n.state_id, i) in self.selected,
                 ))
         return records
 
     def result(self, question: str, *, filter_reason: str | None,
                stop_reason: str) -> OmegaPRMResult:
-        n_correct, n_total, n_unknown = self.nodes[0].counts
+        n_correct, n_total, n_unknown, n_truncated = self.nodes[0].counts
+        states, after_error = self.tree()
         return OmegaPRMResult(
             problem_id=self.problem_id,
             question=question,
@@ -757,15 +896,18 @@ class _QuestionSearch:
             prefilter_n_correct=n_correct,
             prefilter_n_total=n_total,
             prefilter_n_unknown=n_unknown,
+            prefilter_n_truncated=n_truncated,
             stop_reason=stop_reason,
             searches_run=len(self.searches),
-            states=self.state_records(),
-            pairs=self.sibling_pairs(),
+            states=states,
+            states_after_error=after_error,
+            pairs=self.sibling_pairs(states),
             searches=list(self.searches),
             rollout_records=self.rollout_records(),
             step_unit=self.cfg.step_unit,
             piece_tokens=self.piece_tokens,
             rollouts=self.cost.rollouts,
+            truncated_rollouts=sum(n.counts[3] for n in self.nodes if n.graded is not None),
             cost=self.cost.as_dict(),
             annotator=self.a.name,
             model_id=getattr(self.a.engine, "model_id", "unknown"),

@@ -298,35 +298,80 @@ def test_mixed_question_passes_the_prefilter():
 # -- the search ------------------------------------------------------------------------------
 
 
+def extends(longer: OmegaPRMState, shorter: OmegaPRMState, sep: str) -> bool:
+    """True when ``shorter``'s prefix is a proper prefix of ``longer``'s, piece-aligned."""
+    if shorter.depth >= longer.depth:
+        return False
+    joiner = "" if shorter.kind == "root" or not sep else sep
+    return longer.prefix.startswith(shorter.prefix + joiner)
+
+
+def check_nesting(result: OmegaPRMResult, *, sep: str = "\n") -> None:
+    """The tree of OPRM §3.3-3.4, for any policy: states nest by prefix, up to the first error,
+    each under its longest known-good prefix; pairs only between siblings that do not nest."""
+    states = {s.state_id: s for s in result.states}
+    after = {s.state_id: s for s in result.states_after_error}
+    every = {**states, **after}
+    assert not set(states) & set(after)
+    assert sorted(every) == list(range(len(every)))  # every estimated prefix is accounted for
+    assert [s.state_id for s in result.states] == sorted(states)
+    for s in every.values():
+        assert 0 <= s.n_correct <= s.n_total
+        assert s.value == (s.n_correct / s.n_total if s.n_total else None)  # None, never 0
+        assert s.hard_label == (None if s.value is None else s.value > 0)
+        assert s.n_truncated <= s.n_total + s.n_unknown
+        if s.kind == "root":
+            assert s.state_id == 0 and s.parent_id == -1 and s.prefix == "" and s.depth == 0
+            assert s.state_id in states
+            continue
+        parent = every[s.parent_id]
+        joiner = "" if parent.kind == "root" or not sep else sep
+        assert s.prefix == parent.prefix + joiner + s.action  # extends its parent's prefix
+        assert s.depth == parent.depth + s.action_pieces and s.action_pieces >= 1
+        assert s.single_step == (s.action_pieces == 1)
+        if s.kind == "completion":
+            assert (s.n_correct, s.n_total, s.n_unknown, s.value) == (1, 1, 0, 1.0)
+            origin = every[s.rollout_of]
+            assert s.rollout_index >= 0 and s.seed == origin.seed
+            assert origin.value > 0 and (s == origin or extends(s, origin, sep))
+        else:
+            assert s.rollout_of == -1
+        if s.state_id in after:
+            # Off the tree: it extends an MC = 0 prefix (the longest one is its parent).
+            assert parent.value == 0
+            continue
+        # In the tree: the parent is the longest known-good prefix, nothing bad lies between.
+        assert s.parent_id in states and parent.value is not None and parent.value > 0
+        for other in states.values():
+            if other.value is not None and extends(s, other, sep):
+                assert other.value > 0, (s, other)  # no state after the first error
+                assert other.depth <= parent.depth, (s, other)  # the parent is the longest
+    for pair in result.pairs:
+        a, b = states[pair.first_id], states[pair.second_id]
+        assert a.parent_id == b.parent_id == pair.parent_id and a.state_id < b.state_id
+        assert (pair.first_value, pair.second_value) == (a.value, b.value)
+        assert pair.preference == pytest.approx(0.5 * (1 + a.value - b.value))
+        assert pair.single_step == (a.single_step and b.single_step)
+        assert not (a.kind == "completion" and b.kind == "completion")
+        assert not a.prefix.startswith(b.prefix) and not b.prefix.startswith(a.prefix)
+    probe_prefixes = [s.prefix for s in every.values() if s.kind == "probe"]
+    assert len(set(probe_prefixes)) == len(probe_prefixes)  # each MC point estimated once
+
+
 def check_tree(result: OmegaPRMResult, problem: PlantedProblem, *, k: int = K,
                sep: str = "\n") -> None:
-    states = {s.state_id: s for s in result.states}
-    assert list(states) == list(range(len(states)))
+    """:func:`check_nesting`, and what the planted policy makes exact."""
+    check_nesting(result, sep=sep)
     correct_text = problem.text()
-    for s in result.states:
-        assert 0 <= s.n_correct <= s.n_total
-        assert s.value == (s.n_correct / s.n_total if s.n_total else None)
-        assert s.hard_label == (None if s.value is None else s.value > 0)
+    for s in [*result.states, *result.states_after_error]:
         if s.kind == "root":
-            assert s.parent_id == -1 and s.prefix == "" and s.depth == 0
             assert s.n_total + s.n_unknown == 32
-            continue
-        parent = states[s.parent_id]
-        assert s.parent_id < s.state_id
-        assert parent.value is not None and parent.value > 0  # only MC > 0 states have children
-        joiner = "" if parent.kind == "root" or not sep else sep
-        assert s.prefix == parent.prefix + joiner + s.action
-        assert s.depth == parent.depth + s.action_pieces and s.action_pieces >= 1
-        if s.kind == "probe":
+        elif s.kind == "probe":
             assert s.n_total + s.n_unknown == k
             # Planted policy: a prefix has MC > 0 exactly when it holds no error yet.
             assert s.hard_label == correct_text.startswith(s.prefix)
-        else:
-            assert s.kind == "completion"
-            assert (s.n_correct, s.n_total, s.n_unknown, s.value) == (1, 1, 0, 1.0)
-            assert s.rollout_index >= 0 and s.seed == parent.seed
-    probe_prefixes = [s.prefix for s in result.states if s.kind == "probe"]
-    assert len(set(probe_prefixes)) == len(probe_prefixes)  # each MC point estimated once
+    for s in result.states_after_error:
+        assert not correct_text.startswith(s.prefix)
 
 
 def test_search_locates_every_planted_error_exactly():
@@ -335,7 +380,7 @@ def test_search_locates_every_planted_error_exactly():
     result = run_omegaprm(engine, problem, search_limit=25)
     assert (result.stop_reason, result.searches_run) == ("search_limit", 25)
     check_tree(result, problem)
-    states = {s.state_id: s for s in result.states}
+    states = {s.state_id: s for s in [*result.states, *result.states_after_error]}
     for record in result.searches:
         assert record.first_error_index == problem.true_first_error(record.steps)
         assert record.first_error_index >= record.start_index
@@ -351,7 +396,7 @@ def test_search_locates_every_planted_error_exactly():
             probe = states[probe_id]
             assert (probe.depth <= record.first_error_index) == (probe.value > 0)
     # Costs add up: the pre-filter, then k per estimated probe; one request per estimate.
-    probes = [s for s in result.states if s.kind == "probe"]
+    probes = [s for s in states.values() if s.kind == "probe"]
     assert result.rollouts == engine.rollouts == 32 + K * len(probes)
     assert result.cost["requests"] == len(engine.requests) == 1 + len(probes)
     assert sum(r.rollouts for r in result.searches) == K * len(probes)
@@ -407,11 +452,12 @@ def test_pool_empties_when_probes_add_no_candidates():
     for s in result.states:
         if s.kind == "probe":
             assert s.value in (0.0, 1.0)
-    # MC = 1 probes keep all k correct rollouts as completed children.
+    # MC = 1 probes keep all k correct rollouts as completed solutions (each under the
+    # longest good prefix it extends, which may be a deeper probe than the one it came from).
     for s in result.states:
         if s.kind == "probe" and s.value == 1.0:
             kids = [c for c in result.states
-                    if c.parent_id == s.state_id and c.kind == "completion"]
+                    if c.rollout_of == s.state_id and c.kind == "completion"]
             assert len(kids) == K
     check_tree(result, problem)
 
