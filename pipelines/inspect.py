@@ -23,7 +23,12 @@ import sys
 from typing import Any
 
 from steplabel.pipelines import storage
-from steplabel.pipelines.stats import INDEX_BUCKETS, MC_BUCKETS, compute_stats
+from steplabel.pipelines.stats import (
+    INDEX_BUCKETS,
+    MC_BUCKETS,
+    compute_stats,
+    truncation_warnings,
+)
 from steplabel.schemas.records import OUTPUTS
 
 #: Sources beyond this many get tables but no plots in the HTML report (keeps it readable).
@@ -50,6 +55,7 @@ def dataset_report(dataset_dir: str) -> dict:
         **stats,
         # Beam counters of the run that wrote the dataset (not recomputable from the shards).
         "run_counters": written.get("counters", {}),
+        "warnings": written.get("warnings") or truncation_warnings(stats),
     }
 
 
@@ -103,6 +109,11 @@ def render_group(title: str, s: dict) -> str:
             lines.append("  " + f"{mc_key:>10}" + "".join(f"{row.get(c, 0):>8}" for c in columns))
         lines.append(f"  agreement: {_pct(confusion['agreement_rate'])} of "
                      f"{confusion['both_known']} with both indices known")
+    truncation = s.get("truncation") or {}
+    if truncation:
+        lines.append("cut off at max_tokens: " + "; ".join(
+            f"{stage.replace('_', ' ')} {c['truncated']} of {c['samples']} "
+            f"({_pct(c['share'])})" for stage, c in truncation.items() if c["samples"]))
     consensus = s["consensus"]
     lines.append(f"consensus: kept {consensus['kept']} of {consensus['evaluated']} "
                  f"({_pct(consensus['keep_rate'])}); reject reasons: "
@@ -141,6 +152,7 @@ def render_text(report: dict) -> str:
     if not report["grouping_exact"]:
         head.append("note: some shard is not sorted by problem_id; per-problem counts may "
                     "count a problem twice")
+    head += [f"warning: {w}" for w in report.get("warnings") or ()]
     parts = ["\n".join(head), render_group("whole dataset", report["overall"])]
     parts += [render_group(f"source {name}", s) for name, s in report["per_source"].items()]
     return "\n\n".join(parts)
@@ -331,6 +343,9 @@ def _group_html(title: str, s: dict, *, plots: bool) -> str:
         ("MC values: share exact 0 / exact 1",
          f"{_pct(s['mc_values']['share_exact_0'])} / {_pct(s['mc_values']['share_exact_1'])}"),
         ("judge-MC first-error agreement", _pct(s["judge_vs_mc_first_error"]["agreement_rate"])),
+        *[(f"cut off at max_tokens: {stage.replace('_', ' ')}",
+           f"{_pct(c['share'])} ({c['truncated']} of {c['samples']})")
+          for stage, c in (s.get("truncation") or {}).items() if c["samples"]],
         ("consensus keep rate", f"{_pct(consensus['keep_rate'])} "
                                 f"({consensus['kept']} of {consensus['evaluated']})"),
         ("reject reasons", _pairs(consensus["reject_reasons"])),

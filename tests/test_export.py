@@ -230,3 +230,52 @@ def test_export_of_hand_made_dataset_counts_what_it_drops(tmp_path):
         storage.write_shard(str(tmp_path / "empty"), "trajectories", 0, 1, [rows[3]])
         export_dataset(str(tmp_path / "empty"), out_dir=str(tmp_path / "out2"),
                        options=ExportOptions(format="trl"))
+
+
+@pytest.mark.unit
+def test_one_rule_cuts_after_the_first_error_unless_asked_to_keep():
+    counts = Counter()
+    labels, steps = [True, False, True, False, None], ["a", "b", "c", "d", "e"]
+    cut = labelled_example(row(labels, steps), counts)
+    assert cut.labels == [True, False] and cut.steps == ["a", "b"]
+    assert counts["cut_after_first_error"] == 1
+    full = labelled_example(row(labels, steps), counts, keep_after_first_error=True)
+    assert full.labels == [True, False, True, False]  # still cut before the unknown
+    assert counts["cut_at_unknown_label"] == 1
+
+
+def test_monte_carlo_only_export_ends_at_the_first_error(tmp_path):
+    """Defect 5 of issue 12: without consensus the exported labels were the raw hard labels,
+    negative steps and all after the first error, although the README said they were cut."""
+    from test_label_truth import manifest as faulty_manifest
+    from test_label_truth import write_planted
+
+    source = tmp_path / "p.jsonl"
+    write_planted(source, 6, num_steps=5)
+    dataset = tmp_path / "mc-only"
+    run_job(faulty_manifest(source, "realistic", judge=None, consensus=None, omegaprm=None),
+            out_dir=str(dataset))
+    rows = {(r["problem_id"], r["solution_index"]): r
+            for r in storage.iter_rows(str(dataset), "trajectories")}
+    assert all(r["label_source"] == "monte_carlo" for r in rows.values())
+    assert any(r["labels"].count(False) > 1 for r in rows.values() if r["labels"])
+
+    assert export(dataset, tmp_path / "cut", "--format", "trl") == 0
+    assert export(dataset, tmp_path / "full", "--format", "trl",
+                  "--keep-after-first-error") == 0
+    cut, full = load(tmp_path / "cut"), load(tmp_path / "full")
+    longer = 0
+    for example in cut:
+        labels = rows[(example["problem_id"], example["solution_index"])]["labels"]
+        assert False not in example["labels"][:-1]  # at most one negative, the last
+        known = labels[:labels.index(None)] if None in labels else labels
+        first = known.index(False) if False in known else len(known) - 1
+        assert example["labels"] == known[:first + 1]
+    for example in full:
+        labels = rows[(example["problem_id"], example["solution_index"])]["labels"]
+        known = labels[:labels.index(None)] if None in labels else labels
+        assert example["labels"] == known
+        longer += len(known) > (known.index(False) + 1 if False in known else len(known))
+    assert longer > 0
+    written = json.loads((tmp_path / "full" / "export.json").read_text())
+    assert written["keep_after_first_error"] is True

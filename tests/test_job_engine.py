@@ -55,16 +55,26 @@ def test_real_job_records(small_job):
     for row in rows:
         steps = row["steps"]
         assert steps and all(s.strip() for s in steps)
-        assert len(row["mc_n_correct"]) == len(steps)
-        for correct, total, unknown in zip(row["mc_n_correct"], row["mc_n_total"],
-                                           row["mc_n_unknown"]):
-            assert 0 <= correct <= total and total + unknown == 2
-        assert row["cost_mc"]["rollouts"] == 2 * len(steps)
-        assert row["cost_mc"]["generated_tokens"] > 0
         assert row["cost_policy"]["generated_tokens"] > 0
+        if row["policy_truncated"]:  # cut off at max_tokens: rejected, nothing spent on it
+            assert row["consensus_reason"] == "policy_truncated" and row["mc_values"] is None
+            assert row["cost_mc"]["rollouts"] == row["cost_judge"]["requests"] == 0
+            continue
+        assert len(row["mc_n_correct"]) == len(steps)
+        last = len(steps) - 1
+        for t, (correct, total, unknown, cut, value) in enumerate(zip(
+                row["mc_n_correct"], row["mc_n_total"], row["mc_n_unknown"],
+                row["mc_n_truncated"], row["mc_values"])):
+            # No rollout from the complete solution: its own answer is its single "rollout".
+            assert 0 <= correct <= total and total + unknown == (1 if t == last else 2)
+            # No cut-off rollout became a 0: it is unknown, outside the value's denominator.
+            assert cut <= unknown
+            assert value == (correct / total if total else None)
+        assert row["cost_mc"]["rollouts"] == 2 * last
         assert row["cost_judge"]["requests"] == 1
         assert len(row["provenance"]["policy_weights_sha256"]) == 64
         assert row["provenance"]["manifest_hash"] == manifest.hash
-        assert row["consensus_reason"] in {"agree", "disagree", "mc_unknown", "judge_unknown"}
+        assert row["consensus_reason"] in {"agree", "disagree", "mc_unknown", "judge_unknown",
+                                           "policy_truncated"}
     lock = json.loads((out / "manifest.lock.json").read_text())
     assert len(lock["models"]["policy"]["weights_sha256"]) == 64
