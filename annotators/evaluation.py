@@ -590,15 +590,16 @@ class EvaluationSettings:
                                   "defaults)")
 
 
-def annotator_versions() -> dict[str, str]:
-    """The name/version of the algorithm behind each evaluated annotator."""
-    from steplabel.annotators.judge import JUDGE_PARSER_VERSION
+def annotator_versions(judge_parser: str = "processbench") -> dict[str, str]:
+    """The name/version of the algorithm behind each evaluated annotator; the judge's names
+    the configured parser's version and the voting rule's."""
+    from steplabel.annotators.judge import JUDGE_PARSER_VERSION, JUDGE_VOTE_VERSION
     from steplabel.annotators.monte_carlo import ANNOTATOR_NAME, ANNOTATOR_VERSION
 
     return {
         "mc": f"{ANNOTATOR_NAME}/{ANNOTATOR_VERSION}",
         "omegaprm": f"{OMEGAPRM_NAME}/{OMEGAPRM_VERSION}:locate_first_error",
-        "judge": f"llm_judge/1;{JUDGE_PARSER_VERSION}",
+        "judge": f"llm_judge/2;{JUDGE_PARSER_VERSION[judge_parser]};{JUDGE_VOTE_VERSION}",
         "consensus": "consensus/1",
     }
 
@@ -709,13 +710,13 @@ async def _predict_judge(item: GoldItem, *, engine,
     verdict = await judge.judge(problem_id=item.problem_id, solution_index=0,
                                 question=item.problem, steps=list(item.steps))
     index = verdict.first_error_index
-    reason = "ok" if index is not None else Counter(verdict.parse_reasons).most_common(1)[0][0]
     return AnnotatorPrediction(
-        "judge", _known(index), index, reason, verdict.cost, verdict.model_id,
+        "judge", _known(index), index, verdict.reason, verdict.cost, verdict.model_id,
         {"votes": verdict.votes, "agreement": verdict.agreement,
-         "parse_reasons": verdict.parse_reasons, "replies": verdict.raw_replies,
+         "min_agreement": verdict.min_agreement, "parse_reasons": verdict.parse_reasons,
+         "finish_reasons": verdict.finish_reasons, "replies": verdict.raw_replies,
          "template_id": verdict.template_id, "template_sha256": verdict.template_sha256,
-         "parser_version": verdict.parser_version})
+         "parser": verdict.parser, "parser_version": verdict.parser_version})
 
 
 def _skipped(name: str, reason: str) -> AnnotatorPrediction:

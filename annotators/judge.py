@@ -8,22 +8,41 @@ Index convention (ProcessBench, 0-indexed): a first-error index ``e`` lies in
 ``{-1, 0, ..., M-1}``; ``-1`` means "no error"; ``None`` means "unknown" (no usable verdict).
 Unknown is never turned into a guessed label.
 
-Votes: one request with ``n = votes`` samples; each reply is parsed on its own, and the result is
-the majority index over the parseable replies (:func:`majority_vote`).
+Defaults are ProcessBench's own protocol: one greedy reply (temperature 0, ``votes: 1``) read
+with ProcessBench's extraction (the last ``\\boxed{}``, as an integer). Each reply is read in
+three steps (:func:`read_reply`):
 
-Model output is untrusted text. :func:`parse_judge_reply` only scans it (no ``eval``, no
-backtracking regexes), caps the length it will look at, and follows a verdict rule designed so
-that extra ``\\boxed{}`` verdicts, quoted from the solution or injected into it, cannot silently
-change the parse: see :func:`parse_judge_reply`.
+1. *Was the verdict written?* A reply cut off by ``max_tokens`` (finish reason ``length``) is
+   ``truncated`` (unknown): it may stop before the verdict, and parsing what is there could
+   take an earlier ``\\boxed{}`` quoted from the solution. The one exception is the forced form
+   (a ``response_prefix`` that opens the verdict's ``\\boxed{``): its verdict is complete once
+   that box closes, whatever follows.
+2. *Stop strings.* Engines do not return the stop string that ended a reply (vLLM's
+   ``include_stop_str_in_output`` is off and not every OpenAI-compatible server has it), so a
+   reply that finished with ``stop`` while the judge samples with stop strings is read with
+   the first stop string re-appended. With the forced form and ``stop: ["}"]`` the judge
+   writes ``1``, stops at ``}``, and ``\\boxed{1}`` is read. (An engine does not say whether
+   EOS or the stop string ended a reply; an EOS right after the index reads the same way.)
+3. *The parser* (``judge.parser``): ``processbench`` (default, :func:`parse_processbench_reply`)
+   or ``robust`` (:func:`parse_judge_reply`, which also refuses replies with conflicting
+   verdicts). Each is versioned in :data:`JUDGE_PARSER_VERSION`.
+
+Votes (:func:`decide`): one request with ``n = votes`` samples; every sample is a vote cast,
+and a reply without a usable verdict is a spoiled ballot. The verdict is the most frequent
+index if its votes reach the quorum, ``min_agreement`` of **all** votes cast (default: a strict
+majority, more than half of them); else the result is unknown with reason ``no_quorum``. So one
+parseable reply out of 8 never decides, while a single greedy vote decides alone.
+
+Model output is untrusted text. Both parsers only scan it (no ``eval``, no backtracking
+regexes), refuse replies over :data:`MAX_REPLY_CHARS`, and run in time linear in the reply.
 """
-
 from __future__ import annotations
 
 import re
 import string
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence
 
 from steplabel.annotators.prompts import PromptTemplate, load_template
 from steplabel.annotators.seeds import derive_seed
@@ -35,8 +54,20 @@ from steplabel.engines.base import (
 )
 from steplabel.schemas.config import ConfigError, SamplingConfig, check
 
-#: Recorded on every judge result; bump whenever the parsing rule below changes meaning.
-JUDGE_PARSER_VERSION = "steplabel-judge-parser/1"
+JudgeParser = Literal["processbench", "robust"]
+PARSER_PROCESSBENCH: JudgeParser = "processbench"
+PARSER_ROBUST: JudgeParser = "robust"
+JUDGE_PARSERS: tuple[str, ...] = (PARSER_PROCESSBENCH, PARSER_ROBUST)
+
+#: The version of each parser, recorded on every judge result and in the lock; bump a parser's
+#: version whenever its rule (or the reading around it, :func:`read_reply`) changes meaning.
+#: robust/1 was the only parser before the truncation and stop-string rules existed.
+JUDGE_PARSER_VERSION: dict[str, str] = {
+    PARSER_PROCESSBENCH: "steplabel-judge-parser/processbench-1",
+    PARSER_ROBUST: "steplabel-judge-parser/robust-2",
+}
+#: The version of the voting rule (:func:`decide`); 2 added the quorum.
+JUDGE_VOTE_VERSION = "steplabel-judge-vote/2"
 DEFAULT_JUDGE_TEMPLATE = "judge_processbench_v1"
 
 #: Replies longer than this (in characters) are not parsed at all: unknown, ``reply_too_long``.
@@ -44,14 +75,16 @@ DEFAULT_JUDGE_TEMPLATE = "judge_processbench_v1"
 #: parse time bounded whatever the engine returns.
 MAX_REPLY_CHARS = 32_768
 #: A ``\boxed{`` whose closing brace does not come within this many characters holds no verdict
-#: (a verdict is a short integer). This also bounds the scan of each ``\boxed{`` to O(1), so
-#: the whole parse is linear in the reply length even for ``\boxed{\boxed{\boxed{...``.
+#: for the robust parser (a verdict is a short integer). This also bounds the scan of each
+#: ``\boxed{`` to O(1), so the parse is linear in the reply length even for
+#: ``\boxed{\boxed{\boxed{...``.
 MAX_BOXED_CHARS = 64
 
 #: Parse reasons. ``ok`` is the only one with an index; each other one is a named drop reason.
 REASON_OK = "ok"
 REASON_EMPTY = "empty_reply"
 REASON_TOO_LONG = "reply_too_long"
+REASON_TRUNCATED = "truncated"
 REASON_NO_VERDICT = "no_verdict"
 REASON_NOT_INTEGER = "verdict_not_integer"
 REASON_OUT_OF_RANGE = "out_of_range"
@@ -60,11 +93,19 @@ PARSE_REASONS = (
     REASON_OK,
     REASON_EMPTY,
     REASON_TOO_LONG,
+    REASON_TRUNCATED,
     REASON_NO_VERDICT,
     REASON_NOT_INTEGER,
     REASON_OUT_OF_RANGE,
     REASON_CONFLICT,
 )
+#: Vote reasons of a whole result besides ``ok`` and the parse reasons: parseable votes that
+#: did not reach the quorum.
+REASON_NO_QUORUM = "no_quorum"
+
+#: The engines' finish reason of a reply cut off at ``max_tokens``.
+FINISH_LENGTH = "length"
+FINISH_STOP = "stop"
 
 _TEMPLATE_FIELDS = frozenset({"problem", "tagged_steps"})
 
@@ -74,31 +115,51 @@ _TEMPLATE_FIELDS = frozenset({"problem", "tagged_steps"})
 
 
 @dataclass(frozen=True)
+class JudgeSampling(SamplingConfig):
+    """The judge's sampling settings: :class:`SamplingConfig` with the judge's defaults, greedy
+    (temperature 0, as ProcessBench decodes a single critic reply) and 512 new tokens. A
+    manifest that gives only some keys (``sampling: {max_tokens: 1024}``) keeps these defaults
+    for the others."""
+
+    temperature: float = 0.0
+    max_tokens: int = 512
+
+
+@dataclass(frozen=True)
 class JudgeConfig:
-    """How the judge stage prompts and samples.
+    """How the judge stage prompts, samples, parses and votes.
 
     - ``template_id``: a prompt template in ``annotators/prompts/`` with exactly the fields
       ``{problem}`` and ``{tagged_steps}``; recorded with its SHA-256 on every result.
-    - ``votes``: samples per solution, >= 1 (ProcessBench uses 8 for open critics). The result
-      is their majority index and the agreement fraction.
-    - ``sampling``: defaults to temperature 0.7 (so that several votes are independent samples;
-      ProcessBench's majority-of-8 protocol samples, it does not decode greedily) and
-      ``max_tokens`` 512, enough for a short analysis of each paragraph of a GSM8K/MATH-length
-      solution. A reply cut off by ``max_tokens`` usually has no verdict and is unknown; raise
-      ``max_tokens`` for long (Olympiad-style) solutions. For a single greedy vote set
-      temperature 0; temperature 0 with ``votes > 1`` is rejected, since the votes would all be
-      the same sample and the agreement fraction would mean nothing.
+    - ``votes``: samples per solution, >= 1. Default 1 with greedy decoding, ProcessBench's
+      default protocol; ProcessBench's voting protocol is 8 samples (temperature 1.0, top_p
+      0.9 in its script).
+    - ``sampling``: :class:`JudgeSampling` (temperature 0, ``max_tokens`` 512, enough for a
+      short analysis of each paragraph of a GSM8K/MATH-length solution). A reply cut off by
+      ``max_tokens`` is unknown (``truncated``); raise ``max_tokens`` for long (Olympiad-style)
+      solutions. Temperature 0 with ``votes > 1`` is rejected: the votes would all be the same
+      sample and the agreement fraction would mean nothing. ``stop`` strings are re-appended
+      to a reply that finished with ``stop`` before it is parsed (module docstring).
+    - ``response_prefix``: written at the start of the judge's reply and parsed as part of it.
+      Empty for capable judges; small models need the verdict's form forced, e.g. ``"The
+      earliest wrong paragraph is \\boxed{"`` with ``stop: ["}"]`` (the judge then writes only
+      the index; the reply ends at the closing brace).
+    - ``parser``: ``processbench`` (default; ProcessBench's extraction, the last ``\\boxed{}``
+      as an integer) or ``robust`` (also refuses replies whose boxes name two different
+      in-range indices, so that a verdict quoted from the solution cannot change the label).
+    - ``min_agreement``: the quorum, a fraction in (0, 1] of **all** votes (unparseable replies
+      count as votes cast, against every index) that the most frequent index needs; below it
+      the result is unknown (``no_quorum``). None (default): a strict majority, more than half
+      of the votes. ``min_agreement: 0.01`` with 8 votes gives ProcessBench's plurality of the
+      parseable votes (ties aside).
     """
 
     template_id: str = DEFAULT_JUDGE_TEMPLATE
     votes: int = 1
-    #: Written at the start of the judge's reply and parsed as part of it. Empty for capable
-    #: judges; small models need the verdict's form forced, e.g. ``"The earliest wrong
-    #: paragraph is \\boxed{"`` (the judge then only writes the index and the closing brace).
     response_prefix: str = ""
-    sampling: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(temperature=0.7, max_tokens=512)
-    )
+    parser: JudgeParser = PARSER_PROCESSBENCH
+    min_agreement: float | None = None
+    sampling: JudgeSampling = field(default_factory=JudgeSampling)
 
     def __post_init__(self) -> None:
         check(isinstance(self.template_id, str) and bool(self.template_id), "template_id",
@@ -113,10 +174,24 @@ class JudgeConfig:
               self.template_id)
         check(isinstance(self.votes, int) and not isinstance(self.votes, bool)
               and self.votes >= 1, "votes", "must be an integer >= 1", self.votes)
+        check(isinstance(self.response_prefix, str), "response_prefix", "must be a string",
+              self.response_prefix)
+        check(self.parser in JUDGE_PARSERS, "parser",
+              f"must be one of {', '.join(JUDGE_PARSERS)}", self.parser)
+        check(self.min_agreement is None
+              or (isinstance(self.min_agreement, (int, float))
+                  and not isinstance(self.min_agreement, bool)
+                  and 0.0 < self.min_agreement <= 1.0),
+              "min_agreement", "must be null (a strict majority) or a fraction in (0, 1]",
+              self.min_agreement)
         check(isinstance(self.sampling, SamplingConfig), "sampling",
               "must be a SamplingConfig", self.sampling)
         check(self.votes == 1 or self.sampling.temperature > 0.0, "sampling.temperature",
               f"must be > 0 when votes > 1 (votes={self.votes})", self.sampling.temperature)
+
+    @property
+    def parser_version(self) -> str:
+        return JUDGE_PARSER_VERSION[self.parser]
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,6 +249,84 @@ class JudgeParse:
     reason: str
 
 
+def _check_num_steps(num_steps: int) -> None:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
+
+
+def _unusable(reply: object) -> JudgeParse | None:
+    """The parse of a reply that is not read at all (not a string, too long, blank)."""
+    if not isinstance(reply, str):
+        return JudgeParse(None, REASON_EMPTY)
+    if len(reply) > MAX_REPLY_CHARS:
+        return JudgeParse(None, REASON_TOO_LONG)
+    if not reply.strip():
+        return JudgeParse(None, REASON_EMPTY)
+    return None
+
+
+_PB_OPEN = "\\boxed{"
+
+
+def _processbench_last_box(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` as ProcessBench's extraction finds it: the
+    pattern ``\\boxed{`` (no space before the brace) followed by the shortest run up to the
+    first ``}`` (no nesting), matches taken left to right without overlap. None when there is
+    no such match.
+
+    One left-to-right pass (each ``find`` starts where the last one ended), so the time is
+    linear in ``len(text)``; a backtracking regex would rescan to the end once per unclosed
+    ``\\boxed{``.
+    """
+    last, position = None, 0
+    while True:
+        start = text.find(_PB_OPEN, position)
+        if start < 0:
+            return last
+        content_start = start + len(_PB_OPEN)
+        end = text.find("}", content_start)
+        if end < 0:  # no later match can close either
+            return last
+        last, position = text[content_start:end], end + 1
+
+
+def parse_processbench_reply(reply: str, num_steps: int) -> JudgeParse:
+    """The first-error index a judge reply names, read as ProcessBench's evaluation script
+    reads a critic's reply (``code/run_eval.py``: its ``extract_answer`` takes the last
+    ``\\boxed{...}`` match, strips it, and the prediction is ``int()`` of it, None on failure).
+
+    1. A reply that is not a string, is blank (``empty_reply``) or is longer than
+       :data:`MAX_REPLY_CHARS` (``reply_too_long``) is not read. (The script reads any length;
+       the cap bounds the work on untrusted output.)
+    2. The verdict is the content of the last ``\\boxed{...}`` (see
+       :func:`_processbench_last_box`: ``\\boxed{\\frac{1}{2}}`` holds ``\\frac{1``); none is
+       ``no_verdict``.
+    3. It must be an integer as Python's ``int()`` reads the stripped content (``3``, ``-1``,
+       ``+2``, ``02``; not ``$1$``, ``1.0`` or the typographic minus), else
+       ``verdict_not_integer``.
+    4. It must lie in ``-1..num_steps-1``, else ``out_of_range``. (The script keeps such an
+       index, which can only be a miss; here it is unknown, so that it never becomes a label.)
+
+    Every other box is ignored: a reply that quotes a verdict *after* its own is read as the
+    quoted one. ``parser: robust`` (:func:`parse_judge_reply`) refuses such replies instead.
+    ``num_steps`` must be >= 0. Never raises on any string ``reply``.
+    """
+    _check_num_steps(num_steps)
+    unusable = _unusable(reply)
+    if unusable is not None:
+        return unusable
+    content = _processbench_last_box(reply)
+    if content is None:
+        return JudgeParse(None, REASON_NO_VERDICT)
+    try:
+        verdict = int(content.strip())
+    except ValueError:  # not an integer, or more digits than int() converts
+        return JudgeParse(None, REASON_NOT_INTEGER)
+    if not -1 <= verdict < num_steps:
+        return JudgeParse(None, REASON_OUT_OF_RANGE)
+    return JudgeParse(verdict, REASON_OK)
+
+
 # Bounded whitespace between \boxed and its brace keeps each regex attempt O(1).
 _BOXED_OPEN_RE = re.compile(r"\\boxed[ \t\n]{0,16}\{")
 # An integer verdict, optionally in $...$; "−" (U+2212) is the typographic minus.
@@ -212,7 +365,8 @@ def _as_integer(content: str | None) -> int | None:
 
 
 def parse_judge_reply(reply: str, num_steps: int) -> JudgeParse:
-    """The first-error index a judge reply names, or None with the reason.
+    """The first-error index a judge reply names by the robust rule (``parser: robust``), or
+    None with the reason.
 
     Rule (documented in full because it decides labels):
 
@@ -238,14 +392,10 @@ def parse_judge_reply(reply: str, num_steps: int) -> JudgeParse:
 
     ``num_steps`` must be >= 0. Never raises on any string ``reply``.
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
-    if not isinstance(reply, str):
-        return JudgeParse(None, REASON_EMPTY)
-    if len(reply) > MAX_REPLY_CHARS:
-        return JudgeParse(None, REASON_TOO_LONG)
-    if not reply.strip():
-        return JudgeParse(None, REASON_EMPTY)
+    _check_num_steps(num_steps)
+    unusable = _unusable(reply)
+    if unusable is not None:
+        return unusable
     boxes = _boxed_spans(reply)
     if not boxes:
         return JudgeParse(None, REASON_NO_VERDICT)
@@ -261,8 +411,65 @@ def parse_judge_reply(reply: str, num_steps: int) -> JudgeParse:
     return JudgeParse(verdict, REASON_OK)
 
 
+def parse_reply(reply: str, num_steps: int, parser: str = PARSER_PROCESSBENCH) -> JudgeParse:
+    """``reply`` parsed by the named parser (:data:`JUDGE_PARSERS`)."""
+    if parser == PARSER_PROCESSBENCH:
+        return parse_processbench_reply(reply, num_steps)
+    if parser == PARSER_ROBUST:
+        return parse_judge_reply(reply, num_steps)
+    raise ValueError(f"parser must be one of {', '.join(JUDGE_PARSERS)}, got {parser!r}")
+
+
+def forces_verdict_box(response_prefix: str) -> bool:
+    """Whether ``response_prefix`` ends inside an open ``\\boxed{`` (the forced verdict form):
+    its last ``\\boxed{`` is not closed within the prefix."""
+    opened = list(_BOXED_OPEN_RE.finditer(response_prefix))
+    return bool(opened) and "}" not in response_prefix[opened[-1].end():]
+
+
+@dataclass(frozen=True)
+class ReadReply:
+    """A reply as it was read: ``text`` (the response prefix, the generated text and the
+    re-appended stop string, if any) and its :class:`JudgeParse`."""
+
+    text: str
+    parse: JudgeParse
+
+
+def read_reply(text: str, finish_reason: str, *, num_steps: int,
+               parser: str = PARSER_PROCESSBENCH, response_prefix: str = "",
+               stop: Sequence[str] = ()) -> ReadReply:
+    """Read one generated reply (the module docstring gives the rule in words).
+
+    - ``text``: what the engine returned; ``finish_reason``: its ``stop`` or ``length``.
+    - The reply read is ``response_prefix + text``, plus ``stop[0]`` when the reply finished
+      with ``stop`` and there are stop strings (engines drop the stop string).
+    - Forced form (:func:`forces_verdict_box`): the verdict is the box the prefix opened; the
+      reply is parsed up to that box's first closing brace, and anything after it is ignored.
+      If the box never closes, a cut-off reply is ``truncated`` and any other is parsed whole.
+    - Otherwise a cut-off reply (``finish_reason == "length"``) is ``truncated``, whatever
+      boxes it holds; any other is parsed whole.
+    """
+    _check_num_steps(num_steps)
+    reply = response_prefix + (text if isinstance(text, str) else "")
+    if finish_reason == FINISH_STOP and stop:
+        reply += stop[0]
+    if forces_verdict_box(response_prefix):
+        close = reply.find("}", len(response_prefix))
+        if close >= 0:
+            return ReadReply(reply, parse_reply(reply[:close + 1], num_steps, parser))
+    if finish_reason == FINISH_LENGTH:
+        return ReadReply(reply, JudgeParse(None, REASON_TRUNCATED))
+    return ReadReply(reply, parse_reply(reply, num_steps, parser))
+
+
+# --------------------------------------------------------------------------------------------
+# Votes
+
+
 def majority_vote(votes: Sequence[int | None]) -> tuple[int | None, float]:
-    """``(first_error_index, agreement)`` over the votes of one solution.
+    """``(plurality_index, agreement)`` over the votes of one solution, without a quorum
+    (:func:`decide` applies one).
 
     The index is the most frequent parseable vote (None votes are unknown and never win); None
     when no vote is parseable. Ties go to the earliest error: error indices in increasing order,
@@ -280,6 +487,42 @@ def majority_vote(votes: Sequence[int | None]) -> tuple[int | None, float]:
     return winner, best / len(votes)
 
 
+@dataclass(frozen=True)
+class Decision:
+    """The verdict of one solution's votes: ``first_error_index`` (None: unknown),
+    ``agreement`` (the plurality index's share of all votes, in [0, 1]) and ``reason``
+    (``ok``, ``no_quorum``, or ``no_vote`` when no vote parsed)."""
+
+    first_error_index: int | None
+    agreement: float
+    reason: str
+
+
+REASON_NO_VOTE = "no_vote"
+
+
+def decide(votes: Sequence[int | None], *, min_agreement: float | None = None) -> Decision:
+    """The verdict of ``votes`` (one per sample; None = no usable verdict) under a quorum.
+
+    Every sample is a vote cast, parseable or not. The plurality index (:func:`majority_vote`,
+    ties to the earliest error) is the verdict when its votes reach the quorum: more than half
+    of all votes when ``min_agreement`` is None (a strict majority, so no tie can win), else
+    ``agreement >= min_agreement``. Below the quorum the verdict is unknown, ``no_quorum``;
+    with no parseable vote, ``no_vote``. ``agreement`` is reported in every case.
+    """
+    index, agreement = majority_vote(votes)
+    if index is None:
+        return Decision(None, 0.0, REASON_NO_VOTE)
+    winners = sum(1 for v in votes if v == index)
+    if min_agreement is None:
+        reached = 2 * winners > len(votes)
+    else:
+        reached = winners >= min_agreement * len(votes) - 1e-9
+    if not reached:
+        return Decision(None, agreement, REASON_NO_QUORUM)
+    return Decision(index, agreement, REASON_OK)
+
+
 # --------------------------------------------------------------------------------------------
 # The judge
 
@@ -288,12 +531,18 @@ def majority_vote(votes: Sequence[int | None]) -> tuple[int | None, float]:
 class JudgeResult:
     """The judge's reading of one solution.
 
-    - ``first_error_index``: majority vote in ``-1..num_steps-1`` (-1 = no error), None when no
-      vote parsed (unknown; see ``parse_reasons``).
-    - ``agreement``: votes for the majority / all votes, in [0, 1].
+    - ``first_error_index``: the voted index in ``-1..num_steps-1`` (-1 = no error), None when
+      unknown (see ``reason``).
+    - ``reason``: ``ok``; ``no_quorum`` (parseable votes, but the most frequent index has less
+      than the quorum); or, when no reply parsed, the most common parse reason among the
+      replies (``truncated``, ``no_verdict``, ...; the earliest reply's on a tie).
+    - ``agreement``: the most frequent index's votes / all votes, in [0, 1]; it decides the
+      quorum (``min_agreement``, None = a strict majority).
     - ``votes``, ``parse_reasons``, ``raw_replies``, ``finish_reasons``: one entry per sample, in
-      sample order; raw replies are kept verbatim, parseable or not.
-    - ``template_id``, ``template_sha256``, ``parser_version``, ``model_id``, ``seed``: provenance.
+      sample order. A raw reply is the text as read: response prefix, generated text, and the
+      stop string re-appended when the reply finished with ``stop`` (:func:`read_reply`).
+    - ``template_id``, ``template_sha256``, ``parser``, ``parser_version``, ``model_id``,
+      ``seed``: provenance.
     - ``cost``: :meth:`CostMeter.as_dict` of the request (requests, rollouts, tokens).
     """
 
@@ -312,6 +561,9 @@ class JudgeResult:
     model_id: str
     seed: int
     cost: dict[str, int]
+    reason: str = REASON_OK
+    parser: str = PARSER_PROCESSBENCH
+    min_agreement: float | None = None
 
 
 class LLMJudge:
@@ -356,29 +608,38 @@ class LLMJudge:
     async def judge(self, *, problem_id: str, solution_index: int, question: str,
                     steps: Sequence[str]) -> JudgeResult:
         """Judge one solution of ``len(steps)`` (>= 1) steps; see :class:`JudgeResult`."""
+        config = self.config
         request = self.request_for(problem_id=problem_id, solution_index=solution_index,
                                    question=question, steps=steps)
         result = await self.engine.generate(request)
         meter = CostMeter()
         meter.add(result)
-        replies = [self.config.response_prefix + text for text in result.texts]
-        parses = [parse_judge_reply(reply, len(steps)) for reply in replies]
-        votes = [p.index for p in parses]
-        first_error, agreement = majority_vote(votes)
+        read = [read_reply(text, finish, num_steps=len(steps), parser=config.parser,
+                           response_prefix=config.response_prefix, stop=config.sampling.stop)
+                for text, finish in zip(result.texts, result.finish_reasons)]
+        votes = [r.parse.index for r in read]
+        reasons = [r.parse.reason for r in read]
+        decision = decide(votes, min_agreement=config.min_agreement)
+        reason = decision.reason
+        if reason == REASON_NO_VOTE:
+            reason = Counter(reasons).most_common(1)[0][0] if reasons else REASON_EMPTY
         return JudgeResult(
             problem_id=problem_id,
             solution_index=solution_index,
             num_steps=len(steps),
-            first_error_index=first_error,
-            agreement=agreement,
+            first_error_index=decision.first_error_index,
+            agreement=decision.agreement,
             votes=votes,
-            parse_reasons=[p.reason for p in parses],
-            raw_replies=replies,
+            parse_reasons=reasons,
+            raw_replies=[r.text for r in read],
             finish_reasons=list(result.finish_reasons),
             template_id=self.template.id,
             template_sha256=self.template.sha256,
-            parser_version=JUDGE_PARSER_VERSION,
+            parser_version=config.parser_version,
             model_id=self.engine.model_id,
             seed=request.seed,
             cost=meter.as_dict(),
+            reason=reason,
+            parser=config.parser,
+            min_agreement=config.min_agreement,
         )

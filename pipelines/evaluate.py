@@ -255,10 +255,10 @@ def reject_row(reject: GoldReject, *, evaluation_hash: str) -> dict:
 
 
 def prediction_rows(prediction: ItemPrediction, *, evaluation_hash: str,
-                    run_seed: int) -> list[dict]:
+                    run_seed: int, judge_parser: str = "processbench") -> list[dict]:
     """One PREDICTION row per annotator of an item."""
     item = prediction.item
-    versions = annotator_versions()
+    versions = annotator_versions(judge_parser)
     rows = []
     for name, p in prediction.predictions.items():
         rows.append({
@@ -328,8 +328,10 @@ class EvaluationLabeler:
             out.add(DEAD_LETTER, self._dead_letter(item, "engine_error", str(exc)))
             out.count("dead_letter_engine_error")
             return out
+        judge = self.settings.judge
         for row in prediction_rows(prediction, evaluation_hash=self.evaluation_hash,
-                                   run_seed=self.settings.run_seed):
+                                   run_seed=self.settings.run_seed,
+                                   judge_parser=judge.parser if judge else "processbench"):
             out.add(PREDICTIONS, row)
             out.count(f"predictions_{row['annotator']}_{row['status']}")
         if prediction.gold_status != "ok":

@@ -27,7 +27,7 @@ MANIFEST = {
     "monte_carlo": {"rollouts": 2, "sampling": {"temperature": 0.8, "max_tokens": 32}},
     "omegaprm": {"rollouts": 2, "sampling": {"temperature": 0.8, "max_tokens": 32}},
     "judge": {"response_prefix": "The earliest wrong paragraph is \\boxed{",
-              "sampling": {"temperature": 0.0, "max_tokens": 4}},
+              "sampling": {"temperature": 0.0, "max_tokens": 4, "stop": ["}"]}},
     "runner": {"num_shards": 1, "max_in_flight": 8},
 }
 

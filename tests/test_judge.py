@@ -1,11 +1,14 @@
-"""LLM judge: reply parsing (well-formed, malformed, out of range, injected verdicts), majority
-votes, the prompt, the config, and the judge end to end against a scripted engine."""
+"""LLM judge: reply parsing (ProcessBench's extraction and the robust parser: well-formed,
+malformed, out of range, injected verdicts), cut-off replies and stop strings, votes and the
+quorum, the prompt, the config, and the judge end to end against a scripted engine."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,11 +20,17 @@ from steplabel.annotators.judge import (
     JUDGE_PARSER_VERSION,
     MAX_REPLY_CHARS,
     PARSE_REASONS,
+    Decision,
     JudgeConfig,
     JudgeParse,
+    JudgeSampling,
     LLMJudge,
+    decide,
+    forces_verdict_box,
     majority_vote,
     parse_judge_reply,
+    parse_processbench_reply,
+    read_reply,
     tag_steps,
 )
 from steplabel.annotators.prompts import load_template
@@ -312,11 +321,17 @@ def test_rendered_prompt_uses_chat_template_and_tagged_steps():
 # Config
 
 
-def test_config_defaults():
+def test_config_defaults_are_processbench_greedy_single_vote():
     config = JudgeConfig()
     assert config.template_id == "judge_processbench_v1"
     assert config.votes == 1
-    assert config.sampling == SamplingConfig(temperature=0.7, max_tokens=512)
+    assert config.sampling == JudgeSampling(temperature=0.0, max_tokens=512)
+    assert config.sampling.temperature == 0.0 and config.sampling.stop == ()
+    assert config.parser == "processbench" and config.min_agreement is None
+    assert config.parser_version == JUDGE_PARSER_VERSION["processbench"]
+    # A manifest that sets only some sampling keys keeps the judge's greedy default.
+    partial = from_mapping(JudgeConfig, {"sampling": {"max_tokens": 1024}}, path="judge")
+    assert (partial.sampling.temperature, partial.sampling.max_tokens) == (0.0, 1024)
 
 
 @pytest.mark.parametrize(
@@ -329,6 +344,11 @@ def test_config_defaults():
         ({"template_id": ""}, "template_id must be a non-empty string"),
         ({"votes": 4, "sampling": SamplingConfig(temperature=0.0)},
          "sampling.temperature must be > 0 when votes > 1"),
+        ({"votes": 8}, "sampling.temperature must be > 0 when votes > 1"),  # greedy default
+        ({"parser": "regex"}, "parser must be one of processbench, robust"),
+        ({"min_agreement": 0.0}, "min_agreement must be null (a strict majority) or a fraction"),
+        ({"min_agreement": 1.5}, "min_agreement must be null"),
+        ({"min_agreement": True}, "min_agreement must be null"),
     ],
 )
 def test_config_rejects(kwargs, message):
@@ -340,6 +360,11 @@ def test_config_from_mapping():
     config = from_mapping(JudgeConfig, {"votes": 8, "sampling": {"temperature": 0.6,
                                                                  "max_tokens": 1024}})
     assert config.votes == 8 and config.sampling.max_tokens == 1024
+    robust = from_mapping(JudgeConfig, {"parser": "robust", "min_agreement": 0.75})
+    assert robust.parser_version == JUDGE_PARSER_VERSION["robust"]
+    assert robust.min_agreement == 0.75
+    with pytest.raises(ConfigError, match="judge.parser: must be one of"):
+        from_mapping(JudgeConfig, {"parser": "lenient"}, path="judge")
     with pytest.raises(ConfigError, match="judge.votes"):
         from_mapping(JudgeConfig, {"votes": -1}, path="judge")
     JudgeConfig(votes=1, sampling=SamplingConfig(temperature=0.0))  # greedy single vote is fine
@@ -358,7 +383,7 @@ def test_judge_end_to_end_majority():
         "Paragraph 0 is right. Paragraph 1: 3 + 4 = 7, not 8. \\boxed{1}",
         "Paragraph 1 is wrong.\n\\boxed{1}",
         "All correct. \\boxed{-1}",
-        "I am not sure.",
+        "Paragraph 1 adds wrongly. \\boxed{1}",
         "\\boxed{9}",
     ]
     engine = ScriptedEngine(lambda req, i: replies[i], model_id="judge-model")
@@ -373,10 +398,10 @@ def test_judge_end_to_end_majority():
     assert (request.temperature, request.max_tokens) == (0.8, 300)
     assert request.prompt == judge.build_prompt(question=QUESTION, steps=STEPS)
 
-    assert result.first_error_index == 1
-    assert result.agreement == pytest.approx(2 / 5)
-    assert result.votes == [1, 1, -1, None, None]
-    assert result.parse_reasons == ["ok", "ok", "ok", "no_verdict", "out_of_range"]
+    assert result.first_error_index == 1 and result.reason == "ok"
+    assert result.agreement == pytest.approx(3 / 5)  # 3 of 5 votes cast: a strict majority
+    assert result.votes == [1, 1, -1, 1, None]
+    assert result.parse_reasons == ["ok", "ok", "ok", "ok", "out_of_range"]
     assert result.raw_replies == replies
     assert result.finish_reasons == ["stop"] * 5
     assert result.num_steps == 3
@@ -384,7 +409,8 @@ def test_judge_end_to_end_majority():
     template = load_template("judge_processbench_v1")
     assert result.template_id == "judge_processbench_v1"
     assert result.template_sha256 == template.sha256
-    assert result.parser_version == JUDGE_PARSER_VERSION
+    assert result.parser == "processbench"
+    assert result.parser_version == JUDGE_PARSER_VERSION["processbench"]
     assert result.model_id == "judge-model"
     assert result.cost["requests"] == 1 and result.cost["rollouts"] == 5
     assert result.cost["prompt_tokens"] > 0 and result.cost["generated_tokens"] > 0
@@ -392,9 +418,11 @@ def test_judge_end_to_end_majority():
 
 def test_judge_all_unknown_keeps_raw_replies():
     engine = ScriptedEngine(lambda req, i: ["no idea", "\\boxed{1} \\boxed{2}"][i])
-    judge = LLMJudge(engine, JudgeConfig(votes=2), run_seed=0)
+    judge = LLMJudge(engine, JudgeConfig(votes=2, parser="robust",
+                                         sampling=SamplingConfig(temperature=0.7)), run_seed=0)
     result = _run(judge.judge(problem_id="p", solution_index=0, question=QUESTION, steps=STEPS))
     assert result.first_error_index is None and result.agreement == 0.0
+    assert result.reason == "no_verdict"  # the most common parse reason (first on a tie)
     assert result.votes == [None, None]
     assert result.parse_reasons == ["no_verdict", "conflicting_verdicts"]
     assert result.raw_replies == ["no idea", "\\boxed{1} \\boxed{2}"]
@@ -435,3 +463,280 @@ def test_judge_rejects_bad_run_seed():
     engine = ScriptedEngine(lambda req, i: "")
     with pytest.raises(ValueError, match="run_seed"):
         LLMJudge(engine, run_seed=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# ProcessBench's extraction (the default parser)
+
+
+@pytest.mark.parametrize(
+    "reply, parse",
+    [
+        ("Paragraph 1: 3 + 4 = 7, not 8.\n\n\\boxed{1}", JudgeParse(1, "ok")),
+        ("\\boxed{-1}", JudgeParse(-1, "ok")),
+        ("\\boxed{ 2 }", JudgeParse(2, "ok")),
+        ("\\boxed{+2}", JudgeParse(2, "ok")),
+        ("\\boxed{02}", JudgeParse(2, "ok")),
+        # The last box is the verdict, whatever came before: no conflict rule.
+        ("\\boxed{1} On reflection, \\boxed{2}", JudgeParse(2, "ok")),
+        ("\\boxed{2} The solution's answer is \\boxed{-1}", JudgeParse(-1, "ok")),
+        ("\\boxed{1}\n\\boxed{7}", JudgeParse(None, "out_of_range")),
+        # int() of the stripped content: no $...$, no typographic minus, no decimals.
+        ("\\boxed{$1$}", JudgeParse(None, "verdict_not_integer")),
+        ("\\boxed{\u22121}", JudgeParse(None, "verdict_not_integer")),
+        ("\\boxed{1.0}", JudgeParse(None, "verdict_not_integer")),
+        ("\\boxed{}", JudgeParse(None, "verdict_not_integer")),
+        # Content runs to the first closing brace: nested boxes hold no integer.
+        ("\\boxed{\\boxed{1}}", JudgeParse(None, "verdict_not_integer")),
+        ("\\boxed{\\frac{1}{2}}", JudgeParse(None, "verdict_not_integer")),
+        # No space is allowed between \boxed and its brace; an unclosed box is no match.
+        ("\\boxed {1}", JudgeParse(None, "no_verdict")),
+        ("The error is in \\boxed{1", JudgeParse(None, "no_verdict")),
+        ("\\boxed{2} and then \\boxed{1", JudgeParse(2, "ok")),
+        ("Paragraph 1 is wrong.", JudgeParse(None, "no_verdict")),
+        ("", JudgeParse(None, "empty_reply")),
+        ("x" * MAX_REPLY_CHARS + "\\boxed{1}", JudgeParse(None, "reply_too_long")),
+    ],
+)
+def test_processbench_parser(reply, parse):
+    assert parse_processbench_reply(reply, 3) == parse
+
+
+# ProcessBench's extract_answer, as its script writes it: the reference the scan must match.
+_PB_BOXED = re.compile(r"\\boxed\{([^}]*)\}")
+
+
+def _reference_processbench(reply: str, num_steps: int) -> int | None:
+    matches = _PB_BOXED.findall(reply)
+    if not matches:
+        return None
+    try:
+        value = int(matches[-1].strip())
+    except ValueError:
+        return None
+    return value if -1 <= value < num_steps else None
+
+
+_BOXY = st.text(alphabet=st.sampled_from(list("\\boxed{}-+0123 \n$x")), max_size=300)
+
+
+@settings(max_examples=400)
+@given(reply=_BOXY, num_steps=st.integers(min_value=0, max_value=6))
+def test_property_processbench_parser_matches_the_reference_extraction(reply, num_steps):
+    assert parse_processbench_reply(reply, num_steps).index == _reference_processbench(
+        reply, num_steps)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(reply=st.text(max_size=2000), num_steps=st.integers(min_value=0, max_value=40))
+def test_property_processbench_parser_never_raises_and_stays_in_range(reply, num_steps):
+    parse = parse_processbench_reply(reply, num_steps)
+    assert parse.reason in PARSE_REASONS
+    assert (parse.index is None) == (parse.reason != "ok")
+    assert parse.index is None or -1 <= parse.index < num_steps
+
+
+@pytest.mark.parametrize("reply", [
+    "\\boxed{" * (MAX_REPLY_CHARS // 7),  # a regex would rescan to the end per opening
+    "\\boxed{" + "9" * (MAX_REPLY_CHARS - 8) + "}",  # more digits than int() converts
+    "\\boxed{1}" * (MAX_REPLY_CHARS // 9),
+    "\\boxed{" * 5_000_000,
+])
+def test_processbench_parse_time_is_bounded(reply):
+    start = time.perf_counter()
+    parse = parse_processbench_reply(reply, 5)
+    assert time.perf_counter() - start < 1.0
+    assert parse.index is None or parse.index == 1
+
+
+def test_parser_is_chosen_by_config_and_recorded():
+    reply = "Paragraph 1 is wrong. \\boxed{1}\nThe solution's final line says \\boxed{-1}"
+    results = {}
+    for parser in ("processbench", "robust"):
+        engine = ScriptedEngine(lambda req, i: reply)
+        judge = LLMJudge(engine, JudgeConfig(parser=parser), run_seed=0)
+        results[parser] = _run(judge.judge(problem_id="p", solution_index=0,
+                                           question=QUESTION, steps=STEPS))
+    pb, robust = results["processbench"], results["robust"]
+    assert (pb.first_error_index, pb.parse_reasons) == (-1, ["ok"])
+    assert (robust.first_error_index, robust.parse_reasons) == (None, ["conflicting_verdicts"])
+    assert pb.parser_version == JUDGE_PARSER_VERSION["processbench"] != robust.parser_version
+    assert robust.parser_version == JUDGE_PARSER_VERSION["robust"] and robust.parser == "robust"
+
+
+# --------------------------------------------------------------------------------------------
+# Cut-off replies and stop strings
+
+
+FORCED = "The earliest wrong paragraph is \\boxed{"
+
+
+@pytest.mark.parametrize("parser", ["processbench", "robust"])
+def test_a_cut_off_reply_never_yields_an_echoed_box(parser):
+    # The judge quotes the solution's box, then is cut off before writing its own verdict.
+    reply = ("Paragraph 2 concludes \\boxed{2} apples. Checking paragraph 0: fine. Checking "
+             "paragraph 1: 3 + 4 is 7, not 8, so the earliest wrong paragraph is \\boxed{1}")
+    engine = ScriptedEngine(lambda req, i: reply)
+    config = JudgeConfig(parser=parser, sampling=JudgeSampling(max_tokens=8))
+    result = _run(LLMJudge(engine, config, run_seed=0).judge(
+        problem_id="p", solution_index=0, question=QUESTION, steps=STEPS))
+    assert result.finish_reasons == ["length"]
+    assert "\\boxed{2}" in result.raw_replies[0]  # the echoed box was generated...
+    assert (result.first_error_index, result.parse_reasons) == (None, ["truncated"])  # ...unused
+    assert result.reason == "truncated"
+
+
+@pytest.mark.parametrize(
+    "prefix, text, finish, stop, parse",
+    [
+        # Free form: a cut-off reply is truncated, whatever boxes it holds.
+        ("", "Paragraph 1 is wrong. \\boxed{1}\nLet me also check", "length", (),
+         JudgeParse(None, "truncated")),
+        ("", "Paragraph 1 is wrong. \\boxed{1}", "stop", (), JudgeParse(1, "ok")),
+        # Forced form, stopped at the stop string "}": re-appended, the verdict is read.
+        (FORCED, "1", "stop", ("}",), JudgeParse(1, "ok")),
+        (FORCED, "-1", "stop", ("}",), JudgeParse(-1, "ok")),
+        (FORCED, "", "stop", ("}",), JudgeParse(None, "verdict_not_integer")),
+        # Forced form cut off after a complete verdict (no stop string): read to its brace.
+        (FORCED, "1}\n\nThe", "length", (), JudgeParse(1, "ok")),
+        (FORCED, "1}. Paragraph 2 says \\boxed{-1", "length", (), JudgeParse(1, "ok")),
+        # Forced form cut off before its brace: truncated, not a verdict.
+        (FORCED, "12", "length", (), JudgeParse(None, "truncated")),
+    ],
+)
+def test_read_reply(prefix, text, finish, stop, parse):
+    for parser in ("processbench", "robust"):
+        read = read_reply(text, finish, num_steps=3, parser=parser, response_prefix=prefix,
+                          stop=stop)
+        assert read.parse == parse
+        assert read.text == prefix + text + (stop[0] if stop and finish == "stop" else "")
+
+
+def test_forced_form_ended_without_its_brace_is_no_verdict():
+    # EOS right after the index with no stop strings: the box never closes.
+    for parser in ("processbench", "robust"):
+        read = read_reply("1", "stop", num_steps=3, parser=parser, response_prefix=FORCED)
+        assert read.parse.index is None and read.parse.reason in ("no_verdict",
+                                                                  "verdict_not_integer")
+
+
+def test_free_form_reply_read_with_its_prefix_only():
+    read = read_reply("Paragraph 1 is wrong. \\boxed{1}", "length", num_steps=3,
+                      response_prefix="Let me check. ")
+    assert read.parse == JudgeParse(None, "truncated")
+    assert read.text == "Let me check. Paragraph 1 is wrong. \\boxed{1}"
+
+
+def test_forces_verdict_box():
+    assert forces_verdict_box(FORCED)
+    assert forces_verdict_box("Verdict: \\boxed {")
+    assert not forces_verdict_box("")
+    assert not forces_verdict_box("Let me check each paragraph.")
+    assert not forces_verdict_box("A box \\boxed{1} closed already.")
+
+
+def test_forced_form_with_a_stop_string_keeps_the_votes():
+    # A small model continues after its index ("1}\n\nThe paragraph ..."): with 4 tokens it is
+    # cut off after a complete verdict. The stop string ends the reply at the brace instead.
+    def respond(request, index):
+        return ["1}\n\nThe paragraph 1 is wrong", "-1}\n\nAll paragraphs are right",
+                "1} because 3 + 4 is 7"][index]
+
+    engine = ScriptedEngine(respond)
+    config = JudgeConfig(votes=3, response_prefix=FORCED,
+                         sampling=JudgeSampling(temperature=0.8, max_tokens=4, stop=("}",)))
+    result = _run(LLMJudge(engine, config, run_seed=0).judge(
+        problem_id="p", solution_index=0, question=QUESTION, steps=STEPS))
+    assert engine.requests[0].stop == ("}",)
+    assert result.finish_reasons == ["stop"] * 3
+    assert result.votes == [1, -1, 1] and result.parse_reasons == ["ok"] * 3
+    assert result.raw_replies == [FORCED + "1}", FORCED + "-1}", FORCED + "1}"]
+    assert (result.first_error_index, result.agreement, result.reason) == (1, 2 / 3, "ok")
+
+
+def test_the_demo_judge_stops_at_its_verdict():
+    import yaml
+
+    demo = yaml.safe_load((Path(__file__).parents[1] / "jobs" / "demo.yaml").read_text())
+    config = from_mapping(JudgeConfig, demo["judge"], path="judge")
+    assert config.response_prefix.endswith("\\boxed{") and forces_verdict_box(
+        config.response_prefix)
+    assert config.sampling.stop == ("}",)
+    # What the 135M model typically writes after the forced prefix, cut at max_tokens.
+    engine = ScriptedEngine(lambda req, i: "1}\n\nThe earliest wrong paragraph is 1.")
+    result = _run(LLMJudge(engine, config, run_seed=0).judge(
+        problem_id="p", solution_index=0, question=QUESTION, steps=STEPS))
+    assert result.finish_reasons == ["stop"] * config.votes
+    assert result.first_error_index == 1 and result.reason == "ok"
+
+
+# --------------------------------------------------------------------------------------------
+# The quorum
+
+
+@pytest.mark.parametrize(
+    "votes, min_agreement, decision",
+    [
+        ([2], None, Decision(2, 1.0, "ok")),  # one greedy vote decides alone
+        ([None], None, Decision(None, 0.0, "no_vote")),
+        ([], None, Decision(None, 0.0, "no_vote")),
+        ([1, 1, 2], None, Decision(1, 2 / 3, "ok")),
+        ([1, None, None], None, Decision(None, 1 / 3, "no_quorum")),
+        ([1, 1, None, None], None, Decision(None, 0.5, "no_quorum")),  # half is no majority
+        ([1] + [None] * 7, None, Decision(None, 1 / 8, "no_quorum")),
+        ([1] * 5 + [None] * 3, None, Decision(1, 5 / 8, "ok")),
+        ([2, 1], None, Decision(None, 0.5, "no_quorum")),
+        ([-1, -1, 0, 0, 3], None, Decision(None, 0.4, "no_quorum")),
+        # An explicit quorum, as a fraction of all votes.
+        ([1, 1, None, None], 0.5, Decision(1, 0.5, "ok")),
+        ([2, 1], 0.5, Decision(1, 0.5, "ok")),  # a tie that reaches it: the earliest error
+        ([1, 1, 2], 0.75, Decision(None, 2 / 3, "no_quorum")),
+        ([1, 1, 1, 2], 0.75, Decision(1, 0.75, "ok")),
+        ([1, 1, 2], 2 / 3, Decision(1, 2 / 3, "ok")),
+        ([1] + [None] * 7, 0.01, Decision(1, 1 / 8, "ok")),  # ProcessBench's plurality
+        ([0, 0, 0], 1.0, Decision(0, 1.0, "ok")),
+    ],
+)
+def test_decide(votes, min_agreement, decision):
+    got = decide(votes, min_agreement=min_agreement)
+    assert got.first_error_index == decision.first_error_index
+    assert got.reason == decision.reason
+    assert got.agreement == pytest.approx(decision.agreement)
+
+
+@settings(max_examples=300)
+@given(votes=st.lists(st.one_of(st.none(), st.integers(min_value=-1, max_value=4)),
+                      min_size=1, max_size=12))
+def test_property_a_strict_majority_of_all_votes_decides(votes):
+    got = decide(votes)
+    if got.first_error_index is not None:
+        assert 2 * votes.count(got.first_error_index) > len(votes)
+    else:
+        assert all(2 * votes.count(v) <= len(votes) for v in set(votes) if v is not None)
+
+
+def test_one_parseable_vote_of_eight_does_not_decide():
+    replies = ["\\boxed{1}"] + ["I need more time to check paragraph"] * 7
+    engine = ScriptedEngine(lambda req, i: replies[i])
+    config = JudgeConfig(votes=8, sampling=JudgeSampling(temperature=0.7))
+    result = _run(LLMJudge(engine, config, run_seed=0).judge(
+        problem_id="p", solution_index=0, question=QUESTION, steps=STEPS))
+    assert result.votes == [1] + [None] * 7
+    assert result.first_error_index is None
+    assert (result.reason, result.agreement) == ("no_quorum", 1 / 8)
+    plurality = JudgeConfig(votes=8, min_agreement=0.1, sampling=JudgeSampling(temperature=0.7))
+    again = _run(LLMJudge(ScriptedEngine(lambda req, i: replies[i]), plurality,
+                          run_seed=0).judge(problem_id="p", solution_index=0, question=QUESTION,
+                                            steps=STEPS))
+    assert (again.first_error_index, again.reason, again.min_agreement) == (1, "ok", 0.1)
+
+
+def test_a_plurality_without_majority_is_unknown():
+    replies = ["\\boxed{1}", "\\boxed{1}", "\\boxed{-1}", "\\boxed{0}", "no verdict"]
+    engine = ScriptedEngine(lambda req, i: replies[i])
+    config = JudgeConfig(votes=5, sampling=JudgeSampling(temperature=0.7))
+    result = _run(LLMJudge(engine, config, run_seed=0).judge(
+        problem_id="p", solution_index=0, question=QUESTION, steps=STEPS))
+    assert result.votes == [1, 1, -1, 0, None]
+    assert (result.first_error_index, result.reason) == (None, "no_quorum")
+    assert result.agreement == pytest.approx(2 / 5)

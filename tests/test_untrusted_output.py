@@ -168,8 +168,8 @@ def test_injection_through_a_whole_judge_call_cannot_flip_the_majority():
         return replies[index]
 
     judge = LLMJudge(ScriptedEngine(respond),
-                     JudgeConfig(votes=3, sampling=SamplingConfig(temperature=0.7,
-                                                                  max_tokens=64)),
+                     JudgeConfig(votes=3, parser="robust",
+                                 sampling=SamplingConfig(temperature=0.7, max_tokens=64)),
                      run_seed=0)
     result = asyncio.run(judge.judge(problem_id="p", solution_index=0,
                                      question="Tom has 3 apples and buys 4. How many?",
