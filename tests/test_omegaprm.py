@@ -10,6 +10,9 @@ import random
 import pyarrow as pa
 import pytest
 from fakes import ScriptedEngine
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from landscape import CLASSES, LandscapePolicy, is_complete
 from planted import PlantedPolicy, PlantedProblem, split_prompt
 
 from steplabel.annotators.omegaprm import (
@@ -53,6 +56,8 @@ def test_config_defaults_follow_the_paper():
     assert (cfg.alpha, cfg.beta, cfg.length_scale, cfg.c_puct) == (0.5, 0.9, 500.0, 0.125)
     assert (cfg.rollouts, cfg.search_limit, cfg.prefilter_rollouts) == (8, 100, 32)
     assert (cfg.step_unit, cfg.target_pieces) == ("steps", 16)
+    assert (cfg.truncated, cfg.prefilter_min_known, cfg.min_known) == ("unknown", None, 16)
+    assert OmegaPRMConfig(prefilter_rollouts=7).min_known == 4
     assert cfg.sampling == SamplingConfig(temperature=0.7, max_tokens=256)
 
 
@@ -66,6 +71,10 @@ def test_config_defaults_follow_the_paper():
     ("prefilter_rollouts", 1, r"prefilter_rollouts must be an integer >= 2"),
     ("step_unit", "words", r"step_unit must be one of 'steps', 'tokens', got 'words'"),
     ("target_pieces", 1, r"target_pieces must be an integer >= 2"),
+    ("truncated", "wrong", r"truncated must be one of unknown, incorrect, got 'wrong'"),
+    ("prefilter_min_known", 0, r"prefilter_min_known must be an integer in \[1, "
+                               r"prefilter_rollouts = 32\], got 0"),
+    ("prefilter_min_known", 33, r"prefilter_min_known must be an integer in \[1, "),
 ])
 def test_config_validation_names_field_and_value(field, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -584,3 +593,213 @@ def test_records_map_to_arrow():
     row = {k: v for k, v in dataclasses.asdict(result).items()
            if k not in ("states", "pairs", "searches", "rollout_records")}
     assert pa.Table.from_pylist([row]).num_rows == 1
+
+
+# -- the tree: nesting, unknowns, cut-off rollouts (issue 12) --------------------------------
+
+
+class CountingEngine(ScriptedEngine):
+    """A ScriptedEngine that counts cut-off samples and prompts continuing a complete
+    solution (a request that should never be made)."""
+
+    def __init__(self, respond, **kwargs) -> None:
+        super().__init__(respond, **kwargs)
+        self.cut_off = 0
+        self.from_complete: list[str] = []
+
+    async def generate(self, request):
+        _, response = split_prompt(request.prompt)
+        if is_complete(response):
+            self.from_complete.append(response)
+        result = await super().generate(request)
+        self.cut_off += result.finish_reasons.count("length")
+        return result
+
+
+@pytest.mark.parametrize("error_at", [3, 2])
+def test_a_bad_probe_at_m_nests_under_the_good_probe_at_half_m(error_at):
+    # The root's wrong rollouts hold an error at step ``error_at`` of 8: the search probes 4
+    # (MC 0), then 2 (MC > 0), then 3. The good prefix of 2 must be an ancestor of the probe
+    # at 4, never its sibling (the old tree hung both under the root and paired them).
+    problem = PlantedProblem.make("nest", num_steps=8)
+    planted = PlantedPolicy()
+
+    def respond(request, index):
+        if split_prompt(request.prompt)[1] == "":
+            return problem.text() if index == 0 else problem.text(error_at)
+        return planted(request, index)
+
+    result = run_omegaprm(ScriptedEngine(respond), problem, search_limit=1)
+    (search,) = result.searches
+    every = {s.state_id: s for s in [*result.states, *result.states_after_error]}
+    m, half, third = (every[i] for i in search.probe_state_ids)
+    assert (m.depth, half.depth, third.depth) == (4, 2, 3)
+    assert m.value == 0 and half.value > 0
+    assert search.first_error_index == error_at and search.reason == "located"
+    assert half.parent_id == 0 and third.parent_id == half.state_id
+    if error_at == 3:  # root -> 2 -> 3 -> 4, the 4th step being the first error
+        assert third.value > 0 and m.parent_id == third.state_id and m in result.states
+        assert m.action_pieces == 1 and m.single_step
+    else:  # root -> 2 -> 3 (the first error); 4 extends it: off the tree, kept apart
+        assert third.value == 0 and not third.hard_label
+        assert result.states_after_error == [m] and m.parent_id == third.state_id
+    paired = {frozenset((p.first_id, p.second_id)) for p in result.pairs}
+    assert frozenset((half.state_id, m.state_id)) not in paired
+    # The correct solution hangs under the longest good prefix it extends.
+    root_completion = next(s for s in result.states if s.rollout_of == 0)
+    assert root_completion.parent_id == (third if error_at == 3 else half).state_id
+    check_tree(result, problem)
+
+
+def test_no_pair_between_nested_prefixes_on_the_five_step_policy():
+    # Issue 12 measured 246 of 454 pairs comparing an action with its own prefix here.
+    for i in range(6):
+        problem = PlantedProblem.make(f"five-{i}", num_steps=5)
+        result = run_omegaprm(PlantedPolicy().engine(), problem)
+        assert result.stop_reason == "pool_empty" and result.pairs
+        check_tree(result, problem)
+        assert any(p.single_step for p in result.pairs)
+
+
+@pytest.mark.parametrize("step_unit", ["steps", "tokens"])
+@pytest.mark.parametrize("response_prefix", ["", "Step 1:"])
+def test_no_request_continues_a_complete_solution(step_unit, response_prefix):
+    problem = PlantedProblem.make("complete", num_steps=6)
+    engine = CountingEngine(PlantedPolicy())
+    result = run_omegaprm(engine, problem, step_unit=step_unit,
+                          response_prefix=response_prefix, search_limit=100)
+    assert result.searches_run > 10
+    assert engine.from_complete == []
+    # Every complete solution is labelled by its own graded answer: a wrong one is the end of
+    # a search (never probed), a correct one a completion of value 1 with no rollouts.
+    assert all(s.n_total == 1 for s in result.states if s.kind == "completion")
+    for record in result.searches:
+        depths = {s.state_id: s.depth for s in [*result.states, *result.states_after_error]}
+        assert all(record.start_index < depths[i] < len(record.steps)
+                   for i in record.probe_state_ids)
+
+
+@pytest.mark.parametrize("root, truncated, reason, n_truncated", [
+    ("cut", "unknown", "all_unknown", 32),  # no known rollout: not "too hard"
+    ("few_known", "unknown", "too_few_known", 31),  # 1 known, wrong: too little to say
+    ("one_known", "unknown", "too_few_known", 31),
+    ("few_known", "incorrect", "all_wrong", 31),  # the old rule, now opt-in
+    ("cut", "incorrect", "all_wrong", 32),
+])
+def test_prefilter_counts_only_known_rollouts(root, truncated, reason, n_truncated):
+    problem = PlantedProblem.make("prefilter-cut", num_steps=5)
+    engine = CountingEngine(LandscapePolicy(root=root))
+    result = run_omegaprm(engine, problem, truncated=truncated)
+    assert (result.filtered, result.filter_reason, result.stop_reason) == \
+        (True, reason, "filtered")
+    assert result.prefilter_n_truncated == result.truncated_rollouts == engine.cut_off == \
+        n_truncated
+    known = 32 - n_truncated if truncated == "unknown" else 32
+    assert result.prefilter_n_total == known
+    assert len(engine.requests) == 1 and result.searches == []
+
+
+def test_prefilter_min_known_and_mixed_known_rollouts():
+    problem = PlantedProblem.make("prefilter-known", num_steps=5)
+    one_wrong = run_omegaprm(LandscapePolicy(root="few_known").engine(), problem,
+                             prefilter_min_known=1)
+    assert one_wrong.filter_reason == "all_wrong"
+    # One right and one wrong among 30 cut off: the known rollouts are mixed, so search.
+    mixed = run_omegaprm(LandscapePolicy(root="mixed_cut").engine(), problem, search_limit=3)
+    assert not mixed.filtered and mixed.searches[0].state_id == 0
+    assert (mixed.prefilter_n_correct, mixed.prefilter_n_total) == (1, 2)
+    assert mixed.prefilter_n_truncated == mixed.prefilter_n_unknown == 30
+    assert mixed.states[0].value == 0.5
+
+
+def test_probes_whose_rollouts_are_all_cut_off_are_unknown_not_wrong():
+    problem = PlantedProblem.make("probes-cut", num_steps=8)
+    every_probe_cut = LandscapePolicy(weights=(0, 0, 0, 1, 0, 0, 0))  # the root is mixed
+    engine = CountingEngine(every_probe_cut)
+    result = run_omegaprm(engine, problem, search_limit=6)
+    assert result.searches_run == 6
+    probes = [s for s in result.states if s.kind == "probe"]
+    assert probes and result.states_after_error == []
+    for s in probes:
+        assert (s.value, s.hard_label, s.n_total) == (None, None, 0)
+        assert s.n_unknown == s.n_truncated == K
+    for record in result.searches:
+        # The search stops at the unknown probe: no error is located, none is invented.
+        assert (record.first_error_index, record.reason) == (None, "probe_unknown")
+        assert len(record.probe_state_ids) == 1
+        assert record.rollouts_truncated == record.rollouts in (0, K)  # 0: a cached probe
+    assert all(s.value != 0 and s.hard_label is not False for s in result.states)
+    probe_ids = {s.state_id for s in probes}
+    assert not any({p.first_id, p.second_id} & probe_ids for p in result.pairs)
+    assert result.truncated_rollouts == engine.cut_off == K * len(probes)
+    assert sum(r.finish_reason == "length" for r in result.rollout_records) == engine.cut_off
+    check_nesting(result)
+    # Counted as wrong (opt-in), the same rollouts make every probe a 0.
+    wrong = run_omegaprm(every_probe_cut.engine(), problem, search_limit=6,
+                         truncated="incorrect")
+    assert {s.value for s in wrong.states if s.kind == "probe"} == {0.0}
+
+
+def test_locate_first_error_counts_cut_off_probes():
+    problem = PlantedProblem.make("bs-cut", num_steps=8)
+    engine = LandscapePolicy(weights=(0, 0, 0, 1, 0, 0, 0), root=None).engine()
+    found = asyncio.run(locate_first_error(
+        engine, prompt=problem.prompt(engine), pieces=problem.steps(5),
+        gold_answer=problem.gold, run_seed=0, problem_id="bs-cut", splitter=SPLITTER))
+    assert (found.first_error_index, found.reason) == (None, "probe_unknown")
+    assert found.probe_values == [None] and found.rollouts_truncated == found.rollouts == K
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**20),
+    weights=st.lists(st.integers(0, 3), min_size=len(CLASSES), max_size=len(CLASSES))
+    .filter(lambda w: sum(w) > 0),
+    root=st.sampled_from(("mixed", "mixed", "mixed", "mixed_cut", None)),
+    num_steps=st.integers(2, 9),
+    step_unit=st.sampled_from(("steps", "tokens")),
+    truncated=st.sampled_from(("unknown", "incorrect")),
+    rollouts=st.sampled_from((1, 2, 4)),
+    search_limit=st.integers(1, 12),
+    response_prefix=st.sampled_from(("", "Step 1:")),
+)
+def test_tree_nesting_holds_on_random_landscapes(seed, weights, root, num_steps, step_unit,
+                                                 truncated, rollouts, search_limit,
+                                                 response_prefix):
+    problem = PlantedProblem.make(f"landscape-{seed % 7}", num_steps=num_steps)
+    engine = CountingEngine(LandscapePolicy(seed=seed, weights=tuple(weights), root=root))
+    cfg = OmegaPRMConfig(rollouts=rollouts, search_limit=search_limit, prefilter_rollouts=8,
+                         step_unit=step_unit, truncated=truncated)
+    result = run_omegaprm(engine, problem, response_prefix=response_prefix,
+                          **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    check_nesting(result, sep="" if step_unit == "tokens" else "\n")
+    assert engine.from_complete == []  # no rollout from a complete solution
+    every = [*result.states, *result.states_after_error]
+    # Cut-off rollouts are counted, and unknown unless counted wrong on purpose.
+    assert result.truncated_rollouts == engine.cut_off == \
+        sum(r.finish_reason == "length" for r in result.rollout_records)
+    assert result.prefilter_n_truncated == result.states[0].n_truncated
+    if truncated == "unknown":
+        assert all(s.n_truncated <= s.n_unknown for s in every)
+    probes = [s for s in every if s.kind == "probe"]
+    assert result.rollouts == engine.rollouts == 8 + rollouts * len(probes)
+    # The pre-filter: only known rollouts decide, and enough of them.
+    n_correct, n_total = result.prefilter_n_correct, result.prefilter_n_total
+    expected = (None if 0 < n_correct < n_total else "all_unknown" if n_total == 0
+                else "too_few_known" if n_total < cfg.min_known
+                else "all_correct" if n_correct == n_total else "all_wrong")
+    assert result.filter_reason == expected
+    # Each search: divide points strictly inside, goods before bads, unknown stops it.
+    depth = {s.state_id: s for s in every}
+    for record in result.searches:
+        probed = [depth[i] for i in record.probe_state_ids]
+        assert all(record.start_index < p.depth < len(record.steps) for p in probed)
+        assert all(p.value is not None for p in probed[:-1])
+        if record.reason == "probe_unknown":
+            assert probed and probed[-1].value is None and record.first_error_index is None
+            continue
+        assert record.reason == "located"
+        good = [p.depth for p in probed if p.value > 0]
+        bad = [p.depth for p in probed if p.value == 0]
+        assert max(good, default=record.start_index) == record.first_error_index
+        assert min(bad, default=len(record.steps)) == record.first_error_index + 1
