@@ -344,6 +344,8 @@ class ProblemLabeler:
                                               question=problem.question,
                                               gold_answer=problem.gold_answer)
         out.count("omegaprm_rollouts", result.rollouts)
+        out.count("omegaprm_rollouts_truncated", result.truncated_rollouts)
+        out.count("omegaprm_prefilter_rollouts_truncated", result.prefilter_n_truncated)
         if result.filtered:
             out.add("filtered", self._filtered_row(
                 problem, stage="omegaprm_prefilter", reason=result.filter_reason,
@@ -359,7 +361,10 @@ class ProblemLabeler:
             return None if state_id < 0 else f"{tree_id}/{state_id}"
 
         completer_model = self.provenance["completer_model"]
-        for state in result.states:
+        # Tree states, then the estimated prefixes past an MC = 0 prefix (off the tree, kept so
+        # that every rollout is accounted for).
+        for state, after_error in [*((s, False) for s in result.states),
+                                   *((s, True) for s in result.states_after_error)]:
             out.add("omegaprm_states", {
                 "record_type": state.kind,
                 "problem_id": problem.problem_id,
@@ -368,14 +373,19 @@ class ProblemLabeler:
                 "tree_id": tree_id,
                 "node_id": node_id(state.state_id),
                 "parent_id": node_id(state.parent_id),
+                "after_error": after_error,
                 "depth": state.depth,
                 "prefix": state.prefix,
                 "action": state.action,
+                "action_pieces": state.action_pieces,
+                "single_step": state.single_step,
                 "mc_value": state.value,
                 "hard_label": state.hard_label,
                 "n_correct": state.n_correct,
                 "n_total": state.n_total,
                 "n_unknown": state.n_unknown,
+                "n_truncated": state.n_truncated,
+                "rollout_of": node_id(state.rollout_of),
                 "manifest_hash": self.manifest_hash,
                 "completer_model": completer_model,
             })
@@ -384,7 +394,7 @@ class ProblemLabeler:
                 "problem_id": problem.problem_id,
                 "tree_id": tree_id,
                 "parent_id": node_id(pair.parent_id),
-                "prefix": node[pair.parent_id].prefix if pair.parent_id in node else None,
+                "prefix": node[pair.parent_id].prefix,
                 "node_a": node_id(pair.first_id),
                 "node_b": node_id(pair.second_id),
                 "action_a": node[pair.first_id].action,
@@ -392,6 +402,7 @@ class ProblemLabeler:
                 "mc_a": pair.first_value,
                 "mc_b": pair.second_value,
                 "preference_a": pair.preference,
+                "single_step": pair.single_step,
                 "manifest_hash": self.manifest_hash,
             })
         for search in result.searches:
@@ -402,11 +413,18 @@ class ProblemLabeler:
                 "start_node": node_id(search.state_id),
                 "rollout_id": f"{node_id(search.state_id)}#{search.rollout_index}",
                 "pieces": search.steps,
+                "start_index": search.start_index,
                 "first_error": search.first_error_index,
+                "reason": search.reason,
                 "rollouts_used": search.rollouts,
+                "rollouts_truncated": search.rollouts_truncated,
                 "manifest_hash": self.manifest_hash,
             })
+            if search.reason != "located":
+                out.count(f"omegaprm_searches_{search.reason}")
         out.count("omegaprm_states", len(result.states))
+        out.count("omegaprm_states_after_error", len(result.states_after_error))
+        out.count("omegaprm_pairs", len(result.pairs))
 
     def _filtered_row(self, problem, *, stage, reason, counts, cost) -> dict:
         return {

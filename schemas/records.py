@@ -91,21 +91,28 @@ TRAJECTORY = pa.schema(
 
 OMEGAPRM_STATE = pa.schema(
     [
-        ("record_type", pa.string()),  # "state"
+        ("record_type", pa.string()),  # root | probe | completion
         ("problem_id", pa.string()),
         ("question", pa.string()),
         ("gold_answer", pa.string()),
         ("tree_id", pa.string()),
         ("node_id", pa.string()),
-        ("parent_id", pa.string()),  # null at the root
-        ("depth", pa.int32()),
+        # Tree states: the longest known-good (MC > 0) state whose prefix is a proper prefix of
+        # this one; null at the root. after_error rows: the longest MC = 0 prefix they extend.
+        ("parent_id", pa.string()),
+        ("after_error", pa.bool_()),  # extends an MC = 0 prefix: estimated, but off the tree
+        ("depth", pa.int32()),  # prefix length in pieces
         ("prefix", pa.string()),  # the solution prefix of this state
         ("action", pa.string()),  # text added to the parent's prefix
-        ("mc_value", pa.float64()),
+        ("action_pieces", pa.int32()),  # >= 1
+        ("single_step", pa.bool_()),  # the action is exactly one piece (step)
+        ("mc_value", pa.float64()),  # null: no known rollout (never 0 for lack of one)
         ("hard_label", pa.bool_()),
         ("n_correct", pa.int32()),
-        ("n_total", pa.int32()),
+        ("n_total", pa.int32()),  # known rollouts: correct + incorrect
         ("n_unknown", pa.int32()),
+        ("n_truncated", pa.int32()),  # cut off at max_tokens (unknown by default)
+        ("rollout_of", pa.string()),  # completion: the state whose rollout it is; else null
         ("manifest_hash", pa.string()),
         ("completer_model", pa.string()),
     ]
@@ -124,6 +131,7 @@ OMEGAPRM_PAIR = pa.schema(
         ("mc_a", pa.float64()),
         ("mc_b", pa.float64()),
         ("preference_a", pa.float64()),  # P(a preferred to b) = (1 + p - q) / 2
+        ("single_step", pa.bool_()),  # both actions are one piece (the paper's pairwise data)
         ("manifest_hash", pa.string()),
     ]
 )
@@ -136,8 +144,11 @@ OMEGAPRM_SEARCH = pa.schema(
         ("start_node", pa.string()),
         ("rollout_id", pa.string()),
         ("pieces", pa.list_(pa.string())),  # the searched solution, cut into pieces
+        ("start_index", pa.int32()),  # pieces of the start state's prefix (searched after it)
         ("first_error", pa.int32()),  # piece index of the first error; -1 none; null unknown
+        ("reason", pa.string()),  # located | probe_unknown (no known rollout) | empty_range
         ("rollouts_used", pa.int32()),
+        ("rollouts_truncated", pa.int32()),  # of rollouts_used, cut off at max_tokens
         ("manifest_hash", pa.string()),
     ]
 )

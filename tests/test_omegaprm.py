@@ -803,3 +803,57 @@ def test_tree_nesting_holds_on_random_landscapes(seed, weights, root, num_steps,
         bad = [p.depth for p in probed if p.value == 0]
         assert max(good, default=record.start_index) == record.first_error_index
         assert min(bad, default=len(record.steps)) == record.first_error_index + 1
+
+
+def test_job_rows_carry_the_tree():
+    # ProblemLabeler._omegaprm writes the parent, single_step and the states after the error
+    # to omegaprm/states, the shared parent to pairs, and each search's reason.
+    from steplabel.annotators.job import Engines, Problem, ProblemLabeler
+    from steplabel.schemas.manifest import manifest_from_dict
+    from steplabel.schemas.records import OUTPUTS, to_table
+
+    problem = PlantedProblem.make("job-tree", num_steps=8)
+    planted = PlantedPolicy()
+
+    def respond(request, index):  # the root's wrong rollouts go wrong at step 3 of 8
+        if split_prompt(request.prompt)[1] == "":
+            return problem.text() if index % 2 == 0 else problem.text(2)
+        return planted(request, index)
+
+    engine = ScriptedEngine(respond)
+    manifest = manifest_from_dict({
+        "name": "omegaprm-rows", "source": {"kind": "jsonl", "path": "unused.jsonl"},
+        "models": {"policy": {"kind": "custom", "factory": "fakes:arithmetic_engine"}},
+        "policy": {"samples": 1, "response_prefix": ""},
+        "omegaprm": {"rollouts": K, "prefilter_rollouts": 8, "search_limit": 1},
+    })
+    labeler = ProblemLabeler(manifest, Engines(policy=engine, completer=engine, judge=engine))
+    out = asyncio.run(labeler.label(Problem("job-tree", problem.question, problem.gold, "s")))
+    for output in ("omegaprm_states", "omegaprm_pairs", "omegaprm_searches"):
+        assert out.rows[output]
+        for row in out.rows[output]:
+            assert set(row) == set(OUTPUTS[output].names)
+        to_table(output, out.rows[output])  # the explicit schema takes every row
+    states = {r["node_id"]: r for r in out.rows["omegaprm_states"]}
+    tree = {k: r for k, r in states.items() if not r["after_error"]}
+    after = [r for r in states.values() if r["after_error"]]
+    assert [r["depth"] for r in after] == [4]  # probed first, past the error found at 3
+    assert states[after[0]["parent_id"]]["mc_value"] == 0.0
+    for row in tree.values():
+        if row["record_type"] == "root":
+            assert row["parent_id"] is None
+            continue
+        parent = tree[row["parent_id"]]
+        assert parent["mc_value"] > 0 and row["depth"] == parent["depth"] + row["action_pieces"]
+        assert row["single_step"] == (row["action_pieces"] == 1)
+        assert (row["rollout_of"] is None) == (row["record_type"] != "completion")
+    for pair in out.rows["omegaprm_pairs"]:
+        a, b = tree[pair["node_a"]], tree[pair["node_b"]]
+        assert a["parent_id"] == b["parent_id"] == pair["parent_id"]
+        assert pair["prefix"] == tree[pair["parent_id"]]["prefix"]
+        assert pair["single_step"] == (a["single_step"] and b["single_step"])
+    (search,) = out.rows["omegaprm_searches"]
+    assert (search["first_error"], search["reason"], search["start_index"]) == (2, "located", 0)
+    assert out.counters["omegaprm_states_after_error"] == 1
+    assert out.counters["omegaprm_pairs"] == len(out.rows["omegaprm_pairs"])
+    assert out.counters["omegaprm_rollouts_truncated"] == 0
