@@ -46,9 +46,15 @@ def code_version() -> dict:
 
 
 def input_hashes(source) -> dict[str, str]:
-    """SHA-256 of every local input file the source reads (none for remote or hub sources)."""
-    if not source.path or "://" in source.path:
+    """SHA-256 of every local input file the source reads; remote files are pinned by what
+    their filesystem reports (``sources.remote_fingerprints``); hub datasets by their
+    revision in the manifest."""
+    if not source.path:
         return {}
+    if "://" in source.path:
+        from steplabel.pipelines.sources import remote_fingerprints
+
+        return remote_fingerprints(source.path)
     paths = sorted(glob.glob(source.path)) if any(c in source.path for c in "*?[") else [
         source.path]
     hashes = {}

@@ -3,6 +3,9 @@
 read → validate → label (sample, split, grade, Monte Carlo / OmegaPRM, judge, consensus; one
 async coroutine per problem, many in flight) → write Parquet shards → finalize (info, stats,
 lock, COMPLETED last). Resumable: finished problems are checkpointed under ``_work/``.
+
+The launcher stays light: workers read the input (Beam IO) and count the records read
+(``_work/rows_in.json``, a ``Count`` combiner's result), and reconciliation uses that count.
 """
 
 from __future__ import annotations
@@ -15,11 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from steplabel.pipelines import storage
 from steplabel.pipelines.label import LabelProblemsFn
-from steplabel.pipelines.sources import ReadProblems, ValidateProblems, read_local_items
+from steplabel.pipelines.sources import (
+    ReadProblems,
+    ValidateProblems,
+    check_source,
+    estimate_rows,
+)
 from steplabel.schemas.records import OUTPUTS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -80,12 +89,27 @@ class WriteOutputs(beam.PTransform):
         )
 
 
+#: Where the pipeline writes how many input records it read (``{"rows_in": N}``).
+ROWS_IN_FILE = "rows_in.json"
+
+
+def _write_rows_in(count: int, out_dir: str) -> int:
+    beam.metrics.Metrics.counter("steplabel", "rows_in").inc(count)
+    storage.write_json_atomic(storage.join(out_dir, storage.WORK_DIR, ROWS_IN_FILE),
+                              {"rows_in": count})
+    return count
+
+
 def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
-                   total: int | None = None):
-    """Apply the whole job to ``pipeline``."""
+                   total: int | None = None, source_path: str | None = None):
+    """Apply the whole job to ``pipeline``. ``source_path`` replaces the manifest's source
+    path (the launcher passes local paths made absolute)."""
     source = manifest.source
     num_shards = manifest.runner.num_shards
-    raw = pipeline | "ReadProblems" >> ReadProblems(source, items=items)
+    raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
+    (raw
+     | "CountRowsIn" >> beam.combiners.Count.Globally()
+     | "WriteRowsIn" >> beam.Map(_write_rows_in, out_dir))
     problems, invalid = raw | "ValidateProblems" >> ValidateProblems(
         fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash)
     labelled = problems | "LabelProblems" >> beam.ParDo(
@@ -112,6 +136,45 @@ def make_pipeline(manifest, options: PipelineOptions) -> beam.Pipeline:
     return beam.Pipeline(options=options)
 
 
+def _remote_files(folder: str, limit: int | None = None) -> list[str]:
+    pattern = folder.rstrip("/") + "/**"
+    result = FileSystems.match([pattern], limits=[limit] if limit else None)[0]
+    return [m.path for m in result.metadata_list]
+
+
+def _has_files(folder: str) -> bool:
+    if "://" not in folder:
+        return Path(folder).is_dir() and any(Path(folder).iterdir())
+    return bool(_remote_files(folder, limit=1))
+
+
+def delete_tree(path: str) -> None:
+    """Delete a dataset directory on any filesystem: locally the folder, on object stores
+    every object under the prefix (Beam ``FileSystems.match`` + ``delete``)."""
+    if "://" not in path:
+        if Path(path).exists():
+            shutil.rmtree(path)
+        return
+    files = _remote_files(path)
+    if files:
+        FileSystems.delete(files)
+
+
+def check_runner_paths(manifest, out_dir: str) -> None:
+    """Workers of Dataflow and Flink run on other machines: they can neither read local input
+    nor write a local dataset (a portable job service on this machine may do both)."""
+    runner = manifest.runner.runner
+    if runner not in ("dataflow", "flink"):
+        return
+    if "://" not in out_dir:
+        raise JobError(f"--out {out_dir} is local, but {runner} workers run on other machines: "
+                       "use a remote dataset directory (gs://BUCKET/..., s3://..., hdfs://...)")
+    path = manifest.source.path
+    if path and "://" not in path:
+        raise JobError(f"source.path {path} is local, but {runner} workers read the input: "
+                       "copy it to remote storage and point source.path there")
+
+
 def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
     """Refuse a finished dataset (unless ``overwrite``) and a directory of another manifest."""
     run_file = storage.join(out_dir, storage.WORK_DIR, "run.json")
@@ -119,9 +182,8 @@ def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
     if storage.exists(completed) and not overwrite:
         raise JobError(f"{out_dir} already holds a COMPLETED dataset; pass --overwrite to "
                        "replace it, or choose another --out")
-    local = "://" not in out_dir
-    if overwrite and local and Path(out_dir).exists():
-        shutil.rmtree(out_dir)
+    if overwrite:
+        delete_tree(out_dir)
     from steplabel.pipelines.finalize import input_hashes
 
     inputs = input_hashes(manifest.source)
@@ -139,9 +201,12 @@ def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
                 f"{out_dir} holds work of another manifest ({previous.get('name')!r}, hash "
                 f"{previous.get('manifest_hash', '')[:12]}) and this one is {manifest.name!r} "
                 f"(hash {manifest.hash[:12]}); use an empty --out, or --overwrite")
-    elif local and Path(out_dir).exists() and any(Path(out_dir).iterdir()):
+    elif _has_files(out_dir):
         raise JobError(f"{out_dir} is not empty and is not a steplabel run of this manifest; "
                        "choose an empty --out, or pass --overwrite")
+    rows_in = storage.join(out_dir, storage.WORK_DIR, ROWS_IN_FILE)
+    if storage.exists(rows_in):  # a count of an earlier attempt: this run writes its own
+        FileSystems.delete([rows_in])
     storage.write_json_atomic(run_file, {"name": manifest.name, "manifest_hash": manifest.hash,
                                          "manifest": manifest.to_dict(), "inputs": inputs})
 
@@ -200,14 +265,13 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     started = time.perf_counter()
     options = pipeline_options(manifest, beam_args)
     check_engine_copies(manifest, options)
+    check_runner_paths(manifest, out_dir)
+    source_path = local_absolute(manifest.source.path) if manifest.source.path else None
+    check_source(manifest.source, source_path)
     prepare_out_dir(out_dir, manifest, overwrite=overwrite)
-    items = None
-    remote = bool(manifest.source.path and "://" in manifest.source.path)
-    if not remote:
-        items = read_local_items(manifest.source)
     pipeline = make_pipeline(manifest, options)
-    build_pipeline(pipeline, manifest, out_dir=local_absolute(out_dir), items=items,
-                   total=len(items) if items is not None else None)
+    build_pipeline(pipeline, manifest, out_dir=local_absolute(out_dir), source_path=source_path,
+                   total=estimate_rows(manifest.source, source_path))
     try:
         result = pipeline.run()
         result.wait_until_finish()
@@ -226,7 +290,11 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
                 counter.committed if counter.committed is not None else counter.attempted)
     except Exception:  # noqa: BLE001 - some runners do not report metrics
         log.warning("the runner did not report metrics; stats.json has no Beam counters")
-    info, stats = finalize_dataset(out_dir, manifest, problems_in=len(items) if items else None,
+    rows_in = storage.read_json_if_exists(storage.join(out_dir, storage.WORK_DIR, ROWS_IN_FILE))
+    if rows_in is None:
+        raise JobError(f"the pipeline finished without writing its input count "
+                       f"({storage.WORK_DIR}/{ROWS_IN_FILE}); the dataset is not finalized")
+    info, stats = finalize_dataset(out_dir, manifest, problems_in=rows_in["rows_in"],
                                    counters=counters)
     return JobResult(out_dir, info, stats, time.perf_counter() - started)
 

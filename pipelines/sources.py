@@ -4,6 +4,12 @@ Raw items reach validation unchanged (bytes for JSONL lines, dicts for Parquet a
 that every failure (non-UTF-8 bytes, malformed JSON, wrong types, missing or empty fields,
 unparseable or pathological gold answers) becomes a dead-letter row with the original record.
 
+Every source is read by Beam on the workers, never into a list on the launcher: JSONL files
+line by line with their line numbers (one file per element, any number of files in parallel),
+Parquet by ``ReadFromParquet`` (split by row groups), ``datasets`` folders, files and pinned
+hub datasets opened on the worker and read in ranges of rows. The launcher only matches the
+input files (they must exist) and pins them (:func:`remote_fingerprints` for remote ones).
+
 Duplicate problem ids: copies with the same question and gold answer are one problem (the first
 copy by content order is kept, the others go to the dead letter as ``duplicate_id``); copies
 that differ are all dead-lettered as ``conflicting_duplicate_id``, since there is no telling
@@ -15,11 +21,13 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from steplabel.annotators.grading import check_answer_readable, parse_gold
 from steplabel.annotators.job import Problem
@@ -27,14 +35,24 @@ from steplabel.annotators.job import Problem
 #: Questions longer than this are not sent to any engine (dead letter, ``question_too_long``).
 MAX_QUESTION_CHARS = 20_000
 
+#: Rows of a ``datasets`` source per read element (the unit of parallelism on workers).
+HF_RANGE_ROWS = 10_000
+
 
 @dataclass(frozen=True)
 class RawItem:
-    """One input record as read: ``data`` is bytes (a JSONL line) or a dict."""
+    """One input record as read: ``data`` is bytes (a JSONL line) or a dict. ``position`` is
+    the 0-based line (JSONL) or row (``datasets``) in ``file``, -1 where unknown."""
 
     source: str
     position: int
     data: Any
+    file: str = ""
+
+    def where(self) -> str:
+        """``line 3 of problems.jsonl``, for error messages."""
+        where = f"line {self.position + 1}" if self.position >= 0 else "a record"
+        return f"{where} of {self.file}" if self.file else where
 
 
 def _is_remote(path: str) -> bool:
@@ -47,6 +65,68 @@ def local_files(pattern: str) -> list[str]:
     if not files or missing:
         raise FileNotFoundError(f"source path {pattern} matches no file")
     return files
+
+
+def input_files(pattern: str) -> list[str]:
+    """The files a source path or glob names, local or on any Beam filesystem (sorted);
+    ``FileNotFoundError`` if there are none. Only metadata is read."""
+    matched = FileSystems.match([pattern])[0].metadata_list
+    local = not _is_remote(pattern)
+    files = sorted(m.path for m in matched if not (local and Path(m.path).is_dir()))
+    if not files:
+        raise FileNotFoundError(f"source path {pattern} matches no file")
+    return files
+
+
+def check_source(source, path: str | None = None) -> None:
+    """On the launcher, before the job starts: the source's files exist (metadata only)."""
+    path = path or source.path
+    if not path:
+        return  # a hub dataset, pinned by its revision
+    if source.kind == "hf" and not _is_remote(path) and Path(path).is_dir():
+        return
+    input_files(path)
+
+
+def remote_fingerprints(pattern: str) -> dict[str, str]:
+    """What pins remote input files in the lock, as Beam's filesystem reports it:
+    ``checksum:<FileSystems.checksum>;size:<bytes>`` (GCS: the object's CRC32C; S3: its
+    ETag), plus ``;mtime:<seconds>`` (last update) when the filesystem's checksum is only the
+    size, as Beam's local filesystem's is. Local files are pinned by SHA-256 instead."""
+    pins = {}
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+        checksum = FileSystems.checksum(metadata.path)
+        pin = f"checksum:{checksum};size:{metadata.size_in_bytes}"
+        if str(checksum) == str(metadata.size_in_bytes):
+            pin += f";mtime:{metadata.last_updated_in_seconds}"
+        pins[metadata.path] = pin
+    return pins
+
+
+def estimate_rows(source, path: str | None = None, *, max_bytes: int = 256 << 20
+                  ) -> int | None:
+    """Input records, for progress display only, where that is cheap on the launcher: Parquet
+    footers, or non-empty lines of local JSONL files up to ``max_bytes``; None otherwise."""
+    path = path or source.path
+    if not path or _is_remote(path) or source.kind == "hf":
+        return None
+    try:
+        files = input_files(path)
+        if source.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            count = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        else:
+            if sum(Path(f).stat().st_size for f in files) > max_bytes or any(
+                    f.endswith((".gz", ".bz2", ".zst", ".deflate")) for f in files):
+                return None
+            count = 0
+            for file in files:
+                with open(file, "rb") as handle:
+                    count += sum(1 for line in handle if line.strip())
+    except (OSError, ValueError):
+        return None
+    return min(count, source.limit) if source.limit else count
 
 
 def read_local_items(source) -> list[RawItem]:
@@ -74,13 +154,13 @@ def read_local_items(source) -> list[RawItem]:
     return items[: source.limit] if source.limit else items
 
 
-def _load_hf(source) -> Iterable[dict]:
+def _load_hf(source, path: str | None = None) -> Iterable[dict]:
     import datasets
 
     if source.dataset:
         return datasets.load_dataset(source.dataset, revision=source.revision,
                                      split=source.split)
-    path = Path(source.path)
+    path = Path(path or source.path)
     if path.is_dir():  # a folder written by Dataset(Dict).save_to_disk
         loaded = datasets.load_from_disk(str(path))
         return loaded[source.split] if isinstance(loaded, datasets.DatasetDict) else loaded
@@ -88,34 +168,112 @@ def _load_hf(source) -> Iterable[dict]:
                                  ".csv": "csv"}.get(path.suffix)
     if builder is None:
         raise ValueError(f"cannot tell the datasets builder for {source.path}; set builder")
-    return datasets.load_dataset(builder, data_files={source.split: local_files(source.path)},
+    return datasets.load_dataset(builder, data_files={source.split: local_files(str(path))},
                                  split=source.split)
 
 
-class ReadProblems(beam.PTransform):
-    """Raw items of a source: read in the driver for local files, by Beam IO for remote ones."""
+def _read_lines(path: str, source_name: str, limit: int | None = None):
+    """Non-empty lines of one JSONL file (any Beam filesystem; ``.gz`` and other compressed
+    files by their extension), with their line numbers."""
+    name = posixpath.basename(path)
+    with FileSystems.open(path) as handle:
+        for number, line in enumerate(iter(handle.readline, b"")):
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield RawItem(source_name, number, line, name)
+                if limit is not None:
+                    limit -= 1
+                    if limit <= 0:
+                        return
 
-    def __init__(self, source, *, items: list[RawItem] | None = None) -> None:
+
+def _read_parquet_rows(path: str, source_name: str, limit: int | None = None):
+    import pyarrow.parquet as pq
+
+    with FileSystems.open(path) as handle:
+        for batch in pq.ParquetFile(handle).iter_batches():
+            for row in batch.to_pylist():
+                yield RawItem(source_name, -1, row)
+                if limit is not None:
+                    limit -= 1
+                    if limit <= 0:
+                        return
+
+
+def _read_first(pattern: str, source) -> Iterable[RawItem]:
+    """The first ``source.limit`` records in file order (one worker reads; limits are small)."""
+    left = source.limit
+    read = _read_lines if source.kind == "jsonl" else _read_parquet_rows
+    for path in input_files(pattern):
+        for item in read(path, source.source_name, left):
+            yield item
+            left -= 1
+        if left <= 0:
+            return
+
+
+_HF_OPEN: dict[tuple, Any] = {}
+
+
+def _open_hf(source, path: str | None):
+    """A ``datasets`` source opened once per worker process (memory-mapped Arrow)."""
+    key = (path, source.dataset, source.revision, source.split, source.builder)
+    if key not in _HF_OPEN:
+        _HF_OPEN[key] = _load_hf(source, path)
+    return _HF_OPEN[key]
+
+
+def _hf_ranges(path: str | None, source, range_rows: int):
+    rows = len(_open_hf(source, path))
+    if source.limit:
+        rows = min(rows, source.limit)
+    for start in range(0, rows, range_rows):
+        yield start, min(rows, start + range_rows)
+
+
+def _hf_read(bounds: tuple[int, int], path: str | None, source):
+    start, end = bounds
+    name = source.source_name
+    for offset, row in enumerate(_open_hf(source, path).select(range(start, end))):
+        yield RawItem(name, start + offset, dict(row))
+
+
+class ReadProblems(beam.PTransform):
+    """Raw items of a source, read by Beam on the workers (see the module docstring).
+
+    ``path`` replaces ``source.path`` (the launcher passes local paths made absolute, since
+    workers may run in other folders); ``items`` (tests) are used as they are.
+    """
+
+    def __init__(self, source, *, path: str | None = None,
+                 items: list[RawItem] | None = None, hf_range_rows: int = HF_RANGE_ROWS) -> None:
         super().__init__()
         self.source = source
+        self.path = path or source.path
         self.items = items
+        self.hf_range_rows = hf_range_rows
 
     def expand(self, pbegin):
-        source = self.source
-        if self.items is not None or not (source.path and _is_remote(source.path)):
-            items = self.items if self.items is not None else read_local_items(source)
-            return pbegin | "CreateItems" >> beam.Create(items, reshuffle=False)
+        source, path, name = self.source, self.path, self.source.source_name
+        if self.items is not None:
+            return pbegin | "CreateItems" >> beam.Create(self.items, reshuffle=False)
+        start = pbegin | "SourcePath" >> beam.Create([path])
+        if source.kind == "hf":
+            return (start
+                    | "PlanRanges" >> beam.FlatMap(_hf_ranges, source, self.hf_range_rows)
+                    | "SpreadRanges" >> beam.Reshuffle()
+                    | "ReadRanges" >> beam.FlatMap(_hf_read, path, source))
         if source.limit:
-            raise ValueError("source.limit is only supported for local files")
-        name = source.source_name
+            return start | "ReadFirstRecords" >> beam.FlatMap(_read_first, source)
         if source.kind == "jsonl":
-            lines = pbegin | "ReadJsonl" >> beam.io.ReadFromText(
-                source.path, coder=beam.coders.BytesCoder())
-            return lines | "ToItems" >> beam.Map(lambda line: RawItem(name, -1, line))
+            return (start
+                    | "MatchFiles" >> beam.FlatMap(input_files)
+                    | "SpreadFiles" >> beam.Reshuffle()
+                    | "ReadLines" >> beam.FlatMap(_read_lines, name))
         if source.kind == "parquet":
-            rows = pbegin | "ReadParquet" >> beam.io.ReadFromParquet(source.path)
+            rows = pbegin | "ReadParquet" >> beam.io.ReadFromParquet(path)
             return rows | "ToItems" >> beam.Map(lambda row: RawItem(name, -1, row))
-        raise ValueError(f"remote sources must be jsonl or parquet, got {source.kind}")
+        raise ValueError(f"unknown source kind {source.kind!r}")
 
 
 def _original_text(data: Any) -> str:
@@ -172,11 +330,11 @@ def validate_item(item: RawItem, *, fields, answer_format: str,
         try:
             text = record.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return dead("not_utf8", f"line {item.position + 1}: {exc}")
+            return dead("not_utf8", f"{item.where()}: {exc}")
         try:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
-            return dead("malformed_json", f"line {item.position + 1}: {exc}")
+            return dead("malformed_json", f"{item.where()}: {exc}")
     if not isinstance(record, dict):
         return dead("not_an_object", f"expected a JSON object, got {type(record).__name__}")
 

@@ -136,3 +136,26 @@ def test_portable_workers_never_outnumber_accelerators(monkeypatch):
                    "options": {"direct_num_workers": 2}}})
     with pytest.raises(JobError, match="portable runner has 2 SDK workers"):
         check_engine_copies(manifest, pipeline_options(manifest))
+
+
+@pytest.mark.parametrize("kind", ["parquet", "hf"])
+def test_portable_workers_read_every_source_kind(portable_services, monkeypatch, tmp_path, kind):
+    """Parquet (ReadFromParquet) and a ``datasets`` folder (opened by a worker) read by the
+    SDK workers; the same dataset as the local runner's."""
+    from test_launcher import write_source
+
+    path = write_source(kind, tmp_path / "in", 6)
+    for name, value in portable_services.environment().items():
+        monkeypatch.setenv(name, value)
+    source = {"kind": kind, "path": str(path)}
+    base = {"name": "kinds", "seed": 1, "source": source, "models": {"policy": SCRIPTED},
+            "policy": {"samples": 2}, "monte_carlo": {"rollouts": 2}}
+    local = run_job(manifest_from_dict({**base, "runner": {"num_shards": 2}}),
+                    out_dir=str(tmp_path / "local"))
+    portable = run_job(manifest_from_dict({**base, "runner": {
+        "num_shards": 2, "runner": "portable", "profile": PROFILE,
+        "options": {"direct_num_workers": 2}}}), out_dir=str(tmp_path / "portable"))
+    assert portable.stats["reconciliation"] == local.stats["reconciliation"]
+    assert portable.stats["reconciliation"]["problems_in"] == 6
+    assert rows_without_cache_counts(str(tmp_path / "portable")) == rows_without_cache_counts(
+        str(tmp_path / "local"))

@@ -29,8 +29,8 @@ def manifest(runner: dict, source: str = "problems.jsonl"):
 @pytest.mark.parametrize("runner, profile", [("dataflow", "dataflow.yaml"),
                                              ("flink", "flink.yaml")])
 def test_profile_builds_pipeline_up_to_submission(repo_root, runner, profile):
-    # A real job reads gs:// sources with Beam IO on the workers (apache-beam[gcp], in the
-    # worker image); here the demo file is read in the driver, as for any local source.
+    # Workers read the source with Beam IO (a real job reads gs:// with apache-beam[gcp], in
+    # the worker image); the graph is only built here, so a local path will do.
     m = manifest({"runner": runner, "profile": str(repo_root / "jobs" / "runners" / profile)},
                  source=str(repo_root / "jobs" / "data" / "arithmetic.jsonl"))
     options = pipeline_options(m)
