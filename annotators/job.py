@@ -87,7 +87,10 @@ class ProblemLabeler:
         self.splitter = get_splitter(manifest.splitter.name)
         self.policy_template = load_template(manifest.policy.template)
         seed = manifest.seed
-        self.mc = (MonteCarloAnnotator(engines.completer, manifest.monte_carlo, run_seed=seed)
+        # Monte Carlo skips the steps after the first error when nothing keeps their labels.
+        self.mc_config = (manifest.monte_carlo.resolved(consensus=manifest.consensus is not None)
+                          if manifest.monte_carlo else None)
+        self.mc = (MonteCarloAnnotator(engines.completer, self.mc_config, run_seed=seed)
                    if manifest.monte_carlo else None)
         self.omegaprm = (OmegaPRMAnnotator(engines.completer, manifest.omegaprm, run_seed=seed,
                                            splitter=self.splitter)
@@ -106,7 +109,7 @@ class ProblemLabeler:
         judge_id, judge_sha, _ = engine_identity(self.engines.judge)
         judge_template = load_template(m.judge.template_id) if m.judge else None
         annotators = {
-            "monte_carlo": to_mapping(m.monte_carlo) if m.monte_carlo else None,
+            "monte_carlo": to_mapping(self.mc_config) if m.monte_carlo else None,
             "omegaprm": to_mapping(m.omegaprm) if m.omegaprm else None,
             "judge": to_mapping(m.judge) if m.judge else None,
             "consensus": to_mapping(m.consensus) if m.consensus else None,
@@ -307,6 +310,10 @@ class ProblemLabeler:
             counters["mc_rollouts"] = mc.rollouts
             counters["mc_rollouts_truncated"] = sum(mc.n_truncated)
             counters["mc_rollouts_unknown"] = sum(mc.n_unknown[:-1])
+            counters["mc_rollouts_saved_decided"] = mc.rollouts_saved_decided
+            counters["mc_rollouts_saved_first_error"] = mc.rollouts_saved_first_error
+            counters["mc_steps_not_estimated"] = sum(
+                1 for c in zip(mc.n_total, mc.n_unknown) if c == (0, 0))
             counters["mc_steps_unestimated"] = sum(1 for v in mc.values if v is None)
         if verdict is not None:
             row.update({

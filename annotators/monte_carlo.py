@@ -20,7 +20,7 @@ annotated concurrently against one engine; nothing here serializes the engine.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, Sequence
 
 from steplabel.annotators.grading import Grade, grade
@@ -31,7 +31,7 @@ from steplabel.engines.base import CostMeter, GenerationEngine, GenerationReques
 from steplabel.schemas.config import ConfigError, SamplingConfig, check
 
 ANNOTATOR_NAME = "monte_carlo"
-ANNOTATOR_VERSION = "2"  # 2: cut-off rollouts unknown; final step by its own answer
+ANNOTATOR_VERSION = "3"  # 2: cut-off rollouts unknown, final step by its answer; 3: waves
 
 #: ``grader(completed_solution_text, gold_answer) -> Grade``; :func:`grading.grade` by default.
 Grader = Callable[[str, "str | None"], Grade]
@@ -43,6 +43,7 @@ FINISH_LENGTH = "length"
 #: implementations that ignore finish reasons do; a cut-off text usually has no answer).
 TRUNCATED_RULES = ("unknown", "incorrect")
 REASON_TRUNCATED = "truncated"
+STOPPING_RULES = ("decided", "fixed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,6 +80,17 @@ class GradedRollouts:
     @property
     def n_unknown(self) -> int:
         return self.verdicts.count("unknown")
+
+    def extend(self, more: "GradedRollouts") -> "GradedRollouts":
+        """These rollouts followed by ``more`` (the next wave of the same step)."""
+        return GradedRollouts(
+            seed=self.seed,
+            texts=self.texts + more.texts,
+            generated_tokens=self.generated_tokens + more.generated_tokens,
+            verdicts=self.verdicts + more.verdicts,
+            reasons=self.reasons + more.reasons,
+            finish_reasons=self.finish_reasons + more.finish_reasons,
+        )
 
     @property
     def n_truncated(self) -> int:
@@ -166,6 +178,19 @@ class MonteCarloConfig:
     - ``truncated``: how a rollout cut off at ``sampling.max_tokens`` counts: ``unknown``
       (default; it never reached an answer, so it is left out of the value's denominator) or
       ``incorrect`` (graded as written: what implementations that ignore finish reasons do).
+    - ``stopping``: ``decided`` (default) samples a step's rollouts in waves (1, 1, 2, 4, ...
+      rollouts) and stops as soon as the rollouts left cannot change its hard label (τ = 0: at
+      the first correct rollout); ``fixed`` always samples all k in one request, as Math-Shepherd
+      and Qwen describe it. Rollout ``i`` of a step always has seed ``step_seed + i`` (vLLM seeds
+      child ``i`` of a request with ``seed + i``), so hard labels and first errors are identical
+      under both; soft labels are ``correct / known`` over the rollouts actually sampled, so they
+      rest on fewer rollouts under ``decided``. ``fixed`` reproduces the published recipes'
+      soft labels (Math-Shepherd SE, OmegaPRM's pointwise soft label).
+    - ``first_error_only``: estimate steps in order and stop at the first step decided negative
+      (or unknown): the steps after it get no rollouts and are recorded as not estimated (counts
+      0, value and label null), never as negative. The first error is identical by
+      construction. ``null`` (default) turns it on exactly when nothing keeps labels after the
+      first error: with ``consensus`` (kept labels end there) or ``truncate_after_first_error``.
     - ``sampling``: completer sampling settings (temperature 0.7, 256 new tokens by default).
     """
 
@@ -173,6 +198,8 @@ class MonteCarloConfig:
     hard_threshold: float = 0.0
     truncate_after_first_error: bool = False
     truncated: Literal["unknown", "incorrect"] = "unknown"
+    stopping: Literal["decided", "fixed"] = "decided"
+    first_error_only: bool | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
@@ -184,6 +211,16 @@ class MonteCarloConfig:
               "must be true or false", self.truncate_after_first_error)
         check(self.truncated in TRUNCATED_RULES, "truncated",
               f"must be one of {', '.join(TRUNCATED_RULES)}", self.truncated)
+        check(self.stopping in STOPPING_RULES, "stopping",
+              f"must be one of {', '.join(STOPPING_RULES)}", self.stopping)
+        check(self.first_error_only is None or isinstance(self.first_error_only, bool),
+              "first_error_only", "must be true, false or null", self.first_error_only)
+
+    def resolved(self, *, consensus: bool) -> "MonteCarloConfig":
+        """This config with ``first_error_only`` decided (see the class docstring)."""
+        if self.first_error_only is not None:
+            return self
+        return replace(self, first_error_only=consensus or self.truncate_after_first_error)
         if not isinstance(self.sampling, SamplingConfig):
             raise ConfigError(f"sampling must be a SamplingConfig, got {self.sampling!r}")
 
@@ -210,7 +247,11 @@ class MonteCarloResult:
       after it are None); None when truncation is off or no step is negative.
     - ``seeds[t]``: the request seed of step t; rollout ``i`` of step t is ``(seeds[t], i)``.
     - ``unknown_reasons[t]``: the grader's reasons for the unknown rollouts of step t.
-    - ``rollouts``: rollouts sampled (k × (number of steps - 1)); ``cost``: ``CostMeter.as_dict()``.
+    - ``rollouts``: rollouts sampled (at most k × (number of steps - 1)); ``cost``:
+      ``CostMeter.as_dict()``. ``rollouts_saved_decided``: rollouts not sampled on estimated
+      steps because their label was decided early; ``rollouts_saved_first_error``: k for every
+      step not estimated because it lies after the first error. A step not estimated has counts
+      ``0, 0, 0`` and value and labels None.
     """
 
     problem_id: str
@@ -233,6 +274,8 @@ class MonteCarloResult:
     cost: dict[str, int]
     annotator: str
     model_id: str
+    rollouts_saved_decided: int = 0
+    rollouts_saved_first_error: int = 0
 
 
 def first_error_from_labels(hard_labels: Sequence[bool | None]) -> int | None:
@@ -291,8 +334,9 @@ class MonteCarloAnnotator:
         includes the prompt's ``response_prefix``); ``gold_answer`` is already extracted (None:
         every rollout grades unknown). ``final_verdict`` is the grade of the solution's own final
         answer (``"correct"``, ``"incorrect"`` or ``"unknown"``; graded here when None): it
-        labels the last step, from which nothing is rolled out. Costs exactly
-        ``k * (len(steps) - 1)`` rollouts.
+        labels the last step, from which nothing is rolled out. Costs at most
+        ``k * (len(steps) - 1)`` rollouts (exactly that with ``stopping: fixed`` and
+        ``first_error_only`` off).
         """
         if not steps:
             raise ValueError(f"steps must be non-empty (problem {problem_id!r}, "
@@ -304,18 +348,21 @@ class MonteCarloAnnotator:
             raise ValueError(f"final_verdict must be correct, incorrect or unknown, got "
                              f"{final_verdict!r}")
         cfg = self.config
+        first_error_only = (cfg.first_error_only if cfg.first_error_only is not None
+                            else cfg.truncate_after_first_error)
         cost = CostMeter()
         seeds = [self.seed_for(problem_id=problem_id, solution_index=solution_index,
                                step_index=t) for t in range(len(steps))]
 
-        async def estimate(t: int) -> GradedRollouts:
+        async def wave(t: int, start: int, size: int) -> GradedRollouts:
+            # Rollouts start..start+size-1 of step t: seeds seeds[t] + i, as in one request.
             prefix = splitter.join(list(steps[: t + 1]))
             return await sample_and_grade(
                 self.engine,
                 prompt_text=prompt.for_continuation(prefix, splitter.separator),
                 solution_prefix=prefix + splitter.separator,
-                n=cfg.rollouts,
-                seed=seeds[t],
+                n=size,
+                seed=seeds[t] + start,
                 sampling=cfg.sampling,
                 gold_answer=gold_answer,
                 grader=self.grader,
@@ -323,11 +370,50 @@ class MonteCarloAnnotator:
                 truncated=cfg.truncated,
             )
 
-        estimates = list(await asyncio.gather(*(estimate(t) for t in range(len(steps) - 1))))
-        # The complete solution is its own (single) rollout.
+        estimable = len(steps) - 1  # no rollout from the complete solution
+        sampled: list[GradedRollouts | None] = [None] * estimable
+        # Rounds: every step still needed gets its next wave; all of a round is in flight at
+        # once. The schedule depends only on results, never on timing, so reruns repeat it.
+        while True:
+            decided = [step_decision(sampled[t], k=cfg.rollouts, tau=cfg.hard_threshold)
+                       for t in range(estimable)]
+            needed = range(estimable)
+            if first_error_only:
+                stop = next((t for t, d in enumerate(decided) if d is not True
+                             and d is not UNDECIDED), None)
+                needed = range(estimable if stop is None else stop)
+            todo = [t for t in needed if decided[t] is UNDECIDED]
+            if first_error_only:
+                todo = todo[:FIRST_ERROR_WINDOW]
+            if not todo:
+                break
+            done = [0 if sampled[t] is None else len(sampled[t].verdicts) for t in todo]
+            sizes = [cfg.rollouts - n if cfg.stopping == "fixed"
+                     else min(cfg.rollouts - n, max(1, n)) for n in done]
+            results = await asyncio.gather(*(wave(t, n, size)
+                                             for t, n, size in zip(todo, done, sizes)))
+            for t, result in zip(todo, results):
+                sampled[t] = result if sampled[t] is None else sampled[t].extend(result)
+
+        estimated, final_needed = list(range(estimable)), True
+        if first_error_only:
+            stop = next((t for t in range(estimable) if step_decision(
+                sampled[t], k=cfg.rollouts, tau=cfg.hard_threshold) is not True), None)
+            if stop is not None:
+                estimated, final_needed = list(range(stop + 1)), False
+        not_estimated = GradedRollouts(seed=0, texts=(), generated_tokens=(), verdicts=(),
+                                       reasons=(), finish_reasons=())
+        estimates = [sampled[t] if t in estimated and sampled[t] is not None else not_estimated
+                     for t in range(estimable)]
+        saved_decided = sum(cfg.rollouts - len(estimates[t].verdicts) for t in estimated)
+        saved_first_error = sum(cfg.rollouts - (0 if sampled[t] is None else len(
+            sampled[t].verdicts)) for t in range(len(estimated), estimable))
+        # The complete solution is its own (single) rollout; it is not estimated either when
+        # an earlier step already decided the first error and nothing keeps labels after it.
         estimates.append(GradedRollouts(seed=seeds[-1], texts=("",), generated_tokens=(0,),
                                         verdicts=(final_verdict,), reasons=("final_answer",),
-                                        finish_reasons=("stop",)))
+                                        finish_reasons=("stop",))
+                         if final_needed else not_estimated)
 
         values = [e.value for e in estimates]
         hard: list[bool | None] = [None if v is None else v > cfg.hard_threshold for v in values]
@@ -364,4 +450,46 @@ class MonteCarloAnnotator:
             cost=cost.as_dict(),
             annotator=self.name,
             model_id=getattr(self.engine, "model_id", "unknown"),
+            rollouts_saved_decided=saved_decided,
+            rollouts_saved_first_error=saved_first_error,
         )
+
+
+#: With ``first_error_only``, how many undecided steps (the earliest) get a wave each round:
+#: 1 would spend the fewest rollouts but make a solution's rounds as many as its rollouts; 2
+#: lets a positive step and the next one advance together.
+FIRST_ERROR_WINDOW = 2
+
+
+class _Undecided:
+    def __repr__(self) -> str:
+        return "UNDECIDED"
+
+
+#: :func:`step_decision` of a step whose label the remaining rollouts could still change.
+UNDECIDED = _Undecided()
+
+
+def step_decision(sampled: "GradedRollouts | None", *, k: int, tau: float):
+    """The hard label that ``k`` rollouts will give a step, if the rollouts sampled so far
+    already decide it: True / False, None (no rollout can be known: every one was unknown), or
+    :data:`UNDECIDED`.
+
+    With ``c`` correct of ``n`` known rollouts and ``r`` still to sample, the final value lies in
+    ``[c / (n + r), (c + r) / (n + r)]`` (the rest all incorrect / all correct; the rest unknown
+    gives ``c / n``, inside it); the label ``value > tau`` is decided when both ends agree and
+    no unknown-only outcome (value None) is possible.
+    """
+    if sampled is None:
+        return UNDECIDED if k > 0 else None
+    c, n = sampled.n_correct, sampled.n_total
+    r = k - len(sampled.verdicts)
+    if r <= 0:
+        return None if n == 0 else c / n > tau
+    if n == 0:
+        return UNDECIDED  # the rest could all be unknown (None) or known
+    if c / (n + r) > tau:
+        return True
+    if (c + r) / (n + r) <= tau:
+        return False
+    return UNDECIDED

@@ -43,7 +43,7 @@ TRAJECTORY_COLUMNS = [
     "problem_id", "source", "steps", "labels", "mc_values", "mc_first_error",
     "judge_first_error", "consensus_keep", "consensus_reason", "final_answer_correct",
     "cost_policy", "cost_mc", "cost_judge", "policy_truncated", "mc_n_truncated",
-    "judge_finish_reasons",
+    "mc_n_total", "mc_n_unknown", "judge_finish_reasons",
 ]
 #: The columns each output is read with (the smallest set the figures need).
 COLUMNS: dict[str, list[str]] = {
@@ -317,7 +317,10 @@ class LabelStats:
             self.steps_kept += steps
         self.truncation["policy"][0] += 1
         self.truncation["policy"][1] += bool(row.get("policy_truncated"))
-        self.truncation["monte_carlo"][0] += (row.get("cost_mc") or {}).get("rollouts") or 0
+        # Rollouts recorded in the step counts (the last step's "rollout" is the solution).
+        self.truncation["monte_carlo"][0] += sum(
+            (n or 0) + (u or 0) for n, u in zip((row.get("mc_n_total") or [])[:-1],
+                                                (row.get("mc_n_unknown") or [])[:-1]))
         self.truncation["monte_carlo"][1] += sum(v or 0 for v in row.get("mc_n_truncated") or ())
         judge_finish = row.get("judge_finish_reasons") or ()
         self.truncation["judge"][0] += len(judge_finish)

@@ -60,17 +60,32 @@ def rows(out: str, output: str) -> list[dict]:
 
 
 def check_counts(row: dict, k: int = K) -> None:
-    """The per-step counts of one trajectory row obey the unknown rule."""
+    """The per-step counts of one trajectory row obey the unknown rule.
+
+    A step is estimated with up to k rollouts (fewer when its label was decided early), or not
+    estimated at all (counts 0, value and label null) when it lies after a step that already
+    decided the first error (first-error-only Monte Carlo)."""
     steps = len(row["steps"])
+    spent = 0
+    cut_here = None  # the step after which nothing is estimated
     for t in range(steps):
         correct, total = row["mc_n_correct"][t], row["mc_n_total"][t]
         unknown, cut = row["mc_n_unknown"][t], row["mc_n_truncated"][t]
-        assert total + unknown == (1 if t == steps - 1 else k)
-        assert cut <= unknown  # a cut-off rollout is unknown, never in the denominator
         value = row["mc_values"][t]
+        if total + unknown == 0:
+            cut_here = t if cut_here is None else cut_here
+            assert value is None and row["hard_labels"][t] is None
+            continue
+        assert cut_here is None  # no estimate after a step that was not estimated
+        assert 1 <= total + unknown <= (1 if t == steps - 1 else k)
+        assert cut <= unknown  # a cut-off rollout is unknown, never in the denominator
         assert value == (correct / total if total else None)
         assert (row["hard_labels"][t] is None) == (value is None)
-    assert row["cost_mc"]["rollouts"] == k * (steps - 1)
+        spent += total + unknown if t < steps - 1 else 0
+    if cut_here is not None:  # only after a step labelled negative or unknown
+        assert cut_here > 0 and row["hard_labels"][cut_here - 1] is not True
+    # Cost also holds a wave spent on the step after the first error before it was decided.
+    assert spent <= row["cost_mc"]["rollouts"] <= k * (steps - 1)
 
 
 def test_all_rollouts_cut_off_labels_nothing_wrong(tmp_path):
@@ -82,10 +97,8 @@ def test_all_rollouts_cut_off_labels_nothing_wrong(tmp_path):
     assert trajectories and not rows(out, "trajectories")
     for row in trajectories:
         check_counts(row)
-        steps = len(row["steps"])
-        assert row["mc_n_truncated"][:-1] == [K] * (steps - 1)
+        assert row["mc_n_truncated"][0] == K  # then nothing after an unknown first step
         assert False not in row["hard_labels"] and 0.0 not in row["mc_values"]
-        assert row["hard_labels"][-1] is True  # the correct answer labels the last step
         assert row["mc_first_error"] is None
         assert row["consensus_reason"] == "mc_unknown"
     for row in rows(out, "omegaprm_states"):
@@ -111,10 +124,12 @@ def test_reanswering_continuations_keep_a_correct_solution_positive(tmp_path):
         assert row["labels"] == [True] * len(row["steps"])
         assert row["hard_labels"] == [True] * len(row["steps"])
         assert row["mc_first_error"] == row["judge_first_error"] == -1
-    # No rollout from a complete solution: k per step for the first M - 1 steps only.
-    per_solution = K * (problems[0].num_steps - 1)
+    # No rollout from a complete solution, and each step stops at its first correct rollout.
+    per_solution = problems[0].num_steps - 1
     assert result.stats["overall"]["cost"]["mc"]["rollouts"] == len(kept) * per_solution
     assert result.stats["counters"]["mc_rollouts"] == len(kept) * per_solution
+    assert result.stats["counters"]["mc_rollouts_saved_decided"] == len(kept) * per_solution * (
+        K - 1)
 
 
 @pytest.fixture(scope="module")

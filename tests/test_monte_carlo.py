@@ -30,8 +30,10 @@ K = 8
 def annotate(engine, problem: PlantedProblem, steps: list[str], *, config=None,
              run_seed: int = 7, solution_index: int = 0, gold: str | None = "default",
              grader=grade) -> MonteCarloResult:
-    annotator = MonteCarloAnnotator(engine, config or MonteCarloConfig(), run_seed=run_seed,
-                                    grader=grader)
+    # The planted policy anchors one correct and one incorrect sample per request, so its
+    # samples depend on the request's n: fixed stopping keeps these tests exact.
+    annotator = MonteCarloAnnotator(engine, config or MonteCarloConfig(stopping="fixed"),
+                                    run_seed=run_seed, grader=grader)
     return asyncio.run(annotator.annotate(
         problem_id=problem.problem_id, solution_index=solution_index,
         prompt=problem.prompt(engine), steps=steps, splitter=SPLITTER,
@@ -55,6 +57,7 @@ def assert_counts_consistent(result: MonteCarloResult, k: int = K) -> None:
 def test_config_defaults_and_validation():
     cfg = MonteCarloConfig()
     assert (cfg.rollouts, cfg.hard_threshold, cfg.truncate_after_first_error) == (8, 0.0, False)
+    assert (cfg.stopping, cfg.first_error_only, cfg.truncated) == ("decided", None, "unknown")
     assert cfg.sampling == SamplingConfig(temperature=0.7, max_tokens=256)
     with pytest.raises(ConfigError, match=r"rollouts must be an integer >= 1, got 0"):
         MonteCarloConfig(rollouts=0)
@@ -122,7 +125,7 @@ def test_requests_continue_each_step_prefix_with_derived_seeds():
 def test_hard_threshold():
     problem = PlantedProblem.make("tau", num_steps=8)
     result = annotate(PlantedPolicy().engine(), problem, problem.steps(6),
-                      config=MonteCarloConfig(hard_threshold=0.5))
+                      config=MonteCarloConfig(hard_threshold=0.5, stopping="fixed"))
     assert result.hard_labels == [v > 0.5 for v in result.values]
     first_low = next(t for t, v in enumerate(result.values) if v <= 0.5)
     assert result.first_error_index == first_low
@@ -187,7 +190,8 @@ def test_missing_gold_answer_is_unknown_everywhere():
 
 def test_truncation_keeps_counts_and_drops_later_labels():
     problem = PlantedProblem.make("trunc", num_steps=8)
-    config = MonteCarloConfig(truncate_after_first_error=True)
+    config = MonteCarloConfig(truncate_after_first_error=True, stopping="fixed",
+                              first_error_only=False)
     full = annotate(PlantedPolicy().engine(), problem, problem.steps(3))
     cut = annotate(PlantedPolicy().engine(), problem, problem.steps(3), config=config)
     assert cut.truncated_after == 3 and full.truncated_after is None
@@ -248,7 +252,8 @@ def test_all_steps_are_in_flight_at_once():
 def test_many_problems_concurrently_match_one_at_a_time():
     problems = [PlantedProblem.make(f"conc-{i}", num_steps=3 + i) for i in range(6)]
     errors = [i % (3 + i) for i in range(6)]
-    config = MonteCarloConfig(truncate_after_first_error=True)
+    config = MonteCarloConfig(truncate_after_first_error=True, stopping="fixed",
+                              first_error_only=False)
 
     async def run_all(engine, concurrently: bool):
         annotator = MonteCarloAnnotator(engine, config, run_seed=3)
@@ -271,7 +276,7 @@ def test_many_problems_concurrently_match_one_at_a_time():
 def test_result_maps_to_arrow():
     problem = PlantedProblem.make("arrow", num_steps=4)
     result = annotate(unknown_at_one_step(3), problem, problem.steps(1),
-                      config=MonteCarloConfig(truncate_after_first_error=True))
+                      config=MonteCarloConfig(truncate_after_first_error=True, stopping="fixed"))
     table = pa.Table.from_pylist([dataclasses.asdict(result)])
     assert table.num_rows == 1
     assert table.column("hard_labels").to_pylist() == [[True, False, None, None]]
@@ -315,7 +320,7 @@ def test_cut_off_rollouts_are_unknown_not_wrong():
 def test_cut_off_rollouts_can_be_counted_incorrect_on_request():
     problem = PlantedProblem.make("cut-inc", num_steps=4)
     result = annotate(cut_off_after(0), problem, problem.steps(),
-                      config=MonteCarloConfig(truncated="incorrect"))
+                      config=MonteCarloConfig(truncated="incorrect", stopping="fixed"))
     assert result.values[:3] == [0.0, 0.0, 0.0] and result.first_error_index == 0
     assert result.n_truncated[:3] == [K, K, K]
 
@@ -360,3 +365,108 @@ def test_wrong_or_missing_final_answer_labels_the_last_step_negative():
 def test_config_truncated_rule_is_checked():
     with pytest.raises(ConfigError, match="truncated must be one of unknown, incorrect"):
         MonteCarloConfig(truncated="wrong")  # type: ignore[arg-type]
+
+
+# -- fewer rollouts for the same labels (issue 14) ---------------------------------------------
+
+
+def faulty_engine(**faults):
+    from faulty import FaultyPolicy, engine
+
+    return engine(FaultyPolicy(**faults))
+
+
+LANDSCAPES = [dict(rollout_cut=0.0), dict(rollout_cut=0.25), dict(success_range=(0.05, 0.3)),
+              dict(success_range=(0.3, 0.9), rollout_cut=0.1)]
+
+
+def planted_cases(count: int = 12):
+    for i in range(count):
+        problem = PlantedProblem.make(f"dec-{i}", num_steps=3 + i % 5)
+        error_at = -1 if i % 4 == 0 else i % problem.num_steps
+        yield problem, problem.steps(error_at)
+
+
+@pytest.mark.parametrize("faults", LANDSCAPES)
+@pytest.mark.parametrize("tau", [0.0, 0.5])
+def test_decided_stopping_gives_the_hard_labels_of_fixed_k(faults, tau):
+    """vLLM-style seeds (child i of a request = seed + i): waves reproduce fixed-k rollouts."""
+    spent = {"fixed": 0, "decided": 0}
+    for problem, steps in planted_cases():
+        results = {}
+        for stopping in ("fixed", "decided"):
+            engine = faulty_engine(**faults)
+            config = MonteCarloConfig(stopping=stopping, hard_threshold=tau,
+                                      first_error_only=False)
+            results[stopping] = annotate(engine, problem, steps, config=config)
+            spent[stopping] += engine.rollouts
+        fixed, decided = results["fixed"], results["decided"]
+        assert decided.hard_labels == fixed.hard_labels
+        assert decided.first_error_index == fixed.first_error_index
+        for t, (c, n) in enumerate(zip(decided.n_correct, decided.n_total)):
+            assert decided.values[t] == (c / n if n else None)  # true counts of what was sampled
+        assert decided.rollouts + decided.rollouts_saved_decided == fixed.rollouts
+    assert spent["decided"] <= spent["fixed"]
+    if tau == 0.0 and faults.get("success_range", (0.3, 0.9))[0] >= 0.3:
+        assert spent["decided"] < 0.7 * spent["fixed"]
+
+
+def test_waves_use_the_seeds_of_one_request():
+    problem = PlantedProblem.make("waves", num_steps=5)
+    engine = faulty_engine(rollout_cut=0.3)
+    result = annotate(engine, problem, problem.steps(3),
+                      config=MonteCarloConfig(stopping="decided", first_error_only=False))
+    by_prefix: dict[str, list[int]] = {}
+    for request in engine.requests:
+        by_prefix.setdefault(request.prompt, []).extend(
+            request.seed + j for j in range(request.n))
+    for t, seed in enumerate(result.seeds[:-1]):
+        prompt = problem.prompt(engine).for_continuation(SPLITTER.join(problem.steps(3)[:t + 1]),
+                                                         "\n")
+        seeds = by_prefix[prompt]
+        assert seeds == list(range(seed, seed + len(seeds)))  # rollout i has seed step_seed + i
+        assert len(seeds) == result.n_total[t] + result.n_unknown[t]
+
+
+@pytest.mark.parametrize("faults", LANDSCAPES)
+def test_first_error_only_finds_the_same_first_error(faults):
+    spent = {False: 0, True: 0}
+    for problem, steps in planted_cases():
+        results = {}
+        for only in (False, True):
+            engine = faulty_engine(**faults)
+            results[only] = annotate(engine, problem, steps,
+                                     config=MonteCarloConfig(first_error_only=only))
+            spent[only] += engine.rollouts
+        full, cut = results[False], results[True]
+        assert cut.first_error_index == full.first_error_index
+        first = full.first_error_index
+        if first is not None and first >= 0:
+            assert cut.hard_labels[:first + 1] == full.hard_labels[:first + 1]
+            for t in range(first + 1, len(steps)):  # not estimated: no counts, no label
+                assert (cut.n_total[t], cut.n_unknown[t], cut.values[t],
+                        cut.hard_labels[t]) == (0, 0, None, None)
+        if first == -1:
+            assert cut.hard_labels == full.hard_labels
+    assert spent[True] <= spent[False]
+
+
+def test_step_decision_bounds():
+    from steplabel.annotators.monte_carlo import UNDECIDED, GradedRollouts, step_decision
+
+    def sampled(*verdicts):
+        return GradedRollouts(seed=0, texts=("",) * len(verdicts),
+                              generated_tokens=(0,) * len(verdicts), verdicts=verdicts,
+                              reasons=("",) * len(verdicts),
+                              finish_reasons=("stop",) * len(verdicts))
+
+    assert step_decision(None, k=4, tau=0.0) is UNDECIDED
+    assert step_decision(sampled("correct"), k=4, tau=0.0) is True
+    assert step_decision(sampled("incorrect"), k=4, tau=0.0) is UNDECIDED
+    assert step_decision(sampled(*("incorrect",) * 4), k=4, tau=0.0) is False
+    assert step_decision(sampled(*("unknown",) * 4), k=4, tau=0.0) is None
+    assert step_decision(sampled(*("unknown",) * 3), k=4, tau=0.0) is UNDECIDED
+    # tau = 0.5 over k = 4: 3 correct of 3 known already exceed 0.5 whatever the last one is
+    assert step_decision(sampled("correct", "correct", "correct"), k=4, tau=0.5) is True
+    assert step_decision(sampled("incorrect", "incorrect", "incorrect"), k=4, tau=0.5) is False
+    assert step_decision(sampled("correct", "incorrect"), k=4, tau=0.5) is UNDECIDED

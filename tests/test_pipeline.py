@@ -120,8 +120,9 @@ def test_labels_and_consensus(finished):
                                       else len(row["steps"]))
         assert all(c <= t for c, t in zip(row["mc_n_correct"], row["mc_n_total"]))
         assert row["provenance"]["manifest_hash"]
-        # k rollouts per step, none from the complete solution
-        assert row["cost_mc"]["rollouts"] == 4 * (len(row["steps"]) - 1)
+        # at most k rollouts per step (fewer once a label is decided), none from the complete
+        # solution
+        assert 1 <= row["cost_mc"]["rollouts"] <= 4 * (len(row["steps"]) - 1)
     for row in rows(out, "rejected"):
         assert row["consensus_keep"] is False
         assert row["consensus_reason"] in {"disagree", "mc_unknown", "judge_unknown",
