@@ -32,14 +32,18 @@ text equals its problem text exactly (surrounding whitespace ignored). Ids or pr
 the answers file maps to two different answers join nothing (``ambiguous_answer``).
 
 **Annotators** (``mc``, ``omegaprm``, ``judge``, ``consensus``) run on the given steps: nothing is
-resampled or re-split. Monte Carlo, OmegaPRM and consensus need a gold answer; an item without
-a usable one is evaluated by the judge only, and the others record ``skipped``.
+resampled or re-split. Monte Carlo, OmegaPRM and consensus need a gold answer; on an item without
+a usable one only the judge runs, and the others record ``skipped``.
 
 **Metrics** (:func:`first_error_scores`, ProcessBench §4.1 and ``run_eval_prm_trl.py``): per
 source file, ``error_acc`` is the percentage of items with ``label != -1`` whose predicted index
 equals the label; ``correct_acc`` the percentage of items with ``label == -1`` predicted ``-1``;
-``f1 = 2 * error_acc * correct_acc / (error_acc + correct_acc)``. Unknown predictions count as
-wrong (like an unparseable critic answer); skipped items are not scored. Edge cases: no
+``f1 = 2 * error_acc * correct_acc / (error_acc + correct_acc)``. Every annotator is scored on
+the same items, all the evaluated items: an item it could not score, unknown (an unparseable
+critic answer, no quorum, consensus disagreement) or skipped (no gold answer), counts as a wrong
+prediction, as ProcessBench's script counts a ``None`` prediction; ``coverage`` is the share of
+items with a predicted index. Items dead-lettered (unreadable records, failed requests) are
+left out for every annotator alike and counted in the report. Edge cases: no
 erroneous items makes ``error_acc`` None, no correct items makes ``correct_acc`` None, and either
 makes ``f1`` None; both accuracies 0 gives ``f1 = 0`` (the limit of the harmonic mean, where the
 reference script would divide by zero). The average over source files is the mean of each figure
@@ -808,8 +812,9 @@ class FirstErrorScores:
     - ``n_correct`` items with ``label == -1``, ``correct_hits`` of them predicted -1;
       ``correct_acc``, None when ``n_correct == 0``.
     - ``f1``: :func:`harmonic_f1` of the two.
-    - ``n_unknown``: items predicted None (all scored as wrong). ``coverage``: percentage of
-      items with a known prediction; ``known_acc``: exact-match percentage among those (for
+    - ``n_unknown``: items the annotator ran on but predicted None; ``n_skipped``: items it did
+      not run on (no gold answer). Both are scored as wrong. ``coverage``: percentage of items
+      with a predicted index; ``known_acc``: exact-match percentage among those (for
       consensus, the accuracy of the kept labels).
     """
 
@@ -824,22 +829,31 @@ class FirstErrorScores:
     f1: float | None
     coverage: float | None
     known_acc: float | None
+    n_skipped: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def first_error_scores(pairs: Iterable[tuple[int, int | None]]) -> FirstErrorScores:
+def first_error_scores(pairs: Iterable[tuple[int, int | None] | tuple[int, int | None, bool]]
+                       ) -> FirstErrorScores:
     """Score ``(label, predicted)`` pairs exactly as ProcessBench does (module docstring).
 
-    ``label`` is an integer >= -1; ``predicted`` is an integer >= -1 or None (unknown, wrong).
+    ``label`` is an integer >= -1; ``predicted`` is an integer >= -1 or None (no prediction,
+    scored as wrong). An optional third element ``skipped`` (True: the annotator did not run on
+    the item) counts the item in ``n_skipped`` instead of ``n_unknown``; either way it is wrong.
     """
-    n_error = n_correct = error_hits = correct_hits = n_unknown = known_hits = 0
-    for label, predicted in pairs:
+    n_error = n_correct = error_hits = correct_hits = n_unknown = n_skipped = known_hits = 0
+    for pair in pairs:
+        label, predicted = pair[0], pair[1]
+        skipped = bool(pair[2]) if len(pair) > 2 else False
         if not _is_int(label) or label < -1:
             raise ValueError(f"label must be an integer >= -1, got {label!r}")
+        if skipped:
+            predicted = None
         hit = predicted is not None and predicted == label
-        n_unknown += predicted is None
+        n_skipped += skipped
+        n_unknown += predicted is None and not skipped
         known_hits += hit
         if label == -1:
             n_correct += 1
@@ -848,13 +862,14 @@ def first_error_scores(pairs: Iterable[tuple[int, int | None]]) -> FirstErrorSco
             n_error += 1
             error_hits += hit
     n_items = n_error + n_correct
+    n_known = n_items - n_unknown - n_skipped
     error_acc, correct_acc = _percent(error_hits, n_error), _percent(correct_hits, n_correct)
     return FirstErrorScores(
         n_items=n_items, n_error=n_error, n_correct=n_correct, error_hits=error_hits,
         correct_hits=correct_hits, n_unknown=n_unknown, error_acc=error_acc,
         correct_acc=correct_acc, f1=harmonic_f1(error_acc, correct_acc),
-        coverage=_percent(n_items - n_unknown, n_items),
-        known_acc=_percent(known_hits, n_items - n_unknown))
+        coverage=_percent(n_known, n_items), known_acc=_percent(known_hits, n_known),
+        n_skipped=n_skipped)
 
 
 def average_scores(scores: Iterable[Mapping[str, Any] | FirstErrorScores]) -> dict:
@@ -938,13 +953,19 @@ def build_report(
     Each row needs ``problem_id``, ``source``, ``annotator``, ``status``,
     ``predicted_first_error``, ``label``, ``ratings`` (None for ProcessBench items),
     ``gold_status`` and ``cost``. ``dead_letters`` are the items that could not be evaluated
-    (``source`` and ``reason``). Layout::
+    (``source`` and ``reason``).
+
+    Every annotator is scored on every evaluated item (an item that has a row of any annotator):
+    skipped and unknown predictions count as wrong, and an item with no row of an annotator
+    counts for it as skipped (``no_prediction_row``), so that all annotators share one
+    denominator per source. Layout::
 
         {"evaluation": {...}, "items": {counts, per source},
          "annotators": {name: {"per_source": {source: scores, step scores, counts, cost},
                                "average": {error_acc, correct_acc, f1, step_precision,
                                            step_recall, and the sources each mean covers},
-                               "cost": {totals and per evaluated item}}}}
+                               "items", "items_predicted", "items_unknown", "items_skipped",
+                               "coverage", "cost": {totals and per item run}}}}
     """
     rows = list(prediction_rows)
     dead = list(dead_letters)
@@ -974,27 +995,33 @@ def build_report(
 
     per_annotator: dict[str, dict] = {}
     for name in annotators:
-        mine = [r for r in rows if r["annotator"] == name]
+        by_item = {r["problem_id"]: r for r in rows if r["annotator"] == name}
+        mine = [by_item.get(pid) or {**first, "annotator": name, "status": STATUS_SKIPPED,
+                                     "reason": "no_prediction_row",
+                                     "predicted_first_error": None, "cost": None}
+                for pid, first in items.items()]
         per_source: dict[str, dict] = {}
         for source in sources:
             here = [r for r in mine if r["source"] == source]
-            scored = [r for r in here if r["status"] != STATUS_SKIPPED]
-            scores = first_error_scores((r["label"], r["predicted_first_error"]) for r in scored)
-            rated = [r for r in scored if r.get("ratings") is not None]
+            scores = first_error_scores(
+                (r["label"], r["predicted_first_error"], r["status"] == STATUS_SKIPPED)
+                for r in here)
+            ran = [r for r in here if r["status"] != STATUS_SKIPPED]
+            rated = [r for r in ran if r.get("ratings") is not None]
             entry = scores.as_dict()
-            entry["skipped"] = len(here) - len(scored)
+            entry["skipped"] = scores.n_skipped
             entry["skipped_reasons"] = dict(sorted(Counter(
                 r["reason"] for r in here if r["status"] == STATUS_SKIPPED).items()))
             entry["unknown_reasons"] = dict(sorted(Counter(
-                r["reason"] for r in scored if r["status"] == STATUS_UNKNOWN).items()))
+                r["reason"] for r in ran if r["status"] == STATUS_UNKNOWN).items()))
             entry["step"] = (step_negative_scores(
                 (r["ratings"], r["predicted_first_error"]) for r in rated).as_dict()
                 if rated else None)
             entry["cost"] = add_costs(*(r.get("cost") for r in here))
             per_source[source] = entry
-        scored_all = [r for r in mine if r["status"] != STATUS_SKIPPED]
+        n_run = sum(1 for r in mine if r["status"] != STATUS_SKIPPED)
+        n_predicted = sum(1 for r in mine if r["status"] == STATUS_PREDICTED)
         total_cost = add_costs(*(r.get("cost") for r in mine))
-        n_scored = len(scored_all)
         average = average_scores(per_source[s] for s in sources)
         for figure in ("precision", "recall"):
             values = [e["step"][figure] for e in per_source.values()
@@ -1004,15 +1031,19 @@ def build_report(
         per_annotator[name] = {
             "per_source": per_source,
             "average": average,
-            "items_scored": n_scored,
-            "items_skipped": len(mine) - n_scored,
+            "items": len(mine),
+            "items_scored": len(mine),  # every evaluated item, for every annotator
+            "items_predicted": n_predicted,
+            "items_unknown": n_run - n_predicted,
+            "items_skipped": len(mine) - n_run,
+            "coverage": _percent(n_predicted, len(mine)),
             "cost": {**total_cost,
-                     "rollouts_per_item": total_cost["rollouts"] / n_scored if n_scored else None,
+                     "rollouts_per_item": total_cost["rollouts"] / n_run if n_run else None,
                      "generated_tokens_per_item":
-                         total_cost["generated_tokens"] / n_scored if n_scored else None},
+                         total_cost["generated_tokens"] / n_run if n_run else None},
         }
     return {
-        "report_version": 1,
+        "report_version": 2,
         "evaluation": dict(evaluation or {}),
         "items": report_items,
         "annotators": per_annotator,
@@ -1042,16 +1073,19 @@ def render_report_markdown(report: Mapping[str, Any]) -> str:
         f"- items evaluated: {items['evaluated']} ({items['erroneous']} with an error, "
         f"{items['correct']} correct); dead letter: {items['dead_letter']}"
         + _reasons(items["dead_letter_reasons"]),
-        f"- items without a gold answer (judge only): {items['without_gold_answer']}"
+        f"- items without a gold answer (only the judge runs; the others count them as "
+        f"wrong): {items['without_gold_answer']}"
         + _reasons(items["without_gold_answer_reasons"]),
         "",
-        "ProcessBench scores in percent: error_acc on items with an error (exact first-error "
-        "index), correct_acc on correct items, F1 their harmonic mean; unknown predictions "
-        "count as wrong; n/a where a source has no such items.",
+        "ProcessBench scores in percent, every annotator on the same items: error_acc on items "
+        "with an error (exact first-error index), correct_acc on correct items, F1 their "
+        "harmonic mean. An item an annotator could not score (unknown, or skipped: not run "
+        "without a gold answer) counts as a wrong prediction; coverage is the share of items "
+        "it predicted an index for. n/a where a source has no such items.",
         "",
-        "| annotator | source | scored (err/corr) | error_acc | correct_acc | F1 | unknown | "
-        "skipped | kept acc | rollouts | gen. tokens |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| annotator | source | scored (err/corr) | error_acc | correct_acc | F1 | coverage | "
+        "unknown | skipped | kept acc | rollouts | gen. tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     step_lines = []
     for name, block in report["annotators"].items():
@@ -1059,7 +1093,8 @@ def render_report_markdown(report: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {name} | {source} | {s['n_items']} ({s['n_error']}/{s['n_correct']}) | "
                 f"{_fmt(s['error_acc'])} | {_fmt(s['correct_acc'])} | {_fmt(s['f1'])} | "
-                f"{s['n_unknown']} | {s['skipped']} | {_fmt(s['known_acc'])} | "
+                f"{_fmt(s['coverage'])} | {s['n_unknown']} | {s['skipped']} | "
+                f"{_fmt(s['known_acc'])} | "
                 f"{s['cost']['rollouts']} | {s['cost']['generated_tokens']} |")
             if s.get("step"):
                 st = s["step"]
@@ -1073,8 +1108,9 @@ def render_report_markdown(report: Mapping[str, Any]) -> str:
                               f"{_fmt(avg['step_recall'])} |")
         lines.append(
             f"| {name} | **average** | {block['items_scored']} | {_fmt(avg['error_acc'])} | "
-            f"{_fmt(avg['correct_acc'])} | **{_fmt(avg['f1'])}** | | {block['items_skipped']} "
-            f"| | {cost['rollouts']} | {cost['generated_tokens']} |")
+            f"{_fmt(avg['correct_acc'])} | **{_fmt(avg['f1'])}** | {_fmt(block['coverage'])} "
+            f"| {block['items_unknown']} | {block['items_skipped']} | | {cost['rollouts']} | "
+            f"{cost['generated_tokens']} |")
     if step_lines:
         lines += ["", "Step level, per-step ratings only (negative = rated -1): precision and "
                   "recall of the predicted negative steps, in percent.", "",

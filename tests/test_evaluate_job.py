@@ -84,7 +84,7 @@ def test_every_record_is_accounted_for(finished):
     assert result.info["rows"] == {"predictions": 32, "dead_letter": 4}
 
 
-def test_items_without_gold_answer_are_judged_only_and_counted(finished):
+def test_items_without_gold_answer_are_judged_only_and_count_as_wrong(finished):
     _, out, result = finished
     assert result.report["items"]["without_gold_answer"] == 1
     assert result.report["items"]["without_gold_answer_reasons"] == {"ambiguous_answer": 1}
@@ -95,8 +95,15 @@ def test_items_without_gold_answer_are_judged_only_and_counted(finished):
         assert rows[("pb-5", name)]["exact_match"] is None
     assert rows[("pb-3", "mc")]["answer_origin"] == "answers_by_id"
     assert rows[("pb-4", "mc")]["answer_origin"] == "answers_by_problem"
-    mc = result.report["annotators"]["mc"]["per_source"]["processbench_small"]
-    assert mc["skipped"] == 1 and mc["n_items"] == 4
+    annotators = result.report["annotators"]
+    mc = annotators["mc"]["per_source"]["processbench_small"]
+    # Every annotator is scored on the same 5 items: the skipped one counts as a miss.
+    assert mc["skipped"] == 1 and mc["n_items"] == 5
+    assert {a["per_source"]["processbench_small"]["n_items"] for a in annotators.values()} == {5}
+    assert mc["coverage"] <= 80.0 and annotators["mc"]["items_skipped"] == 1
+    exact = [r for (item, name), r in rows.items() if name == "mc" and r["exact_match"]
+             and r["source"] == "processbench_small"]
+    assert mc["error_hits"] + mc["correct_hits"] == len(exact)  # the skipped item is no hit
 
 
 def test_report_figures_follow_from_the_predictions(finished):
@@ -119,7 +126,8 @@ def test_report_figures_follow_from_the_predictions(finished):
     for row in mc_rows:
         wrong = row["final_answer_correct"] is False or row["item_id"] in ("sr-2", "sr-3")
         assert row["predicted_first_error"] == (row["num_steps"] - 1 if wrong else -1)
-    assert report["mc"]["cost"]["rollouts"] == sum(4 * r["num_steps"] for r in mc_rows)
+    # k rollouts at most per step but the last (labelled by the solution's own answer)
+    assert 0 < report["mc"]["cost"]["rollouts"] <= sum(4 * (r["num_steps"] - 1) for r in mc_rows)
 
 
 def test_resume_replays_checkpoints(tmp_path, finished):
@@ -204,7 +212,8 @@ def test_cli_prints_the_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0
     assert "| judge | **average** |" in printed and "| mc | processbench_small |" in printed
-    assert "items without a gold answer (judge only): 1" in printed
+    assert "items without a gold answer (only the judge runs; the others count them as " \
+        "wrong): 1" in printed
     assert (out / "report.md").read_text() in printed
     code = cli.main(["evaluate", "--gold", GOLD[1], "--manifest", str(manifest),
                      "--annotators", "judge", "--out", str(tmp_path / "json"), "--json"])
