@@ -74,3 +74,78 @@ def test_engine_info_pins_weights(host_engine):
     assert info.kind == "vllm"
     assert info.weights_sha256 and len(info.weights_sha256) == 64
     assert info.engine_version.startswith("vllm ")
+
+
+def test_children_of_one_request_are_single_requests_with_seed_plus_index(host_engine):
+    """What decided stopping rests on: vLLM seeds child i of a request with seed + i, so a
+    rollout sampled alone (n = 1, seed + i) is the same text as in the batch of k."""
+    host, engine = host_engine
+    prompt = chat(engine, "Sam has 4 pens and buys 3 more. How many pens?") + "Step 1:"
+
+    async def both():
+        batch = await engine.generate(GenerationRequest(prompt=prompt, n=4, seed=900,
+                                                        max_tokens=24, temperature=0.9))
+        alone = await asyncio.gather(*[
+            engine.generate(GenerationRequest(prompt=prompt, n=1, seed=900 + i, max_tokens=24,
+                                              temperature=0.9)) for i in range(4)])
+        waves = await asyncio.gather(
+            engine.generate(GenerationRequest(prompt=prompt, n=1, seed=900, max_tokens=24,
+                                              temperature=0.9)),
+            engine.generate(GenerationRequest(prompt=prompt, n=3, seed=901, max_tokens=24,
+                                              temperature=0.9)))
+        return batch, alone, waves
+
+    batch, alone, waves = host.run(both())
+    assert len(set(batch.texts)) > 1
+    assert tuple(r.texts[0] for r in alone) == batch.texts
+    assert waves[0].texts + waves[1].texts == batch.texts
+
+
+def test_decided_stopping_and_first_error_only_keep_the_labels_on_the_embedded_model(
+        host_engine):
+    """Issue 14: with the same seeds, fixed and decided stopping give identical hard labels and
+    first errors, and first-error-only gives identical kept (consensus) labels."""
+    from steplabel.annotators.consensus import consensus_labels
+    from steplabel.annotators.monte_carlo import MonteCarloAnnotator, MonteCarloConfig
+    from steplabel.annotators.prompts import build_solution_prompt, load_template
+    from steplabel.annotators.splitting import get_splitter
+    from steplabel.schemas.config import SamplingConfig
+
+    host, engine = host_engine
+    splitter = get_splitter("step_markers")
+    template = load_template("policy_steps_v1")
+    problems = [("Tom has 3 apples and buys 4 more. How many apples does he have?", "7"),
+                ("There are 9 birds on a tree and 5 fly away. How many are left?", "4"),
+                ("A box holds 6 eggs. How many eggs are in 3 boxes?", "18")]
+    sampling = SamplingConfig(temperature=0.8, top_p=0.95, max_tokens=48)
+
+    async def label_all(config):
+        annotator = MonteCarloAnnotator(engine, config, run_seed=11)
+        out, spent = [], 0
+        for p, (question, gold) in enumerate(problems):
+            prompt = build_solution_prompt(engine, template, question, "Step 1:")
+            sample = await engine.generate(GenerationRequest(
+                prompt=prompt.for_sampling(), n=2, seed=40 + p, max_tokens=64, temperature=0.8))
+            for i, text in enumerate(sample.texts):
+                steps = splitter.split("Step 1:" + text)
+                result = await annotator.annotate(
+                    problem_id=f"p{p}", solution_index=i, prompt=prompt, steps=steps,
+                    splitter=splitter, gold_answer=gold)
+                out.append(result)
+                spent += result.rollouts
+        return out, spent
+
+    def config(**kw):
+        return MonteCarloConfig(rollouts=4, sampling=sampling, **kw)
+
+    fixed, fixed_cost = host.run(label_all(config(stopping="fixed", first_error_only=False)))
+    decided, decided_cost = host.run(label_all(config(stopping="decided",
+                                                      first_error_only=False)))
+    cut, cut_cost = host.run(label_all(config(stopping="decided", first_error_only=True)))
+    for a, b, c in zip(fixed, decided, cut):
+        assert a.hard_labels == b.hard_labels
+        assert a.first_error_index == b.first_error_index == c.first_error_index
+        if a.first_error_index is not None:
+            assert consensus_labels(a.first_error_index, a.num_steps) == consensus_labels(
+                c.first_error_index, c.num_steps)
+    assert cut_cost <= decided_cost <= fixed_cost
