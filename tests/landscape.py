@@ -46,23 +46,19 @@ class LandscapePolicy:
 
     ``weights``: one weight per class of :data:`CLASSES` (any non-negative numbers, not all 0);
     ``root``: the class of the question's own prefix (the pre-filter request, whose solution
-    prefix is one of ``root_prefixes``), None to draw it like any other; ``classes``: fixed classes for given prefixes (exact text), for scenarios.
+    prefix is one of ``root_prefixes``), None to draw it like any other.
     """
 
     seed: int = 0
     weights: tuple[float, ...] = (1, 1, 2, 0, 0, 0, 0)
     root: str | None = "mixed"
     root_prefixes: tuple[str, ...] = ("", "Step 1:")
-    classes: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(CLASSES) or sum(self.weights) <= 0:
             raise ValueError(f"weights must be {len(CLASSES)} numbers, not all 0")
 
     def class_of(self, response: str, *, is_root: bool) -> str:
-        for prefix, cls in self.classes:
-            if prefix == response:
-                return cls
         if is_root and self.root is not None:
             return self.root
         x = unit_hash(self.seed, response, "class") * sum(self.weights)
