@@ -455,10 +455,12 @@ class MonteCarloAnnotator:
         )
 
 
-#: With ``first_error_only``, how many undecided steps (the earliest) get a wave each round:
-#: 1 would spend the fewest rollouts but make a solution's rounds as many as its rollouts; 2
-#: lets a positive step and the next one advance together.
-FIRST_ERROR_WINDOW = 2
+#: With ``first_error_only``, how many undecided steps (the earliest) get a wave each round.
+#: Measured on planted landscapes (benchmarks/annotation_cost.py, k = 8, M = 4/8/16): window 1
+#: spends 9.2/12.8/24.1 rollouts per localization, 2 spends 12.4/17.0/27.5, 3 spends
+#: 15.9/21.1/32.5. Window 1 makes a solution's rounds sequential; the engine stays busy with
+#: more solutions and problems in flight (``runner.max_in_flight``), not with speculative work.
+FIRST_ERROR_WINDOW = 1
 
 
 class _Undecided:

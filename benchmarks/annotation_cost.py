@@ -12,6 +12,15 @@ construction), and ``p=0.5`` / ``p=0.2`` (each rollout from a clean prefix succe
 independently with that chance, so a clean step can look wrong when all k rollouts fail: a
 false negative, probability (1 - p)^k per estimate).
 
+A second table compares Monte Carlo's stopping rules on the same planted landscapes with a
+vLLM-like fake (:mod:`faulty`: rollout i of a step has seed ``step_seed + i``) and realistic
+per-prefix success rates (0.3-0.9 on good prefixes, 0 after the error; also with 20% of rollouts
+cut off): ``fixed`` (k per step), ``decided`` (stop when the hard label is decided) and
+``decided + first-error-only`` (no rollout after the step that decides the first error). For
+each: rollouts per first-error localization, rollouts per kept step label (the labels a
+consensus keeps: up to and including the first error), first-error accuracy, and whether the
+first error is identical to fixed k's (it must be, by construction).
+
 Usage: ``python benchmarks/annotation_cost.py [--trials 200] [--k 8] [--seed 0]``. Prints a
 Markdown table and writes ``benchmarks/results/annotation_cost.json``. Rollouts are graded by
 the real grader (``grading.grade``), which takes most of the run time (about a minute).
@@ -33,6 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the planted policy and the scripted engine
 
+from faulty import FaultyPolicy  # noqa: E402
+from faulty import engine as faulty_engine  # noqa: E402
 from planted import PlantedPolicy, PlantedProblem  # noqa: E402
 
 from steplabel.annotators.monte_carlo import MonteCarloAnnotator, MonteCarloConfig  # noqa: E402
@@ -53,7 +64,8 @@ async def one_trial(policy: PlantedPolicy, problem: PlantedProblem, error_at: in
     steps = problem.steps(error_at)
     # A fresh engine per trial: the scripted engine's prefix-cache bookkeeping is quadratic.
     mc_engine, bs_engine = policy.engine(), policy.engine()
-    mc = await MonteCarloAnnotator(mc_engine, MonteCarloConfig(rollouts=k),
+    mc = await MonteCarloAnnotator(mc_engine, MonteCarloConfig(rollouts=k, stopping="fixed",
+                                                               first_error_only=False),
                                    run_seed=run_seed).annotate(
         problem_id=problem.problem_id, solution_index=0, prompt=problem.prompt(mc_engine),
         steps=steps, splitter=SPLITTER, gold_answer=problem.gold)
@@ -92,6 +104,80 @@ async def run(*, trials: int, k: int, seed: int) -> list[dict]:
     return rows
 
 
+STOPPING_POLICIES = {
+    "rates 0.3-0.9": FaultyPolicy(success_range=(0.3, 0.9)),
+    "rates 0.3-0.9, 20% cut off": FaultyPolicy(success_range=(0.3, 0.9), rollout_cut=0.2),
+    "rates 0.05-0.3": FaultyPolicy(success_range=(0.05, 0.3)),
+}
+STOPPING_VARIANTS = {
+    "fixed": MonteCarloConfig(stopping="fixed", first_error_only=False),
+    "decided": MonteCarloConfig(stopping="decided", first_error_only=False),
+    "decided + first-error-only": MonteCarloConfig(stopping="decided", first_error_only=True),
+}
+
+
+async def stopping_rows(*, trials: int, k: int, seed: int) -> list[dict]:
+    rows = []
+    for policy_name, policy in STOPPING_POLICIES.items():
+        for m in (4, 8, 16):
+            rng = random.Random(f"stop/{seed}/{m}")
+            cases = [(PlantedProblem.make(f"stop-{m}-{i}", num_steps=m, rng_seed=seed),
+                      rng.randrange(-1, m)) for i in range(trials)]
+            by_variant = {}
+            for variant, base in STOPPING_VARIANTS.items():
+                config = MonteCarloConfig(rollouts=k, stopping=base.stopping,
+                                          first_error_only=base.first_error_only)
+
+                async def one(problem, error_at):
+                    engine = faulty_engine(policy)
+                    return await MonteCarloAnnotator(engine, config, run_seed=seed).annotate(
+                        problem_id=problem.problem_id, solution_index=0,
+                        prompt=problem.prompt(engine), steps=problem.steps(error_at),
+                        splitter=SPLITTER, gold_answer=problem.gold)
+
+                by_variant[variant] = await asyncio.gather(*(one(p, e) for p, e in cases))
+            fixed = by_variant["fixed"]
+            for variant, results in by_variant.items():
+                rollouts = sum(r.rollouts for r in results)
+                kept = sum((r.num_steps if r.first_error_index == -1 else r.first_error_index + 1)
+                           for r in results if r.first_error_index is not None)
+                rows.append({
+                    "policy": policy_name, "num_steps": m, "trials": trials, "k": k,
+                    "variant": variant,
+                    "rollouts_per_localization": rollouts / trials,
+                    "rollouts_per_kept_step_label": rollouts / kept if kept else None,
+                    "first_error_accuracy": sum(r.first_error_index == e for r, (_, e)
+                                                in zip(results, cases)) / trials,
+                    "identical_first_errors": all(
+                        a.first_error_index == b.first_error_index
+                        for a, b in zip(results, fixed)),
+                    "identical_hard_labels_to_first_error": all(
+                        a.hard_labels[:(a.first_error_index if a.first_error_index is not None
+                                        and a.first_error_index >= 0 else a.num_steps) + 1]
+                        == b.hard_labels[:(b.first_error_index if b.first_error_index is not None
+                                           and b.first_error_index >= 0 else b.num_steps) + 1]
+                        for a, b in zip(results, fixed)),
+                })
+    return rows
+
+
+def stopping_markdown(rows: list[dict]) -> str:
+    lines = ["| policy | M | variant | rollouts / localization | rollouts / kept step label "
+             "| vs fixed | first-error acc | same first errors |",
+             "|---|---:|---|---:|---:|---:|---:|---|"]
+    fixed = {(r["policy"], r["num_steps"]): r for r in rows if r["variant"] == "fixed"}
+    for r in rows:
+        base = fixed[(r["policy"], r["num_steps"])]["rollouts_per_localization"]
+        per_label = r["rollouts_per_kept_step_label"]
+        lines.append(
+            f"| {r['policy']} | {r['num_steps']} | {r['variant']} "
+            f"| {r['rollouts_per_localization']:.1f} "
+            f"| {'-' if per_label is None else f'{per_label:.2f}'} "
+            f"| {base / r['rollouts_per_localization']:.2f}x "
+            f"| {r['first_error_accuracy']:.3f} | {r['identical_first_errors']} |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| policy | M | MC acc | MC rollouts/loc | BS acc | BS rollouts/loc (mean / max) "
@@ -121,8 +207,11 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     rows = asyncio.run(run(trials=args.trials, k=args.k, seed=args.seed))
+    stopping = asyncio.run(stopping_rows(trials=args.trials, k=args.k, seed=args.seed))
     elapsed = time.perf_counter() - started
     print(markdown(rows))
+    print()
+    print(stopping_markdown(stopping))
     print(f"\n{args.trials} planted positions per row, k = {args.k}, seed {args.seed}; "
           f"{elapsed:.1f} s")
 
@@ -136,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "elapsed_s": round(elapsed, 2),
         "rows": rows,
+        "stopping_rows": stopping,
     }, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, args.out)
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
