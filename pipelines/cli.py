@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib
+import json
 import os
 import sys
 
-import importlib
+from steplabel.pipelines import logs
 
 #: Commands that live in their own modules: ``steplabel.pipelines.<module>`` provides
 #: ``add_arguments(parser)`` and ``run(args) -> int`` (exit status).
@@ -16,7 +17,14 @@ COMMAND_MODULES = {
     "inspect": ("inspect", "print label statistics of a dataset (text, --json, --html)"),
     "export": ("export", "export a dataset to TRL / OpenRLHF / Math-Shepherd formats"),
     "evaluate": ("evaluate", "evaluate annotators against human first-error labels"),
+    "show": ("show", "print labelled trajectories and OmegaPRM searches of a dataset"),
 }
+
+#: Commands that write a directory and log into it (``DIR/logs/<command>.log``): the output
+#: directory's argument. ``run`` and ``evaluate`` call :func:`logs.use_dataset_dir` themselves
+#: once they know their (default) directory.
+LOGGED_COMMANDS = {"regenerate": "out"}
+
 
 
 def _command_module(name: str):
@@ -34,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="steplabel",
         description="Manufacture step-labelled reasoning data for process reward models.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show library and engine logs on the terminal (they always "
+                        "go to the dataset's logs/ folder), steplabel's at debug level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a job manifest end to end (Beam pipeline)")
@@ -49,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                      choices=["in_memory", "multi_threading", "multi_processing"],
                      help="local runner mode")
     run.add_argument("--max-in-flight", type=int, help="problems in flight per worker")
+    run.add_argument("--json", action="store_true",
+                     help="print the result (rows, statistics, reconciliation) as JSON")
 
     data = sub.add_parser("demo-data", help="write the generated arithmetic problem set")
     data.add_argument("--out", required=True, help="JSONL file to write")
@@ -70,6 +82,7 @@ def _run(args) -> int:
     from steplabel.schemas.config import ConfigError
     from steplabel.schemas.manifest import load_manifest
 
+    log_file = None
     try:
         manifest = load_manifest(args.manifest)
         changes = {}
@@ -84,31 +97,48 @@ def _run(args) -> int:
         if changes:
             manifest = manifest.with_runner(**changes)
         out = args.out or os.path.join("out", manifest.name)
+        log_file = logs.use_dataset_dir(out, "run")
         beam_args = [a for a in args.beam_args if a != "--"]  # Beam's own options
         result = run_job(manifest, out_dir=out, overwrite=args.overwrite, beam_args=beam_args)
     except (ConfigError, JobError, FileNotFoundError) as exc:
         print(f"steplabel: error: {exc}", file=sys.stderr)
+        if log_file and os.path.exists(log_file):
+            print(f"steplabel: engine and library logs: {log_file}", file=sys.stderr)
         return 2
-    print(describe(result))
+    ok = result.stats["reconciliation"]["ok"]
+    if args.json:
+        print(json.dumps({"dataset": out, "completed": ok, "seconds": round(result.seconds, 3),
+                          "log_file": log_file, "info": result.info, "stats": result.stats},
+                         indent=2, sort_keys=True, default=str))
+    else:
+        print(describe(result))
     for warning in result.stats.get("warnings", ()):
         print(f"steplabel: warning: {warning}", file=sys.stderr)
-    if not result.stats["reconciliation"]["ok"]:
+    if not ok:
         print("steplabel: error: problems in and problems accounted for differ; the dataset "
               "is not marked COMPLETED", file=sys.stderr)
         return 1
-    print(f"[steplabel] dataset written to {out}")
+    print(f"[steplabel] dataset written to {out}" + (
+        f" (engine and library logs: {log_file})" if log_file else ""),
+        file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    # Options steplabel does not know are Beam pipeline options (run only).
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "run":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.beam_args = extra
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # Logging first: importing the commands (Beam) already logs.
+    with logs.command_logging(verbose=False) as command_logs:
+        parser = _parser()
+        # Options steplabel does not know are Beam pipeline options (run only).
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "run":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.beam_args = extra
+        command_logs.set_verbose(args.verbose)
+        with logs.results_on_stdout():
+            return _dispatch(parser, args)
+
+
+def _dispatch(parser: argparse.ArgumentParser, args) -> int:
     if args.command is None:
         parser.print_help()
         return 0
@@ -121,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[steplabel] wrote {count} problems to {args.out}")
         return 0
     module = _command_module(args.command)
+    out_argument = LOGGED_COMMANDS.get(args.command)
+    if module is not None and out_argument and getattr(args, out_argument, None):
+        logs.use_dataset_dir(getattr(args, out_argument), args.command)
     if module is None:
         print(f"steplabel {args.command}: not built yet ({COMMAND_MODULES[args.command][1]})",
               file=sys.stderr)

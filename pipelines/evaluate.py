@@ -587,6 +587,9 @@ def run(args) -> int:
                          answer_format=args.answer_format,
                          omegaprm_final_answer=args.omegaprm_final_answer)
         out = args.out or os.path.join("out", spec.name)
+        from steplabel.pipelines.logs import use_dataset_dir
+
+        use_dataset_dir(out, "evaluate")  # engine and library logs: OUT/logs/evaluate.log
         result = run_evaluation(spec, out_dir=out, overwrite=args.overwrite,
                                 manifest_path=str(args.manifest))
     except (ConfigError, GoldFileError, EvaluationError) as exc:

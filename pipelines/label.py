@@ -33,16 +33,24 @@ log = logging.getLogger(__name__)
 
 
 class MeteredEngine:
-    """An engine that counts what it served (for live progress); otherwise transparent."""
+    """An engine that counts what it served (for live progress); otherwise transparent.
 
-    def __init__(self, engine) -> None:
+    ``role`` says what the requests are for (``policy``: one request per problem, its samples;
+    ``completer``: one per Monte Carlo step prefix or OmegaPRM estimate; ``judge``: one per
+    trajectory): one wrapper per role, so the progress display can count stages even when the
+    roles share one engine."""
+
+    def __init__(self, engine, *, role: str = "") -> None:
         self._engine = engine
+        self.role = role
         self.model_id = engine.model_id
+        self.requests = 0
         self.rollouts = 0
         self.generated_tokens = 0
 
     async def generate(self, request):
         result = await self._engine.generate(request)
+        self.requests += 1
         self.rollouts += len(result.texts)
         self.generated_tokens += result.total_generated_tokens
         return result
@@ -69,16 +77,18 @@ class _WorkerEngines:
 
         self.host = EngineHost()
         models = manifest.models
-        metered: dict[int, MeteredEngine] = {}
+        raw_engines: dict[int, object] = {}
 
-        def engine(config):
+        def engine(config, role):
             raw = self.host.engine(config)
-            return metered.setdefault(id(raw), MeteredEngine(raw))
+            raw_engines.setdefault(id(raw), raw)
+            return MeteredEngine(raw, role=role)
 
-        self.engines = Engines(policy=engine(models.policy),
-                               completer=engine(models.completer_model),
-                               judge=engine(models.judge_model))
-        self.metered = list(metered.values())
+        self.engines = Engines(policy=engine(models.policy, "policy"),
+                               completer=engine(models.completer_model, "completer"),
+                               judge=engine(models.judge_model, "judge"))
+        self.metered = [self.engines.policy, self.engines.completer, self.engines.judge]
+        self.raw_engines = list(raw_engines.values())
         self._reported: dict[str, int] = {}
         self._reported_lock = threading.Lock()
         self.labeler = make_labeler(manifest, self.engines)
@@ -87,13 +97,17 @@ class _WorkerEngines:
         return (sum(e.rollouts for e in self.metered),
                 sum(e.generated_tokens for e in self.metered))
 
+    def stage_requests(self) -> dict[str, int]:
+        """Requests served so far by role: ``policy``, ``completer``, ``judge``."""
+        return {e.role: e.requests for e in self.metered}
+
     def engine_counter_deltas(self) -> dict[str, int]:
         """What the engines that keep :class:`~steplabel.engines.openai_engine.EngineCounters`
         (``counters``) did since the last call: ``engine_requests``, ``engine_attempts``,
         ``engine_retries``, ``engine_failures`` and ``engine_retry_<reason>``, for Beam counters
         (stats.json)."""
         totals: dict[str, int] = {}
-        for engine in self.metered:
+        for engine in self.raw_engines:
             counters = getattr(engine, "counters", None)
             if counters is None:
                 continue
@@ -110,43 +124,183 @@ class _WorkerEngines:
 
 
 class Progress:
-    """Problems done of total, rollouts/s, tokens/s and ETA, printed to stderr at most every
-    ``interval_s`` seconds."""
+    """Live progress of the labelling stage, on ``stream`` (stderr).
+
+    On a terminal (``bars``, default: ``stream.isatty()``): tqdm bars, one per stage. ``problems``
+    counts problems done of ``total`` (resumed ones apart) with rollouts/s, tokens/s and an ETA
+    from tqdm's smoothed rate; ``sampled`` counts problems whose policy samples came back;
+    ``steps labelled`` counts Monte Carlo estimates of step prefixes (OmegaPRM's estimates
+    included); ``judged`` counts judged trajectories. The bars are redrawn at most every
+    ``refresh_s`` seconds (tqdm's own rate limit). Elsewhere (a log file, CI): one plain line
+    every ``interval_s`` seconds, and at the end.
+
+    Either way, the plain line also goes to the ``steplabel.progress`` logger, marked
+    ``file_only`` (the dataset's log file gets it, the terminal does not: it has the bars).
+
+    ``served() -> (rollouts, generated tokens)`` and ``stages() -> {role: requests}`` read the
+    engines' meters (:class:`MeteredEngine`).
+    """
+
+    #: (role in ``stages()``, label), in display order under the problems bar.
+    STAGES = (("policy", "sampled"), ("completer", "steps labelled"),
+              ("judge", "trajectories judged"))
 
     def __init__(self, total: int | None, *, interval_s: float = 5.0, stream=None,
-                 served=None) -> None:
+                 served=None, stages=None, bars: bool | None = None,
+                 refresh_s: float = 0.5) -> None:
         self.total = total
         self.served = served  # () -> (rollouts, generated tokens) served by the engines so far
+        self.stages = stages  # () -> {role: requests served}
         self.interval_s = interval_s
         self.stream = stream or sys.stderr
+        if bars is None:
+            isatty = getattr(self.stream, "isatty", None)
+            bars = bool(isatty and isatty())
+        self.bars = bars
+        self.refresh_s = refresh_s
         self.started = time.monotonic()
         self.last_print = 0.0
         self.done = self.resumed = self.rollouts = self.tokens = 0
+        self.stage_counts: dict[str, int] = {}
+        self.closed = self.closing = False
         self._lock = threading.Lock()
+        self._bars: dict[str, object] = {}
+        from tqdm.std import EMA
+
+        # Smoothed rate of computed (not resumed) problems, as tqdm smooths its own: an
+        # exponential moving average of problems done and of seconds taken, then their ratio.
+        self._ema_dn, self._ema_dt = EMA(0.3), EMA(0.3)
+        self._last_rate_at = (self.started, 0)
+
+    @property
+    def poll_s(self) -> float:
+        """How long the labelling loop may wait before calling :meth:`update` again."""
+        return min(self.interval_s, 1.0) if self.bars else self.interval_s
 
     def update(self, *, resumed: bool = False, force: bool = False) -> None:
+        """One more problem done (``resumed``: replayed from its checkpoint); ``force``: no
+        problem, only show the engines' progress."""
         with self._lock:
+            if self.closed:
+                return
             self.done += not force
             self.resumed += resumed and not force
-            if self.served is not None:
-                self.rollouts, self.tokens = self.served()
+            self._read_meters()
             now = time.monotonic()
+            if not force and not resumed:
+                self._feed_rate(now)
             finished = self.total is not None and self.done >= self.total
-            if now - self.last_print >= self.interval_s or finished or force:
+            if self.bars:
+                self._draw()
+            if now - self.last_print >= self.interval_s or finished or (force and not self.bars):
                 self.last_print = now
-                print(self.line(now), file=self.stream, flush=True)
+                self._plain(self.line(now))
+            if finished:
+                self._close_bars()
+
+    def close(self) -> None:
+        """Final state: the last plain line, bars closed (left on screen)."""
+        with self._lock:
+            if self.closed:
+                return
+            self._read_meters()
+            self.closing = True
+            if self.bars:
+                self._draw()
+            self._plain(self.line() + ", labelling done")
+            self._close_bars()
+
+    # -----------------------------------------------------------------------------------------
+
+    def _read_meters(self) -> None:
+        if self.served is not None:
+            self.rollouts, self.tokens = self.served()
+        if self.stages is not None:
+            self.stage_counts = dict(self.stages())
+
+    def _feed_rate(self, now: float) -> None:
+        at, computed = self._last_rate_at
+        done_now = self.done - self.resumed
+        self._ema_dn(done_now - computed)
+        self._ema_dt(now - at)
+        self._last_rate_at = (now, done_now)
+
+    def eta_s(self) -> float | None:
+        """Seconds left, from the smoothed rate of computed problems; None before the first
+        computed problem and once all are done."""
+        if (not self.total or self.done >= self.total or self.done == self.resumed
+                or self.closing):
+            return None
+        dt = self._ema_dt()
+        rate = self._ema_dn() / dt if dt > 0 else 0.0
+        return max(0.0, (self.total - self.done) / rate) if rate > 0 else None
+
+    def _plain(self, text: str) -> None:
+        logging.getLogger("steplabel.progress").info(text, extra={"file_only": True})  # logs.FILE_ONLY
+        if not self.bars:
+            print(text, file=self.stream, flush=True)
 
     def line(self, now: float | None = None) -> str:
         elapsed = max(1e-6, (now or time.monotonic()) - self.started)
-        computed = self.done - self.resumed
-        rate = computed / elapsed
         total = f"/{self.total}" if self.total else ""
-        eta = ""
-        if self.total and rate > 0 and self.done < self.total:
-            eta = f", ETA {max(0.0, (self.total - self.done) / rate):.0f}s"
+        eta = self.eta_s()
+        stages = ", ".join(f"{label} {self.stage_counts[role]}" for role, label in self.STAGES
+                           if self.stage_counts.get(role))
         return (f"[steplabel] problems {self.done}{total} ({self.resumed} resumed), "
-                f"{self.rollouts / elapsed:.1f} rollouts/s, {self.tokens / elapsed:.0f} "
-                f"tokens/s, {elapsed:.1f}s elapsed{eta}")
+                + (f"{stages}, " if stages else "")
+                + f"{self.rollouts / elapsed:.1f} rollouts/s, {self.tokens / elapsed:.0f} "
+                f"tokens/s, {elapsed:.1f}s elapsed"
+                + (f", ETA {eta:.0f}s" if eta is not None else ""))
+
+    def _draw(self) -> None:
+        from tqdm import tqdm
+
+        if not self._bars:
+            known = self.total is not None
+            counted = ("{desc:>19}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} " if known
+                       else "{desc:>19}: {n_fmt} ")
+            common = dict(file=self.stream, dynamic_ncols=True, mininterval=self.refresh_s,
+                          leave=True, unit="")
+            self._bars["problems"] = tqdm(total=self.total, desc="problems", position=0,
+                                          bar_format=counted + "[{elapsed}{postfix}]",
+                                          **common)
+            for position, (role, label) in enumerate(self.STAGES, start=1):
+                policy = role == "policy"
+                self._bars[role] = tqdm(
+                    total=self.total if policy else None, desc=label, position=position,
+                    bar_format=(counted if policy else "{desc:>19}: {n_fmt} ") + "[{rate_fmt}]",
+                    **common)
+        elapsed = max(1e-6, time.monotonic() - self.started)
+        problems = self._bars["problems"]
+        eta = self.eta_s()
+        problems.set_postfix_str(
+            f"{self.resumed} resumed, {self.rollouts / elapsed:.1f} rollouts/s, "
+            f"{self.tokens / elapsed:.0f} tokens/s"
+            + (f", ETA {_clock(eta)}" if eta is not None else ""), refresh=False)
+        self._advance(problems, self.done)
+        counts = dict(self.stage_counts)
+        counts["policy"] = counts.get("policy", 0) + self.resumed  # resumed: sampled before
+        for role, _ in self.STAGES:
+            self._advance(self._bars[role], counts.get(role, 0))
+
+    @staticmethod
+    def _advance(bar, count: int) -> None:
+        if count > bar.n:
+            bar.update(count - bar.n)  # tqdm redraws at most every mininterval
+        else:
+            bar.refresh()
+
+    def _close_bars(self) -> None:
+        self.closed = True
+        for bar in self._bars.values():  # top to bottom, or tqdm garbles the lines
+            bar.close()
+        self._bars = {}
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else (
+        f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}")
 
 
 _PROGRESS: dict[str, Progress] = {}
@@ -179,7 +333,9 @@ class LabelProblemsFn(beam.DoFn):
         self._worker = self._handle.acquire(lambda: _WorkerEngines(manifest, make_labeler),
                                             tag=manifest.hash)
         self._progress = _PROGRESS.setdefault(
-            f"{self.out_dir}|{manifest.hash}", Progress(self.total, served=self._worker.served))
+            f"{self.out_dir}|{manifest.hash}",
+            Progress(self.total, served=self._worker.served,
+                     stages=self._worker.stage_requests))
 
     def start_bundle(self) -> None:
         self._pending: dict[concurrent.futures.Future, str] = {}
@@ -207,7 +363,7 @@ class LabelProblemsFn(beam.DoFn):
 
     def _drain(self, *, until: int):
         while len(self._pending) > until:
-            done, _ = concurrent.futures.wait(self._pending, timeout=self._progress.interval_s,
+            done, _ = concurrent.futures.wait(self._pending, timeout=self._progress.poll_s,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
             if not done:  # long problems: still show that the engines are working
                 self._progress.update(force=True)
@@ -262,3 +418,11 @@ class LabelProblemsFn(beam.DoFn):
         for output, row in self._drain(until=0):
             yield beam.pvalue.TaggedOutput(output, GlobalWindows.windowed_value(row))
         self._count_engine_work()
+
+    def teardown(self) -> None:
+        # The labelling stage is over (runners tear DoFns down when the stage's work is done):
+        # the final progress line, and the bars closed. Invalid input rows are counted in
+        # the total but never labelled, so the count may end below it.
+        progress = getattr(self, "_progress", None)
+        if progress is not None:
+            progress.close()
