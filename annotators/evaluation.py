@@ -22,6 +22,14 @@ record is one of:
   are joined with the ``lines`` splitter's separator (a newline). A record with both ``label``
   and ``ratings`` must have them agree.
 
+- *PRM800K release* (``phase1_*.jsonl`` / ``phase2_*.jsonl`` of openai/prm800k, read as users
+  have them; :func:`parse_prm800k_record`): ``question.problem``,
+  ``question.ground_truth_answer`` (the gold answer, read as ``plain``),
+  ``question.pre_generated_steps`` (phase 2), ``label.steps[]`` with ``completions[]``
+  (``text``, ``rating``), ``chosen_completion`` and ``human_completion``, and
+  ``label.finish_reason``. The record has no id; its id is ``prm800k-<line>`` (0-based among
+  the file's records). Steps are lines (joined with a newline).
+
 Either kind may carry its gold final answer in a field (``answer`` by default), in the format
 ``plain``, ``gsm8k`` (``#### N``) or ``boxed`` (:func:`steplabel.annotators.grading.parse_gold`).
 
@@ -74,12 +82,17 @@ from steplabel.annotators.prompts import build_solution_prompt, load_template
 from steplabel.annotators.splitting import Splitter, get_splitter
 from steplabel.schemas.config import ConfigError
 
-GoldFormat = Literal["processbench", "step_ratings"]
+GoldFormat = Literal["processbench", "step_ratings", "prm800k"]
 FORMAT_PROCESSBENCH: GoldFormat = "processbench"
 FORMAT_STEP_RATINGS: GoldFormat = "step_ratings"
+FORMAT_PRM800K: GoldFormat = "prm800k"
 
 #: The splitter whose separator joins a format's steps into a solution text.
-JOIN_SPLITTERS: dict[str, str] = {FORMAT_PROCESSBENCH: "paragraphs", FORMAT_STEP_RATINGS: "lines"}
+JOIN_SPLITTERS: dict[str, str] = {FORMAT_PROCESSBENCH: "paragraphs", FORMAT_STEP_RATINGS: "lines",
+                                  FORMAT_PRM800K: "lines"}
+
+#: ``label.finish_reason`` values of a PRM800K release record.
+PRM800K_FINISH_REASONS = ("found_error", "solution", "bad_problem", "give_up")
 
 #: Annotator names, in the order they are reported.
 ANNOTATORS = ("mc", "omegaprm", "judge", "consensus")
@@ -232,6 +245,8 @@ def parse_gold_record(
 
     if not isinstance(record, dict):
         return reject("not_an_object", f"expected a JSON object, got {type(record).__name__}")
+    if isinstance(record.get("question"), dict) or isinstance(record.get("label"), dict):
+        return parse_prm800k_record(record, source=source, position=position)
     raw_id = record.get("id")
     if raw_id is None:
         return reject("missing_id", "field 'id' is missing")
@@ -317,6 +332,169 @@ def parse_gold_record(
         gold_status=gold_status,
         answer_origin=origin,
         generator=generator,
+        original=original,
+    )
+
+
+def _prm800k_completion(completion: Any) -> tuple[str, int | None] | None:
+    """``(text, rating)`` of a completion object, None when it is malformed."""
+    if not isinstance(completion, dict) or not isinstance(completion.get("text"), str):
+        return None
+    rating = completion.get("rating")
+    if rating is not None and (not _is_int(rating) or rating not in (-1, 0, 1)):
+        return None
+    return completion["text"], rating
+
+
+def parse_prm800k_record(record: dict, *, source: str, position: int) -> GoldItem | GoldReject:
+    """One record of the PRM800K release (layout of the openai/prm800k README) as a
+    :class:`GoldItem` with per-step ratings, or a :class:`GoldReject` saying why not.
+
+    **The solution** is the labelled trajectory, rebuilt as the README says: step ``i`` is
+    ``completions[chosen_completion].text``, or ``human_completion`` when
+    ``chosen_completion`` is null (phase 1: the labeler rejected every completion and wrote
+    a step; its text is the string, or the ``text`` of an object). A step with both null ends
+    the labelling: it must be the last one; it is the trajectory's own step there, the
+    completion whose text is ``pre_generated_steps[i]`` (phase 2), else the first completion
+    (the model's own step is listed first). In phase 2 the labelled steps are a prefix of
+    ``pre_generated_steps``; when an error was found, the rest of the pre-generated solution
+    follows, unrated, so that the annotators see the whole solution the model wrote.
+
+    **The label** follows the PRM800K / ProcessBench convention: the first step whose rating on
+    the trajectory is -1, else -1. Ratings 0 (neutral) and +1 count as not negative (as Qwen
+    maps PRM800K); a human-written step is +1 (the README: the labeler writes "their own +1
+    step"; an object's own ``rating`` wins when it has one); ``flagged`` is ignored; the
+    ratings of alternative completions are not used. A null rating before the first -1 leaves
+    the label unknown (``unrated_step_before_error``).
+
+    **finish_reason**: ``found_error`` must have a -1 on the trajectory
+    (``found_error_without_negative``); ``solution`` marks ``final_answer_correct`` true (the
+    labeler reached a step that concluded in the correct answer); ``give_up`` is usable only
+    if an error was found before it (``gave_up_before_error``); ``bad_problem`` is rejected.
+
+    Quality-control and screening records are kept like any other (each is one labeler's
+    labels; the same solution may appear once per labeler).
+    """
+    original = _original_text(record)
+    raw_id = record.get("id")
+    item_id = str(raw_id) if isinstance(raw_id, str) and raw_id.strip() or _is_int(raw_id) \
+        else f"prm800k-{position}"
+
+    def reject(reason: str, error: str) -> GoldReject:
+        return GoldReject(source, position, reason, f"record {position}: {error}", item_id,
+                          original)
+
+    question, label = record.get("question"), record.get("label")
+    if not isinstance(question, dict):
+        return reject("missing_question", "PRM800K record without a 'question' object")
+    if not isinstance(label, dict):
+        return reject("missing_label", "PRM800K record without a 'label' object")
+    problem = question.get("problem")
+    if problem is None:
+        return reject("missing_problem", "field 'question.problem' is missing")
+    if not isinstance(problem, str):
+        return reject("bad_problem_type", "field 'question.problem' must be a string, got "
+                      f"{type(problem).__name__}")
+    if not problem.strip():
+        return reject("empty_problem", "field 'question.problem' is empty")
+    finish = label.get("finish_reason")
+    if finish not in PRM800K_FINISH_REASONS:
+        return reject("bad_finish_reason", "label.finish_reason must be one of "
+                      f"{', '.join(PRM800K_FINISH_REASONS)}, got {finish!r:.60}")
+    if finish == "bad_problem":
+        return reject("bad_problem", "the labeler reported the problem as broken "
+                      "(finish_reason bad_problem)")
+    raw_steps = label.get("steps")
+    if raw_steps is None:
+        return reject("missing_steps", "field 'label.steps' is missing")
+    if isinstance(raw_steps, str) or not isinstance(raw_steps, list):
+        return reject("bad_steps", f"label.steps must be a list, got {type(raw_steps).__name__}")
+    if not raw_steps:
+        return reject("empty_steps", "label.steps is an empty list")
+    pre = question.get("pre_generated_steps")
+    if not (isinstance(pre, list) and pre and all(isinstance(t, str) for t in pre)):
+        pre = None
+
+    texts: list[str] = []
+    ratings: list[int | None] = []
+    for i, step in enumerate(raw_steps):
+        where = f"label.steps[{i}]"
+        if not isinstance(step, dict):
+            return reject("bad_steps", f"{where} must be an object, got {type(step).__name__}")
+        completions = step.get("completions")
+        if completions is None:
+            completions = []
+        if isinstance(completions, str) or not isinstance(completions, list):
+            return reject("bad_steps", f"{where}.completions must be a list")
+        parsed = [_prm800k_completion(c) for c in completions]
+        if any(c is None for c in parsed):
+            bad = parsed.index(None)
+            return reject("bad_steps", f"{where}.completions[{bad}] must have a string 'text' "
+                          "and a rating of -1, 0, 1 or null")
+        chosen, human = step.get("chosen_completion"), step.get("human_completion")
+        if chosen is not None:
+            if not _is_int(chosen) or not 0 <= chosen < len(parsed):
+                return reject("bad_steps", f"{where}.chosen_completion must index its "
+                              f"{len(parsed)} completions, got {chosen!r:.60}")
+            text, rating = parsed[chosen]
+        elif human is not None:
+            text = human.get("text") if isinstance(human, dict) else human
+            if not isinstance(text, str):
+                return reject("bad_steps", f"{where}.human_completion must be a string or an "
+                              "object with a string 'text'")
+            given = human.get("rating") if isinstance(human, dict) else None
+            rating = given if _is_int(given) and given in (-1, 0, 1) else 1
+        else:
+            if i != len(raw_steps) - 1:
+                return reject("unchosen_step_before_end", f"{where} has neither a chosen nor "
+                              "a human completion, but the trajectory goes on after it")
+            if not parsed:
+                return reject("bad_steps", f"{where} has no completions")
+            own = [c for c in parsed if pre is not None and i < len(pre) and c[0] == pre[i]]
+            text, rating = own[0] if own else parsed[0]
+        if not text.strip():
+            return reject("empty_step", f"{where} is empty")
+        texts.append(text)
+        ratings.append(rating)
+
+    first_error = label_from_ratings(ratings)
+    rated_until = first_error if first_error != -1 else len(ratings)
+    unrated = [i for i in range(rated_until) if ratings[i] is None]
+    if unrated:
+        return reject("unrated_step_before_error", f"label.steps[{unrated[0]}] has no rating "
+                      "before any -1 rating, so the label is unknown")
+    if finish == "found_error" and first_error == -1:
+        return reject("found_error_without_negative", "finish_reason is found_error but no "
+                      "step of the trajectory is rated -1")
+    if finish == "give_up" and first_error == -1:
+        return reject("gave_up_before_error", "the labeler gave up before finding an error, "
+                      "so the first error is unknown")
+    if (first_error != -1 and pre is not None and len(pre) > len(texts)
+            and pre[:len(texts)] == texts):
+        ratings += [None] * (len(pre) - len(texts))
+        texts = list(pre)
+    if any(not t.strip() for t in texts):
+        return reject("empty_step", "question.pre_generated_steps holds an empty step")
+
+    raw_answer = question.get("ground_truth_answer")
+    gold_answer = _parse_answer(raw_answer, "plain") if raw_answer is not None else None
+    gold_status = (GOLD_OK if gold_answer is not None
+                   else GOLD_MISSING if raw_answer is None else GOLD_UNPARSEABLE)
+    generation = record.get("generation")
+    return GoldItem(
+        problem_id=f"{source}/{item_id}",
+        item_id=item_id,
+        source=source,
+        gold_format=FORMAT_PRM800K,
+        problem=problem,
+        steps=tuple(texts),
+        label=first_error,
+        ratings=tuple(ratings),
+        final_answer_correct=True if finish == "solution" else None,
+        gold_answer=gold_answer,
+        gold_status=gold_status,
+        answer_origin=ORIGIN_GOLD_FILE if gold_answer is not None else None,
+        generator="prm800k-phase1" if generation is None else "prm800k-phase2",
         original=original,
     )
 

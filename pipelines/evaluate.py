@@ -5,11 +5,13 @@
     steplabel evaluate --gold FILE [--gold FILE ...] [--answers FILE] --manifest MANIFEST \\
         --annotators mc,omegaprm,judge,consensus [--out DIR] [--json]
 
-Reads human-labelled solutions (ProcessBench records or per-step ratings, see
-:mod:`steplabel.annotators.evaluation`), joins gold answers, runs every chosen annotator on the
-given steps with the manifest's models, and reports ProcessBench's ``error_acc``,
-``correct_acc`` and F1 per gold file and averaged, step-level precision and recall of negatives
-for per-step ratings, and the cost of each annotator.
+Reads human-labelled solutions (ProcessBench records, per-step ratings, or the PRM800K release
+files as they are; see :mod:`steplabel.annotators.evaluation`), joins gold answers, runs every
+chosen annotator on the given steps with the manifest's models, and reports ProcessBench's
+``error_acc``, ``correct_acc`` and F1 per gold file and averaged (every annotator on the same
+items: an item it could not score is a wrong prediction; its coverage is reported),
+step-level precision and recall of negatives for per-step ratings, and the cost of each
+annotator.
 
 It is a Beam job like ``run``: read (driver) → predict (:class:`LabelProblemsFn` with an
 :class:`EvaluationLabeler`: engines hosted once per worker, many items in flight, one
@@ -551,8 +553,9 @@ def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = Fals
 def add_arguments(parser) -> None:
     """The ``steplabel evaluate`` flags."""
     parser.add_argument("--gold", action="append", required=True, metavar="FILE",
-                        help="human-labelled solutions: ProcessBench records or per-step "
-                        "ratings, JSON list or JSONL (repeat for several sources)")
+                        help="human-labelled solutions: ProcessBench records, per-step "
+                        "ratings, or a PRM800K release file (phase1/phase2 JSONL); JSON list "
+                        "or JSONL (repeat for several sources)")
     parser.add_argument("--answers", metavar="FILE",
                         help="gold answers (JSON list or JSONL with answer and id and/or "
                         "problem), joined by id or by exact problem text")

@@ -222,3 +222,27 @@ def test_cli_prints_the_report(tmp_path, capsys):
     assert cli.main(["evaluate", "--gold", str(tmp_path / "nope.json"), "--manifest",
                      str(manifest)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_prm800k_release_file_is_evaluated(tmp_path):
+    manifest = write_manifest(tmp_path / "m.yaml")
+    gold = [str(DATA / "prm800k_phase2_small.jsonl"), str(DATA / "prm800k_phase1_small.jsonl")]
+    spec = spec_for(manifest, gold=gold, answers=None, annotators="mc,judge")
+    result = run_evaluation(spec, out_dir=str(tmp_path / "out"))
+    items = result.report["items"]
+    assert (items["read"], items["evaluated"], items["dead_letter"]) == (11, 7, 4)
+    assert items["reconciled"] and items["with_step_ratings"] == 7
+    assert items["dead_letter_reasons"] == {"bad_problem": 1, "bad_steps": 1,
+                                            "gave_up_before_error": 1,
+                                            "unrated_step_before_error": 1}
+    assert items["without_gold_answer"] == 0  # question.ground_truth_answer
+    rows = read_rows(str(tmp_path / "out"), "predictions")
+    assert len(rows) == 7 * 2 and {r["gold_format"] for r in rows} == {"prm800k"}
+    labels = {r["problem_id"]: r["label"] for r in rows}
+    assert labels["prm800k_phase2_small/prm800k-0"] == 1
+    assert labels["prm800k_phase1_small/prm800k-0"] == -1
+    for name in ("mc", "judge"):
+        block = result.report["annotators"][name]
+        assert block["items"] == 7
+        for source in ("prm800k_phase1_small", "prm800k_phase2_small"):
+            assert block["per_source"][source]["step"]["steps_compared"] > 0

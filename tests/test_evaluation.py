@@ -274,6 +274,115 @@ def test_unreadable_files_raise(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# The PRM800K release files (layout of the openai/prm800k README)
+
+
+def test_prm800k_phase2_release_file():
+    items, rejects = load_gold_file(DATA / "prm800k_phase2_small.jsonl")
+    by_id = {i.item_id: i for i in items}
+    assert sorted(by_id) == ["prm800k-0", "prm800k-1", "prm800k-2", "prm800k-5"]
+    first = by_id["prm800k-0"]
+    assert first.problem_id == "prm800k_phase2_small/prm800k-0"
+    assert first.gold_format == "prm800k" and first.splitter_name == "lines"
+    assert first.problem == "What is 4 + 4?"
+    assert (first.gold_answer, first.gold_status, first.answer_origin) == ("8", "ok",
+                                                                           "gold_file")
+    # The error step's alternatives are not used; the whole pre-generated solution follows.
+    assert first.steps == ("I need to add 4 and 4.", "4 + 4 = 9.",
+                           "So the sum is 9.\n\n# Answer\n\n9")
+    assert first.ratings == (0, -1, None) and first.label == 1  # 0 (neutral) is not negative
+    assert first.final_answer_correct is None and first.generator == "prm800k-phase2"
+    solved = by_id["prm800k-1"]
+    assert (solved.label, solved.ratings, solved.final_answer_correct) == (-1, (0, 1, 1), True)
+    assert (by_id["prm800k-2"].label, by_id["prm800k-2"].ratings) == (0, (-1, None))
+    quality_control = by_id["prm800k-5"]  # kept like any other record
+    assert (quality_control.label, quality_control.ratings) == (2, (1, 0, -1))
+    assert sorted((r.item_id, r.reason) for r in rejects) == [
+        ("prm800k-3", "gave_up_before_error"), ("prm800k-4", "bad_problem"),
+        ("prm800k-6", "unrated_step_before_error")]
+    assert all(json.loads(r.original)["label"]["finish_reason"] for r in rejects)
+
+
+def test_prm800k_phase1_release_file():
+    items, rejects = load_gold_file(DATA / "prm800k_phase1_small.jsonl")
+    by_id = {i.item_id: i for i in items}
+    human = by_id["prm800k-0"]
+    # Both completions of step 1 are rated -1; the labeler's own step (+1) is on the
+    # trajectory instead, so the solution as rebuilt has no error.
+    assert human.steps == ("I add 7 and 5.", "7 + 5 = 12.",
+                           "So the sum is 12.\n\n# Answer\n\n12")
+    assert (human.ratings, human.label, human.final_answer_correct) == ((1, 1, 1), -1, True)
+    assert human.generator == "prm800k-phase1"
+    chosen = by_id["prm800k-1"]  # the trajectory goes on with the chosen alternative
+    assert chosen.steps[1] == "8 + 6 = 14." and chosen.ratings == (0, 1, -1)
+    assert chosen.label == 2
+    gave_up = by_id["prm800k-2"]  # a human step given as an object; an error before give_up
+    assert gave_up.steps[0] == "2 + 9 = 11." and gave_up.ratings == (1, -1, 0)
+    assert gave_up.label == 1
+    assert [(r.item_id, r.reason) for r in rejects] == [("prm800k-3", "bad_steps")]
+    assert "chosen_completion" in rejects[0].error
+
+
+def _prm(steps, finish="found_error", **question):
+    return {"question": {"problem": "What is 1 + 2?", "ground_truth_answer": "3", **question},
+            "label": {"steps": steps, "finish_reason": finish}}
+
+
+def _step(*completions, chosen=0, human=None):
+    return {"completions": [{"text": t, "rating": r, "flagged": None} for t, r in completions],
+            "chosen_completion": chosen, "human_completion": human}
+
+
+@pytest.mark.parametrize("record, reason", [
+    ({"question": "What is 1 + 2?", "label": {"steps": []}}, "missing_question"),
+    ({"question": {"problem": "p"}, "label": 3}, "missing_label"),
+    (_prm([_step(("a", 1))]) | {"question": {"ground_truth_answer": "3"}}, "missing_problem"),
+    (_prm([_step(("a", 1))], problem="  "), "empty_problem"),
+    (_prm([_step(("a", 1))], finish="done"), "bad_finish_reason"),
+    (_prm([_step(("a", 1))], finish=None), "bad_finish_reason"),
+    (_prm("a\nb"), "bad_steps"),
+    (_prm([]), "empty_steps"),
+    (_prm([_step(("a", 2))]), "bad_steps"),
+    (_prm([_step(("a", 1), chosen=True)]), "bad_steps"),
+    (_prm([{"completions": [{"rating": 1}], "chosen_completion": 0}]), "bad_steps"),
+    (_prm([_step(("a", 1), chosen=None), _step(("b", -1))]), "unchosen_step_before_end"),
+    (_prm([_step(("a", 1)), _step(("b", 0))]), "found_error_without_negative"),
+    (_prm([_step(("a", 1)), _step(("  ", -1))]), "empty_step"),
+    (_prm([_step(("a", 1), chosen=None, human=7)], finish="solution"), "bad_steps"),
+])
+def test_bad_prm800k_records_are_rejected_with_reason(record, reason):
+    parsed = parse_gold_record(record, source="s", position=4)
+    assert isinstance(parsed, GoldReject)
+    assert (parsed.reason, parsed.item_id) == (reason, "prm800k-4")
+
+
+def test_prm800k_pre_generated_steps_follow_only_a_matching_trajectory():
+    # The labelled steps are not a prefix of the pre-generated solution: the trajectory as
+    # labelled is the solution.
+    record = _prm([_step(("x", 1)), _step(("y", -1), chosen=None)],
+                  pre_generated_steps=["other", "y", "z"])
+    item = parse_gold_record(record, source="s", position=0)
+    assert (item.steps, item.ratings, item.label) == (("x", "y"), (1, -1), 1)
+    matching = _prm([_step(("x", 1)), _step(("w", 1), ("y", -1), chosen=None)],
+                    pre_generated_steps=["x", "y", "z"])
+    item = parse_gold_record(matching, source="s", position=0)
+    # At the unchosen last step the trajectory's own step is the pre-generated one.
+    assert (item.steps, item.ratings, item.label) == (("x", "y", "z"), (1, -1, None), 1)
+
+
+def test_prm800k_items_are_annotated_on_their_lines():
+    items, _ = load_gold_file(DATA / "prm800k_phase2_small.jsonl")
+    item = next(i for i in items if i.item_id == "prm800k-0")
+    engine = arithmetic_engine(None)
+    result = predict(item, ["mc", "judge"], engine)
+    assert result.gold_status == "ok"
+    assert any(r.prompt.endswith("I need to add 4 and 4.\n4 + 4 = 9.\n")
+               for r in engine.requests)  # steps joined as lines, given as they are
+    judge_prompt = next(r.prompt for r in engine.requests if "<paragraph_0>" in r.prompt)
+    assert "<paragraph_2>\nSo the sum is 9.\n\n# Answer\n\n9\n</paragraph_2>" in judge_prompt
+
+
+# --------------------------------------------------------------------------------------------
 # Joining gold answers
 
 
