@@ -1,11 +1,19 @@
 """Scale: problems through the full Beam pipeline with an engine that answers instantly.
 
-    .venv/bin/python benchmarks/scale.py [--sizes 100 1000 10000]
+    .venv/bin/python benchmarks/scale.py [--sizes 100 1000 10000 100000] [--portable 10000]
+                                         [--portable-workers 2]
 
-Each size runs in a fresh process (``steplabel run``, local FnApiRunner, Monte Carlo k=4 +
-judge + consensus, 2 samples per problem); we record wall time per problem and the peak
-resident memory of that process. Target: both flat within 20% from the smallest to the largest
-size. Writes benchmarks/results/scale.json.
+Each run is a fresh ``steplabel run`` process (Monte Carlo k=4 + judge + consensus, 2 samples
+per problem, ``benchmarks/instant_engine.py``). Per run: wall time per problem, the labelling
+stage's time per problem (from the progress lines, local runner only: on the portable runner
+they are printed by the SDK workers), and the launcher's peak resident memory, its own only
+(``getrusage(RUSAGE_SELF)`` in the launcher process: on the local runner the launcher also runs
+the workers, on the portable runner it only submits and finalizes). Portable runs (Beam's job
+service and a worker pool started here, ``--portable-workers`` SDK worker processes) also
+report the workers' peak summed resident memory, sampled every 0.5 s.
+
+Targets (issue 13): time per problem and launcher peak memory flat within 20% from 1,000 to
+the largest size. Writes benchmarks/results/scale.json.
 """
 
 from __future__ import annotations
@@ -17,21 +25,37 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 RESULTS = HERE / "results"
+PROFILE = ROOT / "jobs" / "runners" / "portable.yaml"
+
+#: Runs ``steplabel run`` in this process, then writes its own peak RSS (KiB on Linux) to the
+#: file named by the first argument.
+LAUNCHER = (
+    "import json, resource, sys\n"
+    "from steplabel.pipelines.cli import main\n"
+    "status = main(sys.argv[2:])\n"
+    "json.dump({'status': status, 'maxrss_kib': resource.getrusage(resource.RUSAGE_SELF)"
+    ".ru_maxrss}, open(sys.argv[1], 'w'))\n"
+    "sys.exit(status)\n"
+)
 
 
-def run_size(size: int, work: Path) -> dict:
+def write_job(size: int, work: Path) -> Path:
     source = work / f"problems-{size}.jsonl"
-    with open(source, "w") as handle:
-        for i in range(size):
-            handle.write(json.dumps({"id": f"p{i:06d}", "question": f"What is {i % 97} + "
-                                     f"{i % 13}?", "answer": str(i % 97 + i % 13)}) + "\n")
+    if not source.exists():
+        with open(source, "w") as handle:
+            for i in range(size):
+                handle.write(json.dumps({"id": f"p{i:06d}", "question": f"What is {i % 97} + "
+                                         f"{i % 13}?", "answer": str(i % 97 + i % 13)}) + "\n")
     manifest = {
         "name": f"scale-{size}",
         "seed": 1,
@@ -45,52 +69,130 @@ def run_size(size: int, work: Path) -> dict:
     }
     path = work / f"scale-{size}.yaml"
     path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+class WorkerMemory:
+    """Peak of the summed RSS of a worker pool's descendants (the SDK worker processes)."""
+
+    def __init__(self, pool_pid: int) -> None:
+        self.pool = psutil.Process(pool_pid)
+        self.peak = 0
+        self.workers_seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            total = 0
+            for child in self.pool.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                    self.workers_seen.add(child.pid)
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"workers_peak_rss_mib": round(self.peak / 2**20, 1),
+                "worker_processes_seen": len(self.workers_seen)}
+
+
+def run_size(size: int, work: Path, *, services=None, workers: int = 1) -> dict:
+    manifest = write_job(size, work)
+    runner = "portable" if services else "local"
+    out = work / f"out-{runner}-{size}"
+    usage = work / f"usage-{runner}-{size}.json"
+    args = [sys.executable, "-c", LAUNCHER, str(usage), "run", str(manifest), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(HERE)}
+    if services:
+        args += ["--runner", "portable", "--runner-profile", str(PROFILE),
+                 f"--direct_num_workers={workers}"]
+        env.update(services.environment())
+        memory = WorkerMemory(services.worker_pool_pid)
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "steplabel", "run", str(path), "--out",
-                             str(work / f"out-{size}")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    output = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    if status != 0:
-        raise SystemExit(f"size {size} failed:\n{output[-3000:]}")
-    info = json.loads((work / f"out-{size}" / "info.json").read_text())
-    # The last progress line: seconds from the labelling stage's start to its last problem.
-    labelling = float(re.findall(r"problems \d+/\d+ .*?, ([0-9.]+)s elapsed", output)[-1])
-    return {
+    extra = memory.stop() if services else {}
+    if proc.returncode != 0:
+        raise SystemExit(f"{runner} size {size} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    info = json.loads((out / "info.json").read_text())
+    stats = json.loads((out / "stats.json").read_text())
+    launcher_rss = json.loads(usage.read_text())["maxrss_kib"] / 1024
+    row = {
+        "runner": runner,
+        "workers": workers,
         "problems": size,
         "seconds": round(seconds, 2),
-        "labelling_seconds": labelling,
-        "ms_per_problem": round(1000 * seconds / size, 2),
-        "labelling_ms_per_problem": round(1000 * labelling / size, 2),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "ms_per_problem": round(1000 * seconds / size, 3),
+        "peak_rss_mib": round(launcher_rss, 1),  # the launcher's own
+        "reconciliation_ok": stats["reconciliation"]["ok"],
         "rows": info["rows"],
+        **extra,
     }
+    progress = re.findall(r"problems \d+/\d+ .*?, ([0-9.]+)s elapsed", proc.stderr)
+    if progress:  # the labelling stage's start to its last problem (local runner)
+        row["labelling_seconds"] = float(progress[-1])
+        row["labelling_ms_per_problem"] = round(1000 * float(progress[-1]) / size, 3)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def flatness(runs: list[dict], key: str, base_size: int) -> float | None:
+    base = [r for r in runs if r["problems"] == base_size]
+    if not base or key not in base[0] or runs[-1]["problems"] == base_size:
+        return None
+    return round(runs[-1][key] / max(1e-9, base[0][key]), 3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000, 100000])
+    parser.add_argument("--portable", type=int, nargs="*", default=[10000],
+                        help="sizes also run on the portable runner")
+    parser.add_argument("--portable-workers", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="steplabel-scale-") as tmp:
-        runs = [run_size(size, Path(tmp)) for size in args.sizes]
-    first, last = runs[0], runs[-1]
-    # Wall time per problem includes process start-up (imports, Beam set-up, ~5 s), which a
-    # small job cannot amortise; the flatness target uses the labelling stage's time per
-    # problem, and the marginal wall time per problem between sizes is reported too.
-    marginal = [round(1000 * (b["seconds"] - a["seconds"]) / (b["problems"] - a["problems"]), 2)
-                for a, b in zip(runs, runs[1:])]
+        work = Path(tmp)
+        local = [run_size(size, work) for size in args.sizes]
+        portable = []
+        if args.portable:
+            from steplabel.pipelines import services
+
+            running = services.start(work / "services", pythonpath=[str(HERE)])
+            try:
+                portable = [run_size(size, work, services=running,
+                                     workers=args.portable_workers) for size in args.portable]
+            finally:
+                services.stop(work / "services")
+    first, last = local[0], local[-1]
+    marginal = [round(1000 * (b["seconds"] - a["seconds"]) / (b["problems"] - a["problems"]), 3)
+                for a, b in zip(local, local[1:])]
+    time_ratio = flatness(local, "labelling_ms_per_problem", 1000)
+    wall_ratio = flatness(local, "ms_per_problem", 1000)
+    rss_ratio = flatness(local, "peak_rss_mib", 1000)
     report = {
-        "runs": runs,
+        "runs": local,
+        "portable_runs": portable,
         "marginal_ms_per_problem": marginal,
+        # From 1,000 problems to the largest size (issue 13's target range).
+        "labelling_time_per_problem_ratio_1000_to_last": time_ratio,
+        "wall_time_per_problem_ratio_1000_to_last": wall_ratio,
+        "launcher_peak_rss_ratio_1000_to_last": rss_ratio,
+        # Kept for benchmarks/run_all.py's summary: smallest to largest size.
         "time_per_problem_ratio_last_first": round(
-            last["labelling_ms_per_problem"] / max(1e-9, first["labelling_ms_per_problem"]), 3),
+            last.get("labelling_ms_per_problem", last["ms_per_problem"])
+            / max(1e-9, first.get("labelling_ms_per_problem", first["ms_per_problem"])), 3),
         "peak_rss_ratio_last_first": round(last["peak_rss_mib"] / first["peak_rss_mib"], 3),
+        "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
     }
     report["targets"] = {
-        "memory_flat_within_20pct": report["peak_rss_ratio_last_first"] <= 1.2,
-        "time_per_problem_flat_within_20pct": 0.8 <= report["time_per_problem_ratio_last_first"] <= 1.2,
+        "memory_flat_within_20pct": rss_ratio is not None and rss_ratio <= 1.2,
+        "time_per_problem_flat_within_20pct": time_ratio is not None
+        and 0.8 <= time_ratio <= 1.2,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(report, indent=2) + "\n")
