@@ -87,6 +87,21 @@ def _wait_listening(port: int, proc: subprocess.Popen, what: str, log_file: Path
         time.sleep(0.1)
 
 
+def _python_shim(state: Path) -> Path:
+    """A folder whose ``python`` is this Python with its standard output sent to standard error.
+
+    The worker pool starts each SDK worker as ``python -c ...`` with its standard output on a
+    pipe that nothing reads: a worker that prints more than a pipe holds (vLLM logs to stdout)
+    would block. Through this shim it writes to the pool's log instead.
+    """
+    folder = state / "bin"
+    folder.mkdir(exist_ok=True)
+    shim = folder / "python"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@" 1>&2\n')
+    shim.chmod(0o755)
+    return folder
+
+
 def _spawn(command: list[str], env: dict, log_file: Path) -> subprocess.Popen:
     """A service in its own process group (stopped as a group), its output in ``log_file``."""
     with open(log_file, "ab") as out:
@@ -109,7 +124,8 @@ def start(state_dir: str | Path, *, pythonpath: list[str] = (), timeout_s: float
         raise RuntimeError(f"{state / STATE_FILE} exists: services from {state} may still run; "
                            "stop them first")
     env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([str(_python_shim(state)), str(Path(sys.executable).parent),
+                                   env.get("PATH", "")])
     paths = [str(Path(p).resolve()) for p in pythonpath]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
