@@ -357,7 +357,7 @@ class ProblemLabeler:
             out.add("filtered", self._filtered_row(
                 problem, stage="omegaprm_prefilter", reason=result.filter_reason,
                 counts=(result.prefilter_n_correct, result.prefilter_n_total,
-                        result.prefilter_n_unknown),
+                        result.prefilter_n_unknown, result.prefilter_n_truncated),
                 cost=result.cost))
             out.count(f"filtered_{result.filter_reason}")
             return
@@ -444,6 +444,7 @@ class ProblemLabeler:
             "n_correct": counts[0],
             "n_total": counts[1],
             "n_unknown": counts[2],
+            "n_truncated": counts[3] if len(counts) > 3 else 0,
             "cost": cost,
             "manifest_hash": self.manifest_hash,
         }

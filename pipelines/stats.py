@@ -50,10 +50,10 @@ COLUMNS: dict[str, list[str]] = {
     "trajectories": TRAJECTORY_COLUMNS,
     "rejected": TRAJECTORY_COLUMNS,
     "omegaprm_states": ["problem_id", "record_type", "hard_label", "n_total", "n_unknown",
-                        "n_truncated"],
+                        "n_truncated", "after_error"],
     "omegaprm_pairs": ["problem_id"],
     "omegaprm_searches": ["problem_id"],
-    "filtered": ["problem_id", "source", "stage", "reason", "cost"],
+    "filtered": ["problem_id", "source", "stage", "reason", "cost", "n_truncated"],
     "dead_letter": ["problem_id", "source", "stage", "reason"],
 }
 COST_STAGES = ("policy", "mc", "judge")
@@ -292,6 +292,9 @@ class LabelStats:
             self.filtered[f"{row['stage']}:{row['reason']}"] += 1
             if row["stage"] == PREFILTER_STAGE:
                 prefilter_drop = True
+                cost = row.get("cost") or {}
+                self.truncation["omegaprm"][0] += cost.get("rollouts") or 0
+                self.truncation["omegaprm"][1] += row.get("n_truncated") or 0
                 for name, value in (row.get("cost") or {}).items():
                     self.cost["omegaprm_prefilter_dropped"][name] += value or 0
         states = rows.get("omegaprm_states", ())
@@ -299,8 +302,11 @@ class LabelStats:
             self.prefilter_checked += 1
             self.prefilter_dropped += prefilter_drop
         for row in states:
-            self.states[row["record_type"]] += 1
-            if row["hard_label"] is not None:
+            if row.get("after_error"):  # not a tree state: a probe past the first error
+                self.states["after_error"] += 1
+            else:
+                self.states[row["record_type"]] += 1
+            if row["hard_label"] is not None and not row.get("after_error"):
                 self.labelled_states += 1
                 self.positive_states += bool(row["hard_label"])
             if row["record_type"] != "completion":  # completions have no rollouts of their own

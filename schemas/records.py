@@ -164,6 +164,7 @@ FILTERED = pa.schema(
         ("n_correct", pa.int32()),
         ("n_total", pa.int32()),
         ("n_unknown", pa.int32()),
+        ("n_truncated", pa.int32()),  # of the pre-filter rollouts, cut off at max_tokens
         ("cost", COST),
         ("manifest_hash", pa.string()),
     ]
