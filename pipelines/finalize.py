@@ -222,8 +222,12 @@ def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
         "num_shards": manifest.runner.num_shards,
     }
     storage.write_json_atomic(storage.join(out_dir, "stats.json"), stats)
-    storage.write_json_atomic(storage.join(out_dir, "manifest.lock.json"), build_lock(manifest))
+    lock = build_lock(manifest)
+    storage.write_json_atomic(storage.join(out_dir, "manifest.lock.json"), lock)
     storage.write_json_atomic(storage.join(out_dir, "info.json"), info)
+    from steplabel.pipelines.card import write_dataset_card
+
+    write_dataset_card(out_dir, info=info, stats=stats, lock=lock)  # README.md, for `datasets`
     if stats["reconciliation"]["ok"]:
         storage.write_bytes_atomic(storage.join(out_dir, storage.COMPLETED), b"")
     return info, stats

@@ -375,10 +375,149 @@ def _group_html(title: str, s: dict, *, plots: bool) -> str:
     return "\n".join(parts)
 
 
-def render_html(report: dict) -> str:
-    """One self-contained HTML page: tables, embedded PNG plots, the JSON figures."""
+EXAMPLE_STYLE = """
+.legend span.chip, .strip span { display: inline-block; width: 1.4em; height: 1.4em;
+  line-height: 1.4em; text-align: center; color: #fff; font-size: 0.8em; border-radius: 2px;
+  margin-right: 1px; vertical-align: middle; }
+.legend { margin: 0.5em 0 1em; } .legend span.item { margin-right: 1.2em; }
+details.example { border: 1px solid #ddd; border-left: 5px solid #999; border-radius: 4px;
+  margin: 0.4em 0; padding: 0.3em 0.6em; }
+details.example.kept { border-left-color: #3a923a; }
+details.example.rejected { border-left-color: #c03d3e; }
+details.example summary { cursor: pointer; }
+.badge { display: inline-block; padding: 0 0.5em; border-radius: 3px; color: #fff;
+  font-size: 0.85em; margin-right: 0.4em; }
+.badge.kept { background: #3a923a; } .badge.rejected { background: #c03d3e; }
+.strip { margin-left: 0.8em; white-space: nowrap; }
+table.steps { width: 100%; } table.steps td { vertical-align: top; }
+table.steps td.text { text-align: left; white-space: pre-wrap; font-family: ui-monospace,
+  monospace; font-size: 0.85em; }
+table.steps td.lab { color: #fff; text-align: center; font-weight: bold; width: 1.6em; }
+td.positive, span.positive { background: #3a923a; }
+td.negative, span.negative { background: #c03d3e; }
+td.unknown, span.unknown { background: #d9a400; }
+td.no_label, span.no_label { background: #aaa; }
+.mark { color: #c03d3e; font-weight: bold; white-space: nowrap; }
+p.meta { margin: 0.3em 0; color: #444; } p.question { font-weight: bold; }
+"""
+
+LABEL_WORDS = {"positive": "positive", "negative": "negative", "unknown": "not estimated",
+               "no_label": "no label (after the first error)"}
+
+
+def _mc_colour(value: float | None) -> str:
+    """Red (0) to green (1) through amber; grey when not estimated."""
+    if value is None:
+        return "#bbbbbb"
+    v = min(1.0, max(0.0, value))
+    low, mid, high = (0xc0, 0x3d, 0x3e), (0xe0, 0xb0, 0x30), (0x3a, 0x92, 0x3a)
+    a, b, t = (low, mid, v / 0.5) if v < 0.5 else (mid, high, (v - 0.5) / 0.5)
+    return "#" + "".join(f"{round(x + (y - x) * t):02x}" for x, y in zip(a, b))
+
+
+def _first_error_text(value) -> str:
+    return "unknown" if value is None else "none" if value < 0 else str(value)
+
+
+def _example_html(example: dict, *, open_: bool) -> str:
+    from steplabel.pipelines.show import SYMBOLS
+
+    e = html.escape
+    status = "kept" if example["kept"] else "rejected"
+    cells = []
+    for step in example["steps"]:
+        symbol = SYMBOLS[step["label_state"]][0]
+        value = step["mc_value"]
+        counts = (f" ({step['mc_n_correct']}/{step['mc_n_total']})"
+                  if step["mc_n_total"] is not None else "")
+        tip = (f"step {step['index']}: MC {'not estimated' if value is None else f'{value:.2f}'}"
+               f"{counts}, {LABEL_WORDS[step['label_state']]}")
+        cells.append(f"<span style='background:{_mc_colour(value)}' title='{e(tip)}'>"
+                     f"{symbol}</span>")
+    marks: dict[int, list[str]] = {}
+    for name, key in (("MC", "mc_first_error"), ("OmegaPRM", "omegaprm_first_error"),
+                      ("judge", "judge_first_error")):
+        if example[key] is not None and example[key] >= 0:
+            marks.setdefault(example[key], []).append(name)
+    rows = []
+    for step in example["steps"]:
+        value = step["mc_value"]
+        counts = ""
+        if step["mc_n_total"] is not None:
+            counts = f"{step['mc_n_correct']}/{step['mc_n_total']}"
+            extra = [f"{step[k]} {w}" for k, w in (("mc_n_unknown", "unknown"),
+                                                   ("mc_n_truncated", "cut off")) if step[k]]
+            counts += f" ({', '.join(extra)})" if extra else ""
+        mark = (f"<span class='mark'>◀ first error: {e(', '.join(marks[step['index']]))}</span>"
+                if step["index"] in marks else "")
+        rows.append(
+            f"<tr><td class='lab {step['label_state']}' "
+            f"title='{LABEL_WORDS[step['label_state']]}'>"
+            f"{SYMBOLS[step['label_state']][0]}</td><td>{step['index']}</td>"
+            f"<td style='background:{_mc_colour(value)}33'>"
+            f"{'–' if value is None else f'{value:.2f}'}</td><td>{e(counts)}</td>"
+            f"<td class='text'>{e(step['text'])}</td><td>{mark}</td></tr>")
+    correct = example["final_answer_correct"]
+    verdict = "correct" if correct else "unknown" if correct is None else "incorrect"
+    labels_from = {"final": "final labels", "monte_carlo": "Monte Carlo labels (not kept)"}.get(
+        example["labels_from"], "no labels")
+    votes = example["judge_votes"]
+    judge = _first_error_text(example["judge_first_error"]) + (
+        f" (votes {', '.join('?' if v is None else str(v) for v in votes)})" if votes else "")
+    omegaprm = example["omegaprm_first_error"]
+    summary = (f"<span class='badge {status}'>{status} · "
+               f"{e(example['consensus_reason'] or 'no reason')}</span>"
+               f"{e(str(example['problem_id']))} · solution {example['solution_index']} · "
+               f"first error {_first_error_text(example['first_error'])}"
+               f"<span class='strip'>{''.join(cells)}</span>")
+    return (
+        f"<details class='example {status}'{' open' if open_ else ''}><summary>{summary}"
+        f"</summary><p class='meta question'>{e(example['question'] or '')}</p>"
+        f"<p class='meta'>gold answer <b>{e(str(example['gold_answer']))}</b> · final answer "
+        f"<b>{e(str(example['final_answer']))}</b> ({verdict}"
+        f"{': ' + e(example['outcome_reason']) if example['outcome_reason'] else ''})"
+        f"{' · cut off at max_tokens' if example['policy_truncated'] else ''} · {labels_from}"
+        f"</p><table class='steps'><tr><th>label</th><th>step</th><th>MC</th>"
+        f"<th>correct / graded</th><th>text</th><th></th></tr>{''.join(rows)}</table>"
+        f"<p class='meta'>first errors: Monte Carlo "
+        f"{_first_error_text(example['mc_first_error'])}"
+        f"{' · OmegaPRM ' + _first_error_text(omegaprm) if omegaprm is not None else ''}"
+        f" · judge {e(judge)} · consensus: {status} "
+        f"({e(example['consensus_reason'] or 'no reason recorded')})</p></details>")
+
+
+def examples_html(examples: dict[str, list[dict]], totals: dict[str, int]) -> str:
+    """The browsable examples section: kept and rejected trajectories, labels colour-coded,
+    a strip of per-step Monte Carlo values in each summary line."""
+    from steplabel.pipelines.show import SYMBOLS
+
+    legend = "".join(
+        f"<span class='item'><span class='chip {state}'>{SYMBOLS[state][0]}</span> "
+        f"{LABEL_WORDS[state]}</span>" for state in LABEL_WORDS)
+    scale = "".join(f"<span style='background:{_mc_colour(v / 4)}'>{v / 4:.2g}</span>"
+                    for v in range(5))
+    parts = ["<h2 id='examples'>Example trajectories</h2>",
+             f"<div class='legend'>{legend}<br>strip: one cell per step, coloured by its Monte "
+             f"Carlo value <span class='strip'>{scale}</span>, grey when not estimated, "
+             "marked with the step's label; step indices are 0-based</div>"]
+    for output, title in (("trajectories", "Kept"), ("rejected", "Rejected")):
+        chosen = examples.get(output) or []
+        parts.append(f"<h3>{title} ({len(chosen)} of {totals.get(output, 0)})</h3>")
+        if not chosen:
+            parts.append("<p>none</p>")
+        parts += [_example_html(example, open_=index == 0)
+                  for index, example in enumerate(chosen)]
+    return "\n".join(parts)
+
+
+def render_html(report: dict, examples: dict[str, list[dict]] | None = None) -> str:
+    """One self-contained HTML page: tables, embedded PNG plots, example trajectories (when
+    ``examples`` maps ``trajectories`` / ``rejected`` to examples of
+    :func:`steplabel.pipelines.show.trajectory_example`), the JSON figures."""
     title = f"steplabel dataset report: {report['name'] or report['dataset']}"
     sections = [_group_html("Whole dataset", report["overall"], plots=True)]
+    if examples is not None:
+        sections.append(examples_html(examples, report["overall"]["rows"]))
     comparison = plot_sources(report["per_source"])
     if comparison:
         sections.append(f"<h2>Sources compared</h2><div class='plots'>"
@@ -391,7 +530,8 @@ def render_html(report: dict) -> str:
                    ("completed", report["completed"])])
     figures = html.escape(json.dumps(report, indent=2, sort_keys=True, default=str))
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"<title>{html.escape(title)}</title><style>{STYLE}{EXAMPLE_STYLE}</style></head>"
+            f"<body>"
             f"<h1>{html.escape(title)}</h1>{meta}{''.join(sections)}"
             f"<h2>All figures (JSON)</h2><details><summary>show</summary><pre>{figures}</pre>"
             f"</details></body></html>\n")
@@ -415,7 +555,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="a steplabel dataset directory")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--html", metavar="FILE",
-                        help="also write a self-contained HTML report with plots to FILE")
+                        help="also write a self-contained HTML report with plots and example "
+                        "trajectories to FILE")
+    parser.add_argument("--examples", type=int, default=12, metavar="N",
+                        help="example trajectories of each kind (kept, rejected) in the HTML "
+                        "report (default 12)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -429,6 +573,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render_text(report))
     if args.html:
-        write_report(args.html, render_html(report))
+        from steplabel.pipelines.show import sample_trajectories
+
+        examples = {output: sample_trajectories(args.dataset, output, args.examples)
+                    for output in ("trajectories", "rejected")} if args.examples > 0 else None
+        write_report(args.html, render_html(report, examples))
         print(f"[steplabel] HTML report written to {args.html}", file=sys.stderr)
     return 0

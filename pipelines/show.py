@@ -1,0 +1,461 @@
+"""``steplabel show DATASET``: labelled trajectories and OmegaPRM searches, readable in a terminal.
+
+For each trajectory: the question, the gold and final answers, then every step with its label
+(``✓`` positive, ``✗`` negative, ``?`` not estimated, ``·`` no label: after the first error of
+a kept trajectory), its Monte Carlo value and counts (correct / graded rollouts, unknown and
+cut-off rollouts apart), the first error each annotator named (Monte Carlo, OmegaPRM, the
+judge with its votes) and why consensus kept or rejected it. Kept trajectories show their final
+labels; rejected ones have none, so they show the Monte Carlo labels.
+
+Filters: ``--kept`` / ``--rejected`` (default: both, alternating), ``--reason`` (consensus
+reason, e.g. ``disagree``), ``--problem ID``, ``--first-error N`` (the first error of the labels
+shown: 0-based step index, -1 for "no error"), ``--limit`` (default 5). ``--omegaprm`` shows
+OmegaPRM's binary searches instead: the searched solution piece by piece, the Monte Carlo value
+of every prefix the tree estimated along it (the search's probes, and states of earlier
+searches it reused), and the first error found. ``--json`` prints the same examples as JSON.
+
+Rows are streamed from the Parquet shards and read defensively: a column a dataset does not
+have (an older or newer schema) is shown as absent, never an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import shutil
+import sys
+import textwrap
+from typing import Iterable, Iterator
+
+from steplabel.pipelines import storage
+
+POSITIVE, NEGATIVE, UNKNOWN, UNLABELLED = "✓", "✗", "?", "·"
+KEPT, REJECTED = "trajectories", "rejected"
+DEFAULT_LIMIT = 5
+
+
+class ShowError(RuntimeError):
+    """The directory holds nothing to show."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples: what is shown, as plain data (text, JSON and the HTML report render these)
+
+
+def _at(values, index: int):
+    """``values[index]``, or None when the list is absent or shorter."""
+    if values is None or index >= len(values):
+        return None
+    return values[index]
+
+
+def label_first_error(labels) -> int | None:
+    """The first error of a label list: index of the first False, -1 when none is, None when
+    an unknown label comes first or there are no labels."""
+    if labels is None:
+        return None
+    for index, label in enumerate(labels):
+        if label is None:
+            return None
+        if not label:
+            return index
+    return -1
+
+
+def trajectory_example(row: dict, output: str) -> dict:
+    """One trajectory row (``trajectories`` or ``rejected``) as an example to show."""
+    steps = list(row.get("steps") or [])
+    final = row.get("labels")
+    mc_labels = row.get("hard_labels")
+    if final is not None:
+        labels, labels_from = final, "final"
+    elif mc_labels is not None:
+        labels, labels_from = mc_labels, "monte_carlo"
+    else:
+        labels, labels_from = None, None
+    shown = []
+    for index, text in enumerate(steps):
+        label = _at(labels, index)
+        # Kept labels end at the first error: a missing entry after it is "no label", not
+        # "not estimated".
+        ended = labels_from == "final" and labels is not None and index >= len(labels)
+        shown.append({
+            "index": index,
+            "text": text,
+            "label": label,
+            "label_state": ("no_label" if ended else "unknown" if label is None
+                            else "positive" if label else "negative"),
+            "mc_value": _at(row.get("mc_values"), index),
+            "mc_n_correct": _at(row.get("mc_n_correct"), index),
+            "mc_n_total": _at(row.get("mc_n_total"), index),
+            "mc_n_unknown": _at(row.get("mc_n_unknown"), index),
+            "mc_n_truncated": _at(row.get("mc_n_truncated"), index),
+        })
+    return {
+        "output": output,
+        "kept": output == KEPT,
+        "problem_id": row.get("problem_id"),
+        "solution_index": row.get("solution_index"),
+        "source": row.get("source"),
+        "question": row.get("question"),
+        "gold_answer": row.get("gold_answer"),
+        "final_answer": row.get("final_answer"),
+        "final_answer_correct": row.get("final_answer_correct"),
+        "outcome_reason": row.get("outcome_reason"),
+        "policy_truncated": row.get("policy_truncated"),
+        "labels_from": labels_from,
+        "label_source": row.get("label_source"),
+        "first_error": label_first_error(labels),
+        "mc_first_error": row.get("mc_first_error"),
+        "omegaprm_first_error": row.get("omegaprm_first_error"),
+        "judge_first_error": row.get("judge_first_error"),
+        "judge_votes": row.get("judge_votes"),
+        "judge_agreement": row.get("judge_agreement"),
+        "judge_parse_reasons": row.get("judge_parse_reasons"),
+        "consensus_keep": row.get("consensus_keep"),
+        "consensus_reason": row.get("consensus_reason"),
+        "steps": shown,
+    }
+
+
+def _matches(example: dict, *, reason: str | None, problem: str | None,
+             first_error: int | None) -> bool:
+    if reason is not None and example["consensus_reason"] != reason:
+        return False
+    if problem is not None and example["problem_id"] != problem:
+        return False
+    if first_error is not None and example["first_error"] != first_error:
+        return False
+    return True
+
+
+def _examples(dataset_dir: str, output: str, **filters) -> Iterator[dict]:
+    for row in storage.iter_rows(dataset_dir, output, batch_size=256):
+        example = trajectory_example(row, output)
+        if _matches(example, **filters):
+            yield example
+
+
+def select_trajectories(dataset_dir: str, *, kept: bool | None = None,
+                        reason: str | None = None, problem: str | None = None,
+                        first_error: int | None = None,
+                        limit: int | None = DEFAULT_LIMIT) -> list[dict]:
+    """Trajectories matching the filters, at most ``limit`` (None: all). ``kept``: True for
+    kept ones only, False for rejected ones only, None for both, alternating kept and
+    rejected so that a short list shows both."""
+    filters = dict(reason=reason, problem=problem, first_error=first_error)
+    if kept is True:
+        found: Iterable[dict] = _examples(dataset_dir, KEPT, **filters)
+    elif kept is False:
+        found = _examples(dataset_dir, REJECTED, **filters)
+    else:
+        pairs = itertools.zip_longest(_examples(dataset_dir, KEPT, **filters),
+                                      _examples(dataset_dir, REJECTED, **filters))
+        found = (example for pair in pairs for example in pair if example is not None)
+    return list(itertools.islice(found, limit))
+
+
+def sample_trajectories(dataset_dir: str, output: str, count: int, *,
+                        scan: int | None = None) -> list[dict]:
+    """Up to ``count`` examples of one output, varied: the first ``scan`` rows (default
+    ``20 * count``) are grouped by consensus reason and by whether the labels shown have an
+    error (none, an error, unknown), and the groups are taken from in turn."""
+    groups: dict[tuple, list[dict]] = {}
+    for example in itertools.islice(_examples(dataset_dir, output, reason=None, problem=None,
+                                              first_error=None), scan or 20 * count):
+        error = example["first_error"]
+        kind = "unknown" if error is None else "none" if error < 0 else "error"
+        groups.setdefault((example["consensus_reason"] or "", kind), []).append(example)
+    chosen: list[dict] = []
+    queues = [groups[key] for key in sorted(groups)]
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+def _squeeze(text: str) -> str:
+    return re.sub(r"\s+", "", text or "")
+
+
+def search_example(search: dict, states: list[dict]) -> dict:
+    """One OmegaPRM search row with the Monte Carlo values along its solution: for every
+    prefix of its pieces, the tree state with that prefix (matched on the text without
+    whitespace, as the separator between pieces is the splitter's), if the tree has one."""
+    pieces = list(search.get("pieces") or [])
+    by_prefix: dict[str, dict] = {}
+    for state in states:
+        by_prefix.setdefault(_squeeze(state.get("prefix")), state)
+    root = next((s for s in states if s.get("parent_id") is None), None)
+    probes = set()  # node ids on the path that a binary search estimated (kind "probe")
+    shown, prefix = [], ""
+    first_error = search.get("first_error")
+    for index, piece in enumerate(pieces):
+        prefix += piece
+        state = by_prefix.get(_squeeze(prefix))
+        if state is not None and state.get("record_type") == "probe":
+            probes.add(state.get("node_id"))
+        shown.append({
+            "index": index,
+            "text": piece,
+            "state": state.get("node_id") if state else None,
+            "state_kind": state.get("record_type") if state else None,
+            "mc_value": state.get("mc_value") if state else None,
+            "n_correct": state.get("n_correct") if state else None,
+            "n_total": state.get("n_total") if state else None,
+            "n_unknown": state.get("n_unknown") if state else None,
+            "n_truncated": state.get("n_truncated") if state else None,
+            "first_error": first_error is not None and index == first_error,
+            "before_start": index < (search.get("start_index") or 0),
+        })
+    return {
+        "problem_id": search.get("problem_id"),
+        "tree_id": search.get("tree_id"),
+        "search_index": search.get("search_index"),
+        "start_node": search.get("start_node"),
+        "rollout_id": search.get("rollout_id"),
+        "start_index": search.get("start_index"),
+        "first_error": first_error,
+        "reason": search.get("reason"),
+        "rollouts_used": search.get("rollouts_used"),
+        "question": root.get("question") if root else None,
+        "gold_answer": root.get("gold_answer") if root else None,
+        "root_mc_value": root.get("mc_value") if root else None,
+        "probes_on_path": len(probes),
+        "pieces": shown,
+    }
+
+
+def select_searches(dataset_dir: str, *, problem: str | None = None,
+                    first_error: int | None = None,
+                    limit: int | None = DEFAULT_LIMIT) -> list[dict]:
+    """OmegaPRM searches matching the filters (at most ``limit``), each with its tree's
+    Monte Carlo values along the searched solution."""
+    chosen = []
+    for search in storage.iter_rows(dataset_dir, "omegaprm_searches", batch_size=256):
+        if problem is not None and search.get("problem_id") != problem:
+            continue
+        if first_error is not None and search.get("first_error") != first_error:
+            continue
+        chosen.append(search)
+        if limit is not None and len(chosen) >= limit:
+            break
+    trees = {s.get("problem_id") for s in chosen}
+    states: dict[str, list[dict]] = {tree: [] for tree in trees}
+    if chosen:
+        for state in storage.iter_rows(dataset_dir, "omegaprm_states", batch_size=1024):
+            if state.get("problem_id") in states:
+                states[state["problem_id"]].append(state)
+    return [search_example(s, states[s.get("problem_id")]) for s in chosen]
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+
+class Style:
+    """ANSI colours when the output is a terminal (and ``NO_COLOR`` is not set)."""
+
+    CODES = {"green": "32", "red": "31", "yellow": "33", "dim": "2", "bold": "1"}
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, text: str, *names: str) -> str:
+        if not self.enabled or not names:
+            return text
+        codes = ";".join(self.CODES[n] for n in names)
+        return f"\033[{codes}m{text}\033[0m"
+
+
+SYMBOLS = {"positive": (POSITIVE, "green"), "negative": (NEGATIVE, "red"),
+           "unknown": (UNKNOWN, "yellow"), "no_label": (UNLABELLED, "dim")}
+
+
+def _index(value) -> str:
+    if value is None:
+        return "unknown"
+    return "none" if value < 0 else str(value)
+
+
+def _counts(correct, total, unknown, truncated) -> str:
+    if total is None and correct is None:
+        return ""
+    text = f"{correct if correct is not None else '?'}/{total if total is not None else '?'}"
+    extra = []
+    if unknown:
+        extra.append(f"{unknown} unknown")
+    if truncated:
+        extra.append(f"{truncated} cut off")
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _value(value) -> str:
+    return "  -  " if value is None else f"{value:.2f}"
+
+
+def _wrap(text: str, *, first: str, indent: int, width: int) -> list[str]:
+    lines = []
+    body_width = max(20, width - indent)
+    for n, paragraph in enumerate((text or "").splitlines() or [""]):
+        wrapped = textwrap.wrap(paragraph, body_width) or [""]
+        lines.extend(wrapped)
+    out = [first + lines[0]]
+    out += [" " * indent + line for line in lines[1:]]
+    return out
+
+
+def render_trajectory(example: dict, *, style: Style, width: int) -> str:
+    status = (style("kept", "green", "bold") if example["kept"]
+              else style("rejected", "red", "bold"))
+    head = (f"── {example['problem_id']} · solution {example['solution_index']} · {status}: "
+            f"{example['consensus_reason'] or 'no consensus'} ")
+    lines = [head + "─" * max(3, width - len(_plain(head)))]
+    lines += _wrap(example["question"] or "", first="question: ", indent=10, width=width)
+    correct = example["final_answer_correct"]
+    verdict = ("correct" if correct else "unknown" if correct is None else "incorrect")
+    reason = f": {example['outcome_reason']}" if example["outcome_reason"] else ""
+    lines.append(f"gold answer: {example['gold_answer']} · final answer: "
+                 f"{example['final_answer']} ({verdict}{reason})"
+                 + (" · cut off at max_tokens" if example["policy_truncated"] else ""))
+    source = {"final": "final labels", "monte_carlo": "Monte Carlo labels (not kept)"}.get(
+        example["labels_from"], "no labels")
+    lines.append(f"{source}; first error: {_index(example['first_error'])}")
+    marks: dict[int, list[str]] = {}
+    for name, key in (("MC", "mc_first_error"), ("OmegaPRM", "omegaprm_first_error"),
+                      ("judge", "judge_first_error")):
+        value = example[key]
+        if value is not None and value >= 0:
+            marks.setdefault(value, []).append(name)
+    counts = [_counts(s["mc_n_correct"], s["mc_n_total"], s["mc_n_unknown"],
+                      s["mc_n_truncated"]) for s in example["steps"]]
+    count_width = max([len(c) for c in counts] + [5])
+    for step, count in zip(example["steps"], counts):
+        symbol, colour = SYMBOLS[step["label_state"]]
+        prefix = (f"  {style(symbol, colour)} {step['index']:>2}  MC {_value(step['mc_value'])} "
+                  f"{count:<{count_width}}  ")
+        indent = len(_plain(prefix))
+        text = step["text"]
+        if step["index"] in marks:
+            text += "  " + style("◀ first error: " + ", ".join(marks[step["index"]]), "bold")
+        lines += _wrap(text, first=prefix, indent=indent, width=width)
+    votes = example["judge_votes"]
+    judge = _index(example["judge_first_error"])
+    if votes is not None:  # each vote is a step index, -1 for "no error"
+        agreement = example["judge_agreement"]
+        judge += (f" (votes {', '.join('?' if v is None else str(v) for v in votes)}"
+                  + (f"; agreement {agreement:.2f}" if agreement is not None else "") + ")")
+    omegaprm = example["omegaprm_first_error"]  # null: OmegaPRM did not search this one
+    lines.append(f"first errors: Monte Carlo {_index(example['mc_first_error'])}"
+                 + (f" · OmegaPRM {_index(omegaprm)}" if omegaprm is not None else "")
+                 + f" · judge {judge}")
+    lines.append(f"consensus: {'kept' if example['kept'] else 'rejected'} "
+                 f"({example['consensus_reason'] or 'no reason recorded'})"
+                 + (f"; labels from {example['label_source']}"
+                    if example["kept"] and example["label_source"] else ""))
+    return "\n".join(lines)
+
+
+def render_search(example: dict, *, style: Style, width: int) -> str:
+    head = (f"── OmegaPRM search {example['search_index']} of {example['problem_id']} "
+            f"(from {example['start_node']}, rollout {example['rollout_id']}) ")
+    lines = [head + "─" * max(3, width - len(head))]
+    if example["question"]:
+        lines += _wrap(example["question"], first="question: ", indent=10, width=width)
+    root = example["root_mc_value"]
+    lines.append(f"gold answer: {example['gold_answer']} · MC of the question "
+                 f"{_value(root).strip()} · first error: {_index(example['first_error'])}"
+                 + (f" ({example['reason']})" if example["reason"] else "")
+                 + f" · {example['rollouts_used']} rollouts")
+    for piece in example["pieces"]:
+        value = piece["mc_value"]
+        if piece["first_error"]:
+            symbol = style(NEGATIVE, "red")
+        elif value is None:
+            symbol = style(UNLABELLED, "dim")
+        else:
+            symbol = style(POSITIVE, "green") if value > 0 else style(NEGATIVE, "red")
+        count = _counts(piece["n_correct"], piece["n_total"], piece["n_unknown"],
+                        piece["n_truncated"])
+        kind = piece["state_kind"] or ""
+        prefix = f"  {symbol} {piece['index']:>2}  MC {_value(value)} {count:<8} {kind:<10} "
+        text = piece["text"] + ("  " + style("◀ first error", "bold")
+                                if piece["first_error"] else "")
+        lines += _wrap(text, first=prefix, indent=len(_plain(prefix)), width=width)
+    return "\n".join(lines)
+
+
+_ANSI = re.compile(r"\033\[[0-9;]*m")
+
+
+def _plain(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+LEGEND = (f"{POSITIVE} positive  {NEGATIVE} negative  {UNKNOWN} not estimated  "
+          f"{UNLABELLED} no label (after the first error); MC value and counts: correct / "
+          "graded rollouts from the step's prefix; indices are 0-based")
+SEARCH_LEGEND = (f"{POSITIVE} MC > 0 (a completion from this prefix is correct)  {NEGATIVE} "
+                 f"MC = 0, or the first error found  {UNLABELLED} prefix not estimated by the "
+                 "tree; probe: estimated by a binary search")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="a steplabel dataset directory")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--kept", action="store_true", help="kept trajectories only")
+    which.add_argument("--rejected", action="store_true", help="rejected trajectories only")
+    which.add_argument("--omegaprm", action="store_true",
+                       help="OmegaPRM searches (probes and their MC values) instead")
+    parser.add_argument("--reason", help="consensus reason (agree, disagree, mc_unknown, ...)")
+    parser.add_argument("--problem", metavar="ID", help="one problem id")
+    parser.add_argument("--first-error", type=int, metavar="N",
+                        help="first error of the labels shown (0-based step index; -1: none)")
+    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
+                        help=f"at most this many examples (default {DEFAULT_LIMIT}; 0: all)")
+    parser.add_argument("--json", action="store_true", help="print the examples as JSON")
+    parser.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                        help="colour the labels (auto: on a terminal, unless NO_COLOR is set)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not any(storage.output_files(args.dataset, o) for o in (KEPT, REJECTED,
+                                                                "omegaprm_searches")):
+        print(f"steplabel show: error: {args.dataset} holds no trajectories or OmegaPRM "
+              "searches", file=sys.stderr)
+        return 2
+    limit = args.limit or None
+    if args.omegaprm:
+        if args.reason:
+            print("steplabel show: error: --reason filters trajectories, not OmegaPRM "
+                  "searches", file=sys.stderr)
+            return 2
+        examples = select_searches(args.dataset, problem=args.problem,
+                                   first_error=args.first_error, limit=limit)
+    else:
+        kept = True if args.kept else False if args.rejected else None
+        examples = select_trajectories(args.dataset, kept=kept, reason=args.reason,
+                                       problem=args.problem, first_error=args.first_error,
+                                       limit=limit)
+    if args.json:
+        print(json.dumps(examples, indent=2, ensure_ascii=False, default=str))
+        return 0
+    if not examples:
+        print("steplabel show: nothing matches these filters", file=sys.stderr)
+        return 0
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
+                                       and not os.environ.get("NO_COLOR"))
+    style = Style(color)
+    width = min(120, shutil.get_terminal_size((100, 24)).columns)
+    render = render_search if args.omegaprm else render_trajectory
+    print("\n\n".join(render(e, style=style, width=width) for e in examples))
+    print("\n" + style(SEARCH_LEGEND if args.omegaprm else LEGEND, "dim"))
+    return 0
