@@ -389,13 +389,14 @@ details.example summary { cursor: pointer; }
   font-size: 0.85em; margin-right: 0.4em; }
 .badge.kept { background: #3a923a; } .badge.rejected { background: #c03d3e; }
 .strip { margin-left: 0.8em; white-space: nowrap; }
+.strip.scale span { width: 2.4em; }
 table.steps { width: 100%; } table.steps td { vertical-align: top; }
 table.steps td.text { text-align: left; white-space: pre-wrap; font-family: ui-monospace,
-  monospace; font-size: 0.85em; }
+  monospace; font-size: 0.85em; width: 75%; }
 table.steps td.lab { color: #fff; text-align: center; font-weight: bold; width: 1.6em; }
 td.positive, span.positive { background: #3a923a; }
 td.negative, span.negative { background: #c03d3e; }
-td.unknown, span.unknown { background: #d9a400; }
+td.unknown, span.unknown { background: #7a5ea8; }
 td.no_label, span.no_label { background: #aaa; }
 .mark { color: #c03d3e; font-weight: bold; white-space: nowrap; }
 p.meta { margin: 0.3em 0; color: #444; } p.question { font-weight: bold; }
@@ -448,15 +449,15 @@ def _example_html(example: dict, *, open_: bool) -> str:
             extra = [f"{step[k]} {w}" for k, w in (("mc_n_unknown", "unknown"),
                                                    ("mc_n_truncated", "cut off")) if step[k]]
             counts += f" ({', '.join(extra)})" if extra else ""
-        mark = (f"<span class='mark'>◀ first error: {e(', '.join(marks[step['index']]))}</span>"
-                if step["index"] in marks else "")
+        mark = (f"  <span class='mark'>◀ first error: {e(', '.join(marks[step['index']]))}"
+                "</span>" if step["index"] in marks else "")
         rows.append(
             f"<tr><td class='lab {step['label_state']}' "
             f"title='{LABEL_WORDS[step['label_state']]}'>"
             f"{SYMBOLS[step['label_state']][0]}</td><td>{step['index']}</td>"
             f"<td style='background:{_mc_colour(value)}33'>"
             f"{'–' if value is None else f'{value:.2f}'}</td><td>{e(counts)}</td>"
-            f"<td class='text'>{e(step['text'])}</td><td>{mark}</td></tr>")
+            f"<td class='text'>{e(step['text'])}{mark}</td></tr>")
     correct = example["final_answer_correct"]
     verdict = "correct" if correct else "unknown" if correct is None else "incorrect"
     labels_from = {"final": "final labels", "monte_carlo": "Monte Carlo labels (not kept)"}.get(
@@ -478,7 +479,8 @@ def _example_html(example: dict, *, open_: bool) -> str:
         f"{': ' + e(example['outcome_reason']) if example['outcome_reason'] else ''})"
         f"{' · cut off at max_tokens' if example['policy_truncated'] else ''} · {labels_from}"
         f"</p><table class='steps'><tr><th>label</th><th>step</th><th>MC</th>"
-        f"<th>correct / graded</th><th>text</th><th></th></tr>{''.join(rows)}</table>"
+        f"<th title='correct / graded rollouts from the step prefix'>counts</th>"
+        f"<th style='text-align:left'>step text</th></tr>{''.join(rows)}</table>"
         f"<p class='meta'>first errors: Monte Carlo "
         f"{_first_error_text(example['mc_first_error'])}"
         f"{' · OmegaPRM ' + _first_error_text(omegaprm) if omegaprm is not None else ''}"
@@ -494,11 +496,11 @@ def examples_html(examples: dict[str, list[dict]], totals: dict[str, int]) -> st
     legend = "".join(
         f"<span class='item'><span class='chip {state}'>{SYMBOLS[state][0]}</span> "
         f"{LABEL_WORDS[state]}</span>" for state in LABEL_WORDS)
-    scale = "".join(f"<span style='background:{_mc_colour(v / 4)}'>{v / 4:.2g}</span>"
+    scale = "".join(f"<span style='background:{_mc_colour(v / 4)}'>{v / 4:g}</span>"
                     for v in range(5))
     parts = ["<h2 id='examples'>Example trajectories</h2>",
              f"<div class='legend'>{legend}<br>strip: one cell per step, coloured by its Monte "
-             f"Carlo value <span class='strip'>{scale}</span>, grey when not estimated, "
+             f"Carlo value <span class='strip scale'>{scale}</span>, grey when not estimated, "
              "marked with the step's label; step indices are 0-based</div>"]
     for output, title in (("trajectories", "Kept"), ("rejected", "Rejected")):
         chosen = examples.get(output) or []
