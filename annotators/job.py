@@ -351,6 +351,9 @@ class ProblemLabeler:
                                               question=problem.question,
                                               gold_answer=problem.gold_answer)
         out.count("omegaprm_rollouts", result.rollouts)
+        # Token counts are not on OmegaPRM's rows (states share rollouts): counted here.
+        for name in ("prompt_tokens", "generated_tokens", "cached_tokens"):
+            out.count(f"omegaprm_{name}", result.cost.get(name, 0))
         out.count("omegaprm_rollouts_truncated", result.truncated_rollouts)
         out.count("omegaprm_prefilter_rollouts_truncated", result.prefilter_n_truncated)
         if result.filtered:

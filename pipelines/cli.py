@@ -18,6 +18,8 @@ COMMAND_MODULES = {
     "export": ("export", "export a dataset to TRL / OpenRLHF / Math-Shepherd formats"),
     "evaluate": ("evaluate", "evaluate annotators against human first-error labels"),
     "show": ("show", "print labelled trajectories and OmegaPRM searches of a dataset"),
+    "plan": ("plan", "project a job's rollouts, tokens, time and accelerator-hours from a "
+             "pilot"),
 }
 
 #: Commands that write a directory and log into it (``DIR/logs/<command>.log``): the output

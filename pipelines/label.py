@@ -32,24 +32,77 @@ from steplabel.pipelines import storage
 log = logging.getLogger(__name__)
 
 
+class EngineClock:
+    """Engine-busy time of one worker (``steplabel plan`` derives throughput from it).
+
+    ``busy_seconds()``: seconds during which at least one request was outstanding on the
+    worker's engines (engine start-up and idle gaps excluded); ``sample_seconds()``: the time
+    integral of outstanding samples (a request of ``n`` counts ``n``), so that
+    ``sample_seconds / busy_seconds`` is the mean number of samples in flight. Requests enter
+    and leave on the engine host's event loop; the lock only guards reads from other threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests = self._samples = 0
+        self._busy = self._sample_time = 0.0
+        self._since = 0.0
+
+    def _advance(self, now: float) -> None:
+        if self._requests:
+            self._busy += now - self._since
+            self._sample_time += self._samples * (now - self._since)
+        self._since = now
+
+    def enter(self, samples: int) -> None:
+        with self._lock:
+            self._advance(time.monotonic())
+            self._requests += 1
+            self._samples += samples
+
+    def leave(self, samples: int) -> None:
+        with self._lock:
+            self._advance(time.monotonic())
+            self._requests -= 1
+            self._samples -= samples
+
+    def busy_seconds(self) -> float:
+        with self._lock:
+            self._advance(time.monotonic())
+            return self._busy
+
+    def sample_seconds(self) -> float:
+        with self._lock:
+            self._advance(time.monotonic())
+            return self._sample_time
+
+
 class MeteredEngine:
     """An engine that counts what it served (for live progress); otherwise transparent.
 
     ``role`` says what the requests are for (``policy``: one request per problem, its samples;
     ``completer``: one per Monte Carlo step prefix or OmegaPRM estimate; ``judge``: one per
     trajectory): one wrapper per role, so the progress display can count stages even when the
-    roles share one engine."""
+    roles share one engine. ``clock`` (shared by a worker's wrappers) times engine-busy time."""
 
-    def __init__(self, engine, *, role: str = "") -> None:
+    def __init__(self, engine, *, role: str = "", clock: EngineClock | None = None) -> None:
         self._engine = engine
         self.role = role
+        self.clock = clock
         self.model_id = engine.model_id
         self.requests = 0
         self.rollouts = 0
         self.generated_tokens = 0
 
     async def generate(self, request):
-        result = await self._engine.generate(request)
+        if self.clock is None:
+            result = await self._engine.generate(request)
+        else:
+            self.clock.enter(request.n)
+            try:
+                result = await self._engine.generate(request)
+            finally:
+                self.clock.leave(request.n)
         self.requests += 1
         self.rollouts += len(result.texts)
         self.generated_tokens += result.total_generated_tokens
@@ -76,13 +129,14 @@ class _WorkerEngines:
         from steplabel.engines.host import EngineHost
 
         self.host = EngineHost()
+        self.clock = EngineClock()
         models = manifest.models
         raw_engines: dict[int, object] = {}
 
         def engine(config, role):
             raw = self.host.engine(config)
             raw_engines.setdefault(id(raw), raw)
-            return MeteredEngine(raw, role=role)
+            return MeteredEngine(raw, role=role, clock=self.clock)
 
         self.engines = Engines(policy=engine(models.policy, "policy"),
                                completer=engine(models.completer_model, "completer"),
@@ -105,8 +159,17 @@ class _WorkerEngines:
         """What the engines that keep :class:`~steplabel.engines.openai_engine.EngineCounters`
         (``counters``) did since the last call: ``engine_requests``, ``engine_attempts``,
         ``engine_retries``, ``engine_failures`` and ``engine_retry_<reason>``, for Beam counters
-        (stats.json)."""
-        totals: dict[str, int] = {}
+        (stats.json). Also this worker's timing, for ``steplabel plan``: ``engine_workers``
+        (1), ``engine_start_ms`` (its engines' ``start_seconds``, where an engine has it: vLLM
+        does, custom engines may not), ``engine_busy_ms`` and ``engine_sample_ms``
+        (:class:`EngineClock`)."""
+        totals: dict[str, int] = {
+            "engine_workers": 1,
+            "engine_start_ms": round(1000 * sum(
+                getattr(e, "start_seconds", 0.0) or 0.0 for e in self.raw_engines)),
+            "engine_busy_ms": round(1000 * self.clock.busy_seconds()),
+            "engine_sample_ms": round(1000 * self.clock.sample_seconds()),
+        }
         for engine in self.raw_engines:
             counters = getattr(engine, "counters", None)
             if counters is None:

@@ -1,0 +1,584 @@
+"""``steplabel plan``: what a job will cost on its whole source, projected from a pilot.
+
+The pilot is the job itself (:func:`~steplabel.pipelines.job.run_job`, same manifest) on a
+seeded random sample of the source's rows (``--pilot N``), or a finished dataset read as it is
+(``--from DATASET``). From it the planner takes, per source row, what each stage spent (policy
+samples, Monte Carlo rollouts, OmegaPRM's pre-filter and searches, judge votes: rollouts, prompt
+and generated tokens) and the engine's throughput (generated tokens per second of engine-busy
+time, :class:`~steplabel.pipelines.label.EngineClock`), and projects to the source's row count:
+
+- a stage's total is the pilot's mean per source row times the rows of the source, with a 95%
+  interval ``mean ± 1.96 · sd / sqrt(n)`` (a normal approximation; with the finite-population
+  correction ``sqrt((N - n) / (N - 1))`` when the pilot is a sample of this source, so a pilot
+  of the whole source has no spread left);
+- engine time is generated tokens / throughput (stages share one engine, so its time is split
+  between them by generated tokens); wall time adds one engine start and the job's own overhead
+  measured in the pilot (launch, writing, finalize), and divides engine time by
+  ``--accelerators``; accelerator-hours are engine time plus one engine start per accelerator.
+
+Rows of a source are counted cheaply (JSONL lines, Parquet footers, a ``datasets`` folder's
+length) and ``source.limit`` caps them. Problems the pilot could not label (bad input, engine
+errors) count as source rows that cost nothing recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+#: Stages in display order: key -> label.
+STAGES = {
+    "policy": "policy sampling",
+    "monte_carlo": "Monte Carlo",
+    "omegaprm": "OmegaPRM (incl. pre-filter)",
+    "judge": "judge",
+}
+#: Cost fields per stage (``cached_tokens``: prompt tokens served from the prefix cache; it
+#: depends on scheduling, so a projection of it is rougher than the others).
+FIELDS = ("rollouts", "prompt_tokens", "cached_tokens", "generated_tokens")
+#: Trajectory cost columns and the stage they belong to.
+ROW_COSTS = {"cost_policy": "policy", "cost_mc": "monte_carlo", "cost_judge": "judge"}
+#: Two-sided 95% normal quantile.
+Z95 = 1.959964
+DEFAULT_PILOT = 24
+
+
+class PlanError(RuntimeError):
+    """The plan cannot be made; the message says why and what to pass instead."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The source: rows, and a seeded sample of them
+
+
+def count_source_rows(source) -> int:
+    """Rows of the source, capped by ``source.limit``: non-empty lines of JSONL files (read,
+    not parsed; any Beam filesystem, compressed by extension), Parquet footers, the length of
+    a ``datasets`` folder or data file (a hub dataset needs the network)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from steplabel.pipelines.sources import _open_hf, input_files
+
+    if source.kind == "hf":
+        try:
+            count = len(_open_hf(source, source.path))
+        except Exception as exc:  # noqa: BLE001 - any failure to open: say so, ask for the count
+            raise PlanError(f"cannot count the rows of the datasets source ({exc}); pass "
+                            "--source-rows N") from exc
+    elif source.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        count = 0
+        for path in input_files(source.path):
+            with FileSystems.open(path) as handle:
+                count += pq.ParquetFile(handle).metadata.num_rows
+    else:
+        count = 0
+        for path in input_files(source.path):
+            with FileSystems.open(path) as handle:
+                count += sum(1 for line in iter(handle.readline, b"") if line.strip())
+    return min(count, source.limit) if source.limit else count
+
+
+def sample_indices(source_rows: int, size: int, seed: int) -> list[int]:
+    """Which rows (0-based, in the source's read order) the pilot labels: ``size`` of them
+    drawn without replacement with ``random.Random(seed)``, sorted; every row when the source
+    has no more than ``size``."""
+    if source_rows <= size:
+        return list(range(source_rows))
+    return sorted(random.Random(seed).sample(range(source_rows), size))
+
+
+def _records(source, wanted: list[int]):
+    """The raw records at ``wanted`` positions, in order: JSONL lines as bytes, Parquet rows
+    as dicts, in the order ``ReadProblems`` reads them (files sorted, then lines/rows)."""
+    from steplabel.pipelines.sources import _read_lines, _read_parquet_rows, input_files
+
+    read = _read_lines if source.kind == "jsonl" else _read_parquet_rows
+    wanted_set, last = set(wanted), wanted[-1] if wanted else -1
+    position = 0
+    for path in input_files(source.path):
+        for item in read(path, source.source_name):
+            if position in wanted_set:
+                yield item.data
+            position += 1
+            if position > last:
+                return
+
+
+def write_pilot_source(manifest, indices: list[int], folder: Path):
+    """Write the sampled rows to ``folder`` and return the manifest pointed at them: the same
+    field mapping, answer format and source name (rows keep their ``source`` value), no limit.
+    JSONL lines are copied byte for byte (bad lines stay bad); Parquet rows keep the first
+    file's schema; a ``datasets`` source is written as Parquet by ``datasets`` itself."""
+    source = manifest.source
+    folder.mkdir(parents=True, exist_ok=True)
+    common = dict(name=source.source_name, limit=None, dataset=None, revision=None,
+                  builder=None)
+    if source.kind == "jsonl":
+        path = folder / "sample.jsonl"
+        with open(path, "wb") as handle:
+            for line in _records(source, indices):
+                handle.write(line + b"\n")
+        new = replace(source, path=str(path), **common)
+    elif source.kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from apache_beam.io.filesystems import FileSystems
+
+        from steplabel.pipelines.sources import input_files
+
+        rows = list(_records(source, indices))
+        with FileSystems.open(input_files(source.path)[0]) as handle:
+            schema = pq.ParquetFile(handle).schema_arrow
+        try:
+            table = pa.Table.from_pylist(rows, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):  # files of differing schemas
+            table = pa.Table.from_pylist(rows)
+        path = folder / "sample.parquet"
+        pq.write_table(table, path)
+        new = replace(source, path=str(path), **common)
+    else:
+        from steplabel.pipelines.sources import _open_hf
+
+        path = folder / "sample.parquet"
+        _open_hf(source, source.path).select(indices).to_parquet(str(path))
+        new = replace(source, kind="parquet", path=str(path), split="train", **common)
+    return replace(manifest, source=new)
+
+
+# ---------------------------------------------------------------------------------------------
+# What each problem of a dataset cost
+
+
+@dataclass
+class PilotCosts:
+    """Per source row of the pilot: ``values[row, stage, field]`` (rows that were not labelled
+    are zeros). ``unknown`` names the (stage, field) cells the dataset does not record."""
+
+    values: np.ndarray
+    unknown: set = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+
+def _add(cell: np.ndarray, cost: dict | None) -> None:
+    for j, name in enumerate(FIELDS):
+        cell[j] += (cost or {}).get(name) or 0
+
+
+def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict) -> PilotCosts:
+    """What each problem of a finished dataset spent, per stage, read as ``pipelines.stats``
+    reads it: trajectory rows carry ``cost_policy``/``cost_mc``/``cost_judge`` (rejected ones
+    too), a problem with no usable solution carries its policy cost on its ``filtered`` row,
+    OmegaPRM's rollouts are its states' counts (pre-filter at the root, k per probe) plus a
+    dropped question's pre-filter cost. OmegaPRM's tokens are not on its rows: the job's
+    counters (``omegaprm_*_tokens``) hold their total, which is split over the problems whose
+    question was kept in proportion to their rollouts (dropped ones carry their own)."""
+    from steplabel.pipelines.stats import PREFILTER_STAGE, iter_problems
+
+    stage_index = {stage: i for i, stage in enumerate(STAGES)}
+    omega = stage_index["omegaprm"]
+    per_problem: list[np.ndarray] = []
+    omega_kept: list[int] = []  # problems whose OmegaPRM tokens are not on a row
+    for problem in iter_problems(dataset_dir):
+        if problem.problem_id is None:
+            continue
+        cell = np.zeros((len(STAGES), len(FIELDS)))
+        for output in ("trajectories", "rejected"):
+            for row in problem.rows.get(output, ()):
+                for column, stage in ROW_COSTS.items():
+                    _add(cell[stage_index[stage]], row.get(column))
+        for row in problem.rows.get("filtered", ()):
+            if row["stage"] == PREFILTER_STAGE:
+                _add(cell[omega], row.get("cost"))
+            elif row["stage"] == "policy":
+                _add(cell[stage_index["policy"]], row.get("cost"))
+        states = problem.rows.get("omegaprm_states", ())
+        if states:
+            cell[omega, FIELDS.index("rollouts")] += sum(
+                (s["n_total"] or 0) + (s["n_unknown"] or 0) for s in states
+                if s["record_type"] != "completion")
+            omega_kept.append(len(per_problem))
+        if cell.any() or states or problem.rows.get("trajectories") or problem.rows.get(
+                "rejected") or problem.rows.get("filtered"):
+            per_problem.append(cell)
+    notes, unknown = [], set()
+    if len(per_problem) > rows_in:
+        notes.append(f"{len(per_problem)} labelled problems but {rows_in} rows read: the "
+                     "projection is per labelled problem")
+        rows_in = len(per_problem)
+    values = np.zeros((rows_in, len(STAGES), len(FIELDS)))
+    if per_problem:
+        values[: len(per_problem)] = np.stack(per_problem)
+    if omega_kept:
+        rollouts = values[omega_kept, omega, FIELDS.index("rollouts")]
+        for name in ("prompt_tokens", "cached_tokens", "generated_tokens"):
+            total = counters.get(f"omegaprm_{name}")
+            if total is None:
+                unknown.add(("omegaprm", name))
+                continue
+            on_rows = values[:, omega, FIELDS.index(name)].sum()  # dropped questions' rows
+            left = max(0.0, total - on_rows)
+            share = rollouts / rollouts.sum() if rollouts.sum() else np.full(
+                len(omega_kept), 1 / len(omega_kept))
+            values[omega_kept, omega, FIELDS.index(name)] += left * share
+        if unknown:
+            notes.append("the dataset has no omegaprm_*_tokens counters (written by an older "
+                         "steplabel): OmegaPRM's tokens, and so the total time, are unknown")
+    return PilotCosts(values, unknown, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """``tokens_per_s``: generated tokens per second of engine-busy time on one accelerator;
+    ``engine_start_s``: one engine start; ``overhead_s``: the job's time outside engine start
+    and engine work (launch, idle gaps, writing, finalize), added once; ``samples_in_flight``:
+    the pilot's mean number of samples in flight on the engine (None when not measured)."""
+
+    tokens_per_s: float | None
+    engine_start_s: float
+    overhead_s: float
+    source: str
+    busy_s: float | None = None
+    samples_in_flight: float | None = None
+
+
+def measured_throughput(counters: dict, generated_tokens: float | None, *,
+                        job_seconds: float | None) -> Throughput:
+    """From a pilot's counters (``engine_busy_ms``, ``engine_start_ms``, ``engine_workers``,
+    ``engine_sample_ms``: :meth:`~steplabel.pipelines.label._WorkerEngines.engine_counter_deltas`)."""
+    workers = counters.get("engine_workers") or 1
+    busy_ms = counters.get("engine_busy_ms")
+    start_s = (counters.get("engine_start_ms") or 0) / 1000 / workers
+    if not busy_ms or not generated_tokens:
+        tokens_per_s = None
+    else:
+        tokens_per_s = generated_tokens / (busy_ms / 1000)  # per worker: busy is summed
+    overhead = 0.0
+    if job_seconds is not None and busy_ms is not None:
+        overhead = max(0.0, job_seconds - start_s - busy_ms / 1000 / workers)
+    in_flight = (counters["engine_sample_ms"] / busy_ms
+                 if busy_ms and counters.get("engine_sample_ms") is not None else None)
+    return Throughput(tokens_per_s, start_s, overhead, "pilot",
+                      busy_s=busy_ms / 1000 if busy_ms is not None else None,
+                      samples_in_flight=in_flight)
+
+
+# ---------------------------------------------------------------------------------------------
+# Projection
+
+
+def project(values: np.ndarray, population: int, *, finite: bool) -> dict:
+    """``{"projected", "low", "high"}`` of the total of ``values`` (one per pilot row) over
+    ``population`` rows: the mean times ``population``, ± ``Z95 · sd / sqrt(n)`` times
+    ``population`` (normal approximation; ``finite``: with the finite-population correction
+    for a sample drawn without replacement from these rows). The low end is clipped at 0;
+    with one pilot row there is no spread to measure and the bounds are None."""
+    n = len(values)
+    if n == 0:
+        return {"projected": None, "low": None, "high": None}
+    point = float(values.mean()) * population
+    if finite and n >= population:
+        return {"projected": point, "low": point, "high": point}
+    if n < 2:
+        return {"projected": point, "low": None, "high": None}
+    half = Z95 * float(values.std(ddof=1)) / math.sqrt(n) * population
+    if finite and population > 1:
+        half *= math.sqrt((population - n) / (population - 1))
+    return {"projected": point, "low": max(0.0, point - half), "high": point + half}
+
+
+def _scale(interval: dict, factor: float | None, add: float = 0.0) -> dict:
+    if factor is None:
+        return {k: None for k in interval}
+    return {k: (None if v is None else v * factor + add) for k, v in interval.items()}
+
+
+def make_plan(costs: PilotCosts, *, source_rows: int, throughput: Throughput,
+              accelerators: int = 1, finite: bool = True, stages=tuple(STAGES)) -> dict:
+    """The projection, JSON-ready (see the module docstring)."""
+    values = costs.values
+    n = values.shape[0]
+    tps = throughput.tokens_per_s
+    seconds_per_token = 1 / tps if tps else None
+    out_stages = {}
+    for i, stage in enumerate(STAGES):
+        if stage not in stages:
+            continue
+        figures = {}
+        for j, name in enumerate(FIELDS):
+            figures[name] = (project(values[:, i, j], source_rows, finite=finite)
+                             if (stage, name) not in costs.unknown else _scale(
+                                 {"projected": 0, "low": 0, "high": 0}, None))
+        figures["engine_s"] = _scale(figures["generated_tokens"], seconds_per_token)
+        figures["accelerator_hours"] = _scale(figures["engine_s"], 1 / 3600)
+        out_stages[stage] = figures
+    keep = [i for i, stage in enumerate(STAGES) if stage in stages]
+    total = {}
+    for j, name in enumerate(FIELDS):
+        if any((stage, name) in costs.unknown for stage in stages):
+            total[name] = _scale({"projected": 0, "low": 0, "high": 0}, None)
+        else:
+            total[name] = project(values[:, keep, j].sum(axis=1), source_rows, finite=finite)
+    engine = _scale(total["generated_tokens"], seconds_per_token)
+    start = throughput.engine_start_s
+    total["engine_s"] = engine
+    total["accelerator_hours"] = _scale(engine, 1 / 3600, start * accelerators / 3600)
+    total["wall_s"] = _scale(engine, 1 / accelerators, start + throughput.overhead_s)
+    return {
+        "source_rows": source_rows,
+        "pilot_rows": n,
+        "accelerators": accelerators,
+        "throughput": {
+            "source": throughput.source,
+            "generated_tokens_per_s": tps,
+            "engine_start_s": start,
+            "overhead_s": throughput.overhead_s,
+            "pilot_engine_busy_s": throughput.busy_s,
+            "pilot_samples_in_flight": throughput.samples_in_flight,
+        },
+        "interval": ("95%, normal approximation: mean ± 1.96·sd/sqrt(n) of the pilot's "
+                     "per-row cost, times the source's rows"
+                     + (", finite-population corrected" if finite else "")
+                     + "; times carry the token spread only, not the throughput's own error"),
+        "stages": out_stages,
+        "total": total,
+        "notes": list(costs.notes),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "?"
+    for limit, unit, suffix in ((1e12, 1e12, "T"), (1e9, 1e9, "G"), (1e6, 1e6, "M"),
+                                (1e4, 1e3, "k")):
+        if abs(value) >= limit:
+            return f"{value / unit:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _hours(hours: float | None) -> str:
+    if hours is None:
+        return "?"
+    return f"{hours:.3g}"
+
+
+def _cell(interval: dict, fmt) -> str:
+    point, low, high = interval["projected"], interval["low"], interval["high"]
+    if point is None:
+        return "?"
+    if low is None or high is None:
+        return f"{fmt(point)} [?]"
+    if fmt(low) == fmt(high):
+        return fmt(point)
+    return f"{fmt(point)} [{fmt(low)}-{fmt(high)}]"
+
+
+def format_plan(plan: dict) -> str:
+    columns = [("rollouts", "rollouts", _number), ("prompt tokens", "prompt_tokens", _number),
+               ("generated tokens", "generated_tokens", _number),
+               ("engine time", "engine_s", _duration),
+               ("accel-hours", "accelerator_hours", _hours)]
+    rows = [["stage"] + [title for title, _, _ in columns]]
+    for stage, figures in plan["stages"].items():
+        rows.append([STAGES[stage]] + [_cell(figures[key], fmt) for _, key, fmt in columns])
+    rows.append(["total"] + [_cell(plan["total"][key], fmt) for _, key, fmt in columns])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"[steplabel] plan for {plan['manifest']}: {plan['source_rows']} source rows, "
+             f"projected from {plan['pilot']}"]
+    for index, row in enumerate(rows):
+        lines.append("  " + "  ".join(
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+            for i, cell in enumerate(row)))
+        if index == 0 or index == len(rows) - 2:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    t, total = plan["throughput"], plan["total"]
+    tps = t["generated_tokens_per_s"]
+    measured = (f"measured in the pilot over {t['pilot_engine_busy_s']:.1f}s of engine-busy "
+                "time" if t["source"] == "pilot" and t["pilot_engine_busy_s"] is not None
+                else "given (--tokens-per-s)")
+    in_flight = t.get("pilot_samples_in_flight")
+    lines.append(f"  throughput: {tps:.1f} generated tokens/s per accelerator, {measured}"
+                 + (f"; {in_flight:.1f} samples in flight on average"
+                    if in_flight is not None and t["source"] == "pilot" else "")
+                 if tps else "  throughput: unknown (pass --tokens-per-s)")
+    lines.append(f"  wall time on {plan['accelerators']} accelerator(s): "
+                 f"{_cell(total['wall_s'], _duration)} (engine start {t['engine_start_s']:.1f}s"
+                 f" once, job overhead {t['overhead_s']:.1f}s); accelerator-hours "
+                 f"{_cell(total['accelerator_hours'], _hours)}")
+    lines.append(f"  [low-high]: {plan['interval']}")
+    for note in plan["notes"]:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", help="job manifest (YAML) to plan")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--pilot", type=int, default=DEFAULT_PILOT, metavar="N",
+                     help="run the job on a seeded random sample of N source rows (default "
+                     f"{DEFAULT_PILOT}; the whole source when it has no more)")
+    how.add_argument("--from", dest="from_dataset", metavar="DATASET",
+                     help="read a finished dataset's costs instead of running a pilot")
+    parser.add_argument("--pilot-out", metavar="DIR",
+                        help="keep the pilot (DIR/sample.*, DIR/dataset, DIR/logs) instead of "
+                        "a temporary directory")
+    parser.add_argument("--tokens-per-s", type=float, metavar="X",
+                        help="generated tokens per second of one accelerator on the target "
+                        "machine (default: measured in the pilot)")
+    parser.add_argument("--engine-start-s", type=float, metavar="S",
+                        help="seconds one engine takes to start on the target machine "
+                        "(default: measured in the pilot)")
+    parser.add_argument("--accelerators", type=int, default=1, metavar="N",
+                        help="accelerators (engines) working at once (default 1)")
+    parser.add_argument("--source-rows", type=int, metavar="N",
+                        help="rows of the source, when they cannot be counted here")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON only")
+
+
+def _check_args(args) -> None:
+    if args.pilot is not None and args.pilot < 1:
+        raise PlanError(f"--pilot must be >= 1, got {args.pilot}")
+    if args.accelerators < 1:
+        raise PlanError(f"--accelerators must be >= 1, got {args.accelerators}")
+    if args.tokens_per_s is not None and not args.tokens_per_s > 0:
+        raise PlanError(f"--tokens-per-s must be > 0, got {args.tokens_per_s}")
+    if args.engine_start_s is not None and args.engine_start_s < 0:
+        raise PlanError(f"--engine-start-s must be >= 0, got {args.engine_start_s}")
+    if args.source_rows is not None and args.source_rows < 1:
+        raise PlanError(f"--source-rows must be >= 1, got {args.source_rows}")
+    if args.from_dataset and args.pilot_out:
+        raise PlanError("--pilot-out keeps a pilot run; with --from nothing runs")
+
+
+def _stage_settings(data: dict) -> dict:
+    """A manifest's settings that decide what a problem costs (not where rows come from)."""
+    return {k: v for k, v in data.items() if k not in ("name", "source", "runner")}
+
+
+def _run_pilot(manifest, args, source_rows: int, root: Path):
+    from steplabel.pipelines import logs
+    from steplabel.pipelines.job import run_job
+
+    dataset = root / "dataset"
+    if dataset.exists() and any(dataset.iterdir()):
+        raise PlanError(f"{dataset} already holds a pilot: read it with --from {dataset}, or "
+                        "choose an empty --pilot-out")
+    indices = sample_indices(source_rows, args.pilot, manifest.seed)
+    pilot_manifest = write_pilot_source(manifest, indices, root)
+    logs.use_dataset_dir(str(root), "plan")  # engine logs there, not on the terminal
+    print(f"[steplabel] plan: pilot of {len(indices)} of {source_rows} source rows "
+          f"(seed {manifest.seed}) in {root}", file=sys.stderr)
+    result = run_job(pilot_manifest, out_dir=str(dataset))
+    return str(dataset), result
+
+
+def run(args) -> int:
+    from steplabel.pipelines import storage
+    from steplabel.pipelines.job import JobError
+    from steplabel.schemas.config import ConfigError
+    from steplabel.schemas.manifest import load_manifest
+
+    root = None
+    keep_root = bool(getattr(args, "pilot_out", None))
+    try:
+        _check_args(args)
+        manifest = load_manifest(args.manifest)
+        source_rows = args.source_rows or count_source_rows(manifest.source)
+        if source_rows < 1:
+            raise PlanError(f"the source {manifest.source.path} has no rows")
+        notes = []
+        if args.from_dataset:
+            dataset = args.from_dataset
+            stats = storage.read_json_if_exists(storage.join(dataset, "stats.json"))
+            if stats is None:
+                raise PlanError(f"{dataset} has no stats.json: not a finished dataset")
+            lock = storage.read_json_if_exists(storage.join(dataset, "manifest.lock.json"))
+            made_with = (lock or {}).get("manifest") or {}
+            if made_with and _stage_settings(made_with) != _stage_settings(manifest.to_dict()):
+                differ = sorted(k for k in set(_stage_settings(made_with)) | set(
+                    _stage_settings(manifest.to_dict())) if made_with.get(k)
+                    != manifest.to_dict().get(k))
+                notes.append(f"{dataset} was made with other settings ({', '.join(differ)}): "
+                             "its costs may not be this manifest's")
+            # A run of this very source (not a sample of it) measured the whole population.
+            finite = bool(made_with) and made_with.get("source") == manifest.to_dict()["source"]
+            job_seconds, pilot_text = None, f"the dataset {dataset}"
+        else:
+            root = Path(args.pilot_out) if keep_root else Path(
+                tempfile.mkdtemp(prefix="steplabel-plan-"))
+            dataset, result = _run_pilot(manifest, args, source_rows, root)
+            stats = result.stats
+            finite = True
+            job_seconds = result.seconds
+            pilot_text = f"a pilot of {stats['reconciliation']['problems_in']} rows"
+        counters = stats.get("counters", {})
+        rows_in = (stats.get("reconciliation") or {}).get("problems_in")
+        if rows_in is None:
+            raise PlanError(f"{dataset} does not record how many rows it read")
+        costs = problem_costs(dataset, rows_in=rows_in, counters=counters)
+        costs.notes[:0] = notes
+        stages = [s for s in STAGES if s == "policy" or getattr(manifest, s) is not None]
+        generated = None
+        if not any((s, "generated_tokens") in costs.unknown for s in stages):
+            index = [list(STAGES).index(s) for s in stages]
+            generated = float(costs.values[:, index, FIELDS.index("generated_tokens")].sum())
+        throughput = measured_throughput(counters, generated, job_seconds=job_seconds)
+        if args.tokens_per_s:
+            throughput = replace(throughput, tokens_per_s=args.tokens_per_s, source="given")
+        if args.engine_start_s is not None:
+            throughput = replace(throughput, engine_start_s=args.engine_start_s)
+        if throughput.tokens_per_s is None:
+            costs.notes.append("no throughput measured (no engine_busy_ms counter or no "
+                               "tokens): pass --tokens-per-s for times")
+        plan = make_plan(costs, source_rows=source_rows, throughput=throughput,
+                         accelerators=args.accelerators, finite=finite, stages=stages)
+        plan["manifest"] = args.manifest
+        plan["pilot"] = pilot_text
+        plan["pilot_dataset"] = dataset if (args.from_dataset or keep_root) else None
+    except (PlanError, ConfigError, JobError, FileNotFoundError) as exc:
+        print(f"steplabel plan: error: {exc}", file=sys.stderr)
+        if root is not None and not keep_root:
+            print(f"steplabel plan: the pilot's files and logs are kept in {root}",
+                  file=sys.stderr)
+        return 2
+    if root is not None and not keep_root:
+        shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        print(json.dumps(plan, indent=2, sort_keys=True))
+    else:
+        print(format_plan(plan))
+    return 0

@@ -1,0 +1,221 @@
+"""``steplabel plan``: the seeded pilot sample, projections equal to a run's own totals, reading a
+finished dataset, JSON output, and times that scale with the given throughput."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from steplabel.pipelines import cli, plan
+from steplabel.pipelines.job import run_job
+from steplabel.schemas.manifest import load_manifest
+
+pytestmark = pytest.mark.pipeline
+
+SCRIPTED = {"kind": "custom", "factory": "fakes:arithmetic_engine"}
+PROBLEMS = 7
+
+
+def write_source(path: Path, count: int) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(count):
+            handle.write(json.dumps({"id": f"p{i}", "question": f"What is {i} + {3 * i + 1}?",
+                                     "answer": str(4 * i + 1)}) + "\n")
+    return path
+
+
+def write_manifest(folder: Path, source: Path, **source_extra) -> Path:
+    data = {
+        "name": "plan-scripted",
+        "seed": 11,
+        "source": {"kind": "jsonl", "path": str(source), **source_extra},
+        "models": {"policy": SCRIPTED},
+        "policy": {"samples": 3},
+        "monte_carlo": {"rollouts": 4},
+        "omegaprm": {"rollouts": 4, "prefilter_rollouts": 8, "search_limit": 3},
+        "judge": {},
+        "consensus": {},
+        "runner": {"num_shards": 2},
+    }
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """The whole job on the source: what every projection is checked against."""
+    base = tmp_path_factory.mktemp("plan")
+    manifest_path = write_manifest(base, write_source(base / "problems.jsonl", PROBLEMS))
+    out = str(base / "full")
+    result = run_job(load_manifest(manifest_path), out_dir=out)
+    return manifest_path, out, result
+
+
+def plan_json(capsys, *args) -> dict:
+    capsys.readouterr()
+    assert cli.main(["plan", *map(str, args), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)  # pure JSON on stdout
+
+
+def run_totals(stats: dict) -> dict:
+    """A run's own totals per stage, as stats.json records them."""
+    overall, counters = stats["overall"], stats["counters"]
+    return {
+        "policy": overall["cost"]["policy"],
+        "monte_carlo": overall["cost"]["mc"],
+        "judge": overall["cost"]["judge"],
+        "omegaprm": {"rollouts": overall["omegaprm"]["rollouts"],
+                     "prompt_tokens": counters["omegaprm_prompt_tokens"],
+                     "generated_tokens": counters["omegaprm_generated_tokens"]},
+    }
+
+
+def assert_equals_run(result: dict, stats: dict) -> None:
+    totals = run_totals(stats)
+    for stage, expected in totals.items():
+        for name in ("rollouts", "prompt_tokens", "generated_tokens"):
+            figure = result["stages"][stage][name]
+            assert figure["projected"] == pytest.approx(expected[name]), (stage, name)
+            assert figure["low"] == figure["high"] == figure["projected"]  # nothing unsampled
+    assert stats["counters"]["omegaprm_rollouts"] == totals["omegaprm"]["rollouts"]
+    assert stats["counters"]["mc_rollouts"] == totals["monte_carlo"]["rollouts"]
+    for name in ("rollouts", "prompt_tokens", "generated_tokens"):
+        assert result["total"][name]["projected"] == pytest.approx(
+            sum(t[name] for t in totals.values()))
+
+
+# ---------------------------------------------------------------------------------------------
+# The pilot sample
+
+
+def test_sample_is_seeded_sorted_and_without_replacement():
+    first = plan.sample_indices(1000, 24, seed=5)
+    assert first == plan.sample_indices(1000, 24, seed=5)
+    assert first == sorted(set(first)) and len(first) == 24
+    assert all(0 <= i < 1000 for i in first)
+    assert first != plan.sample_indices(1000, 24, seed=6)
+    assert plan.sample_indices(10, 24, seed=5) == list(range(10))  # the whole source
+
+
+def test_pilot_source_copies_the_sampled_lines_and_respects_limit(tmp_path):
+    source = write_source(tmp_path / "problems.jsonl", 50)
+    manifest = load_manifest(write_manifest(tmp_path, source, limit=20, answer_format="plain"))
+    assert plan.count_source_rows(manifest.source) == 20  # limit is the source's size
+    indices = plan.sample_indices(20, 6, seed=manifest.seed)
+    pilot = plan.write_pilot_source(manifest, indices, tmp_path / "pilot")
+    lines = source.read_bytes().splitlines()
+    assert Path(pilot.source.path).read_bytes().splitlines() == [lines[i] for i in indices]
+    assert max(indices) < 20
+    assert pilot.source.limit is None
+    assert pilot.source.fields == manifest.source.fields
+    assert pilot.source.answer_format == manifest.source.answer_format
+    assert pilot.source.source_name == manifest.source.source_name  # rows keep their source
+    again = plan.write_pilot_source(manifest, plan.sample_indices(20, 6, seed=manifest.seed),
+                                    tmp_path / "again")
+    assert Path(again.source.path).read_bytes() == Path(pilot.source.path).read_bytes()
+
+
+def test_pilot_source_from_parquet_keeps_the_schema(tmp_path):
+    rows = [{"id": f"p{i}", "question": f"What is {i} + 1?", "answer": str(i + 1)}
+            for i in range(12)]
+    path = tmp_path / "problems.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    data = yaml.safe_load(write_manifest(tmp_path, path).read_text())
+    data["source"]["kind"] = "parquet"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
+    manifest = load_manifest(tmp_path / "job.yaml")
+    assert plan.count_source_rows(manifest.source) == 12
+    indices = plan.sample_indices(12, 4, seed=manifest.seed)
+    pilot = plan.write_pilot_source(manifest, indices, tmp_path / "pilot")
+    table = pq.read_table(pilot.source.path)
+    assert table.to_pylist() == [rows[i] for i in indices]
+    assert pilot.source.kind == "parquet"
+
+
+# ---------------------------------------------------------------------------------------------
+# Projections
+
+
+def test_projection_interval_is_the_normal_approximation():
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    result = plan.project(values, 100, finite=False)
+    half = plan.Z95 * values.std(ddof=1) / 2 * 100
+    assert result["projected"] == pytest.approx(250)
+    assert result["high"] - result["projected"] == pytest.approx(half)
+    assert result["projected"] - result["low"] == pytest.approx(half)
+    finite = plan.project(values, 100, finite=True)
+    assert finite["high"] - 250 == pytest.approx(half * math.sqrt(96 / 99))
+    assert plan.project(values, 4, finite=True)["low"] == 10  # the whole population: exact
+    assert plan.project(np.array([3.0]), 10, finite=True)["low"] is None  # no spread from one
+
+
+def test_whole_source_pilot_equals_the_runs_own_totals(full_run, tmp_path, capsys):
+    manifest_path, _, result = full_run
+    projected = plan_json(capsys, manifest_path, "--pilot", 50, "--pilot-out", tmp_path / "pilot")
+    assert projected["source_rows"] == projected["pilot_rows"] == PROBLEMS
+    assert_equals_run(projected, result.stats)
+    pilot_stats = json.loads((tmp_path / "pilot" / "dataset" / "stats.json").read_text())
+    for name in ("engine_workers", "engine_busy_ms", "engine_sample_ms"):
+        assert name in pilot_stats["counters"]
+    assert projected["throughput"]["source"] == "pilot"
+    assert projected["throughput"]["generated_tokens_per_s"] > 0
+
+
+def test_pilot_sample_projects_within_its_interval_of_the_run(full_run, tmp_path, capsys):
+    manifest_path, _, result = full_run
+    projected = plan_json(capsys, manifest_path, "--pilot", 4)
+    assert projected["pilot_rows"] == 4 and projected["source_rows"] == PROBLEMS
+    rollouts = projected["total"]["rollouts"]
+    assert rollouts["low"] < rollouts["projected"] < rollouts["high"]
+    assert projected["stages"]["policy"]["rollouts"]["projected"] == pytest.approx(
+        3 * PROBLEMS)  # every problem samples 3 solutions: no spread
+    # The same seed picks the same pilot, so the projection is reproducible.
+    again = plan_json(capsys, manifest_path, "--pilot", 4)
+    for name in ("rollouts", "prompt_tokens", "generated_tokens"):  # times are measured
+        assert again["total"][name] == projected["total"][name]
+
+
+def test_from_reads_a_finished_dataset(full_run, capsys):
+    manifest_path, out, result = full_run
+    projected = plan_json(capsys, manifest_path, "--from", out)
+    assert projected["pilot_rows"] == PROBLEMS
+    assert_equals_run(projected, result.stats)  # a run of this very source: exact
+    capsys.readouterr()
+    assert cli.main(["plan", str(manifest_path), "--from", out]) == 0
+    text = capsys.readouterr().out
+    assert "Monte Carlo" in text and "OmegaPRM" in text and "wall time" in text
+
+
+def test_tokens_per_s_scales_time(full_run, capsys):
+    manifest_path, out, _ = full_run
+    slow = plan_json(capsys, manifest_path, "--from", out, "--tokens-per-s", 50,
+                     "--engine-start-s", 30)
+    fast = plan_json(capsys, manifest_path, "--from", out, "--tokens-per-s", 100,
+                     "--engine-start-s", 30, "--accelerators", 2)
+    generated = slow["total"]["generated_tokens"]["projected"]
+    assert slow["throughput"]["source"] == "given"
+    assert slow["total"]["engine_s"]["projected"] == pytest.approx(generated / 50)
+    assert fast["total"]["engine_s"]["projected"] == pytest.approx(generated / 100)
+    overhead = slow["throughput"]["overhead_s"]
+    assert slow["total"]["wall_s"]["projected"] == pytest.approx(30 + overhead + generated / 50)
+    assert fast["total"]["wall_s"]["projected"] == pytest.approx(
+        30 + overhead + generated / 100 / 2)
+    # Accelerator-hours: engine time plus one engine start per accelerator.
+    assert fast["total"]["accelerator_hours"]["projected"] == pytest.approx(
+        (generated / 100 + 2 * 30) / 3600)
+    stage_seconds = sum(s["engine_s"]["projected"] for s in slow["stages"].values())
+    assert stage_seconds == pytest.approx(slow["total"]["engine_s"]["projected"])
+
+
+def test_bad_arguments_are_errors(full_run, capsys):
+    manifest_path, out, _ = full_run
+    assert cli.main(["plan", str(manifest_path), "--pilot", "0"]) == 2
+    assert cli.main(["plan", str(manifest_path), "--from", out, "--accelerators", "0"]) == 2
+    assert cli.main(["plan", str(manifest_path), "--from", str(Path(out) / "nope")]) == 2
+    assert "error" in capsys.readouterr().err
