@@ -210,7 +210,7 @@ class Progress:
 
     def __init__(self, total: int | None, *, interval_s: float = 5.0, stream=None,
                  served=None, stages=None, bars: bool | None = None,
-                 refresh_s: float = 0.5) -> None:
+                 refresh_s: float = 0.5, clock=time.monotonic) -> None:
         self.total = total
         self.served = served  # () -> (rollouts, generated tokens) served by the engines so far
         self.stages = stages  # () -> {role: requests served}
@@ -221,7 +221,8 @@ class Progress:
             bars = bool(isatty and isatty())
         self.bars = bars
         self.refresh_s = refresh_s
-        self.started = time.monotonic()
+        self.clock = clock  # seconds, monotonic (a test passes its own)
+        self.started = clock()
         self.last_print = 0.0
         self.done = self.resumed = self.rollouts = self.tokens = 0
         self.stage_counts: dict[str, int] = {}
@@ -249,7 +250,7 @@ class Progress:
             self.done += not force
             self.resumed += resumed and not force
             self._read_meters()
-            now = time.monotonic()
+            now = self.clock()
             if not force and not resumed:
                 self._feed_rate(now)
             finished = self.total is not None and self.done >= self.total
@@ -304,7 +305,7 @@ class Progress:
             print(text, file=self.stream, flush=True)
 
     def line(self, now: float | None = None) -> str:
-        elapsed = max(1e-6, (now or time.monotonic()) - self.started)
+        elapsed = max(1e-6, (now or self.clock()) - self.started)
         total = f"/{self.total}" if self.total else ""
         eta = self.eta_s()
         stages = ", ".join(f"{label} {self.stage_counts[role]}" for role, label in self.STAGES
@@ -333,7 +334,7 @@ class Progress:
                     total=self.total if policy else None, desc=label, position=position,
                     bar_format=(counted if policy else "{desc:>19}: {n_fmt} ") + "[{rate_fmt}]",
                     **common)
-        elapsed = max(1e-6, time.monotonic() - self.started)
+        elapsed = max(1e-6, self.clock() - self.started)
         problems = self._bars["problems"]
         eta = self.eta_s()
         problems.set_postfix_str(
