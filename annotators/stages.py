@@ -1,0 +1,636 @@
+"""The labelling of a problem cut into stages, each a pure async function over one engine.
+
+:class:`~steplabel.annotators.job.ProblemLabeler` labels a whole problem in one coroutine. The
+Beam graph (:mod:`steplabel.pipelines.stages`) runs the same work as separate stages, each keyed
+and checkpointed on its own, each talking to one engine:
+
+- :func:`sample_solutions` (policy, per problem): sample, split, grade; cut-off samples become
+  ``policy_truncated`` solutions that no annotator touches; no usable sample: a ``filtered`` row.
+- :func:`monte_carlo_labels` (completer, per solution) and :func:`judge_labels` (judge, per
+  solution): the row fields each annotator fills, and its counters.
+- :func:`omegaprm_rows` (completer, per problem): the OmegaPRM rows and counters.
+- :func:`assemble_trajectory` (no engine): solution + Monte Carlo + verdict + consensus -> the
+  trajectory row (kept or rejected).
+- :func:`merge_problem` (no engine): every stage's piece of one problem -> its rows and counters;
+  an engine failure anywhere replaces them by one dead-letter row, as the per-problem labeller
+  does.
+
+Rows and counters equal :class:`ProblemLabeler`'s field for field (``tests/test_stages.py``
+compares whole datasets). Every record here is a plain dataclass of JSON values, so a stage's
+result is checkpointed as JSON and replayed on resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from steplabel import __version__
+from steplabel.annotators.consensus import (
+    REASON_POLICY_TRUNCATED,
+    consensus,
+    consensus_labels,
+)
+from steplabel.annotators.grading import GRADER_VERSION, grade
+from steplabel.annotators.job import Problem
+from steplabel.annotators.monte_carlo import FINISH_LENGTH, sampling_request
+from steplabel.annotators.prompts import build_solution_prompt, load_template
+from steplabel.annotators.seeds import derive_seed
+from steplabel.annotators.splitting import get_splitter
+from steplabel.engines.base import ContextLengthError, CostMeter, EngineError
+from steplabel.schemas.config import to_mapping
+from steplabel.schemas.records import empty_cost
+
+#: Stage names: checkpoint folders (``_work/<stage>/``) and the order in which an engine
+#: failure is chosen when several stages of one problem failed.
+SAMPLE, OMEGAPRM, MONTE_CARLO, JUDGE = "sample", "omegaprm", "monte_carlo", "judge"
+STAGE_ORDER = (SAMPLE, OMEGAPRM, MONTE_CARLO, JUDGE)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An engine refused a stage's request (``prompt_too_long``, ``engine_error``): the whole
+    problem becomes one dead-letter row (a dead engine is not a failure: it stops the job)."""
+
+    reason: str
+    error: str
+
+
+def failure_of(exc: BaseException) -> Failure | None:
+    """The failure an exception stands for; None when it must propagate (a dead engine, a bug)."""
+    if isinstance(exc, ContextLengthError):
+        return Failure("prompt_too_long", str(exc))
+    if isinstance(exc, EngineError):
+        return Failure("engine_error", str(exc))
+    return None
+
+
+@dataclass(frozen=True)
+class Solution:
+    """One policy sample of a problem, split and graded (``truncated``: cut off at max_tokens,
+    rejected unlabelled)."""
+
+    problem_id: str
+    source: str
+    question: str
+    gold_answer: str
+    original: str
+    index: int
+    solution: str
+    steps: list
+    policy_seed: int
+    cost_policy: dict
+    truncated: bool = False
+    final_answer: str | None = None
+    final_answer_correct: bool | None = None
+    outcome_reason: str | None = None
+    final_verdict: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.problem_id, self.index)
+
+    def problem(self) -> Problem:
+        return Problem(self.problem_id, self.question, self.gold_answer, self.source,
+                       self.original)
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """What the sampling stage made of one problem."""
+
+    solutions: list = field(default_factory=list)  # of Solution
+    filtered: dict | None = None  # the ``no_usable_solution`` row
+    counters: dict = field(default_factory=dict)
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True)
+class Labels:
+    """An annotator's fields of one trajectory row and its counters (Monte Carlo or judge)."""
+
+    fields: dict = field(default_factory=dict)
+    counters: dict = field(default_factory=dict)
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part of one problem's outputs: rows per output, counters, or a failure. ``rank`` orders
+    pieces (stage, solution index) so that the failure reported is the same on every run."""
+
+    rank: tuple
+    rows: dict = field(default_factory=dict)
+    counters: dict = field(default_factory=dict)
+    failure: Failure | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON round trips (checkpoints)
+
+
+def to_json(record) -> dict:
+    return dataclasses.asdict(record)
+
+
+def _failure(data) -> Failure | None:
+    return Failure(**data) if data else None
+
+
+def sampled_from_json(data: dict) -> Sampled:
+    return Sampled(solutions=[Solution(**s) for s in data["solutions"]],
+                   filtered=data["filtered"], counters=data["counters"],
+                   failure=_failure(data["failure"]))
+
+
+def labels_from_json(data: dict) -> Labels:
+    return Labels(fields=data["fields"], counters=data["counters"],
+                  failure=_failure(data["failure"]))
+
+
+def piece_from_json(data: dict) -> Piece:
+    return Piece(rank=tuple(data["rank"]), rows=data["rows"], counters=data["counters"],
+                 failure=_failure(data["failure"]))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class StageContext:
+    """What every stage derives from the manifest alone (no engine)."""
+
+    def __init__(self, manifest) -> None:
+        self.manifest = manifest
+        self.splitter = get_splitter(manifest.splitter.name)
+        self.policy_template = load_template(manifest.policy.template)
+        self.mc_config = (manifest.monte_carlo.resolved(consensus=manifest.consensus is not None)
+                          if manifest.monte_carlo else None)
+        self.manifest_hash = manifest.hash
+
+    def roles(self) -> dict[str, Any]:
+        """The engine config of every role this manifest uses."""
+        m = self.manifest
+        roles = {"policy": m.models.policy}
+        if m.monte_carlo or m.omegaprm:
+            roles["completer"] = m.models.completer_model
+        if m.judge:
+            roles["judge"] = m.models.judge_model
+        return roles
+
+    def mc_annotator(self, engine):
+        from steplabel.annotators.monte_carlo import MonteCarloAnnotator
+
+        return MonteCarloAnnotator(engine, self.mc_config, run_seed=self.manifest.seed)
+
+    def omegaprm_annotator(self, engine):
+        from steplabel.annotators.omegaprm import OmegaPRMAnnotator
+
+        return OmegaPRMAnnotator(engine, self.manifest.omegaprm, run_seed=self.manifest.seed,
+                                 splitter=self.splitter)
+
+    def judge(self, engine):
+        from steplabel.annotators.judge import LLMJudge
+
+        return LLMJudge(engine, self.manifest.judge, run_seed=self.manifest.seed)
+
+    def solution_prompt(self, engine, question: str):
+        return build_solution_prompt(engine, self.policy_template, question,
+                                     self.manifest.policy.response_prefix)
+
+    def provenance(self, identities: dict[str, tuple]) -> dict:
+        """The provenance struct of trajectory rows; ``identities``: role -> (model id, weights
+        SHA-256, engine version), as :func:`engine_identity` gives them."""
+        from steplabel.annotators import monte_carlo
+
+        m = self.manifest
+        policy_id, policy_sha, engine_version = identities["policy"]
+        completer_id, completer_sha, _ = identities.get("completer", (None, None, None))
+        judge_id, judge_sha, _ = identities.get("judge", (None, None, None))
+        judge_template = load_template(m.judge.template_id) if m.judge else None
+        annotators = {
+            "monte_carlo": to_mapping(self.mc_config) if m.monte_carlo else None,
+            "omegaprm": to_mapping(m.omegaprm) if m.omegaprm else None,
+            "judge": to_mapping(m.judge) if m.judge else None,
+            "consensus": to_mapping(m.consensus) if m.consensus else None,
+            "versions": {
+                "monte_carlo": (f"{monte_carlo.ANNOTATOR_NAME}/{monte_carlo.ANNOTATOR_VERSION}"
+                                if m.monte_carlo else None),
+                "omegaprm": _omegaprm_name() if m.omegaprm else None,
+                "judge": "llm_judge/1" if m.judge else None,
+            },
+        }
+        return {
+            "steplabel_version": __version__,
+            "manifest_hash": self.manifest_hash,
+            "run_seed": m.seed,
+            "policy_model": policy_id,
+            "policy_weights_sha256": policy_sha,
+            "completer_model": completer_id if (m.monte_carlo or m.omegaprm) else None,
+            "completer_weights_sha256": completer_sha if (m.monte_carlo or m.omegaprm) else None,
+            "judge_model": judge_id if m.judge else None,
+            "judge_weights_sha256": judge_sha if m.judge else None,
+            "engine_version": engine_version,
+            "policy_sampling": json.dumps(to_mapping(m.policy.sampling), sort_keys=True),
+            "mc_sampling": json.dumps(to_mapping(m.monte_carlo.sampling), sort_keys=True)
+            if m.monte_carlo else None,
+            "judge_sampling": json.dumps(to_mapping(m.judge.sampling), sort_keys=True)
+            if m.judge else None,
+            "policy_seed": None,
+            "splitter": self.splitter.provenance(),
+            "policy_template_id": self.policy_template.id,
+            "policy_template_sha256": self.policy_template.sha256,
+            "judge_template_id": judge_template.id if judge_template else None,
+            "judge_template_sha256": judge_template.sha256 if judge_template else None,
+            "annotators": json.dumps(annotators, sort_keys=True),
+            "grader_version": GRADER_VERSION,
+        }
+
+    def dead_letter(self, problem_id, source, original, failure: Failure) -> dict:
+        return {"stage": "label", "reason": failure.reason, "error": failure.error,
+                "problem_id": problem_id, "source": source, "original": original,
+                "manifest_hash": self.manifest_hash}
+
+    def filtered_row(self, problem: Problem, *, stage, reason, counts, cost) -> dict:
+        return {
+            "problem_id": problem.problem_id,
+            "source": problem.source,
+            "question": problem.question,
+            "gold_answer": problem.gold_answer,
+            "stage": stage,
+            "reason": reason,
+            "n_correct": counts[0],
+            "n_total": counts[1],
+            "n_unknown": counts[2],
+            "n_truncated": counts[3] if len(counts) > 3 else 0,
+            "cost": cost,
+            "manifest_hash": self.manifest_hash,
+        }
+
+
+def _omegaprm_name() -> str:
+    from steplabel.annotators import omegaprm
+
+    return f"{omegaprm.ANNOTATOR_NAME}/{omegaprm.ANNOTATOR_VERSION}"
+
+
+def engine_identity(engine: Any) -> tuple[str, str | None, str | None]:
+    """(model id, weights SHA-256, engine version) of an engine, as provenance records it."""
+    from steplabel.annotators.job import engine_identity as identity
+
+    return tuple(identity(engine))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling (policy engine, per problem)
+
+
+async def sample_solutions(ctx: StageContext, engine, problem: Problem) -> Sampled:
+    """Sample ``policy.samples`` solutions, split and grade them. Engine failures are a
+    :class:`Failure`; a dead engine raises."""
+    try:
+        return await _sample(ctx, engine, problem)
+    except (ContextLengthError, EngineError) as exc:
+        return Sampled(failure=failure_of(exc))
+
+
+async def _sample(ctx: StageContext, engine, problem: Problem) -> Sampled:
+    m = ctx.manifest
+    prompt = ctx.solution_prompt(engine, problem.question)
+    cost = CostMeter()
+    seed = derive_seed(m.seed, "policy", problem.problem_id)
+    result = await engine.generate(sampling_request(prompt.for_sampling(), n=m.policy.samples,
+                                                    seed=seed, sampling=m.policy.sampling))
+    cost.add(result)
+    counters = {"policy_samples": len(result.texts)}
+    per_sample = {k: v // max(1, len(result.texts)) for k, v in cost.as_dict().items()}
+    per_sample["requests"] = 1
+    solutions = []
+    for index, (text, finish) in enumerate(zip(result.texts, result.finish_reasons)):
+        solution = m.policy.response_prefix + text
+        steps = ctx.splitter.split(solution)
+        if not steps:
+            counters["empty_solutions"] = counters.get("empty_solutions", 0) + 1
+            continue
+        base = dict(problem_id=problem.problem_id, source=problem.source,
+                    question=problem.question, gold_answer=problem.gold_answer,
+                    original=problem.original, index=index, solution=solution,
+                    steps=list(steps), policy_seed=seed, cost_policy=dict(per_sample))
+        if finish == FINISH_LENGTH:
+            # Cut off at max_tokens: no final answer of its own, so no label can be true.
+            counters["policy_samples_truncated"] = counters.get("policy_samples_truncated",
+                                                               0) + 1
+            solutions.append(Solution(**base, truncated=True))
+            continue
+        outcome = await asyncio.to_thread(grade, solution, problem.gold_answer)
+        solutions.append(Solution(
+            **base, final_answer=outcome.predicted,
+            final_answer_correct=None if outcome.verdict == "unknown"
+            else outcome.verdict == "correct",
+            outcome_reason=outcome.reason, final_verdict=outcome.verdict))
+    filtered = None
+    if not solutions:
+        filtered = ctx.filtered_row(problem, stage="policy", reason="no_usable_solution",
+                                    counts=(0, 0, 0), cost=cost.as_dict())
+        counters["filtered_no_usable_solution"] = 1
+    return Sampled(solutions=solutions, filtered=filtered, counters=counters)
+
+
+# ---------------------------------------------------------------------------------------------
+# Monte Carlo and judge (per solution)
+
+
+async def monte_carlo_labels(ctx: StageContext, annotator, prompt, solution: Solution) -> Labels:
+    """Monte Carlo estimates of one solution's steps (``prompt``: the completer's view of the
+    problem)."""
+    try:
+        mc = await annotator.annotate(problem_id=solution.problem_id,
+                                      solution_index=solution.index, prompt=prompt,
+                                      steps=list(solution.steps), splitter=ctx.splitter,
+                                      gold_answer=solution.gold_answer,
+                                      final_verdict=solution.final_verdict)
+    except (ContextLengthError, EngineError) as exc:
+        return Labels(failure=failure_of(exc))
+    fields = {
+        "mc_n_correct": mc.n_correct,
+        "mc_n_total": mc.n_total,
+        "mc_n_unknown": mc.n_unknown,
+        "mc_n_truncated": mc.n_truncated,
+        "mc_values": mc.values,
+        "hard_labels": mc.hard_labels,
+        "soft_labels": mc.soft_labels,
+        "mc_first_error": mc.first_error_index,
+        "cost_mc": mc.cost,
+    }
+    counters = {
+        "mc_rollouts": mc.rollouts,
+        "mc_rollouts_truncated": sum(mc.n_truncated),
+        "mc_rollouts_unknown": sum(mc.n_unknown[:-1]),
+        "mc_rollouts_saved_decided": mc.rollouts_saved_decided,
+        "mc_rollouts_saved_first_error": mc.rollouts_saved_first_error,
+        "mc_steps_not_estimated": sum(1 for c in zip(mc.n_total, mc.n_unknown) if c == (0, 0)),
+        "mc_steps_unestimated": sum(1 for v in mc.values if v is None),
+    }
+    return Labels(fields=_plain(fields), counters=counters)
+
+
+async def judge_labels(judge, solution: Solution) -> Labels:
+    try:
+        verdict = await judge.judge(problem_id=solution.problem_id,
+                                    solution_index=solution.index, question=solution.question,
+                                    steps=list(solution.steps))
+    except (ContextLengthError, EngineError) as exc:
+        return Labels(failure=failure_of(exc))
+    fields = {
+        "judge_first_error": verdict.first_error_index,
+        "judge_agreement": verdict.agreement,
+        "judge_votes": verdict.votes,
+        "judge_replies": verdict.raw_replies,
+        "judge_parse_reasons": verdict.parse_reasons,
+        "judge_finish_reasons": list(verdict.finish_reasons),
+        "cost_judge": verdict.cost,
+    }
+    counters = {"judge_replies": len(verdict.raw_replies),
+                "judge_replies_truncated": list(verdict.finish_reasons).count(FINISH_LENGTH)}
+    return Labels(fields=_plain(fields), counters=counters)
+
+
+def _plain(value):
+    """Tuples to lists, so that a result and its JSON checkpoint are the same value."""
+    return json.loads(json.dumps(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# The trajectory row (no engine)
+
+
+def _empty_row(solution: Solution, provenance: dict) -> dict:
+    """A trajectory row with every annotator field empty (None)."""
+    return {
+        "problem_id": solution.problem_id,
+        "source": solution.source,
+        "solution_index": solution.index,
+        "question": solution.question,
+        "gold_answer": solution.gold_answer,
+        "solution": solution.solution,
+        "steps": list(solution.steps),
+        "final_answer": None,
+        "final_answer_correct": None,
+        "outcome_reason": None,
+        "policy_truncated": False,
+        "mc_n_correct": None,
+        "mc_n_total": None,
+        "mc_n_unknown": None,
+        "mc_n_truncated": None,
+        "mc_values": None,
+        "hard_labels": None,
+        "soft_labels": None,
+        "mc_first_error": None,
+        "omegaprm_first_error": None,
+        "judge_first_error": None,
+        "judge_agreement": None,
+        "judge_votes": None,
+        "judge_replies": None,
+        "judge_parse_reasons": None,
+        "judge_finish_reasons": None,
+        "consensus_keep": None,
+        "consensus_reason": None,
+        "labels": None,
+        "label_source": None,
+        "cost_policy": dict(solution.cost_policy),
+        "cost_mc": empty_cost(),
+        "cost_judge": empty_cost(),
+        "provenance": {**provenance, "policy_seed": solution.policy_seed},
+    }
+
+
+def assemble_trajectory(ctx: StageContext, solution: Solution, mc: Labels | None,
+                        verdict: Labels | None, provenance: dict) -> Piece:
+    """One solution's row (``trajectories`` or ``rejected``) and counters; a failure of its
+    Monte Carlo or judge stage instead is the piece's failure."""
+    m = ctx.manifest
+    rank = (STAGE_ORDER.index(MONTE_CARLO), solution.index)
+    for stage, labels in ((MONTE_CARLO, mc), (JUDGE, verdict)):
+        if labels is not None and labels.failure is not None:
+            return Piece(rank=(STAGE_ORDER.index(stage), solution.index),
+                         failure=labels.failure)
+    row = _empty_row(solution, provenance)
+    if solution.truncated:
+        row.update(policy_truncated=True, outcome_reason=REASON_POLICY_TRUNCATED,
+                   consensus_keep=False, consensus_reason=REASON_POLICY_TRUNCATED)
+        return Piece(rank=rank, rows={"rejected": [row]},
+                     counters={"trajectories_rejected": 1,
+                               f"rejected_{REASON_POLICY_TRUNCATED}": 1})
+    row.update(final_answer=solution.final_answer,
+               final_answer_correct=solution.final_answer_correct,
+               outcome_reason=solution.outcome_reason)
+    counters: dict[str, int] = {}
+    if mc is not None:
+        row.update(mc.fields)
+        counters.update(mc.counters)
+    if verdict is not None:
+        row.update(verdict.fields)
+        counters.update(verdict.counters)
+    output = "trajectories"
+    if m.consensus is not None:
+        decision = consensus(mc.fields["mc_first_error"], verdict.fields["judge_first_error"])
+        row["consensus_keep"] = decision.keep
+        row["consensus_reason"] = decision.reason
+        row["label_source"] = "consensus"
+        if decision.keep:
+            row["labels"] = consensus_labels(decision.first_error, len(solution.steps))
+        else:
+            output = "rejected"
+    elif mc is not None:
+        row["labels"] = mc.fields["hard_labels"]
+        row["label_source"] = "monte_carlo"
+    elif verdict is not None and verdict.fields["judge_first_error"] is not None:
+        row["labels"] = consensus_labels(verdict.fields["judge_first_error"],
+                                         len(solution.steps))
+        row["label_source"] = "judge"
+    counters[f"trajectories_{output}"] = 1
+    return Piece(rank=rank, rows={output: [row]}, counters=counters)
+
+
+def sampled_piece(sampled: Sampled) -> Piece:
+    """The sampling stage's own part of a problem's outputs: its counters, the filtered row."""
+    rows = {"filtered": [sampled.filtered]} if sampled.filtered is not None else {}
+    return Piece(rank=(STAGE_ORDER.index(SAMPLE), -1), rows=rows,
+                 counters=dict(sampled.counters), failure=sampled.failure)
+
+
+# ---------------------------------------------------------------------------------------------
+# OmegaPRM (completer engine, per problem)
+
+
+async def omegaprm_rows(ctx: StageContext, annotator, prompt, problem: Problem, *,
+                        completer_model: str | None) -> Piece:
+    """OmegaPRM's rows of one problem (tree states, pairs, searches, or a pre-filter row)."""
+    rank = (STAGE_ORDER.index(OMEGAPRM), -1)
+    try:
+        result = await annotator.annotate(problem_id=problem.problem_id, prompt=prompt,
+                                          question=problem.question,
+                                          gold_answer=problem.gold_answer)
+    except (ContextLengthError, EngineError) as exc:
+        return Piece(rank=rank, failure=failure_of(exc))
+    rows: dict[str, list[dict]] = {}
+    counters: dict[str, int] = {}
+
+    def count(name: str, value: int = 1) -> None:
+        counters[name] = counters.get(name, 0) + value
+
+    count("omegaprm_rollouts", result.rollouts)
+    # Token counts are not on OmegaPRM's rows (states share rollouts): counted here.
+    for name in ("prompt_tokens", "generated_tokens", "cached_tokens"):
+        count(f"omegaprm_{name}", result.cost.get(name, 0))
+    count("omegaprm_rollouts_truncated", result.truncated_rollouts)
+    count("omegaprm_prefilter_rollouts_truncated", result.prefilter_n_truncated)
+    if result.filtered:
+        rows["filtered"] = [ctx.filtered_row(
+            problem, stage="omegaprm_prefilter", reason=result.filter_reason,
+            counts=(result.prefilter_n_correct, result.prefilter_n_total,
+                    result.prefilter_n_unknown, result.prefilter_n_truncated),
+            cost=result.cost)]
+        count(f"filtered_{result.filter_reason}")
+        return Piece(rank=rank, rows=_plain(rows), counters=counters)
+    tree_id = problem.problem_id
+    node = {s.state_id: s for s in result.states}
+
+    def node_id(state_id: int) -> str | None:
+        return None if state_id < 0 else f"{tree_id}/{state_id}"
+
+    states = rows.setdefault("omegaprm_states", [])
+    for state, after_error in [*((s, False) for s in result.states),
+                               *((s, True) for s in result.states_after_error)]:
+        states.append({
+            "record_type": state.kind,
+            "problem_id": problem.problem_id,
+            "question": problem.question,
+            "gold_answer": problem.gold_answer,
+            "tree_id": tree_id,
+            "node_id": node_id(state.state_id),
+            "parent_id": node_id(state.parent_id),
+            "after_error": after_error,
+            "depth": state.depth,
+            "prefix": state.prefix,
+            "action": state.action,
+            "action_pieces": state.action_pieces,
+            "single_step": state.single_step,
+            "mc_value": state.value,
+            "hard_label": state.hard_label,
+            "n_correct": state.n_correct,
+            "n_total": state.n_total,
+            "n_unknown": state.n_unknown,
+            "n_truncated": state.n_truncated,
+            "rollout_of": node_id(state.rollout_of),
+            "manifest_hash": ctx.manifest_hash,
+            "completer_model": completer_model,
+        })
+    pairs = [{
+        "problem_id": problem.problem_id,
+        "tree_id": tree_id,
+        "parent_id": node_id(pair.parent_id),
+        "prefix": node[pair.parent_id].prefix,
+        "node_a": node_id(pair.first_id),
+        "node_b": node_id(pair.second_id),
+        "action_a": node[pair.first_id].action,
+        "action_b": node[pair.second_id].action,
+        "mc_a": pair.first_value,
+        "mc_b": pair.second_value,
+        "preference_a": pair.preference,
+        "single_step": pair.single_step,
+        "manifest_hash": ctx.manifest_hash,
+    } for pair in result.pairs]
+    if pairs:
+        rows["omegaprm_pairs"] = pairs
+    searches = []
+    for search in result.searches:
+        searches.append({
+            "problem_id": problem.problem_id,
+            "tree_id": tree_id,
+            "search_index": search.search_index,
+            "start_node": node_id(search.state_id),
+            "rollout_id": f"{node_id(search.state_id)}#{search.rollout_index}",
+            "pieces": search.steps,
+            "start_index": search.start_index,
+            "first_error": search.first_error_index,
+            "reason": search.reason,
+            "rollouts_used": search.rollouts,
+            "rollouts_truncated": search.rollouts_truncated,
+            "manifest_hash": ctx.manifest_hash,
+        })
+        if search.reason != "located":
+            count(f"omegaprm_searches_{search.reason}")
+    if searches:
+        rows["omegaprm_searches"] = searches
+    if not states:
+        del rows["omegaprm_states"]
+    count("omegaprm_states", len(result.states))
+    count("omegaprm_states_after_error", len(result.states_after_error))
+    count("omegaprm_pairs", len(result.pairs))
+    return Piece(rank=rank, rows=_plain(rows), counters=counters)
+
+
+# ---------------------------------------------------------------------------------------------
+# One problem's outputs from its pieces (no engine)
+
+
+def merge_problem(ctx: StageContext, problem_id: str, pieces, *, source: str | None,
+                  original: str | None) -> tuple[dict[str, list[dict]], dict[str, int]]:
+    """Rows per output and counters of one problem. An engine failure in any stage (the first
+    in stage order) replaces them by one dead-letter row, as :class:`ProblemLabeler` does."""
+    ordered = sorted(pieces, key=lambda p: tuple(p.rank))
+    failed = next((p.failure for p in ordered if p.failure is not None), None)
+    if failed is not None:
+        return ({"dead_letter": [ctx.dead_letter(problem_id, source, original, failed)]},
+                {f"dead_letter_{failed.reason}": 1})
+    rows: dict[str, list[dict]] = {}
+    counters: dict[str, int] = {}
+    for piece in ordered:
+        for output, output_rows in piece.rows.items():
+            rows.setdefault(output, []).extend(output_rows)
+        for name, value in piece.counters.items():
+            counters[name] = counters.get(name, 0) + value
+    return rows, counters

@@ -1,0 +1,550 @@
+"""The labelling stages as Beam stages: one DoFn per model stage, rows through Beam.
+
+::
+
+    problems ─► SampleSolutions [policy] ─► solutions KV((problem_id, i), Solution)
+             └► OmegaPRM [completer] ─────► pieces KV(problem_id, Piece)
+    solutions (usable) ─ Reshuffle ─► MonteCarlo [completer] ─► KV((problem_id, i), Labels)
+                                   └► Judge [judge] ──────────► KV((problem_id, i), Labels)
+    CoGroupByKey(solutions, mc, verdicts) ─► AssembleTrajectories (consensus) ─► pieces
+    GroupByKey(pieces by problem) ─► MergeProblems ─► (output, row), counters
+
+**Engines.** A model stage is one :class:`EngineStageFn` subclass. Its engine comes from an
+:class:`EnginePool` that one ``shared.Shared`` handle keeps per worker process, keyed by the
+model's ``EngineConfig``: stages naming the same model share one engine on one machine. The
+engine starts the first time a key needs work (a fully checkpointed stage never starts it).
+Many keys are in flight at once on the pool's event loop (futures drained as they finish,
+bounded by ``runner.max_in_flight`` problems; per-solution stages multiply it by
+``policy.samples``), so the engine's continuous batching stays fed inside each stage: Beam's
+FnApiRunner runs fused stages one after another. MonteCarlo and Judge read one ``Reshuffle``
+and fuse, so one worker keeps both kinds of request in flight.
+
+**Placement.** Each model stage declares ``with_resource_hints(accelerator=...)`` when the
+runner names an accelerator for its role (``stage_accelerators``): on Dataflow, steps with
+different hints are not fused, and *right fitting* gives each its own worker pool, e.g. the
+judge on larger GPUs (``type:nvidia-a100-80gb;count:1;install-nvidia-driver``) and sampling and
+Monte Carlo on L4s. The ``Reshuffle`` between engine stages lets each scale on its own.
+
+**Resume.** Every model stage checkpoints each finished key under ``_work/<stage>/`` on the
+output filesystem (Beam ``FileSystems``), checks it before submitting work, and replays it
+instead of recomputing. A dead engine (``EngineDiedError``) is dropped from the pool (the
+retried bundle builds a new one) after the other in-flight keys that still finish are
+checkpointed; then the bundle fails.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import re
+import threading
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils import shared
+
+from steplabel.annotators import stages as st
+from steplabel.pipelines import storage
+
+log = logging.getLogger(__name__)
+
+#: After a key's work raised (a dead engine, a bug): how long the other in-flight keys get to
+#: finish and be checkpointed before the bundle fails, in seconds.
+SETTLE_TIMEOUT_S = 30.0
+
+#: Where each model stage checkpoints its finished keys, under the dataset's ``_work``.
+STAGE_DIRS = {st.SAMPLE: "sample", st.MONTE_CARLO: "monte_carlo", st.OMEGAPRM: "omegaprm",
+              st.JUDGE: "judge"}
+ENGINES_DIR = "engines"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints per stage and key
+
+
+def stage_checkpoint_path(out_dir: str, stage: str, key: str) -> str:
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    return storage.join(out_dir, storage.WORK_DIR, STAGE_DIRS[stage], digest[:2],
+                        f"{digest}.json")
+
+
+def save_stage_checkpoint(out_dir: str, stage: str, key: str, result: dict) -> None:
+    payload = {"key": key, "result": result}
+    # Not flushed one by one (see storage.save_checkpoint): a torn file fails to load and the
+    # key is recomputed.
+    storage.write_bytes_atomic(stage_checkpoint_path(out_dir, stage, key),
+                               json.dumps(payload, sort_keys=True).encode("utf-8"),
+                               durable=False)
+
+
+def load_stage_checkpoint(out_dir: str, stage: str, key: str) -> dict | None:
+    path = stage_checkpoint_path(out_dir, stage, key)
+    if not FileSystems.exists(path):
+        return None
+    try:
+        payload = json.loads(storage.read_bytes(path))
+    except (ValueError, OSError):
+        return None
+    return payload["result"] if payload.get("key") == key else None
+
+
+def stage_checkpoint_files(out_dir: str, stage: str) -> list[str]:
+    return storage.list_files(storage.join(out_dir, storage.WORK_DIR, STAGE_DIRS[stage], "*",
+                                           "*.json"))
+
+
+def stage_checkpoint_counts(out_dir: str) -> dict[str, int]:
+    """Finished keys per model stage (for messages and tests)."""
+    return {stage: len(stage_checkpoint_files(out_dir, stage)) for stage in STAGE_DIRS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines: one pool per worker process
+
+
+class EnginePool:
+    """The engines of one worker process, keyed by ``EngineConfig``, on one event loop.
+
+    Engines start on first use (:meth:`engine`); :meth:`discard` drops a dead one, so that the
+    next use (the retried bundle) starts a new one. One ``MeteredEngine`` per (config, role)
+    counts what each role asked for; the raw engine is shared by every role naming its config.
+    """
+
+    def __init__(self) -> None:
+        from steplabel.engines.host import EngineHost
+        from steplabel.pipelines.label import EngineClock
+
+        self.host = EngineHost()
+        self.clock = EngineClock()
+        self._raw: dict = {}
+        self._metered: dict = {}
+        self._lock = threading.Lock()
+        self._reported: dict[str, int] = {}
+        self._retired: list = []  # engines discarded (dead): their counters still count
+
+    def engine(self, config, role: str):
+        from steplabel.engines.host import create_engine
+        from steplabel.pipelines.label import MeteredEngine
+
+        with self._lock:
+            raw = self._raw.get(config)
+            if raw is None:
+                raw = self.host.run(create_engine(config))
+                self._raw[config] = raw
+            metered = self._metered.get((config, role))
+            if metered is None or metered._engine is not raw:
+                metered = MeteredEngine(raw, role=role, clock=self.clock)
+                self._metered[(config, role)] = metered
+            return metered
+
+    def is_current(self, config, engine) -> bool:
+        with self._lock:
+            return self._raw.get(config) is getattr(engine, "_engine", engine)
+
+    def discard(self, config) -> None:
+        """Drop ``config``'s engine (it died): shut it down, best effort."""
+        with self._lock:
+            raw = self._raw.pop(config, None)
+        if raw is None:
+            return
+        self._retired.append(raw)
+
+        async def in_loop(function):
+            function()
+
+        shutdown = getattr(raw, "shutdown", None)
+        if shutdown is not None:
+            try:
+                self.host.run(in_loop(shutdown), timeout=60)
+            except Exception:  # noqa: BLE001 - a dead engine may fail to shut down
+                log.warning("a dead engine did not shut down cleanly", exc_info=True)
+
+    def submit(self, coroutine) -> concurrent.futures.Future:
+        return self.host.submit(coroutine)
+
+    def engine_counter_deltas(self) -> dict[str, int]:
+        """What the engines did since the last call (see
+        ``pipelines.label._WorkerEngines.engine_counter_deltas``): engine requests, retries,
+        failures and busy time, for Beam counters."""
+        with self._lock:
+            engines = [*self._retired, *self._raw.values()]
+        totals: dict[str, int] = {
+            "engine_workers": 1,
+            "engine_start_ms": round(1000 * sum(
+                getattr(e, "start_seconds", 0.0) or 0.0 for e in engines)),
+            "engine_busy_ms": round(1000 * self.clock.busy_seconds()),
+            "engine_sample_ms": round(1000 * self.clock.sample_seconds()),
+        }
+        for engine in engines:
+            counters = getattr(engine, "counters", None)
+            if counters is None:
+                continue
+            for name in ("requests", "attempts", "retries", "failures"):
+                totals[f"engine_{name}"] = totals.get(f"engine_{name}", 0) + getattr(
+                    counters, name, 0)
+            for reason, count in getattr(counters, "retry_reasons", {}).items():
+                key = "engine_retry_" + re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_")
+                totals[key] = totals.get(key, 0) + count
+        with self._lock:
+            deltas = {k: v - self._reported.get(k, 0) for k, v in totals.items()}
+            self._reported = totals
+        return {k: v for k, v in deltas.items() if v}
+
+
+def _acquire_pool(handle: shared.Shared) -> EnginePool:
+    return handle.acquire(EnginePool, tag="steplabel-engine-pool")
+
+
+# ---------------------------------------------------------------------------------------------
+# A model stage
+
+
+class EngineStageFn(beam.DoFn):
+    """One model stage: keys in, results out, many keys in flight against one engine.
+
+    Subclasses name the ``stage`` and the engine ``role`` and define :meth:`key`,
+    :meth:`bind` (engine -> what :meth:`work` needs, built once per engine), :meth:`work`
+    (a coroutine whose result is a JSON-able record), :meth:`decode` (checkpoint -> record) and
+    :meth:`emit` (element, record -> outputs).
+    """
+
+    stage = ""
+    role = ""
+
+    def __init__(self, manifest, *, out_dir: str, pool: shared.Shared,
+                 max_in_flight: int) -> None:
+        self.manifest = manifest
+        self.out_dir = out_dir
+        self.max_in_flight = max_in_flight
+        self._pool_handle = pool
+
+    # -- per stage ------------------------------------------------------------------------
+
+    def key(self, element) -> str:
+        raise NotImplementedError
+
+    def bind(self, engine):
+        return engine
+
+    def work(self, bound, element):
+        raise NotImplementedError
+
+    def encode(self, result) -> dict:
+        return st.to_json(result)
+
+    def decode(self, data: dict):
+        raise NotImplementedError
+
+    def emit(self, element, result, *, resumed: bool):
+        raise NotImplementedError
+
+    # -- machinery ------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.ctx = st.StageContext(self.manifest)
+        self._config = self.ctx.roles()[self.role]
+        self._pool = _acquire_pool(self._pool_handle)
+        self._engine = self._bound = None
+
+    def _bind(self):
+        """The engine-bound helpers, starting the engine if this worker has none (first use,
+        or the last one died)."""
+        if self._engine is None or not self._pool.is_current(self._config, self._engine):
+            self._engine = self._pool.engine(self._config, self.role)
+            self._bound = self.bind(self._engine)
+        return self._bound
+
+    def start_bundle(self) -> None:
+        self._pending: dict[concurrent.futures.Future, tuple[str, object]] = {}
+
+    def process(self, element):
+        key = self.key(element)
+        data = load_stage_checkpoint(self.out_dir, self.stage, key)
+        if data is not None:
+            Metrics.counter("steplabel", f"stage_{self.stage}_resumed").inc()
+            yield from self.emit(element, self.decode(data), resumed=True)
+            return
+        future = self._pool.submit(self.work(self._bind(), element))
+        self._pending[future] = (key, element)
+        yield from self._drain(until=self.max_in_flight - 1)
+
+    def finish_bundle(self):
+        for output in self._drain(until=0):
+            yield GlobalWindows.windowed_value(output)
+        self._count_engine_work()
+
+    def _count_engine_work(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            for name, value in pool.engine_counter_deltas().items():
+                Metrics.counter("steplabel", name).inc(value)
+
+    def _finished(self, future, key: str, element):
+        result = future.result()
+        save_stage_checkpoint(self.out_dir, self.stage, key, self.encode(result))
+        Metrics.counter("steplabel", f"stage_{self.stage}_computed").inc()
+        yield from self.emit(element, result, resumed=False)
+
+    def _drain(self, *, until: int):
+        while len(self._pending) > until:
+            done, _ = concurrent.futures.wait(self._pending,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            failed = None
+            for future in sorted(done, key=lambda f: self._pending[f][0]):
+                key, element = self._pending.pop(future)
+                if future.exception() is not None:
+                    failed = failed or future
+                    continue
+                yield from self._finished(future, key, element)
+            if failed is not None:
+                self._fail(failed)
+
+    def _fail(self, failed: concurrent.futures.Future) -> None:
+        """A key's work raised instead of returning a result: a dead engine or a bug, never a
+        request error (those are results). Checkpoint every other in-flight key that still
+        finishes, drop a dead engine from the pool (a retry builds a new one), raise."""
+        from steplabel.engines.base import EngineDiedError
+
+        pending, self._pending = self._pending, {}
+        done, not_done = concurrent.futures.wait(pending, timeout=SETTLE_TIMEOUT_S)
+        saved = 0
+        for future in done:
+            if future.exception() is None:
+                key, _ = pending[future]
+                save_stage_checkpoint(self.out_dir, self.stage, key,
+                                      self.encode(future.result()))
+                saved += 1
+        for future in not_done:
+            future.cancel()
+        error = failed.exception()
+        if isinstance(error, EngineDiedError):
+            self._pool.discard(self._config)
+            self._engine = self._bound = None
+        self._count_engine_work()
+        log.error("stage %s stopped: %s: %s (%d in-flight keys checkpointed, %d cancelled)",
+                  self.stage, type(error).__name__, error, saved, len(not_done))
+        raise error
+
+
+class SampleSolutionsFn(EngineStageFn):
+    """Problem -> (problem, :class:`~steplabel.annotators.stages.Sampled`) on the policy."""
+
+    stage, role = st.SAMPLE, "policy"
+
+    def key(self, problem) -> str:
+        return problem.problem_id
+
+    def work(self, engine, problem):
+        return st.sample_solutions(self.ctx, engine, problem)
+
+    def decode(self, data):
+        return st.sampled_from_json(data)
+
+    def emit(self, problem, sampled, *, resumed: bool):
+        Metrics.counter("steplabel", "problems_resumed" if resumed else "problems_labelled").inc()
+        yield problem, sampled
+
+
+class MonteCarloFn(EngineStageFn):
+    """Solution -> ((problem_id, i), Monte Carlo :class:`Labels`) on the completer."""
+
+    stage, role = st.MONTE_CARLO, "completer"
+
+    def key(self, solution) -> str:
+        return json.dumps([solution.problem_id, solution.index])
+
+    def bind(self, engine):
+        return engine, self.ctx.mc_annotator(engine)
+
+    def work(self, bound, solution):
+        engine, annotator = bound
+        # The completer continues prefixes in its own chat template (it may be another model).
+        prompt = self.ctx.solution_prompt(engine, solution.question)
+        return st.monte_carlo_labels(self.ctx, annotator, prompt, solution)
+
+    def decode(self, data):
+        return st.labels_from_json(data)
+
+    def emit(self, solution, labels, *, resumed: bool):
+        yield solution.key, labels
+
+
+class JudgeFn(EngineStageFn):
+    """Solution -> ((problem_id, i), judge :class:`Labels`) on the judge."""
+
+    stage, role = st.JUDGE, "judge"
+
+    def key(self, solution) -> str:
+        return json.dumps([solution.problem_id, solution.index])
+
+    def bind(self, engine):
+        return self.ctx.judge(engine)
+
+    def work(self, judge, solution):
+        return st.judge_labels(judge, solution)
+
+    def decode(self, data):
+        return st.labels_from_json(data)
+
+    def emit(self, solution, labels, *, resumed: bool):
+        yield solution.key, labels
+
+
+class OmegaPRMFn(EngineStageFn):
+    """Problem -> (problem_id, OmegaPRM :class:`Piece`) on the completer."""
+
+    stage, role = st.OMEGAPRM, "completer"
+
+    def key(self, problem) -> str:
+        return problem.problem_id
+
+    def bind(self, engine):
+        return engine, self.ctx.omegaprm_annotator(engine), st.engine_identity(engine)[0]
+
+    def work(self, bound, problem):
+        engine, annotator, model_id = bound
+        prompt = self.ctx.solution_prompt(engine, problem.question)
+        return st.omegaprm_rows(self.ctx, annotator, prompt, problem, completer_model=model_id)
+
+    def decode(self, data):
+        return st.piece_from_json(data)
+
+    def emit(self, problem, piece, *, resumed: bool):
+        yield problem.problem_id, piece
+
+
+class IdentifyEnginesFn(beam.DoFn):
+    """Role -> (role, (model id, weights SHA-256, engine version)) for provenance.
+
+    Read from ``_work/engines/<role>.json`` when an earlier attempt recorded it (a resumed job
+    starts no engine for it); otherwise from the engine (started in the shared pool, where the
+    stages find it) and recorded."""
+
+    def __init__(self, manifest, *, out_dir: str, pool: shared.Shared) -> None:
+        self.manifest = manifest
+        self.out_dir = out_dir
+        self._pool_handle = pool
+
+    def process(self, role: str):
+        config = st.StageContext(self.manifest).roles()[role]
+        path = storage.join(self.out_dir, storage.WORK_DIR, ENGINES_DIR, f"{role}.json")
+        config_key = hashlib.sha256(repr(config).encode("utf-8")).hexdigest()
+        known = storage.read_json_if_exists(path)
+        if known is not None and known.get("config") == config_key:
+            yield role, tuple(known["identity"])
+            return
+        engine = _acquire_pool(self._pool_handle).engine(config, role)
+        identity = st.engine_identity(engine)
+        storage.write_json_atomic(path, {"config": config_key, "identity": list(identity)})
+        yield role, identity
+
+
+class AssembleTrajectoriesFn(beam.DoFn):
+    """(key, {solution, mc, judge}) -> (problem_id, ("piece", Piece)): consensus and the row."""
+
+    def __init__(self, manifest) -> None:
+        self.manifest = manifest
+
+    def setup(self) -> None:
+        self.ctx = st.StageContext(self.manifest)
+        self._provenance = None
+
+    def process(self, item, identities):
+        (problem_id, _), grouped = item
+        if self._provenance is None:
+            self._provenance = self.ctx.provenance(dict(identities))
+        solutions = list(grouped["solution"])
+        mc = list(grouped["mc"])
+        verdicts = list(grouped["judge"])
+        piece = st.assemble_trajectory(self.ctx, solutions[0], mc[0] if mc else None,
+                                       verdicts[0] if verdicts else None, self._provenance)
+        yield problem_id, ("piece", piece)
+
+
+class MergeProblemsFn(beam.DoFn):
+    """(problem_id, [("problem", Problem) | ("piece", Piece)]) -> (output, row); the problem's
+    counters become Beam counters."""
+
+    def __init__(self, manifest) -> None:
+        self.manifest = manifest
+
+    def setup(self) -> None:
+        self.ctx = st.StageContext(self.manifest)
+
+    def process(self, item):
+        problem_id, parts = item
+        problem = next(value for kind, value in parts if kind == "problem")
+        pieces = [value for kind, value in parts if kind == "piece"]
+        rows, counters = st.merge_problem(self.ctx, problem_id, pieces, source=problem.source,
+                                          original=problem.original)
+        for name, value in counters.items():
+            Metrics.counter("steplabel", name).inc(value)
+        for output in sorted(rows):
+            for row in rows[output]:
+                yield output, row
+
+
+class LabelStages(beam.PTransform):
+    """Validated problems -> ``(output, row)`` for every output of the labelling stages."""
+
+    def __init__(self, manifest, *, out_dir: str,
+                 accelerators: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.manifest = manifest
+        self.out_dir = out_dir
+        self.accelerators = dict(accelerators or {})
+
+    def _stage(self, fn: EngineStageFn):
+        pardo = beam.ParDo(fn)
+        accelerator = self.accelerators.get(fn.role)
+        return pardo.with_resource_hints(accelerator=accelerator) if accelerator else pardo
+
+    def expand(self, problems):
+        m = self.manifest
+        pool = shared.Shared()  # one pool per worker process: one engine per model config
+        common = dict(manifest=m, out_dir=self.out_dir, pool=pool)
+        per_problem = m.runner.max_in_flight
+        per_solution = m.runner.max_in_flight * m.policy.samples
+        roles = sorted(st.StageContext(m).roles())
+        identities = (problems.pipeline
+                      | "Roles" >> beam.Create(roles)
+                      | "IdentifyEngines" >> beam.ParDo(IdentifyEnginesFn(**common)))
+
+        sampled = problems | "SampleSolutions" >> self._stage(
+            SampleSolutionsFn(**common, max_in_flight=per_problem))
+        solutions = sampled | "Solutions" >> beam.FlatMap(lambda ps: ps[1].solutions)
+        parts = [
+            sampled | "ProblemOf" >> beam.Map(lambda ps: (ps[0].problem_id, ("problem", ps[0]))),
+            sampled | "SamplingPiece" >> beam.Map(
+                lambda ps: (ps[0].problem_id, ("piece", st.sampled_piece(ps[1])))),
+        ]
+        if m.omegaprm is not None:
+            parts.append(problems | "OmegaPRM" >> self._stage(
+                OmegaPRMFn(**common, max_in_flight=per_problem))
+                | "OmegaPRMPiece" >> beam.MapTuple(lambda pid, piece: (pid, ("piece", piece))))
+        usable = (solutions
+                  | "Usable" >> beam.Filter(lambda s: not s.truncated)
+                  | "SpreadSolutions" >> beam.Reshuffle())
+        joined = {"solution": solutions | "KeySolutions" >> beam.Map(lambda s: (s.key, s))}
+        if m.monte_carlo is not None:
+            joined["mc"] = usable | "MonteCarlo" >> self._stage(
+                MonteCarloFn(**common, max_in_flight=per_solution))
+        else:
+            joined["mc"] = problems.pipeline | "NoMonteCarlo" >> beam.Create([])
+        if m.judge is not None:
+            joined["judge"] = usable | "Judge" >> self._stage(
+                JudgeFn(**common, max_in_flight=per_solution))
+        else:
+            joined["judge"] = problems.pipeline | "NoJudge" >> beam.Create([])
+        parts.append(joined
+                     | "JoinSolutionLabels" >> beam.CoGroupByKey()
+                     | "AssembleTrajectories" >> beam.ParDo(
+                         AssembleTrajectoriesFn(m), beam.pvalue.AsList(identities)))
+        return (parts
+                | "AllPieces" >> beam.Flatten()
+                | "GroupByProblem" >> beam.GroupByKey()
+                | "MergeProblems" >> beam.ParDo(MergeProblemsFn(m)))
