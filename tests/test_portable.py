@@ -121,6 +121,8 @@ def test_portable_profile_reads_service_endpoints(monkeypatch):
     assert "--job_endpoint=localhost:1234" in args
     assert "--environment_config=localhost:5678" in args
     assert "--environment_type=EXTERNAL" in args
+    # the state stream's deadline: Beam's default (300 s) fails every job longer than that
+    assert "--job_server_timeout=604800" in args
     monkeypatch.delenv("STEPLABEL_WORKER_POOL")
     with pytest.raises(ConfigError, match="STEPLABEL_WORKER_POOL"):
         runner_options(manifest.runner)
