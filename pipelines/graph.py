@@ -22,7 +22,8 @@ def build_staged_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, it
                           total: int | None = None, source_path: str | None = None,
                           accelerators: dict[str, str] | None = None):
     """Apply the whole job to ``pipeline`` (same arguments as ``job.build_pipeline``;
-    ``total`` is unused: progress is per stage). Returns the written shards' ``(output, rows)``."""
+    ``total``: problems expected, for the progress display). Returns the written shards'
+    ``(output, rows)``."""
     from steplabel.pipelines.job import _write_rows_in
     from steplabel.pipelines.sources import ReadProblems, ValidateProblems
 
@@ -34,7 +35,7 @@ def build_staged_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, it
      | "WriteRowsIn" >> beam.Map(_write_rows_in, out_dir))
     problems, invalid = raw | "ValidateProblems" >> ValidateProblems(
         fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash)
-    rows = problems | "Label" >> LabelStages(manifest, out_dir=out_dir,
+    rows = problems | "Label" >> LabelStages(manifest, out_dir=out_dir, total=total,
                                              accelerators=accelerators)
     written = rows | "Write" >> WriteShards(out_dir, num_shards=num_shards)
     written_input = (invalid

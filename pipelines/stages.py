@@ -166,6 +166,30 @@ class EnginePool:
     def submit(self, coroutine) -> concurrent.futures.Future:
         return self.host.submit(coroutine)
 
+    def served(self) -> tuple[int, int]:
+        """(rollouts, generated tokens) served so far, every role."""
+        with self._lock:
+            metered = list(self._metered.values())
+        return (sum(e.rollouts for e in metered), sum(e.generated_tokens for e in metered))
+
+    def stage_requests(self) -> dict[str, int]:
+        """Requests served so far by role: ``policy``, ``completer``, ``judge``."""
+        with self._lock:
+            metered = list(self._metered.values())
+        counts: dict[str, int] = {}
+        for engine in metered:
+            counts[engine.role] = counts.get(engine.role, 0) + engine.requests
+        return counts
+
+    def progress(self, out_dir: str, manifest, total: int | None):
+        """This worker's live progress display of the job (one per dataset and manifest)."""
+        from steplabel.pipelines.label import _PROGRESS, Progress
+
+        with self._lock:
+            return _PROGRESS.setdefault(
+                f"{out_dir}|{manifest.hash}",
+                Progress(total, served=self.served, stages=self.stage_requests))
+
     def engine_counter_deltas(self) -> dict[str, int]:
         """What the engines did since the last call (see
         ``pipelines.label._WorkerEngines.engine_counter_deltas``): engine requests, retries,
@@ -216,10 +240,11 @@ class EngineStageFn(beam.DoFn):
     role = ""
 
     def __init__(self, manifest, *, out_dir: str, pool: shared.Shared,
-                 max_in_flight: int) -> None:
+                 max_in_flight: int, total: int | None = None) -> None:
         self.manifest = manifest
         self.out_dir = out_dir
         self.max_in_flight = max_in_flight
+        self.total = total
         self._pool_handle = pool
 
     # -- per stage ------------------------------------------------------------------------
@@ -248,6 +273,7 @@ class EngineStageFn(beam.DoFn):
         self.ctx = st.StageContext(self.manifest)
         self._config = self.ctx.roles()[self.role]
         self._pool = _acquire_pool(self._pool_handle)
+        self._progress = self._pool.progress(self.out_dir, self.manifest, self.total)
         self._engine = self._bound = None
 
     def _bind(self):
@@ -291,8 +317,11 @@ class EngineStageFn(beam.DoFn):
 
     def _drain(self, *, until: int):
         while len(self._pending) > until:
-            done, _ = concurrent.futures.wait(self._pending,
+            done, _ = concurrent.futures.wait(self._pending, timeout=self._progress.poll_s,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
+            if not done:  # long keys: still show that the engines are working
+                self._progress.update(force=True)
+                continue
             failed = None
             for future in sorted(done, key=lambda f: self._pending[f][0]):
                 key, element = self._pending.pop(future)
@@ -346,7 +375,7 @@ class SampleSolutionsFn(EngineStageFn):
 
     def emit(self, problem, sampled, *, resumed: bool):
         Metrics.counter("steplabel", "problems_resumed" if resumed else "problems_labelled").inc()
-        yield problem, sampled
+        yield problem, sampled, resumed
 
 
 class MonteCarloFn(EngineStageFn):
@@ -469,33 +498,47 @@ class MergeProblemsFn(beam.DoFn):
     """(problem_id, [("problem", Problem) | ("piece", Piece)]) -> (output, row); the problem's
     counters become Beam counters."""
 
-    def __init__(self, manifest) -> None:
+    def __init__(self, manifest, *, out_dir: str, pool: shared.Shared,
+                 total: int | None = None) -> None:
         self.manifest = manifest
+        self.out_dir = out_dir
+        self.total = total
+        self._pool_handle = pool
 
     def setup(self) -> None:
         self.ctx = st.StageContext(self.manifest)
+        self._progress = _acquire_pool(self._pool_handle).progress(self.out_dir, self.manifest,
+                                                                   self.total)
 
     def process(self, item):
         problem_id, parts = item
-        problem = next(value for kind, value in parts if kind == "problem")
+        problem, resumed = next(value for kind, value in parts if kind == "problem")
         pieces = [value for kind, value in parts if kind == "piece"]
         rows, counters = st.merge_problem(self.ctx, problem_id, pieces, source=problem.source,
                                           original=problem.original)
         for name, value in counters.items():
             Metrics.counter("steplabel", name).inc(value)
+        self._progress.update(resumed=resumed)
         for output in sorted(rows):
             for row in rows[output]:
                 yield output, row
+
+    def teardown(self) -> None:
+        # The last stage of the labelling is over: the final progress line, bars closed.
+        progress = getattr(self, "_progress", None)
+        if progress is not None:
+            progress.close()
 
 
 class LabelStages(beam.PTransform):
     """Validated problems -> ``(output, row)`` for every output of the labelling stages."""
 
-    def __init__(self, manifest, *, out_dir: str,
+    def __init__(self, manifest, *, out_dir: str, total: int | None = None,
                  accelerators: dict[str, str] | None = None) -> None:
         super().__init__()
         self.manifest = manifest
         self.out_dir = out_dir
+        self.total = total
         self.accelerators = dict(accelerators or {})
 
     def _stage(self, fn: EngineStageFn):
@@ -507,6 +550,7 @@ class LabelStages(beam.PTransform):
         m = self.manifest
         pool = shared.Shared()  # one pool per worker process: one engine per model config
         common = dict(manifest=m, out_dir=self.out_dir, pool=pool)
+        engine_stage = dict(common, total=self.total)
         per_problem = m.runner.max_in_flight
         per_solution = m.runner.max_in_flight * m.policy.samples
         roles = sorted(st.StageContext(m).roles())
@@ -515,16 +559,17 @@ class LabelStages(beam.PTransform):
                       | "IdentifyEngines" >> beam.ParDo(IdentifyEnginesFn(**common)))
 
         sampled = problems | "SampleSolutions" >> self._stage(
-            SampleSolutionsFn(**common, max_in_flight=per_problem))
+            SampleSolutionsFn(**engine_stage, max_in_flight=per_problem))
         solutions = sampled | "Solutions" >> beam.FlatMap(lambda ps: ps[1].solutions)
         parts = [
-            sampled | "ProblemOf" >> beam.Map(lambda ps: (ps[0].problem_id, ("problem", ps[0]))),
+            sampled | "ProblemOf" >> beam.Map(
+                lambda ps: (ps[0].problem_id, ("problem", (ps[0], ps[2])))),
             sampled | "SamplingPiece" >> beam.Map(
                 lambda ps: (ps[0].problem_id, ("piece", st.sampled_piece(ps[1])))),
         ]
         if m.omegaprm is not None:
             parts.append(problems | "OmegaPRM" >> self._stage(
-                OmegaPRMFn(**common, max_in_flight=per_problem))
+                OmegaPRMFn(**engine_stage, max_in_flight=per_problem))
                 | "OmegaPRMPiece" >> beam.MapTuple(lambda pid, piece: (pid, ("piece", piece))))
         usable = (solutions
                   | "Usable" >> beam.Filter(lambda s: not s.truncated)
@@ -532,12 +577,12 @@ class LabelStages(beam.PTransform):
         joined = {"solution": solutions | "KeySolutions" >> beam.Map(lambda s: (s.key, s))}
         if m.monte_carlo is not None:
             joined["mc"] = usable | "MonteCarlo" >> self._stage(
-                MonteCarloFn(**common, max_in_flight=per_solution))
+                MonteCarloFn(**engine_stage, max_in_flight=per_solution))
         else:
             joined["mc"] = problems.pipeline | "NoMonteCarlo" >> beam.Create([])
         if m.judge is not None:
             joined["judge"] = usable | "Judge" >> self._stage(
-                JudgeFn(**common, max_in_flight=per_solution))
+                JudgeFn(**engine_stage, max_in_flight=per_solution))
         else:
             joined["judge"] = problems.pipeline | "NoJudge" >> beam.Create([])
         parts.append(joined
@@ -547,4 +592,4 @@ class LabelStages(beam.PTransform):
         return (parts
                 | "AllPieces" >> beam.Flatten()
                 | "GroupByProblem" >> beam.GroupByKey()
-                | "MergeProblems" >> beam.ParDo(MergeProblemsFn(m)))
+                | "MergeProblems" >> beam.ParDo(MergeProblemsFn(**common, total=self.total)))
