@@ -161,3 +161,35 @@ def test_portable_workers_read_every_source_kind(portable_services, monkeypatch,
     assert portable.stats["reconciliation"]["problems_in"] == 6
     assert rows_without_cache_counts(str(tmp_path / "portable")) == rows_without_cache_counts(
         str(tmp_path / "local"))
+
+
+def test_services_script_starts_and_stops(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    from steplabel.pipelines import services
+
+    env = {**os.environ, "STATE_DIR": str(tmp_path / "state")}
+    script = str(REPO_ROOT / "scripts" / "portable_services.sh")
+    started = subprocess.run(["bash", script, "start"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert started.returncode == 0, started.stderr
+    exports = dict(line.removeprefix("export ").split("=", 1)
+                   for line in started.stdout.splitlines())
+    running = services.load(tmp_path / "state")
+    assert exports == running.environment()
+
+    def listening(endpoint: str) -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("localhost", int(endpoint.split(":")[1]))) == 0
+
+    assert listening(running.job_endpoint) and listening(running.worker_pool)
+    stopped = subprocess.run(["bash", script, "stop"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not listening(running.job_endpoint) and not listening(running.worker_pool)
+    for pid in (running.job_service_pid, running.worker_pool_pid):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert services.load(tmp_path / "state") is None
