@@ -169,6 +169,10 @@ def children_log_as_vllm(enabled: bool):
     if not enabled:
         yield
         return
+    # vLLM imports lazily: configure this process's vLLM logging now, under its own setting,
+    # or the first import inside the window would give it vLLM's handler after all.
+    import vllm.logger  # noqa: F401
+
     previous = os.environ.get("VLLM_CONFIGURE_LOGGING")
     os.environ["VLLM_CONFIGURE_LOGGING"] = "1"
     try:

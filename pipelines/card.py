@@ -14,6 +14,7 @@ load each output, and the manifest itself.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -109,7 +110,9 @@ def _provenance(lock: dict) -> list[str]:
     if not lock:
         return ["No `manifest.lock.json` was recorded."]
     lines = []
-    for role, model in (lock.get("models") or {}).items():
+    models = lock.get("models") or {}
+    roles = [r for r in ("policy", "completer", "judge") if r in models]
+    for role, model in ((r, models[r]) for r in roles + sorted(set(models) - set(roles))):
         engine = model.get("engine") or {}
         digest = model.get("weights_sha256")
         lines.append(f"- {role}: `{model.get('model')}` ({model.get('kind')}, "
@@ -140,8 +143,15 @@ def _provenance(lock: dict) -> list[str]:
     return lines
 
 
+def _as_written(data: dict) -> dict:
+    """``data`` as its JSON file reads back (keys sorted): the card is the same whether it is
+    written by the job or again later from the files."""
+    return json.loads(json.dumps(data or {}, sort_keys=True, default=str))
+
+
 def render_card(out_dir: str, *, info: dict, stats: dict, lock: dict) -> str:
     """The card's text (YAML header, then Markdown)."""
+    info, stats, lock = _as_written(info), _as_written(stats), _as_written(lock)
     configs = card_configs(out_dir)
     name = info.get("name") or "steplabel dataset"
     header = yaml.safe_dump({"pretty_name": f"{name} (steplabel step labels)",

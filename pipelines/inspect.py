@@ -559,6 +559,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", metavar="FILE",
                         help="also write a self-contained HTML report with plots and example "
                         "trajectories to FILE")
+    parser.add_argument("--write-card", action="store_true",
+                        help="(re)write the dataset card DATASET/README.md (the configs header "
+                        "datasets.load_dataset reads), e.g. for a dataset written before "
+                        "cards existed")
     parser.add_argument("--examples", type=int, default=12, metavar="N",
                         help="example trajectories of each kind (kept, rejected) in the HTML "
                         "report (default 12)")
@@ -574,6 +578,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, sort_keys=True, default=str))
     else:
         print(render_text(report))
+    if args.write_card:
+        from steplabel.pipelines.card import rewrite_card
+
+        print(f"[steplabel] dataset card written to {rewrite_card(args.dataset)}",
+              file=sys.stderr)
     if args.html:
         from steplabel.pipelines.show import sample_trajectories
 

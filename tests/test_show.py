@@ -196,3 +196,6 @@ def test_card_can_be_rewritten_for_an_older_dataset(dataset, tmp_path):
     (copy / "README.md").unlink()
     rewrite_card(str(copy))
     assert card_header((copy / "README.md").read_text())["configs"]
+    (copy / "README.md").unlink()
+    assert main(["inspect", str(copy), "--write-card"]) == 0
+    assert (copy / "README.md").read_text() == (dataset / "README.md").read_text()
