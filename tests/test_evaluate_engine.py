@@ -55,12 +55,22 @@ def test_evaluation_completes_with_the_embedded_model(evaluated):
     by_key = {(r["item_id"], r["annotator"]): r for r in rows}
     for item_id in ("arith-00", "arith-01"):
         mc = by_key[(item_id, "mc")]
-        assert mc["cost"]["rollouts"] == 2 * mc["num_steps"]  # k per given step, no resampling
+        # at most k per given step but the last (labelled by its own answer), no resampling
+        assert 0 < mc["cost"]["rollouts"] <= 2 * (mc["num_steps"] - 1)
         assert mc["model_id"] and mc["status"] in ("predicted", "unknown")
         details = json.loads(mc["details"])
         assert len(details["values"]) == mc["num_steps"]
     assert by_key[("arith-19", "mc")]["status"] == "skipped"
     assert by_key[("arith-19", "judge")]["cost"]["requests"] == 1
+    # The forced verdict form stops at its closing brace (re-appended before parsing): a
+    # reply that stopped there is never lost as cut off.
+    for item_id in ITEM_IDS:
+        judge = json.loads(by_key[(item_id, "judge")]["details"])
+        for reply, finish, reason in zip(judge["replies"], judge["finish_reasons"],
+                                         judge["parse_reasons"]):
+            assert reason != "truncated" or finish == "length"
+            if finish == "stop":
+                assert reply.endswith("}")
     # OmegaPRM searches only the wrong solution (arith-01); the right one costs nothing
     assert by_key[("arith-00", "omegaprm")]["cost"]["rollouts"] == 0
     assert by_key[("arith-01", "omegaprm")]["cost"]["rollouts"] > 0
