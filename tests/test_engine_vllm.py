@@ -119,21 +119,25 @@ def test_decided_stopping_and_first_error_only_keep_the_labels_on_the_embedded_m
                 ("A box holds 6 eggs. How many eggs are in 3 boxes?", "18")]
     sampling = SamplingConfig(temperature=0.8, top_p=0.95, max_tokens=48)
 
-    async def label_all(config):
-        annotator = MonteCarloAnnotator(engine, config, run_seed=11)
-        out, spent = [], 0
+    async def solutions():
+        out = []
         for p, (question, gold) in enumerate(problems):
             prompt = build_solution_prompt(engine, template, question, "Step 1:")
             sample = await engine.generate(GenerationRequest(
                 prompt=prompt.for_sampling(), n=2, seed=40 + p, max_tokens=64, temperature=0.8))
-            for i, text in enumerate(sample.texts):
-                steps = splitter.split("Step 1:" + text)
-                result = await annotator.annotate(
-                    problem_id=f"p{p}", solution_index=i, prompt=prompt, steps=steps,
-                    splitter=splitter, gold_answer=gold)
-                out.append(result)
-                spent += result.rollouts
-        return out, spent
+            out += [(f"p{p}", i, prompt, splitter.split("Step 1:" + text), gold)
+                    for i, text in enumerate(sample.texts)]
+        return out
+
+    cases = host.run(solutions())
+
+    async def label_all(config):
+        # Every solution at once, as the job runs them: waves are sequential per solution only.
+        annotator = MonteCarloAnnotator(engine, config, run_seed=11)
+        out = await asyncio.gather(*(annotator.annotate(
+            problem_id=pid, solution_index=i, prompt=prompt, steps=steps, splitter=splitter,
+            gold_answer=gold) for pid, i, prompt, steps, gold in cases))
+        return out, sum(r.rollouts for r in out)
 
     def config(**kw):
         return MonteCarloConfig(rollouts=4, sampling=sampling, **kw)
