@@ -102,8 +102,20 @@ def _write_rows_in(count: int, out_dir: str) -> int:
 
 def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
                    total: int | None = None, source_path: str | None = None):
-    """Apply the whole job to ``pipeline``. ``source_path`` replaces the manifest's source
-    path (the launcher passes local paths made absolute)."""
+    """Apply the whole job to ``pipeline``: the staged graph (:mod:`steplabel.pipelines.graph`,
+    one Beam stage per model stage). ``source_path`` replaces the manifest's source path (the
+    launcher passes local paths made absolute)."""
+    from steplabel.pipelines.graph import build_staged_pipeline
+
+    return build_staged_pipeline(pipeline, manifest, out_dir=out_dir, items=items, total=total,
+                                 source_path=source_path)
+
+
+def build_problem_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
+                           total: int | None = None, source_path: str | None = None):
+    """The earlier graph: one ParDo labels each problem whole (:class:`LabelProblemsFn`), then
+    shards are written from its checkpoints. Kept as the reference the staged graph is tested
+    against (``tests/test_stages.py``)."""
     source = manifest.source
     num_shards = manifest.runner.num_shards
     raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
@@ -278,11 +290,14 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     except Exception as exc:  # noqa: BLE001 - only a dead engine is re-worded; the rest re-raised
         if not engine_died(exc):
             raise
-        finished = len(storage.checkpoint_files(out_dir))
+        from steplabel.pipelines.stages import stage_checkpoint_counts
+
+        finished = ", ".join(f"{stage} {count}" for stage, count
+                             in stage_checkpoint_counts(out_dir).items() if count) or "none"
         raise JobError(
-            f"the job stopped because an engine died: {_first_line(exc)}. {finished} finished "
-            f"problems are checkpointed in {storage.join(out_dir, storage.WORK_DIR)}; rerun the "
-            "same command to resume (they are replayed, not recomputed).") from exc
+            f"the job stopped because an engine died: {_first_line(exc)}. Finished keys per "
+            f"stage ({finished}) are checkpointed in {storage.join(out_dir, storage.WORK_DIR)}; "
+            "rerun the same command to resume (they are replayed, not recomputed).") from exc
     counters = {}
     try:
         for counter in result.metrics().query()["counters"]:

@@ -111,8 +111,10 @@ def list_files(pattern: str) -> list[str]:
 
 def temp_files(out_dir: str) -> list[str]:
     """Temporary files of writes that never finished (a killed or failed writer) anywhere a
-    dataset directory is written: the root, every output folder, ``_work`` and checkpoints."""
-    folders = ["", *OUTPUT_DIRS.values(), WORK_DIR, posixpath.join(WORK_DIR, "checkpoints", "*")]
+    dataset directory is written: the root, every output folder, ``_work`` and its checkpoint
+    folders (``_work/checkpoints/<xx>``, ``_work/<stage>/<xx>``)."""
+    folders = ["", *OUTPUT_DIRS.values(), WORK_DIR, posixpath.join(WORK_DIR, "*"),
+               posixpath.join(WORK_DIR, "*", "*")]  # _work/engines, _work/<stage>/<xx>
     patterns = [join(out_dir, folder, f"{TMP_MARK}*") if folder else join(out_dir, f"{TMP_MARK}*")
                 for folder in folders]
     found = []

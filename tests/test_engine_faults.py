@@ -26,6 +26,7 @@ from flaky_server import Fault, FlakyCompletionsServer, write_word_tokenizer
 from steplabel.pipelines import storage
 from steplabel.pipelines.cli import main as cli_main
 from steplabel.pipelines.job import JobError, run_job
+from steplabel.pipelines.stages import stage_checkpoint_counts
 from steplabel.schemas.manifest import manifest_from_dict
 
 pytestmark = pytest.mark.pipeline
@@ -190,19 +191,29 @@ def test_a_dead_engine_stops_the_job_loudly_and_a_rerun_resumes(tmp_path, monkey
     assert status == 2
     assert "an engine died" in err and "rerun the same command to resume" in err
     assert not (out / storage.COMPLETED).exists()
-    # No dead-letter flood: nothing was written as output, the finished problems are saved.
+    # No dead-letter flood: nothing was written as output, the finished keys are saved. The
+    # engine died at request 16: every problem was sampled (8 requests), some solutions were
+    # labelled and judged.
     assert storage.output_files(str(out), "dead_letter") == []
-    checkpoints = storage.list_files(str(out / "_work" / "checkpoints" / "*" / "*.json"))
-    assert 1 <= len(checkpoints) < PROBLEMS
-    assert f"{len(checkpoints)} finished problems are checkpointed" in err
+    finished = stage_checkpoint_counts(str(out))
+    assert finished["sample"] == PROBLEMS
+    assert 1 <= finished["monte_carlo"] + finished["judge"] < 2 * 2 * PROBLEMS
+    assert (f"Finished keys per stage (sample {PROBLEMS}, monte_carlo "
+            f"{finished['monte_carlo']}") in err
 
     monkeypatch.delenv(DIE_AFTER_ENV)
     manifest = load_manifest(manifest_file)
     resumed = run_job(manifest, out_dir=str(out))
     assert_reconciled(resumed, str(out), rows_in=PROBLEMS)
     counters = resumed.stats["counters"]
-    assert counters["problems_resumed"] == len(checkpoints)
-    assert counters["problems_labelled"] == PROBLEMS - len(checkpoints)
+    assert counters["problems_resumed"] == PROBLEMS
+    assert counters.get("problems_labelled", 0) == 0
+    # Nothing finished was computed again; the rest was (one key per labelled solution).
+    labelled = sum(1 for _ in storage.iter_rows(str(out), "trajectories")) + sum(
+        1 for row in storage.iter_rows(str(out), "rejected") if not row["policy_truncated"])
+    for stage in ("monte_carlo", "judge"):
+        assert counters.get(f"stage_{stage}_resumed", 0) == finished[stage]
+        assert counters.get(f"stage_{stage}_computed", 0) == labelled - finished[stage]
     # The same dataset as a run that never failed.
     clean = run_job(manifest, out_dir=str(tmp_path / "clean"))
     assert dataset_rows(str(out)) == dataset_rows(str(tmp_path / "clean"))
@@ -221,7 +232,7 @@ def test_job_error_for_a_dead_engine_names_the_checkpoints(tmp_path, monkeypatch
 
     manifest = load_manifest(scripted_manifest_file(tmp_path))
     monkeypatch.setenv(DIE_AFTER_ENV, "1")  # dies at its first request: nothing finished
-    with pytest.raises(JobError, match=r"an engine died: scripted engine died .* 0 finished "
-                                       r"problems are checkpointed"):
+    with pytest.raises(JobError, match=r"an engine died: scripted engine died .* Finished "
+                                       r"keys per stage \(none\) are checkpointed"):
         run_job(manifest, out_dir=str(tmp_path / "out"))
 

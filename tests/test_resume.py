@@ -1,28 +1,29 @@
-"""A job killed with SIGKILL and rerun ends with the same dataset as an uninterrupted run, and
-does not recompute the problems it had finished."""
+"""A job killed with SIGKILL in each model stage and rerun ends with the same dataset as an
+uninterrupted run, and computes no finished key of any stage again."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from killing import KILL_AT_ENV
 from steplabel.pipelines import storage
+from steplabel.pipelines.stages import stage_checkpoint_counts
 from steplabel.schemas.records import OUTPUTS
 
 pytestmark = pytest.mark.pipeline
 
 TESTS_DIR = Path(__file__).resolve().parent
 PROBLEMS = 16
+SAMPLES = 2
 
 
-def write_job(tmp_path: Path) -> Path:
+def write_job(tmp_path: Path, *, omegaprm: bool) -> Path:
     source = tmp_path / "problems.jsonl"
     with open(source, "w") as handle:
         for i in range(PROBLEMS):
@@ -32,28 +33,28 @@ def write_job(tmp_path: Path) -> Path:
         "name": "resume",
         "seed": 11,
         "source": {"kind": "jsonl", "path": str(source)},
-        "models": {"policy": {"kind": "custom", "factory": "fakes:slow_arithmetic_engine"}},
-        "policy": {"samples": 2},
+        "models": {"policy": {"kind": "custom", "factory": "killing:killing_engine"}},
+        "policy": {"samples": SAMPLES},
         "monte_carlo": {"rollouts": 4},
-        "omegaprm": {"rollouts": 4, "prefilter_rollouts": 8, "search_limit": 2},
         "judge": {},
         "consensus": {},
         "runner": {"max_in_flight": 2, "num_shards": 3},
     }
+    if omegaprm:
+        manifest["omegaprm"] = {"rollouts": 4, "prefilter_rollouts": 8, "search_limit": 2}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(manifest))
     return path
 
 
-def steplabel(manifest: Path, out: Path) -> subprocess.Popen:
+def steplabel(manifest: Path, out: Path, kill_at: str | None = None):
     env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
-    return subprocess.Popen([sys.executable, "-m", "steplabel", "run", str(manifest),
-                             "--out", str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def checkpoints(out: Path) -> int:
-    return len(list((out / "_work" / "checkpoints").glob("*/*.json")))
+    env.pop(KILL_AT_ENV, None)
+    if kill_at:
+        env[KILL_AT_ENV] = kill_at
+    return subprocess.run([sys.executable, "-m", "steplabel", "run", str(manifest), "--out",
+                           str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=300)
 
 
 def dataset(out: Path) -> dict:
@@ -72,33 +73,59 @@ def dataset(out: Path) -> dict:
     return tables
 
 
-def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
-    manifest = write_job(tmp_path)
-    killed = tmp_path / "killed"
-    proc = steplabel(manifest, killed)
-    deadline = time.monotonic() + 120
-    while checkpoints(killed) < 4:
-        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "the job made no progress"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    finished_before = checkpoints(killed)
-    assert 4 <= finished_before < PROBLEMS
-    assert not (killed / "COMPLETED").exists()
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """Uninterrupted runs, with and without OmegaPRM."""
+    runs = {}
+    for omegaprm in (True, False):
+        base = tmp_path_factory.mktemp(f"clean-{omegaprm}")
+        manifest = write_job(base, omegaprm=omegaprm)
+        done = steplabel(manifest, base / "out")
+        assert done.returncode == 0, done.stdout.decode()[-3000:]
+        runs[omegaprm] = (manifest, dataset(base / "out"),
+                          json.loads((base / "out" / "stats.json").read_text())["counters"])
+    return runs
 
-    rerun = steplabel(manifest, killed)
-    output = rerun.communicate(timeout=300)[0].decode()
-    assert rerun.returncode == 0, output[-3000:]
-    stats = json.loads((killed / "stats.json").read_text())
-    assert stats["counters"]["problems_resumed"] >= finished_before
-    assert stats["counters"]["problems_labelled"] == PROBLEMS - stats["counters"][
-        "problems_resumed"]
 
-    clean = tmp_path / "clean"
-    uninterrupted = steplabel(manifest, clean)
-    output = uninterrupted.communicate(timeout=300)[0].decode()
-    assert uninterrupted.returncode == 0, output[-3000:]
+#: (where the kill lands, request that triggers it, OmegaPRM on, stage caught mid-way)
+KILLS = [
+    ("sampling", "start:9", True, "sample"),
+    ("monte_carlo", "continue:40", False, "monte_carlo"),
+    ("judge", "judge:12", False, "judge"),
+]
 
-    assert dataset(killed) == dataset(clean)
-    assert not list(killed.rglob("*.inprogress-*"))
+
+@pytest.mark.parametrize("where,kill_at,omegaprm,stage", KILLS, ids=[k[0] for k in KILLS])
+def test_sigkill_in_a_stage_then_rerun_equals_uninterrupted_run(tmp_path, clean, where,
+                                                                 kill_at, omegaprm, stage):
+    manifest, reference, reference_counters = clean[omegaprm]  # the same manifest (hash)
+    out = tmp_path / "killed"
+    killed = steplabel(manifest, out, kill_at=kill_at)
+    assert killed.returncode == -9, killed.stdout.decode()[-3000:]
+    assert not (out / "COMPLETED").exists()
+    finished = stage_checkpoint_counts(str(out))
+    # Killed while the stage ran: some of its keys finished, not all.
+    keys = {"sample": PROBLEMS, "omegaprm": PROBLEMS, "monte_carlo": PROBLEMS * SAMPLES,
+            "judge": PROBLEMS * SAMPLES}
+    assert 1 <= finished[stage] < keys[stage], finished
+    if stage == "sample":
+        assert finished["monte_carlo"] == finished["judge"] == 0
+    else:
+        assert finished["sample"] == PROBLEMS
+
+    rerun = steplabel(manifest, out)
+    assert rerun.returncode == 0, rerun.stdout.decode()[-3000:]
+    counters = json.loads((out / "stats.json").read_text())["counters"]
+    # Every key finished before the kill is replayed, none computed again.
+    for name, count in finished.items():
+        assert counters.get(f"stage_{name}_resumed", 0) == count, name
+    assert counters["problems_resumed"] == finished["sample"]
+    assert counters.get("problems_labelled", 0) == PROBLEMS - finished["sample"]
+
+    assert dataset(out) == reference
+    content = {k: v for k, v in counters.items()
+               if not k.startswith(("stage_", "engine_", "problems_")) and "cached" not in k}
+    assert content == {k: v for k, v in reference_counters.items()
+                       if not k.startswith(("stage_", "engine_", "problems_"))
+                       and "cached" not in k}
+    assert not list(out.rglob("*.inprogress-*"))

@@ -49,7 +49,8 @@ def test_profile_builds_pipeline_up_to_submission(repo_root, runner, profile):
     build_pipeline(pipeline, m, out_dir="gs://bucket/out")
     proto = pipeline.to_runner_api()
     names = {t.unique_name for t in proto.components.transforms.values()}
-    assert {"ReadProblems", "ValidateProblems", "LabelProblems", "WriteOutputs"} <= names
+    assert {"ReadProblems", "ValidateProblems", "Label/SampleSolutions", "Label/MonteCarlo",
+            "Label/AssembleTrajectories", "Label/MergeProblems", "Write"} <= names
 
 
 def test_local_runner_options():

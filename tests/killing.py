@@ -1,0 +1,44 @@
+"""A scripted engine that SIGKILLs its own job at a chosen request, for the resume tests.
+
+``$STEPLABEL_FAKE_KILL_AT`` = ``<kind>:<n>``: the process is killed (``SIGKILL``, no cleanup)
+when the engine receives its ``n``-th request of ``kind``: ``start`` (a sample from the
+question: the policy's, or an OmegaPRM pre-filter), ``continue`` (a rollout from a step prefix:
+Monte Carlo or OmegaPRM) or ``judge``. Unset: the slow arithmetic engine of :mod:`fakes`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from fakes import ScriptedEngine, _arithmetic_respond
+
+KILL_AT_ENV = "STEPLABEL_FAKE_KILL_AT"
+
+
+def request_kind(prompt: str) -> str:
+    if "<paragraph_0>" in prompt:
+        return "judge"
+    return "start" if prompt.endswith("Step 1:") else "continue"
+
+
+class KillingEngine(ScriptedEngine):
+    def __init__(self, *, kind: str | None, at: int | None, **kwargs) -> None:
+        super().__init__(_arithmetic_respond, **kwargs)
+        self.kind, self.at = kind, at
+        self.seen = 0
+
+    async def generate(self, request):
+        if self.kind is not None and request_kind(request.prompt) == self.kind:
+            self.seen += 1
+            if self.seen == self.at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return await super().generate(request)
+
+
+def killing_engine(config) -> KillingEngine:
+    """``kind: custom`` factory (``factory: killing:killing_engine``)."""
+    spec = os.environ.get(KILL_AT_ENV)
+    kind, _, at = spec.partition(":") if spec else (None, "", "")
+    return KillingEngine(kind=kind, at=int(at) if at else None,
+                         model_id="scripted-arithmetic", delay_s=0.02)
