@@ -159,29 +159,18 @@ def engine_processes_output(path: str | None):
         os.close(target)
 
 
-@contextlib.contextmanager
-def children_log_as_vllm(enabled: bool):
-    """While the engine's processes are created: vLLM's own logging configuration on for them
-    (``VLLM_CONFIGURE_LOGGING=1``), whatever this process uses. The command line turns it off
-    here, so that vLLM's records of this process go through Python logging to the dataset's log
-    file instead of a handler of vLLM's own on stdout; the children write to that file anyway
-    (:func:`engine_processes_output`) and need a handler to write anything."""
-    if not enabled:
-        yield
-        return
-    # vLLM imports lazily: configure this process's vLLM logging now, under its own setting,
-    # or the first import inside the window would give it vLLM's handler after all.
-    import vllm.logger  # noqa: F401
+def route_vllm_records_to_root() -> None:
+    """This process's vLLM records take the way of every library's: through Python's root
+    logger (the command line's handlers: the dataset's log file, and the terminal with ``-v``).
 
-    previous = os.environ.get("VLLM_CONFIGURE_LOGGING")
-    os.environ["VLLM_CONFIGURE_LOGGING"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("VLLM_CONFIGURE_LOGGING", None)
-        else:
-            os.environ["VLLM_CONFIGURE_LOGGING"] = previous
+    vLLM 0.32 applies its logging configuration while it builds the engine config (the
+    ``LoggingConfig`` of the engine arguments, which its child processes apply too): a stream
+    handler on the ``vllm`` logger that does not propagate. Its child processes keep it (their
+    stream is the log file, :func:`engine_processes_output`); this process drops it."""
+    logger = logging.getLogger("vllm")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True
 
 
 #: Engines started in this process and not shut down yet (for the exit-time shutdown).
@@ -260,8 +249,9 @@ class VLLMEngine:
             disable_log_stats=True,
             **extra,
         )
-        with children_log_as_vllm(bool(os.environ.get(ENGINE_LOG_ENV))):
-            llm = async_llm_class().from_engine_args(args)
+        llm = async_llm_class().from_engine_args(args)
+        if os.environ.get(ENGINE_LOG_ENV):
+            route_vllm_records_to_root()
         start_orphan_reaper()
         tokenizer = AutoTokenizer.from_pretrained(model.path, revision=config.revision)
         engine = cls(config, model, llm, tokenizer)

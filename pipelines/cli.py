@@ -137,7 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         args.beam_args = extra
         command_logs.set_verbose(args.verbose)
         with logs.results_on_stdout():
-            return _dispatch(parser, args)
+            try:
+                return _dispatch(parser, args)
+            finally:
+                # Engines still running (the job's workers keep theirs) stop now, while their
+                # shutdown's records still reach the log file; at exit would be too late.
+                from steplabel.engines.vllm_engine import shutdown_live_engines
+
+                shutdown_live_engines()
 
 
 def _dispatch(parser: argparse.ArgumentParser, args) -> int:

@@ -319,21 +319,15 @@ class Progress:
     def _draw(self) -> None:
         from tqdm import tqdm
 
+        known = self.total is not None
+        counted = ("{desc:>19}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} " if known
+                   else "{desc:>19}: {n_fmt} ")
+        common = dict(file=self.stream, dynamic_ncols=True, mininterval=self.refresh_s,
+                      leave=True, unit="")
         if not self._bars:
-            known = self.total is not None
-            counted = ("{desc:>19}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} " if known
-                       else "{desc:>19}: {n_fmt} ")
-            common = dict(file=self.stream, dynamic_ncols=True, mininterval=self.refresh_s,
-                          leave=True, unit="")
-            self._bars["problems"] = tqdm(total=self.total, desc="problems", position=0,
-                                          bar_format=counted + "[{elapsed}{postfix}]",
-                                          **common)
-            for position, (role, label) in enumerate(self.STAGES, start=1):
-                policy = role == "policy"
-                self._bars[role] = tqdm(
-                    total=self.total if policy else None, desc=label, position=position,
-                    bar_format=(counted if policy else "{desc:>19}: {n_fmt} ") + "[{rate_fmt}]",
-                    **common)
+            self._bars["problems"] = self._since_start(tqdm(
+                total=self.total, desc="problems", position=0,
+                bar_format=counted + "[{elapsed}{postfix}]", **common))
         elapsed = max(1e-6, self.clock() - self.started)
         problems = self._bars["problems"]
         eta = self.eta_s()
@@ -343,9 +337,26 @@ class Progress:
             + (f", ETA {_clock(eta)}" if eta is not None else ""), refresh=False)
         self._advance(problems, self.done)
         counts = dict(self.stage_counts)
-        counts["policy"] = counts.get("policy", 0) + self.resumed  # resumed: sampled before
-        for role, _ in self.STAGES:
-            self._advance(self._bars[role], counts.get(role, 0))
+        if counts.get("policy") or self.resumed:
+            counts["policy"] = counts.get("policy", 0) + self.resumed  # sampled before
+        for role, label in self.STAGES:
+            if role not in self._bars and counts.get(role):
+                # A stage's bar appears once it has work (evaluate samples no solutions).
+                policy = role == "policy"
+                self._bars[role] = self._since_start(tqdm(
+                    total=self.total if policy else None, desc=label,
+                    position=len(self._bars),
+                    bar_format=(counted if policy else "{desc:>19}: {n_fmt} ") + "[{rate_fmt}]",
+                    **common))
+            if role in self._bars:
+                self._advance(self._bars[role], counts.get(role, 0))
+
+    def _since_start(self, bar):
+        """A bar's clock (elapsed time, average rate) starts with the labelling stage, not
+        when the bar is first drawn."""
+        bar.start_t -= max(0.0, self.clock() - self.started)
+        bar.last_print_t = bar.start_t
+        return bar
 
     @staticmethod
     def _advance(bar, count: int) -> None:

@@ -13,9 +13,9 @@ logs in the dataset's log file.
 - **The log file** ``DIR/logs/<command>.log`` of the dataset (or evaluation) directory gets the
   records of every logger of this process (vLLM, Beam, transformers, Python warnings), and what
   the vLLM engine's child processes print (:mod:`steplabel.engines.vllm_engine` starts them with
-  their stdout and stderr on this file, ``$STEPLABEL_ENGINE_LOG``). vLLM's own stdout handler is
-  turned off in this process (``VLLM_CONFIGURE_LOGGING=0`` unless the user set it), so its
-  records take the same way as every other library's.
+  their stdout and stderr on this file, ``$STEPLABEL_ENGINE_LOG``). vLLM's own handler writes to
+  stderr (``VLLM_LOGGING_STREAM``, unless the user set it) and is dropped in this process once
+  the engine is built, so that its records take the same way as every other library's.
 
 The log file is created only once the command owns the directory (its ``_work/run.json`` is
 written after the command started): until then records are kept in memory, so that a refused
@@ -41,7 +41,7 @@ FILE_ONLY = "file_only"
 MAX_BUFFERED_RECORDS = 20_000
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(processName)s %(process)d]: %(message)s"
 #: Environment defaults the command line sets for vLLM (a user's own values win).
-VLLM_ENVIRONMENT = {"VLLM_CONFIGURE_LOGGING": "0", "VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+VLLM_ENVIRONMENT = {"VLLM_LOGGING_STREAM": "ext://sys.stderr"}
 
 
 def log_path(out_dir: str, command: str) -> str:

@@ -161,13 +161,13 @@ def test_log_file_of_a_refused_directory_is_never_written(tmp_path):
 
 
 def test_command_logging_is_undone(monkeypatch):
-    monkeypatch.delenv("VLLM_CONFIGURE_LOGGING", raising=False)
+    monkeypatch.delenv("VLLM_LOGGING_STREAM", raising=False)
     root = logging.getLogger()
     before = (list(root.handlers), root.level)
     with logs.command_logging(verbose=False):
-        assert os.environ["VLLM_CONFIGURE_LOGGING"] == "0"
+        assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stderr"  # never stdout
     assert (list(root.handlers), root.level) == before
-    assert "VLLM_CONFIGURE_LOGGING" not in os.environ
+    assert "VLLM_LOGGING_STREAM" not in os.environ
 
 
 def test_results_alone_on_stdout_whatever_writes_to_descriptor_1():
