@@ -27,6 +27,10 @@ def build_staged_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, it
     from steplabel.pipelines.job import _write_rows_in
     from steplabel.pipelines.sources import ReadProblems, ValidateProblems
 
+    from steplabel.pipelines.runners import stage_accelerators
+
+    if accelerators is None:
+        accelerators = stage_accelerators(manifest.runner)
     source = manifest.source
     num_shards = manifest.runner.num_shards
     raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)

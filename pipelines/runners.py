@@ -61,7 +61,7 @@ def load_profile(path: str) -> dict:
     data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict) or not isinstance(data.get("options", {}), dict):
         raise ConfigError(f"runner.profile: {path} must be a mapping with an 'options' mapping")
-    unknown = set(data) - {"runner", "description", "options"}
+    unknown = set(data) - {"runner", "description", "options", "stage_accelerators"}
     if unknown:
         raise ConfigError(f"runner.profile: unknown key(s) {', '.join(sorted(unknown))} in {path}")
     data["options"] = {key: expand_variables(value, where=f"option {key} in {path}")
@@ -84,3 +84,25 @@ def runner_options(runner) -> list[str]:
                           f"not {runner.runner}")
     options = {**profile.get("options", {}), **runner.options}
     return _as_args(options)
+
+
+#: Engine roles a profile may place on their own accelerators (``stage_accelerators``).
+ROLES = ("policy", "completer", "judge")
+
+
+def stage_accelerators(runner) -> dict[str, str]:
+    """Per engine role, the Beam ``accelerator`` resource hint its stages declare (a runner
+    profile's ``stage_accelerators``, e.g. ``judge: "type:nvidia-a100-80gb;count:1;
+    install-nvidia-driver"``). Dataflow gives steps with different hints their own worker pools
+    (right fitting); runners without resource hints ignore them. Local runs: none."""
+    if runner.runner == "local" or not runner.profile:
+        return {}
+    hints = load_profile(runner.profile).get("stage_accelerators") or {}
+    if not isinstance(hints, dict):
+        raise ConfigError(f"runner.profile: stage_accelerators in {runner.profile} must be a "
+                          "mapping of role to accelerator")
+    unknown = set(hints) - set(ROLES)
+    if unknown:
+        raise ConfigError(f"runner.profile: stage_accelerators in {runner.profile} names "
+                          f"{', '.join(sorted(unknown))}; roles are {', '.join(ROLES)}")
+    return {role: str(value) for role, value in hints.items()}

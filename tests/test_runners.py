@@ -51,6 +51,13 @@ def test_profile_builds_pipeline_up_to_submission(repo_root, runner, profile):
     names = {t.unique_name for t in proto.components.transforms.values()}
     assert {"ReadProblems", "ValidateProblems", "Label/SampleSolutions", "Label/MonteCarlo",
             "Label/AssembleTrajectories", "Label/MergeProblems", "Write"} <= names
+    # Each model stage declares the accelerator the profile names for its role.
+    hints = {t.unique_name: t.environment_id and proto.components.environments[
+        t.environment_id].resource_hints for t in proto.components.transforms.values()}
+    if runner == "dataflow":
+        accelerator = b"type:nvidia-l4;count:1;install-nvidia-driver"
+        assert accelerator in hints["Label/MonteCarlo"].values()
+        assert accelerator in hints["Label/SampleSolutions"].values()
 
 
 def test_local_runner_options():
