@@ -41,8 +41,8 @@ from steplabel.annotators.prompts import build_solution_prompt, load_template
 from steplabel.annotators.seeds import derive_seed
 from steplabel.annotators.splitting import get_splitter
 from steplabel.engines.base import ContextLengthError, CostMeter, EngineError
+from steplabel.schemas import rows as R
 from steplabel.schemas.config import to_mapping
-from steplabel.schemas.records import empty_cost
 
 #: Stage names: checkpoint folders (``_work/<stage>/``) and the order in which an engine
 #: failure is chosen when several stages of one problem failed.
@@ -222,52 +222,44 @@ class StageContext:
                 "judge": "llm_judge/1" if m.judge else None,
             },
         }
-        return {
-            "steplabel_version": __version__,
-            "manifest_hash": self.manifest_hash,
-            "run_seed": m.seed,
-            "policy_model": policy_id,
-            "policy_weights_sha256": policy_sha,
-            "completer_model": completer_id if (m.monte_carlo or m.omegaprm) else None,
-            "completer_weights_sha256": completer_sha if (m.monte_carlo or m.omegaprm) else None,
-            "judge_model": judge_id if m.judge else None,
-            "judge_weights_sha256": judge_sha if m.judge else None,
-            "engine_version": engine_version,
-            "policy_sampling": json.dumps(to_mapping(m.policy.sampling), sort_keys=True),
-            "mc_sampling": json.dumps(to_mapping(m.monte_carlo.sampling), sort_keys=True)
+        return R.as_row(R.Provenance(
+            steplabel_version=__version__,
+            manifest_hash=self.manifest_hash,
+            run_seed=m.seed,
+            policy_model=policy_id,
+            policy_weights_sha256=policy_sha,
+            completer_model=completer_id if (m.monte_carlo or m.omegaprm) else None,
+            completer_weights_sha256=completer_sha if (m.monte_carlo or m.omegaprm) else None,
+            judge_model=judge_id if m.judge else None,
+            judge_weights_sha256=judge_sha if m.judge else None,
+            engine_version=engine_version,
+            policy_sampling=json.dumps(to_mapping(m.policy.sampling), sort_keys=True),
+            mc_sampling=json.dumps(to_mapping(m.monte_carlo.sampling), sort_keys=True)
             if m.monte_carlo else None,
-            "judge_sampling": json.dumps(to_mapping(m.judge.sampling), sort_keys=True)
+            judge_sampling=json.dumps(to_mapping(m.judge.sampling), sort_keys=True)
             if m.judge else None,
-            "policy_seed": None,
-            "splitter": self.splitter.provenance(),
-            "policy_template_id": self.policy_template.id,
-            "policy_template_sha256": self.policy_template.sha256,
-            "judge_template_id": judge_template.id if judge_template else None,
-            "judge_template_sha256": judge_template.sha256 if judge_template else None,
-            "annotators": json.dumps(annotators, sort_keys=True),
-            "grader_version": GRADER_VERSION,
-        }
+            policy_seed=None,
+            splitter=self.splitter.provenance(),
+            policy_template_id=self.policy_template.id,
+            policy_template_sha256=self.policy_template.sha256,
+            judge_template_id=judge_template.id if judge_template else None,
+            judge_template_sha256=judge_template.sha256 if judge_template else None,
+            annotators=json.dumps(annotators, sort_keys=True),
+            grader_version=GRADER_VERSION,
+        ))
 
     def dead_letter(self, problem_id, source, original, failure: Failure) -> dict:
-        return {"stage": "label", "reason": failure.reason, "error": failure.error,
-                "problem_id": problem_id, "source": source, "original": original,
-                "manifest_hash": self.manifest_hash}
+        return R.as_row(R.DeadLetter(stage="label", reason=failure.reason, error=failure.error,
+                                     problem_id=problem_id, source=source, original=original,
+                                     manifest_hash=self.manifest_hash))
 
     def filtered_row(self, problem: Problem, *, stage, reason, counts, cost) -> dict:
-        return {
-            "problem_id": problem.problem_id,
-            "source": problem.source,
-            "question": problem.question,
-            "gold_answer": problem.gold_answer,
-            "stage": stage,
-            "reason": reason,
-            "n_correct": counts[0],
-            "n_total": counts[1],
-            "n_unknown": counts[2],
-            "n_truncated": counts[3] if len(counts) > 3 else 0,
-            "cost": cost,
-            "manifest_hash": self.manifest_hash,
-        }
+        return R.as_row(R.Filtered(
+            problem_id=problem.problem_id, source=problem.source, question=problem.question,
+            gold_answer=problem.gold_answer, stage=stage, reason=reason, n_correct=counts[0],
+            n_total=counts[1], n_unknown=counts[2],
+            n_truncated=counts[3] if len(counts) > 3 else 0, cost=cost,
+            manifest_hash=self.manifest_hash))
 
 
 def _omegaprm_name() -> str:
@@ -406,44 +398,16 @@ def _plain(value):
 # The trajectory row (no engine)
 
 
-def _empty_row(solution: Solution, provenance: dict) -> dict:
-    """A trajectory row with every annotator field empty (None)."""
-    return {
-        "problem_id": solution.problem_id,
-        "source": solution.source,
-        "solution_index": solution.index,
-        "question": solution.question,
-        "gold_answer": solution.gold_answer,
-        "solution": solution.solution,
-        "steps": list(solution.steps),
-        "final_answer": None,
-        "final_answer_correct": None,
-        "outcome_reason": None,
-        "policy_truncated": False,
-        "mc_n_correct": None,
-        "mc_n_total": None,
-        "mc_n_unknown": None,
-        "mc_n_truncated": None,
-        "mc_values": None,
-        "hard_labels": None,
-        "soft_labels": None,
-        "mc_first_error": None,
-        "omegaprm_first_error": None,
-        "judge_first_error": None,
-        "judge_agreement": None,
-        "judge_votes": None,
-        "judge_replies": None,
-        "judge_parse_reasons": None,
-        "judge_finish_reasons": None,
-        "consensus_keep": None,
-        "consensus_reason": None,
-        "labels": None,
-        "label_source": None,
-        "cost_policy": dict(solution.cost_policy),
-        "cost_mc": empty_cost(),
-        "cost_judge": empty_cost(),
-        "provenance": {**provenance, "policy_seed": solution.policy_seed},
-    }
+def _trajectory(solution: Solution, provenance: dict, **fields) -> dict:
+    """A trajectory row: the solution, the annotator ``fields`` given, every other annotator
+    field empty (None)."""
+    fields = {"cost_mc": R.as_row(R.Cost()), "cost_judge": R.as_row(R.Cost()), **fields}
+    return R.as_row(R.Trajectory(
+        problem_id=solution.problem_id, source=solution.source, solution_index=solution.index,
+        question=solution.question, gold_answer=solution.gold_answer,
+        solution=solution.solution, steps=list(solution.steps),
+        cost_policy=dict(solution.cost_policy),
+        provenance={**provenance, "policy_seed": solution.policy_seed}, **fields))
 
 
 def assemble_trajectory(ctx: StageContext, solution: Solution, mc: Labels | None,
@@ -456,42 +420,40 @@ def assemble_trajectory(ctx: StageContext, solution: Solution, mc: Labels | None
         if labels is not None and labels.failure is not None:
             return Piece(rank=(STAGE_ORDER.index(stage), solution.index),
                          failure=labels.failure)
-    row = _empty_row(solution, provenance)
     if solution.truncated:
-        row.update(policy_truncated=True, outcome_reason=REASON_POLICY_TRUNCATED,
-                   consensus_keep=False, consensus_reason=REASON_POLICY_TRUNCATED)
+        row = _trajectory(solution, provenance, policy_truncated=True,
+                          outcome_reason=REASON_POLICY_TRUNCATED, consensus_keep=False,
+                          consensus_reason=REASON_POLICY_TRUNCATED)
         return Piece(rank=rank, rows={"rejected": [row]},
                      counters={"trajectories_rejected": 1,
                                f"rejected_{REASON_POLICY_TRUNCATED}": 1})
-    row.update(final_answer=solution.final_answer,
-               final_answer_correct=solution.final_answer_correct,
-               outcome_reason=solution.outcome_reason)
+    fields = dict(final_answer=solution.final_answer,
+                  final_answer_correct=solution.final_answer_correct,
+                  outcome_reason=solution.outcome_reason)
     counters: dict[str, int] = {}
     if mc is not None:
-        row.update(mc.fields)
+        fields.update(mc.fields)
         counters.update(mc.counters)
     if verdict is not None:
-        row.update(verdict.fields)
+        fields.update(verdict.fields)
         counters.update(verdict.counters)
     output = "trajectories"
     if m.consensus is not None:
         decision = consensus(mc.fields["mc_first_error"], verdict.fields["judge_first_error"])
-        row["consensus_keep"] = decision.keep
-        row["consensus_reason"] = decision.reason
-        row["label_source"] = "consensus"
+        fields.update(consensus_keep=decision.keep, consensus_reason=decision.reason,
+                      label_source="consensus")
         if decision.keep:
-            row["labels"] = consensus_labels(decision.first_error, len(solution.steps))
+            fields["labels"] = consensus_labels(decision.first_error, len(solution.steps))
         else:
             output = "rejected"
     elif mc is not None:
-        row["labels"] = mc.fields["hard_labels"]
-        row["label_source"] = "monte_carlo"
+        fields.update(labels=mc.fields["hard_labels"], label_source="monte_carlo")
     elif verdict is not None and verdict.fields["judge_first_error"] is not None:
-        row["labels"] = consensus_labels(verdict.fields["judge_first_error"],
-                                         len(solution.steps))
-        row["label_source"] = "judge"
+        fields.update(labels=consensus_labels(verdict.fields["judge_first_error"],
+                                              len(solution.steps)), label_source="judge")
     counters[f"trajectories_{output}"] = 1
-    return Piece(rank=rank, rows={output: [row]}, counters=counters)
+    return Piece(rank=rank, rows={output: [_trajectory(solution, provenance, **fields)]},
+                 counters=counters)
 
 
 def sampled_piece(sampled: Sampled) -> Piece:
@@ -544,63 +506,34 @@ async def omegaprm_rows(ctx: StageContext, annotator, prompt, problem: Problem, 
     states = rows.setdefault("omegaprm_states", [])
     for state, after_error in [*((s, False) for s in result.states),
                                *((s, True) for s in result.states_after_error)]:
-        states.append({
-            "record_type": state.kind,
-            "problem_id": problem.problem_id,
-            "question": problem.question,
-            "gold_answer": problem.gold_answer,
-            "tree_id": tree_id,
-            "node_id": node_id(state.state_id),
-            "parent_id": node_id(state.parent_id),
-            "after_error": after_error,
-            "depth": state.depth,
-            "prefix": state.prefix,
-            "action": state.action,
-            "action_pieces": state.action_pieces,
-            "single_step": state.single_step,
-            "mc_value": state.value,
-            "hard_label": state.hard_label,
-            "n_correct": state.n_correct,
-            "n_total": state.n_total,
-            "n_unknown": state.n_unknown,
-            "n_truncated": state.n_truncated,
-            "rollout_of": node_id(state.rollout_of),
-            "manifest_hash": ctx.manifest_hash,
-            "completer_model": completer_model,
-        })
-    pairs = [{
-        "problem_id": problem.problem_id,
-        "tree_id": tree_id,
-        "parent_id": node_id(pair.parent_id),
-        "prefix": node[pair.parent_id].prefix,
-        "node_a": node_id(pair.first_id),
-        "node_b": node_id(pair.second_id),
-        "action_a": node[pair.first_id].action,
-        "action_b": node[pair.second_id].action,
-        "mc_a": pair.first_value,
-        "mc_b": pair.second_value,
-        "preference_a": pair.preference,
-        "single_step": pair.single_step,
-        "manifest_hash": ctx.manifest_hash,
-    } for pair in result.pairs]
+        states.append(R.as_row(R.OmegaPRMState(
+            record_type=state.kind, problem_id=problem.problem_id, question=problem.question,
+            gold_answer=problem.gold_answer, tree_id=tree_id, node_id=node_id(state.state_id),
+            parent_id=node_id(state.parent_id), after_error=after_error, depth=state.depth,
+            prefix=state.prefix, action=state.action, action_pieces=state.action_pieces,
+            single_step=state.single_step, mc_value=state.value, hard_label=state.hard_label,
+            n_correct=state.n_correct, n_total=state.n_total, n_unknown=state.n_unknown,
+            n_truncated=state.n_truncated, rollout_of=node_id(state.rollout_of),
+            manifest_hash=ctx.manifest_hash, completer_model=completer_model)))
+    pairs = [R.as_row(R.OmegaPRMPair(
+        problem_id=problem.problem_id, tree_id=tree_id, parent_id=node_id(pair.parent_id),
+        prefix=node[pair.parent_id].prefix, node_a=node_id(pair.first_id),
+        node_b=node_id(pair.second_id), action_a=node[pair.first_id].action,
+        action_b=node[pair.second_id].action, mc_a=pair.first_value, mc_b=pair.second_value,
+        preference_a=pair.preference, single_step=pair.single_step,
+        manifest_hash=ctx.manifest_hash)) for pair in result.pairs]
     if pairs:
         rows["omegaprm_pairs"] = pairs
     searches = []
     for search in result.searches:
-        searches.append({
-            "problem_id": problem.problem_id,
-            "tree_id": tree_id,
-            "search_index": search.search_index,
-            "start_node": node_id(search.state_id),
-            "rollout_id": f"{node_id(search.state_id)}#{search.rollout_index}",
-            "pieces": search.steps,
-            "start_index": search.start_index,
-            "first_error": search.first_error_index,
-            "reason": search.reason,
-            "rollouts_used": search.rollouts,
-            "rollouts_truncated": search.rollouts_truncated,
-            "manifest_hash": ctx.manifest_hash,
-        })
+        searches.append(R.as_row(R.OmegaPRMSearch(
+            problem_id=problem.problem_id, tree_id=tree_id, search_index=search.search_index,
+            start_node=node_id(search.state_id),
+            rollout_id=f"{node_id(search.state_id)}#{search.rollout_index}",
+            pieces=search.steps, start_index=search.start_index,
+            first_error=search.first_error_index, reason=search.reason,
+            rollouts_used=search.rollouts, rollouts_truncated=search.rollouts_truncated,
+            manifest_hash=ctx.manifest_hash)))
         if search.reason != "located":
             count(f"omegaprm_searches_{search.reason}")
     if searches:
