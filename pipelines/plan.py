@@ -50,6 +50,8 @@ ROW_COSTS = {"cost_policy": "policy", "cost_mc": "monte_carlo", "cost_judge": "j
 #: Two-sided 95% normal quantile.
 Z95 = 1.959964
 DEFAULT_PILOT = 24
+#: Beside a kept pilot's dataset (``--pilot-out DIR``): which rows it sampled, its job time.
+PILOT_FILE = "pilot.json"
 
 
 class PlanError(RuntimeError):
@@ -423,8 +425,8 @@ def format_plan(plan: dict) -> str:
             lines.append("  " + "  ".join("-" * w for w in widths))
     t, total = plan["throughput"], plan["total"]
     tps = t["generated_tokens_per_s"]
-    measured = (f"measured in the pilot over {t['pilot_engine_busy_s']:.1f}s of engine-busy "
-                "time" if t["source"] == "pilot" and t["pilot_engine_busy_s"] is not None
+    measured = (f"measured over {t['pilot_engine_busy_s']:.1f}s of engine-busy time"
+                if t["source"] == "pilot" and t["pilot_engine_busy_s"] is not None
                 else "given (--tokens-per-s)")
     in_flight = t.get("pilot_samples_in_flight")
     lines.append(f"  throughput: {tps:.1f} generated tokens/s per accelerator, {measured}"
@@ -503,7 +505,24 @@ def _run_pilot(manifest, args, source_rows: int, root: Path):
     print(f"[steplabel] plan: pilot of {len(indices)} of {source_rows} source rows "
           f"(seed {manifest.seed}) in {root}", file=sys.stderr)
     result = run_job(pilot_manifest, out_dir=str(dataset))
+    # What --from needs to make the same plan from a kept pilot again.
+    (root / PILOT_FILE).write_text(json.dumps({
+        "source": manifest.to_dict()["source"], "source_rows": source_rows,
+        "indices": indices, "job_seconds": result.seconds}, indent=1), encoding="utf-8")
     return str(dataset), result
+
+
+def _kept_pilot(dataset: str, manifest) -> dict | None:
+    """The record of a pilot of this manifest's source that ``--pilot-out`` kept beside
+    ``dataset`` (None for any other dataset)."""
+    if "://" in dataset:
+        return None
+    path = Path(dataset).resolve().parent / PILOT_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if record.get("source") == manifest.to_dict()["source"] else None
 
 
 def run(args) -> int:
@@ -534,9 +553,13 @@ def run(args) -> int:
                     != manifest.to_dict().get(k))
                 notes.append(f"{dataset} was made with other settings ({', '.join(differ)}): "
                              "its costs may not be this manifest's")
-            # A run of this very source (not a sample of it) measured the whole population.
-            finite = bool(made_with) and made_with.get("source") == manifest.to_dict()["source"]
-            job_seconds, pilot_text = None, f"the dataset {dataset}"
+            # A run of this very source, or a kept pilot of it: a sample without replacement
+            # of these rows (a run of the whole source has no spread left).
+            kept = _kept_pilot(dataset, manifest)
+            finite = kept is not None or (
+                bool(made_with) and made_with.get("source") == manifest.to_dict()["source"])
+            job_seconds = kept["job_seconds"] if kept else None
+            pilot_text = (f"the kept pilot {dataset}" if kept else f"the dataset {dataset}")
         else:
             root = Path(args.pilot_out) if keep_root else Path(
                 tempfile.mkdtemp(prefix="steplabel-plan-"))

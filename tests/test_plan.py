@@ -169,7 +169,7 @@ def test_whole_source_pilot_equals_the_runs_own_totals(full_run, tmp_path, capsy
 
 def test_pilot_sample_projects_within_its_interval_of_the_run(full_run, tmp_path, capsys):
     manifest_path, _, result = full_run
-    projected = plan_json(capsys, manifest_path, "--pilot", 4)
+    projected = plan_json(capsys, manifest_path, "--pilot", 4, "--pilot-out", tmp_path / "kept")
     assert projected["pilot_rows"] == 4 and projected["source_rows"] == PROBLEMS
     rollouts = projected["total"]["rollouts"]
     assert rollouts["low"] < rollouts["projected"] < rollouts["high"]
@@ -179,6 +179,10 @@ def test_pilot_sample_projects_within_its_interval_of_the_run(full_run, tmp_path
     again = plan_json(capsys, manifest_path, "--pilot", 4)
     for name in ("rollouts", "prompt_tokens", "generated_tokens"):  # times are measured
         assert again["total"][name] == projected["total"][name]
+    # A kept pilot read again gives the same plan, times included.
+    reread = plan_json(capsys, manifest_path, "--from", tmp_path / "kept" / "dataset")
+    assert reread["total"] == projected["total"]
+    assert reread["stages"] == projected["stages"]
 
 
 def test_from_reads_a_finished_dataset(full_run, capsys):
