@@ -26,7 +26,7 @@ from typing import Literal
 Verdict = Literal["correct", "incorrect", "unknown"]
 GoldFormat = Literal["plain", "gsm8k", "boxed"]
 
-GRADER_VERSION = "steplabel-grader/1"
+GRADER_VERSION = "steplabel-grader/2"  # 2: PRM800K "# Answer" endings
 #: Answers longer than this are not parsed at all (unknown, ``answer_too_long``).
 MAX_ANSWER_CHARS = 512
 #: Brace nesting deeper than this is not parsed (unknown, ``answer_too_deep``).
@@ -83,6 +83,8 @@ def _last_boxed(text: str) -> str | None:
 
 
 _GSM8K_RE = re.compile(r"####\s*([^\n]+)")
+# PRM800K's solutions end with a "# Answer" heading, a blank line, then the answer.
+_ANSWER_HEADING_RE = re.compile(r"(?m)^#[ \t]*Answer[ \t]*\n+[ \t]*([^\n]+)")
 _ANSWER_IS_RE = re.compile(
     r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?\s*(.+?)(?:\n|$)", re.IGNORECASE
 )
@@ -111,6 +113,7 @@ def extract_final_answer(text: str) -> str | None:
     """The final answer of a solution, or None when it states none.
 
     Precedence: the last ``\\boxed{}``; else the last GSM8K ``#### N``; else the last
+    PRM800K ``# Answer`` heading's answer (the next non-empty line); else the last
     "The answer is ..." sentence.
     """
     boxed = _last_boxed(text)
@@ -119,6 +122,9 @@ def extract_final_answer(text: str) -> str | None:
     hashes = _GSM8K_RE.findall(text)
     if hashes:
         return _clean(hashes[-1]) or None
+    headed = _ANSWER_HEADING_RE.findall(text)
+    if headed:
+        return _clean(headed[-1]) or None
     stated = _ANSWER_IS_RE.findall(text)
     if stated:
         answer = _clean(stated[-1])

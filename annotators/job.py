@@ -25,7 +25,7 @@ from steplabel.annotators.consensus import (
     consensus_labels,
 )
 from steplabel.annotators.grading import GRADER_VERSION, grade
-from steplabel.annotators.judge import LLMJudge
+from steplabel.annotators.judge import LLMJudge, judge_version
 from steplabel.annotators.monte_carlo import (
     FINISH_LENGTH,
     MonteCarloAnnotator,
@@ -116,7 +116,7 @@ class ProblemLabeler:
             "versions": {
                 "monte_carlo": self.mc.name if self.mc else None,
                 "omegaprm": getattr(self.omegaprm, "name", None),
-                "judge": "llm_judge/1" if self.judge else None,
+                "judge": judge_version(m.judge) if self.judge else None,
             },
         }
         return {
@@ -255,6 +255,7 @@ class ProblemLabeler:
             "judge_votes": None,
             "judge_replies": None,
             "judge_parse_reasons": None,
+            "judge_reason": None,
             "judge_finish_reasons": None,
             "consensus_keep": None,
             "consensus_reason": None,
@@ -322,10 +323,13 @@ class ProblemLabeler:
                 "judge_votes": verdict.votes,
                 "judge_replies": verdict.raw_replies,
                 "judge_parse_reasons": verdict.parse_reasons,
+        "judge_reason": verdict.reason,
+            "judge_reason": verdict.reason,
                 "judge_finish_reasons": list(verdict.finish_reasons),
                 "cost_judge": verdict.cost,
             })
             counters["judge_replies"] = len(verdict.raw_replies)
+            counters[f"judge_verdict_{verdict.reason}"] = 1
             counters["judge_replies_truncated"] = list(verdict.finish_reasons).count(
                 FINISH_LENGTH)
         output = "trajectories"

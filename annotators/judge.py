@@ -643,3 +643,8 @@ class LLMJudge:
             parser=config.parser,
             min_agreement=config.min_agreement,
         )
+
+
+def judge_version(config: "JudgeConfig") -> str:
+    """The judge annotator's version string for provenance: prompt protocol, parser, voting."""
+    return f"llm_judge/2;{JUDGE_PARSER_VERSION[config.parser]};{JUDGE_VOTE_VERSION}"

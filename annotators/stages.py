@@ -36,6 +36,7 @@ from steplabel.annotators.consensus import (
 )
 from steplabel.annotators.grading import GRADER_VERSION, grade
 from steplabel.annotators.job import Problem
+from steplabel.annotators.judge import judge_version
 from steplabel.annotators.monte_carlo import FINISH_LENGTH, sampling_request
 from steplabel.annotators.prompts import build_solution_prompt, load_template
 from steplabel.annotators.seeds import derive_seed
@@ -219,7 +220,7 @@ class StageContext:
                 "monte_carlo": (f"{monte_carlo.ANNOTATOR_NAME}/{monte_carlo.ANNOTATOR_VERSION}"
                                 if m.monte_carlo else None),
                 "omegaprm": _omegaprm_name() if m.omegaprm else None,
-                "judge": "llm_judge/1" if m.judge else None,
+                "judge": judge_version(m.judge) if m.judge else None,
             },
         }
         return R.as_row(R.Provenance(
@@ -381,10 +382,12 @@ async def judge_labels(judge, solution: Solution) -> Labels:
         "judge_votes": verdict.votes,
         "judge_replies": verdict.raw_replies,
         "judge_parse_reasons": verdict.parse_reasons,
+        "judge_reason": verdict.reason,
         "judge_finish_reasons": list(verdict.finish_reasons),
         "cost_judge": verdict.cost,
     }
     counters = {"judge_replies": len(verdict.raw_replies),
+                f"judge_verdict_{verdict.reason}": 1,
                 "judge_replies_truncated": list(verdict.finish_reasons).count(FINISH_LENGTH)}
     return Labels(fields=_plain(fields), counters=counters)
 

@@ -120,6 +120,8 @@ class Trajectory:
     judge_votes: list | None = column(pa.list_(_I32), default=None)
     judge_replies: list | None = column(pa.list_(_STR), default=None)
     judge_parse_reasons: list | None = column(pa.list_(_STR), default=None)
+    # why the verdict is what it is: ok, no_quorum, or the votes' most common parse reason
+    judge_reason: str | None = column(_STR, default=None)
     # "length": cut off at max_tokens
     judge_finish_reasons: list | None = column(pa.list_(_STR), default=None)
     # Consensus

@@ -103,3 +103,15 @@ def test_grading_off_the_main_thread():
     for t in threads:
         t.join(60)
     assert results == ["correct"] * 3
+
+
+@pytest.mark.unit
+def test_prm800k_answer_heading_is_the_final_answer():
+    """PRM800K's solutions end with "# Answer", a blank line, then the answer."""
+    from steplabel.annotators.grading import extract_final_answer, grade
+
+    text = "Step one.\n\nStep two gives 8.\n\n# Answer\n\n8"
+    assert extract_final_answer(text) == "8"
+    assert grade(text, "8").verdict == "correct"
+    assert grade(text, "9").verdict == "incorrect"
+    assert extract_final_answer("Markdown # Answers here\nno") is None
