@@ -878,7 +878,8 @@ async def _predict_omegaprm(item: GoldItem, *, engine, settings: EvaluationSetti
         engine, prompt=prompt, pieces=list(item.steps), gold_answer=gold_answer,
         run_seed=settings.run_seed, problem_id=item.problem_id, solution_index=0,
         splitter=splitter, rollouts=config.rollouts, sampling=config.sampling,
-        final_answer_correct=final_answer_correct, grader=grader)
+        final_answer_correct=final_answer_correct, grader=grader,
+        truncated=config.truncated)
     details.update(probe_lengths=search.probe_lengths, probe_values=search.probe_values,
                    rollouts=search.rollouts)
     index = search.first_error_index

@@ -46,7 +46,7 @@ def run_pipeline(work: Path, problems: int, in_flight: int) -> tuple[list[dict],
         "policy": {"samples": 2, "sampling": {**sampling, "max_tokens": 96}},
         "monte_carlo": {"rollouts": 4, "sampling": {**sampling, "max_tokens": 48}},
         "judge": {"votes": 3, "response_prefix": "The earliest wrong paragraph is \\boxed{",
-                  "sampling": {"temperature": 0.8, "max_tokens": 4}},
+                  "sampling": {"temperature": 0.8, "max_tokens": 4, "stop": ["}"]}},
         "consensus": {},
         "runner": {"max_in_flight": in_flight, "num_shards": 1},
     }

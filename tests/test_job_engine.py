@@ -33,7 +33,7 @@ def small_job(tmp_path_factory):
         "omegaprm": {"rollouts": 2, "prefilter_rollouts": 4, "search_limit": 1,
                      "sampling": {"temperature": 0.8, "max_tokens": 64}},
         "judge": {"response_prefix": "The earliest wrong paragraph is \\boxed{",
-                  "sampling": {"temperature": 0.0, "max_tokens": 4}},
+                  "sampling": {"temperature": 0.0, "max_tokens": 4, "stop": ["}"]}},
         "consensus": {},
         "runner": {"num_shards": 1},
     })
