@@ -418,6 +418,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the labels after the first negative step (Math-Shepherd's "
                              "full labels); by default an example ends at its first error")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--json", action="store_true",
+                        help="print what was exported (export.json) as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -430,6 +432,11 @@ def run(args: argparse.Namespace) -> int:
     except ExportError as exc:
         print(f"steplabel export: error: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "json", False):
+        import json
+
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+        return 0
     counts = result["counts"]
     print(f"[steplabel] exported {counts.get('examples', 0)} examples "
           f"({counts.get('steps', 0)} labelled steps) of {counts.get('trajectories_read', 0)} "

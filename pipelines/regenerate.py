@@ -433,6 +433,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the comparison as JSON to FILE")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a COMPLETED dataset in --out")
+    parser.add_argument("--json", action="store_true",
+                        help="print the result (rows, statistics, and the comparison with "
+                             "--verify) as JSON")
 
 
 def _same_place(a: str, b: str) -> bool:
@@ -478,16 +481,26 @@ def run(args: argparse.Namespace) -> int:
         result = run_job(manifest, out_dir=args.out, overwrite=args.overwrite)
     except JobError as exc:
         return refuse(str(exc))
-    print(describe(result))
-    if not result.stats["reconciliation"]["ok"]:
+    as_json = getattr(args, "json", False)
+    completed = result.stats["reconciliation"]["ok"]
+    comparison = compare_datasets(args.out, args.verify) if completed and args.verify else None
+    if as_json:
+        print(json.dumps({"dataset": args.out, "completed": completed, "info": result.info,
+                          "stats": result.stats, "verify": comparison.to_dict()
+                          if comparison is not None else None},
+                         indent=2, sort_keys=True, default=str))
+    else:
+        print(describe(result))
+    if not completed:
         print("steplabel regenerate: error: the regenerated dataset is not COMPLETED",
               file=sys.stderr)
         return 1
-    print(f"[steplabel] regenerated dataset written to {args.out}")
-    if not args.verify:
+    print(f"[steplabel] regenerated dataset written to {args.out}",
+          file=sys.stderr if as_json else sys.stdout)
+    if comparison is None:
         return 0
-    comparison = compare_datasets(args.out, args.verify)
-    print(comparison.render())
+    if not as_json:
+        print(comparison.render())
     if args.verify_json:
         Path(args.verify_json).write_text(json.dumps(comparison.to_dict(), indent=2,
                                                      default=str))
