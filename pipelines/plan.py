@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import shutil
 import sys
@@ -437,6 +438,11 @@ def format_plan(plan: dict) -> str:
                  f"{_cell(total['wall_s'], _duration)} (engine start {t['engine_start_s']:.1f}s"
                  f" once, job overhead {t['overhead_s']:.1f}s); accelerator-hours "
                  f"{_cell(total['accelerator_hours'], _hours)}")
+    load = plan.get("pilot_load_average")
+    if load and load.get("start") is not None and t["source"] == "pilot":
+        lines.append(f"  machine load during the pilot: 1-min load average {load['start']:.1f} "
+                     f"at start, {load['end']:.1f} at end, on {load['cpus']} CPUs (the "
+                     "throughput is what the engine got of the machine then)")
     lines.append(f"  [low-high]: {plan['interval']}")
     for note in plan["notes"]:
         lines.append(f"  note: {note}")
@@ -504,12 +510,24 @@ def _run_pilot(manifest, args, source_rows: int, root: Path):
     logs.use_dataset_dir(str(root), "plan")  # engine logs there, not on the terminal
     print(f"[steplabel] plan: pilot of {len(indices)} of {source_rows} source rows "
           f"(seed {manifest.seed}) in {root}", file=sys.stderr)
+    load_before = _load_average()
     result = run_job(pilot_manifest, out_dir=str(dataset))
     # What --from needs to make the same plan from a kept pilot again.
-    (root / PILOT_FILE).write_text(json.dumps({
-        "source": manifest.to_dict()["source"], "source_rows": source_rows,
-        "indices": indices, "job_seconds": result.seconds}, indent=1), encoding="utf-8")
-    return str(dataset), result
+    record = {"source": manifest.to_dict()["source"], "source_rows": source_rows,
+              "indices": indices, "job_seconds": result.seconds,
+              "load_average": {"start": load_before, "end": _load_average(),
+                               "cpus": os.cpu_count()}}
+    (root / PILOT_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    return str(dataset), result, record
+
+
+def _load_average() -> float | None:
+    """The machine's 1-minute load average (None where the platform has none): a pilot's
+    throughput is what its engine got of a shared machine."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _kept_pilot(dataset: str, manifest) -> dict | None:
@@ -559,12 +577,14 @@ def run(args) -> int:
             finite = kept is not None or (
                 bool(made_with) and made_with.get("source") == manifest.to_dict()["source"])
             job_seconds = kept["job_seconds"] if kept else None
+            load = kept.get("load_average") if kept else None
             pilot_text = (f"the kept pilot {dataset}" if kept else f"the dataset {dataset}")
         else:
             root = Path(args.pilot_out) if keep_root else Path(
                 tempfile.mkdtemp(prefix="steplabel-plan-"))
-            dataset, result = _run_pilot(manifest, args, source_rows, root)
+            dataset, result, record = _run_pilot(manifest, args, source_rows, root)
             stats = result.stats
+            load = record["load_average"]
             finite = True
             job_seconds = result.seconds
             pilot_text = f"a pilot of {stats['reconciliation']['problems_in']} rows"
@@ -592,6 +612,7 @@ def run(args) -> int:
         plan["manifest"] = args.manifest
         plan["pilot"] = pilot_text
         plan["pilot_dataset"] = dataset if (args.from_dataset or keep_root) else None
+        plan["pilot_load_average"] = load
     except (PlanError, ConfigError, JobError, FileNotFoundError) as exc:
         print(f"steplabel plan: error: {exc}", file=sys.stderr)
         if root is not None and not keep_root:
