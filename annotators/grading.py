@@ -195,6 +195,7 @@ def _verify_worker(conn) -> None:  # pragma: no cover - runs in the worker proce
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     from math_verify import parse, verify
 
+    conn.send(READY)  # imports done: from here on, time is the comparisons' own
     while True:
         try:
             gold, predicted = conn.recv()
@@ -224,22 +225,57 @@ def _verify_worker(conn) -> None:  # pragma: no cover - runs in the worker proce
             conn.send(("unknown", f"checker_error:{type(exc).__name__}"))
 
 
+#: First message of a worker, once math-verify and sympy are imported.
+READY = ("ready", "")
+#: How long a new worker may take to import math-verify and sympy (wall seconds; a loaded
+#: machine is slow here, and start-up is not the comparison's fault).
+READY_TIMEOUT_S = 300.0
+#: A comparison's budget is CPU seconds of the worker, so that a verdict does not depend on how
+#: loaded the machine is; this multiple of it in wall seconds is a backstop for a stuck worker.
+WALL_BACKSTOP = 30.0
+_POLL_S = 0.05
+
+
 class _VerifyProcess:
-    """One math-verify worker process; killed and replaced when a comparison overruns."""
+    """One math-verify worker process; killed and replaced when a comparison overruns.
+
+    A comparison overruns when the worker spends more than ``timeout_s`` seconds of *CPU time*
+    on it (wall time would make verdicts depend on the machine's load: under load a long but
+    finite comparison would become unknown on one run and not on another)."""
 
     def __init__(self) -> None:
+        import psutil
+
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_verify_worker, args=(child,), daemon=True,
                                  name="steplabel-grader")
         self._proc.start()
         child.close()
+        self._ps = psutil.Process(self._proc.pid)
+        self._ready = False
+
+    def _cpu_seconds(self) -> float:
+        times = self._ps.cpu_times()
+        return times.user + times.system
 
     def compare(self, gold: str, predicted: str, timeout_s: float) -> tuple[str, str] | None:
+        if not self._ready:
+            if not self._conn.poll(READY_TIMEOUT_S) or self._conn.recv() != READY:
+                raise OSError("the grader process did not start")
+            self._ready = True
+        cpu_start = self._cpu_seconds()
         self._conn.send((gold, predicted))
-        if self._conn.poll(timeout_s):
-            return self._conn.recv()
-        return None
+        waited = 0.0
+        while not self._conn.poll(_POLL_S):
+            waited += _POLL_S
+            try:
+                used = self._cpu_seconds() - cpu_start
+            except Exception:  # noqa: BLE001 - the process is gone: the pipe says so next
+                used = 0.0
+            if used > timeout_s or waited > timeout_s * WALL_BACKSTOP:
+                return None
+        return self._conn.recv()
 
     def kill(self) -> None:
         self._proc.kill()

@@ -115,3 +115,17 @@ def test_prm800k_answer_heading_is_the_final_answer():
     assert grade(text, "8").verdict == "correct"
     assert grade(text, "9").verdict == "incorrect"
     assert extract_final_answer("Markdown # Answers here\nno") is None
+
+
+@pytest.mark.unit
+def test_a_new_grader_process_start_up_is_not_charged_to_the_comparison():
+    """Verdicts must not depend on machine load: importing sympy in a fresh worker took more
+    than the 5 s comparison budget on a loaded machine, and a correct answer became unknown."""
+    from steplabel.annotators.grading import MathVerifyPool
+
+    pool = MathVerifyPool(size=1)
+    try:
+        # A budget far below the worker's import time, far above the comparison's CPU time.
+        assert pool.compare("\\frac{1}{2}", "0.5", 0.5) == ("correct", "math_verify_equal")
+    finally:
+        pool.close()
