@@ -223,3 +223,21 @@ def test_bad_arguments_are_errors(full_run, capsys):
     assert cli.main(["plan", str(manifest_path), "--from", out, "--accelerators", "0"]) == 2
     assert cli.main(["plan", str(manifest_path), "--from", str(Path(out) / "nope")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_pilot_source_from_a_datasets_folder(tmp_path):
+    import datasets
+
+    rows = [{"id": f"p{i}", "question": f"What is {i} + 2?", "answer": str(i + 2)}
+            for i in range(15)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+    data = yaml.safe_load(write_manifest(tmp_path, tmp_path / "hf", limit=10).read_text())
+    data["source"]["kind"] = "hf"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
+    manifest = load_manifest(tmp_path / "job.yaml")
+    assert plan.count_source_rows(manifest.source) == 10
+    indices = plan.sample_indices(10, 3, seed=manifest.seed)
+    pilot = plan.write_pilot_source(manifest, indices, tmp_path / "pilot")
+    assert pilot.source.kind == "parquet"
+    assert pq.read_table(pilot.source.path).to_pylist() == [rows[i] for i in indices]
+    assert pilot.source.source_name == "hf"
