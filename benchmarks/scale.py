@@ -73,11 +73,13 @@ def write_job(size: int, work: Path) -> Path:
 
 
 class WorkerMemory:
-    """Peak of the summed RSS of a worker pool's descendants (the SDK worker processes)."""
+    """Peak of the summed RSS of a worker pool's descendants (the SDK worker processes), and
+    the job service's peak RSS (it runs the shuffles), sampled every 0.5 s."""
 
-    def __init__(self, pool_pid: int) -> None:
+    def __init__(self, pool_pid: int, job_service_pid: int) -> None:
         self.pool = psutil.Process(pool_pid)
-        self.peak = 0
+        self.job_service = psutil.Process(job_service_pid)
+        self.peak = self.job_service_peak = 0
         self.workers_seen: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -93,11 +95,14 @@ class WorkerMemory:
                 except psutil.NoSuchProcess:
                     pass
             self.peak = max(self.peak, total)
+            self.job_service_peak = max(self.job_service_peak,
+                                        self.job_service.memory_info().rss)
 
     def stop(self) -> dict:
         self._stop.set()
         self._thread.join()
         return {"workers_peak_rss_mib": round(self.peak / 2**20, 1),
+                "job_service_peak_rss_mib": round(self.job_service_peak / 2**20, 1),
                 "worker_processes_seen": len(self.workers_seen)}
 
 
@@ -112,7 +117,7 @@ def run_size(size: int, work: Path, *, services=None, workers: int = 1) -> dict:
         args += ["--runner", "portable", "--runner-profile", str(PROFILE),
                  f"--direct_num_workers={workers}"]
         env.update(services.environment())
-        memory = WorkerMemory(services.worker_pool_pid)
+        memory = WorkerMemory(services.worker_pool_pid, services.job_service_pid)
     started = time.perf_counter()
     proc = subprocess.run(args, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -154,6 +159,7 @@ def main() -> None:
     parser.add_argument("--portable", type=int, nargs="*", default=[10000],
                         help="sizes also run on the portable runner")
     parser.add_argument("--portable-workers", type=int, default=2)
+    parser.add_argument("--results", default=str(RESULTS / "scale.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="steplabel-scale-") as tmp:
         work = Path(tmp)
@@ -194,8 +200,8 @@ def main() -> None:
         "time_per_problem_flat_within_20pct": time_ratio is not None
         and 0.8 <= time_ratio <= 1.2,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps(report, indent=2) + "\n")
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 
