@@ -192,21 +192,31 @@ def _remove_stale_shards(out_dir: str, num_shards: int) -> None:
 
 
 def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
-                     counters: dict[str, int]) -> tuple[dict, dict]:
+                     counters: dict[str, int], figures: dict | None = None) -> tuple[dict, dict]:
+    """Write stats.json, the lock, info.json and (reconciled) COMPLETED. ``figures``: the
+    statistics, row counts and reconciliation counts the pipeline folded
+    (``pipelines/figures.py``); without them they are read from the shards."""
     # The pipeline has finished, so no writer of this job is left: temporary files are what
     # killed or failed writes left behind (readers ignore them; a finished dataset has none).
     leftovers = storage.remove_temp_files(out_dir)
     _remove_stale_shards(out_dir, manifest.runner.num_shards)
-    rows = {name: storage.count_rows(out_dir, name) for name in OUTPUTS}
-    stats = compute_stats(out_dir)
-    seen = accounted_problems(out_dir)
-    labelled = set().union(seen["trajectories"], seen["rejected"], seen["filtered"],
-                           seen["omegaprm_states"], seen["dead_letter_label"])
-    accounted = len(labelled) + seen["dead_letter_input_rows"]
+    if figures is not None:
+        rows = {name: figures["rows"].get(name, 0) for name in OUTPUTS}
+        stats = dict(figures["stats"])
+        labelled = figures["problems_labelled_or_dead_lettered"]
+        input_rows = figures["dead_letter_input_rows"]
+    else:
+        rows = {name: storage.count_rows(out_dir, name) for name in OUTPUTS}
+        stats = compute_stats(out_dir)
+        seen = accounted_problems(out_dir)
+        labelled = len(set().union(seen["trajectories"], seen["rejected"], seen["filtered"],
+                                   seen["omegaprm_states"], seen["dead_letter_label"]))
+        input_rows = seen["dead_letter_input_rows"]
+    accounted = labelled + input_rows
     stats["reconciliation"] = {
         "problems_in": problems_in,
-        "dead_letter_input_rows": seen["dead_letter_input_rows"],
-        "problems_labelled_or_dead_lettered": len(labelled),
+        "dead_letter_input_rows": input_rows,
+        "problems_labelled_or_dead_lettered": labelled,
         "accounted": accounted,
         "ok": problems_in is None or accounted == problems_in,
     }

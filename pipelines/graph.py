@@ -4,7 +4,10 @@
 
     ReadProblems ─► CountRowsIn ─► _work/rows_in.json
                 └─► ValidateProblems ─► problems ─► LabelStages ─► (output, row) ─► WriteShards
-                                     └► input dead letters ──────────────────────► WriteShards
+                                     │                          └► rows per problem ─┐
+                                     └► input dead letters ─────────► WriteShards    │
+                                                            └► rows per problem id ──┴► Figures
+    Figures (a CombineFn: statistics, row counts, reconciliation) ─► _work/figures.json
 
 See :mod:`steplabel.pipelines.stages` for the stages, :mod:`steplabel.pipelines.sink` for the
 shards.
@@ -12,10 +15,25 @@ shards.
 
 from __future__ import annotations
 
+import json
+
 import apache_beam as beam
 
+from steplabel.pipelines import storage
+from steplabel.pipelines.figures import DatasetFiguresFn, write_figures
 from steplabel.pipelines.sink import INPUT_PREFIX, WriteShards
 from steplabel.pipelines.stages import LabelStages
+
+
+def _input_key(row: dict):
+    """Input dead letters are folded per problem id as their shards group them; rows without
+    an id one by one."""
+    problem_id = row.get("problem_id")
+    return (problem_id, "") if problem_id else (None, json.dumps(row, sort_keys=True)), row
+
+
+def _input_problem_rows(key, rows):
+    return key[0], {"dead_letter": sorted(rows, key=storage._sort_key)}
 
 
 def build_staged_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
@@ -39,9 +57,17 @@ def build_staged_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, it
      | "WriteRowsIn" >> beam.Map(_write_rows_in, out_dir))
     problems, invalid = raw | "ValidateProblems" >> ValidateProblems(
         fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash)
-    rows = problems | "Label" >> LabelStages(manifest, out_dir=out_dir, total=total,
-                                             accelerators=accelerators)
-    written = rows | "Write" >> WriteShards(out_dir, num_shards=num_shards)
+    labelled = problems | "Label" >> LabelStages(manifest, out_dir=out_dir, total=total,
+                                                 accelerators=accelerators)
+    written = labelled.rows | "Write" >> WriteShards(out_dir, num_shards=num_shards)
+    input_groups = (invalid
+                    | "KeyInputByProblem" >> beam.Map(_input_key)
+                    | "GroupInputByProblem" >> beam.GroupByKey()
+                    | "InputProblemRows" >> beam.MapTuple(_input_problem_rows))
+    ((labelled.problems, input_groups)
+     | "AllProblemRows" >> beam.Flatten()
+     | "Figures" >> beam.CombineGlobally(DatasetFiguresFn())
+     | "WriteFigures" >> beam.Map(write_figures, out_dir))
     written_input = (invalid
                      | "InputDeadLetters" >> beam.Map(lambda row: ("dead_letter", row))
                      | "WriteInputDeadLetters" >> WriteShards(out_dir, num_shards=num_shards,

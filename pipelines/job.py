@@ -216,9 +216,12 @@ def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
     elif _has_files(out_dir):
         raise JobError(f"{out_dir} is not empty and is not a steplabel run of this manifest; "
                        "choose an empty --out, or pass --overwrite")
-    rows_in = storage.join(out_dir, storage.WORK_DIR, ROWS_IN_FILE)
-    if storage.exists(rows_in):  # a count of an earlier attempt: this run writes its own
-        FileSystems.delete([rows_in])
+    from steplabel.pipelines.figures import FIGURES_FILE
+
+    for name in (ROWS_IN_FILE, FIGURES_FILE):  # an earlier attempt's: this run writes its own
+        path = storage.join(out_dir, storage.WORK_DIR, name)
+        if storage.exists(path):
+            FileSystems.delete([path])
     storage.write_json_atomic(run_file, {"name": manifest.name, "manifest_hash": manifest.hash,
                                          "manifest": manifest.to_dict(), "inputs": inputs})
 
@@ -309,8 +312,12 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     if rows_in is None:
         raise JobError(f"the pipeline finished without writing its input count "
                        f"({storage.WORK_DIR}/{ROWS_IN_FILE}); the dataset is not finalized")
+    from steplabel.pipelines.figures import FIGURES_FILE
+
+    # The statistics and reconciliation counts the pipeline folded (a CombineFn).
+    figures = storage.read_json_if_exists(storage.join(out_dir, storage.WORK_DIR, FIGURES_FILE))
     info, stats = finalize_dataset(out_dir, manifest, problems_in=rows_in["rows_in"],
-                                   counters=counters)
+                                   counters=counters, figures=figures)
     return JobResult(out_dir, info, stats, time.perf_counter() - started)
 
 

@@ -496,7 +496,10 @@ class AssembleTrajectoriesFn(beam.DoFn):
 
 class MergeProblemsFn(beam.DoFn):
     """(problem_id, [("problem", Problem) | ("piece", Piece)]) -> (output, row); the problem's
-    counters become Beam counters."""
+    counters become Beam counters, and all its rows go together to the ``problems`` output
+    (``(problem_id, {output: rows})``, for the dataset's figures)."""
+
+    PROBLEMS = "problems"
 
     def __init__(self, manifest, *, out_dir: str, pool: shared.Shared,
                  total: int | None = None) -> None:
@@ -522,6 +525,7 @@ class MergeProblemsFn(beam.DoFn):
         for output in sorted(rows):
             for row in rows[output]:
                 yield output, row
+        yield beam.pvalue.TaggedOutput(self.PROBLEMS, (problem_id, rows))
 
     def teardown(self) -> None:
         # The last stage of the labelling is over: the final progress line, bars closed.
@@ -531,7 +535,8 @@ class MergeProblemsFn(beam.DoFn):
 
 
 class LabelStages(beam.PTransform):
-    """Validated problems -> ``(output, row)`` for every output of the labelling stages."""
+    """Validated problems -> ``(output, row)`` for every output of the labelling stages (the
+    main output) and ``problems``: ``(problem_id, {output: rows})`` per problem."""
 
     def __init__(self, manifest, *, out_dir: str, total: int | None = None,
                  accelerators: dict[str, str] | None = None) -> None:
@@ -592,4 +597,5 @@ class LabelStages(beam.PTransform):
         return (parts
                 | "AllPieces" >> beam.Flatten()
                 | "GroupByProblem" >> beam.GroupByKey()
-                | "MergeProblems" >> beam.ParDo(MergeProblemsFn(**common, total=self.total)))
+                | "MergeProblems" >> beam.ParDo(MergeProblemsFn(**common, total=self.total))
+                .with_outputs(MergeProblemsFn.PROBLEMS, main="rows"))

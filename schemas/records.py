@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from steplabel.schemas import rows
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: trajectories.judge_reason
 
 # The schemas come from the typed row records (schemas/rows.py), field by field.
 COST = rows.COST

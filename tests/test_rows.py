@@ -17,6 +17,10 @@ PINNED = {
             "omegaprm_states": "06051d06949b100c", "omegaprm_pairs": "f935b2ce1fef8025",
             "omegaprm_searches": "1025b20505c2fb39", "filtered": "13f68405558853f0",
             "dead_letter": "418df54ab34e18d4"},
+    "1.1": {"trajectories": "bfb9237106cb6bf7", "rejected": "bfb9237106cb6bf7",
+            "omegaprm_states": "06051d06949b100c", "omegaprm_pairs": "f935b2ce1fef8025",
+            "omegaprm_searches": "1025b20505c2fb39", "filtered": "13f68405558853f0",
+            "dead_letter": "418df54ab34e18d4"},
 }
 
 

@@ -100,3 +100,28 @@ def test_prompt_too_long_dead_letters_the_whole_problem(tmp_path, monkeypatch):
     old, new = run_both(manifest, tmp_path, monkeypatch)
     assert_same(old, new, tmp_path)
     assert new.stats["counters"].get("dead_letter_prompt_too_long", 0) >= 1
+
+
+def test_figures_folded_in_the_pipeline_equal_the_figures_read_from_shards(tmp_path,
+                                                                           monkeypatch):
+    """stats.json comes from the pipeline's CombineFn; reading the finished shards gives the
+    same statistics, row counts and reconciliation."""
+    from steplabel.pipelines.stats import accounted_problems, compute_stats
+
+    source = write_problems(tmp_path / "p.jsonl", 8, BAD_LINES)
+    manifest = manifest_for(source, runner={"num_shards": 3})
+    out = str(tmp_path / "out")
+    result = job.run_job(manifest, out_dir=out)
+    figures = json.loads((tmp_path / "out" / "_work" / "figures.json").read_text())
+    from_shards = compute_stats(out)
+    stats = {k: v for k, v in result.stats.items()
+             if k not in ("reconciliation", "counters", "warnings", "temp_files_removed")}
+    assert stats == from_shards == figures["stats"]
+    assert result.info["rows"] == {name: storage.count_rows(out, name) for name in OUTPUTS}
+    seen = accounted_problems(out)
+    reconciliation = result.stats["reconciliation"]
+    assert reconciliation["dead_letter_input_rows"] == seen["dead_letter_input_rows"] > 0
+    assert reconciliation["problems_labelled_or_dead_lettered"] == len(set().union(
+        seen["trajectories"], seen["rejected"], seen["filtered"], seen["omegaprm_states"],
+        seen["dead_letter_label"]))
+    assert reconciliation["ok"]
