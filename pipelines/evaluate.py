@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -441,18 +440,6 @@ def _remove_stale_shards(out_dir: str, num_shards: int) -> None:
         FileSystems.delete(stale)
 
 
-def _counters(result) -> dict[str, int]:
-    counters: dict[str, int] = {}
-    try:
-        for counter in result.metrics().query()["counters"]:
-            name = counter.key.metric.name
-            value = counter.committed if counter.committed is not None else counter.attempted
-            counters[name] = counters.get(name, 0) + value
-    except Exception:  # noqa: BLE001 - some runners do not report metrics
-        log.warning("the runner did not report metrics; info.json has no Beam counters")
-    return dict(sorted(counters.items()))
-
-
 def prepare_evaluation_dir(out_dir: str, spec: EvaluationSpec, *, overwrite: bool) -> None:
     """Refuse a COMPLETED evaluation (unless ``overwrite``), a directory holding another
     evaluation's work (another hash: other settings or changed gold/answers files, so resuming
@@ -485,20 +472,29 @@ def prepare_evaluation_dir(out_dir: str, spec: EvaluationSpec, *, overwrite: boo
 def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = False,
                    manifest_path: str | None = None) -> EvaluationResult:
     """Run the evaluate job to completion, then write the report and mark the directory."""
-    from steplabel.pipelines.job import make_pipeline, pipeline_options
+    from steplabel.pipelines.frame import run_framed
+    from steplabel.pipelines.job import pipeline_options
 
-    started = time.perf_counter()
     items, rejects = read_gold(spec)
-    prepare_evaluation_dir(out_dir, spec, overwrite=overwrite)
     manifest = spec.manifest
-    pipeline = make_pipeline(manifest, pipeline_options(manifest))
-    build_evaluation_pipeline(pipeline, spec, out_dir=out_dir, items=items,
-                              reject_rows=[reject_row(r, evaluation_hash=spec.hash)
-                                           for r in rejects])
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = _counters(result)
+    framed = run_framed(
+        manifest, options=pipeline_options(manifest),
+        prepare=lambda: prepare_evaluation_dir(out_dir, spec, overwrite=overwrite),
+        build=lambda pipeline: build_evaluation_pipeline(
+            pipeline, spec, out_dir=out_dir, items=items,
+            reject_rows=[reject_row(r, evaluation_hash=spec.hash) for r in rejects]),
+        finalize=lambda counters: _finalize_evaluation(
+            spec, out_dir=out_dir, counters=counters, read=len(items) + len(rejects),
+            manifest_path=manifest_path))
+    report, markdown, info = framed.result
+    return EvaluationResult(out_dir, report, markdown, info, framed.seconds)
 
+
+def _finalize_evaluation(spec: EvaluationSpec, *, out_dir: str, counters: dict[str, int],
+                         read: int, manifest_path: str | None) -> tuple[dict, str, dict]:
+    """The report, its Markdown and info.json from the finished shards; COMPLETED when every
+    record read is accounted for."""
+    manifest = spec.manifest
     _remove_stale_shards(out_dir, manifest.runner.num_shards)
     predictions = read_rows(out_dir, PREDICTIONS)
     dead = read_rows(out_dir, DEAD_LETTER)
@@ -522,7 +518,6 @@ def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = Fals
     }
     report = build_report(predictions, annotators=spec.annotators, dead_letters=dead,
                           evaluation=evaluation)
-    read = len(items) + len(rejects)
     accounted = report["items"]["evaluated"] + report["items"]["dead_letter"]
     report["items"]["read"] = read
     report["items"]["reconciled"] = accounted == read
@@ -543,7 +538,7 @@ def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = Fals
     storage.write_json_atomic(storage.join(out_dir, "info.json"), info)
     if report["items"]["reconciled"]:
         storage.write_bytes_atomic(storage.join(out_dir, storage.COMPLETED), b"")
-    return EvaluationResult(out_dir, report, markdown, info, time.perf_counter() - started)
+    return report, markdown, info
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,51 +273,60 @@ def local_absolute(path: str) -> str:
 
 def run_job(manifest, *, out_dir: str, overwrite: bool = False,
             beam_args: list[str] | None = None) -> JobResult:
-    """Run the job to completion and finalize the dataset directory."""
-    from steplabel.pipelines.finalize import finalize_dataset
+    """Run the job to completion and finalize the dataset directory (the job frame of
+    :mod:`steplabel.pipelines.frame`, shared with ``evaluate``)."""
+    from steplabel.pipelines.frame import run_framed
 
-    started = time.perf_counter()
     options = pipeline_options(manifest, beam_args)
     check_engine_copies(manifest, options)
     check_runner_paths(manifest, out_dir)
     source_path = local_absolute(manifest.source.path) if manifest.source.path else None
     check_source(manifest.source, source_path)
-    prepare_out_dir(out_dir, manifest, overwrite=overwrite)
-    pipeline = make_pipeline(manifest, options)
-    build_pipeline(pipeline, manifest, out_dir=local_absolute(out_dir), source_path=source_path,
-                   total=estimate_rows(manifest.source, source_path))
-    try:
-        result = pipeline.run()
-        result.wait_until_finish()
-    except Exception as exc:  # noqa: BLE001 - only a dead engine is re-worded; the rest re-raised
-        if not engine_died(exc):
-            raise
-        from steplabel.pipelines.stages import stage_checkpoint_counts
 
-        finished = ", ".join(f"{stage} {count}" for stage, count
-                             in stage_checkpoint_counts(out_dir).items() if count) or "none"
-        raise JobError(
-            f"the job stopped because an engine died: {_first_line(exc)}. Finished keys per "
-            f"stage ({finished}) are checkpointed in {storage.join(out_dir, storage.WORK_DIR)}; "
-            "rerun the same command to resume (they are replayed, not recomputed).") from exc
-    counters = {}
-    try:
-        for counter in result.metrics().query()["counters"]:
-            counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + (
-                counter.committed if counter.committed is not None else counter.attempted)
-    except Exception:  # noqa: BLE001 - some runners do not report metrics
-        log.warning("the runner did not report metrics; stats.json has no Beam counters")
+    def build(pipeline: beam.Pipeline) -> None:
+        build_pipeline(pipeline, manifest, out_dir=local_absolute(out_dir),
+                       source_path=source_path,
+                       total=estimate_rows(manifest.source, source_path))
+
+    framed = run_framed(
+        manifest, options=options,
+        prepare=lambda: prepare_out_dir(out_dir, manifest, overwrite=overwrite),
+        build=build,
+        finalize=lambda counters: finalize_run(out_dir, manifest, counters),
+        on_failure=lambda exc: explain_failure(exc, out_dir))
+    info, stats = framed.result
+    return JobResult(out_dir, info, stats, framed.seconds)
+
+
+def explain_failure(exc: BaseException, out_dir: str) -> None:
+    """A dead engine stops the job: say what is saved and how to resume (other failures are
+    re-raised as they are)."""
+    if not engine_died(exc):
+        return
+    from steplabel.pipelines.stages import stage_checkpoint_counts
+
+    finished = ", ".join(f"{stage} {count}" for stage, count
+                         in stage_checkpoint_counts(out_dir).items() if count) or "none"
+    raise JobError(
+        f"the job stopped because an engine died: {_first_line(exc)}. Finished keys per "
+        f"stage ({finished}) are checkpointed in {storage.join(out_dir, storage.WORK_DIR)}; "
+        "rerun the same command to resume (they are replayed, not recomputed).") from exc
+
+
+def finalize_run(out_dir: str, manifest, counters: dict[str, int]) -> tuple[dict, dict]:
+    """The input count and the figures the pipeline wrote, then the dataset's small files
+    and ``COMPLETED`` (:func:`~steplabel.pipelines.finalize.finalize_dataset`)."""
+    from steplabel.pipelines.figures import FIGURES_FILE
+    from steplabel.pipelines.finalize import finalize_dataset
+
     rows_in = storage.read_json_if_exists(storage.join(out_dir, storage.WORK_DIR, ROWS_IN_FILE))
     if rows_in is None:
         raise JobError(f"the pipeline finished without writing its input count "
                        f"({storage.WORK_DIR}/{ROWS_IN_FILE}); the dataset is not finalized")
-    from steplabel.pipelines.figures import FIGURES_FILE
-
     # The statistics and reconciliation counts the pipeline folded (a CombineFn).
     figures = storage.read_json_if_exists(storage.join(out_dir, storage.WORK_DIR, FIGURES_FILE))
-    info, stats = finalize_dataset(out_dir, manifest, problems_in=rows_in["rows_in"],
-                                   counters=counters, figures=figures)
-    return JobResult(out_dir, info, stats, time.perf_counter() - started)
+    return finalize_dataset(out_dir, manifest, problems_in=rows_in["rows_in"],
+                            counters=counters, figures=figures)
 
 
 def engine_died(exc: BaseException) -> bool:

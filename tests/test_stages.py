@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from steplabel.pipelines import job, storage
 from steplabel.pipelines.graph import build_staged_pipeline

@@ -1,0 +1,66 @@
+"""One frame for every Beam job of steplabel (``run``, ``evaluate``):
+
+    prepare the directory → build the graph → run it → collect counters → finalize (which
+    writes ``COMPLETED`` last, when the job reconciles)
+
+Each job supplies its own steps; the frame owns the order, the runner, the timing and the
+counters, so the two commands cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import apache_beam as beam
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Framed:
+    """What :func:`run_framed` returns: the finalize step's result and the wall time."""
+
+    result: Any
+    seconds: float
+
+
+def pipeline_counters(result) -> dict[str, int]:
+    """Beam counters of a finished pipeline, by name (committed values where the runner has
+    them, else attempted), summed over namespaces and steps; empty when the runner reports
+    none."""
+    counters: dict[str, int] = {}
+    try:
+        for counter in result.metrics().query()["counters"]:
+            name = counter.key.metric.name
+            value = counter.committed if counter.committed is not None else counter.attempted
+            counters[name] = counters.get(name, 0) + value
+    except Exception:  # noqa: BLE001 - some runners do not report metrics
+        log.warning("the runner did not report metrics; the job's files have no Beam counters")
+    return dict(sorted(counters.items()))
+
+
+def run_framed(manifest, *, options, prepare: Callable[[], None],
+               build: Callable[[beam.Pipeline], Any],
+               finalize: Callable[[dict[str, int]], Any],
+               on_failure: Callable[[BaseException], None] | None = None) -> Framed:
+    """Run one job: ``prepare()`` the directory, ``build(pipeline)`` on the manifest's runner,
+    run it to the end, then ``finalize(counters)``. A pipeline failure goes to ``on_failure``
+    (which may raise a clearer error) and is re-raised."""
+    from steplabel.pipelines.job import make_pipeline
+
+    started = time.perf_counter()
+    prepare()
+    pipeline = make_pipeline(manifest, options)
+    build(pipeline)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as exc:
+        if on_failure is not None:
+            on_failure(exc)
+        raise
+    finished = finalize(pipeline_counters(result))
+    return Framed(finished, time.perf_counter() - started)
