@@ -346,7 +346,7 @@ class Progress:
                 self._bars[role] = self._since_start(tqdm(
                     total=self.total if policy else None, desc=label,
                     position=len(self._bars),
-                    bar_format=(counted if policy else "{desc:>19}: {n_fmt} ") + "[{rate_fmt}]",
+                    bar_format=(counted if policy else "{desc:>19}: {n_fmt} ") + "[{rate_noinv_fmt}]",
                     **common))
             if role in self._bars:
                 self._advance(self._bars[role], counts.get(role, 0))
