@@ -42,3 +42,26 @@ def killing_engine(config) -> KillingEngine:
     kind, _, at = spec.partition(":") if spec else (None, "", "")
     return KillingEngine(kind=kind, at=int(at) if at else None,
                          model_id="scripted-arithmetic", delay_s=0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines that count how often they are built, or die once (tests/test_stage_engines.py)
+
+BUILT: list[str] = []
+
+
+def counting_engine(config) -> ScriptedEngine:
+    """The arithmetic engine; every construction is recorded in :data:`BUILT`."""
+    BUILT.append("counting")
+    return ScriptedEngine(_arithmetic_respond, model_id="scripted-arithmetic")
+
+
+def dies_once_engine(config):
+    """The first engine built dies at its first request (``EngineDiedError``); later ones are
+    healthy: a dead engine replaced for the retried bundle."""
+    from fakes import FaultyScriptedEngine
+
+    BUILT.append("dies_once")
+    first = BUILT.count("dies_once") == 1
+    return FaultyScriptedEngine(_arithmetic_respond, model_id="scripted-arithmetic",
+                                die_after=1 if first else None)
