@@ -295,7 +295,7 @@ def _counts(correct, total, unknown, truncated) -> str:
 
 
 def _value(value) -> str:
-    return "  -  " if value is None else f"{value:.2f}"
+    return "  - " if value is None else f"{value:.2f}"
 
 
 def _wrap(text: str, *, first: str, indent: int, width: int) -> list[str]:
@@ -319,8 +319,9 @@ def render_trajectory(example: dict, *, style: Style, width: int) -> str:
     correct = example["final_answer_correct"]
     verdict = ("correct" if correct else "unknown" if correct is None else "incorrect")
     reason = f": {example['outcome_reason']}" if example["outcome_reason"] else ""
+    final = example["final_answer"]
     lines.append(f"gold answer: {example['gold_answer']} · final answer: "
-                 f"{example['final_answer']} ({verdict}{reason})"
+                 f"{'—' if final is None else final} ({verdict}{reason})"
                  + (" · cut off at max_tokens" if example["policy_truncated"] else ""))
     source = {"final": "final labels", "monte_carlo": "Monte Carlo labels (not kept)"}.get(
         example["labels_from"], "no labels")
