@@ -42,21 +42,14 @@ def build_staged_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, it
     """Apply the whole job to ``pipeline`` (same arguments as ``job.build_pipeline``;
     ``total``: problems expected, for the progress display). Returns the written shards'
     ``(output, rows)``."""
-    from steplabel.pipelines.job import _write_rows_in
-    from steplabel.pipelines.sources import ReadProblems, ValidateProblems
-
+    from steplabel.pipelines.job import read_problems
     from steplabel.pipelines.runners import stage_accelerators
 
     if accelerators is None:
         accelerators = stage_accelerators(manifest.runner)
-    source = manifest.source
     num_shards = manifest.runner.num_shards
-    raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
-    (raw
-     | "CountRowsIn" >> beam.combiners.Count.Globally()
-     | "WriteRowsIn" >> beam.Map(_write_rows_in, out_dir))
-    problems, invalid = raw | "ValidateProblems" >> ValidateProblems(
-        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash)
+    problems, invalid = read_problems(pipeline, manifest, out_dir=out_dir, items=items,
+                                      source_path=source_path)
     labelled = problems | "Label" >> LabelStages(manifest, out_dir=out_dir, total=total,
                                                  accelerators=accelerators)
     written = labelled.rows | "Write" >> WriteShards(out_dir, num_shards=num_shards)

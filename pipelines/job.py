@@ -110,19 +110,27 @@ def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=Non
                                  source_path=source_path)
 
 
+def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
+                  source_path: str | None = None):
+    """Read the source on the workers, count the rows in (``_work/rows_in.json``) and validate:
+    ``(problems, input dead-letter rows)``. Shared by every graph."""
+    source = manifest.source
+    raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
+    (raw
+     | "CountRowsIn" >> beam.combiners.Count.Globally()
+     | "WriteRowsIn" >> beam.Map(_write_rows_in, out_dir))
+    return raw | "ValidateProblems" >> ValidateProblems(
+        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash)
+
+
 def build_problem_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
                            total: int | None = None, source_path: str | None = None):
     """The earlier graph: one ParDo labels each problem whole (:class:`LabelProblemsFn`), then
     shards are written from its checkpoints. Kept as the reference the staged graph is tested
     against (``tests/test_stages.py``)."""
-    source = manifest.source
     num_shards = manifest.runner.num_shards
-    raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
-    (raw
-     | "CountRowsIn" >> beam.combiners.Count.Globally()
-     | "WriteRowsIn" >> beam.Map(_write_rows_in, out_dir))
-    problems, invalid = raw | "ValidateProblems" >> ValidateProblems(
-        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash)
+    problems, invalid = read_problems(pipeline, manifest, out_dir=out_dir, items=items,
+                                      source_path=source_path)
     labelled = problems | "LabelProblems" >> beam.ParDo(
         LabelProblemsFn(manifest, out_dir=out_dir, max_in_flight=manifest.runner.max_in_flight,
                         total=total))
