@@ -170,13 +170,15 @@ class CommandLogging:
 
     @property
     def log_file(self) -> str | None:
-        return self.dataset_handler.path if self.dataset_handler else None
+        """The log file's path as the user named the directory (relative stays relative)."""
+        return self._shown_path if self.dataset_handler else None
 
     def use_dataset_dir(self, out_dir: str, command: str) -> str | None:
         """Send the logs to ``DIR/logs/<command>.log`` (local directories only); returns the
         path, or None for a remote directory (logs then stay in this process's handlers)."""
         if "://" in out_dir or self.dataset_handler is not None:
             return self.log_file
+        self._shown_path = log_path(out_dir, command)
         self.dataset_handler = DatasetLogHandler(
             os.path.abspath(out_dir), command,
             level=logging.DEBUG if self.verbose else logging.INFO)
@@ -186,7 +188,7 @@ class CommandLogging:
         logging.getLogger("steplabel.logs").info(
             "steplabel %s started; arguments: %s", command, " ".join(sys.argv[1:]),
             extra={FILE_ONLY: True})
-        return self.dataset_handler.path
+        return self.log_file
 
     def close(self) -> None:
         root = logging.getLogger()
