@@ -40,13 +40,26 @@ class EngineClock:
     integral of outstanding samples (a request of ``n`` counts ``n``), so that
     ``sample_seconds / busy_seconds`` is the mean number of samples in flight. Requests enter
     and leave on the engine host's event loop; the lock only guards reads from other threads.
+
+    Per request it also notes how throughput depends on concurrency (a pilot has fewer samples
+    in flight than the full job): ``b``, the mean samples in flight during the request's life,
+    and ``y``, its seconds per decode step (duration / (longest sample's tokens + 1 for the
+    prefill)), summed for a least-squares fit of ``y = a + c·b`` weighted by steps
+    (:meth:`counters`); and ``tokens / b`` summed, for the token-weighted harmonic mean of
+    ``b`` (the concurrency the pilot's tokens were generated at).
     """
+
+    #: Requests of fewer decode steps (judge verdicts) are mostly prefill: not in the fit.
+    MIN_FIT_STEPS = 8
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests = self._samples = 0
         self._busy = self._sample_time = 0.0
         self._since = 0.0
+        # sum w, w·b, w·y, w·b², w·b·y (w = steps); tokens and tokens / b of timed requests
+        self._fit = [0.0] * 5
+        self._tokens = self._tokens_over_b = 0.0
 
     def _advance(self, now: float) -> None:
         if self._requests:
@@ -54,17 +67,34 @@ class EngineClock:
             self._sample_time += self._samples * (now - self._since)
         self._since = now
 
-    def enter(self, samples: int) -> None:
+    def enter(self, samples: int) -> tuple[float, float]:
+        """A request of ``samples`` samples starts; returns its start mark for :meth:`leave`."""
         with self._lock:
-            self._advance(time.monotonic())
+            now = time.monotonic()
+            self._advance(now)
             self._requests += 1
             self._samples += samples
+            return now, self._sample_time
 
-    def leave(self, samples: int) -> None:
+    def leave(self, samples: int, started: tuple[float, float] | None = None, *,
+              steps: int = 0, tokens: int = 0) -> None:
+        """The request ends; ``steps``: its longest sample's generated tokens (0 if it failed),
+        ``tokens``: all its samples' generated tokens."""
         with self._lock:
-            self._advance(time.monotonic())
+            now = time.monotonic()
+            self._advance(now)
             self._requests -= 1
             self._samples -= samples
+            if started is None or now <= started[0]:
+                return
+            b = (self._sample_time - started[1]) / (now - started[0])
+            if tokens and b > 0:
+                self._tokens += tokens
+                self._tokens_over_b += tokens / b
+            if steps >= self.MIN_FIT_STEPS:
+                y = (now - started[0]) / (steps + 1)
+                for i, value in enumerate((1.0, b, y, b * b, b * y)):
+                    self._fit[i] += steps * value
 
     def busy_seconds(self) -> float:
         with self._lock:
@@ -75,6 +105,28 @@ class EngineClock:
         with self._lock:
             self._advance(time.monotonic())
             return self._sample_time
+
+    def counters(self) -> dict[str, int]:
+        """Totals so far, as Beam counters (integers: ms, and milli-/micro-units of the fit
+        sums, ``b`` in milli-samples and ``y`` in microseconds): ``engine_busy_ms``,
+        ``engine_sample_ms``, ``engine_fit_w``, ``engine_fit_wb``, ``engine_fit_wy``,
+        ``engine_fit_wbb``, ``engine_fit_wby``, ``engine_fit_tokens``,
+        ``engine_fit_tokens_over_b`` (milli). Sums over workers add up."""
+        busy, samples = self.busy_seconds(), self.sample_seconds()
+        with self._lock:
+            w, wb, wy, wbb, wby = self._fit
+            tokens, tokens_over_b = self._tokens, self._tokens_over_b
+        return {
+            "engine_busy_ms": round(1000 * busy),
+            "engine_sample_ms": round(1000 * samples),
+            "engine_fit_w": round(w),
+            "engine_fit_wb": round(1e3 * wb),
+            "engine_fit_wy": round(1e6 * wy),
+            "engine_fit_wbb": round(1e6 * wbb),
+            "engine_fit_wby": round(1e9 * wby),
+            "engine_fit_tokens": round(tokens),
+            "engine_fit_tokens_over_b": round(1e3 * tokens_over_b),
+        }
 
 
 class MeteredEngine:
@@ -98,11 +150,13 @@ class MeteredEngine:
         if self.clock is None:
             result = await self._engine.generate(request)
         else:
-            self.clock.enter(request.n)
+            started, result = self.clock.enter(request.n), None
             try:
                 result = await self._engine.generate(request)
             finally:
-                self.clock.leave(request.n)
+                self.clock.leave(request.n, started,
+                                 steps=max(result.generated_tokens, default=0) if result else 0,
+                                 tokens=result.total_generated_tokens if result else 0)
         self.requests += 1
         self.rollouts += len(result.texts)
         self.generated_tokens += result.total_generated_tokens
@@ -161,14 +215,12 @@ class _WorkerEngines:
         ``engine_retries``, ``engine_failures`` and ``engine_retry_<reason>``, for Beam counters
         (stats.json). Also this worker's timing, for ``steplabel plan``: ``engine_workers``
         (1), ``engine_start_ms`` (its engines' ``start_seconds``, where an engine has it: vLLM
-        does, custom engines may not), ``engine_busy_ms`` and ``engine_sample_ms``
-        (:class:`EngineClock`)."""
+        does, custom engines may not) and :meth:`EngineClock.counters`."""
         totals: dict[str, int] = {
             "engine_workers": 1,
             "engine_start_ms": round(1000 * sum(
                 getattr(e, "start_seconds", 0.0) or 0.0 for e in self.raw_engines)),
-            "engine_busy_ms": round(1000 * self.clock.busy_seconds()),
-            "engine_sample_ms": round(1000 * self.clock.sample_seconds()),
+            **self.clock.counters(),
         }
         for engine in self.raw_engines:
             counters = getattr(engine, "counters", None)

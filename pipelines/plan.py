@@ -246,10 +246,12 @@ def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict) -> PilotCos
 
 @dataclass(frozen=True)
 class Throughput:
-    """``tokens_per_s``: generated tokens per second of engine-busy time on one accelerator;
-    ``engine_start_s``: one engine start; ``overhead_s``: the job's time outside engine start
-    and engine work (launch, idle gaps, writing, finalize), added once; ``samples_in_flight``:
-    the pilot's mean number of samples in flight on the engine (None when not measured)."""
+    """``tokens_per_s``: generated tokens per second of engine-busy time on one accelerator,
+    at the full job's concurrency (``pilot_tokens_per_s`` is what the pilot measured at its
+    own; ``concurrency`` says how one became the other); ``engine_start_s``: one engine start;
+    ``overhead_s``: the job's time outside engine start and engine work (launch, idle gaps,
+    writing, finalize), added once; ``samples_in_flight``: the pilot's mean number of samples
+    in flight on the engine (None when not measured)."""
 
     tokens_per_s: float | None
     engine_start_s: float
@@ -257,19 +259,104 @@ class Throughput:
     source: str
     busy_s: float | None = None
     samples_in_flight: float | None = None
+    pilot_tokens_per_s: float | None = None
+    concurrency: dict | None = None
+
+
+@dataclass(frozen=True)
+class StepTimeFit:
+    """Seconds per engine step ``a + c·b`` with ``b`` samples in flight, fitted on a pilot's
+    requests (:class:`~steplabel.pipelines.label.EngineClock`); ``pilot_b``: the concurrency
+    its tokens were generated at (token-weighted harmonic mean); ``weight``: decode steps in
+    the fit."""
+
+    a: float
+    c: float
+    pilot_b: float
+    weight: int
+
+    def seconds_per_token(self, b: float) -> float:
+        """Each of ``b`` running samples gets one token per step."""
+        return self.a / b + self.c
+
+
+def step_time_fit(counters: dict) -> StepTimeFit | None:
+    """Weighted least squares of ``y = a + c·b`` from the ``engine_fit_*`` counters; None
+    without them or without spread in ``b``. A negative slope is read as ``c = 0`` (step time
+    flat: throughput grows with every sample added), a negative intercept as ``a = 0`` (no
+    gain from concurrency)."""
+    w = counters.get("engine_fit_w") or 0
+    tokens, over_b = counters.get("engine_fit_tokens"), counters.get("engine_fit_tokens_over_b")
+    if w <= 0 or not tokens or not over_b:
+        return None
+    sb, sy = counters["engine_fit_wb"] / 1e3, counters["engine_fit_wy"] / 1e6
+    sbb, sby = counters["engine_fit_wbb"] / 1e6, counters["engine_fit_wby"] / 1e9
+    spread = w * sbb - sb * sb
+    if spread <= 1e-9 * w * sbb:
+        return None
+    c = (w * sby - sb * sy) / spread
+    a = (sy - c * sb) / w
+    if c < 0:
+        a, c = sy / w, 0.0
+    elif a < 0:
+        a, c = 0.0, sby / sbb
+    return StepTimeFit(a=a, c=c, pilot_b=tokens / (over_b / 1e3), weight=int(w))
+
+
+def engine_sample_limit(manifest) -> int | None:
+    """Samples a vLLM engine runs at once (``max_num_seqs``, else vLLM's default here: 64 on a
+    CPU, 256 on a GPU); None for other engines (not known)."""
+    config = manifest.models.completer_model
+    if config.kind != "vllm":
+        return None
+    if config.max_num_seqs:
+        return config.max_num_seqs
+    try:
+        from steplabel.engines.vllm_engine import is_cpu_platform
+
+        return 64 if is_cpu_platform() else 256
+    except ImportError:
+        return None
+
+
+def at_full_concurrency(tokens_per_s: float, fit: StepTimeFit | None, *, scale: float,
+                        limit: int | None) -> tuple[float, dict | None]:
+    """The pilot's throughput carried to the full job's concurrency: ``scale`` times the
+    pilot's samples in flight (the job keeps ``scale`` times more problems in flight), at most
+    ``limit`` running; by the ratio of the fitted seconds per token."""
+    if fit is None or fit.pilot_b <= 0:
+        return tokens_per_s, None
+
+    def running(b: float) -> float:
+        return min(b, limit) if limit else b
+
+    pilot_b, full_b = running(fit.pilot_b), running(fit.pilot_b * scale)
+    factor = fit.seconds_per_token(pilot_b) / fit.seconds_per_token(full_b)
+    return tokens_per_s * factor, {
+        "step_seconds_a": fit.a, "step_seconds_per_sample_c": fit.c,
+        "fit_decode_steps": fit.weight, "problems_in_flight_scale": scale,
+        "running_limit": limit, "pilot_samples": pilot_b, "full_samples": full_b,
+        "throughput_factor": factor,
+    }
 
 
 def measured_throughput(counters: dict, generated_tokens: float | None, *,
-                        job_seconds: float | None) -> Throughput:
+                        job_seconds: float | None, scale: float = 1.0,
+                        limit: int | None = None) -> Throughput:
     """From a pilot's counters (``engine_busy_ms``, ``engine_start_ms``, ``engine_workers``,
-    ``engine_sample_ms``: :meth:`~steplabel.pipelines.label._WorkerEngines.engine_counter_deltas`)."""
+    ``engine_sample_ms``, ``engine_fit_*``: ``EngineClock.counters``), carried to the full
+    job's concurrency (:func:`at_full_concurrency`)."""
     workers = counters.get("engine_workers") or 1
     busy_ms = counters.get("engine_busy_ms")
     start_s = (counters.get("engine_start_ms") or 0) / 1000 / workers
     if not busy_ms or not generated_tokens:
-        tokens_per_s = None
+        pilot_tps = None
     else:
-        tokens_per_s = generated_tokens / (busy_ms / 1000)  # per worker: busy is summed
+        pilot_tps = generated_tokens / (busy_ms / 1000)  # per worker: busy is summed
+    tokens_per_s, concurrency = pilot_tps, None
+    if pilot_tps is not None:
+        tokens_per_s, concurrency = at_full_concurrency(
+            pilot_tps, step_time_fit(counters), scale=scale, limit=limit)
     overhead = 0.0
     if job_seconds is not None and busy_ms is not None:
         overhead = max(0.0, job_seconds - start_s - busy_ms / 1000 / workers)
@@ -277,7 +364,8 @@ def measured_throughput(counters: dict, generated_tokens: float | None, *,
                  if busy_ms and counters.get("engine_sample_ms") is not None else None)
     return Throughput(tokens_per_s, start_s, overhead, "pilot",
                       busy_s=busy_ms / 1000 if busy_ms is not None else None,
-                      samples_in_flight=in_flight)
+                      samples_in_flight=in_flight, pilot_tokens_per_s=pilot_tps,
+                      concurrency=concurrency)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +436,8 @@ def make_plan(costs: PilotCosts, *, source_rows: int, throughput: Throughput,
         "throughput": {
             "source": throughput.source,
             "generated_tokens_per_s": tps,
+            "pilot_generated_tokens_per_s": throughput.pilot_tokens_per_s,
+            "concurrency": throughput.concurrency,
             "engine_start_s": start,
             "overhead_s": throughput.overhead_s,
             "pilot_engine_busy_s": throughput.busy_s,
@@ -426,14 +516,28 @@ def format_plan(plan: dict) -> str:
             lines.append("  " + "  ".join("-" * w for w in widths))
     t, total = plan["throughput"], plan["total"]
     tps = t["generated_tokens_per_s"]
-    measured = (f"measured over {t['pilot_engine_busy_s']:.1f}s of engine-busy time"
-                if t["source"] == "pilot" and t["pilot_engine_busy_s"] is not None
-                else "given (--tokens-per-s)")
-    in_flight = t.get("pilot_samples_in_flight")
-    lines.append(f"  throughput: {tps:.1f} generated tokens/s per accelerator, {measured}"
-                 + (f"; {in_flight:.1f} samples in flight on average"
-                    if in_flight is not None and t["source"] == "pilot" else "")
-                 if tps else "  throughput: unknown (pass --tokens-per-s)")
+    if not tps:
+        lines.append("  throughput: unknown (pass --tokens-per-s)")
+    elif t["source"] != "pilot":
+        lines.append(f"  throughput: {tps:.1f} generated tokens/s per accelerator, given "
+                     "(--tokens-per-s)")
+    else:
+        in_flight = t.get("pilot_samples_in_flight")
+        lines.append(
+            f"  throughput: {tps:.1f} generated tokens/s per accelerator; the pilot measured "
+            f"{t['pilot_generated_tokens_per_s']:.1f} over {t['pilot_engine_busy_s']:.1f}s of "
+            "engine-busy time" + (f" with {in_flight:.1f} samples in flight on average"
+                                  if in_flight is not None else ""))
+        fit = t.get("concurrency")
+        if fit:
+            lines.append(
+                f"  concurrency: the job keeps {fit['problems_in_flight_scale']:.2g}x the "
+                f"pilot's problems in flight, ~{fit['full_samples']:.0f} samples running "
+                f"instead of ~{fit['pilot_samples']:.0f}"
+                + (f" (engine limit {fit['running_limit']})" if fit["running_limit"] else "")
+                + f"; step time {fit['step_seconds_a']:.3g}s + {fit['step_seconds_per_sample_c']:.3g}s"
+                f" per sample (fitted on the pilot's requests): throughput "
+                f"x{fit['throughput_factor']:.2f}")
     lines.append(f"  wall time on {plan['accelerators']} accelerator(s): "
                  f"{_cell(total['wall_s'], _duration)} (engine start {t['engine_start_s']:.1f}s"
                  f" once, job overhead {t['overhead_s']:.1f}s); accelerator-hours "
@@ -599,9 +703,14 @@ def run(args) -> int:
         if not any((s, "generated_tokens") in costs.unknown for s in stages):
             index = [list(STAGES).index(s) for s in stages]
             generated = float(costs.values[:, index, FIELDS.index("generated_tokens")].sum())
-        throughput = measured_throughput(counters, generated, job_seconds=job_seconds)
+        # The full job keeps more problems in flight than a small pilot: faster per token.
+        in_flight = manifest.runner.max_in_flight
+        scale = min(source_rows, in_flight) / max(1, min(rows_in, in_flight))
+        throughput = measured_throughput(counters, generated, job_seconds=job_seconds,
+                                         scale=scale, limit=engine_sample_limit(manifest))
         if args.tokens_per_s:
-            throughput = replace(throughput, tokens_per_s=args.tokens_per_s, source="given")
+            throughput = replace(throughput, tokens_per_s=args.tokens_per_s, source="given",
+                                 concurrency=None)
         if args.engine_start_s is not None:
             throughput = replace(throughput, engine_start_s=args.engine_start_s)
         if throughput.tokens_per_s is None:

@@ -200,8 +200,7 @@ class EnginePool:
             "engine_workers": 1,
             "engine_start_ms": round(1000 * sum(
                 getattr(e, "start_seconds", 0.0) or 0.0 for e in engines)),
-            "engine_busy_ms": round(1000 * self.clock.busy_seconds()),
-            "engine_sample_ms": round(1000 * self.clock.sample_seconds()),
+            **self.clock.counters(),
         }
         for engine in engines:
             counters = getattr(engine, "counters", None)

@@ -241,3 +241,78 @@ def test_pilot_source_from_a_datasets_folder(tmp_path):
     assert pilot.source.kind == "parquet"
     assert pq.read_table(pilot.source.path).to_pylist() == [rows[i] for i in indices]
     assert pilot.source.source_name == "hf"
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput at the full job's concurrency
+
+
+def fit_counters(points, *, tokens_at=None) -> dict:
+    """``engine_fit_*`` counters of requests ``(b, seconds per step, steps)``."""
+    w = sum(n for _, _, n in points)
+    counters = {
+        "engine_fit_w": w,
+        "engine_fit_wb": round(1e3 * sum(n * b for b, _, n in points)),
+        "engine_fit_wy": round(1e6 * sum(n * y for _, y, n in points)),
+        "engine_fit_wbb": round(1e6 * sum(n * b * b for b, _, n in points)),
+        "engine_fit_wby": round(1e9 * sum(n * b * y for b, y, n in points)),
+    }
+    tokens_at = tokens_at or [(b, n * b) for b, _, n in points]
+    counters["engine_fit_tokens"] = sum(t for _, t in tokens_at)
+    counters["engine_fit_tokens_over_b"] = round(1e3 * sum(t / b for b, t in tokens_at))
+    return counters
+
+
+def test_step_time_fit_recovers_a_linear_step_time():
+    a, c = 0.04, 0.003
+    points = [(b, a + c * b, 50) for b in (2, 5, 9, 16, 30)]
+    fit = plan.step_time_fit(fit_counters(points))
+    assert fit.a == pytest.approx(a, rel=1e-3) and fit.c == pytest.approx(c, rel=1e-3)
+    # Tokens generated at 10 and 40 samples in flight, half each: harmonic mean 16.
+    fit = plan.step_time_fit(fit_counters(points, tokens_at=[(10, 100), (40, 100)]))
+    assert fit.pilot_b == pytest.approx(16, rel=1e-3)
+    assert plan.step_time_fit({}) is None
+    assert plan.step_time_fit(fit_counters([(8, 0.1, 20), (8, 0.2, 20)])) is None  # one b
+    flat = plan.step_time_fit(fit_counters([(4, 0.3, 20), (16, 0.2, 20)]))
+    assert flat.c == 0 and flat.a == pytest.approx(0.25)  # falling: read as flat
+
+
+def test_throughput_at_full_concurrency():
+    fit = plan.StepTimeFit(a=1.0, c=0.0, pilot_b=10, weight=100)  # latency bound
+    tps, info = plan.at_full_concurrency(5.0, fit, scale=3, limit=None)
+    assert tps == pytest.approx(15.0) and info["full_samples"] == 30
+    tps, info = plan.at_full_concurrency(5.0, fit, scale=3, limit=16)  # the engine's limit
+    assert tps == pytest.approx(8.0) and info["full_samples"] == 16
+    compute_bound = plan.StepTimeFit(a=0.0, c=0.01, pilot_b=10, weight=100)
+    assert plan.at_full_concurrency(5.0, compute_bound, scale=3, limit=None)[0] == 5.0
+    mixed = plan.StepTimeFit(a=0.04, c=0.004, pilot_b=10, weight=100)
+    expected = 5.0 * (0.04 / 10 + 0.004) / (0.04 / 30 + 0.004)
+    assert plan.at_full_concurrency(5.0, mixed, scale=3, limit=None)[0] == pytest.approx(expected)
+    assert plan.at_full_concurrency(5.0, mixed, scale=1, limit=None)[0] == pytest.approx(5.0)
+    assert plan.at_full_concurrency(5.0, None, scale=3, limit=None) == (5.0, None)
+
+
+def test_engine_clock_times_busy_samples_and_requests(monkeypatch):
+    from steplabel.pipelines import label
+
+    now = [100.0]
+    monkeypatch.setattr(label.time, "monotonic", lambda: now[0])
+    clock = label.EngineClock()
+    first = clock.enter(4)          # t=100: 4 samples
+    now[0] = 102.0
+    second = clock.enter(2)         # t=102: 6 samples
+    now[0] = 103.0
+    clock.leave(2, second, steps=9, tokens=12)   # 1 s at 6 samples, 9 steps + prefill
+    now[0] = 110.0
+    clock.leave(4, first, steps=19, tokens=60)   # 10 s, b = (2·4 + 1·6 + 7·4) / 10 = 4.2
+    now[0] = 120.0                  # idle: not busy
+    clock.enter(1)
+    now[0] = 121.0
+    counters = clock.counters()     # a request still in flight counts so far
+    assert counters["engine_busy_ms"] == 11000
+    assert counters["engine_sample_ms"] == 2 * 4000 + 6000 + 7 * 4000 + 1000
+    assert counters["engine_fit_w"] == 9 + 19
+    assert counters["engine_fit_wb"] == round(1e3 * (9 * 6 + 19 * 4.2))
+    assert counters["engine_fit_wy"] == round(1e6 * (9 * 0.1 + 19 * 0.5))
+    assert counters["engine_fit_tokens"] == 72
+    assert counters["engine_fit_tokens_over_b"] == round(1e3 * (12 / 6 + 60 / 4.2))

@@ -40,7 +40,8 @@ def dataset(out: str) -> dict:
 
 def content_counters(counters: dict) -> dict:
     return {k: v for k, v in counters.items()
-            if k not in TIMING and not k.startswith("stage_") and k != "omegaprm_cached_tokens"}
+            if k not in TIMING and not k.startswith(("stage_", "engine_fit_"))
+            and k != "omegaprm_cached_tokens"}
 
 
 def run_both(manifest, base: Path, monkeypatch):
