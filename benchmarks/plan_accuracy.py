@@ -130,10 +130,10 @@ def main() -> None:
         (work / "record.json").write_text(json.dumps(record, indent=1))
     plan = json.loads((work / "plan.json").read_text())
     run = json.loads((work / "run.json").read_text())
-    result = {**record, "work": str(work), **compare(plan, run)}
+    result = {**record, **compare(plan, run)}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "plan_accuracy.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    print(json.dumps({**result, "work": str(work)}, indent=1))
 
 
 if __name__ == "__main__":
