@@ -720,6 +720,12 @@ def run(args) -> int:
                                  concurrency=None)
         if args.engine_start_s is not None:
             throughput = replace(throughput, engine_start_s=args.engine_start_s)
+        if (throughput.source == "pilot" and throughput.concurrency is None and scale != 1
+                and throughput.tokens_per_s is not None):
+            costs.notes.append(
+                f"the job keeps {scale:.2g}x the pilot's problems in flight, but the pilot "
+                "has no step-time fit (engine_fit_* counters): its throughput is used as it "
+                "is, and an engine is often faster with more in flight")
         if throughput.tokens_per_s is None:
             costs.notes.append("no throughput measured (no engine_busy_ms counter or no "
                                "tokens): pass --tokens-per-s for times")
