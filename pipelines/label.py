@@ -216,26 +216,33 @@ class _WorkerEngines:
         (stats.json). Also this worker's timing, for ``steplabel plan``: ``engine_workers``
         (1), ``engine_start_ms`` (its engines' ``start_seconds``, where an engine has it: vLLM
         does, custom engines may not) and :meth:`EngineClock.counters`."""
-        totals: dict[str, int] = {
-            "engine_workers": 1,
-            "engine_start_ms": round(1000 * sum(
-                getattr(e, "start_seconds", 0.0) or 0.0 for e in self.raw_engines)),
-            **self.clock.counters(),
-        }
-        for engine in self.raw_engines:
-            counters = getattr(engine, "counters", None)
-            if counters is None:
-                continue
-            for name in ("requests", "attempts", "retries", "failures"):
-                totals[f"engine_{name}"] = totals.get(f"engine_{name}", 0) + getattr(
-                    counters, name, 0)
-            for reason, count in getattr(counters, "retry_reasons", {}).items():
-                key = "engine_retry_" + re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_")
-                totals[key] = totals.get(key, 0) + count
+        totals = engine_counter_totals(self.raw_engines, self.clock)
         with self._reported_lock:
             deltas = {k: v - self._reported.get(k, 0) for k, v in totals.items()}
             self._reported = totals
         return {k: v for k, v in deltas.items() if v}
+
+
+def engine_counter_totals(engines, clock) -> dict[str, int]:
+    """Cumulative engine counters of one worker: ``engine_workers`` (1), ``engine_start_ms``,
+    the clock's counters, and the request/retry counters of engines that keep ``counters``."""
+    totals: dict[str, int] = {
+        "engine_workers": 1,
+        "engine_start_ms": round(1000 * sum(
+            getattr(e, "start_seconds", 0.0) or 0.0 for e in engines)),
+        **clock.counters(),
+    }
+    for engine in engines:
+        counters = getattr(engine, "counters", None)
+        if counters is None:
+            continue
+        for name in ("requests", "attempts", "retries", "failures"):
+            totals[f"engine_{name}"] = totals.get(f"engine_{name}", 0) + getattr(
+                counters, name, 0)
+        for reason, count in getattr(counters, "retry_reasons", {}).items():
+            key = "engine_retry_" + re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_")
+            totals[key] = totals.get(key, 0) + count
+    return totals
 
 
 class Progress:

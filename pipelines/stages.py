@@ -196,22 +196,9 @@ class EnginePool:
         failures and busy time, for Beam counters."""
         with self._lock:
             engines = [*self._retired, *self._raw.values()]
-        totals: dict[str, int] = {
-            "engine_workers": 1,
-            "engine_start_ms": round(1000 * sum(
-                getattr(e, "start_seconds", 0.0) or 0.0 for e in engines)),
-            **self.clock.counters(),
-        }
-        for engine in engines:
-            counters = getattr(engine, "counters", None)
-            if counters is None:
-                continue
-            for name in ("requests", "attempts", "retries", "failures"):
-                totals[f"engine_{name}"] = totals.get(f"engine_{name}", 0) + getattr(
-                    counters, name, 0)
-            for reason, count in getattr(counters, "retry_reasons", {}).items():
-                key = "engine_retry_" + re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_")
-                totals[key] = totals.get(key, 0) + count
+        from steplabel.pipelines.label import engine_counter_totals
+
+        totals = engine_counter_totals(engines, self.clock)
         with self._lock:
             deltas = {k: v - self._reported.get(k, 0) for k, v in totals.items()}
             self._reported = totals
