@@ -38,7 +38,6 @@ import concurrent.futures
 import hashlib
 import json
 import logging
-import re
 import threading
 
 import apache_beam as beam
