@@ -43,7 +43,7 @@ from steplabel.annotators.seeds import derive_seed
 from steplabel.annotators.splitting import get_splitter
 from steplabel.engines.base import ContextLengthError, CostMeter, EngineError
 from steplabel.schemas import rows as R
-from steplabel.schemas.config import to_mapping
+from steplabel.schemas.config import share_gpu_memory, to_mapping
 
 #: Stage names: checkpoint folders (``_work/<stage>/``) and the order in which an engine
 #: failure is chosen when several stages of one problem failed.
@@ -171,15 +171,19 @@ class StageContext:
                           if manifest.monte_carlo else None)
         self.manifest_hash = manifest.hash
 
-    def roles(self) -> dict[str, Any]:
-        """The engine config of every role this manifest uses."""
+    def roles(self, pools: dict[str, str] | None = None) -> dict[str, Any]:
+        """The engine config of every role this manifest uses, with each vLLM model's share of
+        GPU memory set (``schemas.config.share_gpu_memory``: the vLLM models of one worker
+        process share its GPUs). ``pools``: role -> worker pool (a runner's
+        ``stage_accelerators``); without it every role counts as one process's (never more
+        memory than the GPUs have; less than it could for a role on its own pool)."""
         m = self.manifest
         roles = {"policy": m.models.policy}
         if m.monte_carlo or m.omegaprm:
             roles["completer"] = m.models.completer_model
         if m.judge:
             roles["judge"] = m.models.judge_model
-        return roles
+        return share_gpu_memory(roles, pools=pools)
 
     def mc_annotator(self, engine):
         from steplabel.annotators.monte_carlo import MonteCarloAnnotator

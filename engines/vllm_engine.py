@@ -45,8 +45,13 @@ from steplabel.engines.base import (
     GenerationRequest,
     GenerationResult,
 )
+from steplabel.engines.parallel import PrefixAffinityRouter, visible_gpu_count
 from steplabel.engines.tokens import tokenizer_pieces
-from steplabel.schemas.config import EngineConfig
+from steplabel.schemas.config import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    EngineConfig,
+    data_parallel_size_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +103,20 @@ def cpu_environment(config: EngineConfig) -> dict[str, str]:
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
     }
     return {k: v for k, v in wanted.items() if k not in os.environ}
+
+
+def engine_parallelism(config: EngineConfig, *, gpus: int) -> dict:
+    """vLLM's parallelism and memory arguments for ``config`` on a worker that sees ``gpus``
+    GPUs (0 on the CPU build): ``data_parallel_size`` replicas (``"auto"``: one per
+    ``tensor_parallel_size`` GPUs) and the fraction of each GPU's memory, unset meaning
+    :data:`DEFAULT_GPU_MEMORY_UTILIZATION` (the stages pass configs whose share is already
+    split among the models of the worker, ``schemas.config.share_gpu_memory``)."""
+    return {
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "data_parallel_size": data_parallel_size_for(config, gpus),
+        "gpu_memory_utilization": config.gpu_memory_utilization
+        or DEFAULT_GPU_MEMORY_UTILIZATION,
+    }
 
 
 _ASYNC_LLM_CLASS = None
@@ -202,8 +221,14 @@ def _register_exit_hook() -> None:
 class VLLMEngine:
     """The ``vllm`` engine. Create it inside a running event loop with :meth:`start`."""
 
-    def __init__(self, config: EngineConfig, model: ResolvedModel, llm, tokenizer) -> None:
+    def __init__(self, config: EngineConfig, model: ResolvedModel, llm, tokenizer, *,
+                 data_parallel_size: int = 1) -> None:
         self.config = config
+        #: Engine replicas (vLLM data parallelism); with more than one, the router picks each
+        #: request's replica (prefix affinity, then load).
+        self.data_parallel_size = data_parallel_size
+        self.router = (PrefixAffinityRouter(data_parallel_size) if data_parallel_size > 1
+                       else None)
         self.model = model
         self.model_id = model.path if config.model != "embedded" else "embedded:SmolLM2-135M-Instruct"
         self._llm = llm
@@ -234,6 +259,7 @@ class VLLMEngine:
         block_size = config.block_size or (32 if cpu else None)
         if block_size:
             extra["block_size"] = block_size
+        parallelism = engine_parallelism(config, gpus=0 if cpu else visible_gpu_count())
         args = AsyncEngineArgs(
             model=model.path,
             revision=config.revision,
@@ -244,9 +270,8 @@ class VLLMEngine:
             max_num_seqs=config.max_num_seqs or (64 if cpu else 256),
             max_num_batched_tokens=config.max_num_batched_tokens
             or max(config.max_model_len, 4096),
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            tensor_parallel_size=config.tensor_parallel_size,
             disable_log_stats=True,
+            **parallelism,
             **extra,
         )
         llm = async_llm_class().from_engine_args(args)
@@ -254,12 +279,15 @@ class VLLMEngine:
             route_vllm_records_to_root()
         start_orphan_reaper()
         tokenizer = AutoTokenizer.from_pretrained(model.path, revision=config.revision)
-        engine = cls(config, model, llm, tokenizer)
+        engine = cls(config, model, llm, tokenizer,
+                     data_parallel_size=args.data_parallel_size)
         engine._loop = asyncio.get_running_loop()
         _LIVE_ENGINES.add(engine)
         _register_exit_hook()
         engine.start_seconds = time.perf_counter() - started
-        log.info("vLLM engine for %s ready in %.1f s", engine.model_id, engine.start_seconds)
+        log.info("vLLM engine for %s ready in %.1f s (%d replica(s) x %d GPU(s), %.3g of each "
+                 "GPU's memory)", engine.model_id, engine.start_seconds, args.data_parallel_size,
+                 args.tensor_parallel_size, args.gpu_memory_utilization)
         return engine
 
     def info(self) -> EngineInfo:
@@ -271,7 +299,11 @@ class VLLMEngine:
             weights_sha256=self.model.weights_sha256,
             engine_version=f"vllm {vllm.__version__}",
             settings={"dtype": self.config.dtype, "max_model_len": self.config.max_model_len,
-                      "prefix_caching": self.config.enable_prefix_caching},
+                      "prefix_caching": self.config.enable_prefix_caching,
+                      "tensor_parallel_size": self.config.tensor_parallel_size,
+                      "data_parallel_size": self.data_parallel_size,
+                      "gpu_memory_utilization": self.config.gpu_memory_utilization
+                      or DEFAULT_GPU_MEMORY_UTILIZATION},
         )
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -292,8 +324,10 @@ class VLLMEngine:
         # With n > 1, vLLM fans the request out and may report finished samples in several
         # outputs: collect them by sample index.
         samples = {}
+        replica = self.router.acquire(request.prompt, request.n) if self.router else None
         try:
-            async for output in self._llm.generate(request.prompt, params, request_id):
+            async for output in self._llm.generate(request.prompt, params, request_id,
+                                                   data_parallel_rank=replica):
                 final = output
                 for sample in output.outputs:
                     samples[sample.index] = sample
@@ -302,6 +336,9 @@ class VLLMEngine:
             if mapped is exc:
                 raise
             raise mapped from exc
+        finally:
+            if replica is not None:
+                self.router.release(replica, request.n)
         if final is None:
             raise EngineError(f"vLLM returned no output for {request_id}")
         outputs = [samples[i] for i in sorted(samples)]

@@ -234,13 +234,10 @@ def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
 
 
 def accelerator_count() -> int:
-    """GPUs on this machine; a CPU-only machine counts as one (one engine uses every core)."""
-    try:
-        import torch
+    """GPUs on this machine (``CUDA_VISIBLE_DEVICES`` applies); 0 on a machine without any."""
+    from steplabel.engines.parallel import visible_gpu_count
 
-        return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
-    except ImportError:
-        return 1
+    return visible_gpu_count()
 
 
 def worker_processes(manifest, options: PipelineOptions) -> int:
@@ -257,21 +254,36 @@ def worker_processes(manifest, options: PipelineOptions) -> int:
 
 
 def check_engine_copies(manifest, options: PipelineOptions | None = None) -> None:
-    """Each worker process on this machine hosts its own engines: never more of them than
-    accelerators."""
+    """Before the job starts: the vLLM models of one worker process fit its GPUs' memory
+    (``share_gpu_memory``, per worker pool of the runner's ``stage_accelerators``), and no
+    more than one worker process on this machine hosts vLLM engines.
+
+    One worker process takes every GPU of its machine: each vLLM engine runs one replica per
+    ``tensor_parallel_size`` GPUs (``data_parallel_size: auto``). Beam's worker processes are not
+    pinned to devices, so a second one would load its engines on the same GPUs (or, without
+    GPUs, on the same cores)."""
+    from steplabel.annotators.stages import StageContext
+    from steplabel.pipelines.runners import stage_accelerators
+    from steplabel.schemas.config import ConfigError
+
     options = options or pipeline_options(manifest)
-    uses_vllm = any(config.kind == "vllm" for config in (
-        manifest.models.policy, manifest.models.completer_model, manifest.models.judge_model))
+    try:
+        roles = StageContext(manifest).roles(pools=stage_accelerators(manifest.runner))
+    except ConfigError as exc:
+        raise JobError(str(exc)) from None
+    uses_vllm = any(config.kind == "vllm" for config in roles.values())
     workers = worker_processes(manifest, options)
-    if uses_vllm and workers > accelerator_count():
+    if uses_vllm and workers > 1:
+        gpus = accelerator_count()
         setting = ("runner.direct_num_workers is {n} in multi_processing mode"
                    if manifest.runner.runner == "local" else
                    "the portable runner has {n} SDK workers (direct_num_workers)")
         raise JobError(
-            setting.format(n=workers) + f", but this machine has {accelerator_count()} "
-            "accelerator(s): every worker process would load its own vLLM engine. Use one "
-            "worker (one engine, many problems in flight), the local runner's in_memory or "
-            "multi_threading mode, or fewer workers.")
+            setting.format(n=workers) + ", but every worker process would load its own vLLM "
+            f"engines on the same devices (this machine has {gpus or 'no'} GPU(s); worker "
+            "processes are not pinned to GPUs). Use one worker: its engines use every GPU "
+            "(models.*.data_parallel_size: auto, one engine replica per GPU) with many problems "
+            "in flight; or the local runner's in_memory or multi_threading mode.")
 
 
 def local_absolute(path: str) -> str:

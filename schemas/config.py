@@ -181,8 +181,14 @@ class EngineConfig:
     #: KV-cache block size in tokens, the grain of prefix caching. None: 32 on CPU (vLLM's CPU
     #: default of 128 caches a 120-token question not at all), vLLM's default on GPUs.
     block_size: int | None = None
-    gpu_memory_utilization: float = 0.9
+    #: Fraction of each GPU's memory this engine may take, in (0, 1]. None: automatic, 0.9
+    #: (vLLM's default) for a model alone on its GPUs, and that 0.9 shared among the vLLM models
+    #: that run in one worker process (:func:`share_gpu_memory`).
+    gpu_memory_utilization: float | None = None
     tensor_parallel_size: int = 1
+    #: Engine replicas, one per ``tensor_parallel_size`` GPUs (vLLM data parallelism inside one
+    #: engine). ``"auto"``: every GPU the worker sees // ``tensor_parallel_size``; 1 without GPUs.
+    data_parallel_size: int | Literal["auto"] = "auto"
     # openai engine
     base_url: str | None = None
     api_key_env: str | None = None
@@ -200,10 +206,14 @@ class EngineConfig:
         if self.kv_cache_space_gib is not None:
             check(self.kv_cache_space_gib > 0, "kv_cache_space_gib", "must be > 0",
                   self.kv_cache_space_gib)
-        check(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
-              "must be in (0, 1]", self.gpu_memory_utilization)
+        if self.gpu_memory_utilization is not None:
+            check(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
+                  "must be in (0, 1] (or null: automatic)", self.gpu_memory_utilization)
         check(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1",
               self.tensor_parallel_size)
+        if self.data_parallel_size != "auto":
+            check(self.data_parallel_size >= 1, "data_parallel_size", "must be >= 1 or 'auto'",
+                  self.data_parallel_size)
         if self.max_num_seqs is not None:
             check(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1", self.max_num_seqs)
         if self.block_size is not None:
@@ -223,3 +233,101 @@ class EngineConfig:
         if self.kind == "openai":
             check(bool(self.base_url), "base_url", "is required when kind is 'openai'",
                   self.base_url)
+
+
+# --------------------------------------------------------------------------------------------
+# Engines on GPUs: replicas per worker, memory per model
+
+#: What one vLLM engine takes of each of its GPUs when nothing is set (vLLM's own default).
+#: Models sharing a GPU share this budget: it leaves room for each engine process's CUDA context.
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+#: The least share of a GPU an automatically sized engine gets (weights and a KV cache must fit).
+MIN_GPU_MEMORY_SHARE = 0.05
+
+
+def data_parallel_size_for(config: EngineConfig, gpus: int) -> int:
+    """Engine replicas ``config`` runs on a worker that sees ``gpus`` GPUs (0: none, CPU).
+
+    ``"auto"``: one replica per ``tensor_parallel_size`` GPUs (``gpus // tp``), 1 without
+    GPUs and for engines that are not ``vllm``. An explicit size that needs more GPUs than the
+    worker sees is refused, so is a ``tensor_parallel_size`` larger than the GPUs seen."""
+    if config.kind != "vllm":
+        return 1
+    tp = config.tensor_parallel_size
+    if gpus <= 0:
+        if config.data_parallel_size not in ("auto", 1):
+            raise ConfigError(f"data_parallel_size {config.data_parallel_size} needs GPUs, but "
+                              "this worker sees none; use 'auto' or 1")
+        return 1
+    if tp > gpus:
+        raise ConfigError(f"tensor_parallel_size {tp} needs {tp} GPUs, but this worker sees "
+                          f"{gpus}")
+    if config.data_parallel_size == "auto":
+        return gpus // tp
+    needed = config.data_parallel_size * tp
+    if needed > gpus:
+        raise ConfigError(
+            f"data_parallel_size {config.data_parallel_size} x tensor_parallel_size {tp} needs "
+            f"{needed} GPUs, but this worker sees {gpus}; use 'auto' (one replica per "
+            f"{tp} GPU(s)) or a smaller size")
+    return config.data_parallel_size
+
+
+def share_gpu_memory(configs: Mapping[str, EngineConfig], *,
+                     pools: Mapping[str, str] | None = None) -> dict[str, EngineConfig]:
+    """Per role, its engine config with ``gpu_memory_utilization`` set.
+
+    Roles in one *pool* (``pools[role]``; roles without an entry share the default pool) run
+    in one worker process, and every vLLM engine there starts on the same GPUs (data parallel
+    replica ``r`` of each takes GPUs ``r*tp ...``), so the distinct vLLM configs of a pool share
+    each GPU. Explicit values are kept; the automatic ones (``None``) split what the explicit
+    ones leave of :data:`DEFAULT_GPU_MEMORY_UTILIZATION` equally. A model alone in its pool
+    gets the whole default. Refused with a :class:`ConfigError`: explicit values of models
+    sharing a pool that sum to more than the default budget, or an automatic share below
+    :data:`MIN_GPU_MEMORY_SHARE`. Roles naming one config keep naming one (resolved) config.
+    """
+    pools = pools or {}
+    by_pool: dict[str, list[EngineConfig]] = {}
+    for role, config in configs.items():
+        members = by_pool.setdefault(pools.get(role, ""), [])
+        if config.kind == "vllm" and config not in members:
+            members.append(config)
+    resolved: dict[tuple[str, EngineConfig], EngineConfig] = {}
+    for pool, members in by_pool.items():
+        shares = _pool_shares(members, pool, configs, pools)
+        for config, share in zip(members, shares):
+            resolved[(pool, config)] = dataclasses.replace(config, gpu_memory_utilization=share)
+    return {role: resolved.get((pools.get(role, ""), config), config)
+            for role, config in configs.items()}
+
+
+def _pool_shares(members: list[EngineConfig], pool: str, configs: Mapping[str, EngineConfig],
+                 pools: Mapping[str, str]) -> list[float]:
+    budget = DEFAULT_GPU_MEMORY_UTILIZATION
+    if len(members) == 1:
+        return [members[0].gpu_memory_utilization or budget]
+
+    def names(config: EngineConfig) -> str:
+        roles = [r for r, c in configs.items() if c == config and pools.get(r, "") == pool]
+        return "/".join(roles) + f" ({config.model})"
+
+    explicit = [c for c in members if c.gpu_memory_utilization is not None]
+    automatic = [c for c in members if c.gpu_memory_utilization is None]
+    taken = sum(c.gpu_memory_utilization for c in explicit)
+    where = f" in worker pool {pool!r}" if pool else ""
+    if taken > budget + 1e-9:
+        listed = " + ".join(f"{names(c)} {c.gpu_memory_utilization}" for c in explicit)
+        raise ConfigError(
+            f"models.*.gpu_memory_utilization: {len(members)} vLLM models share each GPU of one "
+            f"worker{where}, and {listed} = {taken:.3g} is more than one engine's budget "
+            f"{budget}; lower them, or leave them unset (null) to share {budget} automatically")
+    if not automatic:
+        return [c.gpu_memory_utilization for c in members]
+    share = int((budget - taken) / len(automatic) * 1000) / 1000  # rounded down: never over
+    if share < MIN_GPU_MEMORY_SHARE:
+        raise ConfigError(
+            f"models.*.gpu_memory_utilization: {len(members)} vLLM models share each GPU of one "
+            f"worker{where}; the explicit values ({taken:.3g}) leave {share:.3g} each to "
+            f"{', '.join(names(c) for c in automatic)}, less than {MIN_GPU_MEMORY_SHARE}")
+    return [c.gpu_memory_utilization if c.gpu_memory_utilization is not None else share
+            for c in members]
