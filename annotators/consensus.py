@@ -16,8 +16,12 @@ REASON_AGREE = "agree"
 REASON_DISAGREE = "disagree"
 REASON_MC_UNKNOWN = "mc_unknown"
 REASON_JUDGE_UNKNOWN = "judge_unknown"
+#: Consensus-guided Monte Carlo stopped once the judge's first error could no longer be matched
+#: (the final answer's grade or a step's label rules it out); MC's own first error is unknown.
+REASON_CANNOT_AGREE = "cannot_agree"
 #: Every reason :func:`consensus` can give; all but ``agree`` are drop reasons.
-CONSENSUS_REASONS = (REASON_AGREE, REASON_DISAGREE, REASON_MC_UNKNOWN, REASON_JUDGE_UNKNOWN)
+CONSENSUS_REASONS = (REASON_AGREE, REASON_DISAGREE, REASON_MC_UNKNOWN, REASON_JUDGE_UNKNOWN,
+                     REASON_CANNOT_AGREE)
 #: A rejection before consensus: the policy's sample was cut off at ``max_tokens``, so it has no
 #: final answer of its own and none of its steps is labelled (nothing is rolled out from it).
 REASON_POLICY_TRUNCATED = "policy_truncated"
@@ -50,10 +54,13 @@ def _check_index(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be None or an integer >= -1, got {value!r}")
 
 
-def consensus(mc_first_error: int | None, judge_first_error: int | None) -> ConsensusDecision:
+def consensus(mc_first_error: int | None, judge_first_error: int | None, *,
+              mc_stopped: str | None = None) -> ConsensusDecision:
     """Keep when both indices are known and equal (``-1 == -1`` included).
 
-    Reasons, checked in this order:
+    ``mc_stopped``: why consensus-guided Monte Carlo stopped early (``judge_unknown``,
+    ``cannot_agree``; see ``MonteCarloResult.stopped``); it is the reason then, since MC's index
+    was left unknown on purpose. Otherwise the reasons, checked in this order:
 
     - ``mc_unknown``: the Monte Carlo index is None, whatever the judge says. This also covers
       "both unknown": the kept labels come from Monte Carlo, so a missing MC index is the
@@ -66,7 +73,12 @@ def consensus(mc_first_error: int | None, judge_first_error: int | None) -> Cons
     """
     _check_index("mc_first_error", mc_first_error)
     _check_index("judge_first_error", judge_first_error)
-    if mc_first_error is None:
+    if mc_stopped is not None:
+        if mc_stopped not in (REASON_JUDGE_UNKNOWN, REASON_CANNOT_AGREE):
+            raise ValueError(f"mc_stopped must be judge_unknown or cannot_agree, got "
+                             f"{mc_stopped!r}")
+        reason = mc_stopped
+    elif mc_first_error is None:
         reason = REASON_MC_UNKNOWN
     elif judge_first_error is None:
         reason = REASON_JUDGE_UNKNOWN

@@ -279,13 +279,19 @@ class ProblemLabeler:
                           policy_cost) -> tuple[str, dict, dict]:
         m = self.manifest
         outcome = await asyncio.to_thread(grade, solution, problem.gold_answer)
-        mc_task = (self.mc.annotate(problem_id=problem.problem_id, solution_index=index,
-                                    prompt=prompt, steps=steps, splitter=self.splitter,
-                                    gold_answer=problem.gold_answer,
-                                    final_verdict=outcome.verdict) if self.mc else None)
         judge_task = (self.judge.judge(problem_id=problem.problem_id, solution_index=index,
                                        question=problem.question, steps=steps)
                       if self.judge else None)
+        guide = {}
+        if self.mc and self.mc_config.consensus_guided:
+            # The judge first: its verdict says which rollouts consensus can still use.
+            verdict = await judge_task
+            judge_task = _value(verdict)
+            guide["judge_first_error"] = verdict.first_error_index
+        mc_task = (self.mc.annotate(problem_id=problem.problem_id, solution_index=index,
+                                    prompt=prompt, steps=steps, splitter=self.splitter,
+                                    gold_answer=problem.gold_answer,
+                                    final_verdict=outcome.verdict, **guide) if self.mc else None)
         mc, verdict = await asyncio.gather(
             mc_task if mc_task else _none(), judge_task if judge_task else _none())
         counters: dict[str, int] = {}
@@ -313,6 +319,7 @@ class ProblemLabeler:
             counters["mc_rollouts_unknown"] = sum(mc.n_unknown[:-1])
             counters["mc_rollouts_saved_decided"] = mc.rollouts_saved_decided
             counters["mc_rollouts_saved_first_error"] = mc.rollouts_saved_first_error
+            counters["mc_rollouts_saved_consensus"] = mc.rollouts_saved_consensus
             counters["mc_steps_not_estimated"] = sum(
                 1 for c in zip(mc.n_total, mc.n_unknown) if c == (0, 0))
             counters["mc_steps_unestimated"] = sum(1 for v in mc.values if v is None)
@@ -334,7 +341,8 @@ class ProblemLabeler:
                 FINISH_LENGTH)
         output = "trajectories"
         if m.consensus is not None:
-            decision = consensus(mc.first_error_index, verdict.first_error_index)
+            decision = consensus(mc.first_error_index, verdict.first_error_index,
+                                 mc_stopped=mc.stopped)
             row["consensus_keep"] = decision.keep
             row["consensus_reason"] = decision.reason
             row["label_source"] = "consensus"
@@ -459,3 +467,7 @@ class ProblemLabeler:
 
 async def _none() -> None:
     return None
+
+
+async def _value(value):
+    return value

@@ -31,7 +31,8 @@ from steplabel.engines.base import CostMeter, GenerationEngine, GenerationReques
 from steplabel.schemas.config import ConfigError, SamplingConfig, check
 
 ANNOTATOR_NAME = "monte_carlo"
-ANNOTATOR_VERSION = "3"  # 2: cut-off rollouts unknown, final step by its answer; 3: waves
+ANNOTATOR_VERSION = "4"  # 2: cut-off rollouts unknown, final step by its answer; 3: waves;
+# 4: consensus-guided (no rollouts once the judge's first error cannot be matched)
 
 #: ``grader(completed_solution_text, gold_answer) -> Grade``; :func:`grading.grade` by default.
 Grader = Callable[[str, "str | None"], Grade]
@@ -44,6 +45,19 @@ FINISH_LENGTH = "length"
 TRUNCATED_RULES = ("unknown", "incorrect")
 REASON_TRUNCATED = "truncated"
 STOPPING_RULES = ("decided", "fixed")
+
+
+class _Unguided:
+    def __repr__(self) -> str:
+        return "UNGUIDED"
+
+
+#: ``annotate(judge_first_error=...)`` when no judge verdict guides the rollouts.
+UNGUIDED = _Unguided()
+#: Why consensus-guided rollouts stopped (``MonteCarloResult.stopped``); also the consensus
+#: reasons of those rejected rows.
+REASON_JUDGE_UNKNOWN = "judge_unknown"
+REASON_CANNOT_AGREE = "cannot_agree"
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,6 +205,15 @@ class MonteCarloConfig:
       0, value and label null), never as negative. The first error is identical by
       construction. ``null`` (default) turns it on exactly when nothing keeps labels after the
       first error: with ``consensus`` (kept labels end there) or ``truncate_after_first_error``.
+    - ``consensus_guided``: with consensus, the judge labels a solution first, and Monte Carlo
+      spends rollouts on it only while agreement is still possible: none when the judge has no
+      verdict or the solution's own final answer already contradicts it (the judge says "no
+      error" on a wrong answer), steps up to the judge's first error only, and it stops at the
+      first step whose label rules agreement out. Kept trajectories (MC and judge agree) get
+      exactly the labels of full Monte Carlo; a rejected one records why Monte Carlo stopped
+      (``consensus_reason`` ``judge_unknown`` or ``cannot_agree``) and its unestimated steps as
+      null. Implies ``first_error_only``. ``null`` (default): on exactly when consensus is on
+      and ``first_error_only`` is not turned off.
     - ``sampling``: completer sampling settings (temperature 0.7, 256 new tokens by default).
     """
 
@@ -200,6 +223,7 @@ class MonteCarloConfig:
     truncated: Literal["unknown", "incorrect"] = "unknown"
     stopping: Literal["decided", "fixed"] = "decided"
     first_error_only: bool | None = None
+    consensus_guided: bool | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
@@ -215,14 +239,28 @@ class MonteCarloConfig:
               f"must be one of {', '.join(STOPPING_RULES)}", self.stopping)
         check(self.first_error_only is None or isinstance(self.first_error_only, bool),
               "first_error_only", "must be true, false or null", self.first_error_only)
-
-    def resolved(self, *, consensus: bool) -> "MonteCarloConfig":
-        """This config with ``first_error_only`` decided (see the class docstring)."""
-        if self.first_error_only is not None:
-            return self
-        return replace(self, first_error_only=consensus or self.truncate_after_first_error)
+        check(self.consensus_guided is None or isinstance(self.consensus_guided, bool),
+              "consensus_guided", "must be true, false or null", self.consensus_guided)
+        check(not (self.consensus_guided and self.first_error_only is False),
+              "consensus_guided", "stops at the first error: it cannot be on with "
+              "first_error_only false", self.consensus_guided)
         if not isinstance(self.sampling, SamplingConfig):
             raise ConfigError(f"sampling must be a SamplingConfig, got {self.sampling!r}")
+
+    def resolved(self, *, consensus: bool) -> "MonteCarloConfig":
+        """This config with ``first_error_only`` and ``consensus_guided`` decided (see the
+        class docstring). Raises ConfigError when ``consensus_guided`` is on without
+        consensus."""
+        check(not (self.consensus_guided and not consensus), "consensus_guided",
+              "needs consensus (a judge and a consensus section)", self.consensus_guided)
+        first_error_only = self.first_error_only
+        if first_error_only is None:
+            first_error_only = consensus or self.truncate_after_first_error
+        guided = self.consensus_guided
+        if guided is None:
+            guided = consensus and first_error_only
+        return replace(self, first_error_only=first_error_only or guided,
+                       consensus_guided=guided)
 
 
 @dataclass(frozen=True)
@@ -251,7 +289,12 @@ class MonteCarloResult:
       ``CostMeter.as_dict()``. ``rollouts_saved_decided``: rollouts not sampled on estimated
       steps because their label was decided early; ``rollouts_saved_first_error``: k for every
       step not estimated because it lies after the first error. A step not estimated has counts
-      ``0, 0, 0`` and value and labels None.
+      ``0, 0, 0`` and value and labels None. ``rollouts_saved_consensus``: k for every step
+      left unestimated by consensus guidance (past the judge's first error, or all of them
+      when agreement was ruled out before any rollout).
+    - ``stopped``: None, or why consensus-guided rollouts stopped before the first error was
+      known: ``judge_unknown`` (the judge gave no verdict) or ``cannot_agree`` (the final
+      answer's grade or a step's label rules the judge's first error out).
     """
 
     problem_id: str
@@ -276,6 +319,8 @@ class MonteCarloResult:
     model_id: str
     rollouts_saved_decided: int = 0
     rollouts_saved_first_error: int = 0
+    rollouts_saved_consensus: int = 0
+    stopped: str | None = None
 
 
 def first_error_from_labels(hard_labels: Sequence[bool | None]) -> int | None:
@@ -326,6 +371,7 @@ class MonteCarloAnnotator:
         splitter: Splitter,
         gold_answer: str | None,
         final_verdict: str | None = None,
+        judge_first_error: "int | None | _Unguided" = UNGUIDED,
     ) -> MonteCarloResult:
         """Estimate the MC value of every step prefix of ``steps`` but the last (k rollouts each).
 
@@ -334,9 +380,10 @@ class MonteCarloAnnotator:
         includes the prompt's ``response_prefix``); ``gold_answer`` is already extracted (None:
         every rollout grades unknown). ``final_verdict`` is the grade of the solution's own final
         answer (``"correct"``, ``"incorrect"`` or ``"unknown"``; graded here when None): it
-        labels the last step, from which nothing is rolled out. Costs at most
-        ``k * (len(steps) - 1)`` rollouts (exactly that with ``stopping: fixed`` and
-        ``first_error_only`` off).
+        labels the last step, from which nothing is rolled out. ``judge_first_error``: the
+        judge's verdict on this solution (``-1`` no error, an index, None unknown), which the
+        rollouts follow under ``consensus_guided``. Costs at most ``k * (len(steps) - 1)``
+        rollouts (exactly that with ``stopping: fixed`` and ``first_error_only`` off).
         """
         if not steps:
             raise ValueError(f"steps must be non-empty (problem {problem_id!r}, "
@@ -350,6 +397,10 @@ class MonteCarloAnnotator:
         cfg = self.config
         first_error_only = (cfg.first_error_only if cfg.first_error_only is not None
                             else cfg.truncate_after_first_error)
+        guided = bool(cfg.consensus_guided) and judge_first_error is not UNGUIDED
+        if cfg.consensus_guided and not guided:
+            raise ValueError("consensus_guided Monte Carlo needs the judge's verdict "
+                             "(judge_first_error)")
         cost = CostMeter()
         seeds = [self.seed_for(problem_id=problem_id, solution_index=solution_index,
                                step_index=t) for t in range(len(steps))]
@@ -371,17 +422,23 @@ class MonteCarloAnnotator:
             )
 
         estimable = len(steps) - 1  # no rollout from the complete solution
+        # Steps that may be estimated; with guidance, none past the judge's first error.
+        horizon, stopped = estimable, None
+        if guided:
+            first_error_only = True
+            horizon, stopped = guided_horizon(judge_first_error, num_steps=len(steps),
+                                              final_verdict=final_verdict)
         sampled: list[GradedRollouts | None] = [None] * estimable
         # Rounds: every step still needed gets its next wave; all of a round is in flight at
         # once. The schedule depends only on results, never on timing, so reruns repeat it.
         while True:
             decided = [step_decision(sampled[t], k=cfg.rollouts, tau=cfg.hard_threshold)
                        for t in range(estimable)]
-            needed = range(estimable)
+            needed = range(horizon)
             if first_error_only:
                 stop = next((t for t, d in enumerate(decided) if d is not True
                              and d is not UNDECIDED), None)
-                needed = range(estimable if stop is None else stop)
+                needed = range(horizon if stop is None else min(stop, horizon))
             todo = [t for t in needed if decided[t] is UNDECIDED]
             if first_error_only:
                 todo = todo[:FIRST_ERROR_WINDOW]
@@ -396,18 +453,25 @@ class MonteCarloAnnotator:
                 sampled[t] = result if sampled[t] is None else sampled[t].extend(result)
 
         estimated, final_needed = list(range(estimable)), True
+        saved_consensus = 0
         if first_error_only:
-            stop = next((t for t in range(estimable) if step_decision(
+            stop = next((t for t in range(horizon) if step_decision(
                 sampled[t], k=cfg.rollouts, tau=cfg.hard_threshold) is not True), None)
             if stop is not None:
                 estimated, final_needed = list(range(stop + 1)), False
+            elif horizon < estimable or stopped is not None:
+                # Guided: every step up to the horizon is positive, so the judge's first error
+                # (the last of them) is not Monte Carlo's, or agreement was ruled out up front.
+                estimated, final_needed = list(range(horizon)), False
+                stopped = stopped or REASON_CANNOT_AGREE
+                saved_consensus = cfg.rollouts * (estimable - horizon)
         not_estimated = GradedRollouts(seed=0, texts=(), generated_tokens=(), verdicts=(),
                                        reasons=(), finish_reasons=())
         estimates = [sampled[t] if t in estimated and sampled[t] is not None else not_estimated
                      for t in range(estimable)]
         saved_decided = sum(cfg.rollouts - len(estimates[t].verdicts) for t in estimated)
         saved_first_error = sum(cfg.rollouts - (0 if sampled[t] is None else len(
-            sampled[t].verdicts)) for t in range(len(estimated), estimable))
+            sampled[t].verdicts)) for t in range(len(estimated), estimable)) - saved_consensus
         # The complete solution is its own (single) rollout; it is not estimated either when
         # an earlier step already decided the first error and nothing keeps labels after it.
         estimates.append(GradedRollouts(seed=seeds[-1], texts=("",), generated_tokens=(0,),
@@ -452,7 +516,30 @@ class MonteCarloAnnotator:
             model_id=getattr(self.engine, "model_id", "unknown"),
             rollouts_saved_decided=saved_decided,
             rollouts_saved_first_error=saved_first_error,
+            rollouts_saved_consensus=saved_consensus,
+            stopped=stopped,
         )
+
+
+def guided_horizon(judge_first_error: int | None, *, num_steps: int,
+                   final_verdict: str) -> tuple[int, str | None]:
+    """How many steps (from the first) consensus-guided Monte Carlo may estimate, and why it
+    estimates none when agreement is ruled out before any rollout.
+
+    Agreement with a judge index ``j`` needs steps ``0..j-1`` positive and step ``j`` negative
+    (``j = -1``: every step positive). The last step's label is the solution's own graded
+    answer, so ``j = -1`` with a wrong or ungradable answer, and ``j`` = the last step with a
+    right or ungradable one, cannot agree; no verdict cannot either.
+    """
+    estimable = num_steps - 1
+    if judge_first_error is None:
+        return 0, REASON_JUDGE_UNKNOWN
+    final = {"correct": True, "incorrect": False}.get(final_verdict)
+    j = judge_first_error
+    if ((j == -1 and final is not True) or (j == num_steps - 1 and final is not False)
+            or j >= num_steps or j < -1):
+        return 0, REASON_CANNOT_AGREE
+    return (estimable if j in (-1, num_steps - 1) else j + 1), None
 
 
 #: With ``first_error_only``, how many undecided steps (the earliest) get a wave each round.

@@ -111,11 +111,13 @@ class Sampled:
 
 @dataclass(frozen=True)
 class Labels:
-    """An annotator's fields of one trajectory row and its counters (Monte Carlo or judge)."""
+    """An annotator's fields of one trajectory row and its counters (Monte Carlo or judge).
+    ``stopped``: why consensus-guided Monte Carlo stopped early (``MonteCarloResult.stopped``)."""
 
     fields: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)
     failure: Failure | None = None
+    stopped: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def sampled_from_json(data: dict) -> Sampled:
 
 def labels_from_json(data: dict) -> Labels:
     return Labels(fields=data["fields"], counters=data["counters"],
-                  failure=_failure(data["failure"]))
+                  failure=_failure(data["failure"]), stopped=data.get("stopped"))
 
 
 def piece_from_json(data: dict) -> Piece:
@@ -339,15 +341,22 @@ async def _sample(ctx: StageContext, engine, problem: Problem) -> Sampled:
 # Monte Carlo and judge (per solution)
 
 
-async def monte_carlo_labels(ctx: StageContext, annotator, prompt, solution: Solution) -> Labels:
+async def monte_carlo_labels(ctx: StageContext, annotator, prompt, solution: Solution,
+                             verdict: Labels | None = None) -> Labels:
     """Monte Carlo estimates of one solution's steps (``prompt``: the completer's view of the
-    problem)."""
+    problem; ``verdict``: the judge's labels, which guide the rollouts under
+    ``consensus_guided``)."""
+    guide = {}
+    if ctx.mc_config.consensus_guided:
+        # A judge stage that failed guides nothing: the problem becomes a dead letter anyway.
+        guide["judge_first_error"] = (None if verdict is None or verdict.failure is not None
+                                      else verdict.fields["judge_first_error"])
     try:
         mc = await annotator.annotate(problem_id=solution.problem_id,
                                       solution_index=solution.index, prompt=prompt,
                                       steps=list(solution.steps), splitter=ctx.splitter,
                                       gold_answer=solution.gold_answer,
-                                      final_verdict=solution.final_verdict)
+                                      final_verdict=solution.final_verdict, **guide)
     except (ContextLengthError, EngineError) as exc:
         return Labels(failure=failure_of(exc))
     fields = {
@@ -367,10 +376,11 @@ async def monte_carlo_labels(ctx: StageContext, annotator, prompt, solution: Sol
         "mc_rollouts_unknown": sum(mc.n_unknown[:-1]),
         "mc_rollouts_saved_decided": mc.rollouts_saved_decided,
         "mc_rollouts_saved_first_error": mc.rollouts_saved_first_error,
+        "mc_rollouts_saved_consensus": mc.rollouts_saved_consensus,
         "mc_steps_not_estimated": sum(1 for c in zip(mc.n_total, mc.n_unknown) if c == (0, 0)),
         "mc_steps_unestimated": sum(1 for v in mc.values if v is None),
     }
-    return Labels(fields=_plain(fields), counters=counters)
+    return Labels(fields=_plain(fields), counters=counters, stopped=mc.stopped)
 
 
 async def judge_labels(judge, solution: Solution) -> Labels:
@@ -446,7 +456,8 @@ def assemble_trajectory(ctx: StageContext, solution: Solution, mc: Labels | None
         counters.update(verdict.counters)
     output = "trajectories"
     if m.consensus is not None:
-        decision = consensus(mc.fields["mc_first_error"], verdict.fields["judge_first_error"])
+        decision = consensus(mc.fields["mc_first_error"], verdict.fields["judge_first_error"],
+                             mc_stopped=mc.stopped)
         fields.update(consensus_keep=decision.keep, consensus_reason=decision.reason,
                       label_source="consensus")
         if decision.keep:

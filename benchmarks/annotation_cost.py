@@ -16,10 +16,14 @@ A second table compares Monte Carlo's stopping rules on the same planted landsca
 vLLM-like fake (:mod:`faulty`: rollout i of a step has seed ``step_seed + i``) and realistic
 per-prefix success rates (0.3-0.9 on good prefixes, 0 after the error; also with 20% of rollouts
 cut off): ``fixed`` (k per step), ``decided`` (stop when the hard label is decided) and
-``decided + first-error-only`` (no rollout after the step that decides the first error). For
-each: rollouts per first-error localization, rollouts per kept step label (the labels a
-consensus keeps: up to and including the first error), first-error accuracy, and whether the
-first error is identical to fixed k's (it must be, by construction).
+``decided + first-error-only`` (no rollout after the step that decides the first error) and
+``+ consensus-guided`` (the judge's verdict first; no rollout consensus cannot use). A simulated
+judge names the planted first error with probability 0.6, another index (or "no error") with
+0.3, and gives no verdict with 0.1 (seeded per case, the same for every variant); consensus keeps
+a trajectory when Monte Carlo's first error equals the judge's. For each variant: rollouts per
+first-error localization (per trajectory), rollouts per kept step label (the labels consensus
+keeps: up to and including the first error), first-error accuracy, and whether the kept
+trajectories and their labels are identical to fixed k's (they must be, by construction).
 
 Usage: ``python benchmarks/annotation_cost.py [--trials 200] [--k 8] [--seed 0]``. Prints a
 Markdown table and writes ``benchmarks/results/annotation_cost.json``. Rollouts are graded by
@@ -37,6 +41,7 @@ import platform
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +51,7 @@ from faulty import FaultyPolicy  # noqa: E402
 from faulty import engine as faulty_engine  # noqa: E402
 from planted import PlantedPolicy, PlantedProblem  # noqa: E402
 
+from steplabel.annotators.consensus import consensus, consensus_labels  # noqa: E402
 from steplabel.annotators.monte_carlo import MonteCarloAnnotator, MonteCarloConfig  # noqa: E402
 from steplabel.annotators.omegaprm import locate_first_error  # noqa: E402
 from steplabel.annotators.splitting import get_splitter  # noqa: E402
@@ -112,8 +118,22 @@ STOPPING_POLICIES = {
 STOPPING_VARIANTS = {
     "fixed": MonteCarloConfig(stopping="fixed", first_error_only=False),
     "decided": MonteCarloConfig(stopping="decided", first_error_only=False),
-    "decided + first-error-only": MonteCarloConfig(stopping="decided", first_error_only=True),
+    "decided + first-error-only": MonteCarloConfig(stopping="decided", first_error_only=True,
+                                                   consensus_guided=False),
+    "+ consensus-guided": MonteCarloConfig(stopping="decided", first_error_only=True,
+                                           consensus_guided=True),
 }
+#: The simulated judge (see the module docstring): right, wrong, no verdict.
+JUDGE_RIGHT, JUDGE_WRONG = 0.6, 0.3
+
+
+def simulated_judge(rng: random.Random, error_at: int, num_steps: int) -> int | None:
+    draw = rng.random()
+    if draw < JUDGE_RIGHT:
+        return error_at
+    if draw < JUDGE_RIGHT + JUDGE_WRONG:
+        return rng.choice([j for j in range(-1, num_steps) if j != error_at])
+    return None
 
 
 async def stopping_rows(*, trials: int, k: int, seed: int) -> list[dict]:
@@ -123,35 +143,52 @@ async def stopping_rows(*, trials: int, k: int, seed: int) -> list[dict]:
             rng = random.Random(f"stop/{seed}/{m}")
             cases = [(PlantedProblem.make(f"stop-{m}-{i}", num_steps=m, rng_seed=seed),
                       rng.randrange(-1, m)) for i in range(trials)]
+            judges = [simulated_judge(rng, e, m) for _, e in cases]
             by_variant = {}
             for variant, base in STOPPING_VARIANTS.items():
-                config = MonteCarloConfig(rollouts=k, stopping=base.stopping,
-                                          first_error_only=base.first_error_only)
+                config = replace(base, rollouts=k)
 
-                async def one(problem, error_at):
+                async def one(problem, error_at, judge):
                     engine = faulty_engine(policy)
+                    guide = {"judge_first_error": judge} if config.consensus_guided else {}
                     return await MonteCarloAnnotator(engine, config, run_seed=seed).annotate(
                         problem_id=problem.problem_id, solution_index=0,
                         prompt=problem.prompt(engine), steps=problem.steps(error_at),
-                        splitter=SPLITTER, gold_answer=problem.gold)
+                        splitter=SPLITTER, gold_answer=problem.gold, **guide)
 
-                by_variant[variant] = await asyncio.gather(*(one(p, e) for p, e in cases))
+                by_variant[variant] = await asyncio.gather(
+                    *(one(p, e, j) for (p, e), j in zip(cases, judges)))
             fixed = by_variant["fixed"]
+
+            def kept_labels(results):
+                out = []
+                for r, judge in zip(results, judges):
+                    decision = consensus(r.first_error_index, judge, mc_stopped=r.stopped)
+                    out.append(consensus_labels(decision.first_error, r.num_steps)
+                               if decision.keep else None)
+                return out
+
+            fixed_kept = kept_labels(fixed)
             for variant, results in by_variant.items():
+                guided = STOPPING_VARIANTS[variant].consensus_guided
                 rollouts = sum(r.rollouts for r in results)
-                kept = sum((r.num_steps if r.first_error_index == -1 else r.first_error_index + 1)
-                           for r in results if r.first_error_index is not None)
+                kept_now = kept_labels(results)
+                kept = sum(len(labels) for labels in kept_now if labels is not None)
                 rows.append({
                     "policy": policy_name, "num_steps": m, "trials": trials, "k": k,
                     "variant": variant,
                     "rollouts_per_localization": rollouts / trials,
                     "rollouts_per_kept_step_label": rollouts / kept if kept else None,
+                    "kept_trajectories": sum(labels is not None for labels in kept_now),
+                    "identical_kept_labels": kept_now == fixed_kept,
                     "first_error_accuracy": sum(r.first_error_index == e for r, (_, e)
                                                 in zip(results, cases)) / trials,
-                    "identical_first_errors": all(
+                    # Consensus-guided leaves the first error of rejected ones unknown.
+                    "identical_first_errors": None if guided else all(
                         a.first_error_index == b.first_error_index
                         for a, b in zip(results, fixed)),
-                    "identical_hard_labels_to_first_error": all(
+                    "identical_hard_labels_to_first_error": None if guided
+                    else all(
                         a.hard_labels[:(a.first_error_index if a.first_error_index is not None
                                         and a.first_error_index >= 0 else a.num_steps) + 1]
                         == b.hard_labels[:(b.first_error_index if b.first_error_index is not None
@@ -163,8 +200,8 @@ async def stopping_rows(*, trials: int, k: int, seed: int) -> list[dict]:
 
 def stopping_markdown(rows: list[dict]) -> str:
     lines = ["| policy | M | variant | rollouts / localization | rollouts / kept step label "
-             "| vs fixed | first-error acc | same first errors |",
-             "|---|---:|---|---:|---:|---:|---:|---|"]
+             "| vs fixed | kept | same kept labels | first-error acc | same first errors |",
+             "|---|---:|---|---:|---:|---:|---:|---|---:|---|"]
     fixed = {(r["policy"], r["num_steps"]): r for r in rows if r["variant"] == "fixed"}
     for r in rows:
         base = fixed[(r["policy"], r["num_steps"])]["rollouts_per_localization"]
@@ -174,7 +211,9 @@ def stopping_markdown(rows: list[dict]) -> str:
             f"| {r['rollouts_per_localization']:.1f} "
             f"| {'-' if per_label is None else f'{per_label:.2f}'} "
             f"| {base / r['rollouts_per_localization']:.2f}x "
-            f"| {r['first_error_accuracy']:.3f} | {r['identical_first_errors']} |")
+            f"| {r['kept_trajectories']} | {r['identical_kept_labels']} "
+            f"| {r['first_error_accuracy']:.3f} "
+            f"| {'-' if r['identical_first_errors'] is None else r['identical_first_errors']} |")
     return "\n".join(lines)
 
 

@@ -102,16 +102,37 @@ def summary(results: dict) -> str:
         lines.append(f"| {row['policy']} | {row['num_steps']} | {row['mc_accuracy']:.3f} | "
                      f"{row['mc_rollouts_mean']:.1f} | {row['bs_accuracy']:.3f} | "
                      f"{row['bs_rollouts_mean']:.1f} | {row['mc_rollouts_mean'] / row['bs_rollouts_mean']:.1f}x |")
+    lines += ["", "Monte Carlo stopping rules (k = 8, simulated judge; rollouts per kept step "
+              "label, and the factor against fixed k):", "",
+              "| policy | M | fixed | decided | + first-error-only | + consensus-guided "
+              "| same kept labels |", "|---|---:|---:|---:|---:|---:|---|"]
+    by_case: dict = {}
+    for row in a.get("stopping_rows", []):
+        by_case.setdefault((row["policy"], row["num_steps"]), {})[row["variant"]] = row
+    for (policy, m), variants in by_case.items():
+        fixed = variants["fixed"]["rollouts_per_localization"]
+        cells = [f"{v['rollouts_per_kept_step_label']:.2f} "
+                 f"({fixed / v['rollouts_per_localization']:.2f}x)"
+                 if v["rollouts_per_kept_step_label"] is not None else "-"
+                 for v in variants.values()]
+        same = all(v.get("identical_kept_labels", True) for v in variants.values())
+        lines.append(f"| {policy} | {m} | {' | '.join(cells)} | {same} |")
     c = results["embedded_cost"]
     lines += ["", "## Annotation cost, embedded model", "",
-              f"- Monte Carlo: {c['monte_carlo']['rollouts_per_step_label']} rollouts and "
-              f"{c['monte_carlo']['generated_tokens_per_step_label']} generated tokens per step "
-              f"label; {c['monte_carlo']['rollouts_per_localization']} rollouts per first-error "
-              f"localization ({c['monte_carlo']['mean_steps']} steps per trajectory)",
-              f"- OmegaPRM binary search: {c['omegaprm']['rollouts_per_localization']} rollouts "
-              f"per localization over {c['omegaprm']['mean_pieces_searched']} pieces "
-              f"({c['omegaprm']['searches']} searches, {c['omegaprm']['questions_filtered']} "
-              f"questions pre-filtered)", ""]
+              "| manifest | variant | MC rollouts | kept labels | rollouts / kept step label "
+              "| vs fixed | same kept labels |", "|---|---|---:|---:|---:|---:|---|"]
+    for name, report in c.get("manifests", {}).items():
+        for variant, v in report["variants"].items():
+            lines.append(f"| {name} | {variant} | {v['rollouts']} | {v['kept_step_labels']} "
+                         f"| {v['rollouts_per_kept_step_label']} | {v['factor_vs_fixed']}x "
+                         f"| {v['identical_kept_labels_to_fixed']} |")
+        o = report.get("omegaprm")
+        if o:
+            lines.append(f"| {name} | OmegaPRM binary search | {o['search_rollouts']} "
+                         f"| {o['located']} first errors | {o['search_rollouts_per_localization']}"
+                         f" per localization ({o['all_rollouts_per_localization']} with the "
+                         f"pre-filter) | | |")
+    lines.append("")
     sc = results["scale"]
     lines += ["## Scale (instant engine, full Beam pipeline)", "",
               "| problems | wall s | labelling ms/problem | peak RSS MiB |", "|---:|---:|---:|---:|"]
@@ -149,7 +170,11 @@ def main() -> None:
     results["engine"] = get("engine_throughput", "engine_throughput.py")
     results["saturation"] = get("saturation", "saturation.py")
     results["annotation_cost"] = get("annotation_cost", "annotation_cost.py")
-    results["embedded_cost"] = get("embedded_cost", "embedded_cost.py")
+    if "embedded_cost" in args.reuse:
+        results["embedded_cost"] = json.loads((RESULTS / "embedded_cost.json").read_text())
+    else:
+        for manifest in ("jobs/demo.yaml", "jobs/gsm8k.yaml"):
+            results["embedded_cost"] = run("embedded_cost.py", str(ROOT / manifest))
     results["scale"] = get("scale", "scale.py")
     text = summary(results) + f"\nSuite time: {time.perf_counter() - started:.0f} s\n"
     (RESULTS / "SUMMARY.md").write_text(text)

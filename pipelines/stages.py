@@ -4,8 +4,9 @@
 
     problems ─► SampleSolutions [policy] ─► solutions KV((problem_id, i), Solution)
              └► OmegaPRM [completer] ─────► pieces KV(problem_id, Piece)
-    solutions (usable) ─ Reshuffle ─► MonteCarlo [completer] ─► KV((problem_id, i), Labels)
-                                   └► Judge [judge] ──────────► KV((problem_id, i), Labels)
+    solutions (usable) ─ Reshuffle ─► Judge [judge] ─► KV((problem_id, i), Labels) ─┐
+                                   └─────────── CoGroupByKey (consensus-guided) ◄─┘
+                                                   └► MonteCarlo [completer] ─► KV(.., Labels)
     CoGroupByKey(solutions, mc, verdicts) ─► AssembleTrajectories (consensus) ─► pieces
     GroupByKey(pieces by problem) ─► MergeProblems ─► (output, row), counters
 
@@ -16,8 +17,10 @@ engine starts the first time a key needs work (a fully checkpointed stage never 
 Many keys are in flight at once on the pool's event loop (futures drained as they finish,
 bounded by ``runner.max_in_flight`` problems; per-solution stages multiply it by
 ``policy.samples``), so the engine's continuous batching stays fed inside each stage: Beam's
-FnApiRunner runs fused stages one after another. MonteCarlo and Judge read one ``Reshuffle``
-and fuse, so one worker keeps both kinds of request in flight.
+FnApiRunner runs fused stages one after another. With consensus, Monte Carlo follows the judge
+(``monte_carlo.consensus_guided``: no rollouts where consensus cannot keep the labels), joined by
+key; without it, MonteCarlo and Judge read one ``Reshuffle`` and fuse, so one worker keeps both
+kinds of request in flight.
 
 **Placement.** Each model stage declares ``with_resource_hints(accelerator=...)`` when the
 runner names an accelerator for its role (``stage_accelerators``): on Dataflow, steps with
@@ -364,27 +367,31 @@ class SampleSolutionsFn(EngineStageFn):
 
 
 class MonteCarloFn(EngineStageFn):
-    """Solution -> ((problem_id, i), Monte Carlo :class:`Labels`) on the completer."""
+    """(solution, judge :class:`Labels` or None) -> ((problem_id, i), Monte Carlo
+    :class:`Labels`) on the completer (the verdict guides the rollouts under
+    ``consensus_guided``)."""
 
     stage, role = st.MONTE_CARLO, "completer"
 
-    def key(self, solution) -> str:
+    def key(self, element) -> str:
+        solution, _ = element
         return json.dumps([solution.problem_id, solution.index])
 
     def bind(self, engine):
         return engine, self.ctx.mc_annotator(engine)
 
-    def work(self, bound, solution):
+    def work(self, bound, element):
         engine, annotator = bound
+        solution, verdict = element
         # The completer continues prefixes in its own chat template (it may be another model).
         prompt = self.ctx.solution_prompt(engine, solution.question)
-        return st.monte_carlo_labels(self.ctx, annotator, prompt, solution)
+        return st.monte_carlo_labels(self.ctx, annotator, prompt, solution, verdict)
 
     def decode(self, data):
         return st.labels_from_json(data)
 
-    def emit(self, solution, labels, *, resumed: bool):
-        yield solution.key, labels
+    def emit(self, element, labels, *, resumed: bool):
+        yield element[0].key, labels
 
 
 class JudgeFn(EngineStageFn):
@@ -565,16 +572,27 @@ class LabelStages(beam.PTransform):
                   | "Usable" >> beam.Filter(lambda s: not s.truncated)
                   | "SpreadSolutions" >> beam.Reshuffle())
         joined = {"solution": solutions | "KeySolutions" >> beam.Map(lambda s: (s.key, s))}
-        if m.monte_carlo is not None:
-            joined["mc"] = usable | "MonteCarlo" >> self._stage(
-                MonteCarloFn(**engine_stage, max_in_flight=per_solution))
-        else:
-            joined["mc"] = problems.pipeline | "NoMonteCarlo" >> beam.Create([])
         if m.judge is not None:
             joined["judge"] = usable | "Judge" >> self._stage(
                 JudgeFn(**engine_stage, max_in_flight=per_solution))
         else:
             joined["judge"] = problems.pipeline | "NoJudge" >> beam.Create([])
+        if m.monte_carlo is not None:
+            if st.StageContext(m).mc_config.consensus_guided:
+                # The judge first: Monte Carlo spends rollouts only where consensus can keep
+                # the labels. The join is the shuffle between the two engine stages.
+                mc_input = ({"solution": usable | "KeyUsable" >> beam.Map(lambda s: (s.key, s)),
+                             "judge": joined["judge"]}
+                            | "JoinVerdicts" >> beam.CoGroupByKey()
+                            | "GuidedSolutions" >> beam.MapTuple(
+                                lambda _, g: (list(g["solution"])[0],
+                                              next(iter(g["judge"]), None))))
+            else:
+                mc_input = usable | "Unguided" >> beam.Map(lambda s: (s, None))
+            joined["mc"] = mc_input | "MonteCarlo" >> self._stage(
+                MonteCarloFn(**engine_stage, max_in_flight=per_solution))
+        else:
+            joined["mc"] = problems.pipeline | "NoMonteCarlo" >> beam.Create([])
         parts.append(joined
                      | "JoinSolutionLabels" >> beam.CoGroupByKey()
                      | "AssembleTrajectories" >> beam.ParDo(

@@ -179,6 +179,9 @@ class JobManifest:
         if self.consensus is not None:
             check(self.monte_carlo is not None and self.judge is not None, "consensus",
                   "needs both monte_carlo and judge enabled", "monte_carlo/judge missing")
+        if self.monte_carlo is not None and self.monte_carlo.consensus_guided:
+            check(self.consensus is not None, "monte_carlo.consensus_guided",
+                  "needs consensus (follows the judge's verdict)", True)
 
     def to_dict(self) -> dict[str, Any]:
         return to_mapping(self)

@@ -75,6 +75,6 @@ def test_real_job_records(small_job):
         assert len(row["provenance"]["policy_weights_sha256"]) == 64
         assert row["provenance"]["manifest_hash"] == manifest.hash
         assert row["consensus_reason"] in {"agree", "disagree", "mc_unknown", "judge_unknown",
-                                           "policy_truncated"}
+                                           "cannot_agree", "policy_truncated"}
     lock = json.loads((out / "manifest.lock.json").read_text())
     assert len(lock["models"]["policy"]["weights_sha256"]) == 64

@@ -64,7 +64,8 @@ def check_counts(row: dict, k: int = K) -> None:
 
     A step is estimated with up to k rollouts (fewer when its label was decided early), or not
     estimated at all (counts 0, value and label null) when it lies after a step that already
-    decided the first error (first-error-only Monte Carlo)."""
+    decided the first error (first-error-only Monte Carlo), or where consensus-guided Monte Carlo
+    stopped because the judge's verdict could no longer be matched."""
     steps = len(row["steps"])
     spent = 0
     cut_here = None  # the step after which nothing is estimated
@@ -82,7 +83,8 @@ def check_counts(row: dict, k: int = K) -> None:
         assert value == (correct / total if total else None)
         assert (row["hard_labels"][t] is None) == (value is None)
         spent += total + unknown if t < steps - 1 else 0
-    if cut_here is not None:  # only after a step labelled negative or unknown
+    guided_stop = row.get("consensus_reason") in ("judge_unknown", "cannot_agree")
+    if cut_here is not None and not guided_stop:  # after a step labelled negative or unknown
         assert cut_here > 0 and row["hard_labels"][cut_here - 1] is not True
     # Cost also holds a wave spent on the step after the first error before it was decided.
     assert spent <= row["cost_mc"]["rollouts"] <= k * (steps - 1)

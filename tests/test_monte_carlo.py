@@ -29,7 +29,7 @@ K = 8
 
 def annotate(engine, problem: PlantedProblem, steps: list[str], *, config=None,
              run_seed: int = 7, solution_index: int = 0, gold: str | None = "default",
-             grader=grade) -> MonteCarloResult:
+             grader=grade, **guide) -> MonteCarloResult:
     # The planted policy anchors one correct and one incorrect sample per request, so its
     # samples depend on the request's n: fixed stopping keeps these tests exact.
     annotator = MonteCarloAnnotator(engine, config or MonteCarloConfig(stopping="fixed"),
@@ -37,7 +37,7 @@ def annotate(engine, problem: PlantedProblem, steps: list[str], *, config=None,
     return asyncio.run(annotator.annotate(
         problem_id=problem.problem_id, solution_index=solution_index,
         prompt=problem.prompt(engine), steps=steps, splitter=SPLITTER,
-        gold_answer=problem.gold if gold == "default" else gold))
+        gold_answer=problem.gold if gold == "default" else gold, **guide))
 
 
 def assert_counts_consistent(result: MonteCarloResult, k: int = K) -> None:
@@ -449,6 +449,73 @@ def test_first_error_only_finds_the_same_first_error(faults):
         if first == -1:
             assert cut.hard_labels == full.hard_labels
     assert spent[True] <= spent[False]
+
+
+@pytest.mark.parametrize("faults", LANDSCAPES)
+def test_consensus_guided_keeps_exactly_what_consensus_keeps(faults):
+    """Issue 14: with the judge's verdict first, Monte Carlo spends no rollout consensus cannot
+    use; for every verdict (unknown, no error, each step) the kept trajectories and their
+    labels are those of first-error-only Monte Carlo, and every rejection stays a rejection."""
+    from steplabel.annotators.consensus import consensus, consensus_labels
+    from steplabel.annotators.grading import grade as grade_text
+
+    spent = {"first_error_only": 0, "guided": 0}
+    kept = 0
+    for problem, steps in planted_cases():
+        final = grade_text(SPLITTER.join(steps), problem.gold).verdict
+        for judge in (None, -1, *range(len(steps))):
+            engine = faulty_engine(**faults)
+            full = annotate(engine, problem, steps, config=MonteCarloConfig(
+                first_error_only=True, consensus_guided=False))
+            spent["first_error_only"] += engine.rollouts
+            engine = faulty_engine(**faults)
+            guided = annotate(engine, problem, steps, config=MonteCarloConfig(
+                first_error_only=True, consensus_guided=True), judge_first_error=judge)
+            spent["guided"] += engine.rollouts
+            want = consensus(full.first_error_index, judge)
+            got = consensus(guided.first_error_index, judge, mc_stopped=guided.stopped)
+            assert got.keep == want.keep, (judge, full.hard_labels, guided.hard_labels)
+            if want.keep:
+                kept += 1
+                assert guided.stopped is None
+                assert guided.first_error_index == full.first_error_index
+                assert consensus_labels(got.first_error, len(steps)) == consensus_labels(
+                    want.first_error, len(steps))
+                first = len(steps) if want.first_error == -1 else want.first_error + 1
+                assert guided.hard_labels[:first] == full.hard_labels[:first]
+            else:
+                assert got.reason != "agree"
+                if guided.stopped is None:  # stopped by a step's own label: the same reason
+                    assert got.reason == want.reason
+            if judge is None:
+                assert (guided.stopped, guided.rollouts) == ("judge_unknown", 0)
+            if judge == -1 and final != "correct":
+                assert (guided.stopped, guided.rollouts) == ("cannot_agree", 0)
+            assert guided.rollouts <= full.rollouts
+            assert (guided.rollouts + guided.rollouts_saved_decided
+                    + guided.rollouts_saved_first_error + guided.rollouts_saved_consensus
+                    == MonteCarloConfig().rollouts * (len(steps) - 1))
+    assert kept > 0
+    assert spent["guided"] < spent["first_error_only"]
+
+
+def test_consensus_guided_config():
+    assert MonteCarloConfig().resolved(consensus=True).consensus_guided is True
+    assert MonteCarloConfig().resolved(consensus=False).consensus_guided is False
+    off = MonteCarloConfig(first_error_only=False).resolved(consensus=True)
+    assert (off.first_error_only, off.consensus_guided) == (False, False)
+    with pytest.raises(ConfigError, match="consensus_guided"):
+        MonteCarloConfig(consensus_guided=True, first_error_only=False)
+    with pytest.raises(ConfigError, match="needs consensus"):
+        MonteCarloConfig(consensus_guided=True).resolved(consensus=False)
+    annotator = MonteCarloAnnotator(faulty_engine(), MonteCarloConfig(consensus_guided=True),
+                                    run_seed=1)
+    problem = PlantedProblem.make("guide", num_steps=3)
+    with pytest.raises(ValueError, match="judge's verdict"):
+        asyncio.run(annotator.annotate(problem_id="guide", solution_index=0,
+                                       prompt=problem.prompt(annotator.engine),
+                                       steps=problem.steps(-1), splitter=SPLITTER,
+                                       gold_answer=problem.gold))
 
 
 def test_step_decision_bounds():

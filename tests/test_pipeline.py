@@ -126,7 +126,7 @@ def test_labels_and_consensus(finished):
     for row in rows(out, "rejected"):
         assert row["consensus_keep"] is False
         assert row["consensus_reason"] in {"disagree", "mc_unknown", "judge_unknown",
-                                           "policy_truncated"}
+                                           "cannot_agree", "policy_truncated"}
 
 
 def test_omegaprm_outputs(finished):

@@ -90,7 +90,7 @@ def clean(tmp_path_factory):
 #: (where the kill lands, request that triggers it, OmegaPRM on, stage caught mid-way)
 KILLS = [
     ("sampling", "start:9", True, "sample"),
-    ("monte_carlo", "continue:40", False, "monte_carlo"),
+    ("monte_carlo", "continue:12", False, "monte_carlo"),
     ("judge", "judge:12", False, "judge"),
 ]
 

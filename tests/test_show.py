@@ -71,9 +71,10 @@ def test_filters(dataset, capsys):
     both = select_trajectories(str(dataset), limit=None)
     assert len(both) == len(kept) + len(rejected)
     assert [e["kept"] for e in both[:4]] == [True, False, True, False]  # alternating
-    only = select_trajectories(str(dataset), kept=False, reason="disagree", limit=None)
-    assert len(only) == sum(r["consensus_reason"] == "disagree" for r in rejected) > 0
-    assert all(not e["kept"] and e["consensus_reason"] == "disagree" for e in only)
+    reason = rejected[0]["consensus_reason"]
+    only = select_trajectories(str(dataset), kept=False, reason=reason, limit=None)
+    assert len(only) == sum(r["consensus_reason"] == reason for r in rejected) > 0
+    assert all(not e["kept"] and e["consensus_reason"] == reason for e in only)
     problem = kept[0]["problem_id"]
     assert {e["problem_id"] for e in select_trajectories(str(dataset), problem=problem,
                                                          limit=None)} == {problem}
