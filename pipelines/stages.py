@@ -228,12 +228,16 @@ class EngineStageFn(beam.DoFn):
     role = ""
 
     def __init__(self, manifest, *, out_dir: str, pool: shared.Shared,
-                 max_in_flight: int, total: int | None = None) -> None:
+                 max_in_flight: int, total: int | None = None,
+                 placement: dict[str, str] | None = None) -> None:
         self.manifest = manifest
         self.out_dir = out_dir
         self.max_in_flight = max_in_flight
         self.total = total
         self._pool_handle = pool
+        # role -> worker pool (the runner's stage_accelerators): roles on one pool share its
+        # GPUs' memory; a role on a pool of its own gets all of it.
+        self.placement = dict(placement or {})
 
     # -- per stage ------------------------------------------------------------------------
 
@@ -259,7 +263,7 @@ class EngineStageFn(beam.DoFn):
 
     def setup(self) -> None:
         self.ctx = st.StageContext(self.manifest)
-        self._config = self.ctx.roles()[self.role]
+        self._config = self.ctx.roles(self.placement or None)[self.role]
         self._pool = _acquire_pool(self._pool_handle)
         self._progress = self._pool.progress(self.out_dir, self.manifest, self.total)
         self._engine = self._bound = None
@@ -445,13 +449,16 @@ class IdentifyEnginesFn(beam.DoFn):
     starts no engine for it); otherwise from the engine (started in the shared pool, where the
     stages find it) and recorded."""
 
-    def __init__(self, manifest, *, out_dir: str, pool: shared.Shared) -> None:
+    def __init__(self, manifest, *, out_dir: str, pool: shared.Shared,
+                 placement: dict[str, str] | None = None) -> None:
         self.manifest = manifest
         self.out_dir = out_dir
         self._pool_handle = pool
+        self.placement = dict(placement or {})
 
     def process(self, role: str):
-        config = st.StageContext(self.manifest).roles()[role]
+        # The same placement as the stages': the same config, so the same pooled engine.
+        config = st.StageContext(self.manifest).roles(self.placement or None)[role]
         path = storage.join(self.out_dir, storage.WORK_DIR, ENGINES_DIR, f"{role}.json")
         config_key = hashlib.sha256(repr(config).encode("utf-8")).hexdigest()
         known = storage.read_json_if_exists(path)
@@ -547,13 +554,14 @@ class LabelStages(beam.PTransform):
         m = self.manifest
         pool = shared.Shared()  # one pool per worker process: one engine per model config
         common = dict(manifest=m, out_dir=self.out_dir, pool=pool)
-        engine_stage = dict(common, total=self.total)
+        engine_stage = dict(common, total=self.total, placement=self.accelerators)
         per_problem = m.runner.max_in_flight
         per_solution = m.runner.max_in_flight * m.policy.samples
         roles = sorted(st.StageContext(m).roles())
         identities = (problems.pipeline
                       | "Roles" >> beam.Create(roles)
-                      | "IdentifyEngines" >> beam.ParDo(IdentifyEnginesFn(**common)))
+                      | "IdentifyEngines" >> beam.ParDo(
+                          IdentifyEnginesFn(**common, placement=self.accelerators)))
 
         sampled = problems | "SampleSolutions" >> self._stage(
             SampleSolutionsFn(**engine_stage, max_in_flight=per_problem))
