@@ -145,6 +145,26 @@ def render_group(title: str, s: dict) -> str:
     return "\n".join(lines)
 
 
+def rollouts_saved(counters: dict) -> dict | None:
+    """Monte Carlo rollouts spent and not needed (by why), from the run's counters; None when
+    the run had no Monte Carlo. ``fixed_k``: what fixed k on every estimable step would spend."""
+    if "mc_rollouts" not in counters:
+        return None
+    saved = {why: counters.get(f"mc_rollouts_saved_{why}", 0)
+             for why in ("decided", "first_error", "consensus")}
+    spent = counters["mc_rollouts"]
+    fixed = spent + sum(saved.values())
+    return {"spent": spent, "saved": saved, "fixed_k": fixed,
+            "factor": round(fixed / spent, 2) if spent else None}
+
+
+def _saved_line(saved: dict) -> str:
+    why = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in saved["saved"].items() if v)
+    factor = f", {saved['factor']}x fewer" if saved["factor"] else ""
+    return (f"{saved['spent']} spent of {saved['fixed_k']} with fixed k{factor}"
+            f"{f' (not needed: {why})' if why else ''}")
+
+
 def render_text(report: dict) -> str:
     head = [f"dataset: {report['dataset']} (name {report['name']!r}, manifest "
             f"{(report['manifest_hash'] or '')[:12]}, "
@@ -153,6 +173,9 @@ def render_text(report: dict) -> str:
         head.append("note: some shard is not sorted by problem_id; per-problem counts may "
                     "count a problem twice")
     head += [f"warning: {w}" for w in report.get("warnings") or ()]
+    saved = rollouts_saved(report.get("run_counters") or {})
+    if saved:
+        head.append(f"Monte Carlo rollouts: {_saved_line(saved)}")
     parts = ["\n".join(head), render_group("whole dataset", report["overall"])]
     parts += [render_group(f"source {name}", s) for name, s in report["per_source"].items()]
     return "\n\n".join(parts)
@@ -528,9 +551,11 @@ def render_html(report: dict, examples: dict[str, list[dict]] | None = None) -> 
     for index, (name, s) in enumerate(report["per_source"].items()):
         sections.append(_group_html(f"Source {name}", s,
                                     plots=index < MAX_SOURCES_WITH_PLOTS))
+    saved = rollouts_saved(report.get("run_counters") or {})
     meta = _table([("dataset", report["dataset"]), ("name", report["name"]),
                    ("manifest hash", report["manifest_hash"]),
-                   ("completed", report["completed"])])
+                   ("completed", report["completed"]),
+                   *([("Monte Carlo rollouts", _saved_line(saved))] if saved else [])])
     figures = html.escape(json.dumps(report, indent=2, sort_keys=True, default=str))
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{STYLE}{EXAMPLE_STYLE}</style></head>"

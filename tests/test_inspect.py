@@ -254,3 +254,15 @@ def test_shard_order_is_detected_and_an_unknown_order_is_reported(tmp_path):
         if name == "checkpoint":
             assert stats["overall"]["problems"] == 12
             assert stats["overall"]["prefilter"]["checked"] == 12
+
+
+def test_rollouts_saved_from_run_counters():
+    from steplabel.pipelines.inspect import _saved_line, rollouts_saved
+
+    assert rollouts_saved({}) is None
+    saved = rollouts_saved({"mc_rollouts": 40, "mc_rollouts_saved_decided": 10,
+                            "mc_rollouts_saved_first_error": 30,
+                            "mc_rollouts_saved_consensus": 40})
+    assert (saved["spent"], saved["fixed_k"], saved["factor"]) == (40, 120, 3.0)
+    assert _saved_line(saved) == ("40 spent of 120 with fixed k, 3.0x fewer (not needed: "
+                                  "decided 10, first error 30, consensus 40)")
