@@ -64,7 +64,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
@@ -906,51 +906,64 @@ def _skipped(name: str, reason: str) -> AnnotatorPrediction:
     return AnnotatorPrediction(name, STATUS_SKIPPED, None, reason, _zero_cost())
 
 
-async def predict_first_errors(
-    item: GoldItem,
-    *,
-    annotators: Sequence[str],
-    engines,
-    settings: EvaluationSettings,
-    grader: Callable[[str, str | None], Grade] = grade,
-    answer_check: Callable[[str], str | None] = check_answer_readable,
-) -> ItemPrediction:
-    """Run the chosen annotators on ``item``'s steps as given and collect their predictions.
+@dataclass(frozen=True)
+class Engines:
+    """The engines the evaluated annotators talk to: ``completer`` (Monte Carlo and OmegaPRM
+    rollouts) and ``judge``; ``policy`` is carried for callers that hold one (evaluate samples
+    nothing)."""
 
-    ``engines`` has ``completer`` (Monte Carlo and OmegaPRM rollouts) and ``judge`` attributes
-    (:class:`steplabel.annotators.job.Engines`). The steps are joined with the separator of the
-    item's format (:data:`JOIN_SPLITTERS`); nothing is resampled or re-split. Monte Carlo,
-    OmegaPRM and the judge run concurrently. Without a usable gold answer (missing,
-    unparseable, ambiguous, or one the grader cannot read, checked with ``answer_check``), Monte
-    Carlo, OmegaPRM and consensus are ``skipped`` with reason ``no_gold_answer``.
+    policy: Any
+    completer: Any
+    judge: Any
 
-    Engine failures (:class:`~steplabel.engines.base.EngineError`) propagate: the caller
-    dead-letters the item.
-    """
-    chosen = resolve_annotators(annotators)
-    settings.check(chosen)
+
+def usable_gold_answer(item: GoldItem, annotators: Sequence[str], *,
+                       answer_check: Callable[[str], str | None] = check_answer_readable
+                       ) -> tuple[str | None, str]:
+    """``(gold answer, gold status)`` the annotators run under: the item's answer, or None with
+    status ``unreadable_answer`` when an annotator that needs it is chosen and the grader
+    cannot read it (``answer_check`` returns a reason)."""
     gold_answer, gold_status = item.gold_answer, item.gold_status
-    if gold_answer is not None and NEEDS_GOLD & set(chosen):
-        if await asyncio.to_thread(answer_check, gold_answer) is not None:
+    if gold_answer is not None and NEEDS_GOLD & set(annotators):
+        if answer_check(gold_answer) is not None:
             gold_answer, gold_status = None, GOLD_UNREADABLE
-    splitter = get_splitter(item.splitter_name)
+    return gold_answer, gold_status
 
+
+async def predict_with_completer(item: GoldItem, *, annotators: Sequence[str], engine,
+                                 settings: EvaluationSettings, gold_answer: str | None,
+                                 grader: Callable[[str, str | None], Grade] = grade
+                                 ) -> dict[str, AnnotatorPrediction]:
+    """The completer's predictions of ``item`` (``mc`` and ``omegaprm`` among ``annotators``,
+    run concurrently); none without a usable ``gold_answer``. Engine failures propagate."""
+    if gold_answer is None or not {"mc", "omegaprm"} & set(annotators):
+        return {}
+    prompt = build_solution_prompt(engine, load_template(settings.policy_template),
+                                   item.problem, "")
+    common = dict(engine=engine, settings=settings, splitter=get_splitter(item.splitter_name),
+                  prompt=prompt, gold_answer=gold_answer, grader=grader)
     jobs: dict[str, Any] = {}
-    if gold_answer is not None and ("mc" in chosen or "omegaprm" in chosen):
-        prompt = build_solution_prompt(engines.completer, load_template(settings.policy_template),
-                                       item.problem, "")
-        common = dict(engine=engines.completer, settings=settings, splitter=splitter,
-                      prompt=prompt, gold_answer=gold_answer, grader=grader)
-        if "mc" in chosen:
-            jobs["mc"] = _predict_mc(item, **common)
-        if "omegaprm" in chosen:
-            jobs["omegaprm"] = _predict_omegaprm(item, **common)
-    if "judge" in chosen:
-        jobs["judge"] = _predict_judge(item, engine=engines.judge, settings=settings)
-    done = dict(zip(jobs, await asyncio.gather(*jobs.values())))
+    if "mc" in annotators:
+        jobs["mc"] = _predict_mc(item, **common)
+    if "omegaprm" in annotators:
+        jobs["omegaprm"] = _predict_omegaprm(item, **common)
+    return dict(zip(jobs, await asyncio.gather(*jobs.values())))
 
+
+async def predict_with_judge(item: GoldItem, *, engine, settings: EvaluationSettings
+                             ) -> dict[str, AnnotatorPrediction]:
+    """The judge's prediction of ``item``. Engine failures propagate."""
+    return {"judge": await _predict_judge(item, engine=engine, settings=settings)}
+
+
+def combine_predictions(item: GoldItem, *, annotators: Sequence[str], gold_answer: str | None,
+                        gold_status: str, done: Mapping[str, AnnotatorPrediction]
+                        ) -> ItemPrediction:
+    """Every chosen annotator's prediction from what the engines predicted (``done``): Monte
+    Carlo, OmegaPRM and consensus ``skipped`` without a usable gold answer, consensus from Monte
+    Carlo's and the judge's indices."""
     predictions: dict[str, AnnotatorPrediction] = {}
-    for name in chosen:
+    for name in annotators:
         if name in done:
             predictions[name] = done[name]
         elif name in NEEDS_GOLD and gold_answer is None:
@@ -963,6 +976,104 @@ async def predict_first_errors(
                 decision.reason, add_costs(mc.cost, judge.cost), None,
                 {"mc_first_error": mc.first_error, "judge_first_error": judge.first_error})
     return ItemPrediction(item=item, gold_status=gold_status, predictions=predictions)
+
+
+async def predict_first_errors(
+    item: GoldItem,
+    *,
+    annotators: Sequence[str],
+    engines,
+    settings: EvaluationSettings,
+    grader: Callable[[str, str | None], Grade] = grade,
+    answer_check: Callable[[str], str | None] = check_answer_readable,
+) -> ItemPrediction:
+    """Run the chosen annotators on ``item``'s steps as given and collect their predictions.
+
+    ``engines`` has ``completer`` (Monte Carlo and OmegaPRM rollouts) and ``judge`` attributes
+    (:class:`Engines`). The steps are joined with the separator of the item's format
+    (:data:`JOIN_SPLITTERS`); nothing is resampled or re-split. Monte Carlo, OmegaPRM and the
+    judge run concurrently. Without a usable gold answer (missing, unparseable, ambiguous, or
+    one the grader cannot read, checked with ``answer_check``), Monte Carlo, OmegaPRM and
+    consensus are ``skipped`` with reason ``no_gold_answer``.
+
+    The evaluate job runs the same parts as separate stages (:func:`usable_gold_answer`,
+    :func:`predict_with_completer`, :func:`predict_with_judge`, :func:`combine_predictions`).
+    Engine failures (:class:`~steplabel.engines.base.EngineError`) propagate: the caller
+    dead-letters the item.
+    """
+    chosen = resolve_annotators(annotators)
+    settings.check(chosen)
+    gold_answer, gold_status = await asyncio.to_thread(usable_gold_answer, item, chosen,
+                                                       answer_check=answer_check)
+    jobs = [predict_with_completer(item, annotators=chosen, engine=engines.completer,
+                                   settings=settings, gold_answer=gold_answer, grader=grader)]
+    if "judge" in chosen:
+        jobs.append(predict_with_judge(item, engine=engines.judge, settings=settings))
+    done: dict[str, AnnotatorPrediction] = {}
+    for part in await asyncio.gather(*jobs):
+        done.update(part)
+    return combine_predictions(item, annotators=chosen, gold_answer=gold_answer,
+                               gold_status=gold_status, done=done)
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluate job's engine stages (one per engine role), checkpointed as JSON
+
+
+@dataclass(frozen=True)
+class StagePredictions:
+    """What one engine stage predicted for one item: ``predictions`` by annotator, or the
+    ``failure`` (:class:`~steplabel.annotators.stages.Failure`) of its requests, which
+    dead-letters the item. Plain JSON values, so that a fresh result and its replayed
+    checkpoint are equal."""
+
+    predictions: dict = field(default_factory=dict)  # annotator -> AnnotatorPrediction
+    failure: Any = None
+
+
+def stage_predictions_to_json(result: StagePredictions) -> dict:
+    return {"predictions": {name: asdict(p) for name, p in result.predictions.items()},
+            "failure": asdict(result.failure) if result.failure is not None else None}
+
+
+def stage_predictions_from_json(data: dict) -> StagePredictions:
+    from steplabel.annotators.stages import Failure
+
+    failure = data.get("failure")
+    return StagePredictions(
+        predictions={name: AnnotatorPrediction(**p) for name, p in data["predictions"].items()},
+        failure=Failure(**failure) if failure else None)
+
+
+def _plain_predictions(predictions: Mapping[str, AnnotatorPrediction]) -> StagePredictions:
+    """Tuples to lists and other values to strings (as the predictions output stores
+    ``details``), so that the result equals its checkpoint."""
+    return stage_predictions_from_json(json.loads(json.dumps(
+        stage_predictions_to_json(StagePredictions(dict(predictions))), default=str)))
+
+
+async def _stage(work) -> StagePredictions:
+    from steplabel.annotators.stages import failure_of
+    from steplabel.engines.base import EngineError
+
+    try:
+        return _plain_predictions(await work)
+    except EngineError as exc:  # a refused request; a dead engine is not one and propagates
+        return StagePredictions(failure=failure_of(exc))
+
+
+async def completer_stage(item: GoldItem, *, annotators: Sequence[str], engine,
+                          settings: EvaluationSettings,
+                          gold_answer: str | None) -> StagePredictions:
+    """:func:`predict_with_completer` as a stage: engine refusals are the result's failure."""
+    return await _stage(predict_with_completer(item, annotators=annotators, engine=engine,
+                                               settings=settings, gold_answer=gold_answer))
+
+
+async def judge_stage(item: GoldItem, *, engine, settings: EvaluationSettings
+                      ) -> StagePredictions:
+    """:func:`predict_with_judge` as a stage: engine refusals are the result's failure."""
+    return await _stage(predict_with_judge(item, engine=engine, settings=settings))
 
 
 # --------------------------------------------------------------------------------------------

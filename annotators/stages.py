@@ -1,8 +1,7 @@
 """The labelling of a problem cut into stages, each a pure async function over one engine.
 
-:class:`~steplabel.annotators.job.ProblemLabeler` labels a whole problem in one coroutine. The
-Beam graph (:mod:`steplabel.pipelines.stages`) runs the same work as separate stages, each keyed
-and checkpointed on its own, each talking to one engine:
+The Beam graph (:mod:`steplabel.pipelines.stages`) runs each stage on its own, keyed and
+checkpointed on its own, each talking to one engine:
 
 - :func:`sample_solutions` (policy, per problem): sample, split, grade; cut-off samples become
   ``policy_truncated`` solutions that no annotator touches; no usable sample: a ``filtered`` row.
@@ -12,12 +11,12 @@ and checkpointed on its own, each talking to one engine:
 - :func:`assemble_trajectory` (no engine): solution + Monte Carlo + verdict + consensus -> the
   trajectory row (kept or rejected).
 - :func:`merge_problem` (no engine): every stage's piece of one problem -> its rows and counters;
-  an engine failure anywhere replaces them by one dead-letter row, as the per-problem labeller
-  does.
+  an engine failure anywhere replaces them by one dead-letter row.
 
-Rows and counters equal :class:`ProblemLabeler`'s field for field (``tests/test_stages.py``
-compares whole datasets). Every record here is a plain dataclass of JSON values, so a stage's
-result is checkpointed as JSON and replayed on resume.
+Every valid problem is accounted for by at least one row: trajectories (kept or rejected), a
+pre-filter row, OmegaPRM states, or a dead-letter row saying why it failed. Every record here is
+a plain dataclass of JSON values, so a stage's result is checkpointed as JSON and replayed on
+resume.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from steplabel.annotators.consensus import (
     consensus_labels,
 )
 from steplabel.annotators.grading import GRADER_VERSION, grade
-from steplabel.annotators.job import Problem
 from steplabel.annotators.judge import judge_version
 from steplabel.annotators.monte_carlo import FINISH_LENGTH, sampling_request
 from steplabel.annotators.prompts import build_solution_prompt, load_template
@@ -49,6 +47,17 @@ from steplabel.schemas.config import share_gpu_memory, to_mapping
 #: failure is chosen when several stages of one problem failed.
 SAMPLE, OMEGAPRM, MONTE_CARLO, JUDGE = "sample", "omegaprm", "monte_carlo", "judge"
 STAGE_ORDER = (SAMPLE, OMEGAPRM, MONTE_CARLO, JUDGE)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated problem. ``gold_answer`` is already extracted from the source's format."""
+
+    problem_id: str
+    question: str
+    gold_answer: str
+    source: str
+    original: str = ""  # the source record as JSON, for dead-letter rows
 
 
 @dataclass(frozen=True)
@@ -276,10 +285,13 @@ def _omegaprm_name() -> str:
 
 
 def engine_identity(engine: Any) -> tuple[str, str | None, str | None]:
-    """(model id, weights SHA-256, engine version) of an engine, as provenance records it."""
-    from steplabel.annotators.job import engine_identity as identity
-
-    return tuple(identity(engine))
+    """(model id, weights SHA-256, engine version) of an engine, as provenance records it
+    (from its ``info()`` where it has one, else its ``model_id`` or type name)."""
+    info = getattr(engine, "info", None)
+    if callable(info):
+        data = info()
+        return data.model_id, data.weights_sha256, data.engine_version
+    return getattr(engine, "model_id", type(engine).__name__), None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,7 +583,7 @@ async def omegaprm_rows(ctx: StageContext, annotator, prompt, problem: Problem, 
 def merge_problem(ctx: StageContext, problem_id: str, pieces, *, source: str | None,
                   original: str | None) -> tuple[dict[str, list[dict]], dict[str, int]]:
     """Rows per output and counters of one problem. An engine failure in any stage (the first
-    in stage order) replaces them by one dead-letter row, as :class:`ProblemLabeler` does."""
+    in stage order) replaces them by one dead-letter row."""
     ordered = sorted(pieces, key=lambda p: tuple(p.rank))
     failed = next((p.failure for p in ordered if p.failure is not None), None)
     if failed is not None:

@@ -13,10 +13,20 @@ items: an item it could not score is a wrong prediction; its coverage is reporte
 step-level precision and recall of negatives for per-step ratings, and the cost of each
 annotator.
 
-It is a Beam job like ``run``: read (driver) → predict (:class:`LabelProblemsFn` with an
-:class:`EvaluationLabeler`: engines hosted once per worker, many items in flight, one
-checkpoint per finished item under ``_work/`` so that a rerun resumes) → Parquet shards →
-report (driver). Bad records and items whose requests fail go to ``dead_letter/``.
+It is a Beam job like ``run``, in the same job frame
+(:func:`~steplabel.pipelines.frame.run_framed`) and on the same stage machinery
+(:class:`~steplabel.pipelines.stages.EngineStageFn`)::
+
+    gold items ─► CheckGoldAnswers ─┬► (gold answer usable) PredictWithCompleter [completer] ─┐
+                                    ├► PredictWithJudge [judge] ─────────────────────────────┤
+                                    └──────────────── CoGroupByKey ◄──────────────────────────┘
+                                          └► AssemblePredictions ─► predictions, dead_letter
+    unreadable records ─► dead_letter;   then the report (driver)
+
+Each engine stage keeps many items in flight on the worker's shared engine pool, checkpoints
+every finished item under ``_work/<stage>/`` (a rerun replays it) and, when an engine dies,
+drops it (the retried bundle starts a new one) and fails the bundle. Bad records and items
+whose requests fail go to ``dead_letter/``.
 
 From the manifest, evaluate uses ``seed``, ``models`` (``completer``, default the policy, for
 Monte Carlo and OmegaPRM rollouts; ``judge``), ``policy.template`` (the prompt the completer
@@ -29,12 +39,11 @@ Output directory::
     predictions/part-*.parquet   one row per item and annotator (schema PREDICTION)
     dead_letter/part-*.parquet   unreadable records and failed items, with the reason
     report.json  report.md       the figures (also printed), info.json, COMPLETED (last)
-    _work/run.json, _work/checkpoints/   resume state
+    _work/run.json, _work/evaluate_rollouts/, _work/evaluate_judge/   resume state
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -46,6 +55,8 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -61,16 +72,25 @@ from steplabel.annotators.evaluation import (
     build_report,
     join_gold_answers,
     load_answers_file,
+    StagePredictions,
+    combine_predictions,
+    completer_stage,
+    judge_stage,
     load_gold_file,
-    predict_first_errors,
     render_report_markdown,
     resolve_annotators,
     source_name,
+    stage_predictions_from_json,
+    stage_predictions_to_json,
+    usable_gold_answer,
 )
-from steplabel.annotators.job import ProblemOutputs
-from steplabel.engines.base import ContextLengthError, EngineError
 from steplabel.pipelines import storage
-from steplabel.pipelines.label import LabelProblemsFn
+from steplabel.pipelines.stages import (
+    EVALUATE_JUDGE,
+    EVALUATE_ROLLOUTS,
+    EngineStageFn,
+    _acquire_pool,
+)
 from steplabel.schemas.config import ConfigError
 from steplabel.schemas.manifest import JobManifest, manifest_from_dict, read_manifest_data
 from steplabel.schemas.records import COST
@@ -292,52 +312,59 @@ def prediction_rows(prediction: ItemPrediction, *, evaluation_hash: str,
     return rows
 
 
-class EvaluationLabeler:
-    """The ``make_labeler`` of the evaluate job: predicts one gold item's first errors.
+@dataclass(frozen=True)
+class CheckedItem:
+    """A gold item with the gold answer its annotators run under (``gold_answer`` None:
+    Monte Carlo, OmegaPRM and consensus are skipped; ``gold_status`` says why)."""
 
-    Built once per worker by :class:`LabelProblemsFn` (``functools.partial`` binds the options,
-    so it pickles). Holds no per-item state; many items run concurrently on the shared engines.
-    Engine failures become a dead-letter row for the item (``engine_error``,
-    ``prompt_too_long``).
-    """
+    item: GoldItem
+    gold_answer: str | None
+    gold_status: str
 
-    def __init__(self, manifest: JobManifest, engines, *, annotators: tuple[str, ...],
-                 evaluation_hash: str, omegaprm_final_answer: str = "grade") -> None:
-        self.engines = engines
-        self.annotators = annotators
-        self.evaluation_hash = evaluation_hash
-        self.settings = EvaluationSettings.from_manifest(
-            manifest, omegaprm_final_answer=omegaprm_final_answer)
-        self.settings.check(annotators)
+    @property
+    def key(self) -> str:
+        return self.item.problem_id
 
-    def _dead_letter(self, item: GoldItem, reason: str, error: str) -> dict:
-        return {"stage": "evaluate", "reason": reason, "error": error,
-                "problem_id": item.problem_id, "source": item.source,
-                "original": item.original, "manifest_hash": self.evaluation_hash}
 
-    async def label(self, item: GoldItem) -> ProblemOutputs:
-        out = ProblemOutputs()
-        try:
-            prediction = await predict_first_errors(item, annotators=self.annotators,
-                                                    engines=self.engines,
-                                                    settings=self.settings)
-        except ContextLengthError as exc:
-            out.add(DEAD_LETTER, self._dead_letter(item, "prompt_too_long", str(exc)))
-            out.count("dead_letter_prompt_too_long")
-            return out
-        except EngineError as exc:
-            out.add(DEAD_LETTER, self._dead_letter(item, "engine_error", str(exc)))
-            out.count("dead_letter_engine_error")
-            return out
-        judge = self.settings.judge
-        for row in prediction_rows(prediction, evaluation_hash=self.evaluation_hash,
-                                   run_seed=self.settings.run_seed,
-                                   judge_parser=judge.parser if judge else "processbench"):
-            out.add(PREDICTIONS, row)
-            out.count(f"predictions_{row['annotator']}_{row['status']}")
-        if prediction.gold_status != "ok":
-            out.count("items_without_gold_answer")
-        return out
+def check_item(item: GoldItem, annotators: tuple[str, ...]) -> CheckedItem:
+    gold_answer, gold_status = usable_gold_answer(item, annotators)
+    return CheckedItem(item, gold_answer, gold_status)
+
+
+def dead_letter_row(item: GoldItem, failure, *, evaluation_hash: str) -> dict:
+    """A dead-letter row (schema ``records.DEAD_LETTER``) for an item whose requests failed."""
+    return {"stage": "evaluate", "reason": failure.reason, "error": failure.error,
+            "problem_id": item.problem_id, "source": item.source, "original": item.original,
+            "manifest_hash": evaluation_hash}
+
+
+def item_outputs(checked: CheckedItem, parts: list[StagePredictions], *,
+                 annotators: tuple[str, ...], evaluation_hash: str, run_seed: int,
+                 judge_parser: str = "processbench") -> tuple[dict[str, list[dict]],
+                                                              dict[str, int]]:
+    """One item's rows by output and its counters, from its engine stages' results
+    (``parts``, completer before judge). A failed request in any stage (the first in that
+    order) dead-letters the item (``engine_error``, ``prompt_too_long``)."""
+    item = checked.item
+    failure = next((p.failure for p in parts if p.failure is not None), None)
+    if failure is not None:
+        return ({DEAD_LETTER: [dead_letter_row(item, failure, evaluation_hash=evaluation_hash)]},
+                {f"dead_letter_{failure.reason}": 1})
+    done: dict[str, Any] = {}
+    for part in parts:
+        done.update(part.predictions)
+    prediction = combine_predictions(item, annotators=annotators,
+                                     gold_answer=checked.gold_answer,
+                                     gold_status=checked.gold_status, done=done)
+    rows = prediction_rows(prediction, evaluation_hash=evaluation_hash, run_seed=run_seed,
+                           judge_parser=judge_parser)
+    counters: dict[str, int] = {}
+    for row in rows:
+        name = f"predictions_{row['annotator']}_{row['status']}"
+        counters[name] = counters.get(name, 0) + 1
+    if prediction.gold_status != "ok":
+        counters["items_without_gold_answer"] = 1
+    return {PREDICTIONS: rows}, counters
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,27 +410,166 @@ class WriteEvaluationOutputs(beam.PTransform):
         )
 
 
+def evaluation_roles(manifest: JobManifest, annotators: tuple[str, ...]) -> dict[str, Any]:
+    """The engine config of each role the chosen annotators use (``completer`` for Monte Carlo
+    and OmegaPRM, ``judge``), with each vLLM model's share of GPU memory set among these roles
+    only: evaluate samples nothing, so the policy takes none."""
+    from steplabel.schemas.config import share_gpu_memory
+
+    roles = {}
+    if {"mc", "omegaprm"} & set(annotators):
+        roles["completer"] = manifest.models.completer_model
+    if "judge" in annotators:
+        roles["judge"] = manifest.models.judge_model
+    return share_gpu_memory(roles)
+
+
+class _PredictionStageFn(EngineStageFn):
+    """An engine stage of the evaluate job: :class:`CheckedItem` -> (item key,
+    (:class:`StagePredictions`, resumed)), checkpointed per item under ``_work/<stage>/``."""
+
+    def __init__(self, manifest, *, annotators: tuple[str, ...], omegaprm_final_answer: str,
+                 **kwargs) -> None:
+        super().__init__(manifest, **kwargs)
+        self.annotators = annotators
+        self.omegaprm_final_answer = omegaprm_final_answer
+
+    def setup(self) -> None:
+        super().setup()
+        self._config = evaluation_roles(self.manifest, self.annotators)[self.role]
+        self.settings = EvaluationSettings.from_manifest(
+            self.manifest, omegaprm_final_answer=self.omegaprm_final_answer)
+
+    def key(self, checked: CheckedItem) -> str:
+        return checked.key
+
+    def encode(self, result: StagePredictions) -> dict:
+        return stage_predictions_to_json(result)
+
+    def decode(self, data: dict) -> StagePredictions:
+        return stage_predictions_from_json(data)
+
+    def emit(self, checked: CheckedItem, result: StagePredictions, *, resumed: bool):
+        yield checked.key, (result, resumed)
+
+
+class PredictWithCompleterFn(_PredictionStageFn):
+    """Monte Carlo and OmegaPRM predictions of items with a usable gold answer, on the
+    completer."""
+
+    stage, role = EVALUATE_ROLLOUTS, "completer"
+
+    def work(self, engine, checked: CheckedItem):
+        return completer_stage(checked.item, annotators=self.annotators, engine=engine,
+                               settings=self.settings, gold_answer=checked.gold_answer)
+
+
+class PredictWithJudgeFn(_PredictionStageFn):
+    """The judge's predictions, on the judge."""
+
+    stage, role = EVALUATE_JUDGE, "judge"
+
+    def work(self, engine, checked: CheckedItem):
+        return judge_stage(checked.item, engine=engine, settings=self.settings)
+
+
+class AssemblePredictionsFn(beam.DoFn):
+    """(item key, {checked, completer, judge}) -> ``(output, row)`` of the item; its counters
+    become Beam counters, and the item counts in the progress display (``problems_resumed``
+    when every engine stage replayed its checkpoint)."""
+
+    def __init__(self, manifest, *, spec: "EvaluationSpec", out_dir: str, pool: shared.Shared,
+                 total: int) -> None:
+        self.manifest = manifest
+        self.annotators = spec.annotators
+        self.evaluation_hash = spec.hash
+        self.out_dir = out_dir
+        self.total = total
+        self._pool_handle = pool
+
+    def setup(self) -> None:
+        judge = self.manifest.judge
+        self.judge_parser = judge.parser if judge else "processbench"
+        self._progress = _acquire_pool(self._pool_handle).progress(self.out_dir, self.manifest,
+                                                                   self.total)
+
+    def process(self, element):
+        _, grouped = element
+        (checked,) = grouped["checked"]
+        stages = [*grouped["completer"], *grouped["judge"]]
+        rows, counters = item_outputs(checked, [part for part, _ in stages],
+                                      annotators=self.annotators,
+                                      evaluation_hash=self.evaluation_hash,
+                                      run_seed=self.manifest.seed,
+                                      judge_parser=self.judge_parser)
+        # An item no engine stage worked on (no gold answer, no judge) is computed each run.
+        resumed = bool(stages) and all(replayed for _, replayed in stages)
+        counters["problems_resumed" if resumed else "problems_labelled"] = 1
+        for name, value in counters.items():
+            Metrics.counter("steplabel", name).inc(value)
+        self._progress.update(resumed=resumed)
+        for output in OUTPUTS:
+            for row in rows.get(output, []):
+                yield output, row
+
+    def teardown(self) -> None:
+        progress = getattr(self, "_progress", None)
+        if progress is not None:
+            progress.close()
+
+
+class PredictFirstErrors(beam.PTransform):
+    """Gold items -> ``(output, row)`` of ``predictions`` and ``dead_letter``: a pure check of
+    the gold answers, one engine stage per role the annotators use (completer, judge; both
+    read the checked items, so one worker keeps both kinds of request in flight), joined by
+    item."""
+
+    def __init__(self, spec: "EvaluationSpec", *, out_dir: str, total: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.out_dir = out_dir
+        self.total = total
+
+    def expand(self, items):
+        spec, m = self.spec, self.spec.manifest
+        annotators = spec.annotators
+        pool = shared.Shared()  # one engine pool per worker process, as in the run job
+        stage = dict(manifest=m, annotators=annotators,
+                     omegaprm_final_answer=spec.omegaprm_final_answer, out_dir=self.out_dir,
+                     pool=pool, max_in_flight=m.runner.max_in_flight, total=self.total)
+        checked = items | "CheckGoldAnswers" >> beam.Map(check_item, annotators)
+        joined = {"checked": checked | "KeyItems" >> beam.Map(lambda c: (c.key, c))}
+        if {"mc", "omegaprm"} & set(annotators):
+            joined["completer"] = (
+                checked
+                | "WithGoldAnswer" >> beam.Filter(lambda c: c.gold_answer is not None)
+                | "PredictWithCompleter" >> beam.ParDo(PredictWithCompleterFn(**stage)))
+        else:
+            joined["completer"] = items.pipeline | "NoCompleter" >> beam.Create([])
+        if "judge" in annotators:
+            joined["judge"] = checked | "PredictWithJudge" >> beam.ParDo(
+                PredictWithJudgeFn(**stage))
+        else:
+            joined["judge"] = items.pipeline | "NoJudge" >> beam.Create([])
+        return (joined
+                | "JoinPredictions" >> beam.CoGroupByKey()
+                | "AssemblePredictions" >> beam.ParDo(AssemblePredictionsFn(
+                    m, spec=spec, out_dir=self.out_dir, pool=pool, total=self.total)))
+
+
 def build_evaluation_pipeline(pipeline: beam.Pipeline, spec: EvaluationSpec, *, out_dir: str,
                               items: list[GoldItem], reject_rows: list[dict]):
     """Apply the evaluate job to ``pipeline``; returns the PCollection of written shards."""
-    manifest = spec.manifest
-    make_labeler = functools.partial(EvaluationLabeler, annotators=spec.annotators,
-                                     evaluation_hash=spec.hash,
-                                     omegaprm_final_answer=spec.omegaprm_final_answer)
     predicted = (
         pipeline
         | "CreateGoldItems" >> beam.Create(items, reshuffle=False)
-        | "PredictFirstErrors" >> beam.ParDo(LabelProblemsFn(
-            manifest, out_dir=out_dir, max_in_flight=manifest.runner.max_in_flight,
-            total=len(items), make_labeler=make_labeler)).with_outputs(*OUTPUTS)
+        | "PredictFirstErrors" >> PredictFirstErrors(spec, out_dir=out_dir, total=len(items))
     )
-    tagged = [predicted[name] | f"Tag_{name}" >> beam.Map(lambda row, name=name: (name, row))
-              for name in OUTPUTS]
-    tagged.append(pipeline | "CreateReadRejects" >> beam.Create(
-        [(DEAD_LETTER, row) for row in reject_rows], reshuffle=False))
-    return (tagged | "MergeOutputs" >> beam.Flatten()
-            | "WriteOutputs" >> WriteEvaluationOutputs(out_dir,
-                                                       num_shards=manifest.runner.num_shards))
+    rejected = pipeline | "CreateReadRejects" >> beam.Create(
+        [(DEAD_LETTER, row) for row in reject_rows], reshuffle=False)
+    return ((predicted, rejected) | "MergeOutputs" >> beam.Flatten()
+            | "WriteOutputs" >> WriteEvaluationOutputs(
+                out_dir, num_shards=spec.manifest.runner.num_shards))
 
 
 # --------------------------------------------------------------------------------------------

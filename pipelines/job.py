@@ -1,8 +1,9 @@
 """``steplabel run``: the Beam pipeline from a manifest to a finished dataset directory.
 
-read → validate → label (sample, split, grade, Monte Carlo / OmegaPRM, judge, consensus; one
-async coroutine per problem, many in flight) → write Parquet shards → finalize (info, stats,
-lock, COMPLETED last). Resumable: finished problems are checkpointed under ``_work/``.
+read → validate → label (the staged graph of :mod:`steplabel.pipelines.graph`: sample, split,
+grade, Monte Carlo / OmegaPRM, judge, consensus, each model stage with many keys in flight) →
+write Parquet shards → finalize (info, stats, lock, COMPLETED last). Resumable: every model
+stage checkpoints its finished keys under ``_work/<stage>/``.
 
 The launcher stays light: workers read the input (Beam IO) and count the records read
 (``_work/rows_in.json``, a ``Count`` combiner's result), and reconciliation uses that count.
@@ -21,14 +22,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from steplabel.pipelines import storage
-from steplabel.pipelines.label import LabelProblemsFn
 from steplabel.pipelines.sources import (
     ReadProblems,
     ValidateProblems,
     check_source,
     estimate_rows,
 )
-from steplabel.schemas.records import OUTPUTS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -43,49 +42,6 @@ class JobResult:
     info: dict
     stats: dict
     seconds: float
-
-
-class WriteInputDeadLetters(beam.PTransform):
-    """Dead-letter rows of bad input records into their own deterministic shards
-    (``dead_letter/input-part-*``); problems' rows are written from checkpoints."""
-
-    def __init__(self, out_dir: str, *, num_shards: int) -> None:
-        super().__init__()
-        self.out_dir = out_dir
-        self.num_shards = num_shards
-
-    def expand(self, rows):
-        out_dir, num_shards = self.out_dir, self.num_shards
-        return (
-            rows
-            | "KeyByShard" >> beam.Map(lambda row: (storage.shard_of(row, num_shards), row))
-            | "GroupShards" >> beam.GroupByKey()
-            | "WriteShards" >> beam.MapTuple(
-                lambda index, group: storage.write_shard(out_dir, "dead_letter", index,
-                                                         num_shards, group, prefix="input-"))
-        )
-
-
-class WriteOutputs(beam.PTransform):
-    """Once every problem is labelled (checkpointed), write shard ``i`` of every output from
-    the checkpoints, one shard per element: parallel, streaming, deterministic."""
-
-    def __init__(self, out_dir: str, *, num_shards: int) -> None:
-        super().__init__()
-        self.out_dir = out_dir
-        self.num_shards = num_shards
-
-    def expand(self, labelled_ids):
-        out_dir, num_shards = self.out_dir, self.num_shards
-        done = labelled_ids | "CountLabelled" >> beam.combiners.Count.Globally()
-        return (
-            labelled_ids.pipeline
-            | "ShardIndices" >> beam.Create(list(range(num_shards)))
-            | "WriteShards" >> beam.Map(
-                lambda index, _done: storage.write_shard_from_checkpoints(out_dir, index,
-                                                                          num_shards),
-                beam.pvalue.AsSingleton(done))
-        )
 
 
 #: Where the pipeline writes how many input records it read (``{"rows_in": N}``).
@@ -113,7 +69,7 @@ def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=Non
 def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
                   source_path: str | None = None):
     """Read the source on the workers, count the rows in (``_work/rows_in.json``) and validate:
-    ``(problems, input dead-letter rows)``. Shared by every graph."""
+    ``(problems, input dead-letter rows)``."""
     source = manifest.source
     raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
     (raw
@@ -121,21 +77,6 @@ def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None
      | "WriteRowsIn" >> beam.Map(_write_rows_in, out_dir))
     return raw | "ValidateProblems" >> ValidateProblems(
         fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash)
-
-
-def build_problem_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
-                           total: int | None = None, source_path: str | None = None):
-    """The earlier graph: one ParDo labels each problem whole (:class:`LabelProblemsFn`), then
-    shards are written from its checkpoints. Kept as the reference the staged graph is tested
-    against (``tests/test_stages.py``)."""
-    num_shards = manifest.runner.num_shards
-    problems, invalid = read_problems(pipeline, manifest, out_dir=out_dir, items=items,
-                                      source_path=source_path)
-    labelled = problems | "LabelProblems" >> beam.ParDo(
-        LabelProblemsFn(manifest, out_dir=out_dir, max_in_flight=manifest.runner.max_in_flight,
-                        total=total))
-    invalid | "WriteInputDeadLetters" >> WriteInputDeadLetters(out_dir, num_shards=num_shards)
-    return labelled | "WriteOutputs" >> WriteOutputs(out_dir, num_shards=num_shards)
 
 
 def pipeline_options(manifest, extra_args: list[str] | None = None) -> PipelineOptions:

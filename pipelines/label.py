@@ -1,33 +1,22 @@
-"""The Beam stage that labels problems: engines hosted once per worker, many problems in flight.
+"""What a worker's engines served, and the live progress of a job's model stages.
 
-:class:`LabelProblemsFn` keeps up to ``max_in_flight`` problems running at once on the worker's
-engine host (one event loop thread, one engine per model), so the engine's continuous batching
-always has work from many problems. Finished problems are checkpointed before their rows are
-emitted; on a rerun, checkpointed problems are replayed instead of recomputed.
+- :class:`EngineClock`: engine-busy time and samples in flight (``steplabel plan`` derives
+  throughput from it).
+- :class:`MeteredEngine`: an engine wrapper counting requests, rollouts and tokens per role.
+- :func:`engine_counter_totals`: a worker's engine counters, for Beam counters (stats.json).
+- :class:`Progress`: the progress bars or lines, one per job and worker process.
 
-The per-item work is pluggable: ``make_labeler(manifest, engines)`` builds, once per worker, an
-object whose ``async label(item)`` returns a :class:`~steplabel.annotators.job.ProblemOutputs`,
-and ``key_of(item)`` names an item's checkpoint. The defaults label problems
-(:class:`~steplabel.annotators.job.ProblemLabeler`); ``steplabel evaluate`` plugs in its
-first-error predictor.
+The engines themselves live in the worker's
+:class:`~steplabel.pipelines.stages.EnginePool`, which builds these.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import re
 import sys
 import threading
 import time
-
-import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindows
-from apache_beam.utils import shared
-
-from steplabel.annotators.job import Engines, ProblemLabeler
-from steplabel.pipelines import storage
 
 log = logging.getLogger(__name__)
 
@@ -166,66 +155,14 @@ class MeteredEngine:
         return getattr(self._engine, name)
 
 
-def problem_labeler(manifest, engines: Engines) -> ProblemLabeler:
-    """The default ``make_labeler``: the ``run`` job's per-problem workflow."""
-    return ProblemLabeler(manifest, engines)
-
-
-def problem_key(problem) -> str:
-    """The default ``key_of``: a problem's checkpoint is named by its id."""
-    return problem.problem_id
-
-
-class _WorkerEngines:
-    """What one worker process shares across bundles and threads: engines and the labeler."""
-
-    def __init__(self, manifest, make_labeler=problem_labeler) -> None:
-        from steplabel.engines.host import EngineHost
-
-        self.host = EngineHost()
-        self.clock = EngineClock()
-        models = manifest.models
-        raw_engines: dict[int, object] = {}
-
-        def engine(config, role):
-            raw = self.host.engine(config)
-            raw_engines.setdefault(id(raw), raw)
-            return MeteredEngine(raw, role=role, clock=self.clock)
-
-        self.engines = Engines(policy=engine(models.policy, "policy"),
-                               completer=engine(models.completer_model, "completer"),
-                               judge=engine(models.judge_model, "judge"))
-        self.metered = [self.engines.policy, self.engines.completer, self.engines.judge]
-        self.raw_engines = list(raw_engines.values())
-        self._reported: dict[str, int] = {}
-        self._reported_lock = threading.Lock()
-        self.labeler = make_labeler(manifest, self.engines)
-
-    def served(self) -> tuple[int, int]:
-        return (sum(e.rollouts for e in self.metered),
-                sum(e.generated_tokens for e in self.metered))
-
-    def stage_requests(self) -> dict[str, int]:
-        """Requests served so far by role: ``policy``, ``completer``, ``judge``."""
-        return {e.role: e.requests for e in self.metered}
-
-    def engine_counter_deltas(self) -> dict[str, int]:
-        """What the engines that keep :class:`~steplabel.engines.openai_engine.EngineCounters`
-        (``counters``) did since the last call: ``engine_requests``, ``engine_attempts``,
-        ``engine_retries``, ``engine_failures`` and ``engine_retry_<reason>``, for Beam counters
-        (stats.json). Also this worker's timing, for ``steplabel plan``: ``engine_workers``
-        (1), ``engine_start_ms`` (its engines' ``start_seconds``, where an engine has it: vLLM
-        does, custom engines may not) and :meth:`EngineClock.counters`."""
-        totals = engine_counter_totals(self.raw_engines, self.clock)
-        with self._reported_lock:
-            deltas = {k: v - self._reported.get(k, 0) for k, v in totals.items()}
-            self._reported = totals
-        return {k: v for k, v in deltas.items() if v}
-
-
 def engine_counter_totals(engines, clock) -> dict[str, int]:
-    """Cumulative engine counters of one worker: ``engine_workers`` (1), ``engine_start_ms``,
-    the clock's counters, and the request/retry counters of engines that keep ``counters``."""
+    """Cumulative engine counters of one worker, for Beam counters (stats.json):
+    ``engine_workers`` (1), ``engine_start_ms`` (the engines' ``start_seconds``, where an engine
+    has it: vLLM does, custom engines may not), the clock's counters
+    (:meth:`EngineClock.counters`, for ``steplabel plan``), and ``engine_requests``,
+    ``engine_attempts``, ``engine_retries``, ``engine_failures`` and ``engine_retry_<reason>``
+    of the engines that keep :class:`~steplabel.engines.openai_engine.EngineCounters`
+    (``counters``)."""
     totals: dict[str, int] = {
         "engine_workers": 1,
         "engine_start_ms": round(1000 * sum(
@@ -437,126 +374,6 @@ def _clock(seconds: float) -> str:
         f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}")
 
 
+#: This process's progress displays, one per dataset directory and manifest
+#: (``EnginePool.progress``): every stage of a job on this worker updates the same one.
 _PROGRESS: dict[str, Progress] = {}
-
-#: After a problem raised (a dead engine, a bug): how long the other in-flight problems get to
-#: finish and be checkpointed before the bundle fails, in seconds.
-SETTLE_TIMEOUT_S = 30.0
-
-
-class LabelProblemsFn(beam.DoFn):
-    """Problems in; tagged rows out (one tag per output of :mod:`steplabel.schemas.records`).
-
-    ``make_labeler`` and ``key_of`` (module-level callables, so the DoFn pickles) replace the
-    per-item work and the checkpoint key; the labeler's outputs name the tags.
-    """
-
-    def __init__(self, manifest, *, out_dir: str, max_in_flight: int,
-                 total: int | None = None, engines_handle: shared.Shared | None = None,
-                 make_labeler=problem_labeler, key_of=problem_key) -> None:
-        self.manifest = manifest
-        self.out_dir = out_dir
-        self.max_in_flight = max_in_flight
-        self.total = total
-        self.make_labeler = make_labeler
-        self.key_of = key_of
-        self._handle = engines_handle or shared.Shared()
-
-    def setup(self) -> None:
-        manifest, make_labeler = self.manifest, self.make_labeler
-        self._worker = self._handle.acquire(lambda: _WorkerEngines(manifest, make_labeler),
-                                            tag=manifest.hash)
-        self._progress = _PROGRESS.setdefault(
-            f"{self.out_dir}|{manifest.hash}",
-            Progress(self.total, served=self._worker.served,
-                     stages=self._worker.stage_requests))
-
-    def start_bundle(self) -> None:
-        self._pending: dict[concurrent.futures.Future, str] = {}
-
-    def _emit(self, problem_id: str, rows: dict, counters: dict, *, resumed: bool):
-        for name, value in counters.items():
-            Metrics.counter("steplabel", name).inc(value)
-        self._count_engine_work()
-        Metrics.counter("steplabel", "problems_resumed" if resumed else "problems_labelled").inc()
-        self._progress.update(resumed=resumed)
-        for output, output_rows in rows.items():
-            for row in output_rows:
-                yield output, row
-
-    def _finished(self, future: concurrent.futures.Future, problem_id: str):
-        outputs = future.result()  # engine failures are already dead-letter rows
-        rows = {k: list(v) for k, v in outputs.rows.items()}
-        counters = dict(outputs.counters)
-        storage.save_checkpoint(self.out_dir, problem_id, rows, counters)
-        yield from self._emit(problem_id, rows, counters, resumed=False)
-
-    def _count_engine_work(self) -> None:
-        for name, value in self._worker.engine_counter_deltas().items():
-            Metrics.counter("steplabel", name).inc(value)
-
-    def _drain(self, *, until: int):
-        while len(self._pending) > until:
-            done, _ = concurrent.futures.wait(self._pending, timeout=self._progress.poll_s,
-                                              return_when=concurrent.futures.FIRST_COMPLETED)
-            if not done:  # long problems: still show that the engines are working
-                self._progress.update(force=True)
-                continue
-            failed = None
-            for future in sorted(done, key=lambda f: self._pending[f]):
-                problem_id = self._pending.pop(future)
-                if future.exception() is not None:
-                    failed = failed or future
-                    continue
-                yield from self._finished(future, problem_id)
-            if failed is not None:
-                self._fail(failed)
-
-    def _fail(self, failed: concurrent.futures.Future) -> None:
-        """A problem's labelling raised instead of returning rows: not a per-problem engine
-        failure (those are dead-letter rows already) but a dead engine
-        (:class:`~steplabel.engines.base.EngineDiedError`) or a bug. Fail loudly, never
-        dead-letter: first checkpoint every other in-flight problem that still finishes (with a
-        dead engine they fail at once), so that the rerun loses no finished work; then raise."""
-        pending, self._pending = self._pending, {}
-        done, not_done = concurrent.futures.wait(pending, timeout=SETTLE_TIMEOUT_S)
-        saved = 0
-        for future in done:
-            if future.exception() is None:
-                outputs = future.result()
-                storage.save_checkpoint(self.out_dir, pending[future],
-                                        {k: list(v) for k, v in outputs.rows.items()},
-                                        dict(outputs.counters))
-                saved += 1
-        for future in not_done:
-            future.cancel()
-        error = failed.exception()
-        log.error("labelling stopped: %s: %s (%d in-flight problems checkpointed, %d cancelled)",
-                  type(error).__name__, error, saved, len(not_done))
-        raise error
-
-    def process(self, problem):
-        key = self.key_of(problem)
-        checkpoint = storage.load_checkpoint(self.out_dir, key)
-        if checkpoint is not None:
-            for output, row in self._emit(key, checkpoint["rows"],
-                                          checkpoint.get("counters", {}), resumed=True):
-                yield beam.pvalue.TaggedOutput(output, row)
-            return
-        future = self._worker.host.submit(self._worker.labeler.label(problem))
-        self._pending[future] = key
-        for output, row in self._drain(until=self.max_in_flight - 1):
-            yield beam.pvalue.TaggedOutput(output, row)
-
-    def finish_bundle(self):
-        for output, row in self._drain(until=0):
-            yield beam.pvalue.TaggedOutput(output, GlobalWindows.windowed_value(row))
-        self._count_engine_work()
-
-    def teardown(self) -> None:
-        # The labelling stage is over (runners tear DoFns down when the stage's work is done):
-        # the final progress line, and the bars closed. Invalid input rows are counted in
-        # the total but never labelled, so the count may end below it.
-        progress = getattr(self, "_progress", None)
-        if progress is not None:
-            progress.close()

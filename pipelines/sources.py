@@ -30,7 +30,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from steplabel.annotators.grading import check_answer_readable, parse_gold
-from steplabel.annotators.job import Problem
+from steplabel.annotators.stages import Problem
 
 #: Questions longer than this are not sent to any engine (dead letter, ``question_too_long``).
 MAX_QUESTION_CHARS = 20_000

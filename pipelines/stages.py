@@ -58,9 +58,14 @@ log = logging.getLogger(__name__)
 #: finish and be checkpointed before the bundle fails, in seconds.
 SETTLE_TIMEOUT_S = 30.0
 
+#: The engine stages of ``steplabel evaluate`` (:mod:`steplabel.pipelines.evaluate`): Monte
+#: Carlo and OmegaPRM predictions on the completer, the judge's on the judge.
+EVALUATE_ROLLOUTS, EVALUATE_JUDGE = "evaluate_rollouts", "evaluate_judge"
+
 #: Where each model stage checkpoints its finished keys, under the dataset's ``_work``.
 STAGE_DIRS = {st.SAMPLE: "sample", st.MONTE_CARLO: "monte_carlo", st.OMEGAPRM: "omegaprm",
-              st.JUDGE: "judge"}
+              st.JUDGE: "judge", EVALUATE_ROLLOUTS: EVALUATE_ROLLOUTS,
+              EVALUATE_JUDGE: EVALUATE_JUDGE}
 ENGINES_DIR = "engines"
 
 
@@ -194,7 +199,7 @@ class EnginePool:
 
     def engine_counter_deltas(self) -> dict[str, int]:
         """What the engines did since the last call (see
-        ``pipelines.label._WorkerEngines.engine_counter_deltas``): engine requests, retries,
+        :func:`~steplabel.pipelines.label.engine_counter_totals`): engine requests, retries,
         failures and busy time, for Beam counters."""
         with self._lock:
             engines = [*self._retired, *self._raw.values()]

@@ -32,7 +32,7 @@ from steplabel.annotators.evaluation import (
     resolve_annotators,
     step_negative_scores,
 )
-from steplabel.annotators.job import Engines
+from steplabel.annotators.evaluation import Engines
 from steplabel.annotators.judge import JudgeConfig
 from steplabel.annotators.monte_carlo import MonteCarloConfig
 from steplabel.annotators.omegaprm import OmegaPRMConfig

@@ -17,9 +17,10 @@ import pytest
 from fakes import ScriptedEngine
 from planted import ASSISTANT_MARKER, PlantedPolicy, PlantedProblem
 
-from steplabel.annotators.job import Engines, Problem, ProblemLabeler
+from steplabel.annotators.stages import Problem, StageContext
 from steplabel.pipelines import storage
 from steplabel.pipelines.job import run_job
+from steplabel.pipelines.stages import MonteCarloFn, SampleSolutionsFn
 from steplabel.schemas.manifest import manifest_from_dict
 
 pytestmark = pytest.mark.pipeline
@@ -203,9 +204,21 @@ def test_monte_carlo_prompts_use_the_completer_template():
                                  "model": "other"}},
         "policy": {"samples": 2}, "monte_carlo": {"rollouts": K},
     })
-    labeler = ProblemLabeler(m, Engines(policy=policy, completer=completer, judge=policy))
-    out = asyncio.run(labeler.label(Problem("tmpl", problem.question, problem.gold, "s")))
-    assert out.rows["trajectories"]
+    # The job's sampling and Monte Carlo stages, each bound to its own engine.
+    sample = SampleSolutionsFn(m, out_dir="unused", pool=None, max_in_flight=1)
+    mc = MonteCarloFn(m, out_dir="unused", pool=None, max_in_flight=1)
+    sample.ctx = mc.ctx = StageContext(m)
+    sampled = asyncio.run(sample.work(policy, Problem("tmpl", problem.question, problem.gold,
+                                                      "s")))
+    solutions = [s for s in sampled.solutions if not s.truncated]
+    assert solutions
+
+    async def label_all():
+        bound = mc.bind(completer)
+        return [await mc.work(bound, (solution, None)) for solution in solutions]
+
+    labels = asyncio.run(label_all())
+    assert all(label.failure is None and label.fields["mc_values"] for label in labels)
     assert completer.requests and all(
         r.prompt.startswith("<completer-template>") for r in completer.requests)
     assert all(r.prompt.startswith("<policy-template>") for r in policy.requests)

@@ -806,9 +806,15 @@ def test_tree_nesting_holds_on_random_landscapes(seed, weights, root, num_steps,
 
 
 def test_job_rows_carry_the_tree():
-    # ProblemLabeler._omegaprm writes the parent, single_step and the states after the error
-    # to omegaprm/states, the shared parent to pairs, and each search's reason.
-    from steplabel.annotators.job import Engines, Problem, ProblemLabeler
+    # The OmegaPRM stage (annotators.stages.omegaprm_rows, as the job's OmegaPRM stage calls
+    # it) writes the parent, single_step and the states after the error to omegaprm/states,
+    # the shared parent to pairs, and each search's reason.
+    from steplabel.annotators.stages import (
+        Problem,
+        StageContext,
+        engine_identity,
+        omegaprm_rows,
+    )
     from steplabel.schemas.manifest import manifest_from_dict
     from steplabel.schemas.records import OUTPUTS, to_table
 
@@ -827,8 +833,12 @@ def test_job_rows_carry_the_tree():
         "policy": {"samples": 1, "response_prefix": ""},
         "omegaprm": {"rollouts": K, "prefilter_rollouts": 8, "search_limit": 1},
     })
-    labeler = ProblemLabeler(manifest, Engines(policy=engine, completer=engine, judge=engine))
-    out = asyncio.run(labeler.label(Problem("job-tree", problem.question, problem.gold, "s")))
+    ctx = StageContext(manifest)
+    out = asyncio.run(omegaprm_rows(
+        ctx, ctx.omegaprm_annotator(engine), ctx.solution_prompt(engine, problem.question),
+        Problem("job-tree", problem.question, problem.gold, "s"),
+        completer_model=engine_identity(engine)[0]))
+    assert out.failure is None
     for output in ("omegaprm_states", "omegaprm_pairs", "omegaprm_searches"):
         assert out.rows[output]
         for row in out.rows[output]:

@@ -8,7 +8,7 @@ import pytest
 from apache_beam.utils import shared
 
 import killing
-from steplabel.annotators.job import Problem
+from steplabel.annotators.stages import Problem
 from steplabel.engines.base import EngineDiedError
 from steplabel.pipelines.job import run_job
 from steplabel.pipelines.stages import (
