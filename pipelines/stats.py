@@ -10,9 +10,9 @@ reasons, outcome-correct trajectories that still carry a negative step, and cost
 Per-problem figures (problems, pre-filter drop rate, OmegaPRM cost per source) need every row
 of a problem together. The writer makes that possible: all outputs are sharded by
 ``problem_id`` with the same hash and shard count, and within a shard every output lists the
-problems in one common order (``storage.write_shard_from_checkpoints`` writes them in
-checkpoint-name order, ``sha256(problem_id)``; ``storage.write_shard`` and datasets of earlier
-versions sort by ``problem_id``). For each set of same-named shards the order is detected from
+problems in one common order (``storage.write_shard`` sorts by ``problem_id``; datasets of
+earlier versions, written from per-problem checkpoints, list them in checkpoint-name order,
+``sha256(problem_id)``). For each set of same-named shards the order is detected from
 the ``problem_id`` column alone (:data:`PROBLEM_ORDERS`), then the shards are merged on it (a
 k-way merge of sorted streams): each problem's rows are seen together, one problem in memory at
 a time. If no known order holds, ``grouping_exact`` is False in the result and per-problem
@@ -21,6 +21,7 @@ counts may count one problem more than once; row-level figures are unaffected.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import io
 import itertools
@@ -167,8 +168,9 @@ def _shard_files(dataset_dir: str) -> dict[str, dict[str, str]]:
 
 
 def checkpoint_order(problem_id: str) -> str:
-    """Where ``write_shard_from_checkpoints`` puts a problem: its checkpoint file's name."""
-    return posixpath.basename(storage.checkpoint_path("/", problem_id))
+    """Where the shard writer of earlier versions put a problem: the name of its per-problem
+    checkpoint file (``sha256(problem_id)``, 32 hex digits, ``.json``)."""
+    return hashlib.sha256(problem_id.encode("utf-8")).hexdigest()[:32] + ".json"
 
 
 #: The orders in which a shard may list its problems, tried in turn (empty ids sort first).

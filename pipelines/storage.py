@@ -1,4 +1,4 @@
-"""Output directory layout, atomic writes, per-problem checkpoints and Parquet shards.
+"""Output directory layout, atomic writes and Parquet shards.
 
 Everything goes through Beam's ``FileSystems``, so a dataset directory may be local or on any
 filesystem Beam supports (``gs://`` on Dataflow). Writes are atomic: a file is written under a
@@ -12,7 +12,8 @@ Layout of a dataset directory::
     rejected/…  omegaprm/{states,pairs,searches}/…  filtered/…  dead_letter/…
     stats.json  manifest.lock.json  info.json  COMPLETED (written last)
     _work/run.json                 the manifest hash this directory belongs to
-    _work/checkpoints/<key>.json   every finished problem's rows (resume)
+    _work/<stage>/<xx>/<key>.json  every model stage's finished keys (resume;
+                                   :mod:`steplabel.pipelines.stages`)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS, to_table
+from steplabel.schemas.records import OUTPUT_DIRS, to_table
 
 COMPLETED = "COMPLETED"
 WORK_DIR = "_work"
@@ -112,7 +113,7 @@ def list_files(pattern: str) -> list[str]:
 def temp_files(out_dir: str) -> list[str]:
     """Temporary files of writes that never finished (a killed or failed writer) anywhere a
     dataset directory is written: the root, every output folder, ``_work`` and its checkpoint
-    folders (``_work/checkpoints/<xx>``, ``_work/<stage>/<xx>``)."""
+    folders (``_work/<stage>/<xx>``)."""
     folders = ["", *OUTPUT_DIRS.values(), WORK_DIR, posixpath.join(WORK_DIR, "*"),
                posixpath.join(WORK_DIR, "*", "*")]  # _work/engines, _work/<stage>/<xx>
     patterns = [join(out_dir, folder, f"{TMP_MARK}*") if folder else join(out_dir, f"{TMP_MARK}*")
@@ -130,35 +131,6 @@ def remove_temp_files(out_dir: str) -> list[str]:
     if leftovers:
         FileSystems.delete(leftovers)
     return leftovers
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: one file per finished problem
-
-
-def checkpoint_path(out_dir: str, problem_id: str) -> str:
-    key = hashlib.sha256(problem_id.encode("utf-8")).hexdigest()[:32]
-    return join(out_dir, WORK_DIR, "checkpoints", key[:2], f"{key}.json")
-
-
-def save_checkpoint(out_dir: str, problem_id: str, rows: dict[str, list[dict]],
-                    counters: dict[str, int]) -> None:
-    payload = {"problem_id": problem_id, "rows": rows, "counters": counters}
-    # Not flushed to disk one by one (that was a fifth of a fast job's time): a checkpoint
-    # lost or torn by a machine crash fails to load (JSON, problem id) and is recomputed.
-    write_bytes_atomic(checkpoint_path(out_dir, problem_id),
-                       json.dumps(payload, sort_keys=True).encode("utf-8"), durable=False)
-
-
-def load_checkpoint(out_dir: str, problem_id: str) -> dict | None:
-    path = checkpoint_path(out_dir, problem_id)
-    if not FileSystems.exists(path):
-        return None
-    try:
-        payload = json.loads(read_bytes(path))
-    except (ValueError, OSError):
-        return None  # unreadable: recompute (atomic writes make this unexpected)
-    return payload if payload.get("problem_id") == problem_id else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,94 +170,6 @@ def write_shard(out_dir: str, output: str, index: int, num_shards: int,
 
 def output_files(dataset_dir: str, output: str) -> list[str]:
     return list_files(join(dataset_dir, OUTPUT_DIRS[output], "*part-*.parquet"))
-
-
-def checkpoint_files(out_dir: str) -> list[str]:
-    return list_files(join(out_dir, WORK_DIR, "checkpoints", "*", "*.json"))
-
-
-def checkpoint_shard(path: str, num_shards: int) -> int:
-    """The shard of a checkpoint's problem, from its file name: equals :func:`shard_of` of its
-    rows, since both hash the problem id the same way."""
-    key = posixpath.basename(path).split(".")[0]
-    return int(key[:16], 16) % num_shards
-
-
-class _StreamingShard:
-    """One output's shard, written a row group at a time to a temporary name, then renamed."""
-
-    def __init__(self, out_dir: str, output: str, index: int, num_shards: int,
-                 row_group_rows: int) -> None:
-        self.output = output
-        self.path = join(out_dir, OUTPUT_DIRS[output], shard_name(index, num_shards))
-        folder = posixpath.dirname(self.path) if "://" in self.path else _split_local(self.path)[0]
-        self.tmp = join(folder,
-                        f"{TMP_MARK}{uuid.uuid4().hex}-{posixpath.basename(self.path)}.tmp")
-        if not FileSystems.exists(folder):
-            FileSystems.mkdirs(folder)
-        self._handle = FileSystems.create(self.tmp)
-        self._writer = pq.ParquetWriter(self._handle, OUTPUTS[output], compression="zstd")
-        self._buffer: list[dict] = []
-        self.row_group_rows = row_group_rows
-        self.rows = 0
-
-    def add(self, rows: list[dict]) -> None:
-        self._buffer.extend(rows)
-        if len(self._buffer) >= self.row_group_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._buffer:
-            self._writer.write_table(to_table(self.output, self._buffer))
-            self.rows += len(self._buffer)
-            self._buffer = []
-
-    def close(self) -> tuple[str, int]:
-        self.flush()
-        self._writer.close()
-        self._handle.close()
-        if FileSystems.exists(self.path):
-            FileSystems.delete([self.path])
-        FileSystems.rename([self.tmp], [self.path])
-        return self.path, self.rows
-
-    def abort(self) -> None:
-        try:
-            self._writer.close()
-            self._handle.close()
-        finally:
-            if FileSystems.exists(self.tmp):
-                FileSystems.delete([self.tmp])
-
-
-def write_shard_from_checkpoints(out_dir: str, index: int, num_shards: int, *,
-                                 row_group_rows: int = 2048) -> dict[str, int]:
-    """Write shard ``index`` of every output from the finished problems' checkpoints.
-
-    Problems are taken in checkpoint-name order and each problem's rows in a fixed order, so
-    the shards do not depend on which run (or which worker, or how many attempts) labelled a
-    problem. Rows stream through in row groups: memory stays flat however large the dataset.
-    Returns rows written per output; outputs with no rows in this shard get no file.
-    """
-    files = sorted((path for path in checkpoint_files(out_dir)
-                    if checkpoint_shard(path, num_shards) == index),
-                   key=posixpath.basename)
-    shards: dict[str, _StreamingShard] = {}
-    try:
-        for path in files:
-            payload = json.loads(read_bytes(path))
-            for output, rows in sorted(payload["rows"].items()):
-                if not rows:
-                    continue
-                if output not in shards:
-                    shards[output] = _StreamingShard(out_dir, output, index, num_shards,
-                                                     row_group_rows)
-                shards[output].add(sorted(rows, key=_sort_key))
-        return {output: shard.close()[1] for output, shard in shards.items()}
-    except BaseException:
-        for shard in shards.values():
-            shard.abort()
-        raise
 
 
 def open_parquet(path: str) -> pq.ParquetFile:

@@ -73,10 +73,16 @@ def test_a_failed_rewrite_keeps_the_old_file_whole(tmp_path, monkeypatch):
 
 
 def test_a_corrupt_checkpoint_is_recomputed_not_trusted(tmp_path):
-    storage.save_checkpoint(str(tmp_path), "p1", {"trajectories": []}, {"n": 1})
-    assert storage.load_checkpoint(str(tmp_path), "p1")["counters"] == {"n": 1}
-    Path(storage.checkpoint_path(str(tmp_path), "p1")).write_bytes(b'{"problem_id": "p1", "ro')
-    assert storage.load_checkpoint(str(tmp_path), "p1") is None
+    from steplabel.pipelines.stages import (
+        load_stage_checkpoint,
+        save_stage_checkpoint,
+        stage_checkpoint_path,
+    )
+
+    save_stage_checkpoint(str(tmp_path), "sample", "p1", {"n": 1})
+    assert load_stage_checkpoint(str(tmp_path), "sample", "p1") == {"n": 1}
+    Path(stage_checkpoint_path(str(tmp_path), "sample", "p1")).write_bytes(b'{"key": "p1", "re')
+    assert load_stage_checkpoint(str(tmp_path), "sample", "p1") is None
 
 
 KILLED_WRITER = textwrap.dedent("""
@@ -197,7 +203,9 @@ def test_finalize_removes_leftovers_of_interrupted_writes(tmp_path):
         out / "dead_letter" / f"{storage.TMP_MARK}dead-{storage.shard_name(1, 2)}",
         out / f"{storage.TMP_MARK}dead-info.json",
     ]
-    checkpoint = Path(storage.checkpoint_path(str(out), "p0"))
+    from steplabel.pipelines.stages import stage_checkpoint_path
+
+    checkpoint = Path(stage_checkpoint_path(str(out), "sample", "p0"))
     planted.append(checkpoint.parent / f"{storage.TMP_MARK}dead-{checkpoint.name}")
     for path in planted:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,32 +219,3 @@ def test_finalize_removes_leftovers_of_interrupted_writes(tmp_path):
     assert not any(path.exists() for path in planted)
     leftover = [p for p in out.rglob("*") if storage.TMP_MARK in p.name]
     assert leftover == []
-
-
-def test_a_streaming_shard_that_fails_mid_way_leaves_nothing(tmp_path, monkeypatch):
-    # Shards are streamed from the checkpoints a row group at a time; a failure part-way (here
-    # the writer's second row group) must leave neither a final shard nor a temporary file.
-    out = str(tmp_path)
-    for i in range(6):
-        storage.save_checkpoint(out, f"p{i}", {"trajectories": trajectory_rows(1, text=str(i))},
-                                {})
-    import pyarrow.parquet as pq
-
-    real = pq.ParquetWriter.write_table
-    calls = []
-
-    def failing_write(self, table, *args, **kwargs):
-        calls.append(len(table))
-        if len(calls) == 2:
-            raise OSError(5, "Input/output error")
-        return real(self, table, *args, **kwargs)
-
-    monkeypatch.setattr(pq.ParquetWriter, "write_table", failing_write)
-    with pytest.raises(OSError, match="Input/output error"):
-        storage.write_shard_from_checkpoints(out, 0, 1, row_group_rows=2)
-    assert storage.output_files(out, "trajectories") == []
-    assert storage.temp_files(out) == []
-    monkeypatch.setattr(pq.ParquetWriter, "write_table", real)
-    assert storage.write_shard_from_checkpoints(out, 0, 1, row_group_rows=2) == {
-        "trajectories": 6}
-    assert storage.count_rows(out, "trajectories") == 6
