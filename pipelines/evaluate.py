@@ -651,9 +651,26 @@ def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = Fals
             reject_rows=[reject_row(r, evaluation_hash=spec.hash) for r in rejects]),
         finalize=lambda counters: _finalize_evaluation(
             spec, out_dir=out_dir, counters=counters, read=len(items) + len(rejects),
-            manifest_path=manifest_path))
+            manifest_path=manifest_path),
+        on_failure=lambda exc: explain_failure(exc, out_dir))
     report, markdown, info = framed.result
     return EvaluationResult(out_dir, report, markdown, info, framed.seconds)
+
+
+def explain_failure(exc: BaseException, out_dir: str) -> None:
+    """A dead engine stops the evaluation: say what is saved and how to resume (other failures
+    are re-raised as they are)."""
+    from steplabel.pipelines.job import _first_line, engine_died
+    from steplabel.pipelines.stages import stage_checkpoint_counts
+
+    if not engine_died(exc):
+        return
+    finished = ", ".join(f"{stage} {count}" for stage, count
+                         in stage_checkpoint_counts(out_dir).items() if count) or "none"
+    raise EvaluationError(
+        f"the evaluation stopped because an engine died: {_first_line(exc)}. Finished items "
+        f"per stage ({finished}) are checkpointed in {storage.join(out_dir, storage.WORK_DIR)}; "
+        "rerun the same command to resume (they are replayed, not recomputed).") from exc
 
 
 def _finalize_evaluation(spec: EvaluationSpec, *, out_dir: str, counters: dict[str, int],
