@@ -434,9 +434,11 @@ class _PredictionStageFn(EngineStageFn):
         self.annotators = annotators
         self.omegaprm_final_answer = omegaprm_final_answer
 
+    def engine_config(self):
+        return evaluation_roles(self.manifest, self.annotators)[self.role]
+
     def setup(self) -> None:
         super().setup()
-        self._config = evaluation_roles(self.manifest, self.annotators)[self.role]
         self.settings = EvaluationSettings.from_manifest(
             self.manifest, omegaprm_final_answer=self.omegaprm_final_answer)
 

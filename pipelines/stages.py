@@ -266,9 +266,13 @@ class EngineStageFn(beam.DoFn):
 
     # -- machinery ------------------------------------------------------------------------
 
+    def engine_config(self):
+        """The engine config of this stage's role, its share of GPU memory set."""
+        return self.ctx.roles(self.placement or None)[self.role]
+
     def setup(self) -> None:
         self.ctx = st.StageContext(self.manifest)
-        self._config = self.ctx.roles(self.placement or None)[self.role]
+        self._config = self.engine_config()
         self._pool = _acquire_pool(self._pool_handle)
         self._progress = self._pool.progress(self.out_dir, self.manifest, self.total)
         self._engine = self._bound = None
