@@ -131,12 +131,15 @@ def test_decided_stopping_and_first_error_only_keep_the_labels_on_the_embedded_m
 
     cases = host.run(solutions())
 
-    async def label_all(config):
+    async def label_all(config, judges=None):
         # Every solution at once, as the job runs them: waves are sequential per solution only.
         annotator = MonteCarloAnnotator(engine, config, run_seed=11)
+        guides = ([{"judge_first_error": j} for j in judges] if judges is not None
+                  else [{}] * len(cases))
         out = await asyncio.gather(*(annotator.annotate(
             problem_id=pid, solution_index=i, prompt=prompt, steps=steps, splitter=splitter,
-            gold_answer=gold) for pid, i, prompt, steps, gold in cases))
+            gold_answer=gold, **guide) for (pid, i, prompt, steps, gold), guide
+            in zip(cases, guides)))
         return out, sum(r.rollouts for r in out)
 
     def config(**kw):
@@ -153,3 +156,22 @@ def test_decided_stopping_and_first_error_only_keep_the_labels_on_the_embedded_m
             assert consensus_labels(a.first_error_index, a.num_steps) == consensus_labels(
                 c.first_error_index, c.num_steps)
     assert cut_cost <= decided_cost <= fixed_cost
+    # Consensus-guided, with judge verdicts that agree with Monte Carlo on some solutions and
+    # not on others (and one without a verdict): consensus keeps exactly the same labels.
+    from steplabel.annotators.consensus import consensus
+
+    judges = [None if n == 0 else a.first_error_index if n % 2 else (
+        -1 if a.first_error_index != -1 else 0) for n, a in enumerate(fixed)]
+    guided, guided_cost = host.run(label_all(config(stopping="decided", first_error_only=True,
+                                                    consensus_guided=True), judges))
+    kept = 0
+    for a, g, judge in zip(fixed, guided, judges):
+        want = consensus(a.first_error_index, judge)
+        got = consensus(g.first_error_index, judge, mc_stopped=g.stopped)
+        assert got.keep == want.keep
+        if want.keep:
+            kept += 1
+            assert consensus_labels(got.first_error, g.num_steps) == consensus_labels(
+                want.first_error, a.num_steps)
+    assert guided_cost <= cut_cost
+    assert guided[0].rollouts == 0 and guided[0].stopped == "judge_unknown"
