@@ -143,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(args.manifest)
     if manifest.monte_carlo is None or manifest.judge is None or manifest.consensus is None:
         parser.error("the manifest needs monte_carlo, judge and consensus")
-    report: dict = {"manifest": args.manifest, "name": manifest.name}
+    # No machine paths in the results: the manifest as the repository names it.
+    path = Path(args.manifest).resolve()
+    shown = (str(path.relative_to(HERE.parent)) if path.is_relative_to(HERE.parent)
+             else f"jobs/{path.name}")
+    report: dict = {"manifest": shown, "name": manifest.name,
+                    "dataset": "read from a finished run" if args.dataset else "run here"}
     with tempfile.TemporaryDirectory(prefix="steplabel-cost-") as tmp:
         dataset = args.dataset or str(Path(tmp, "out"))
         if not args.dataset:
