@@ -16,7 +16,7 @@ model's ``EngineConfig``: stages naming the same model share one engine on one m
 engine starts the first time a key needs work (a fully checkpointed stage never starts it).
 Many keys are in flight at once on the pool's event loop (futures drained as they finish,
 bounded by ``runner.max_in_flight`` problems; per-solution stages multiply it by
-``policy.samples``), so the engine's continuous batching stays fed inside each stage: Beam's
+``policy.samples``, and Monte Carlo with decided stopping by k too), so the engine's continuous batching stays fed inside each stage: Beam's
 FnApiRunner runs fused stages one after another. With consensus, Monte Carlo follows the judge
 (``monte_carlo.consensus_guided``: no rollouts where consensus cannot keep the labels), joined by
 key; without it, MonteCarlo and Judge read one ``Reshuffle`` and fuse, so one worker keeps both
@@ -566,6 +566,13 @@ class LabelStages(beam.PTransform):
         engine_stage = dict(common, total=self.total, placement=self.accelerators)
         per_problem = m.runner.max_in_flight
         per_solution = m.runner.max_in_flight * m.policy.samples
+        # Decided stopping sends a solution's rollouts in small waves (1, 1, 2, ...), one step at
+        # a time under first-error-only: k times more solutions in flight keep about as many
+        # samples at the engine as fixed k would, so waves do not starve its batches.
+        mc_config = st.StageContext(m).mc_config
+        per_solution_mc = per_solution * (
+            mc_config.rollouts if mc_config is not None and mc_config.stopping == "decided"
+            else 1)
         roles = sorted(st.StageContext(m).roles())
         identities = (problems.pipeline
                       | "Roles" >> beam.Create(roles)
@@ -607,7 +614,7 @@ class LabelStages(beam.PTransform):
             else:
                 mc_input = usable | "Unguided" >> beam.Map(lambda s: (s, None))
             joined["mc"] = mc_input | "MonteCarlo" >> self._stage(
-                MonteCarloFn(**engine_stage, max_in_flight=per_solution))
+                MonteCarloFn(**engine_stage, max_in_flight=per_solution_mc))
         else:
             joined["mc"] = problems.pipeline | "NoMonteCarlo" >> beam.Create([])
         parts.append(joined
