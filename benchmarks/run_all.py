@@ -82,6 +82,9 @@ def summary(results: dict) -> str:
               f"{e['generated_tokens_per_s']} generated tokens/s ({e['dtype']})", ""]
     t = results["saturation"]
     lines += ["## Saturation and prefix cache", "",
+              f"{t.get('problems')} problems, {t.get('in_flight')} in flight, "
+              f"{t.get('requests')} requests (`saturation.py --problems {t.get('problems')} "
+              f"--in-flight {t.get('in_flight')}`)", "",
               "| | tokens/s | generated tokens | seconds |", "|---|---:|---:|---:|",
               f"| pipeline | {t['pipeline']['tokens_per_s']} | {t['pipeline']['generated_tokens']} "
               f"| {t['pipeline']['seconds']} |",
@@ -176,7 +179,10 @@ def main() -> None:
         for manifest in ("jobs/demo.yaml", "jobs/gsm8k.yaml"):
             results["embedded_cost"] = run("embedded_cost.py", str(ROOT / manifest))
     results["scale"] = get("scale", "scale.py")
-    text = summary(results) + f"\nSuite time: {time.perf_counter() - started:.0f} s\n"
+    ran = [name for name in ("setup", "engine_throughput", "saturation", "annotation_cost",
+                             "embedded_cost", "scale") if name not in args.reuse]
+    text = summary(results) + (f"\nSuite time: {time.perf_counter() - started:.0f} s"
+                               f" (rerun: {', '.join(ran) or 'none, every result reused'})\n")
     (RESULTS / "SUMMARY.md").write_text(text)
     print(text)
 
