@@ -508,6 +508,13 @@ def test_consensus_guided_config():
         MonteCarloConfig(consensus_guided=True, first_error_only=False)
     with pytest.raises(ConfigError, match="needs consensus"):
         MonteCarloConfig(consensus_guided=True).resolved(consensus=False)
+    from steplabel.schemas.manifest import manifest_from_dict
+
+    data = {"name": "guided", "source": {"kind": "jsonl", "path": "p.jsonl"},
+            "monte_carlo": {"consensus_guided": True}, "judge": {}}
+    with pytest.raises(ConfigError, match="monte_carlo.consensus_guided needs consensus"):
+        manifest_from_dict(data)
+    assert manifest_from_dict({**data, "consensus": {}}).monte_carlo.consensus_guided is True
     annotator = MonteCarloAnnotator(faulty_engine(), MonteCarloConfig(consensus_guided=True),
                                     run_seed=1)
     problem = PlantedProblem.make("guide", num_steps=3)
