@@ -1,6 +1,6 @@
 """Engine saturation: the same request mix through the full pipeline and the bare engine.
 
-    .venv/bin/python benchmarks/saturation.py [--problems 96] [--in-flight 32]
+    .venv/bin/python benchmarks/saturation.py [--problems 192] [--in-flight 64]
 
 1. ``steplabel run`` (local runner) labels generated arithmetic problems with the embedded model
    (policy samples, Monte Carlo k=4, judge, consensus); a recording engine logs every request.
@@ -114,9 +114,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # Enough problems that every stage has a steady state: with consensus guidance Monte Carlo
     # is a small share of the tokens, and 24 problems at 8 in flight measured mostly the
-    # sampling cap and the stage tails (0.62 whole run, 0.26 steady; 96 at 32: 0.88 / 1.02).
-    parser.add_argument("--problems", type=int, default=96)
-    parser.add_argument("--in-flight", type=int, default=32,
+    # sampling cap and the stage tails (0.62 whole run, 0.26 steady; 96 at 32: 0.88 / 1.02;
+    # 192 at 64, the manifests' max_in_flight: 0.955 / 0.991).
+    parser.add_argument("--problems", type=int, default=192)
+    parser.add_argument("--in-flight", type=int, default=64,
                         help="problems in flight (fewer than --problems: a steady state)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="steplabel-saturation-") as tmp:
