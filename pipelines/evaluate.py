@@ -662,17 +662,11 @@ def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = Fals
 def explain_failure(exc: BaseException, out_dir: str) -> None:
     """A dead engine stops the evaluation: say what is saved and how to resume (other failures
     are re-raised as they are)."""
-    from steplabel.pipelines.job import _first_line, engine_died
-    from steplabel.pipelines.stages import stage_checkpoint_counts
+    from steplabel.pipelines.job import engine_died_message
 
-    if not engine_died(exc):
-        return
-    finished = ", ".join(f"{stage} {count}" for stage, count
-                         in stage_checkpoint_counts(out_dir).items() if count) or "none"
-    raise EvaluationError(
-        f"the evaluation stopped because an engine died: {_first_line(exc)}. Finished items "
-        f"per stage ({finished}) are checkpointed in {storage.join(out_dir, storage.WORK_DIR)}; "
-        "rerun the same command to resume (they are replayed, not recomputed).") from exc
+    message = engine_died_message(exc, out_dir, job="evaluation", keys="items")
+    if message is not None:
+        raise EvaluationError(message) from exc
 
 
 def _finalize_evaluation(spec: EvaluationSpec, *, out_dir: str, counters: dict[str, int],

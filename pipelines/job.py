@@ -259,19 +259,27 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     return JobResult(out_dir, info, stats, framed.seconds)
 
 
-def explain_failure(exc: BaseException, out_dir: str) -> None:
-    """A dead engine stops the job: say what is saved and how to resume (other failures are
-    re-raised as they are)."""
+def engine_died_message(exc: BaseException, out_dir: str, *, job: str, keys: str) -> str | None:
+    """What to tell the user when a dead engine stopped ``job`` (``"job"``, ``"evaluation"``):
+    the finished ``keys`` per stage and how to resume; None for any other failure."""
     if not engine_died(exc):
-        return
+        return None
     from steplabel.pipelines.stages import stage_checkpoint_counts
 
     finished = ", ".join(f"{stage} {count}" for stage, count
                          in stage_checkpoint_counts(out_dir).items() if count) or "none"
-    raise JobError(
-        f"the job stopped because an engine died: {_first_line(exc)}. Finished keys per "
-        f"stage ({finished}) are checkpointed in {storage.join(out_dir, storage.WORK_DIR)}; "
-        "rerun the same command to resume (they are replayed, not recomputed).") from exc
+    return (f"the {job} stopped because an engine died: {_first_line(exc)}. Finished {keys} "
+            f"per stage ({finished}) are checkpointed in "
+            f"{storage.join(out_dir, storage.WORK_DIR)}; rerun the same command to resume "
+            "(they are replayed, not recomputed).")
+
+
+def explain_failure(exc: BaseException, out_dir: str) -> None:
+    """A dead engine stops the job: say what is saved and how to resume (other failures are
+    re-raised as they are)."""
+    message = engine_died_message(exc, out_dir, job="job", keys="keys")
+    if message is not None:
+        raise JobError(message) from exc
 
 
 def finalize_run(out_dir: str, manifest, counters: dict[str, int]) -> tuple[dict, dict]:

@@ -569,11 +569,12 @@ class LabelStages(beam.PTransform):
         # Decided stopping sends a solution's rollouts in small waves (1, 1, 2, ...), one step at
         # a time under first-error-only: k times more solutions in flight keep about as many
         # samples at the engine as fixed k would, so waves do not starve its batches.
-        mc_config = st.StageContext(m).mc_config
+        ctx = st.StageContext(m)
+        mc_config = ctx.mc_config
         per_solution_mc = per_solution * (
             mc_config.rollouts if mc_config is not None and mc_config.stopping == "decided"
             else 1)
-        roles = sorted(st.StageContext(m).roles())
+        roles = sorted(ctx.roles())
         identities = (problems.pipeline
                       | "Roles" >> beam.Create(roles)
                       | "IdentifyEngines" >> beam.ParDo(
@@ -602,7 +603,7 @@ class LabelStages(beam.PTransform):
         else:
             joined["judge"] = problems.pipeline | "NoJudge" >> beam.Create([])
         if m.monte_carlo is not None:
-            if st.StageContext(m).mc_config.consensus_guided:
+            if mc_config.consensus_guided:
                 # The judge first: Monte Carlo spends rollouts only where consensus can keep
                 # the labels. The join is the shuffle between the two engine stages.
                 mc_input = ({"solution": usable | "KeyUsable" >> beam.Map(lambda s: (s.key, s)),
