@@ -128,7 +128,11 @@ def problem_rows(problem_id: str | None, rows: dict[str, list[dict]]) -> Problem
 
 
 class DatasetFiguresFn(beam.CombineFn):
-    """``(problem_id, {output: rows})`` -> the dataset's figures (see :meth:`Figures.result`)."""
+    """``(problem_id, {output: rows})`` -> the dataset's figures (see :meth:`Figures.result`);
+    ``state``: the :class:`Figures` themselves, to be merged with other waves'."""
+
+    def __init__(self, *, state: bool = False) -> None:
+        self.state = state
 
     def create_accumulator(self) -> Figures:
         return Figures()
@@ -145,10 +149,19 @@ class DatasetFiguresFn(beam.CombineFn):
             merged.merge(figures)
         return merged
 
-    def extract_output(self, figures: Figures) -> dict:
-        return figures.result()
+    def extract_output(self, figures: Figures):
+        return figures if self.state else figures.result()
 
 
 def write_figures(figures: dict, out_dir: str) -> dict:
     storage.write_json_atomic(storage.join(out_dir, storage.WORK_DIR, FIGURES_FILE), figures)
     return figures
+
+
+def write_figures_state(figures: Figures, folder: str) -> None:
+    """One wave's figures, to be merged (:class:`~steplabel.pipelines.waves.AssembleShards`)."""
+    import pickle
+
+    from steplabel.pipelines.waves import FIGURES_STATE
+
+    storage.write_bytes_atomic(storage.join(folder, FIGURES_STATE), pickle.dumps(figures))

@@ -43,24 +43,29 @@ def pipeline_counters(result) -> dict[str, int]:
 
 
 def run_framed(manifest, *, options, prepare: Callable[[], None],
-               build: Callable[[beam.Pipeline], Any],
+               build: Callable[[beam.Pipeline], Any] | list[Callable[[beam.Pipeline], Any]],
                finalize: Callable[[dict[str, int]], Any],
                on_failure: Callable[[BaseException], None] | None = None) -> Framed:
     """Run one job: ``prepare()`` the directory, ``build(pipeline)`` on the manifest's runner,
-    run it to the end, then ``finalize(counters)``. A pipeline failure goes to ``on_failure``
-    (which may raise a clearer error) and is re-raised."""
+    run it to the end, then ``finalize(counters)``. ``build`` may be a list: one pipeline each,
+    in order (the local runner's waves, then their assembly), their counters summed. A pipeline
+    failure goes to ``on_failure`` (which may raise a clearer error) and is re-raised."""
     from steplabel.pipelines.job import make_pipeline
 
     started = time.perf_counter()
     prepare()
-    pipeline = make_pipeline(manifest, options)
-    build(pipeline)
-    try:
-        result = pipeline.run()
-        result.wait_until_finish()
-    except Exception as exc:
-        if on_failure is not None:
-            on_failure(exc)
-        raise
-    finished = finalize(pipeline_counters(result))
+    counters: dict[str, int] = {}
+    for step in build if isinstance(build, list) else [build]:
+        pipeline = make_pipeline(manifest, options)
+        step(pipeline)
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        except Exception as exc:
+            if on_failure is not None:
+                on_failure(exc)
+            raise
+        for name, value in pipeline_counters(result).items():
+            counters[name] = counters.get(name, 0) + value
+    finished = finalize(dict(sorted(counters.items())))
     return Framed(finished, time.perf_counter() - started)

@@ -20,7 +20,7 @@ import json
 import apache_beam as beam
 
 from steplabel.pipelines import storage
-from steplabel.pipelines.figures import DatasetFiguresFn, write_figures
+from steplabel.pipelines.figures import DatasetFiguresFn, write_figures, write_figures_state
 from steplabel.pipelines.sink import INPUT_PREFIX, WriteShards
 from steplabel.pipelines.stages import LabelStages
 
@@ -38,31 +38,44 @@ def _input_problem_rows(key, rows):
 
 def build_staged_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
                           total: int | None = None, source_path: str | None = None,
-                          accelerators: dict[str, str] | None = None):
+                          accelerators: dict[str, str] | None = None, wave=None, pool=None,
+                          last_wave: bool = True):
     """Apply the whole job to ``pipeline`` (same arguments as ``job.build_pipeline``;
     ``total``: problems expected, for the progress display). Returns the written shards'
-    ``(output, rows)``."""
+    ``(output, rows)``.
+
+    ``wave`` (:class:`~steplabel.pipelines.waves.Wave`): label only that wave's problems and
+    write its parts, figures and input count under its folder (``waves.wave_dir``) for
+    :class:`~steplabel.pipelines.waves.AssembleShards`; ``pool``: the ``shared.Shared`` engine
+    pool handle, the same for every wave (engines stay loaded); ``last_wave``: the progress
+    display closes after it."""
     from steplabel.pipelines.job import read_problems
     from steplabel.pipelines.runners import stage_accelerators
+    from steplabel.pipelines.waves import wave_dir
 
     if accelerators is None:
         accelerators = stage_accelerators(manifest.runner)
     num_shards = manifest.runner.num_shards
-    problems, invalid = read_problems(pipeline, manifest, out_dir=out_dir, items=items,
-                                      source_path=source_path)
-    labelled = problems | "Label" >> LabelStages(manifest, out_dir=out_dir, total=total,
-                                                 accelerators=accelerators)
-    written = labelled.rows | "Write" >> WriteShards(out_dir, num_shards=num_shards)
+    # Where this pipeline's rows, figures and input count go: the dataset, or the wave's folder.
+    parts_dir = out_dir if wave is None else wave_dir(out_dir, wave)
+    problems, invalid = read_problems(pipeline, manifest, out_dir=parts_dir, items=items,
+                                      source_path=source_path, wave=wave)
+    stages = LabelStages(manifest, out_dir=out_dir, total=total, accelerators=accelerators,
+                         pool=pool, close_progress=last_wave)
+    labelled = problems | "Label" >> stages
+    written = labelled.rows | "Write" >> WriteShards(parts_dir, num_shards=num_shards,
+                                                     provenance=stages.provenance)
     input_groups = (invalid
                     | "KeyInputByProblem" >> beam.Map(_input_key)
                     | "GroupInputByProblem" >> beam.GroupByKey()
                     | "InputProblemRows" >> beam.MapTuple(_input_problem_rows))
     ((labelled.problems, input_groups)
      | "AllProblemRows" >> beam.Flatten()
-     | "Figures" >> beam.CombineGlobally(DatasetFiguresFn())
-     | "WriteFigures" >> beam.Map(write_figures, out_dir))
+     | "Figures" >> beam.CombineGlobally(DatasetFiguresFn(state=wave is not None))
+     | "WriteFigures" >> beam.Map(write_figures if wave is None else write_figures_state,
+                                  parts_dir))
     written_input = (invalid
                      | "InputDeadLetters" >> beam.Map(lambda row: ("dead_letter", row))
-                     | "WriteInputDeadLetters" >> WriteShards(out_dir, num_shards=num_shards,
+                     | "WriteInputDeadLetters" >> WriteShards(parts_dir, num_shards=num_shards,
                                                               prefix=INPUT_PREFIX))
     return (written, written_input) | "Written" >> beam.Flatten()

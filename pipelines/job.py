@@ -28,6 +28,7 @@ from steplabel.pipelines.sources import (
     check_source,
     estimate_rows,
 )
+from steplabel.pipelines.waves import AssembleShards, Wave, wave_count, wave_dir
 
 log = logging.getLogger(__name__)
 
@@ -48,35 +49,46 @@ class JobResult:
 ROWS_IN_FILE = "rows_in.json"
 
 
-def _write_rows_in(count: int, out_dir: str) -> int:
+def _write_rows_in(count: int, out_dir: str, folder: str = storage.WORK_DIR) -> int:
     beam.metrics.Metrics.counter("steplabel", "rows_in").inc(count)
-    storage.write_json_atomic(storage.join(out_dir, storage.WORK_DIR, ROWS_IN_FILE),
-                              {"rows_in": count})
+    storage.write_json_atomic(storage.join(out_dir, folder, ROWS_IN_FILE) if folder
+                              else storage.join(out_dir, ROWS_IN_FILE), {"rows_in": count})
     return count
 
 
 def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
-                   total: int | None = None, source_path: str | None = None):
+                   total: int | None = None, source_path: str | None = None, wave=None,
+                   pool=None, last_wave: bool = True):
     """Apply the whole job to ``pipeline``: the staged graph (:mod:`steplabel.pipelines.graph`,
     one Beam stage per model stage). ``source_path`` replaces the manifest's source path (the
-    launcher passes local paths made absolute)."""
+    launcher passes local paths made absolute); ``wave``, ``pool``, ``last_wave``: one wave of
+    the local runner (:mod:`steplabel.pipelines.waves`)."""
     from steplabel.pipelines.graph import build_staged_pipeline
 
     return build_staged_pipeline(pipeline, manifest, out_dir=out_dir, items=items, total=total,
-                                 source_path=source_path)
+                                 source_path=source_path, wave=wave, pool=pool,
+                                 last_wave=last_wave)
 
 
 def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
-                  source_path: str | None = None):
+                  source_path: str | None = None, wave=None):
     """Read the source on the workers, count the rows in (``_work/rows_in.json``) and validate:
-    ``(problems, input dead-letter rows)``."""
+    ``(problems, input dead-letter rows)``. ``wave``: only that wave's records (counted into
+    the wave's folder, ``out_dir``)."""
     source = manifest.source
     raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
-    (raw
-     | "CountRowsIn" >> beam.combiners.Count.Globally()
-     | "WriteRowsIn" >> beam.Map(_write_rows_in, out_dir))
+    if wave is None:
+        (raw
+         | "CountRowsIn" >> beam.combiners.Count.Globally()
+         | "WriteRowsIn" >> beam.Map(_write_rows_in, out_dir))
+        count_in = None
+    else:
+        def count_in(count: int) -> int:
+            return _write_rows_in(count, out_dir, folder="")
+
     return raw | "ValidateProblems" >> ValidateProblems(
-        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash)
+        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash,
+        wave=wave, count_in=count_in)
 
 
 def pipeline_options(manifest, extra_args: list[str] | None = None) -> PipelineOptions:
@@ -244,19 +256,53 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     source_path = local_absolute(manifest.source.path) if manifest.source.path else None
     check_source(manifest.source, source_path)
 
-    def build(pipeline: beam.Pipeline) -> None:
-        build_pipeline(pipeline, manifest, out_dir=local_absolute(out_dir),
-                       source_path=source_path,
-                       total=estimate_rows(manifest.source, source_path))
+    total = estimate_rows(manifest.source, source_path)
+    count = wave_count(manifest.runner, total)
+    target = local_absolute(out_dir)
 
-    framed = run_framed(
-        manifest, options=options,
-        prepare=lambda: prepare_out_dir(out_dir, manifest, overwrite=overwrite),
-        build=build,
-        finalize=lambda counters: finalize_run(out_dir, manifest, counters),
-        on_failure=lambda exc: explain_failure(exc, out_dir))
+    def build(pipeline: beam.Pipeline) -> None:
+        build_pipeline(pipeline, manifest, out_dir=target, source_path=source_path, total=total)
+
+    steps = build
+    pool = keep = None
+    if count > 1:  # the local runner, an input of more than runner.wave_size problems
+        from apache_beam.utils import shared
+
+        from steplabel.pipelines.stages import _acquire_pool
+
+        pool = shared.Shared()
+        if manifest.runner.direct_running_mode != "multi_processing":
+            keep = _acquire_pool(pool)  # the workers run here: engines stay loaded between waves
+        steps = [wave_step(manifest, target, Wave(index, count), source_path=source_path,
+                           total=total, pool=pool) for index in range(count)]
+        steps.append(lambda pipeline: pipeline | "Assemble" >> AssembleShards(
+            target, count=count, num_shards=manifest.runner.num_shards))
+        log.info("labelling %s problems in %d waves of about %d", total, count,
+                 manifest.runner.wave_size)
+    try:
+        framed = run_framed(
+            manifest, options=options,
+            prepare=lambda: prepare_out_dir(out_dir, manifest, overwrite=overwrite),
+            build=steps,
+            finalize=lambda counters: finalize_run(out_dir, manifest, counters),
+            on_failure=lambda exc: explain_failure(exc, out_dir))
+    finally:
+        del keep
     info, stats = framed.result
     return JobResult(out_dir, info, stats, framed.seconds)
+
+
+def wave_step(manifest, out_dir: str, wave, *, source_path: str | None, total: int | None,
+              pool):
+    """Build wave ``wave``'s pipeline, after clearing what an earlier attempt of it wrote (its
+    stage checkpoints stay: finished keys are replayed)."""
+
+    def build(pipeline: beam.Pipeline) -> None:
+        delete_tree(wave_dir(out_dir, wave))
+        build_pipeline(pipeline, manifest, out_dir=out_dir, source_path=source_path,
+                       total=total, wave=wave, pool=pool, last_wave=wave.index == wave.count - 1)
+
+    return build
 
 
 def engine_died_message(exc: BaseException, out_dir: str, *, job: str, keys: str) -> str | None:

@@ -3,21 +3,23 @@
 ``(output, row)`` elements are keyed by (output, shard) — the shard from the row's problem id
 (:func:`storage.shard_of`), ``runner.num_shards`` of them — grouped, and each group written as one
 shard, atomically, through Beam ``FileSystems`` (any filesystem), with the output's explicit Arrow
-schema. Rows are ordered by problem (``sha256(problem_id)``, the order ``stats`` merges on),
-then by :func:`storage._sort_key`: the same rows give the same bytes on every runner, with any
-number of workers, and after a resume. Input dead letters (no problem labelled) go to their own
-``dead_letter/input-part-*`` shards.
+schema, in row groups of :data:`~steplabel.pipelines.waves.ROW_GROUP_ROWS` rows. Rows are ordered
+by problem (``sha256(problem_id)``, the order ``stats`` merges on; rows without a problem id
+first), then by :func:`storage._sort_key`: the same rows give the same bytes on every runner,
+with any number of workers, after a resume, and when the local runner labels the input in waves
+(:mod:`steplabel.pipelines.waves` appends the waves' parts in this order). Input dead letters (no
+problem labelled) go to their own ``dead_letter/input-part-*`` shards. Values cross the
+shuffle packed (:mod:`steplabel.pipelines.shuffle`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 
 from steplabel.pipelines import storage
+from steplabel.pipelines.shuffle import PackedGroupByKey
 from steplabel.schemas.records import OUTPUT_DIRS, to_table
 
 #: Shard-name prefix of input dead-letter rows (bad records, never labelled).
@@ -36,33 +38,42 @@ def row_order(row: dict) -> tuple:
     return (problem_order(row), storage._sort_key(row))
 
 
-def shard_bytes(output: str, rows, *, by_problem: bool = True) -> bytes:
-    """One shard's Parquet bytes. ``by_problem``: rows in problem order (labelled outputs);
-    otherwise by :func:`storage._sort_key` alone (input dead letters, as ``storage.write_shard``
-    writes them)."""
-    table = to_table(output, sorted(rows, key=row_order if by_problem else storage._sort_key))
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
+def shard_bytes(output: str, rows) -> bytes:
+    """One shard's Parquet bytes, rows in :func:`row_order`."""
+    from steplabel.pipelines.waves import table_bytes
+
+    return table_bytes(to_table(output, sorted(rows, key=row_order)))
 
 
-def write_shard(out_dir: str, key: tuple[str, str, int], rows, num_shards: int) -> tuple:
+def with_provenance(row: dict, provenance: dict) -> dict:
+    """A trajectory row with the job's provenance (rows carry only their own part, the policy
+    seed, through the pipeline)."""
+    return {**row, "provenance": {**provenance, **(row.get("provenance") or {})}}
+
+
+def write_shard(out_dir: str, key: tuple[str, str, int], rows, num_shards: int,
+                provenance: dict | None = None) -> tuple:
     output, prefix, index = key
     rows = list(rows)
+    if provenance is not None and output in ("trajectories", "rejected"):
+        rows = [with_provenance(row, provenance) for row in rows]
     path = storage.join(out_dir, OUTPUT_DIRS[output],
                         storage.shard_name(index, num_shards, prefix))
-    storage.write_bytes_atomic(path, shard_bytes(output, rows, by_problem=not prefix))
+    storage.write_bytes_atomic(path, shard_bytes(output, rows))
     return output, len(rows)
 
 
 class WriteShards(beam.PTransform):
-    """``(output, row)`` -> shards; yields ``(output, rows written)`` per shard."""
+    """``(output, row)`` -> shards; yields ``(output, rows written)`` per shard. ``provenance``:
+    a PCollection of one dict, the job's provenance, added to every trajectory row."""
 
-    def __init__(self, out_dir: str, *, num_shards: int, prefix: str = "") -> None:
+    def __init__(self, out_dir: str, *, num_shards: int, prefix: str = "",
+                 provenance=None) -> None:
         super().__init__()
         self.out_dir = out_dir
         self.num_shards = num_shards
         self.prefix = prefix
+        self.provenance = provenance
 
     def expand(self, rows):
         out_dir, num_shards, prefix = self.out_dir, self.num_shards, self.prefix
@@ -70,7 +81,10 @@ class WriteShards(beam.PTransform):
             rows
             | "KeyByShard" >> beam.MapTuple(
                 lambda output, row: ((output, prefix, storage.shard_of(row, num_shards)), row))
-            | "GroupShards" >> beam.GroupByKey()
+            | "GroupShards" >> PackedGroupByKey()
             | "WriteShard" >> beam.MapTuple(
-                lambda key, group: write_shard(out_dir, key, group, num_shards))
+                lambda key, group, provenance=None: write_shard(out_dir, key, group, num_shards,
+                                                                provenance),
+                *([beam.pvalue.AsSingleton(self.provenance)] if self.provenance is not None
+                  else []))
         )

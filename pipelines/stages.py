@@ -51,6 +51,7 @@ from apache_beam.utils import shared
 
 from steplabel.annotators import stages as st
 from steplabel.pipelines import storage
+from steplabel.pipelines.shuffle import PackedCoGroupByKey, PackedGroupByKey
 
 log = logging.getLogger(__name__)
 
@@ -488,18 +489,25 @@ class AssembleTrajectoriesFn(beam.DoFn):
 
     def setup(self) -> None:
         self.ctx = st.StageContext(self.manifest)
-        self._provenance = None
 
-    def process(self, item, identities):
+    def process(self, item):
         (problem_id, _), grouped = item
-        if self._provenance is None:
-            self._provenance = self.ctx.provenance(dict(identities))
         solutions = list(grouped["solution"])
         mc = list(grouped["mc"])
         verdicts = list(grouped["judge"])
+        # The job's provenance, the same on every row, is added by the sink (WriteShards): rows
+        # carry only their own part (the policy seed) through the shuffles.
         piece = st.assemble_trajectory(self.ctx, solutions[0], mc[0] if mc else None,
-                                       verdicts[0] if verdicts else None, self._provenance)
+                                       verdicts[0] if verdicts else None, {})
         yield problem_id, ("piece", piece)
+
+
+def figure_rows(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """A problem's rows, reduced to the columns the dataset's figures read."""
+    from steplabel.pipelines.stats import COLUMNS
+
+    return {output: [{c: row.get(c) for c in COLUMNS[output]} for row in items]
+            for output, items in rows.items()}
 
 
 class MergeProblemsFn(beam.DoFn):
@@ -510,11 +518,12 @@ class MergeProblemsFn(beam.DoFn):
     PROBLEMS = "problems"
 
     def __init__(self, manifest, *, out_dir: str, pool: shared.Shared,
-                 total: int | None = None) -> None:
+                 total: int | None = None, close_progress: bool = True) -> None:
         self.manifest = manifest
         self.out_dir = out_dir
         self.total = total
         self._pool_handle = pool
+        self.close_progress = close_progress
 
     def setup(self) -> None:
         self.ctx = st.StageContext(self.manifest)
@@ -533,12 +542,13 @@ class MergeProblemsFn(beam.DoFn):
         for output in sorted(rows):
             for row in rows[output]:
                 yield output, row
-        yield beam.pvalue.TaggedOutput(self.PROBLEMS, (problem_id, rows))
+        # The figures read a few columns: only those cross to the Figures combiner.
+        yield beam.pvalue.TaggedOutput(self.PROBLEMS, (problem_id, figure_rows(rows)))
 
     def teardown(self) -> None:
         # The last stage of the labelling is over: the final progress line, bars closed.
         progress = getattr(self, "_progress", None)
-        if progress is not None:
+        if progress is not None and self.close_progress:
             progress.close()
 
 
@@ -547,12 +557,15 @@ class LabelStages(beam.PTransform):
     main output) and ``problems``: ``(problem_id, {output: rows})`` per problem."""
 
     def __init__(self, manifest, *, out_dir: str, total: int | None = None,
-                 accelerators: dict[str, str] | None = None) -> None:
+                 accelerators: dict[str, str] | None = None, pool: shared.Shared | None = None,
+                 close_progress: bool = True) -> None:
         super().__init__()
         self.manifest = manifest
         self.out_dir = out_dir
         self.total = total
         self.accelerators = dict(accelerators or {})
+        self.pool = pool
+        self.close_progress = close_progress
 
     def _stage(self, fn: EngineStageFn):
         pardo = beam.ParDo(fn)
@@ -561,7 +574,9 @@ class LabelStages(beam.PTransform):
 
     def expand(self, problems):
         m = self.manifest
-        pool = shared.Shared()  # one pool per worker process: one engine per model config
+        # One pool per worker process: one engine per model config (the caller's handle keeps
+        # engines loaded from one pipeline to the next, e.g. the local runner's waves).
+        pool = self.pool or shared.Shared()
         common = dict(manifest=m, out_dir=self.out_dir, pool=pool)
         engine_stage = dict(common, total=self.total, placement=self.accelerators)
         per_problem = m.runner.max_in_flight
@@ -608,7 +623,7 @@ class LabelStages(beam.PTransform):
                 # the labels. The join is the shuffle between the two engine stages.
                 mc_input = ({"solution": usable | "KeyUsable" >> beam.Map(lambda s: (s.key, s)),
                              "judge": joined["judge"]}
-                            | "JoinVerdicts" >> beam.CoGroupByKey()
+                            | "JoinVerdicts" >> PackedCoGroupByKey()
                             | "GuidedSolutions" >> beam.MapTuple(
                                 lambda _, g: (list(g["solution"])[0],
                                               next(iter(g["judge"]), None))))
@@ -619,11 +634,16 @@ class LabelStages(beam.PTransform):
         else:
             joined["mc"] = problems.pipeline | "NoMonteCarlo" >> beam.Create([])
         parts.append(joined
-                     | "JoinSolutionLabels" >> beam.CoGroupByKey()
-                     | "AssembleTrajectories" >> beam.ParDo(
-                         AssembleTrajectoriesFn(m), beam.pvalue.AsList(identities)))
+                     | "JoinSolutionLabels" >> PackedCoGroupByKey()
+                     | "AssembleTrajectories" >> beam.ParDo(AssembleTrajectoriesFn(m)))
+        # The provenance every trajectory row shares, for the sink (see AssembleTrajectoriesFn).
+        self.provenance = (identities
+                           | "EngineIdentities" >> beam.combiners.ToDict()
+                           | "Provenance" >> beam.Map(
+                               lambda found: st.StageContext(m).provenance(found)))
         return (parts
                 | "AllPieces" >> beam.Flatten()
-                | "GroupByProblem" >> beam.GroupByKey()
-                | "MergeProblems" >> beam.ParDo(MergeProblemsFn(**common, total=self.total))
+                | "GroupByProblem" >> PackedGroupByKey()
+                | "MergeProblems" >> beam.ParDo(MergeProblemsFn(
+                    **common, total=self.total, close_progress=self.close_progress))
                 .with_outputs(MergeProblemsFn.PROBLEMS, main="rows"))

@@ -149,12 +149,16 @@ class RunnerConfig:
     direct_num_workers: int = 1
     max_in_flight: int = 64
     num_shards: int = 4
+    #: Local runner: problems per wave (``pipelines/waves.py``: memory bounded by a wave, not
+    #: by the input); 0: one pipeline over the whole input. Other runners ignore it.
+    wave_size: int = 2000
     profile: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check(self.max_in_flight >= 1, "max_in_flight", "must be >= 1", self.max_in_flight)
         check(self.num_shards >= 1, "num_shards", "must be >= 1", self.num_shards)
+        check(self.wave_size >= 0, "wave_size", "must be >= 0 (0: no waves)", self.wave_size)
         check(self.direct_num_workers >= 1, "direct_num_workers", "must be >= 1",
               self.direct_num_workers)
 

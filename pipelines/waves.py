@@ -1,0 +1,194 @@
+"""Waves: the local runner labels a large input a bounded slice at a time.
+
+Beam's FnApiRunner (the local runner) keeps every PCollection that crosses a stage boundary in
+memory until the pipeline ends, so one pipeline over 100,000 problems needs memory in proportion
+to them. Locally, ``steplabel run`` therefore cuts the problems into waves of about
+``runner.wave_size`` problems and runs the staged graph once per wave, one after another in the
+same process (engines stay loaded). A problem's wave is fixed by its id: the first 32 bits of
+``sha256(problem_id)`` scaled to the number of waves, so that waves are contiguous ranges of the
+order in which shards hold their problems (:func:`steplabel.pipelines.sink.problem_order`).
+Rows without a problem id (some input dead letters) go to wave 0, where that order puts them.
+
+Each wave writes its rows as part files under ``_work/waves/<count>/<index>/`` (the dataset's
+layout and shard names), its figures' accumulator and its input count; stage checkpoints are
+shared by every wave, so a killed job resumes where it was. Then :class:`AssembleShards` (one
+more small pipeline) appends each shard's parts in wave order, row group by row group
+(``ROW_GROUP_ROWS`` rows each, as every shard is written), so the shards are byte for byte those
+one pipeline writes; and it folds the waves' figures and input counts into the files the
+launcher finalizes from. Memory is then bounded by a wave, not by the input.
+
+Other runners (portable, Flink, Dataflow) run one pipeline: their shuffles are not held in the
+launcher's memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import pickle
+from dataclasses import dataclass
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from steplabel.pipelines import storage
+from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS
+
+#: Where the waves write their parts, under the dataset's ``_work``.
+WAVES_DIR = "waves"
+#: A wave's figures accumulator (:class:`~steplabel.pipelines.figures.Figures`, pickled).
+FIGURES_STATE = "figures.pkl"
+#: Rows per Parquet row group in every shard (single pipeline and assembled alike).
+ROW_GROUP_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class Wave:
+    """Wave ``index`` of ``count``."""
+
+    index: int
+    count: int
+
+    def holds(self, problem_id) -> bool:
+        return wave_of(problem_id, self.count) == self.index
+
+
+def wave_of(problem_id, count: int) -> int:
+    """The wave of a problem id (None or empty: wave 0), monotone in ``sha256(problem_id)``."""
+    if count <= 1 or not problem_id:
+        return 0
+    digest = hashlib.sha256(str(problem_id).encode("utf-8")).digest()
+    return (int.from_bytes(digest[:4], "big") * count) >> 32
+
+
+def wave_count(runner, estimated_problems: int | None) -> int:
+    """How many waves a job runs in: several only on the local runner, when the input's size is
+    known on the launcher (``estimate_rows``) and larger than ``runner.wave_size``."""
+    if runner.runner != "local" or not runner.wave_size or not estimated_problems:
+        return 1
+    return max(1, math.ceil(estimated_problems / runner.wave_size))
+
+
+def wave_dir(out_dir: str, wave: Wave) -> str:
+    return storage.join(out_dir, storage.WORK_DIR, WAVES_DIR, str(wave.count),
+                        f"{wave.index:05d}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards written in fixed row groups, and appended from parts
+
+
+def write_row_groups(tables, schema: pa.Schema) -> bytes:
+    """Parquet bytes of ``tables`` (in order) in row groups of ``ROW_GROUP_ROWS`` rows: the
+    same bytes as one ``write_table`` of their concatenation, holding one row group at a
+    time."""
+    buffer = io.BytesIO()
+    wrote = False
+    with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
+        pending = schema.empty_table()
+        for table in tables:
+            pending = pa.concat_tables([pending, table])
+            while pending.num_rows >= ROW_GROUP_ROWS:
+                writer.write_table(pending.slice(0, ROW_GROUP_ROWS).combine_chunks())
+                pending = pending.slice(ROW_GROUP_ROWS)
+                wrote = True
+        if pending.num_rows or not wrote:
+            writer.write_table(pending.combine_chunks())
+    return buffer.getvalue()
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """One shard's Parquet bytes from its (sorted) table."""
+    return write_row_groups([table], table.schema)
+
+
+def _shard_keys(count: int, num_shards: int):
+    from steplabel.pipelines.sink import INPUT_PREFIX
+
+    for output in OUTPUTS:
+        for index in range(num_shards):
+            yield output, "", index
+    for index in range(num_shards):
+        yield "dead_letter", INPUT_PREFIX, index
+
+
+def assemble_shard(key: tuple[str, str, int], *, out_dir: str, count: int,
+                   num_shards: int) -> tuple[str, int]:
+    """Append shard ``key``'s parts of every wave, in wave order, into the dataset's shard;
+    returns ``(output, rows)`` (no parts: no shard, 0)."""
+    output, prefix, index = key
+    name = storage.shard_name(index, num_shards, prefix)
+    parts = [storage.join(wave_dir(out_dir, Wave(w, count)), OUTPUT_DIRS[output], name)
+             for w in range(count)]
+    parts = [part for part in parts if storage.exists(part)]
+    if not parts:
+        return output, 0
+    rows = 0
+
+    def tables():
+        nonlocal rows
+        for part in parts:
+            table = storage.open_parquet(part).read()
+            rows += table.num_rows
+            yield table.cast(schema)
+
+    schema = OUTPUTS[output]
+    data = write_row_groups(tables(), schema)
+    storage.write_bytes_atomic(storage.join(out_dir, OUTPUT_DIRS[output], name), data)
+    return output, rows
+
+
+def _read_state(path: str):
+    return pickle.loads(storage.read_bytes(path))
+
+
+class AssembleShards(beam.PTransform):
+    """The waves' parts -> the dataset's shards, ``_work/figures.json`` and
+    ``_work/rows_in.json`` (the files one pipeline writes)."""
+
+    def __init__(self, out_dir: str, *, count: int, num_shards: int) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.count = count
+        self.num_shards = num_shards
+
+    def expand(self, pbegin):
+        from steplabel.pipelines.figures import FIGURES_FILE, Figures
+        from steplabel.pipelines.job import ROWS_IN_FILE
+
+        out_dir, count, num_shards = self.out_dir, self.count, self.num_shards
+        written = (pbegin
+                   | "ShardKeys" >> beam.Create(list(_shard_keys(count, num_shards)))
+                   | "Spread" >> beam.Reshuffle()
+                   | "AppendParts" >> beam.Map(assemble_shard, out_dir=out_dir, count=count,
+                                               num_shards=num_shards))
+        waves = pbegin | "Waves" >> beam.Create([wave_dir(out_dir, Wave(w, count))
+                                                 for w in range(count)])
+
+        def fold(states):
+            merged = Figures()
+            for state in states:
+                merged.merge(state)
+            return merged
+
+        def write_figures(merged):
+            storage.write_json_atomic(
+                storage.join(out_dir, storage.WORK_DIR, FIGURES_FILE), merged.result())
+
+        (waves
+         | "ReadFigures" >> beam.Map(lambda d: _read_state(storage.join(d, FIGURES_STATE)))
+         | "FoldFigures" >> beam.CombineGlobally(fold)
+         | "WriteFigures" >> beam.Map(write_figures))
+
+        def write_rows_in(total):
+            storage.write_json_atomic(
+                storage.join(out_dir, storage.WORK_DIR, ROWS_IN_FILE), {"rows_in": total})
+
+        (waves
+         | "ReadRowsIn" >> beam.Map(
+             lambda d: storage.read_json(storage.join(d, ROWS_IN_FILE))["rows_in"])
+         | "SumRowsIn" >> beam.CombineGlobally(sum)
+         | "WriteRowsIn" >> beam.Map(write_rows_in))
+        return written
