@@ -51,15 +51,16 @@ def build_staged_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, it
     display closes after it."""
     from steplabel.pipelines.job import read_problems
     from steplabel.pipelines.runners import stage_accelerators
-    from steplabel.pipelines.waves import wave_dir
+    from steplabel.pipelines.waves import wave_dir, wave_input_dir
 
     if accelerators is None:
         accelerators = stage_accelerators(manifest.runner)
     num_shards = manifest.runner.num_shards
     # Where this pipeline's rows, figures and input count go: the dataset, or the wave's folder.
     parts_dir = out_dir if wave is None else wave_dir(out_dir, wave)
-    problems, invalid = read_problems(pipeline, manifest, out_dir=parts_dir, items=items,
-                                      source_path=source_path, wave=wave)
+    problems, invalid = read_problems(
+        pipeline, manifest, out_dir=parts_dir, items=items, source_path=source_path, wave=wave,
+        wave_input=None if wave is None else wave_input_dir(out_dir, wave))
     stages = LabelStages(manifest, out_dir=out_dir, total=total, accelerators=accelerators,
                          pool=pool, close_progress=last_wave)
     labelled = problems | "Label" >> stages

@@ -28,7 +28,15 @@ from steplabel.pipelines.sources import (
     check_source,
     estimate_rows,
 )
-from steplabel.pipelines.waves import AssembleShards, Wave, wave_count, wave_dir
+from steplabel.pipelines.waves import (
+    AssembleShards,
+    ReadWaveInput,
+    SplitInput,
+    Wave,
+    split_dir,
+    wave_count,
+    wave_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +79,16 @@ def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=Non
 
 
 def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
-                  source_path: str | None = None, wave=None):
+                  source_path: str | None = None, wave=None, wave_input: str | None = None):
     """Read the source on the workers, count the rows in (``_work/rows_in.json``) and validate:
-    ``(problems, input dead-letter rows)``. ``wave``: only that wave's records (counted into
-    the wave's folder, ``out_dir``)."""
+    ``(problems, input dead-letter rows)``. ``wave``: only that wave's records, read from
+    ``wave_input`` (where ``waves.SplitInput`` wrote them) and counted into the wave's folder,
+    ``out_dir``."""
     source = manifest.source
-    raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
+    if wave is None or items is not None:
+        raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
+    else:  # the records SplitInput wrote for this wave
+        raw = pipeline | "ReadWaveInput" >> ReadWaveInput(wave_input)
     if wave is None:
         (raw
          | "CountRowsIn" >> beam.combiners.Count.Globally()
@@ -273,8 +285,9 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
         pool = shared.Shared()
         if manifest.runner.direct_running_mode != "multi_processing":
             keep = _acquire_pool(pool)  # the workers run here: engines stay loaded between waves
-        steps = [wave_step(manifest, target, Wave(index, count), source_path=source_path,
-                           total=total, pool=pool) for index in range(count)]
+        steps = [split_step(manifest, target, count, source_path=source_path)]
+        steps += [wave_step(manifest, target, Wave(index, count), source_path=source_path,
+                            total=total, pool=pool) for index in range(count)]
         steps.append(lambda pipeline: pipeline | "Assemble" >> AssembleShards(
             target, count=count, num_shards=manifest.runner.num_shards))
         log.info("labelling %s problems in %d waves of about %d", total, count,
@@ -290,6 +303,18 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
         del keep
     info, stats = framed.result
     return JobResult(out_dir, info, stats, framed.seconds)
+
+
+def split_step(manifest, out_dir: str, count: int, *, source_path: str | None):
+    """Build the pipeline that splits the input into the waves' records (after clearing an
+    earlier attempt's split)."""
+
+    def build(pipeline: beam.Pipeline) -> None:
+        delete_tree(split_dir(out_dir, count))
+        pipeline | "SplitInput" >> SplitInput(manifest, out_dir=out_dir, count=count,
+                                              source_path=source_path)
+
+    return build
 
 
 def wave_step(manifest, out_dir: str, wave, *, source_path: str | None, total: int | None,

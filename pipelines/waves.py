@@ -9,9 +9,11 @@ same process (engines stay loaded). A problem's wave is fixed by its id: the fir
 order in which shards hold their problems (:func:`steplabel.pipelines.sink.problem_order`).
 Rows without a problem id (some input dead letters) go to wave 0, where that order puts them.
 
-Each wave writes its rows as part files under ``_work/waves/<count>/<index>/`` (the dataset's
-layout and shard names), its figures' accumulator and its input count; stage checkpoints are
-shared by every wave, so a killed job resumes where it was. Then :class:`AssembleShards` (one
+First :class:`SplitInput` (a pipeline of its own) reads the source once and writes each record
+into its wave's input folder; each wave then reads only its own records. Each wave writes its
+rows as part files under ``_work/waves/<count>/<index>/`` (the dataset's layout and shard
+names), its figures' accumulator and its input count; stage checkpoints are shared by every
+wave, so a killed job resumes where it was. Then :class:`AssembleShards` (one
 more small pipeline) appends each shard's parts in wave order, row group by row group
 (``ROW_GROUP_ROWS`` rows each, as every shard is written), so the shards are byte for byte those
 one pipeline writes; and it folds the waves' figures and input counts into the files the
@@ -72,8 +74,112 @@ def wave_count(runner, estimated_problems: int | None) -> int:
 
 
 def wave_dir(out_dir: str, wave: Wave) -> str:
+    """Where wave ``wave`` writes its parts, figures and input count."""
     return storage.join(out_dir, storage.WORK_DIR, WAVES_DIR, str(wave.count),
                         f"{wave.index:05d}")
+
+
+def split_dir(out_dir: str, count: int) -> str:
+    """Where :class:`SplitInput` writes the input records of ``count`` waves."""
+    return storage.join(out_dir, storage.WORK_DIR, WAVES_DIR, str(count), "input")
+
+
+def wave_input_dir(out_dir: str, wave: Wave) -> str:
+    """Where :class:`SplitInput` writes wave ``wave``'s input records."""
+    return storage.join(split_dir(out_dir, wave.count), f"{wave.index:05d}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The input, split once into the waves' records
+
+#: Records per input chunk file (one pickled list each).
+CHUNK_RECORDS = 2000
+
+
+class _WriteWaveChunksFn(beam.DoFn):
+    """Raw items -> chunk files of pickled items under each item's wave's input folder;
+    yields the number of items written per chunk."""
+
+    def __init__(self, manifest, *, out_dir: str, count: int) -> None:
+        self.manifest = manifest
+        self.out_dir = out_dir
+        self.count = count
+
+    def start_bundle(self) -> None:
+        self._chunks: dict[int, list] = {}
+
+    def process(self, item):
+        from steplabel.pipelines.sources import validate_item
+
+        source = self.manifest.source
+        problem, dead = validate_item(item, fields=source.fields,
+                                      answer_format=source.answer_format,
+                                      manifest_hash=self.manifest.hash)
+        index = wave_of(problem.problem_id if dead is None else dead.get("problem_id"),
+                        self.count)
+        chunk = self._chunks.setdefault(index, [])
+        chunk.append(item)
+        if len(chunk) >= CHUNK_RECORDS:
+            yield self._flush(index)
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+
+        for index in sorted(self._chunks):
+            if self._chunks[index]:
+                yield GlobalWindows.windowed_value(self._flush(index))
+
+    def _flush(self, index: int) -> int:
+        import uuid
+
+        items, self._chunks[index] = self._chunks[index], []
+        folder = wave_input_dir(self.out_dir, Wave(index, self.count))
+        storage.write_bytes_atomic(storage.join(folder, f"{uuid.uuid4().hex}.pkl"),
+                                   pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL),
+                                   durable=False)
+        return len(items)
+
+
+class SplitInput(beam.PTransform):
+    """Read the source once (Beam IO on the workers) and write each record into its wave's
+    input folder (:func:`wave_input_dir`), so that each wave reads its own records, not the
+    whole input again. Only counts cross stage boundaries: nothing of the input is held."""
+
+    def __init__(self, manifest, *, out_dir: str, count: int, source_path: str | None) -> None:
+        super().__init__()
+        self.manifest = manifest
+        self.out_dir = out_dir
+        self.count = count
+        self.source_path = source_path
+
+    def expand(self, pbegin):
+        from steplabel.pipelines.sources import ReadProblems
+
+        return (pbegin
+                | "ReadProblems" >> ReadProblems(self.manifest.source, path=self.source_path)
+                | "WriteWaveInputs" >> beam.ParDo(_WriteWaveChunksFn(
+                    self.manifest, out_dir=self.out_dir, count=self.count))
+                | "RecordsSplit" >> beam.CombineGlobally(sum))
+
+
+def _read_chunk(path: str):
+    yield from pickle.loads(storage.read_bytes(path))
+
+
+class ReadWaveInput(beam.PTransform):
+    """A wave's input records, as :class:`SplitInput` wrote them."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "WaveInput" >> beam.Create([self.folder])
+                | "ListChunks" >> beam.FlatMap(
+                    lambda folder: storage.list_files(storage.join(folder, "*.pkl")))
+                | "SpreadChunks" >> beam.Reshuffle()
+                | "ReadChunks" >> beam.FlatMap(_read_chunk))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ def test_waves_write_the_dataset_one_pipeline_writes(tmp_path, job):
     assert done.returncode == 0, done.stdout.decode()[-3000:]
     out = tmp_path / "out"
     assert sorted(p.name for p in (out / "_work" / "waves" / "4").iterdir()) == [
-        "00000", "00001", "00002", "00003"]
+        "00000", "00001", "00002", "00003", "input"]
     shards = shard_rows(out)
     assert any(name.startswith("dead_letter/input-") for name in shards)
     assert shards == shard_rows(one_pipeline)
