@@ -51,7 +51,7 @@ from apache_beam.utils import shared
 
 from steplabel.annotators import stages as st
 from steplabel.pipelines import storage
-from steplabel.pipelines.shuffle import PackedCoGroupByKey, PackedGroupByKey
+from steplabel.pipelines.shuffle import PackedCoGroupByKey, PackedGroupByKey, PackedReshuffle
 
 log = logging.getLogger(__name__)
 
@@ -610,7 +610,7 @@ class LabelStages(beam.PTransform):
                 | "OmegaPRMPiece" >> beam.MapTuple(lambda pid, piece: (pid, ("piece", piece))))
         usable = (solutions
                   | "Usable" >> beam.Filter(lambda s: not s.truncated)
-                  | "SpreadSolutions" >> beam.Reshuffle())
+                  | "SpreadSolutions" >> PackedReshuffle())
         joined = {"solution": solutions | "KeySolutions" >> beam.Map(lambda s: (s.key, s))}
         if m.judge is not None:
             joined["judge"] = usable | "Judge" >> self._stage(
@@ -641,8 +641,7 @@ class LabelStages(beam.PTransform):
                            | "EngineIdentities" >> beam.combiners.ToDict()
                            | "Provenance" >> beam.Map(
                                lambda found: st.StageContext(m).provenance(found)))
-        return (parts
-                | "AllPieces" >> beam.Flatten()
+        return (tuple(parts)
                 | "GroupByProblem" >> PackedGroupByKey()
                 | "MergeProblems" >> beam.ParDo(MergeProblemsFn(
                     **common, total=self.total, close_progress=self.close_progress))
