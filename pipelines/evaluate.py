@@ -15,13 +15,21 @@ annotator.
 
 It is a Beam job like ``run``, in the same job frame
 (:func:`~steplabel.pipelines.frame.run_framed`) and on the same stage machinery
-(:class:`~steplabel.pipelines.stages.EngineStageFn`)::
+(:class:`~steplabel.pipelines.stages.EngineStageFn`). The launcher only hashes the gold and
+answers files (the hashes pin their content); the workers read them, through Beam
+``FileSystems`` (local or remote paths), so the job graph holds paths, not records::
+
+    gold file paths ─► ReadGold ◄── answers table (ReadAnswers; a side input)
+                         ├► gold items ─────► ProgressTotal ─► SpreadItems ─► gold items (below)
+                         │                       ▲ total (a side input)
+                         ├► counts per file ─► CountGold ─► _work/gold_read.json
+                         └► unreadable records ─► dead_letter
 
     gold items ─► CheckGoldAnswers ─┬► (gold answer usable) PredictWithCompleter [completer] ─┐
                                     ├► PredictWithJudge [judge] ─────────────────────────────┤
                                     └──────────────── CoGroupByKey ◄──────────────────────────┘
                                           └► AssemblePredictions ─► predictions, dead_letter
-    unreadable records ─► dead_letter;   then the report (driver)
+    then the report (launcher: from the shards and _work/gold_read.json)
 
 Each engine stage keeps many items in flight on the worker's shared engine pool, checkpoints
 every finished item under ``_work/<stage>/`` (a rerun replays it) and, when an engine dies,
@@ -40,6 +48,7 @@ Output directory::
     dead_letter/part-*.parquet   unreadable records and failed items, with the reason
     report.json  report.md       the figures (also printed), info.json, COMPLETED (last)
     _work/run.json, _work/evaluate_rollouts/, _work/evaluate_judge/   resume state
+    _work/gold_read.json         gold records read (items and rejects), for the report
 """
 
 from __future__ import annotations
@@ -49,12 +58,15 @@ import io
 import json
 import logging
 import os
+import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 import pyarrow as pa
@@ -63,20 +75,22 @@ import pyarrow.parquet as pq
 from steplabel.annotators.evaluation import (
     ANNOTATORS,
     STATUS_SKIPPED,
+    AnswerTable,
     EvaluationSettings,
     GoldFileError,
     GoldItem,
     GoldReject,
     ItemPrediction,
     annotator_versions,
+    answer_table,
     build_report,
+    decode_records,
     join_gold_answers,
-    load_answers_file,
     StagePredictions,
     combine_predictions,
     completer_stage,
     judge_stage,
-    load_gold_file,
+    parse_gold_text,
     render_report_markdown,
     resolve_annotators,
     source_name,
@@ -135,6 +149,8 @@ DEAD_LETTER = "dead_letter"
 OUTPUTS = (PREDICTIONS, DEAD_LETTER)
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+#: Where the pipeline writes how many gold records it read (``{"items": N, "rejects": M}``).
+GOLD_READ_FILE = "gold_read.json"
 
 #: A manifest written only for evaluate may leave ``source`` out; this stands in for it.
 _NO_SOURCE = {"kind": "jsonl", "path": "<steplabel evaluate --gold>", "name": "evaluate"}
@@ -156,9 +172,18 @@ def load_evaluation_manifest(path: str | Path) -> JobManifest:
     return manifest_from_dict(data)
 
 
-def _sha256_file(path: str | Path) -> str:
+def _open_raw(path: str):
+    """A file's bytes as stored, on any filesystem (no decompression by file name)."""
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _is_file(path: str) -> bool:
+    return FileSystems.exists(path) if "://" in path else Path(path).is_file()
+
+
+def _sha256_file(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with _open_raw(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -170,7 +195,8 @@ class EvaluationSpec:
 
     Gold and answers files are identified by source name and content hash (not by path), so a
     moved file still resumes and an edited one is refused. ``runner`` settings and the unused
-    ``source`` are not part of the hash.
+    ``source`` are not part of the hash. The launcher reads the files only to hash them; the
+    pipeline's workers read their records and check them against these hashes.
     """
 
     manifest: JobManifest
@@ -230,7 +256,7 @@ def make_spec(manifest: JobManifest, *, gold_files: list[str], annotators: str |
         named[name] = path
     hashes = {}
     for path in [*gold_files, *([answers_file] if answers_file else [])]:
-        if not Path(path).is_file():
+        if not _is_file(path):
             raise GoldFileError(f"{path} does not exist or is not a file")
         hashes[path] = _sha256_file(path)
     return EvaluationSpec(manifest=manifest, annotators=chosen, gold_files=named,
@@ -239,23 +265,72 @@ def make_spec(manifest: JobManifest, *, gold_files: list[str], annotators: str |
                           omegaprm_final_answer=omegaprm_final_answer, input_hashes=hashes)
 
 
-def read_gold(spec: EvaluationSpec) -> tuple[list[GoldItem], list[GoldReject]]:
-    """All gold items (answers joined) and rejects of the spec's files, in file order."""
-    items: list[GoldItem] = []
-    rejects: list[GoldReject] = []
-    for name, path in spec.gold_files.items():
-        got, bad = load_gold_file(path, source=name, answer_field=spec.answer_field,
-                                  answer_format=spec.answer_format)
-        items.extend(got)
-        rejects.extend(bad)
-    if spec.answers_file:
-        table = load_answers_file(spec.answers_file, answer_field=spec.answer_field,
-                                  answer_format=spec.answer_format)
-        if table.unusable:
-            log.warning("answers file %s: %d records without a usable answer, id or problem",
-                        spec.answers_file, table.unusable)
-        items = join_gold_answers(items, table)
-    return items, rejects
+@dataclass(frozen=True)
+class InputFile:
+    """A gold or answers file as the pipeline gets it: its path (absolute when local, since
+    workers may run in other folders), the content hash the spec pinned and, for a gold file,
+    its source name."""
+
+    path: str
+    sha256: str
+    source: str | None = None
+
+
+def _input_path(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def gold_inputs(spec: EvaluationSpec) -> list[InputFile]:
+    """The gold files the pipeline reads, in the spec's order (paths and hashes only)."""
+    return [InputFile(_input_path(path), spec.input_hashes[path], name)
+            for name, path in spec.gold_files.items()]
+
+
+def answers_input(spec: EvaluationSpec) -> InputFile | None:
+    if not spec.answers_file:
+        return None
+    return InputFile(_input_path(spec.answers_file), spec.input_hashes[spec.answers_file])
+
+
+def read_input_text(file: InputFile, *, what: str) -> str:
+    """A gold or answers file's text, read through Beam ``FileSystems`` (any filesystem);
+    :class:`GoldFileError` when it cannot be read, is not UTF-8, or is not the content the
+    spec pinned (edited after the launcher hashed it)."""
+    try:
+        with _open_raw(file.path) as handle:
+            data = handle.read()
+    except Exception as exc:  # noqa: BLE001 - every filesystem has its own errors
+        raise GoldFileError(f"{what} {file.path} cannot be read: {exc}") from None
+    if hashlib.sha256(data).hexdigest() != file.sha256:
+        raise GoldFileError(f"{what} {file.path} changed after the evaluation started (its "
+                            "content is not what the launcher hashed); run the evaluation again")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GoldFileError(f"{what} {file.path} is not UTF-8: {exc}") from None
+
+
+def read_gold_file(file: InputFile, *, answer_field: str = "answer",
+                   answer_format: str = "plain") -> tuple[list[GoldItem], list[GoldReject]]:
+    """One gold file's items and rejects (runs on workers)."""
+    text = read_input_text(file, what="gold file")
+    return parse_gold_text(text, source=file.source, answer_field=answer_field,
+                           answer_format=answer_format)
+
+
+def read_answers(file: InputFile, *, answer_field: str = "answer",
+                 answer_format: str = "plain") -> AnswerTable:
+    """The answers file's table (runs on a worker; malformed JSONL lines count as unusable)."""
+    text = read_input_text(file, what="answers file")
+    decoded = decode_records(text, what=f"answers file {file.path}")
+    table = answer_table((record for _, record, error in decoded if error is None),
+                         answer_field=answer_field, answer_format=answer_format)
+    table = replace(table, unusable=table.unusable
+                    + sum(1 for _, _, error in decoded if error is not None))
+    if table.unusable:
+        log.warning("answers file %s: %d records without a usable answer, id or problem",
+                    file.path, table.unusable)
+    return table
 
 
 def reject_row(reject: GoldReject, *, evaluation_hash: str) -> dict:
@@ -370,6 +445,67 @@ def item_outputs(checked: CheckedItem, parts: list[StagePredictions], *,
 # --------------------------------------------------------------------------------------------
 # Beam wiring
 
+#: Tagged outputs of :class:`ReadGoldFileFn` beside the items.
+REJECTS, COUNTS = "rejects", "counts"
+
+
+class ReadGoldFileFn(beam.DoFn):
+    """A gold file (:class:`InputFile`) -> its items, gold answers joined from ``answers``
+    (the answers table, a side input; None without an answers file); tagged ``rejects``: the
+    dead-letter rows of its records that cannot be read; tagged ``counts``: how many of each
+    (``{"items": n, "rejects": m}``). A file that cannot be read at all fails the job
+    (:class:`GoldFileError`)."""
+
+    def __init__(self, *, answer_field: str, answer_format: str, evaluation_hash: str) -> None:
+        self.answer_field = answer_field
+        self.answer_format = answer_format
+        self.evaluation_hash = evaluation_hash
+
+    def process(self, file: InputFile, answers: AnswerTable | None = None):
+        items, rejects = read_gold_file(file, answer_field=self.answer_field,
+                                        answer_format=self.answer_format)
+        if answers is not None:
+            items = join_gold_answers(items, answers)
+        yield from items
+        for reject in rejects:
+            yield beam.pvalue.TaggedOutput(
+                REJECTS, reject_row(reject, evaluation_hash=self.evaluation_hash))
+        yield beam.pvalue.TaggedOutput(COUNTS, {"items": len(items), "rejects": len(rejects)})
+
+
+def sum_counts(counts) -> dict[str, int]:
+    total = {"items": 0, "rejects": 0}
+    for part in counts:
+        for name, value in part.items():
+            total[name] += value
+    return total
+
+
+def write_gold_counts(counts: dict[str, int], out_dir: str) -> dict[str, int]:
+    storage.write_json_atomic(storage.join(out_dir, storage.WORK_DIR, GOLD_READ_FILE), counts)
+    return counts
+
+
+class ProgressTotalFn(beam.DoFn):
+    """Gold items pass through; the gold count (a side input) becomes the total of this
+    worker's progress display, which the engine stages after ``SpreadItems`` then find (one
+    display per dataset and manifest). Display only: a worker that runs no bundle of this step
+    shows its items without a total."""
+
+    def __init__(self, manifest, *, out_dir: str, pool: shared.Shared) -> None:
+        self.manifest = manifest
+        self.out_dir = out_dir
+        self._pool_handle = pool
+
+    def setup(self) -> None:
+        self._progress = None
+
+    def process(self, item: GoldItem, counts: dict[str, int]):
+        if self._progress is None:
+            self._progress = _acquire_pool(self._pool_handle).progress(
+                self.out_dir, self.manifest, counts["items"])
+        yield item
+
 
 def _shard_path(out_dir: str, output: str, index: int, num_shards: int) -> str:
     return storage.join(out_dir, output, storage.shard_name(index, num_shards))
@@ -480,20 +616,20 @@ class AssemblePredictionsFn(beam.DoFn):
     become Beam counters, and the item counts in the progress display (``problems_resumed``
     when every engine stage replayed its checkpoint)."""
 
-    def __init__(self, manifest, *, spec: "EvaluationSpec", out_dir: str, pool: shared.Shared,
-                 total: int) -> None:
+    def __init__(self, manifest, *, spec: "EvaluationSpec", out_dir: str,
+                 pool: shared.Shared) -> None:
         self.manifest = manifest
         self.annotators = spec.annotators
         self.evaluation_hash = spec.hash
         self.out_dir = out_dir
-        self.total = total
         self._pool_handle = pool
 
     def setup(self) -> None:
         judge = self.manifest.judge
         self.judge_parser = judge.parser if judge else "processbench"
+        # This worker's display, its total set by ProgressTotalFn (None where it did not run).
         self._progress = _acquire_pool(self._pool_handle).progress(self.out_dir, self.manifest,
-                                                                   self.total)
+                                                                   None)
 
     def process(self, element):
         _, grouped = element
@@ -524,21 +660,23 @@ class PredictFirstErrors(beam.PTransform):
     """Gold items -> ``(output, row)`` of ``predictions`` and ``dead_letter``: a pure check of
     the gold answers, one engine stage per role the annotators use (completer, judge; both
     read the checked items, so one worker keeps both kinds of request in flight), joined by
-    item."""
+    item. ``pool``: the ``shared.Shared`` handle of the worker's engine pool (one per worker
+    process, as in the run job); a new one by default."""
 
-    def __init__(self, spec: "EvaluationSpec", *, out_dir: str, total: int) -> None:
+    def __init__(self, spec: "EvaluationSpec", *, out_dir: str,
+                 pool: shared.Shared | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.out_dir = out_dir
-        self.total = total
+        self.pool = pool if pool is not None else shared.Shared()
 
     def expand(self, items):
         spec, m = self.spec, self.spec.manifest
         annotators = spec.annotators
-        pool = shared.Shared()  # one engine pool per worker process, as in the run job
+        pool = self.pool
         stage = dict(manifest=m, annotators=annotators,
                      omegaprm_final_answer=spec.omegaprm_final_answer, out_dir=self.out_dir,
-                     pool=pool, max_in_flight=m.runner.max_in_flight, total=self.total)
+                     pool=pool, max_in_flight=m.runner.max_in_flight)
         checked = items | "CheckGoldAnswers" >> beam.Map(check_item, annotators)
         joined = {"checked": checked | "KeyItems" >> beam.Map(lambda c: (c.key, c))}
         if {"mc", "omegaprm"} & set(annotators):
@@ -556,19 +694,43 @@ class PredictFirstErrors(beam.PTransform):
         return (joined
                 | "JoinPredictions" >> beam.CoGroupByKey()
                 | "AssemblePredictions" >> beam.ParDo(AssemblePredictionsFn(
-                    m, spec=spec, out_dir=self.out_dir, pool=pool, total=self.total)))
+                    m, spec=spec, out_dir=self.out_dir, pool=pool)))
 
 
-def build_evaluation_pipeline(pipeline: beam.Pipeline, spec: EvaluationSpec, *, out_dir: str,
-                              items: list[GoldItem], reject_rows: list[dict]):
-    """Apply the evaluate job to ``pipeline``; returns the PCollection of written shards."""
+def build_evaluation_pipeline(pipeline: beam.Pipeline, spec: EvaluationSpec, *, out_dir: str):
+    """Apply the evaluate job to ``pipeline``; returns the PCollection of written shards.
+
+    The graph holds the gold and answers files' paths and hashes, never their records: the
+    workers read them (:class:`ReadGoldFileFn`; the answers table is a side input, read once),
+    count what they read into ``_work/gold_read.json`` for the report, and spread the items
+    over the workers before the engine stages."""
+    extra = []
+    answers = answers_input(spec)
+    if answers is not None:
+        table = (pipeline
+                 | "AnswersFile" >> beam.Create([answers])
+                 | "ReadAnswers" >> beam.Map(read_answers, answer_field=spec.answer_field,
+                                             answer_format=spec.answer_format))
+        extra.append(beam.pvalue.AsSingleton(table))
+    read = (pipeline
+            | "GoldFiles" >> beam.Create(gold_inputs(spec))
+            | "ReadGold" >> beam.ParDo(
+                ReadGoldFileFn(answer_field=spec.answer_field,
+                               answer_format=spec.answer_format, evaluation_hash=spec.hash),
+                *extra).with_outputs(REJECTS, COUNTS, main="items"))
+    counts = (read[COUNTS]
+              | "CountGold" >> beam.CombineGlobally(sum_counts)
+              | "WriteGoldCounts" >> beam.Map(write_gold_counts, out_dir))
+    pool = shared.Shared()  # one engine pool per worker process, as in the run job
     predicted = (
-        pipeline
-        | "CreateGoldItems" >> beam.Create(items, reshuffle=False)
-        | "PredictFirstErrors" >> PredictFirstErrors(spec, out_dir=out_dir, total=len(items))
+        read.items
+        | "ProgressTotal" >> beam.ParDo(ProgressTotalFn(spec.manifest, out_dir=out_dir,
+                                                        pool=pool),
+                                        beam.pvalue.AsSingleton(counts))
+        | "SpreadItems" >> beam.Reshuffle()
+        | "PredictFirstErrors" >> PredictFirstErrors(spec, out_dir=out_dir, pool=pool)
     )
-    rejected = pipeline | "CreateReadRejects" >> beam.Create(
-        [(DEAD_LETTER, row) for row in reject_rows], reshuffle=False)
+    rejected = read[REJECTS] | "ReadRejects" >> beam.Map(lambda row: (DEAD_LETTER, row))
     return ((predicted, rejected) | "MergeOutputs" >> beam.Flatten()
             | "WriteOutputs" >> WriteEvaluationOutputs(
                 out_dir, num_shards=spec.manifest.runner.num_shards))
@@ -599,8 +761,6 @@ def read_rows(out_dir: str, output: str) -> list[dict]:
 
 
 def _remove_stale_shards(out_dir: str, num_shards: int) -> None:
-    from apache_beam.io.filesystems import FileSystems
-
     suffix = f"-of-{num_shards:05d}.parquet"
     stale = [p for output in OUTPUTS for p in output_files(out_dir, output)
              if not p.endswith(suffix)]
@@ -633,6 +793,9 @@ def prepare_evaluation_dir(out_dir: str, spec: EvaluationSpec, *, overwrite: boo
     elif local and Path(out_dir).exists() and any(Path(out_dir).iterdir()):
         raise EvaluationError(f"{out_dir} is not empty and is not a steplabel evaluation; "
                               "choose an empty --out, or pass --overwrite")
+    gold_read = storage.join(out_dir, storage.WORK_DIR, GOLD_READ_FILE)
+    if storage.exists(gold_read):  # an earlier attempt's: this run writes its own
+        FileSystems.delete([gold_read])
     storage.write_json_atomic(run_file, {"name": spec.name, "evaluation_hash": spec.hash,
                                          "spec": spec.to_dict()})
 
@@ -643,37 +806,61 @@ def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = Fals
     from steplabel.pipelines.frame import run_framed
     from steplabel.pipelines.job import pipeline_options
 
-    items, rejects = read_gold(spec)
     manifest = spec.manifest
     framed = run_framed(
         manifest, options=pipeline_options(manifest),
         prepare=lambda: prepare_evaluation_dir(out_dir, spec, overwrite=overwrite),
-        build=lambda pipeline: build_evaluation_pipeline(
-            pipeline, spec, out_dir=out_dir, items=items,
-            reject_rows=[reject_row(r, evaluation_hash=spec.hash) for r in rejects]),
+        build=lambda pipeline: build_evaluation_pipeline(pipeline, spec, out_dir=out_dir),
         finalize=lambda counters: _finalize_evaluation(
-            spec, out_dir=out_dir, counters=counters, read=len(items) + len(rejects),
-            manifest_path=manifest_path),
+            spec, out_dir=out_dir, counters=counters, manifest_path=manifest_path),
         on_failure=lambda exc: explain_failure(exc, out_dir))
     report, markdown, info = framed.result
     return EvaluationResult(out_dir, report, markdown, info, framed.seconds)
 
 
+def gold_file_error(exc: BaseException) -> str | None:
+    """The message of a :class:`GoldFileError` a worker raised (a gold or answers file that
+    cannot be read), found in the exception chain or, for runners that pass worker errors on
+    as text, in the message; None for any other failure."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, GoldFileError):
+            return str(exc)
+        found = re.search(r"GoldFileError: (.+)", str(exc))
+        if found:
+            return re.sub(r" \[while running '[^']*'\]$", "", found.group(1).strip())
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def explain_failure(exc: BaseException, out_dir: str) -> None:
-    """A dead engine stops the evaluation: say what is saved and how to resume (other failures
-    are re-raised as they are)."""
+    """A dead engine stops the evaluation: say what is saved and how to resume. A gold or
+    answers file the workers cannot read is a :class:`GoldFileError` again (bad input, as
+    before the job). Other failures are re-raised as they are."""
     from steplabel.pipelines.job import engine_died_message
 
     message = engine_died_message(exc, out_dir, job="evaluation", keys="items")
     if message is not None:
         raise EvaluationError(message) from exc
+    message = gold_file_error(exc)
+    if message is not None:
+        raise GoldFileError(message) from exc
 
 
 def _finalize_evaluation(spec: EvaluationSpec, *, out_dir: str, counters: dict[str, int],
-                         read: int, manifest_path: str | None) -> tuple[dict, str, dict]:
-    """The report, its Markdown and info.json from the finished shards; COMPLETED when every
-    record read is accounted for."""
+                         manifest_path: str | None) -> tuple[dict, str, dict]:
+    """The report, its Markdown and info.json from the finished shards and the gold records
+    the pipeline read (``_work/gold_read.json``); COMPLETED when every record read is
+    accounted for."""
     manifest = spec.manifest
+    gold_read = storage.read_json_if_exists(
+        storage.join(out_dir, storage.WORK_DIR, GOLD_READ_FILE))
+    if gold_read is None:
+        raise EvaluationError(f"the pipeline finished without writing its gold count "
+                              f"({storage.WORK_DIR}/{GOLD_READ_FILE}); the evaluation is not "
+                              "finalized")
+    read = gold_read["items"] + gold_read["rejects"]
     _remove_stale_shards(out_dir, manifest.runner.num_shards)
     predictions = read_rows(out_dir, PREDICTIONS)
     dead = read_rows(out_dir, DEAD_LETTER)

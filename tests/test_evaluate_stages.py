@@ -12,6 +12,9 @@ from fakes import DIE_AFTER_ENV
 from steplabel.annotators.evaluation import (
     Engines,
     EvaluationSettings,
+    join_gold_answers,
+    load_answers_file,
+    load_gold_file,
     predict_first_errors,
 )
 from steplabel.engines.host import create_engine
@@ -20,7 +23,6 @@ from steplabel.pipelines.evaluate import (
     load_evaluation_manifest,
     make_spec,
     prediction_rows,
-    read_gold,
     read_rows,
     run_evaluation,
 )
@@ -48,6 +50,13 @@ def spec_for(tmp_path: Path, *, policy: dict | None = None,
                      answers_file=ANSWERS)
 
 
+def gold_items(spec) -> list:
+    """The spec's gold items, answers joined, read here (the job reads them on its workers)."""
+    items = [item for name, path in spec.gold_files.items()
+             for item in load_gold_file(path, source=name)[0]]
+    return join_gold_answers(items, load_answers_file(spec.answers_file))
+
+
 def comparable(row: dict) -> str:
     row = {**row, "cost": {k: v for k, v in row["cost"].items() if k != "cached_tokens"}}
     return json.dumps(row, sort_keys=True, default=str)
@@ -67,7 +76,7 @@ def test_staged_predictions_equal_the_pure_predictor(tmp_path):
     spec = spec_for(tmp_path)
     out = str(tmp_path / "out")
     result = run_evaluation(spec, out_dir=out)
-    items, _ = read_gold(spec)
+    items = gold_items(spec)
     manifest = spec.manifest
     settings = EvaluationSettings.from_manifest(manifest)
 
