@@ -285,6 +285,9 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
         pool = shared.Shared()
         if manifest.runner.direct_running_mode != "multi_processing":
             keep = _acquire_pool(pool)  # the workers run here: engines stay loaded between waves
+        # Beam's construction-time type inference is half of building a wave's graph, and the
+        # graph is built once per wave; the rows' schemas are checked where they are written.
+        options = pipeline_options(manifest, [*(beam_args or []), "--no_pipeline_type_check"])
         steps = [split_step(manifest, target, count, source_path=source_path)]
         steps += [wave_step(manifest, target, Wave(index, count), source_path=source_path,
                             total=total, pool=pool) for index in range(count)]
