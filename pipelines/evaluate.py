@@ -54,7 +54,6 @@ Output directory::
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -99,6 +98,7 @@ from steplabel.annotators.evaluation import (
     usable_gold_answer,
 )
 from steplabel.pipelines import storage
+from steplabel.pipelines.sink import WriteShards
 from steplabel.pipelines.stages import (
     EVALUATE_JUDGE,
     EVALUATE_ROLLOUTS,
@@ -507,45 +507,6 @@ class ProgressTotalFn(beam.DoFn):
         yield item
 
 
-def _shard_path(out_dir: str, output: str, index: int, num_shards: int) -> str:
-    return storage.join(out_dir, output, storage.shard_name(index, num_shards))
-
-
-def write_output_shard(out_dir: str, output: str, index: int, num_shards: int,
-                       rows) -> tuple[str, int]:
-    """Write one shard of ``predictions`` (PREDICTION) or ``dead_letter`` (records'
-    DEAD_LETTER) atomically, rows in a deterministic order; return ``(path, rows)``."""
-    if output == DEAD_LETTER:
-        return storage.write_shard(out_dir, DEAD_LETTER, index, num_shards, rows)
-    ordered = sorted(rows, key=lambda r: (r["problem_id"], ANNOTATORS.index(r["annotator"])))
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(ordered, schema=PREDICTION), buffer,
-                   compression="zstd")
-    path = _shard_path(out_dir, output, index, num_shards)
-    storage.write_bytes_atomic(path, buffer.getvalue())
-    return path, len(ordered)
-
-
-class WriteEvaluationOutputs(beam.PTransform):
-    """``(output, row)`` pairs into deterministic Parquet shards of each output."""
-
-    def __init__(self, out_dir: str, *, num_shards: int) -> None:
-        super().__init__()
-        self.out_dir = out_dir
-        self.num_shards = num_shards
-
-    def expand(self, tagged_rows):
-        out_dir, num_shards = self.out_dir, self.num_shards
-        return (
-            tagged_rows
-            | "KeyByShard" >> beam.Map(
-                lambda kv: ((kv[0], storage.shard_of(kv[1], num_shards)), kv[1]))
-            | "GroupShards" >> beam.GroupByKey()
-            | "WriteShards" >> beam.MapTuple(
-                lambda key, rows: write_output_shard(out_dir, key[0], key[1], num_shards, rows))
-        )
-
-
 def evaluation_roles(manifest: JobManifest, annotators: tuple[str, ...]) -> dict[str, Any]:
     """The engine config of each role the chosen annotators use (``completer`` for Monte Carlo
     and OmegaPRM, ``judge``), with each vLLM model's share of GPU memory set among these roles
@@ -732,8 +693,8 @@ def build_evaluation_pipeline(pipeline: beam.Pipeline, spec: EvaluationSpec, *, 
     )
     rejected = read[REJECTS] | "ReadRejects" >> beam.Map(lambda row: (DEAD_LETTER, row))
     return ((predicted, rejected) | "MergeOutputs" >> beam.Flatten()
-            | "WriteOutputs" >> WriteEvaluationOutputs(
-                out_dir, num_shards=spec.manifest.runner.num_shards))
+            | "WriteOutputs" >> WriteShards(out_dir, num_shards=spec.manifest.runner.num_shards,
+                                            schemas={PREDICTIONS: PREDICTION}))
 
 
 # --------------------------------------------------------------------------------------------

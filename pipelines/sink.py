@@ -38,11 +38,17 @@ def row_order(row: dict) -> tuple:
     return (problem_order(row), storage._sort_key(row))
 
 
-def shard_bytes(output: str, rows) -> bytes:
-    """One shard's Parquet bytes, rows in :func:`row_order`."""
+def shard_bytes(output: str, rows, schema=None) -> bytes:
+    """One shard's Parquet bytes, rows in :func:`row_order`; ``schema``: of an output that is
+    not one of the dataset's (``records.OUTPUTS``)."""
+    import pyarrow as pa
+
     from steplabel.pipelines.waves import table_bytes
 
-    return table_bytes(to_table(output, sorted(rows, key=row_order)))
+    ordered = sorted(rows, key=row_order)
+    table = (pa.Table.from_pylist(ordered, schema=schema) if schema is not None
+             else to_table(output, ordered))
+    return table_bytes(table)
 
 
 def with_provenance(row: dict, provenance: dict) -> dict:
@@ -52,31 +58,37 @@ def with_provenance(row: dict, provenance: dict) -> dict:
 
 
 def write_shard(out_dir: str, key: tuple[str, str, int], rows, num_shards: int,
-                provenance: dict | None = None) -> tuple:
+                provenance: dict | None = None, schemas: dict | None = None) -> tuple:
+    """One shard of ``key`` = (output, prefix, index); ``schemas``: outputs other than the
+    dataset's, by name, each written under ``<out_dir>/<name>/``."""
     output, prefix, index = key
     rows = list(rows)
     if provenance is not None and output in ("trajectories", "rejected"):
         rows = [with_provenance(row, provenance) for row in rows]
-    path = storage.join(out_dir, OUTPUT_DIRS[output],
-                        storage.shard_name(index, num_shards, prefix))
-    storage.write_bytes_atomic(path, shard_bytes(output, rows))
+    schema = (schemas or {}).get(output)
+    folder = output if schema is not None else OUTPUT_DIRS[output]
+    path = storage.join(out_dir, folder, storage.shard_name(index, num_shards, prefix))
+    storage.write_bytes_atomic(path, shard_bytes(output, rows, schema))
     return output, len(rows)
 
 
 class WriteShards(beam.PTransform):
     """``(output, row)`` -> shards; yields ``(output, rows written)`` per shard. ``provenance``:
-    a PCollection of one dict, the job's provenance, added to every trajectory row."""
+    a PCollection of one dict, the job's provenance, added to every trajectory row;
+    ``schemas``: outputs that are not the dataset's, by name (written under that folder)."""
 
     def __init__(self, out_dir: str, *, num_shards: int, prefix: str = "",
-                 provenance=None) -> None:
+                 provenance=None, schemas: dict | None = None) -> None:
         super().__init__()
         self.out_dir = out_dir
         self.num_shards = num_shards
         self.prefix = prefix
         self.provenance = provenance
+        self.schemas = dict(schemas or {})  # outputs of another job (evaluate's predictions)
 
     def expand(self, rows):
-        out_dir, num_shards, prefix = self.out_dir, self.num_shards, self.prefix
+        out_dir, num_shards, prefix, schemas = (self.out_dir, self.num_shards, self.prefix,
+                                                self.schemas)
         return (
             rows
             | "KeyByShard" >> beam.MapTuple(
@@ -84,7 +96,7 @@ class WriteShards(beam.PTransform):
             | "GroupShards" >> PackedGroupByKey()
             | "WriteShard" >> beam.MapTuple(
                 lambda key, group, provenance=None: write_shard(out_dir, key, group, num_shards,
-                                                                provenance),
+                                                                provenance, schemas),
                 *([beam.pvalue.AsSingleton(self.provenance)] if self.provenance is not None
                   else []))
         )
