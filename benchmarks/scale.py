@@ -54,6 +54,11 @@ LAUNCHER = (
 )
 
 
+def extra_pythonpath() -> list[str]:
+    """This process's ``PYTHONPATH``, kept for the runs (e.g. a snapshot of the code)."""
+    return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
 def write_job(size: int, work: Path) -> Path:
     source = work / f"problems-{size}.jsonl"
     if not source.exists():
@@ -117,7 +122,7 @@ def run_size(size: int, work: Path, *, services=None, workers: int = 1) -> dict:
     out = work / f"out-{runner}-{size}"
     usage = work / f"usage-{runner}-{size}.json"
     args = [sys.executable, "-c", LAUNCHER, str(usage), "run", str(manifest), "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *extra_pythonpath()])}
     if services:
         args += ["--runner", "portable", "--runner-profile", str(PROFILE),
                  f"--direct_num_workers={workers}"]
@@ -173,7 +178,8 @@ def main() -> None:
         if args.portable:
             from steplabel.pipelines import services
 
-            running = services.start(work / "services", pythonpath=[str(HERE)])
+            running = services.start(work / "services",
+                                     pythonpath=[str(HERE), *extra_pythonpath()])
             try:
                 portable = [run_size(size, work, services=running,
                                      workers=args.portable_workers) for size in args.portable]
