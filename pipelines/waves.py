@@ -92,7 +92,7 @@ def wave_input_dir(out_dir: str, wave: Wave) -> str:
 # ---------------------------------------------------------------------------------------------
 # The input, split once into the waves' records
 
-#: Records per input chunk file (one pickled list each).
+#: Records a split worker holds before it writes them out (one pickled chunk file per wave).
 CHUNK_RECORDS = 2000
 
 
@@ -107,6 +107,7 @@ class _WriteWaveChunksFn(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._chunks: dict[int, list] = {}
+        self._held = 0
 
     def process(self, item):
         from steplabel.pipelines.sources import validate_item
@@ -117,17 +118,22 @@ class _WriteWaveChunksFn(beam.DoFn):
                                       manifest_hash=self.manifest.hash)
         index = wave_of(problem.problem_id if dead is None else dead.get("problem_id"),
                         self.count)
-        chunk = self._chunks.setdefault(index, [])
-        chunk.append(item)
-        if len(chunk) >= CHUNK_RECORDS:
-            yield self._flush(index)
+        self._chunks.setdefault(index, []).append(item)
+        self._held += 1
+        if self._held >= CHUNK_RECORDS:  # memory: at most CHUNK_RECORDS records, all waves
+            yield from self._flush_all()
 
     def finish_bundle(self):
         from apache_beam.transforms.window import GlobalWindows
 
+        for written in self._flush_all():
+            yield GlobalWindows.windowed_value(written)
+
+    def _flush_all(self):
         for index in sorted(self._chunks):
             if self._chunks[index]:
-                yield GlobalWindows.windowed_value(self._flush(index))
+                yield self._flush(index)
+        self._held = 0
 
     def _flush(self, index: int) -> int:
         import uuid

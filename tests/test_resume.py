@@ -90,6 +90,9 @@ def clean(tmp_path_factory):
 #: (where the kill lands, request that triggers it, OmegaPRM on, stage caught mid-way)
 KILLS = [
     ("sampling", "start:9", True, "sample"),
+    # Sampling and OmegaPRM read the same problems and run fused, a problem at a time: by the
+    # 20th "start" request (policy samples and OmegaPRM pre-filters) both are mid-way.
+    ("omegaprm", "start:20", True, "omegaprm"),
     ("monte_carlo", "continue:12", False, "monte_carlo"),
     ("judge", "judge:12", False, "judge"),
 ]
@@ -108,7 +111,7 @@ def test_sigkill_in_a_stage_then_rerun_equals_uninterrupted_run(tmp_path, clean,
     keys = {"sample": PROBLEMS, "omegaprm": PROBLEMS, "monte_carlo": PROBLEMS * SAMPLES,
             "judge": PROBLEMS * SAMPLES}
     assert 1 <= finished[stage] < keys[stage], finished
-    if stage == "sample":
+    if stage in ("sample", "omegaprm"):
         assert finished["monte_carlo"] == finished["judge"] == 0
     else:
         assert finished["sample"] == PROBLEMS
