@@ -12,7 +12,7 @@ the workers, on the portable runner it only submits and finalizes). Portable run
 service and a worker pool started here, ``--portable-workers`` SDK worker processes) also
 report the workers' peak summed resident memory, sampled every 0.5 s.
 
-The local runner labels more than ``runner.wave_size`` problems (default 1,500) in waves
+The local runner labels more than ``runner.wave_size`` problems (default 2,000) in waves
 (``pipelines/waves.py``): memory is bounded by a wave. Time per problem is measured beyond the
 fixed cost of a run (interpreter start, imports, finalize): ``(wall(n) - wall(smallest)) /
 (n - smallest)``, the slope from the smallest run; the wall time per problem is reported too.
