@@ -59,7 +59,7 @@ def build_staged_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, it
     # Where this pipeline's rows, figures and input count go: the dataset, or the wave's folder.
     parts_dir = out_dir if wave is None else wave_dir(out_dir, wave)
     problems, invalid = read_problems(
-        pipeline, manifest, out_dir=parts_dir, items=items, source_path=source_path, wave=wave,
+        pipeline, manifest, out_dir=parts_dir, items=items, source_path=source_path,
         wave_input=None if wave is None else wave_input_dir(out_dir, wave))
     stages = LabelStages(manifest, out_dir=out_dir, total=total, accelerators=accelerators,
                          pool=pool, close_progress=last_wave)

@@ -57,10 +57,9 @@ class JobResult:
 ROWS_IN_FILE = "rows_in.json"
 
 
-def _write_rows_in(count: int, out_dir: str, folder: str = storage.WORK_DIR) -> int:
+def _write_rows_in(count: int, folder: str) -> int:
     beam.metrics.Metrics.counter("steplabel", "rows_in").inc(count)
-    storage.write_json_atomic(storage.join(out_dir, folder, ROWS_IN_FILE) if folder
-                              else storage.join(out_dir, ROWS_IN_FILE), {"rows_in": count})
+    storage.write_json_atomic(storage.join(folder, ROWS_IN_FILE), {"rows_in": count})
     return count
 
 
@@ -79,28 +78,23 @@ def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=Non
 
 
 def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
-                  source_path: str | None = None, wave=None, wave_input: str | None = None):
+                  source_path: str | None = None, wave_input: str | None = None):
     """Read the source on the workers, count the rows in (``_work/rows_in.json``) and validate:
-    ``(problems, input dead-letter rows)``. ``wave``: only that wave's records, read from
-    ``wave_input`` (where ``waves.SplitInput`` wrote them) and counted into the wave's folder,
+    ``(problems, input dead-letter rows)``. ``wave_input``: read one wave's records from where
+    ``waves.SplitInput`` wrote them instead, and count them into the wave's folder,
     ``out_dir``."""
     source = manifest.source
-    if wave is None or items is not None:
+    if wave_input is None:
         raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
-    else:  # the records SplitInput wrote for this wave
-        raw = pipeline | "ReadWaveInput" >> ReadWaveInput(wave_input)
-    if wave is None:
-        (raw
-         | "CountRowsIn" >> beam.combiners.Count.Globally()
-         | "WriteRowsIn" >> beam.Map(_write_rows_in, out_dir))
-        count_in = None
+        counted_in = storage.join(out_dir, storage.WORK_DIR)
     else:
-        def count_in(count: int) -> int:
-            return _write_rows_in(count, out_dir, folder="")
-
+        raw = pipeline | "ReadWaveInput" >> ReadWaveInput(wave_input)
+        counted_in = out_dir
+    (raw
+     | "CountRowsIn" >> beam.combiners.Count.Globally()
+     | "WriteRowsIn" >> beam.Map(_write_rows_in, counted_in))
     return raw | "ValidateProblems" >> ValidateProblems(
-        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash,
-        wave=wave, count_in=count_in)
+        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash)
 
 
 def pipeline_options(manifest, extra_args: list[str] | None = None) -> PipelineOptions:

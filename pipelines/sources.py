@@ -371,31 +371,18 @@ class ValidateProblems(beam.PTransform):
     """Validated problems (main output) and dead-letter rows (``dead_letter``), duplicates
     resolved as the module docstring says."""
 
-    def __init__(self, *, fields, answer_format: str, manifest_hash: str, wave=None,
-                 count_in=None) -> None:
-        """``wave`` (:class:`~steplabel.pipelines.waves.Wave`): keep only the records of that
-        wave (by the problem id each record gives, dead letters included); ``count_in``: a
-        function applied to the number of records kept (one per record read, before duplicates
-        are resolved), e.g. to write it."""
+    def __init__(self, *, fields, answer_format: str, manifest_hash: str) -> None:
         super().__init__()
         self.fields = fields
         self.answer_format = answer_format
         self.manifest_hash = manifest_hash
-        self.wave = wave
-        self.count_in = count_in
 
     def expand(self, items):
-        fields, fmt, mhash, wave = self.fields, self.answer_format, self.manifest_hash, self.wave
-        counting = self.count_in is not None
+        fields, fmt, mhash = self.fields, self.answer_format, self.manifest_hash
 
         def check(item):
             problem, dead = validate_item(item, fields=fields, answer_format=fmt,
                                           manifest_hash=mhash)
-            if wave is not None and not wave.holds(
-                    problem.problem_id if dead is None else dead.get("problem_id")):
-                return
-            if counting:
-                yield beam.pvalue.TaggedOutput("record", 1)
             if dead is not None:
                 beam.metrics.Metrics.counter("steplabel", f"dead_letter_{dead['reason']}").inc()
                 yield beam.pvalue.TaggedOutput("dead_letter", dead)
@@ -403,11 +390,7 @@ class ValidateProblems(beam.PTransform):
                 yield problem
 
         checked = items | "CheckRecords" >> beam.FlatMap(check).with_outputs(
-            "dead_letter", "record", main="problems")
-        if self.count_in is not None:
-            (checked.record
-             | "CountRecordsIn" >> beam.combiners.Count.Globally()
-             | "RecordsIn" >> beam.Map(self.count_in))
+            "dead_letter", main="problems")
         resolved = (
             checked.problems
             | "KeyById" >> beam.Map(lambda p: (p.problem_id, p))

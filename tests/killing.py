@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 from fakes import ScriptedEngine, _arithmetic_respond
 
@@ -20,6 +23,18 @@ def request_kind(prompt: str) -> str:
     if "<paragraph_0>" in prompt:
         return "judge"
     return "start" if prompt.endswith("Step 1:") else "continue"
+
+
+def steplabel(manifest: Path, out: Path, kill_at: str | None = None):
+    """``steplabel run manifest --out out`` in a subprocess with this engine's folder on its
+    path, killed at ``kill_at`` (``<kind>:<n>``) or not."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    env.pop(KILL_AT_ENV, None)
+    if kill_at:
+        env[KILL_AT_ENV] = kill_at
+    return subprocess.run([sys.executable, "-m", "steplabel", "run", str(manifest), "--out",
+                           str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=300)
 
 
 class KillingEngine(ScriptedEngine):

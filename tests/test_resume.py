@@ -2,23 +2,19 @@
 uninterrupted run, and computes no finished key of any stage again."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from killing import KILL_AT_ENV
+from killing import steplabel
 from steplabel.pipelines import storage
 from steplabel.pipelines.stages import stage_checkpoint_counts
 from steplabel.schemas.records import OUTPUTS
 
 pytestmark = pytest.mark.pipeline
 
-TESTS_DIR = Path(__file__).resolve().parent
 PROBLEMS = 16
 SAMPLES = 2
 
@@ -45,16 +41,6 @@ def write_job(tmp_path: Path, *, omegaprm: bool) -> Path:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(manifest))
     return path
-
-
-def steplabel(manifest: Path, out: Path, kill_at: str | None = None):
-    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
-    env.pop(KILL_AT_ENV, None)
-    if kill_at:
-        env[KILL_AT_ENV] = kill_at
-    return subprocess.run([sys.executable, "-m", "steplabel", "run", str(manifest), "--out",
-                           str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=300)
 
 
 def dataset(out: Path) -> dict:

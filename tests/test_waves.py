@@ -5,10 +5,7 @@ resumes with no finished key computed again."""
 
 import io
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,13 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from killing import KILL_AT_ENV
+from killing import steplabel
 from steplabel.pipelines import sink, waves
 from steplabel.pipelines.stages import stage_checkpoint_counts
 from steplabel.schemas.manifest import RunnerConfig
 from steplabel.schemas.records import to_table
 
-TESTS_DIR = Path(__file__).resolve().parent
 PROBLEMS = 14
 
 
@@ -99,16 +95,6 @@ def write_job(folder: Path, *, wave_size: int) -> Path:
     path = folder / f"job-{wave_size}.yaml"
     path.write_text(yaml.safe_dump(manifest))
     return path
-
-
-def steplabel(manifest: Path, out: Path, kill_at: str | None = None):
-    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
-    env.pop(KILL_AT_ENV, None)
-    if kill_at:
-        env[KILL_AT_ENV] = kill_at
-    return subprocess.run([sys.executable, "-m", "steplabel", "run", str(manifest), "--out",
-                           str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=300)
 
 
 def shard_rows(out: Path) -> dict[str, list]:
