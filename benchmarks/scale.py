@@ -12,7 +12,7 @@ the workers, on the portable runner it only submits and finalizes). Portable run
 service and a worker pool started here, ``--portable-workers`` SDK worker processes) also
 report the workers' peak summed resident memory, sampled every 0.5 s.
 
-The local runner labels more than ``runner.wave_size`` problems (default 2,000) in waves
+The local runner labels more than ``runner.wave_size`` problems (default 1,000) in waves
 (``pipelines/waves.py``): memory is bounded by a wave. Time per problem is measured beyond the
 fixed cost of a run (interpreter start, imports, finalize): ``(wall(n) - wall(smallest)) /
 (n - smallest)``, the slope from the smallest run; the wall time per problem is reported too.
@@ -37,6 +37,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from steplabel.schemas.manifest import RunnerConfig
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -59,7 +61,7 @@ def extra_pythonpath() -> list[str]:
     return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 
 
-def write_job(size: int, work: Path) -> Path:
+def write_job(size: int, work: Path, wave_size: int | None = None) -> Path:
     source = work / f"problems-{size}.jsonl"
     if not source.exists():
         with open(source, "w") as handle:
@@ -77,6 +79,8 @@ def write_job(size: int, work: Path) -> Path:
         "consensus": {},
         "runner": {"max_in_flight": 64, "num_shards": 4},
     }
+    if wave_size is not None:
+        manifest["runner"]["wave_size"] = wave_size
     path = work / f"scale-{size}.yaml"
     path.write_text(yaml.safe_dump(manifest))
     return path
@@ -116,8 +120,9 @@ class WorkerMemory:
                 "worker_processes_seen": len(self.workers_seen)}
 
 
-def run_size(size: int, work: Path, *, services=None, workers: int = 1) -> dict:
-    manifest = write_job(size, work)
+def run_size(size: int, work: Path, *, services=None, workers: int = 1,
+             wave_size: int | None = None) -> dict:
+    manifest = write_job(size, work, wave_size)
     runner = "portable" if services else "local"
     out = work / f"out-{runner}-{size}"
     usage = work / f"usage-{runner}-{size}.json"
@@ -169,11 +174,13 @@ def main() -> None:
     parser.add_argument("--portable", type=int, nargs="*", default=[10000],
                         help="sizes also run on the portable runner")
     parser.add_argument("--portable-workers", type=int, default=2)
+    parser.add_argument("--wave-size", type=int,
+                        help="runner.wave_size of the local runs (default: the manifest's)")
     parser.add_argument("--results", default=str(RESULTS / "scale.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="steplabel-scale-") as tmp:
         work = Path(tmp)
-        local = [run_size(size, work) for size in args.sizes]
+        local = [run_size(size, work, wave_size=args.wave_size) for size in args.sizes]
         portable = []
         if args.portable:
             from steplabel.pipelines import services
@@ -210,6 +217,7 @@ def main() -> None:
             last.get("labelling_ms_per_problem", last["ms_per_problem"])
             / max(1e-9, first.get("labelling_ms_per_problem", first["ms_per_problem"])), 3),
         "peak_rss_ratio_last_first": round(last["peak_rss_mib"] / first["peak_rss_mib"], 3),
+        "wave_size": RunnerConfig().wave_size if args.wave_size is None else args.wave_size,
         "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
     }
     report["targets"] = {

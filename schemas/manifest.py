@@ -151,7 +151,7 @@ class RunnerConfig:
     num_shards: int = 4
     #: Local runner: problems per wave (``pipelines/waves.py``: memory bounded by a wave, not
     #: by the input); 0: one pipeline over the whole input. Other runners ignore it.
-    wave_size: int = 2000
+    wave_size: int = 1000
     profile: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
