@@ -16,6 +16,8 @@ The local runner labels more than ``runner.wave_size`` problems (default 1,000) 
 (``pipelines/waves.py``): memory is bounded by a wave. Time per problem is measured beyond the
 fixed cost of a run (interpreter start, imports, finalize): ``(wall(n) - wall(smallest)) /
 (n - smallest)``, the slope from the smallest run; the wall time per problem is reported too.
+Sizes up to 1,000 have only seconds of signal, which moved by 30% between runs on a quiet
+machine: each is run ``--repeats`` times (default 5) and the run of median wall time is kept.
 
 Targets (issue 13): time per problem and launcher peak memory flat within 20% from 1,000 to
 the largest size. Writes benchmarks/results/scale.json.
@@ -124,8 +126,9 @@ def run_size(size: int, work: Path, *, services=None, workers: int = 1,
              wave_size: int | None = None) -> dict:
     manifest = write_job(size, work, wave_size)
     runner = "portable" if services else "local"
-    out = work / f"out-{runner}-{size}"
-    usage = work / f"usage-{runner}-{size}.json"
+    attempt = sum(1 for _ in work.glob(f"out-{runner}-{size}-*"))  # repeated runs: fresh dirs
+    out = work / f"out-{runner}-{size}-{attempt}"
+    usage = work / f"usage-{runner}-{size}-{attempt}.json"
     args = [sys.executable, "-c", LAUNCHER, str(usage), "run", str(manifest), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *extra_pythonpath()])}
     if services:
@@ -161,6 +164,20 @@ def run_size(size: int, work: Path, *, services=None, workers: int = 1,
     return row
 
 
+#: Sizes up to this are run ``--repeats`` times (their few seconds of signal are noisy).
+REPEAT_UP_TO = 1000
+
+
+def run_repeated(size: int, work: Path, *, repeats: int, **kwargs) -> dict:
+    """The run of median wall time among ``repeats`` runs of ``size``, with every run's time."""
+    runs = sorted((run_size(size, work, **kwargs) for _ in range(max(1, repeats))),
+                  key=lambda run: run["seconds"])
+    median = dict(runs[len(runs) // 2])
+    if len(runs) > 1:
+        median["seconds_of_each_run"] = [run["seconds"] for run in runs]
+    return median
+
+
 def flatness(runs: list[dict], key: str, base_size: int) -> float | None:
     base = [r for r in runs if r["problems"] == base_size]
     if not base or key not in base[0] or runs[-1]["problems"] == base_size:
@@ -174,13 +191,16 @@ def main() -> None:
     parser.add_argument("--portable", type=int, nargs="*", default=[10000],
                         help="sizes also run on the portable runner")
     parser.add_argument("--portable-workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help=f"runs of each size up to {REPEAT_UP_TO:,} (the median is kept)")
     parser.add_argument("--wave-size", type=int,
                         help="runner.wave_size of the local runs (default: the manifest's)")
     parser.add_argument("--results", default=str(RESULTS / "scale.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="steplabel-scale-") as tmp:
         work = Path(tmp)
-        local = [run_size(size, work, wave_size=args.wave_size) for size in args.sizes]
+        local = [run_repeated(size, work, repeats=args.repeats if size <= REPEAT_UP_TO else 1,
+                              wave_size=args.wave_size) for size in args.sizes]
         portable = []
         if args.portable:
             from steplabel.pipelines import services

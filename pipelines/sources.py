@@ -105,12 +105,20 @@ def remote_fingerprints(pattern: str) -> dict[str, str]:
 
 def estimate_rows(source, path: str | None = None, *, max_bytes: int = 256 << 20
                   ) -> int | None:
-    """Input records, for progress display only, where that is cheap on the launcher: Parquet
-    footers, or non-empty lines of local JSONL files up to ``max_bytes``; None otherwise."""
+    """Input records (progress, and the local runner's waves), where that is cheap on the
+    launcher: Parquet footers, the row count of a local ``datasets`` folder (memory-mapped
+    Arrow: metadata only), or non-empty lines of local JSONL files up to ``max_bytes``; None
+    otherwise (remote paths, compressed or larger JSONL, hub datasets, data files that
+    ``datasets`` would first convert)."""
     path = path or source.path
-    if not path or _is_remote(path) or source.kind == "hf":
+    if not path or _is_remote(path):
         return None
     try:
+        if source.kind == "hf":
+            if not Path(path).is_dir():
+                return None
+            count = len(_load_hf(source, path))  # a folder written by save_to_disk
+            return min(count, source.limit) if source.limit else count
         files = input_files(path)
         if source.kind == "parquet":
             import pyarrow.parquet as pq
@@ -124,7 +132,7 @@ def estimate_rows(source, path: str | None = None, *, max_bytes: int = 256 << 20
             for file in files:
                 with open(file, "rb") as handle:
                     count += sum(1 for line in handle if line.strip())
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError):  # unreadable here: the job's reading reports it
         return None
     return min(count, source.limit) if source.limit else count
 

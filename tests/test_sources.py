@@ -75,3 +75,23 @@ def test_job_from_hf_source(tmp_path):
     result = run_job(manifest, out_dir=str(tmp_path / "out"))
     assert result.stats["reconciliation"]["ok"]
     assert result.info["rows"]["trajectories"] == 8
+
+
+def test_estimate_rows_where_it_is_cheap_on_the_launcher(tmp_path):
+    from steplabel.pipelines.sources import estimate_rows
+
+    def estimate(src: dict):
+        return estimate_rows(manifest_from_dict({"name": "s", "source": src}).source)
+
+    datasets.Dataset.from_list(RECORDS).save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(RECORDS)}).save_to_disk(
+        str(tmp_path / "dd"))
+    pq.write_table(pa.Table.from_pylist(RECORDS), tmp_path / "p.parquet")
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n\n")
+    assert estimate(source("hf", tmp_path / "ds")) == 4  # save_to_disk folders: memory-mapped
+    assert estimate(source("hf", tmp_path / "dd", split="test")) == 4
+    assert estimate(source("hf", tmp_path / "ds", limit=3)) == 3
+    assert estimate(source("hf", tmp_path / "dd", split="nope")) is None  # the job reports it
+    assert estimate(source("hf", tmp_path / "data.jsonl")) is None  # datasets would convert it
+    assert estimate(source("parquet", tmp_path / "p.parquet")) == 4
+    assert estimate(source("jsonl", tmp_path / "data.jsonl")) == 4

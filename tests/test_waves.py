@@ -170,3 +170,38 @@ def test_sigkill_in_a_wave_then_rerun_redoes_no_finished_key(tmp_path, job):
         assert counters.get(f"stage_{name}_resumed", 0) == count, name
     assert shard_rows(out) == shard_rows(one_pipeline)
     assert content_counters(out) == content_counters(one_pipeline)
+
+
+@pytest.mark.pipeline
+def test_waves_on_a_datasets_folder(tmp_path):
+    """A ``datasets`` folder's size is known on the launcher (memory-mapped), so the local
+    runner labels it in waves too: the same shards as one pipeline."""
+    import datasets
+
+    from steplabel.pipelines.job import run_job
+    from steplabel.schemas.manifest import manifest_from_dict
+
+    records = [{"id": f"h{i:02d}", "question": f"What is {i} + 2?", "answer": str(i + 2)}
+               for i in range(9)]
+    records.append({"id": None, "question": "What is 2 + 2?", "answer": None})  # dead letter
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "ds"))
+
+    def run(wave_size: int) -> Path:
+        manifest = manifest_from_dict({
+            "name": "hf-waves", "seed": 3,
+            "source": {"kind": "hf", "path": str(tmp_path / "ds")},
+            "models": {"policy": {"kind": "custom", "factory": "fakes:arithmetic_engine"}},
+            "policy": {"samples": 2},
+            "monte_carlo": {"rollouts": 2},
+            "runner": {"num_shards": 2, "wave_size": wave_size},
+        })
+        out = tmp_path / f"out-{wave_size}"
+        result = run_job(manifest, out_dir=str(out))
+        assert result.stats["reconciliation"]["ok"]
+        return out
+
+    one, several = run(0), run(4)
+    assert sorted(p.name for p in (several / "_work" / "waves" / "3").iterdir()) == [
+        "00000", "00001", "00002", "input"]
+    assert shard_rows(several) == shard_rows(one)
+    assert any(name.startswith("dead_letter/") for name in shard_rows(one))
