@@ -149,9 +149,20 @@ def summary(results: dict) -> str:
     lines += ["", f"- time per problem beyond the fixed cost, 100,000 / 1,000: "
               f"{sc.get('time_per_problem_ratio_1000_to_last')} "
               f"({'met' if targets['time_per_problem_flat_within_20pct'] else 'NOT met'})",
+              f"- CPU time per problem beyond the fixed cost, 100,000 / 1,000: "
+              f"{sc.get('cpu_time_per_problem_ratio_1000_to_last')}",
               f"- launcher peak memory, 100,000 / 1,000: "
               f"{sc.get('launcher_peak_rss_ratio_1000_to_last')} "
-              f"({'met' if targets['memory_flat_within_20pct'] else 'NOT met'})", ""]
+              f"({'met' if targets['memory_flat_within_20pct'] else 'NOT met'})"]
+    if sc.get("wave_size"):
+        lines.append(f"- local runner waves of {sc['wave_size']:,} problems")
+    repeated = [row for row in sc["runs"] if row.get("seconds_of_each_run")]
+    if repeated:
+        sizes = ", ".join(f"{row['problems']:,}" for row in repeated)
+        lines.append(f"- {sizes} problems: the "
+                     f"run of median wall time of {len(repeated[0]['seconds_of_each_run'])} "
+                     f"runs each")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -16,8 +16,10 @@ The local runner labels more than ``runner.wave_size`` problems (default 1,000) 
 (``pipelines/waves.py``): memory is bounded by a wave. Time per problem is measured beyond the
 fixed cost of a run (interpreter start, imports, finalize): ``(wall(n) - wall(smallest)) /
 (n - smallest)``, the slope from the smallest run; the wall time per problem is reported too.
-Sizes up to 1,000 have only seconds of signal, which moved by 30% between runs on a quiet
-machine: each is run ``--repeats`` times (default 5) and the run of median wall time is kept.
+Sizes up to 1,000 have only seconds of signal, and this machine's speed drifts over minutes
+(the same 1,000-problem job took 7.4 to 17.6 s within an hour, idle): each is run ``--repeats``
+times (default 5), three before the large sizes and two after, and the run of median wall
+time is kept. CPU seconds (launcher and children) are reported next to wall time.
 
 Targets (issue 13): time per problem and launcher peak memory flat within 20% from 1,000 to
 the largest size. Writes benchmarks/results/scale.json.
@@ -52,8 +54,10 @@ LAUNCHER = (
     "import json, resource, sys\n"
     "from steplabel.pipelines.cli import main\n"
     "status = main(sys.argv[2:])\n"
-    "json.dump({'status': status, 'maxrss_kib': resource.getrusage(resource.RUSAGE_SELF)"
-    ".ru_maxrss}, open(sys.argv[1], 'w'))\n"
+    "own = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "kids = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "json.dump({'status': status, 'maxrss_kib': own.ru_maxrss, 'cpu_seconds': own.ru_utime"
+    " + own.ru_stime + kids.ru_utime + kids.ru_stime}, open(sys.argv[1], 'w'))\n"
     "sys.exit(status)\n"
 )
 
@@ -144,7 +148,8 @@ def run_size(size: int, work: Path, *, services=None, workers: int = 1,
         raise SystemExit(f"{runner} size {size} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     info = json.loads((out / "info.json").read_text())
     stats = json.loads((out / "stats.json").read_text())
-    launcher_rss = json.loads(usage.read_text())["maxrss_kib"] / 1024
+    used = json.loads(usage.read_text())
+    launcher_rss = used["maxrss_kib"] / 1024
     row = {
         "runner": runner,
         "workers": workers,
@@ -152,6 +157,7 @@ def run_size(size: int, work: Path, *, services=None, workers: int = 1,
         "seconds": round(seconds, 2),
         "ms_per_problem": round(1000 * seconds / size, 3),
         "peak_rss_mib": round(launcher_rss, 1),  # the launcher's own
+        "cpu_seconds": round(used["cpu_seconds"], 2),  # the launcher and its children
         "reconciliation_ok": stats["reconciliation"]["ok"],
         "rows": info["rows"],
         **extra,
@@ -168,14 +174,27 @@ def run_size(size: int, work: Path, *, services=None, workers: int = 1,
 REPEAT_UP_TO = 1000
 
 
-def run_repeated(size: int, work: Path, *, repeats: int, **kwargs) -> dict:
-    """The run of median wall time among ``repeats`` runs of ``size``, with every run's time."""
-    runs = sorted((run_size(size, work, **kwargs) for _ in range(max(1, repeats))),
-                  key=lambda run: run["seconds"])
-    median = dict(runs[len(runs) // 2])
-    if len(runs) > 1:
-        median["seconds_of_each_run"] = [run["seconds"] for run in runs]
-    return median
+def run_sizes(sizes: list[int], work: Path, *, repeats: int, **kwargs) -> list[dict]:
+    """One run of each size above ``REPEAT_UP_TO``; ``repeats`` runs of each smaller size, half
+    before the large runs and half after them (this machine's speed drifts over minutes), of
+    which the run of median wall time is kept, with every run's time."""
+    small = [size for size in sizes if size <= REPEAT_UP_TO]
+    runs: dict[int, list[dict]] = {size: [] for size in sizes}
+    for size in small:
+        runs[size] += [run_size(size, work, **kwargs) for _ in range((repeats + 1) // 2)]
+    for size in sizes:
+        if size not in small:
+            runs[size].append(run_size(size, work, **kwargs))
+    for size in small:
+        runs[size] += [run_size(size, work, **kwargs) for _ in range(repeats // 2)]
+    kept = []
+    for size in sizes:
+        ordered = sorted(runs[size], key=lambda run: run["seconds"])
+        row = dict(ordered[len(ordered) // 2])
+        if len(ordered) > 1:
+            row["seconds_of_each_run"] = [run["seconds"] for run in runs[size]]
+        kept.append(row)
+    return kept
 
 
 def flatness(runs: list[dict], key: str, base_size: int) -> float | None:
@@ -192,15 +211,15 @@ def main() -> None:
                         help="sizes also run on the portable runner")
     parser.add_argument("--portable-workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5,
-                        help=f"runs of each size up to {REPEAT_UP_TO:,} (the median is kept)")
+                        help=f"runs of each size up to {REPEAT_UP_TO:,}, around the larger "
+                        "sizes (the median is kept)")
     parser.add_argument("--wave-size", type=int,
                         help="runner.wave_size of the local runs (default: the manifest's)")
     parser.add_argument("--results", default=str(RESULTS / "scale.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="steplabel-scale-") as tmp:
         work = Path(tmp)
-        local = [run_repeated(size, work, repeats=args.repeats if size <= REPEAT_UP_TO else 1,
-                              wave_size=args.wave_size) for size in args.sizes]
+        local = run_sizes(args.sizes, work, repeats=args.repeats, wave_size=args.wave_size)
         portable = []
         if args.portable:
             from steplabel.pipelines import services
@@ -219,6 +238,9 @@ def main() -> None:
         run["ms_per_problem_beyond_fixed"] = round(
             1000 * (run["seconds"] - first["seconds"]) / (run["problems"] - first["problems"]),
             3)
+        run["cpu_ms_per_problem_beyond_fixed"] = round(
+            1000 * (run["cpu_seconds"] - first["cpu_seconds"])
+            / (run["problems"] - first["problems"]), 3)
     time_ratio = flatness(local, "ms_per_problem_beyond_fixed", 1000)
     wall_ratio = flatness(local, "ms_per_problem", 1000)
     rss_ratio = flatness(local, "peak_rss_mib", 1000)
@@ -231,6 +253,8 @@ def main() -> None:
         "labelling_time_per_problem_ratio_1000_to_last": flatness(
             local, "labelling_ms_per_problem", 1000),
         "wall_time_per_problem_ratio_1000_to_last": wall_ratio,
+        "cpu_time_per_problem_ratio_1000_to_last": flatness(
+            local, "cpu_ms_per_problem_beyond_fixed", 1000),
         "launcher_peak_rss_ratio_1000_to_last": rss_ratio,
         # Kept for benchmarks/run_all.py's summary: smallest to largest size.
         "time_per_problem_ratio_last_first": round(
