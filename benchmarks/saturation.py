@@ -53,7 +53,9 @@ def run_pipeline(work: Path, problems: int, in_flight: int) -> tuple[list[dict],
     path = work / "job.yaml"
     path.write_text(yaml.safe_dump(manifest))
     record = work / "requests.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(HERE), "STEPLABEL_RECORD": str(record)}
+    pythonpath = [str(HERE), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath),  # keeps a code snapshot's
+           "STEPLABEL_RECORD": str(record)}
     subprocess.run([sys.executable, "-m", "steplabel", "run", str(path), "--out",
                     str(work / "out")], env=env, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
