@@ -61,7 +61,10 @@ def test_job_graph_does_not_grow_with_the_input(tmp_path, kind):
         pipeline = beam.Pipeline()
         build_pipeline(pipeline, manifest_for(kind, path), out_dir=str(tmp_path / "out"))
         sizes[count] = len(pipeline.to_runner_api().SerializeToString())
-    assert abs(sizes[5000] - sizes[10]) < 100, sizes  # no record is in the graph
+    # No record is in the graph: 4,990 more would add tens of KB at least. What differs is the
+    # compressed size of pickled settings that hold the input's path and manifest hash (it
+    # moved by exactly 100 bytes when a default setting changed).
+    assert abs(sizes[5000] - sizes[10]) < 1000, sizes
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "parquet", "hf"])
