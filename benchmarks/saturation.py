@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from scale import extra_pythonpath  # a sibling benchmark (this folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
@@ -53,8 +55,7 @@ def run_pipeline(work: Path, problems: int, in_flight: int) -> tuple[list[dict],
     path = work / "job.yaml"
     path.write_text(yaml.safe_dump(manifest))
     record = work / "requests.jsonl"
-    pythonpath = [str(HERE), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath),  # keeps a code snapshot's
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *extra_pythonpath()]),
            "STEPLABEL_RECORD": str(record)}
     subprocess.run([sys.executable, "-m", "steplabel", "run", str(path), "--out",
                     str(work / "out")], env=env, check=True, stdout=subprocess.DEVNULL,

@@ -10,7 +10,7 @@ counters, so the two commands cannot drift apart.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import gc
 import logging
 import time
@@ -30,16 +30,20 @@ class Framed:
     seconds: float
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim`` from this process's own symbols; None elsewhere (musl, macOS)."""
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
 def release_memory() -> None:
     """Collect the finished pipeline's garbage and hand the freed heap back to the system
     (glibc keeps it otherwise), so that a job of many pipelines (the local runner's waves) peaks
     at one pipeline's memory rather than one pipeline's plus the heap the earlier ones left."""
     gc.collect()
-    name = ctypes.util.find_library("c")
-    if name:
-        trim = getattr(ctypes.CDLL(name), "malloc_trim", None)  # glibc only
-        if trim is not None:
-            trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def pipeline_counters(result) -> dict[str, int]:

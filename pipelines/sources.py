@@ -118,13 +118,12 @@ def estimate_rows(source, path: str | None = None, *, max_bytes: int = 256 << 20
             if not Path(path).is_dir():
                 return None
             count = len(_load_hf(source, path))  # a folder written by save_to_disk
-            return min(count, source.limit) if source.limit else count
-        files = input_files(path)
-        if source.kind == "parquet":
+        elif source.kind == "parquet":
             import pyarrow.parquet as pq
 
-            count = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            count = sum(pq.ParquetFile(f).metadata.num_rows for f in input_files(path))
         else:
+            files = input_files(path)
             if sum(Path(f).stat().st_size for f in files) > max_bytes or any(
                     f.endswith((".gz", ".bz2", ".zst", ".deflate")) for f in files):
                 return None
