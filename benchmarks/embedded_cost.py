@@ -54,7 +54,7 @@ def run_job(manifest_path: str, out: str) -> float:
 
 def usable_solutions(dataset: str) -> list[dict]:
     """Every labelled solution of the dataset (kept and rejected, not cut-off samples)."""
-    from steplabel.pipelines import storage
+    from steplabel.dataset import storage
 
     rows = [*storage.iter_rows(dataset, "trajectories"), *storage.iter_rows(dataset, "rejected")]
     rows = [r for r in rows if not r.get("policy_truncated")]
@@ -110,7 +110,7 @@ def where_rollouts_go(results, k: int) -> dict:
 
 
 def omegaprm_costs(dataset: str) -> dict:
-    from steplabel.pipelines import storage
+    from steplabel.dataset import storage
 
     searches = list(storage.iter_rows(dataset, "omegaprm_searches"))
     filtered = [r for r in storage.iter_rows(dataset, "filtered")

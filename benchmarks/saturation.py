@@ -60,7 +60,7 @@ def run_pipeline(work: Path, problems: int, in_flight: int) -> tuple[list[dict],
     subprocess.run([sys.executable, "-m", "steplabel", "run", str(path), "--out",
                     str(work / "out")], env=env, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
-    from steplabel.pipelines import storage
+    from steplabel.dataset import storage
 
     requests = [json.loads(line) for line in record.read_text().splitlines()]
     mc = {"prompt_tokens": 0, "cached_tokens": 0}

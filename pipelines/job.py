@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.sources import (
     ReadProblems,
     ValidateProblems,

@@ -18,7 +18,7 @@ import hashlib
 
 import apache_beam as beam
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.shuffle import PackedGroupByKey
 from steplabel.schemas.records import OUTPUT_DIRS, to_table
 

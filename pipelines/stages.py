@@ -50,7 +50,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from steplabel.annotators import stages as st
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.shuffle import PackedCoGroupByKey, PackedGroupByKey, PackedReshuffle
 
 log = logging.getLogger(__name__)
@@ -504,7 +504,7 @@ class AssembleTrajectoriesFn(beam.DoFn):
 
 def figure_rows(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """A problem's rows, reduced to the columns the dataset's figures read."""
-    from steplabel.pipelines.stats import COLUMNS
+    from steplabel.dataset.stats import COLUMNS
 
     return {output: [{c: row.get(c) for c in COLUMNS[output]} for row in items]
             for output, items in rows.items()}

@@ -35,7 +35,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS
 
 #: Where the waves write their parts, under the dataset's ``_work``.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 
 LABELLED_OUTPUTS = ("trajectories", "rejected", "omegaprm_states")
 

@@ -17,7 +17,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from accounting import assert_reconciled
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.job import run_job
 from steplabel.schemas.manifest import manifest_from_dict
 
@@ -87,7 +87,7 @@ def test_a_corrupt_checkpoint_is_recomputed_not_trusted(tmp_path):
 
 KILLED_WRITER = textwrap.dedent("""
     import sys, time
-    from steplabel.pipelines import storage
+    from steplabel.dataset import storage
 
     class SlowFile:
         # Writes 4 KiB at a time, slowly: the process is killed in the middle.

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from accounting import assert_reconciled, dead_reasons
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.cli import main as cli_main
 from steplabel.pipelines.job import run_job
 from steplabel.pipelines.sources import MAX_QUESTION_CHARS

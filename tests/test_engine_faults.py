@@ -23,7 +23,7 @@ import yaml
 from accounting import assert_reconciled
 from fakes import DIE_AFTER_ENV
 from flaky_server import Fault, FlakyCompletionsServer, write_word_tokenizer
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.cli import main as cli_main
 from steplabel.pipelines.job import JobError, run_job
 from steplabel.pipelines.stages import stage_checkpoint_counts

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.cli import main
-from steplabel.pipelines.export import (
+from steplabel.dataset.export import (
     MATH_SHEPHERD_TAG,
     ExportError,
     ExportOptions,
@@ -211,7 +211,7 @@ def test_math_shepherd_markers():
 
 @pytest.mark.unit
 def test_export_of_hand_made_dataset_counts_what_it_drops(tmp_path):
-    from steplabel.pipelines.export import export_dataset
+    from steplabel.dataset.export import export_dataset
 
     rows = [
         {**row([True, False], ["Step 1: a", "Step 2: b", "Step 3: c"]), "problem_id": "p1"},

@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.cli import main
 from steplabel.pipelines.job import run_job
-from steplabel.pipelines.stats import compute_stats, iter_problems
+from steplabel.dataset.stats import compute_stats, iter_problems
 from steplabel.schemas.records import OUTPUT_DIRS, to_table
 from test_pipeline import BAD_LINES, manifest_for, write_problems
 
@@ -235,7 +235,7 @@ def test_statistics_memory_stays_flat(tmp_path):
 
 @pytest.mark.unit
 def test_shard_order_is_detected_and_an_unknown_order_is_reported(tmp_path):
-    from steplabel.pipelines.stats import PROBLEM_ORDERS
+    from steplabel.dataset.stats import PROBLEM_ORDERS
 
     ids = [f"p{i}" for i in range(12)]
     by_checkpoint = sorted(ids, key=PROBLEM_ORDERS["checkpoint"])
@@ -257,7 +257,7 @@ def test_shard_order_is_detected_and_an_unknown_order_is_reported(tmp_path):
 
 
 def test_rollouts_saved_from_run_counters():
-    from steplabel.pipelines.inspect import _saved_line, rollouts_saved
+    from steplabel.dataset.inspect import _saved_line, rollouts_saved
 
     assert rollouts_saved({}) is None
     saved = rollouts_saved({"mc_rollouts": 40, "mc_rollouts_saved_decided": 10,

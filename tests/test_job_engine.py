@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.job import run_job
 from steplabel.schemas.manifest import manifest_from_dict
 

@@ -18,7 +18,7 @@ from fakes import ScriptedEngine
 from planted import ASSISTANT_MARKER, PlantedPolicy, PlantedProblem
 
 from steplabel.annotators.stages import Problem, StageContext
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.job import run_job
 from steplabel.pipelines.stages import MonteCarloFn, SampleSolutionsFn
 from steplabel.schemas.manifest import manifest_from_dict

@@ -13,7 +13,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 import memfs
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.job import JobError, build_pipeline, check_runner_paths, run_job
 from steplabel.schemas.manifest import manifest_from_dict
 

@@ -9,7 +9,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.job import JobError, run_job
 from steplabel.pipelines.sources import RawItem, ValidateProblems
 from steplabel.schemas.manifest import FieldMapping, manifest_from_dict

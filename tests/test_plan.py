@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from steplabel.pipelines import cli, plan
+from steplabel.dataset import plan
+from steplabel.pipelines import cli
 from steplabel.pipelines.job import run_job
 from steplabel.schemas.manifest import load_manifest
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fakes import ScriptedEngine, arithmetic_engine
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.job import JobError, check_engine_copies, pipeline_options, run_job
 from steplabel.pipelines.runners import runner_options
 from steplabel.schemas.config import ConfigError

@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.cli import main
 from steplabel.pipelines.job import run_job
-from steplabel.pipelines.regenerate import (
+from steplabel.dataset.regenerate import (
     check_environment,
     check_inputs,
     check_models,

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from killing import steplabel
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.pipelines.stages import stage_checkpoint_counts
 from steplabel.schemas.records import OUTPUTS
 

@@ -8,12 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from steplabel.pipelines import storage
-from steplabel.pipelines.card import card_header, rewrite_card
+from steplabel.dataset import storage
+from steplabel.dataset.card import card_header, rewrite_card
 from steplabel.pipelines.cli import main
-from steplabel.pipelines.inspect import dataset_report, render_html
+from steplabel.dataset.inspect import dataset_report, render_html
 from steplabel.pipelines.job import run_job
-from steplabel.pipelines.show import (
+from steplabel.dataset.show import (
     sample_trajectories,
     search_example,
     select_searches,

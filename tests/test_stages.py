@@ -17,7 +17,8 @@ import pytest
 
 from steplabel.annotators import stages as st
 from steplabel.engines.host import create_engine
-from steplabel.pipelines import job, storage
+from steplabel.dataset import storage
+from steplabel.pipelines import job
 from steplabel.pipelines.sources import read_local_items, validate_item
 from steplabel.schemas.records import OUTPUTS
 
@@ -212,7 +213,7 @@ def test_a_rerun_replays_every_stage_and_writes_the_same_dataset(tmp_path):
 def test_figures_folded_in_the_pipeline_equal_the_figures_read_from_shards(tmp_path):
     """stats.json comes from the pipeline's CombineFn; reading the finished shards gives the
     same statistics, row counts and reconciliation."""
-    from steplabel.pipelines.stats import accounted_problems, compute_stats
+    from steplabel.dataset.stats import accounted_problems, compute_stats
 
     source = write_problems(tmp_path / "p.jsonl", 8, BAD_LINES)
     manifest = manifest_for(source, runner={"num_shards": 3})

@@ -30,7 +30,7 @@ import sys
 import textwrap
 from typing import Iterable, Iterator
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 
 POSITIVE, NEGATIVE, UNKNOWN, UNLABELLED = "✓", "✗", "?", "·"
 KEPT, REJECTED = "trajectories", "rejected"

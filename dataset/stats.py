@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from steplabel.annotators.consensus import CONSENSUS_REASONS
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.schemas.records import OUTPUTS
 
 MAX_POSITION = 20  # step-index buckets: 0..19 and "20+"

@@ -1,7 +1,7 @@
 """``steplabel inspect DATASET [--json] [--html FILE]``: label statistics of a dataset.
 
 Prints, for the whole dataset and for each source, the figures of
-:func:`steplabel.pipelines.stats.compute_stats`: rows and steps, positive-step rate, labels by
+:func:`steplabel.dataset.stats.compute_stats`: rows and steps, positive-step rate, labels by
 step index, first-error position histogram, Monte Carlo value distribution (share of exact 0
 and 1), judge-vs-Monte-Carlo first-error confusion, consensus keep rate and reject reasons,
 pre-filter drop rate, dead-letter reasons, outcome-correct trajectories that still carry a
@@ -22,8 +22,8 @@ import json
 import sys
 from typing import Any
 
-from steplabel.pipelines import storage
-from steplabel.pipelines.stats import (
+from steplabel.dataset import storage
+from steplabel.dataset.stats import (
     INDEX_BUCKETS,
     MC_BUCKETS,
     compute_stats,
@@ -444,7 +444,7 @@ def _first_error_text(value) -> str:
 
 
 def _example_html(example: dict, *, open_: bool) -> str:
-    from steplabel.pipelines.show import SYMBOLS
+    from steplabel.dataset.show import SYMBOLS
 
     e = html.escape
     status = "kept" if example["kept"] else "rejected"
@@ -515,7 +515,7 @@ def _example_html(example: dict, *, open_: bool) -> str:
 def examples_html(examples: dict[str, list[dict]], totals: dict[str, int]) -> str:
     """The browsable examples section: kept and rejected trajectories, labels colour-coded,
     a strip of per-step Monte Carlo values in each summary line."""
-    from steplabel.pipelines.show import SYMBOLS
+    from steplabel.dataset.show import SYMBOLS
 
     legend = "".join(
         f"<span class='item'><span class='chip {state}'>{SYMBOLS[state][0]}</span> "
@@ -539,7 +539,7 @@ def examples_html(examples: dict[str, list[dict]], totals: dict[str, int]) -> st
 def render_html(report: dict, examples: dict[str, list[dict]] | None = None) -> str:
     """One self-contained HTML page: tables, embedded PNG plots, example trajectories (when
     ``examples`` maps ``trajectories`` / ``rejected`` to examples of
-    :func:`steplabel.pipelines.show.trajectory_example`), the JSON figures."""
+    :func:`steplabel.dataset.show.trajectory_example`), the JSON figures."""
     title = f"steplabel dataset report: {report['name'] or report['dataset']}"
     sections = [_group_html("Whole dataset", report["overall"], plots=True)]
     if examples is not None:
@@ -605,12 +605,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render_text(report))
     if args.write_card:
-        from steplabel.pipelines.card import rewrite_card
+        from steplabel.dataset.card import rewrite_card
 
         print(f"[steplabel] dataset card written to {rewrite_card(args.dataset)}",
               file=sys.stderr)
     if args.html:
-        from steplabel.pipelines.show import sample_trajectories
+        from steplabel.dataset.show import sample_trajectories
 
         examples = {output: sample_trajectories(args.dataset, output, args.examples)
                     for output in ("trajectories", "rejected")} if args.examples > 0 else None

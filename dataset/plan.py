@@ -186,14 +186,14 @@ def _add(cell: np.ndarray, cost: dict | None) -> None:
 
 
 def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict) -> PilotCosts:
-    """What each problem of a finished dataset spent, per stage, read as ``pipelines.stats``
+    """What each problem of a finished dataset spent, per stage, read as ``dataset.stats``
     reads it: trajectory rows carry ``cost_policy``/``cost_mc``/``cost_judge`` (rejected ones
     too), a problem with no usable solution carries its policy cost on its ``filtered`` row,
     OmegaPRM's rollouts are its states' counts (pre-filter at the root, k per probe) plus a
     dropped question's pre-filter cost. OmegaPRM's tokens are not on its rows: the job's
     counters (``omegaprm_*_tokens``) hold their total, which is split over the problems whose
     question was kept in proportion to their rollouts (dropped ones carry their own)."""
-    from steplabel.pipelines.stats import PREFILTER_STAGE, iter_problems
+    from steplabel.dataset.stats import PREFILTER_STAGE, iter_problems
 
     stage_index = {stage: i for i, stage in enumerate(STAGES)}
     omega = stage_index["omegaprm"]
@@ -655,7 +655,7 @@ def _kept_pilot(dataset: str, manifest) -> dict | None:
 
 
 def run(args) -> int:
-    from steplabel.pipelines import storage
+    from steplabel.dataset import storage
     from steplabel.pipelines.job import JobError
     from steplabel.schemas.config import ConfigError
     from steplabel.schemas.manifest import load_manifest

@@ -51,7 +51,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 
 FORMATS = ("trl", "openrlhf", "math-shepherd")
 LABEL_KINDS = ("hard", "soft")
@@ -340,7 +340,7 @@ def step_separator(dataset_dir: str) -> str | None:
 def export_dataset(dataset_dir: str, *, out_dir: str, options: ExportOptions,
                    overwrite: bool = False) -> dict:
     """Export the kept, labelled trajectories of a dataset; returns the ``export.json`` dict."""
-    from steplabel.pipelines.stats import iter_file_rows
+    from steplabel.dataset.stats import iter_file_rows
 
     files = storage.output_files(dataset_dir, "trajectories")
     if not files:

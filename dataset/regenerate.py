@@ -386,8 +386,8 @@ def compare_output(regenerated: str, reference: str, output: str) -> OutputCompa
     """Compare one output of two datasets (shard by shard when their shard names agree)."""
     import posixpath
 
-    from steplabel.pipelines import storage
-    from steplabel.pipelines.stats import iter_file_rows
+    from steplabel.dataset import storage
+    from steplabel.dataset.stats import iter_file_rows
 
     key_columns = ROW_KEYS[output]
     result = OutputComparison(output, key_columns)
@@ -455,7 +455,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     if args.verify:
-        from steplabel.pipelines import storage
+        from steplabel.dataset import storage
 
         if _same_place(args.out, args.verify):
             return refuse("--out and --verify name the same directory; regenerate elsewhere")

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from steplabel.pipelines import storage
+from steplabel.dataset import storage
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS
 
 CARD = "README.md"
