@@ -6,11 +6,11 @@
         --annotators mc,omegaprm,judge,consensus [--out DIR] [--json]
 
 Reads human-labelled solutions (ProcessBench records, per-step ratings, or the PRM800K release
-files as they are; see :mod:`steplabel.annotators.evaluation`), joins gold answers, runs every
-chosen annotator on the given steps with the manifest's models, and reports ProcessBench's
-``error_acc``, ``correct_acc`` and F1 per gold file and averaged (every annotator on the same
-items: an item it could not score is a wrong prediction; its coverage is reported),
-step-level precision and recall of negatives for per-step ratings, and the cost of each
+files as they are; see :mod:`steplabel.annotators.evaluation.gold`), joins gold answers, runs
+every chosen annotator on the given steps with the manifest's models, and reports
+ProcessBench's ``error_acc``, ``correct_acc`` and F1 per gold file and averaged (every
+annotator on the same items: an item it could not score is a wrong prediction; its coverage is
+reported), step-level precision and recall of negatives for per-step ratings, and the cost of each
 annotator.
 
 It is a Beam job like ``run``, in the same job frame
@@ -59,45 +59,45 @@ import logging
 import os
 import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from steplabel.annotators.evaluation import (
+from steplabel.annotators.evaluation.answers import AnswerTable, join_gold_answers
+from steplabel.annotators.evaluation.gold import GoldFileError
+from steplabel.annotators.evaluation.items import GoldItem, GoldReject
+from steplabel.annotators.evaluation.predict import (
     ANNOTATORS,
     STATUS_SKIPPED,
-    AnswerTable,
     EvaluationSettings,
-    GoldFileError,
-    GoldItem,
-    GoldReject,
     ItemPrediction,
-    annotator_versions,
-    answer_table,
-    build_report,
-    decode_records,
-    join_gold_answers,
     StagePredictions,
+    annotator_versions,
     combine_predictions,
     completer_stage,
     judge_stage,
-    parse_gold_text,
-    render_report_markdown,
     resolve_annotators,
-    source_name,
     stage_predictions_from_json,
     stage_predictions_to_json,
     usable_gold_answer,
 )
+from steplabel.annotators.evaluation.report import build_report, render_report_markdown
 from steplabel.dataset import storage
+from steplabel.pipelines.gold_files import (
+    InputFile,
+    is_file,
+    read_answers,
+    read_gold_file,
+    sha256_file,
+    source_name,
+)
 from steplabel.pipelines.sink import WriteShards
 from steplabel.pipelines.stages import (
     EVALUATE_JUDGE,
@@ -172,23 +172,6 @@ def load_evaluation_manifest(path: str | Path) -> JobManifest:
     return manifest_from_dict(data)
 
 
-def _open_raw(path: str):
-    """A file's bytes as stored, on any filesystem (no decompression by file name)."""
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
-def _is_file(path: str) -> bool:
-    return FileSystems.exists(path) if "://" in path else Path(path).is_file()
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with _open_raw(path) as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class EvaluationSpec:
     """Everything that decides the predictions, hashed into :attr:`hash`.
@@ -256,24 +239,13 @@ def make_spec(manifest: JobManifest, *, gold_files: list[str], annotators: str |
         named[name] = path
     hashes = {}
     for path in [*gold_files, *([answers_file] if answers_file else [])]:
-        if not _is_file(path):
+        if not is_file(path):
             raise GoldFileError(f"{path} does not exist or is not a file")
-        hashes[path] = _sha256_file(path)
+        hashes[path] = sha256_file(path)
     return EvaluationSpec(manifest=manifest, annotators=chosen, gold_files=named,
                           answers_file=answers_file, answer_field=answer_field,
                           answer_format=answer_format,
                           omegaprm_final_answer=omegaprm_final_answer, input_hashes=hashes)
-
-
-@dataclass(frozen=True)
-class InputFile:
-    """A gold or answers file as the pipeline gets it: its path (absolute when local, since
-    workers may run in other folders), the content hash the spec pinned and, for a gold file,
-    its source name."""
-
-    path: str
-    sha256: str
-    source: str | None = None
 
 
 def _input_path(path: str) -> str:
@@ -290,47 +262,6 @@ def answers_input(spec: EvaluationSpec) -> InputFile | None:
     if not spec.answers_file:
         return None
     return InputFile(_input_path(spec.answers_file), spec.input_hashes[spec.answers_file])
-
-
-def read_input_text(file: InputFile, *, what: str) -> str:
-    """A gold or answers file's text, read through Beam ``FileSystems`` (any filesystem);
-    :class:`GoldFileError` when it cannot be read, is not UTF-8, or is not the content the
-    spec pinned (edited after the launcher hashed it)."""
-    try:
-        with _open_raw(file.path) as handle:
-            data = handle.read()
-    except Exception as exc:  # noqa: BLE001 - every filesystem has its own errors
-        raise GoldFileError(f"{what} {file.path} cannot be read: {exc}") from None
-    if hashlib.sha256(data).hexdigest() != file.sha256:
-        raise GoldFileError(f"{what} {file.path} changed after the evaluation started (its "
-                            "content is not what the launcher hashed); run the evaluation again")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise GoldFileError(f"{what} {file.path} is not UTF-8: {exc}") from None
-
-
-def read_gold_file(file: InputFile, *, answer_field: str = "answer",
-                   answer_format: str = "plain") -> tuple[list[GoldItem], list[GoldReject]]:
-    """One gold file's items and rejects (runs on workers)."""
-    text = read_input_text(file, what="gold file")
-    return parse_gold_text(text, source=file.source, answer_field=answer_field,
-                           answer_format=answer_format)
-
-
-def read_answers(file: InputFile, *, answer_field: str = "answer",
-                 answer_format: str = "plain") -> AnswerTable:
-    """The answers file's table (runs on a worker; malformed JSONL lines count as unusable)."""
-    text = read_input_text(file, what="answers file")
-    decoded = decode_records(text, what=f"answers file {file.path}")
-    table = answer_table((record for _, record, error in decoded if error is None),
-                         answer_field=answer_field, answer_format=answer_format)
-    table = replace(table, unusable=table.unusable
-                    + sum(1 for _, _, error in decoded if error is not None))
-    if table.unusable:
-        log.warning("answers file %s: %d records without a usable answer, id or problem",
-                    file.path, table.unusable)
-    return table
 
 
 def reject_row(reject: GoldReject, *, evaluation_hash: str) -> dict:

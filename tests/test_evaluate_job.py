@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from steplabel.annotators.evaluation import build_report
+from steplabel.annotators.evaluation.report import build_report
 from steplabel.pipelines import cli
 from steplabel.pipelines.evaluate import (
     PREDICTION,

@@ -9,12 +9,10 @@ import pytest
 import yaml
 
 from fakes import DIE_AFTER_ENV
-from steplabel.annotators.evaluation import (
+from steplabel.annotators.evaluation.answers import join_gold_answers
+from steplabel.annotators.evaluation.predict import (
     Engines,
     EvaluationSettings,
-    join_gold_answers,
-    load_answers_file,
-    load_gold_file,
     predict_first_errors,
 )
 from steplabel.engines.host import create_engine
@@ -26,6 +24,7 @@ from steplabel.pipelines.evaluate import (
     read_rows,
     run_evaluation,
 )
+from steplabel.pipelines.gold_files import load_answers_file, load_gold_file
 from steplabel.pipelines.stages import stage_checkpoint_counts
 
 pytestmark = pytest.mark.pipeline
