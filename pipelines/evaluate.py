@@ -107,42 +107,12 @@ from steplabel.pipelines.stages import (
 )
 from steplabel.schemas.config import ConfigError
 from steplabel.schemas.manifest import JobManifest, manifest_from_dict, read_manifest_data
-from steplabel.schemas.records import COST
+from steplabel.schemas.evaluation import PREDICTION, Prediction
+from steplabel.schemas.rows import as_row
 
 log = logging.getLogger(__name__)
 
 EVALUATION_VERSION = 1
-
-#: Explicit schema of the predictions output: one row per (item, annotator).
-PREDICTION = pa.schema(
-    [
-        ("problem_id", pa.string()),  # "<source>/<id>"
-        ("item_id", pa.string()),
-        ("source", pa.string()),  # the gold file's stem
-        ("gold_format", pa.string()),  # processbench | step_ratings
-        ("generator", pa.string()),
-        ("problem", pa.string()),
-        ("steps", pa.list_(pa.string())),
-        ("num_steps", pa.int32()),
-        ("label", pa.int32()),  # human first-error index, -1 = all steps correct
-        ("ratings", pa.list_(pa.int8())),  # per-step -1/0/+1 (null after the first -1)
-        ("final_answer_correct", pa.bool_()),
-        ("gold_answer", pa.string()),  # null: no usable gold answer
-        ("gold_status", pa.string()),  # ok | missing | unparseable_answer | ...
-        ("answer_origin", pa.string()),  # gold_file | answers_by_id | answers_by_problem
-        ("annotator", pa.string()),  # mc | omegaprm | judge | consensus
-        ("annotator_version", pa.string()),
-        ("status", pa.string()),  # predicted | unknown | skipped
-        ("reason", pa.string()),
-        ("predicted_first_error", pa.int32()),  # null: unknown or skipped
-        ("exact_match", pa.bool_()),  # predicted == label; null when skipped
-        ("cost", COST),
-        ("model_id", pa.string()),
-        ("details", pa.string()),  # JSON: the annotator's evidence
-        ("evaluation_hash", pa.string()),
-        ("run_seed", pa.int64()),
-    ]
-)
 
 PREDICTIONS = "predictions"
 DEAD_LETTER = "dead_letter"
@@ -283,39 +253,40 @@ def reject_row(reject: GoldReject, *, evaluation_hash: str) -> dict:
 
 def prediction_rows(prediction: ItemPrediction, *, evaluation_hash: str,
                     run_seed: int, judge_parser: str = "processbench") -> list[dict]:
-    """One PREDICTION row per annotator of an item."""
+    """One predictions row per annotator of an item: a
+    :class:`~steplabel.schemas.evaluation.Prediction` as a dict."""
     item = prediction.item
     versions = annotator_versions(judge_parser)
-    rows = []
-    for name, p in prediction.predictions.items():
-        rows.append({
-            "problem_id": item.problem_id,
-            "item_id": item.item_id,
-            "source": item.source,
-            "gold_format": item.gold_format,
-            "generator": item.generator,
-            "problem": item.problem,
-            "steps": list(item.steps),
-            "num_steps": item.num_steps,
-            "label": item.label,
-            "ratings": list(item.ratings) if item.ratings is not None else None,
-            "final_answer_correct": item.final_answer_correct,
-            "gold_answer": item.gold_answer if prediction.gold_status == "ok" else None,
-            "gold_status": prediction.gold_status,
-            "answer_origin": item.answer_origin,
-            "annotator": name,
-            "annotator_version": versions[name],
-            "status": p.status,
-            "reason": p.reason,
-            "predicted_first_error": p.first_error,
-            "exact_match": None if p.status == STATUS_SKIPPED else p.first_error == item.label,
-            "cost": p.cost,
-            "model_id": p.model_id,
-            "details": json.dumps(p.details, sort_keys=True, default=str),
-            "evaluation_hash": evaluation_hash,
-            "run_seed": run_seed,
-        })
-    return rows
+    return [
+        as_row(Prediction(
+            problem_id=item.problem_id,
+            item_id=item.item_id,
+            source=item.source,
+            gold_format=item.gold_format,
+            generator=item.generator,
+            problem=item.problem,
+            steps=list(item.steps),
+            num_steps=item.num_steps,
+            label=item.label,
+            ratings=list(item.ratings) if item.ratings is not None else None,
+            final_answer_correct=item.final_answer_correct,
+            gold_answer=item.gold_answer if prediction.gold_status == "ok" else None,
+            gold_status=prediction.gold_status,
+            answer_origin=item.answer_origin,
+            annotator=name,
+            annotator_version=versions[name],
+            status=p.status,
+            reason=p.reason,
+            predicted_first_error=p.first_error,
+            exact_match=None if p.status == STATUS_SKIPPED else p.first_error == item.label,
+            cost=p.cost,
+            model_id=p.model_id,
+            details=json.dumps(p.details, sort_keys=True, default=str),
+            evaluation_hash=evaluation_hash,
+            run_seed=run_seed,
+        ))
+        for name, p in prediction.predictions.items()
+    ]
 
 
 @dataclass(frozen=True)
