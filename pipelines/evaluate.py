@@ -98,6 +98,7 @@ from steplabel.pipelines.gold_files import (
     sha256_file,
     source_name,
 )
+from steplabel.pipelines.runners import declare_engine_resources, stage_accelerators
 from steplabel.pipelines.sink import WriteShards
 from steplabel.pipelines.stages import (
     EVALUATE_JUDGE,
@@ -409,10 +410,12 @@ class ProgressTotalFn(beam.DoFn):
         yield item
 
 
-def evaluation_roles(manifest: JobManifest, annotators: tuple[str, ...]) -> dict[str, Any]:
+def evaluation_roles(manifest: JobManifest, annotators: tuple[str, ...], *,
+                     pools: dict[str, str] | None = None) -> dict[str, Any]:
     """The engine config of each role the chosen annotators use (``completer`` for Monte Carlo
     and OmegaPRM, ``judge``), with each vLLM model's share of GPU memory set among these roles
-    only: evaluate samples nothing, so the policy takes none."""
+    only: evaluate samples nothing, so the policy takes none. ``pools``: role -> worker pool
+    (the runner's ``stage_accelerators``), as in the run job (``StageContext.roles``)."""
     from steplabel.schemas.config import share_gpu_memory
 
     roles = {}
@@ -420,7 +423,7 @@ def evaluation_roles(manifest: JobManifest, annotators: tuple[str, ...]) -> dict
         roles["completer"] = manifest.models.completer_model
     if "judge" in annotators:
         roles["judge"] = manifest.models.judge_model
-    return share_gpu_memory(roles)
+    return share_gpu_memory(roles, pools=pools)
 
 
 class _PredictionStageFn(EngineStageFn):
@@ -434,7 +437,8 @@ class _PredictionStageFn(EngineStageFn):
         self.omegaprm_final_answer = omegaprm_final_answer
 
     def engine_config(self):
-        return evaluation_roles(self.manifest, self.annotators)[self.role]
+        return evaluation_roles(self.manifest, self.annotators,
+                                pools=self.placement or None)[self.role]
 
     def setup(self) -> None:
         super().setup()
@@ -524,14 +528,23 @@ class PredictFirstErrors(beam.PTransform):
     the gold answers, one engine stage per role the annotators use (completer, judge; both
     read the checked items, so one worker keeps both kinds of request in flight), joined by
     item. ``pool``: the ``shared.Shared`` handle of the worker's engine pool (one per worker
-    process, as in the run job); a new one by default."""
+    process, as in the run job); a new one by default. ``accelerators``: role -> the accelerator
+    its engine stage declares (the runner's ``stage_accelerators`` by default), as the run job's
+    stages do."""
 
     def __init__(self, spec: "EvaluationSpec", *, out_dir: str,
-                 pool: shared.Shared | None = None) -> None:
+                 pool: shared.Shared | None = None,
+                 accelerators: dict[str, str] | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.out_dir = out_dir
         self.pool = pool if pool is not None else shared.Shared()
+        self.accelerators = (stage_accelerators(spec.manifest.runner) if accelerators is None
+                             else dict(accelerators))
+
+    def _stage(self, fn: _PredictionStageFn):
+        return declare_engine_resources(beam.ParDo(fn), role=fn.role,
+                                        accelerators=self.accelerators)
 
     def expand(self, items):
         spec, m = self.spec, self.spec.manifest
@@ -539,18 +552,19 @@ class PredictFirstErrors(beam.PTransform):
         pool = self.pool
         stage = dict(manifest=m, annotators=annotators,
                      omegaprm_final_answer=spec.omegaprm_final_answer, out_dir=self.out_dir,
-                     pool=pool, max_in_flight=m.runner.max_in_flight)
+                     pool=pool, max_in_flight=m.runner.max_in_flight,
+                     placement=self.accelerators)
         checked = items | "CheckGoldAnswers" >> beam.Map(check_item, annotators)
         joined = {"checked": checked | "KeyItems" >> beam.Map(lambda c: (c.key, c))}
         if {"mc", "omegaprm"} & set(annotators):
             joined["completer"] = (
                 checked
                 | "WithGoldAnswer" >> beam.Filter(lambda c: c.gold_answer is not None)
-                | "PredictWithCompleter" >> beam.ParDo(PredictWithCompleterFn(**stage)))
+                | "PredictWithCompleter" >> self._stage(PredictWithCompleterFn(**stage)))
         else:
             joined["completer"] = items.pipeline | "NoCompleter" >> beam.Create([])
         if "judge" in annotators:
-            joined["judge"] = checked | "PredictWithJudge" >> beam.ParDo(
+            joined["judge"] = checked | "PredictWithJudge" >> self._stage(
                 PredictWithJudgeFn(**stage))
         else:
             joined["judge"] = items.pipeline | "NoJudge" >> beam.Create([])

@@ -22,8 +22,10 @@ FnApiRunner runs fused stages one after another. With consensus, Monte Carlo fol
 key; without it, MonteCarlo and Judge read one ``Reshuffle`` and fuse, so one worker keeps both
 kinds of request in flight.
 
-**Placement.** Each model stage declares ``with_resource_hints(accelerator=...)`` when the
-runner names an accelerator for its role (``stage_accelerators``): on Dataflow, steps with
+**Placement.** Each model stage, and each role's ``IdentifyEngines`` step (it starts the role's
+engine), declares ``with_resource_hints(accelerator=...)`` when the runner names an accelerator
+for its role (``stage_accelerators``; one helper for ``run`` and ``evaluate``:
+``runners.declare_engine_resources``): on Dataflow, steps with
 different hints are not fused, and *right fitting* gives each its own worker pool, e.g. the
 judge on larger GPUs (``type:nvidia-a100-80gb;count:1;install-nvidia-driver``) and sampling and
 Monte Carlo on L4s. The ``Reshuffle`` between engine stages lets each scale on its own.
@@ -51,6 +53,7 @@ from apache_beam.utils import shared
 
 from steplabel.annotators import stages as st
 from steplabel.dataset import storage
+from steplabel.pipelines.runners import declare_engine_resources
 from steplabel.pipelines.shuffle import PackedCoGroupByKey, PackedGroupByKey, PackedReshuffle
 
 log = logging.getLogger(__name__)
@@ -453,20 +456,24 @@ class OmegaPRMFn(EngineStageFn):
 
 
 class IdentifyEnginesFn(beam.DoFn):
-    """Role -> (role, (model id, weights SHA-256, engine version)) for provenance.
+    """An impulse -> (role, (model id, weights SHA-256, engine version)) of the engine of
+    ``role``, for provenance.
 
     Read from ``_work/engines/<role>.json`` when an earlier attempt recorded it (a resumed job
     starts no engine for it); otherwise from the engine (started in the shared pool, where the
-    stages find it) and recorded."""
+    stages find it) and recorded. It starts an engine, so it declares the role's resources as
+    the role's stages do (:class:`IdentifyEngines`)."""
 
-    def __init__(self, manifest, *, out_dir: str, pool: shared.Shared,
+    def __init__(self, manifest, *, role: str, out_dir: str, pool: shared.Shared,
                  placement: dict[str, str] | None = None) -> None:
         self.manifest = manifest
+        self.role = role
         self.out_dir = out_dir
         self._pool_handle = pool
         self.placement = dict(placement or {})
 
-    def process(self, role: str):
+    def process(self, _impulse):
+        role = self.role
         # The same placement as the stages': the same config, so the same pooled engine.
         config = st.StageContext(self.manifest).roles(self.placement or None)[role]
         path = storage.join(self.out_dir, storage.WORK_DIR, ENGINES_DIR, f"{role}.json")
@@ -479,6 +486,33 @@ class IdentifyEnginesFn(beam.DoFn):
         identity = st.engine_identity(engine)
         storage.write_json_atomic(path, {"config": config_key, "identity": list(identity)})
         yield role, identity
+
+
+class IdentifyEngines(beam.PTransform):
+    """Pipeline begin -> (role, identity) of each of ``roles``' engines: one
+    :class:`IdentifyEnginesFn` per role, each with the role's resource hints
+    (:func:`~steplabel.pipelines.runners.declare_engine_resources`), so that an engine is
+    identified on the worker pool its stages run on."""
+
+    def __init__(self, manifest, *, roles, out_dir: str, pool: shared.Shared,
+                 accelerators: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.manifest = manifest
+        self.roles = tuple(roles)
+        self.out_dir = out_dir
+        self.pool = pool
+        self.accelerators = dict(accelerators or {})
+
+    def expand(self, begin):
+        found = []
+        for role in self.roles:
+            fn = IdentifyEnginesFn(self.manifest, role=role, out_dir=self.out_dir,
+                                   pool=self.pool, placement=self.accelerators)
+            found.append(begin
+                         | f"Impulse[{role}]" >> beam.Impulse()
+                         | f"Identify[{role}]" >> declare_engine_resources(
+                             beam.ParDo(fn), role=role, accelerators=self.accelerators))
+        return tuple(found) | "Identities" >> beam.Flatten()
 
 
 class AssembleTrajectoriesFn(beam.DoFn):
@@ -568,9 +602,8 @@ class LabelStages(beam.PTransform):
         self.close_progress = close_progress
 
     def _stage(self, fn: EngineStageFn):
-        pardo = beam.ParDo(fn)
-        accelerator = self.accelerators.get(fn.role)
-        return pardo.with_resource_hints(accelerator=accelerator) if accelerator else pardo
+        return declare_engine_resources(beam.ParDo(fn), role=fn.role,
+                                        accelerators=self.accelerators)
 
     def expand(self, problems):
         m = self.manifest
@@ -590,10 +623,8 @@ class LabelStages(beam.PTransform):
             mc_config.rollouts if mc_config is not None and mc_config.stopping == "decided"
             else 1)
         roles = sorted(ctx.roles())
-        identities = (problems.pipeline
-                      | "Roles" >> beam.Create(roles)
-                      | "IdentifyEngines" >> beam.ParDo(
-                          IdentifyEnginesFn(**common, placement=self.accelerators)))
+        identities = problems.pipeline | "IdentifyEngines" >> IdentifyEngines(
+            m, roles=roles, out_dir=self.out_dir, pool=pool, accelerators=self.accelerators)
 
         sampled = problems | "SampleSolutions" >> self._stage(
             SampleSolutionsFn(**engine_stage, max_in_flight=per_problem))
