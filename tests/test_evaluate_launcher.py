@@ -14,14 +14,10 @@ from apache_beam.io.filesystems import FileSystems
 import memfs
 from steplabel.annotators.evaluation import answers, gold
 from steplabel.annotators.evaluation.gold import GoldFileError
-from steplabel.pipelines import cli, evaluate, gold_files
-from steplabel.pipelines.evaluate import (
-    build_evaluation_pipeline,
-    load_evaluation_manifest,
-    make_spec,
-    read_rows,
-    run_evaluation,
-)
+from steplabel.pipelines import cli, evaluate_graph, gold_files
+from steplabel.pipelines.evaluate import read_rows, run_evaluation
+from steplabel.pipelines.evaluate_graph import build_evaluation_pipeline
+from steplabel.pipelines.evaluate_spec import load_evaluation_manifest, make_spec
 
 pytestmark = pytest.mark.pipeline
 
@@ -95,7 +91,7 @@ def test_the_launcher_does_not_read_the_gold_files(tmp_path, monkeypatch, refere
     def refuse(*args, **kwargs):
         raise AssertionError("the launcher read a gold or answers file")
 
-    for module, name in ((evaluate, "read_gold_file"), (gold_files, "read_gold_file"), (gold_files, "read_input_text"),
+    for module, name in ((evaluate_graph, "read_gold_file"), (gold_files, "read_gold_file"), (gold_files, "read_input_text"),
                          (gold_files, "parse_gold_text"), (gold_files, "answers_from_text"),
                          (gold_files, "load_gold_file"), (gold_files, "load_answers_file"),
                          (gold, "parse_gold_text"), (gold, "decode_records"),

@@ -12,7 +12,8 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.pipeline import PipelineVisitor
 
-from steplabel.pipelines.evaluate import build_evaluation_pipeline, make_spec
+from steplabel.pipelines.evaluate_graph import build_evaluation_pipeline
+from steplabel.pipelines.evaluate_spec import make_spec
 from steplabel.pipelines.job import build_pipeline, pipeline_options
 from steplabel.pipelines.runners import (
     declare_engine_resources,
