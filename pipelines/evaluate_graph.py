@@ -64,6 +64,7 @@ from steplabel.pipelines.stages import (
     EngineStageFn,
     _acquire_pool,
 )
+from steplabel.schemas.config import share_gpu_memory
 from steplabel.schemas.evaluation import PREDICTION, Prediction
 from steplabel.schemas.manifest import JobManifest
 from steplabel.schemas.rows import as_row
@@ -250,8 +251,6 @@ def evaluation_roles(manifest: JobManifest, annotators: tuple[str, ...], *,
     and OmegaPRM, ``judge``), with each vLLM model's share of GPU memory set among these roles
     only: evaluate samples nothing, so the policy takes none. ``pools``: role -> worker pool
     (the runner's ``stage_accelerators``), as in the run job (``StageContext.roles``)."""
-    from steplabel.schemas.config import share_gpu_memory
-
     roles = {}
     if {"mc", "omegaprm"} & set(annotators):
         roles["completer"] = manifest.models.completer_model
