@@ -65,7 +65,7 @@ _BLOCKED_IMPORTS = frozenset({"ctypes", "_ctypes", "_posixsubprocess", "_testcap
                               "_xxsubinterpreters", "faulthandler", "__main__"})
 _FS_WRITE_EVENTS = frozenset({"os.remove", "os.rmdir", "os.rename", "os.truncate", "os.chmod",
                               "os.chown", "os.link", "os.symlink", "os.mkdir", "os.utime",
-                              "shutil.rmtree", "shutil.move", "os.chdir", "os.chflags"})
+                              "shutil.rmtree", "shutil.move", "os.chflags"})
 
 
 def _send(stream, obj) -> None:
@@ -125,7 +125,9 @@ def _make_hook(workdir: str, *, block_network: bool, confine_files: bool):
                     raise PermissionError(f"sandbox: {name} is not readable")
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
-            if confine_files and writing and not (isinstance(path, (str, bytes)) and inside(path)):
+            # An int is an fd the program already holds (its stdout, say): allowed.
+            if (confine_files and writing and isinstance(path, (str, bytes))
+                    and os.fsdecode(path) != os.devnull and not inside(path)):
                 raise PermissionError("sandbox: writes outside the working directory")
         if block_network and event.startswith("socket."):
             raise PermissionError("sandbox: no network")
@@ -143,9 +145,18 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: i
     returns. Only lines carrying ``nonce`` on ``res_w`` are trusted by the worker."""
     write, dumps, _exit = os.write, json.dumps, os._exit  # held before the program can patch
 
+    # Written as is when even formatting a report runs out of memory (the program may hold
+    # all of its address space when it fails).
+    out_of_memory = (dumps({"nonce": nonce, "outcome": "failed",
+                            "reason": "program_exception:MemoryError"}) + "\n").encode()
+
     def report(outcome: str, reason: str) -> None:
-        write(res_w, (dumps({"nonce": nonce, "outcome": outcome, "reason": reason[:2000]})
-                      + "\n").encode())
+        try:
+            line = (dumps({"nonce": nonce, "outcome": outcome, "reason": reason[:2000]})
+                    + "\n").encode()
+        except MemoryError:
+            line = out_of_memory
+        write(res_w, line)
 
     try:
         os.setpgid(0, 0)
@@ -197,7 +208,9 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: i
     saved_builtins = dict(builtins.__dict__)
     saved_modules = dict(sys.modules)
     stdout, stderr = sys.stdout, sys.stderr
-    sys.addaudithook(_make_hook(workdir, block_network=not netns, confine_files=uid is None))
+    # Writes outside the directory are refused by the hook in every mode: a dedicated uid still
+    # may write to world-writable places such as /tmp.
+    sys.addaudithook(_make_hook(workdir, block_network=not netns, confine_files=True))
     del job["tests"]
 
     def flush() -> None:
@@ -215,6 +228,7 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: i
         report("failed", f"exited_before_tests:{exc.code!r}"[:200])
         _exit(0)
     except BaseException as exc:  # noqa: BLE001 - any error of the program is its own
+        program_ns.clear()  # frees what the program holds (a MemoryError's, say)
         flush()
         kind = "syntax_error" if isinstance(exc, SyntaxError) else "program_exception"
         report("failed", f"{kind}:{type(exc).__name__}: {exc}")
@@ -243,6 +257,8 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: i
         report("failed", f"exited_during_tests:{exc.code!r}"[:200])
         _exit(0)
     except BaseException as exc:  # noqa: BLE001
+        program_ns.clear()
+        tests_ns.clear()
         flush()
         report("failed", f"test_exception:{type(exc).__name__}: {exc}")
         _exit(0)
@@ -442,7 +458,8 @@ def main() -> None:
     _send(stdout, {"ready": True, "isolation": {
         "uid": f"dedicated uid {uid}" if uid is not None else f"same uid {os.getuid()}",
         "network": ("network namespace" if netns else "audit hook blocks sockets (weaker)"),
-        "files": ("uid permissions" if uid is not None
+        "files": ("uid permissions, and an audit hook confines writes to the directory"
+                  if uid is not None
                   else "audit hook confines writes to the working directory (weaker)"),
         "processes": ("RLIMIT_NPROC per dedicated uid" if uid is not None
                       else "RLIMIT_NPROC of the shared uid (weaker)"),
