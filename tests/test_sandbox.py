@@ -105,12 +105,15 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("force", MODES)
 def test_fork_bomb_is_contained_and_nothing_survives(pool, force):
-    result = run(pool, """
-        import os
-        while True:
-            os.fork()
-        """, force=force)
-    assert result.outcome in ("failed", "timeout", "killed")
+    # Root is exempt from RLIMIT_NPROC: without the dedicated uid a fork bomb run as root is
+    # bounded only by time, so that mode is not tried here on a shared machine.
+    if not (force and os.geteuid() == 0):
+        result = run(pool, """
+            import os
+            while True:
+                os.fork()
+            """, force=force)
+        assert result.outcome in ("failed", "timeout", "killed")
     # A child that leaves the process group and sleeps is killed with the run too.
     result = run(pool, """
         import os, sys, time
@@ -182,7 +185,7 @@ def test_files_outside_the_directory_are_untouched(pool, tmp_path, force):
         "rename": f"import os\nos.rename({str(victim)!r}, 'mine.txt')",
         "symlink": f"import os\nos.symlink({str(victim)!r}, 'link')\nopen('link', 'w').write('x')",
     }
-    before = set(os.listdir(os.path.dirname(os.path.realpath("/tmp/x"))))
+    before = set(os.listdir("/tmp"))
     for name, program in attempts.items():
         result = run(pool, program, force=force)
         assert result.outcome == "failed", (name, result)
