@@ -31,8 +31,11 @@ import bisect, collections, copy, datetime, decimal, fractions, functools, hashl
 import itertools, math, operator, random, re, statistics, string, typing  # noqa: E401,F401
 import array, cmath, dataclasses, enum, json, numbers, socket, struct, textwrap  # noqa: E401,F401
 import time, unicodedata, collections.abc, encodings.idna  # noqa: E401,F401
-# (As root a program runs as a uid that may not be able to read the interpreter's own files
-# (a standard library under a private home): a module not loaded here may not import then.)
+import base64, binascii, calendar, contextlib, difflib, fnmatch, pprint, queue  # noqa: E401,F401
+import subprocess, threading, weakref, zlib  # noqa: E401,F401
+# As root a program runs as a uid that may not be able to read the interpreter's own files (a
+# standard library under a private home): a standard module not loaded here may then fail to
+# import, which is the sandbox's failure (unknown), not the program's.
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
@@ -206,6 +209,7 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: i
                  ("ctypes", "_ctypes")]:
         del sys.modules[name]
     saved_builtins = dict(builtins.__dict__)
+    standard = sys.stdlib_module_names  # read before the program can replace it
     saved_modules = dict(sys.modules)
     stdout, stderr = sys.stdout, sys.stderr
     # Writes outside the directory are refused by the hook in every mode: a dedicated uid still
@@ -230,6 +234,10 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: i
     except BaseException as exc:  # noqa: BLE001 - any error of the program is its own
         program_ns.clear()  # frees what the program holds (a MemoryError's, say)
         flush()
+        missing = _missing_standard_module(exc, standard)
+        if missing:
+            report("sandbox_error", f"standard_module_unavailable:{missing}")
+            _exit(0)
         kind = "syntax_error" if isinstance(exc, SyntaxError) else "program_exception"
         report("failed", f"{kind}:{type(exc).__name__}: {exc}")
         _exit(0)
@@ -265,6 +273,17 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: i
     report("passed", "tests_passed")
     flush()
     _exit(0)
+
+
+def _missing_standard_module(exc: BaseException, standard: frozenset) -> str | None:
+    """The name of a standard-library module the program could not import (the sandbox's
+    doing: its uid cannot read it), else None. A third-party module (numpy) is not there by
+    design: only the standard library is, so a program that needs more fails."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        top = exc.name.partition(".")[0]
+        if top in standard and top not in _BLOCKED_IMPORTS:
+            return exc.name
+    return None
 
 
 def _sweep(pid: int, uid) -> None:

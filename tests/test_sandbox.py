@@ -199,7 +199,7 @@ def test_files_outside_the_directory_are_untouched(pool, tmp_path, force):
     assert own.outcome == "passed" and own.stdout == "x\n"
 
 
-@pytest.mark.parametrize("force", [{}, {"no_netns": True}])
+@pytest.mark.parametrize("force", [{}, {"no_netns": True}, {"no_uid": True}])
 def test_nothing_reaches_a_listener_on_localhost(pool, force):
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -355,3 +355,17 @@ def test_a_dead_worker_is_unknown_then_replaced():
         assert pool.run("x = 1", "pass", LIMITS).outcome == "passed"
     finally:
         pool.close()
+
+
+def test_an_unreadable_standard_module_is_unknown_a_third_party_one_a_failure(pool):
+    result = run(pool, "import tomllib")  # a standard module the worker does not pre-import
+    assert (result.outcome, result.reason) in (
+        ("passed", "tests_passed"),  # the sandbox uid can read the standard library
+        ("unknown", "sandbox_error:standard_module_unavailable:tomllib"))
+    third_party = run(pool, "import numpy")
+    assert third_party.outcome == "failed"
+    assert third_party.reason.startswith("program_exception:ModuleNotFoundError")
+    # The harness reads its own copy of the standard module names, not the program's.
+    patched = run(pool, "import sys\nsys.stdlib_module_names = frozenset({'nosuchmod'})\n"
+                        "import nosuchmod")
+    assert patched.outcome == "failed"
