@@ -146,20 +146,16 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: i
            res_w: int) -> None:
     """Runs in the forked child: enter the sandbox, run the program, then the tests. Never
     returns. Only lines carrying ``nonce`` on ``res_w`` are trusted by the worker."""
-    write, dumps, _exit = os.write, json.dumps, os._exit  # held before the program can patch
-
-    # Written as is when even formatting a report runs out of memory (the program may hold
-    # all of its address space when it fails).
-    out_of_memory = (dumps({"nonce": nonce, "outcome": "failed",
-                            "reason": "program_exception:MemoryError"}) + "\n").encode()
+    write, _exit = os.write, os._exit  # held before the program can patch them
 
     def report(outcome: str, reason: str) -> None:
+        # Formatted with built-in types' own methods only: the program may have replaced any
+        # module function (json's encoder among them), and the nonce must reach none of them.
         try:
-            line = (dumps({"nonce": nonce, "outcome": outcome, "reason": reason[:2000]})
-                    + "\n").encode()
+            line = f"{nonce} {outcome} {reason[:2000].encode('utf-8', 'replace').hex()}\n"
         except MemoryError:
-            line = out_of_memory
-        write(res_w, line)
+            line = f"{nonce} failed {b'program_exception:MemoryError'.hex()}\n"
+        write(res_w, line.encode("ascii"))
 
     try:
         os.setpgid(0, 0)
@@ -224,17 +220,27 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: i
             except BaseException:  # noqa: BLE001 - the program may have broken its streams
                 pass
 
+    def restore() -> None:
+        """The builtins and ``sys.modules`` entries as they were before the program ran."""
+        builtins.__dict__.clear()
+        builtins.__dict__.update(saved_builtins)
+        for name, module in saved_modules.items():
+            if sys.modules.get(name) is not module:
+                sys.modules[name] = module
+
     program_ns = {"__name__": "solution", "__builtins__": builtins}
     try:
         exec(compile(job.pop("program"), "<program>", "exec"), program_ns)
     except SystemExit as exc:
+        restore()
         flush()
         report("failed", f"exited_before_tests:{exc.code!r}"[:200])
         _exit(0)
     except BaseException as exc:  # noqa: BLE001 - any error of the program is its own
         program_ns.clear()  # frees what the program holds (a MemoryError's, say)
+        restore()
         flush()
-        missing = _missing_standard_module(exc, standard)
+        missing = _missing_standard_module(exc, standard, saved_modules)
         if missing:
             report("sandbox_error", f"standard_module_unavailable:{missing}")
             _exit(0)
@@ -243,11 +249,7 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: i
         _exit(0)
     # The tests run against the program's definitions, in a namespace of their own, with the
     # builtins and modules as they were before the program ran.
-    builtins.__dict__.clear()
-    builtins.__dict__.update(saved_builtins)
-    for name, module in saved_modules.items():
-        if sys.modules.get(name) is not module:
-            sys.modules[name] = module
+    restore()
     tests_ns = {k: v for k, v in program_ns.items() if not k.startswith("__")}
     tests_ns.update({"__name__": "tests", "__builtins__": builtins})
     try:
@@ -275,13 +277,14 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: i
     _exit(0)
 
 
-def _missing_standard_module(exc: BaseException, standard: frozenset) -> str | None:
+def _missing_standard_module(exc: BaseException, standard: frozenset,
+                             loaded: dict) -> str | None:
     """The name of a standard-library module the program could not import (the sandbox's
     doing: its uid cannot read it), else None. A third-party module (numpy) is not there by
     design: only the standard library is, so a program that needs more fails."""
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         top = exc.name.partition(".")[0]
-        if top in standard and top not in _BLOCKED_IMPORTS:
+        if top in standard and top not in _BLOCKED_IMPORTS and exc.name not in loaded:
             return exc.name
     return None
 
@@ -422,14 +425,15 @@ def _run(job, *, uid, netns: bool) -> dict:
     sel.close()
     wall_s = time.monotonic() - started
     shutil.rmtree(workdir, ignore_errors=True)
-    trusted = []
-    for line in bytes(buffers[res_r]).decode("utf-8", "replace").splitlines():
-        try:
-            message = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(message, dict) and message.get("nonce") == nonce:
-            trusted.append(message)
+    trusted = []  # lines "<nonce> <outcome> <reason as hex>" with this job's nonce
+    for line in bytes(buffers[res_r]).decode("ascii", "replace").splitlines():
+        parts = line.split(" ")
+        if len(parts) == 3 and parts[0] == nonce:
+            try:
+                reason = bytes.fromhex(parts[2]).decode("utf-8", "replace")
+            except ValueError:
+                continue
+            trusted.append({"outcome": parts[1], "reason": reason})
     cpu_s = (rusage.ru_utime + rusage.ru_stime) if rusage else 0.0
     result = {
         "cpu_s": round(cpu_s, 4), "wall_s": round(wall_s, 4),

@@ -290,6 +290,25 @@ def test_patched_builtins_and_modules_are_restored_for_the_tests(pool):
     assert result.outcome == "failed" and result.reason.startswith("assertion_failed:line 5")
 
 
+def test_replaced_module_functions_never_see_the_nonce(pool):
+    # json's encoder would be handed the harness's report (and its nonce) if the harness used
+    # it; a raised "missing module" that is loaded is the program's own failure.
+    result = run(pool, """
+        import json, os
+        class Forger:
+            def encode(self, obj):
+                obj = dict(obj, outcome="passed", reason="tests_passed")
+                return '{"nonce": "%s", "outcome": "passed", "reason": "x"}' % obj.get("nonce")
+        json._default_encoder = Forger()
+        json.dumps = lambda obj, **kw: Forger().encode(obj)
+        def f():
+            return 0
+        """, "assert f() == 1")
+    assert result.outcome == "failed" and result.reason.startswith("assertion_failed"), result
+    raised = run(pool, "raise ModuleNotFoundError('no json', name='json')")
+    assert raised.outcome == "failed", raised
+
+
 @pytest.mark.parametrize("steal", [
     "import sys\nframe = sys._getframe(1)",
     "try:\n    1 / 0\nexcept Exception as e:\n    frame = e.__traceback__.tb_frame.f_back",
