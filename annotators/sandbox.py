@@ -20,6 +20,9 @@ then forks one child per program, so a run costs a fork, not an interpreter star
 - drops to a dedicated uid of its worker when the worker runs as root (``UID_BASE`` + the
   worker's pid: no file of the host is writable to it beyond world-writable places, and
   ``RLIMIT_NPROC`` counts only its own processes), with ``no_new_privs`` and not dumpable;
+  and (root) gets a mount namespace where the temp dirs, its own directory among them, are
+  empty tmpfs mounts (``max_disk_mb`` for its directory's, 1 MB for the others): what it
+  writes is bounded and never reaches the host's ``/tmp``;
 - has an audit hook that refuses frame and gc introspection, ctypes, new interpreters
   (``exec``/``spawn``/``subprocess``) and reading ``/proc``.
 
@@ -63,8 +66,8 @@ START_TIMEOUT_S = 60.0
 ANSWER_GRACE_S = 15.0
 
 
-_LIMIT_FIELDS = ("timeout_s", "memory_mb", "max_processes", "max_file_mb", "output_bytes",
-                 "max_output_mb", "wall_factor")
+_LIMIT_FIELDS = ("timeout_s", "memory_mb", "max_processes", "max_file_mb", "max_disk_mb",
+                 "output_bytes", "max_output_mb", "wall_factor")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class SandboxLimits:
     memory_mb: int = 512
     max_processes: int = 32
     max_file_mb: int = 16
+    max_disk_mb: int = 64
     output_bytes: int = 64 * 1024
     max_output_mb: int = 8
     wall_factor: float = 10.0
@@ -195,8 +199,8 @@ class SandboxPool:
     def run(self, program: str, tests: str, limits: SandboxLimits = SandboxLimits(), *,
             force: dict | None = None) -> SandboxResult:
         """Run ``program``, then ``tests`` (Python source whose asserts must pass) against its
-        definitions. ``force`` ({"no_uid": True} / {"no_netns": True}) runs in a weaker mode,
-        for tests of those modes."""
+        definitions. ``force`` ({"no_uid": True}, {"no_netns": True}, {"no_private_tmp":
+        True}) runs in a weaker mode, for tests of those modes."""
         job = {"program": program, "tests": tests, "force": force or {},
                "limits": {k: getattr(limits, k) for k in _LIMIT_FIELDS}}
         wait_s = limits.timeout_s * limits.wall_factor + 1.0 + ANSWER_GRACE_S

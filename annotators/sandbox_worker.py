@@ -37,6 +37,7 @@ import subprocess, threading, weakref, zlib  # noqa: E401,F401
 # standard library under a private home): a standard module not loaded here may then fail to
 # import, which is the sandbox's failure (unknown), not the program's.
 
+CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 PR_SET_DUMPABLE = 4
@@ -46,6 +47,11 @@ PR_SET_NO_NEW_PRIVS = 38
 #: worker's programs have a process count of their own and can be swept with kill(-1).
 UID_BASE = 1_500_000_000
 _LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
+#: World-writable places a program's uid could otherwise write to (each gets an empty tmpfs).
+SHARED_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
 # Events refused inside the sandbox. CPython's audit hooks are not a security boundary on
 # their own (the uid, namespace and rlimits are); they keep a program from reading the
@@ -87,6 +93,29 @@ def _recv(stream):
 
 def _unshare(flags: int) -> bool:
     return _LIBC.unshare(flags) == 0
+
+
+def _mount_tmpfs(target: str, size_mb: int) -> None:
+    options = f"size={size_mb}m,mode=1777".encode()
+    if _LIBC.mount(b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
+        raise OSError(ctypes.get_errno(), f"mount tmpfs on {target}")
+
+
+def _private_temp(workdir: str, uid: int, disk_mb: int) -> None:
+    """In a mount namespace of its own: an empty tmpfs of ``disk_mb`` over the directory that
+    holds ``workdir`` (and over the other shared temp dirs, 1 MB each), then ``workdir`` on it,
+    owned by ``uid``. What the program writes is bounded and vanishes with its namespace."""
+    if not _unshare(CLONE_NEWNS):
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if _LIBC.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+    root = os.path.dirname(workdir)
+    _mount_tmpfs(root, disk_mb)
+    for other in SHARED_TEMP_DIRS:
+        if os.path.isdir(other) and os.path.realpath(other) != os.path.realpath(root):
+            _mount_tmpfs(other, 1)
+    os.mkdir(workdir, 0o700)
+    os.chown(workdir, uid, uid)
 
 
 def _probe_netns(as_root: bool) -> bool:
@@ -142,8 +171,8 @@ def _make_hook(workdir: str, *, block_network: bool, confine_files: bool):
     return hook
 
 
-def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: int,
-           res_w: int) -> None:
+def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, out_w: int,
+           err_w: int, res_w: int) -> None:
     """Runs in the forked child: enter the sandbox, run the program, then the tests. Never
     returns. Only lines carrying ``nonce`` on ``res_w`` are trusted by the worker."""
     write, _exit = os.write, os._exit  # held before the program can patch them
@@ -172,6 +201,8 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, out_w: int, err_w: i
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         nproc = int(limits["max_processes"])
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        if uid is not None and private_tmp:
+            _private_temp(workdir, uid, int(limits["max_disk_mb"]))
         os.chdir(workdir)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -346,13 +377,19 @@ def _reap() -> None:
             return
 
 
-def _run(job, *, uid, netns: bool) -> dict:
+def _run(job, *, uid, netns: bool, private_tmp: bool) -> dict:
+    workdir = tempfile.mkdtemp(prefix="steplabel-sandbox-")
+    try:
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+        return _run_in(job, workdir, uid=uid, netns=netns, private_tmp=private_tmp)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_in(job, workdir: str, *, uid, netns: bool, private_tmp: bool) -> dict:
     limits = job["limits"]
     cap = int(limits["output_bytes"])
-    workdir = tempfile.mkdtemp(prefix="steplabel-sandbox-")
-    if uid is not None:
-        os.chown(workdir, uid, uid)
-    os.chmod(workdir, 0o700)
     nonce = os.urandom(16).hex()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -362,7 +399,7 @@ def _run(job, *, uid, netns: bool) -> dict:
     if pid == 0:
         for fd in (out_r, err_r, res_r):
             os.close(fd)
-        _child(job, nonce, workdir, uid, netns, out_w, err_w, res_w)
+        _child(job, nonce, workdir, uid, netns, private_tmp, out_w, err_w, res_w)
     for fd in (out_w, err_w, res_w):
         os.close(fd)
     wall = float(limits["timeout_s"]) * float(limits["wall_factor"]) + 1.0
@@ -424,7 +461,6 @@ def _run(job, *, uid, netns: bool) -> dict:
         os.close(fd)
     sel.close()
     wall_s = time.monotonic() - started
-    shutil.rmtree(workdir, ignore_errors=True)
     trusted = []  # lines "<nonce> <outcome> <reason as hex>" with this job's nonce
     for line in bytes(buffers[res_r]).decode("ascii", "replace").splitlines():
         parts = line.split(" ")
@@ -481,8 +517,8 @@ def main() -> None:
     _send(stdout, {"ready": True, "isolation": {
         "uid": f"dedicated uid {uid}" if uid is not None else f"same uid {os.getuid()}",
         "network": ("network namespace" if netns else "audit hook blocks sockets (weaker)"),
-        "files": ("uid permissions, and an audit hook confines writes to the directory"
-                  if uid is not None
+        "files": ("uid permissions, private tmpfs temp dirs (max_disk_mb), and an audit hook "
+                  "confines writes to the directory" if uid is not None
                   else "audit hook confines writes to the working directory (weaker)"),
         "processes": ("RLIMIT_NPROC per dedicated uid" if uid is not None
                       else "RLIMIT_NPROC of the shared uid (weaker)"),
@@ -494,13 +530,14 @@ def main() -> None:
         force = job.get("force") or {}
         run_uid = None if force.get("no_uid") else uid
         run_netns = netns and not force.get("no_netns")
+        run_tmp = run_uid is not None and not force.get("no_private_tmp")
         try:
-            result = _run(job, uid=run_uid, netns=run_netns)
+            result = _run(job, uid=run_uid, netns=run_netns, private_tmp=run_tmp)
         except Exception as exc:  # noqa: BLE001 - reported as the sandbox's failure, not the program's
             result = {"outcome": "unknown", "reason": f"sandbox_error:{type(exc).__name__}: {exc}"}
         result["isolation"] = "+".join(filter(None, [
             "uid" if run_uid is not None else "", "netns" if run_netns else "audit-net",
-            "" if run_uid is not None else "audit-files"]))
+            "tmpfs" if run_tmp else "", "" if run_uid is not None else "audit-files"]))
         _send(stdout, result)
 
 

@@ -166,6 +166,20 @@ def test_a_big_file_in_the_directory_hits_the_file_size_limit(pool):
     assert "SIGXFSZ" in result.reason or "File too large" in result.reason
 
 
+def test_disk_use_is_bounded_as_root(pool):
+    program = """
+        for i in range(20):
+            with open('part%d.bin' % i, 'wb') as fh:
+                fh.write(b'x' * 8 * 2**20)
+        """
+    result = run(pool, program)
+    if "tmpfs" not in result.isolation:
+        pytest.skip("no private tmpfs here (not root)")
+    assert result.outcome == "failed" and "No space left" in result.reason, result
+    small = run(pool, "open('a.bin', 'wb').write(b'x' * 2**20)\nimport os\nprint(os.listdir('.'))")
+    assert small.outcome == "passed" and small.stdout == "['a.bin']\n"
+
+
 @pytest.mark.parametrize("force", MODES)
 def test_files_outside_the_directory_are_untouched(pool, tmp_path, force):
     victim_dir = tmp_path / "victim"
