@@ -321,28 +321,20 @@ def _missing_standard_module(exc: BaseException, standard: frozenset,
 
 
 def _sweep(pid: int, uid) -> None:
-    """Kill everything the program started: its process group, every process of the sandbox
-    uid (root), and any orphan re-parented to this worker (a subreaper)."""
+    """Kill everything the program started, the program's own process ``pid`` already waited
+    for. This worker is a subreaper: every live descendant of the program (whether or not it
+    left the process group) is a child of this worker or below one, so killing children
+    until none is left kills them all, without root. Where the kernel does not list children,
+    ``kill(-1)`` as the sandbox uid (root) does it instead."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
-    if uid is not None:
-        reaper = os.fork()
-        if reaper == 0:
-            try:
-                os.setgid(uid)
-                os.setuid(uid)
-                # kill(-1) as the sandbox uid: all its processes but this one. A second pass
-                # catches a child forked while the first was delivered.
-                for _ in range(3):
-                    os.kill(-1, signal.SIGKILL)
-            except OSError:
-                pass
-            os._exit(0)
-        os.waitpid(reaper, 0)
-    for _ in range(50):
+    for _ in range(100):
         children = _children()
+        if children is None:
+            _kill_uid(uid)
+            break
         if not children:
             break
         for child in children:
@@ -351,11 +343,27 @@ def _sweep(pid: int, uid) -> None:
             except OSError:
                 pass
         _reap()
-        time.sleep(0.001)
     _reap()
 
 
-def _children() -> list:
+def _kill_uid(uid) -> None:
+    if uid is None:
+        return
+    reaper = os.fork()
+    if reaper == 0:
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            for _ in range(3):  # all processes of the uid but this one; again for late forks
+                os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+        os._exit(0)
+    os.waitpid(reaper, 0)
+
+
+def _children() -> list | None:
+    """Pids of this worker's children; None when the kernel does not list them."""
     me = os.getpid()
     found = []
     try:
@@ -363,7 +371,7 @@ def _children() -> list:
             with open(f"/proc/{me}/task/{tid}/children") as fh:
                 found += [int(p) for p in fh.read().split()]
     except OSError:
-        pass
+        return None
     return found
 
 

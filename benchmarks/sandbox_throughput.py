@@ -7,6 +7,8 @@ One run = a small HumanEval-style program and its asserts. Compared:
   grader pays);
 - ``pool_1_sequential``: one sandbox worker, runs one after another (a fork per run, with the
   full isolation: process group, netns, rlimits, uid, temp dir, audit hook);
+- ``pool_1_sequential_fork_only``: the same without the uid, namespaces and tmpfs (what the
+  isolation costs over a bare fork);
 - ``pool_2_threads``: two workers driven by two threads (a stage's grading threads).
 
 Also the pool's fixed cost: a worker's start (interpreter + pre-imports) and its memory.
@@ -96,6 +98,13 @@ def main() -> None:
             assert result.outcome == "passed", result
 
     figures.append(measure("pool_1_sequential", args.runs, sequential))
+
+    def bare_fork(runs: int) -> None:  # the same pool without uid, namespaces or tmpfs
+        weaker = {"no_uid": True, "no_netns": True, "no_private_tmp": True}
+        for _ in range(runs):
+            assert pool1.run(PROGRAM, TESTS, limits, force=weaker).outcome == "passed"
+
+    figures.append(measure("pool_1_sequential_fork_only", args.runs, bare_fork))
     pool1.close()
 
     pool2 = SandboxPool(size=2)
