@@ -6,9 +6,9 @@ environment, in a session of their own). A worker pre-imports common standard mo
 then forks one child per program, so a run costs a fork, not an interpreter start (measured in
 ``benchmarks/sandbox_throughput.py``). Each child, before it runs a line of the program:
 
-- is the leader of a new process group, and is killed with everything it started (``killpg``;
-  as root also ``kill(-1)`` as the sandbox uid; orphans come back to the worker, a
-  subreaper, and are killed) when it exits or at the wall limit;
+- is the leader of a new process group, and is killed with everything it started when it
+  exits or at the wall limit (``killpg``; the worker is a subreaper, so a descendant that left
+  the group comes back to it as an orphan and is killed too);
 - enters a new network namespace (only a down loopback: connecting anywhere fails);
 - gets rlimits: CPU seconds (``timeout_s``, then SIGKILL a second later), address space
   (``memory_mb``), processes (``max_processes``), file size (``max_file_mb``), no core files,
