@@ -200,7 +200,7 @@ class SandboxPool:
             force: dict | None = None) -> SandboxResult:
         """Run ``program``, then ``tests`` (Python source whose asserts must pass) against its
         definitions. ``force`` ({"no_uid": True}, {"no_netns": True}, {"no_private_tmp":
-        True}) runs in a weaker mode, for tests of those modes."""
+        True}, {"no_hook": True}) runs in a weaker mode, for tests of those modes."""
         job = {"program": program, "tests": tests, "force": force or {},
                "limits": {k: getattr(limits, k) for k in _LIMIT_FIELDS}}
         wait_s = limits.timeout_s * limits.wall_factor + 1.0 + ANSWER_GRACE_S

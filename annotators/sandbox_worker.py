@@ -171,8 +171,8 @@ def _make_hook(workdir: str, *, block_network: bool, confine_files: bool):
     return hook
 
 
-def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, out_w: int,
-           err_w: int, res_w: int) -> None:
+def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, hook: bool,
+           out_w: int, err_w: int, res_w: int) -> None:
     """Runs in the forked child: enter the sandbox, run the program, then the tests. Never
     returns. Only lines carrying ``nonce`` on ``res_w`` are trusted by the worker."""
     write, _exit = os.write, os._exit  # held before the program can patch them
@@ -241,7 +241,8 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, o
     stdout, stderr = sys.stdout, sys.stderr
     # Writes outside the directory are refused by the hook in every mode: a dedicated uid still
     # may write to world-writable places such as /tmp.
-    sys.addaudithook(_make_hook(workdir, block_network=not netns, confine_files=True))
+    if hook:  # off only when a test checks the kernel's layers alone
+        sys.addaudithook(_make_hook(workdir, block_network=not netns, confine_files=True))
     del job["tests"]
 
     def flush() -> None:
@@ -407,7 +408,8 @@ def _run_in(job, workdir: str, *, uid, netns: bool, private_tmp: bool) -> dict:
     if pid == 0:
         for fd in (out_r, err_r, res_r):
             os.close(fd)
-        _child(job, nonce, workdir, uid, netns, private_tmp, out_w, err_w, res_w)
+        _child(job, nonce, workdir, uid, netns, private_tmp, not job["force"].get("no_hook"),
+               out_w, err_w, res_w)
     for fd in (out_w, err_w, res_w):
         os.close(fd)
     wall = float(limits["timeout_s"]) * float(limits["wall_factor"]) + 1.0
@@ -545,7 +547,8 @@ def main() -> None:
             result = {"outcome": "unknown", "reason": f"sandbox_error:{type(exc).__name__}: {exc}"}
         result["isolation"] = "+".join(filter(None, [
             "uid" if run_uid is not None else "", "netns" if run_netns else "audit-net",
-            "tmpfs" if run_tmp else "", "" if run_uid is not None else "audit-files"]))
+            "tmpfs" if run_tmp else "", "" if run_uid is not None else "audit-files",
+            "no-hook" if force.get("no_hook") else ""]))
         _send(stdout, result)
 
 

@@ -213,6 +213,30 @@ def test_files_outside_the_directory_are_untouched(pool, tmp_path, force):
     assert own.outcome == "passed" and own.stdout == "x\n"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the kernel's layers need root")
+def test_the_kernel_layers_hold_without_the_audit_hook(pool, tmp_path):
+    # The audit hook is a second line; uid, mount and network namespaces hold on their own.
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    victim.chmod(0o666)  # even a world-writable file: its directory is root's
+    tmp_path.chmod(0o755)
+    escape = f"/tmp/steplabel-escape-{os.getpid()}.txt"
+    no_hook = {"no_hook": True}
+    written = run(pool, f"open({escape!r}, 'w').write('x')\nopen('/dev/shm/x', 'w').write('x')",
+                  force=no_hook)
+    assert written.outcome == "passed" and "no-hook" in written.isolation  # on its own tmpfs
+    assert not os.path.exists(escape) and not os.path.exists("/dev/shm/x")
+    for program in (f"import os\nos.remove({str(victim)!r})",
+                    f"open({str(tmp_path / 'new.txt')!r}, 'w')",
+                    "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)",
+                    f"open('/proc/{os.getpid()}/environ', 'rb').read()"):
+        result = run(pool, program, force=no_hook)
+        assert result.outcome == "failed", (program, result)
+        assert "Error" in result.reason and "sandbox:" not in result.reason, result
+    assert victim.read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["precious.txt"]
+
+
 @pytest.mark.parametrize("force", [{}, {"no_netns": True}, {"no_uid": True}])
 def test_nothing_reaches_a_listener_on_localhost(pool, force):
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
