@@ -21,8 +21,10 @@ then forks one child per program, so a run costs a fork, not an interpreter star
   worker's pid: no file of the host is writable to it beyond world-writable places, and
   ``RLIMIT_NPROC`` counts only its own processes), with ``no_new_privs`` and not dumpable;
   and (root) gets a mount namespace where the temp dirs, its own directory among them, are
-  empty tmpfs mounts (``max_disk_mb`` for its directory's, 1 MB for the others): what it
-  writes is bounded and never reaches the host's ``/tmp``;
+  empty tmpfs mounts (``max_disk_mb`` for its directory's, 1 MB for the others), then is
+  chrooted into that tmpfs, which holds only its directory, ``/dev/null`` and the standard
+  library bind-mounted read-only at its own path: what it writes is bounded and never reaches
+  the host, and no file of the host (a dataset's gold answers, say) can be read;
 - has an audit hook that refuses frame and gc introspection, ctypes, new interpreters
   (``exec``/``spawn``/``subprocess``) and reading ``/proc``.
 
@@ -200,7 +202,8 @@ class SandboxPool:
             force: dict | None = None) -> SandboxResult:
         """Run ``program``, then ``tests`` (Python source whose asserts must pass) against its
         definitions. ``force`` ({"no_uid": True}, {"no_netns": True}, {"no_private_tmp":
-        True}, {"no_hook": True}) runs in a weaker mode, for tests of those modes."""
+        True}, {"no_chroot": True}, {"no_hook": True}) runs in a weaker mode, for tests of
+        those modes."""
         job = {"program": program, "tests": tests, "force": force or {},
                "limits": {k: getattr(limits, k) for k in _LIMIT_FIELDS}}
         wait_s = limits.timeout_s * limits.wall_factor + 1.0 + ANSWER_GRACE_S

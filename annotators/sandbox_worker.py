@@ -49,7 +49,10 @@ UID_BASE = 1_500_000_000
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_char_p]
-MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+    1, 2, 4, 32, 4096, 16384, 1 << 18)
+#: The standard library (with lib-dynload), bind-mounted read-only into a chroot.
+STDLIB = os.path.dirname(os.__file__)
 #: World-writable places a program's uid could otherwise write to (each gets an empty tmpfs).
 SHARED_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
@@ -101,10 +104,15 @@ def _mount_tmpfs(target: str, size_mb: int) -> None:
         raise OSError(ctypes.get_errno(), f"mount tmpfs on {target}")
 
 
-def _private_temp(workdir: str, uid: int, disk_mb: int) -> None:
-    """In a mount namespace of its own: an empty tmpfs of ``disk_mb`` over the directory that
-    holds ``workdir`` (and over the other shared temp dirs, 1 MB each), then ``workdir`` on it,
-    owned by ``uid``. What the program writes is bounded and vanishes with its namespace."""
+def _private_root(workdir: str, uid: int, disk_mb: int, *, chroot: bool) -> str:
+    """Mount namespace of the run; returns the run's directory as the program sees it.
+
+    An empty tmpfs of ``disk_mb`` goes over the directory that holds ``workdir`` (the other
+    shared temp dirs get 1 MB each), and ``workdir`` is made on it, owned by ``uid``: what the
+    program writes is bounded and vanishes with its namespace. With ``chroot`` that tmpfs
+    becomes the program's whole filesystem: the standard library is bind-mounted read-only at
+    its own path inside it (so imports work, even where the host's copy is unreadable to
+    ``uid``), and nothing else of the host can be read."""
     if not _unshare(CLONE_NEWNS):
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
     if _LIBC.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
@@ -116,6 +124,23 @@ def _private_temp(workdir: str, uid: int, disk_mb: int) -> None:
             _mount_tmpfs(other, 1)
     os.mkdir(workdir, 0o700)
     os.chown(workdir, uid, uid)
+    if not chroot:
+        return workdir
+    target = root + STDLIB
+    os.makedirs(target, mode=0o755)
+    if _LIBC.mount(STDLIB.encode(), target.encode(), None, MS_BIND | MS_REC, None) != 0:
+        raise OSError(ctypes.get_errno(), f"bind {STDLIB}")
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+    if _LIBC.mount(None, target.encode(), None, flags, None) != 0:
+        raise OSError(ctypes.get_errno(), f"remount {STDLIB} read-only")
+    os.mkdir(root + "/dev", 0o755)
+    with open(root + os.devnull, "w"):
+        pass
+    if _LIBC.mount(os.devnull.encode(), (root + os.devnull).encode(), None, MS_BIND, None) != 0:
+        raise OSError(ctypes.get_errno(), f"bind {os.devnull}")
+    os.chmod(root, 0o755)
+    os.chroot(root)
+    return "/" + os.path.basename(workdir)
 
 
 def _probe_netns(as_root: bool) -> bool:
@@ -202,8 +227,10 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, h
         nproc = int(limits["max_processes"])
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
         if uid is not None and private_tmp:
-            _private_temp(workdir, uid, int(limits["max_disk_mb"]))
+            workdir = _private_root(workdir, uid, int(limits["max_disk_mb"]),
+                                    chroot=not job["force"].get("no_chroot"))
         os.chdir(workdir)
+        tempfile.tempdir = workdir  # the worker's cached temp dir may not exist in here
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(out_w, 1)
@@ -527,8 +554,9 @@ def main() -> None:
     _send(stdout, {"ready": True, "isolation": {
         "uid": f"dedicated uid {uid}" if uid is not None else f"same uid {os.getuid()}",
         "network": ("network namespace" if netns else "audit hook blocks sockets (weaker)"),
-        "files": ("uid permissions, private tmpfs temp dirs (max_disk_mb), and an audit hook "
-                  "confines writes to the directory" if uid is not None
+        "files": ("chroot into a private tmpfs (max_disk_mb) holding the run's directory and "
+                  "a read-only standard library; uid permissions; an audit hook confines "
+                  "writes to the directory" if uid is not None
                   else "audit hook confines writes to the working directory (weaker)"),
         "processes": ("RLIMIT_NPROC per dedicated uid" if uid is not None
                       else "RLIMIT_NPROC of the shared uid (weaker)"),
@@ -547,7 +575,9 @@ def main() -> None:
             result = {"outcome": "unknown", "reason": f"sandbox_error:{type(exc).__name__}: {exc}"}
         result["isolation"] = "+".join(filter(None, [
             "uid" if run_uid is not None else "", "netns" if run_netns else "audit-net",
-            "tmpfs" if run_tmp else "", "" if run_uid is not None else "audit-files",
+            "tmpfs" if run_tmp else "",
+            "chroot" if run_tmp and not force.get("no_chroot") else "",
+            "" if run_uid is not None else "audit-files",
             "no-hook" if force.get("no_hook") else ""]))
         _send(stdout, result)
 

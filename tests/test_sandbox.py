@@ -7,6 +7,7 @@ The weaker modes (no dedicated uid, no network namespace) are forced for the fil
 cases, so both paths are tested whatever the machine.
 """
 
+import ast
 import os
 import socket
 import textwrap
@@ -221,16 +222,27 @@ def test_the_kernel_layers_hold_without_the_audit_hook(pool, tmp_path):
     victim.chmod(0o666)  # even a world-writable file: its directory is root's
     tmp_path.chmod(0o755)
     escape = f"/tmp/steplabel-escape-{os.getpid()}.txt"
-    no_hook = {"no_hook": True}
-    written = run(pool, f"open({escape!r}, 'w').write('x')\nopen('/dev/shm/x', 'w').write('x')",
-                  force=no_hook)
-    assert written.outcome == "passed" and "no-hook" in written.isolation  # on its own tmpfs
-    assert not os.path.exists(escape) and not os.path.exists("/dev/shm/x")
+    for no_hook in ({"no_hook": True}, {"no_hook": True, "no_chroot": True}):
+        written = run(pool, f"""
+            for path in ({escape!r}, '/dev/shm/x', '/var/tmp/x'):
+                try:
+                    open(path, 'w').write('x')
+                    print('wrote', path)
+                except OSError as exc:
+                    print(type(exc).__name__)
+            """, force=no_hook)
+        assert written.outcome == "passed" and "no-hook" in written.isolation, written
+        if "chroot" in written.isolation:  # no such directories in its filesystem
+            assert written.stdout.split() == ["FileNotFoundError"] * 3, written
+        else:  # each is an empty tmpfs of its own
+            assert written.stdout.count("wrote") == 3, written
+        assert not os.path.exists(escape) and not os.path.exists("/dev/shm/x")
+        assert not os.path.exists("/var/tmp/x")
     for program in (f"import os\nos.remove({str(victim)!r})",
                     f"open({str(tmp_path / 'new.txt')!r}, 'w')",
                     "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)",
                     f"open('/proc/{os.getpid()}/environ', 'rb').read()"):
-        result = run(pool, program, force=no_hook)
+        result = run(pool, program, force={"no_hook": True, "no_chroot": True})
         assert result.outcome == "failed", (program, result)
         assert "Error" in result.reason and "sandbox:" not in result.reason, result
     assert victim.read_text() == "keep me"
@@ -414,11 +426,38 @@ def test_a_dead_worker_is_unknown_then_replaced():
         pool.close()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the chroot needs root")
+def test_no_file_of_the_host_can_be_read(pool, tmp_path):
+    secret = tmp_path / "gold.jsonl"
+    secret.write_text("the answers")
+    secret.chmod(0o644)
+    tmp_path.chmod(0o755)
+    for path in (str(secret), "/etc/passwd", os.__file__):
+        result = run(pool, f"print(open({path!r}).read())")
+        if path == os.__file__:  # the standard library is there, read-only
+            assert result.outcome == "passed" and "chroot" in result.isolation
+            continue
+        assert result.outcome == "failed" and "FileNotFoundError" in result.reason, result
+    # Its whole filesystem: /dev/null, the standard library's path, its own directory.
+    listing = run(pool, "import os\nprint(sorted(os.listdir('/')))")
+    assert listing.outcome == "passed"
+    names = set(ast.literal_eval(listing.stdout)) - {"dev", os.__file__.split("/")[1]}
+    assert len(names) == 1 and names.pop().startswith("steplabel-sandbox-")
+    temp = run(pool, "import tempfile\nwith tempfile.TemporaryFile() as fh:\n    fh.write(b'x')")
+    assert temp.outcome == "passed", temp
+
+
 def test_an_unreadable_standard_module_is_unknown_a_third_party_one_a_failure(pool):
-    result = run(pool, "import tomllib")  # a standard module the worker does not pre-import
+    # A standard module the worker does not pre-import: importable (the chroot mounts the
+    # standard library; or the uid can read it), else the sandbox's failure, never incorrect.
+    result = run(pool, "import tomllib")
     assert (result.outcome, result.reason) in (
-        ("passed", "tests_passed"),  # the sandbox uid can read the standard library
+        ("passed", "tests_passed"),
         ("unknown", "sandbox_error:standard_module_unavailable:tomllib"))
+    if "chroot" in result.isolation:
+        assert result.outcome == "passed"
+    no_chroot = run(pool, "import tomllib", force={"no_chroot": True})
+    assert no_chroot.outcome in ("passed", "unknown")
     third_party = run(pool, "import numpy")
     assert third_party.outcome == "failed"
     assert third_party.reason.startswith("program_exception:ModuleNotFoundError")
