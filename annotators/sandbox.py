@@ -30,8 +30,10 @@ then forks one child per program, so a run costs a fork, not an interpreter star
 
 Where the platform does not allow a part, the worker says so at start (:attr:`SandboxPool.isolation`)
 and each result names what it ran under (``SandboxResult.isolation``): without root there is no
-dedicated uid, so writes outside the directory are refused by the audit hook only and
-``RLIMIT_NPROC`` counts all processes of the user; without a network namespace, sockets are
+dedicated uid, mount namespace or chroot, so writes outside the directory are refused by the
+audit hook only, the program can read every file the pipeline's user can, nothing bounds its
+disk use beyond ``max_file_mb`` per file, and ``RLIMIT_NPROC`` counts all processes of the user
+(as root without the uid it does not bind at all); without a network namespace, sockets are
 refused by the audit hook only. CPython's audit hooks are not a security boundary on their own
 (a program that finds a hole around them reaches whatever its uid can), so those modes are
 weaker, and reported as such.
@@ -39,7 +41,11 @@ weaker, and reported as such.
 A pass cannot be forged: the child runs the program in a namespace, then restores the builtins
 and ``sys.modules`` entries the program replaced, then runs the tests in a fresh namespace that
 sees the program's definitions. Only after the tests returned does it write a line carrying a
-random nonce of the job to a pipe; the worker trusts no other evidence of a pass. An exit before
+random nonce of the job to a pipe; the worker trusts no other evidence of a pass. The nonce is
+in the child's memory (a local of the harness, formatted with built-in methods only, so no
+function the program could replace ever sees it); what keeps the program from reading it is the
+audit hook (no frames, gc, ctypes, ``/proc/self/mem``, new interpreters) and a non-dumpable
+process, so a hole in the hook would be a way to forge a pass, though not out of the sandbox. An exit before
 the tests (``sys.exit(0)``, ``os._exit(0)``, ``raise SystemExit``), a printed line, or a
 replaced builtin is therefore a failure. What the sandbox cannot rule out: a program that
 returns objects built to satisfy the tests' comparisons (an ``__eq__`` that is always true), or
