@@ -45,6 +45,10 @@ class Grader(Protocol):
       off at ``max_tokens`` counts as before calling (unknown by default: it is never graded).
       It may block (math runs math-verify in worker processes): callers run it in a thread.
       ``gold`` None grades unknown.
+
+    A grader is built from its config once per stage and pickled into Beam transforms: keep
+    construction cheap and start any worker processes (math-verify, a sandbox pool) lazily, on
+    the first ``grade``.
     """
 
     name: str

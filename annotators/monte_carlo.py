@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from steplabel.annotators.grading import Grade, grade
 from steplabel.annotators.prompts import SolutionPrompt
@@ -35,8 +35,10 @@ ANNOTATOR_NAME = "monte_carlo"
 ANNOTATOR_VERSION = "4"  # 2: cut-off rollouts unknown, final step by its answer; 3: waves;
 # 4: consensus-guided (no rollouts once the judge's first error cannot be matched)
 
-#: ``grader(completed_solution_text, gold_answer) -> Grade``; :func:`grading.grade` by default.
-Grader = Callable[[str, "str | None"], Grade]
+#: ``grader(completed_solution_text, gold) -> Grade``: the job's grader's ``grade``
+#: (``annotators/graders.py``; ``gold`` is its typed gold), or :func:`grading.grade` (``gold``:
+#: an extracted answer string) by default.
+Grader = Callable[[str, Any], Grade]
 
 #: The engines' finish reason of a sample cut off at ``max_tokens``.
 FINISH_LENGTH = "length"
