@@ -27,14 +27,16 @@ import json
 from typing import Any
 
 from steplabel import __version__
+from steplabel.annotators import monte_carlo, omegaprm
 from steplabel.annotators.consensus import (
     REASON_POLICY_TRUNCATED,
     consensus,
     consensus_labels,
 )
 from steplabel.annotators.graders import get_grader
-from steplabel.annotators.judge import judge_version
-from steplabel.annotators.monte_carlo import FINISH_LENGTH, sampling_request
+from steplabel.annotators.judge import LLMJudge, judge_version
+from steplabel.annotators.monte_carlo import FINISH_LENGTH, MonteCarloAnnotator, sampling_request
+from steplabel.annotators.omegaprm import OmegaPRMAnnotator
 from steplabel.annotators.prompts import build_solution_prompt, load_template
 from steplabel.annotators.seeds import derive_seed
 from steplabel.annotators.splitting import get_splitter
@@ -102,20 +104,14 @@ class StageContext:
         return share_gpu_memory(roles, pools=pools)
 
     def mc_annotator(self, engine):
-        from steplabel.annotators.monte_carlo import MonteCarloAnnotator
-
         return MonteCarloAnnotator(engine, self.mc_config, run_seed=self.manifest.seed,
                                    grader=self.grader.grade)
 
     def omegaprm_annotator(self, engine):
-        from steplabel.annotators.omegaprm import OmegaPRMAnnotator
-
         return OmegaPRMAnnotator(engine, self.manifest.omegaprm, run_seed=self.manifest.seed,
                                  splitter=self.splitter, grader=self.grader.grade)
 
     def judge(self, engine):
-        from steplabel.annotators.judge import LLMJudge
-
         return LLMJudge(engine, self.manifest.judge, run_seed=self.manifest.seed)
 
     def solution_prompt(self, engine, question: str):
@@ -125,8 +121,6 @@ class StageContext:
     def provenance(self, identities: dict[str, tuple]) -> dict:
         """The provenance struct of trajectory rows; ``identities``: role -> (model id, weights
         SHA-256, engine version), as :func:`engine_identity` gives them."""
-        from steplabel.annotators import monte_carlo
-
         m = self.manifest
         policy_id, policy_sha, engine_version = identities["policy"]
         completer_id, completer_sha, _ = identities.get("completer", (None, None, None))
@@ -185,8 +179,6 @@ class StageContext:
 
 
 def _omegaprm_name() -> str:
-    from steplabel.annotators import omegaprm
-
     return f"{omegaprm.ANNOTATOR_NAME}/{omegaprm.ANNOTATOR_VERSION}"
 
 

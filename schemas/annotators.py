@@ -231,7 +231,7 @@ class JudgeSampling(SamplingConfig):
 class JudgeConfig:
     """How the judge stage prompts, samples, parses and votes.
 
-    - ``template_id``: a prompt template in ``annotators/prompts/`` with exactly the fields
+    - ``template_id``: a prompt template in ``schemas/prompts/`` with exactly the fields
       ``{problem}`` and ``{tagged_steps}``; recorded with its SHA-256 on every result.
     - ``votes``: samples per solution, >= 1. Default 1 with greedy decoding, ProcessBench's
       default protocol; ProcessBench's voting protocol is 8 samples (temperature 1.0, top_p

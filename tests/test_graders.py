@@ -139,7 +139,7 @@ def last_line(monkeypatch):
     monkeypatch.setitem(schema_graders.GOLD_TYPES, "last_line", LastLineGold)
     monkeypatch.setitem(graders.GRADERS, "last_line", LastLineGrader)
     return manifest_from_dict({**BASE, "grader": {"name": "last_line", "ignore_case": True},
-                               "monte_carlo": {"rollouts": 2}})
+                               "monte_carlo": {"rollouts": 2}, "omegaprm": {}})
 
 
 def test_a_registered_grader_is_chosen_by_name_with_its_config(last_line):
@@ -177,6 +177,7 @@ def test_validation_sampling_and_monte_carlo_grade_with_the_job_grader(last_line
                                                sampled.solutions[1]))
     assert labels.failure is None
     assert len(ctx.grader.graded) > graded  # the rollouts went through the job's grader
+    assert ctx.omegaprm_annotator(engine).grader == ctx.grader.grade
     # The typed gold survives the stage's JSON checkpoint.
     assert sampled_from_json(to_json(sampled)) == sampled
 
