@@ -20,31 +20,29 @@ annotated concurrently against one engine; nothing here serializes the engine.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from steplabel.annotators.grading import Grade, grade
 from steplabel.annotators.prompts import SolutionPrompt
 from steplabel.annotators.seeds import derive_seed
 from steplabel.annotators.splitting import Splitter
 from steplabel.engines.base import CostMeter, GenerationEngine, GenerationRequest
-from steplabel.schemas.config import ConfigError, SamplingConfig, check
+from steplabel.schemas.annotators import TRUNCATED_RULES, MonteCarloConfig
+from steplabel.schemas.config import SamplingConfig
 
 ANNOTATOR_NAME = "monte_carlo"
 ANNOTATOR_VERSION = "4"  # 2: cut-off rollouts unknown, final step by its answer; 3: waves;
 # 4: consensus-guided (no rollouts once the judge's first error cannot be matched)
 
-#: ``grader(completed_solution_text, gold_answer) -> Grade``; :func:`grading.grade` by default.
-Grader = Callable[[str, "str | None"], Grade]
+#: ``grader(completed_solution_text, gold) -> Grade``: the job's grader's ``grade``
+#: (``annotators/graders.py``; ``gold`` is its typed gold), or :func:`grading.grade` (``gold``:
+#: an extracted answer string) by default.
+Grader = Callable[[str, Any], Grade]
 
 #: The engines' finish reason of a sample cut off at ``max_tokens``.
 FINISH_LENGTH = "length"
-#: How a rollout cut off at ``max_tokens`` is counted: ``unknown`` (default: it never reached a
-#: final answer, so it says nothing about the prefix) or ``incorrect`` (graded as written, as
-#: implementations that ignore finish reasons do; a cut-off text usually has no answer).
-TRUNCATED_RULES = ("unknown", "incorrect")
 REASON_TRUNCATED = "truncated"
-STOPPING_RULES = ("decided", "fixed")
 
 
 class _Unguided:
@@ -178,89 +176,8 @@ async def sample_and_grade(
 
 
 # --------------------------------------------------------------------------------------------
-# Config and result
+# Result
 
-
-@dataclass(frozen=True)
-class MonteCarloConfig:
-    """Settings of the Monte Carlo annotator.
-
-    - ``rollouts``: k, continuations sampled per step prefix (>= 1; Math-Shepherd and Qwen use 8).
-    - ``hard_threshold``: τ in [0, 1); hard label = ``value > τ``. τ = 0 means "any correct".
-    - ``truncate_after_first_error``: Qwen's recipe; labels after the first hard-negative step
-      become None (the raw counts of every step are kept).
-    - ``truncated``: how a rollout cut off at ``sampling.max_tokens`` counts: ``unknown``
-      (default; it never reached an answer, so it is left out of the value's denominator) or
-      ``incorrect`` (graded as written: what implementations that ignore finish reasons do).
-    - ``stopping``: ``decided`` (default) samples a step's rollouts in waves (1, 1, 2, 4, ...
-      rollouts) and stops as soon as the rollouts left cannot change its hard label (τ = 0: at
-      the first correct rollout); ``fixed`` always samples all k in one request, as Math-Shepherd
-      and Qwen describe it. Rollout ``i`` of a step always has seed ``step_seed + i`` (vLLM seeds
-      child ``i`` of a request with ``seed + i``), so hard labels and first errors are identical
-      under both; soft labels are ``correct / known`` over the rollouts actually sampled, so they
-      rest on fewer rollouts under ``decided``. ``fixed`` reproduces the published recipes'
-      soft labels (Math-Shepherd SE, OmegaPRM's pointwise soft label).
-    - ``first_error_only``: estimate steps in order and stop at the first step decided negative
-      (or unknown): the steps after it get no rollouts and are recorded as not estimated (counts
-      0, value and label null), never as negative. The first error is identical by
-      construction. ``null`` (default) turns it on exactly when nothing keeps labels after the
-      first error: with ``consensus`` (kept labels end there) or ``truncate_after_first_error``.
-    - ``consensus_guided``: with consensus, the judge labels a solution first, and Monte Carlo
-      spends rollouts on it only while agreement is still possible: none when the judge has no
-      verdict or the solution's own final answer already contradicts it (the judge says "no
-      error" on a wrong answer), steps up to the judge's first error only, and it stops at the
-      first step whose label rules agreement out. Kept trajectories (MC and judge agree) get
-      exactly the labels of full Monte Carlo; a rejected one records why Monte Carlo stopped
-      (``consensus_reason`` ``judge_unknown`` or ``cannot_agree``) and its unestimated steps as
-      null. Implies ``first_error_only``. ``null`` (default): on exactly when consensus is on
-      and ``first_error_only`` is not turned off.
-    - ``sampling``: completer sampling settings (temperature 0.7, 256 new tokens by default).
-    """
-
-    rollouts: int = 8
-    hard_threshold: float = 0.0
-    truncate_after_first_error: bool = False
-    truncated: Literal["unknown", "incorrect"] = "unknown"
-    stopping: Literal["decided", "fixed"] = "decided"
-    first_error_only: bool | None = None
-    consensus_guided: bool | None = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-
-    def __post_init__(self) -> None:
-        check(isinstance(self.rollouts, int) and not isinstance(self.rollouts, bool)
-              and self.rollouts >= 1, "rollouts", "must be an integer >= 1", self.rollouts)
-        check(isinstance(self.hard_threshold, (int, float)) and 0.0 <= self.hard_threshold < 1.0,
-              "hard_threshold", "must be in [0, 1)", self.hard_threshold)
-        check(isinstance(self.truncate_after_first_error, bool), "truncate_after_first_error",
-              "must be true or false", self.truncate_after_first_error)
-        check(self.truncated in TRUNCATED_RULES, "truncated",
-              f"must be one of {', '.join(TRUNCATED_RULES)}", self.truncated)
-        check(self.stopping in STOPPING_RULES, "stopping",
-              f"must be one of {', '.join(STOPPING_RULES)}", self.stopping)
-        check(self.first_error_only is None or isinstance(self.first_error_only, bool),
-              "first_error_only", "must be true, false or null", self.first_error_only)
-        check(self.consensus_guided is None or isinstance(self.consensus_guided, bool),
-              "consensus_guided", "must be true, false or null", self.consensus_guided)
-        check(not (self.consensus_guided and self.first_error_only is False),
-              "consensus_guided", "stops at the first error: it cannot be on with "
-              "first_error_only false", self.consensus_guided)
-        if not isinstance(self.sampling, SamplingConfig):
-            raise ConfigError(f"sampling must be a SamplingConfig, got {self.sampling!r}")
-
-    def resolved(self, *, consensus: bool) -> "MonteCarloConfig":
-        """This config with ``first_error_only`` and ``consensus_guided`` decided (see the
-        class docstring). Raises ConfigError when ``consensus_guided`` is on without
-        consensus."""
-        check(not (self.consensus_guided and not consensus), "consensus_guided",
-              "needs consensus (a judge and a consensus section)", self.consensus_guided)
-        first_error_only = self.first_error_only
-        if first_error_only is None:
-            first_error_only = consensus or self.truncate_after_first_error
-        guided = self.consensus_guided
-        if guided is None:
-            guided = consensus and first_error_only
-        return replace(self, first_error_only=first_error_only or guided,
-                       consensus_guided=guided)
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,11 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Literal, Sequence
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
 
 from steplabel.annotators.grading import grade
 from steplabel.annotators.monte_carlo import (
-    TRUNCATED_RULES,
     Grader,
     GradedRollouts,
     sample_and_grade,
@@ -72,97 +71,15 @@ from steplabel.annotators.prompts import SolutionPrompt
 from steplabel.annotators.seeds import derive_seed
 from steplabel.annotators.splitting import Splitter
 from steplabel.engines.base import CostMeter, GenerationEngine
-from steplabel.schemas.config import ConfigError, SamplingConfig, check
+from steplabel.schemas.annotators import OmegaPRMConfig
+from steplabel.schemas.config import SamplingConfig
 
 ANNOTATOR_NAME = "omegaprm"
 ANNOTATOR_VERSION = "2"  # 2: unknown-aware pre-filter and probes; tree nests by prefix
 
-StepUnit = Literal["steps", "tokens"]
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class OmegaPRMConfig:
-    """OmegaPRM settings; defaults are the paper's (OPRM §4).
-
-    - ``alpha``, ``beta`` in (0, 1]: bases of the selection value Q.
-    - ``length_scale``: L > 0, in tokens; ``beta ** (len(r) / L)`` penalises long rollouts.
-    - ``c_puct`` >= 0: weight of the exploration bonus U.
-    - ``rollouts``: k >= 1, rollouts per Monte Carlo estimate.
-    - ``search_limit`` >= 1: binary searches (selections) per question.
-    - ``prefilter_rollouts`` >= 2: rollouts from the question for the pre-filter (and the root).
-    - ``prefilter_min_known``: known (graded) pre-filter rollouts needed to drop a question as
-      ``all_correct`` or ``all_wrong``, in [1, prefilter_rollouts]; None (default): half of
-      ``prefilter_rollouts``, rounded up. Fewer known, all alike: ``too_few_known``.
-    - ``step_unit``: ``"steps"`` (pieces are the splitter's steps) or ``"tokens"`` (pieces are
-      runs of ``ceil(mean root solution length / target_pieces)`` tokens, OPRM §4.2).
-    - ``target_pieces`` >= 2: pieces per average solution when ``step_unit == "tokens"``.
-    - ``truncated``: how a rollout cut off at ``sampling.max_tokens`` counts: ``unknown``
-      (default: it never reached an answer, so it is in no MC value and never selected) or
-      ``incorrect`` (graded as written, as implementations that ignore finish reasons do).
-    - ``sampling``: rollout sampling settings.
-    """
-
-    alpha: float = 0.5
-    beta: float = 0.9
-    length_scale: float = 500.0
-    c_puct: float = 0.125
-    rollouts: int = 8
-    search_limit: int = 100
-    prefilter_rollouts: int = 32
-    prefilter_min_known: int | None = None
-    step_unit: StepUnit = "steps"
-    target_pieces: int = 16
-    truncated: Literal["unknown", "incorrect"] = "unknown"
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-
-    def __post_init__(self) -> None:
-        check(_is_number(self.alpha) and 0.0 < self.alpha <= 1.0, "alpha", "must be in (0, 1]",
-              self.alpha)
-        check(_is_number(self.beta) and 0.0 < self.beta <= 1.0, "beta", "must be in (0, 1]",
-              self.beta)
-        check(_is_number(self.length_scale) and self.length_scale > 0, "length_scale",
-              "must be > 0 (tokens)", self.length_scale)
-        check(_is_number(self.c_puct) and self.c_puct >= 0, "c_puct", "must be >= 0",
-              self.c_puct)
-        check(_is_int(self.rollouts) and self.rollouts >= 1, "rollouts",
-              "must be an integer >= 1", self.rollouts)
-        check(_is_int(self.search_limit) and self.search_limit >= 1, "search_limit",
-              "must be an integer >= 1", self.search_limit)
-        check(_is_int(self.prefilter_rollouts) and self.prefilter_rollouts >= 2,
-              "prefilter_rollouts", "must be an integer >= 2", self.prefilter_rollouts)
-        if self.prefilter_min_known is not None:
-            check(_is_int(self.prefilter_min_known)
-                  and 1 <= self.prefilter_min_known <= self.prefilter_rollouts,
-                  "prefilter_min_known",
-                  f"must be an integer in [1, prefilter_rollouts = {self.prefilter_rollouts}]",
-                  self.prefilter_min_known)
-        check(self.step_unit in ("steps", "tokens"), "step_unit",
-              "must be one of 'steps', 'tokens'", self.step_unit)
-        check(_is_int(self.target_pieces) and self.target_pieces >= 2, "target_pieces",
-              "must be an integer >= 2", self.target_pieces)
-        check(self.truncated in TRUNCATED_RULES, "truncated",
-              f"must be one of {', '.join(TRUNCATED_RULES)}", self.truncated)
-        if not isinstance(self.sampling, SamplingConfig):
-            raise ConfigError(f"sampling must be a SamplingConfig, got {self.sampling!r}")
-
-    @property
-    def min_known(self) -> int:
-        """Known pre-filter rollouts needed to call a question all correct or all wrong."""
-        if self.prefilter_min_known is not None:
-            return self.prefilter_min_known
-        return math.ceil(self.prefilter_rollouts / 2)
 
 
 # --------------------------------------------------------------------------------------------

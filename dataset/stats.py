@@ -36,6 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 from steplabel.annotators.consensus import CONSENSUS_REASONS
 from steplabel.dataset import storage
 from steplabel.schemas.records import OUTPUTS
+from steplabel.schemas.rows import COST_FIELDS
 
 MAX_POSITION = 20  # step-index buckets: 0..19 and "20+"
 NO_ERROR = "none"  # first-error histogram key of "every step correct"
@@ -58,7 +59,6 @@ COLUMNS: dict[str, list[str]] = {
     "dead_letter": ["problem_id", "source", "stage", "reason"],
 }
 COST_STAGES = ("policy", "mc", "judge")
-COST_FIELDS = ("requests", "rollouts", "prompt_tokens", "generated_tokens", "cached_tokens")
 PREFILTER_STAGE = "omegaprm_prefilter"
 #: Stages whose samples can be cut off at ``max_tokens``: policy solutions, Monte Carlo and
 #: OmegaPRM rollouts (pre-filter of kept questions and probes), judge replies.

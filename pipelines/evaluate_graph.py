@@ -64,6 +64,7 @@ from steplabel.pipelines.stages import (
     EngineStageFn,
     _acquire_pool,
 )
+from steplabel.schemas import rows as R
 from steplabel.schemas.config import share_gpu_memory
 from steplabel.schemas.evaluation import PREDICTION, Prediction
 from steplabel.schemas.manifest import JobManifest
@@ -72,15 +73,10 @@ from steplabel.schemas.rows import as_row
 
 def reject_row(reject: GoldReject, *, evaluation_hash: str) -> dict:
     """A dead-letter row (schema ``records.DEAD_LETTER``) for a record that cannot be read."""
-    return {
-        "stage": "read",
-        "reason": reject.reason,
-        "error": reject.error,
-        "problem_id": f"{reject.source}/{reject.item_id}" if reject.item_id else None,
-        "source": reject.source,
-        "original": reject.original,
-        "manifest_hash": evaluation_hash,
-    }
+    return R.dead_letter(
+        stage="read", reason=reject.reason, error=reject.error,
+        problem_id=f"{reject.source}/{reject.item_id}" if reject.item_id else None,
+        source=reject.source, original=reject.original, manifest_hash=evaluation_hash)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,9 +142,9 @@ def check_item(item: GoldItem, annotators: tuple[str, ...]) -> CheckedItem:
 
 def dead_letter_row(item: GoldItem, failure, *, evaluation_hash: str) -> dict:
     """A dead-letter row (schema ``records.DEAD_LETTER``) for an item whose requests failed."""
-    return {"stage": "evaluate", "reason": failure.reason, "error": failure.error,
-            "problem_id": item.problem_id, "source": item.source, "original": item.original,
-            "manifest_hash": evaluation_hash}
+    return R.dead_letter(stage="evaluate", reason=failure.reason, error=failure.error,
+                         problem_id=item.problem_id, source=item.source,
+                         original=item.original, manifest_hash=evaluation_hash)
 
 
 def item_outputs(checked: CheckedItem, parts: list[StagePredictions], *,

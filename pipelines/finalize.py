@@ -117,7 +117,7 @@ def model_identities(manifest) -> dict:
 def annotator_settings(manifest) -> dict:
     """Every annotator's settings and code version, the splitter, the grader and the seeds."""
     from steplabel.annotators import monte_carlo, omegaprm
-    from steplabel.annotators.grading import GRADER_VERSION
+    from steplabel.annotators.graders import get_grader
     from steplabel.annotators.judge import JUDGE_PARSER_VERSION
     from steplabel.annotators.splitting import get_splitter
     from steplabel.schemas.config import to_mapping
@@ -134,7 +134,8 @@ def annotator_settings(manifest) -> dict:
             "monte_carlo": f"{monte_carlo.ANNOTATOR_NAME}/{monte_carlo.ANNOTATOR_VERSION}",
             "omegaprm": f"{omegaprm.ANNOTATOR_NAME}/{omegaprm.ANNOTATOR_VERSION}",
             "judge_parser": JUDGE_PARSER_VERSION,
-            "grader": GRADER_VERSION,
+            "grader": get_grader(manifest.grader).version,
+            "grader_name": manifest.grader.name,
         },
         "splitter": get_splitter(manifest.splitter.name).provenance(),
     }

@@ -29,8 +29,10 @@ from typing import Any, Iterable
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from steplabel.annotators.grading import check_answer_readable, parse_gold
-from steplabel.annotators.stages import Problem
+from steplabel.annotators.graders import Grader
+from steplabel.schemas import rows as R
+from steplabel.schemas.graders import GoldRejected
+from steplabel.schemas.stages import Problem
 
 #: Questions longer than this are not sent to any engine (dead letter, ``question_too_long``).
 MAX_QUESTION_CHARS = 20_000
@@ -317,20 +319,16 @@ def _text_field(record: dict, key: str, what: str) -> tuple[str | None, str | No
     return text, None
 
 
-def validate_item(item: RawItem, *, fields, answer_format: str,
-                  manifest_hash: str) -> tuple[Problem | None, dict | None]:
-    """``(problem, None)`` for a good record, ``(None, dead_letter_row)`` for a bad one."""
+def validate_item(item: RawItem, *, fields, answer_format: str, manifest_hash: str,
+                  grader: Grader) -> tuple[Problem | None, dict | None]:
+    """``(problem, None)`` for a good record, ``(None, dead_letter_row)`` for a bad one. The
+    gold is what ``grader`` reads from the record (``Grader.parse_gold``)."""
 
     def dead(reason: str, error: str, problem_id: str | None = None):
-        return None, {
-            "stage": "validate",
-            "reason": reason,
-            "error": error,
-            "problem_id": problem_id,
-            "source": item.source,
-            "original": _original_text(item.data),
-            "manifest_hash": manifest_hash,
-        }
+        return None, R.dead_letter(stage="validate", reason=reason, error=error,
+                                   problem_id=problem_id, source=item.source,
+                                   original=_original_text(item.data),
+                                   manifest_hash=manifest_hash)
 
     record = item.data
     if isinstance(record, bytes):
@@ -354,22 +352,12 @@ def validate_item(item: RawItem, *, fields, answer_format: str,
         problem_id, problem = _text_field(record, fields.id, "id")
         if problem:
             return dead(problem, f"field {fields.id!r}: {problem.replace('_', ' ')}")
-    answer, problem = _text_field(record, fields.answer, "answer")
-    if problem:
-        return dead(problem, f"field {fields.answer!r}: {problem.replace('_', ' ')}", problem_id)
     if len(question) > MAX_QUESTION_CHARS:
         return dead("question_too_long", f"{len(question)} characters > {MAX_QUESTION_CHARS}",
                     problem_id)
-    gold = parse_gold(answer, answer_format)
-    if gold is None:
-        return dead("unparseable_gold", f"no {answer_format} answer found in "
-                    f"{answer[:80]!r}", problem_id)
-    unreadable = check_answer_readable(gold)
-    if unreadable in ("answer_too_long", "answer_too_deep"):
-        return dead("pathological_gold", f"gold answer {gold[:80]!r}: {unreadable}", problem_id)
-    if unreadable is not None:
-        return dead("unparseable_gold", f"the grader cannot read the gold answer "
-                    f"{gold[:80]!r} ({unreadable})", problem_id)
+    gold = grader.parse_gold(record, fields=fields, answer_format=answer_format)
+    if isinstance(gold, GoldRejected):
+        return dead(gold.reason, gold.error, problem_id)
     original = _original_text(item.data)
     return Problem(problem_id, question, gold, item.source, original), None
 
@@ -378,18 +366,21 @@ class ValidateProblems(beam.PTransform):
     """Validated problems (main output) and dead-letter rows (``dead_letter``), duplicates
     resolved as the module docstring says."""
 
-    def __init__(self, *, fields, answer_format: str, manifest_hash: str) -> None:
+    def __init__(self, *, fields, answer_format: str, manifest_hash: str,
+                 grader: Grader) -> None:
         super().__init__()
         self.fields = fields
         self.answer_format = answer_format
         self.manifest_hash = manifest_hash
+        self.grader = grader
 
     def expand(self, items):
-        fields, fmt, mhash = self.fields, self.answer_format, self.manifest_hash
+        fields, fmt, mhash, grader = (self.fields, self.answer_format, self.manifest_hash,
+                                      self.grader)
 
         def check(item):
             problem, dead = validate_item(item, fields=fields, answer_format=fmt,
-                                          manifest_hash=mhash)
+                                          manifest_hash=mhash, grader=grader)
             if dead is not None:
                 beam.metrics.Metrics.counter("steplabel", f"dead_letter_{dead['reason']}").inc()
                 yield beam.pvalue.TaggedOutput("dead_letter", dead)
@@ -424,13 +415,9 @@ def _resolve_duplicates(keyed, manifest_hash: str):
         yield copies[0]
     for copy in rest:
         beam.metrics.Metrics.counter("steplabel", f"dead_letter_{reason}").inc()
-        yield beam.pvalue.TaggedOutput("dead_letter", {
-            "stage": "validate",
-            "reason": reason,
-            "error": f"problem id {problem_id!r} appears {len(copies)} times"
+        yield beam.pvalue.TaggedOutput("dead_letter", R.dead_letter(
+            stage="validate", reason=reason,
+            error=f"problem id {problem_id!r} appears {len(copies)} times"
             + ("" if same else " with different questions or answers"),
-            "problem_id": problem_id,
-            "source": copy.source,
-            "original": copy.original,
-            "manifest_hash": manifest_hash,
-        })
+            problem_id=problem_id, source=copy.source, original=copy.original,
+            manifest_hash=manifest_hash))

@@ -48,6 +48,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             _fail(path, f"must be a mapping, got {type(value).__name__} {value!r:.60}")
+        # A config family (``grader``: one config class per grader name) picks its member.
+        variant = getattr(tp, "config_variant", None)
+        if variant is not None:
+            tp = variant(value, path)
         return from_mapping(tp, value, path=path)
     if origin in (tuple, list):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):

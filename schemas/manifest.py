@@ -15,11 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from steplabel.annotators.judge import JudgeConfig
-from steplabel.annotators.monte_carlo import MonteCarloConfig
-from steplabel.annotators.omegaprm import OmegaPRMConfig
-from steplabel.annotators.prompts import load_template
-from steplabel.annotators.splitting import SPLITTERS
+from steplabel.schemas.annotators import JudgeConfig, MonteCarloConfig, OmegaPRMConfig
 from steplabel.schemas.config import (
     ConfigError,
     EngineConfig,
@@ -28,6 +24,11 @@ from steplabel.schemas.config import (
     from_mapping,
     to_mapping,
 )
+from steplabel.schemas.graders import GraderConfig, MathGraderConfig
+from steplabel.schemas.templates import load_template
+
+#: The splitters a manifest may name (``annotators/splitting.py`` implements each one).
+SPLITTER_NAMES = ("lines", "paragraphs", "step_markers")
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class SplitterConfig:
     name: str = "step_markers"
 
     def __post_init__(self) -> None:
-        check(self.name in SPLITTERS, "name", f"must be one of {', '.join(sorted(SPLITTERS))}",
+        check(self.name in SPLITTER_NAMES, "name", f"must be one of {', '.join(SPLITTER_NAMES)}",
               self.name)
 
 
@@ -171,6 +172,8 @@ class JobManifest:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     splitter: SplitterConfig = field(default_factory=SplitterConfig)
+    #: Which grader decides whether a finished solution is right (``grader: {name: math}``).
+    grader: GraderConfig = field(default_factory=MathGraderConfig)
     monte_carlo: MonteCarloConfig | None = None
     omegaprm: OmegaPRMConfig | None = None
     judge: JudgeConfig | None = None
@@ -188,7 +191,12 @@ class JobManifest:
                   "needs consensus (follows the judge's verdict)", True)
 
     def to_dict(self) -> dict[str, Any]:
-        return to_mapping(self)
+        """The canonical mapping. The default grader is left out, so that a manifest that does
+        not choose one has the same form, hash and lock as before the grader was a setting."""
+        data = to_mapping(self)
+        if data["grader"] == to_mapping(MathGraderConfig()):
+            del data["grader"]
+        return data
 
     @property
     def hash(self) -> str:

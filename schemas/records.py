@@ -46,11 +46,6 @@ OUTPUT_DIRS: dict[str, str] = {
 }
 
 
-def empty_cost() -> dict[str, int]:
-    return {"requests": 0, "rollouts": 0, "prompt_tokens": 0, "generated_tokens": 0,
-            "cached_tokens": 0}
-
-
 def to_table(output: str, rows: list[dict]) -> pa.Table:
     """Rows to a table with the output's explicit schema; a mismatch raises at once."""
     return pa.Table.from_pylist(rows, schema=OUTPUTS[output])

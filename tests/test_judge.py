@@ -16,14 +16,10 @@ from hypothesis import strategies as st
 
 from fakes import ScriptedEngine
 from steplabel.annotators.judge import (
-    DEFAULT_JUDGE_TEMPLATE,
-    JUDGE_PARSER_VERSION,
     MAX_REPLY_CHARS,
     PARSE_REASONS,
     Decision,
-    JudgeConfig,
     JudgeParse,
-    JudgeSampling,
     LLMJudge,
     decide,
     forces_verdict_box,
@@ -32,6 +28,12 @@ from steplabel.annotators.judge import (
     parse_processbench_reply,
     read_reply,
     tag_steps,
+)
+from steplabel.schemas.annotators import (
+    DEFAULT_JUDGE_TEMPLATE,
+    JUDGE_PARSER_VERSION,
+    JudgeConfig,
+    JudgeSampling,
 )
 from steplabel.annotators.prompts import load_template
 from steplabel.annotators.seeds import derive_seed

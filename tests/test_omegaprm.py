@@ -809,13 +809,10 @@ def test_job_rows_carry_the_tree():
     # The OmegaPRM stage (annotators.stages.omegaprm_rows, as the job's OmegaPRM stage calls
     # it) writes the parent, single_step and the states after the error to omegaprm/states,
     # the shared parent to pairs, and each search's reason.
-    from steplabel.annotators.stages import (
-        Problem,
-        StageContext,
-        engine_identity,
-        omegaprm_rows,
-    )
+    from steplabel.annotators.stages import StageContext, engine_identity, omegaprm_rows
+    from steplabel.schemas.graders import MathGold
     from steplabel.schemas.manifest import manifest_from_dict
+    from steplabel.schemas.stages import Problem
     from steplabel.schemas.records import OUTPUTS, to_table
 
     problem = PlantedProblem.make("job-tree", num_steps=8)
@@ -836,7 +833,7 @@ def test_job_rows_carry_the_tree():
     ctx = StageContext(manifest)
     out = asyncio.run(omegaprm_rows(
         ctx, ctx.omegaprm_annotator(engine), ctx.solution_prompt(engine, problem.question),
-        Problem("job-tree", problem.question, problem.gold, "s"),
+        Problem("job-tree", problem.question, MathGold(problem.gold), "s"),
         completer_model=engine_identity(engine)[0]))
     assert out.failure is None
     for output in ("omegaprm_states", "omegaprm_pairs", "omegaprm_searches"):

@@ -8,7 +8,8 @@ import pytest
 from apache_beam.utils import shared
 
 import killing
-from steplabel.annotators.stages import Problem
+from steplabel.schemas.graders import MathGold
+from steplabel.schemas.stages import Problem
 from steplabel.engines.base import EngineDiedError
 from steplabel.pipelines.job import run_job
 from steplabel.pipelines.stages import (
@@ -70,7 +71,7 @@ def test_a_dead_engine_is_rebuilt_for_the_retried_bundle(tmp_path):
     fn = SampleSolutionsFn(manifest, out_dir=str(tmp_path), pool=shared.Shared(),
                            max_in_flight=2)
     fn.setup()
-    problems = [Problem(f"p{i}", f"What is {i} + 1?", str(i + 1), "test") for i in range(3)]
+    problems = [Problem(f"p{i}", f"What is {i} + 1?", MathGold(str(i + 1)), "test") for i in range(3)]
 
     def bundle():
         fn.start_bundle()

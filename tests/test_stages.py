@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from steplabel.annotators import stages as st
+from steplabel.annotators.graders import get_grader
 from steplabel.engines.host import create_engine
 from steplabel.dataset import storage
 from steplabel.pipelines import job
@@ -58,7 +59,7 @@ def valid_problems(manifest) -> list[st.Problem]:
     by_id = defaultdict(list)
     for item in read_local_items(source):
         problem, _ = validate_item(item, fields=source.fields, answer_format=source.answer_format,
-                                   manifest_hash=manifest.hash)
+                                   manifest_hash=manifest.hash, grader=get_grader(manifest.grader))
         if problem is not None:
             by_id[problem.problem_id].append(problem)
     kept = []
