@@ -43,18 +43,20 @@ from pathlib import Path
 
 import numpy as np
 
-#: Stages in display order: key -> label.
+from steplabel.annotators.registry import ANNOTATORS, with_cost_on_rows
+
+#: Stages in display order: key -> label (policy sampling, then every annotator).
 STAGES = {
     "policy": "policy sampling",
-    "monte_carlo": "Monte Carlo",
-    "omegaprm": "OmegaPRM (incl. pre-filter)",
-    "judge": "judge",
+    **{name: spec.title for name, spec in ANNOTATORS.items()},
+    "omegaprm": "OmegaPRM (incl. pre-filter)",  # its costs include the questions it dropped
 }
 #: Cost fields per stage (``cached_tokens``: prompt tokens served from the prefix cache; it
 #: depends on scheduling, so a projection of it is rougher than the others).
 FIELDS = ("rollouts", "prompt_tokens", "cached_tokens", "generated_tokens")
 #: Trajectory cost columns and the stage they belong to.
-ROW_COSTS = {"cost_policy": "policy", "cost_mc": "monte_carlo", "cost_judge": "judge"}
+ROW_COSTS = {"cost_policy": "policy",
+             **{spec.cost_column: spec.name for spec in with_cost_on_rows()}}
 #: Two-sided 95% normal quantile.
 Z95 = 1.959964
 DEFAULT_PILOT = 24
