@@ -610,7 +610,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"[steplabel] dataset card written to {rewrite_card(args.dataset)}",
               file=sys.stderr)
     if args.html:
-
         examples = {output: sample_trajectories(args.dataset, output, args.examples)
                     for output in ("trajectories", "rejected")} if args.examples > 0 else None
         write_report(args.html, render_html(report, examples))
