@@ -11,6 +11,7 @@ from pathlib import Path
 from apache_beam.io.filesystems import FileSystems
 
 from steplabel import __version__
+from steplabel.annotators.registry import enabled
 from steplabel.dataset import storage
 from steplabel.dataset.stats import accounted_problems, compute_stats, truncation_warnings
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS, SCHEMA_VERSION
@@ -129,10 +130,8 @@ def sampling_settings(manifest) -> dict:
     from steplabel.schemas.config import to_mapping
 
     stages = {"policy": manifest.policy.sampling}
-    for name in ("monte_carlo", "omegaprm", "judge"):
-        config = getattr(manifest, name)
-        if config is not None:
-            stages[name] = config.sampling
+    for spec in enabled(manifest):
+        stages[spec.name] = spec.config(manifest).sampling
     return {
         "stages": {name: to_mapping(sampling) for name, sampling in stages.items()},
         "policy_samples": manifest.policy.samples,

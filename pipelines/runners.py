@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from steplabel.annotators.registry import roles
 from steplabel.schemas.config import ConfigError
 
 
@@ -87,7 +88,7 @@ def runner_options(runner) -> list[str]:
 
 
 #: Engine roles a profile may place on their own accelerators (``stage_accelerators``).
-ROLES = ("policy", "completer", "judge")
+ROLES = roles()
 
 
 def stage_accelerators(runner) -> dict[str, str]:
