@@ -4,6 +4,10 @@ Raw items reach validation unchanged (bytes for JSONL lines, dicts for Parquet a
 that every failure (non-UTF-8 bytes, malformed JSON, wrong types, missing or empty fields,
 unparseable or pathological gold answers) becomes a dead-letter row with the original record.
 
+Each source kind is one class meeting the :class:`Source` protocol (:data:`SOURCE_KINDS`,
+:func:`open_source`): it checks, reads, counts, fingerprints and samples its input, so that the
+job, ``plan`` and the lock never branch on the kind.
+
 Every source is read by Beam on the workers, never into a list on the launcher: JSONL files
 line by line with their line numbers (one file per element, any number of files in parallel),
 Parquet by ``ReadFromParquet`` (split by row groups), ``datasets`` folders, files and pinned
