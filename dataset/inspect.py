@@ -29,6 +29,12 @@ from steplabel.dataset.stats import (
     compute_stats,
     truncation_warnings,
 )
+from steplabel.dataset.show import (
+    SYMBOLS,
+    first_error_marks,
+    first_error_texts,
+    sample_trajectories,
+)
 from steplabel.schemas.records import OUTPUTS
 
 #: Sources beyond this many get tables but no plots in the HTML report (keeps it readable).
@@ -443,8 +449,12 @@ def _first_error_text(value) -> str:
     return "unknown" if value is None else "none" if value < 0 else str(value)
 
 
+def _judge_votes(example: dict) -> str:
+    votes = example["judge_votes"]
+    return f" (votes {', '.join('?' if v is None else str(v) for v in votes)})" if votes else ""
+
+
 def _example_html(example: dict, *, open_: bool) -> str:
-    from steplabel.dataset.show import SYMBOLS
 
     e = html.escape
     status = "kept" if example["kept"] else "rejected"
@@ -458,11 +468,7 @@ def _example_html(example: dict, *, open_: bool) -> str:
                f"{counts}, {LABEL_WORDS[step['label_state']]}")
         cells.append(f"<span style='background:{_mc_colour(value)}' title='{e(tip)}'>"
                      f"{symbol}</span>")
-    marks: dict[int, list[str]] = {}
-    for name, key in (("MC", "mc_first_error"), ("OmegaPRM", "omegaprm_first_error"),
-                      ("judge", "judge_first_error")):
-        if example[key] is not None and example[key] >= 0:
-            marks.setdefault(example[key], []).append(name)
+    marks = first_error_marks(example)
     rows = []
     for step in example["steps"]:
         value = step["mc_value"]
@@ -485,10 +491,8 @@ def _example_html(example: dict, *, open_: bool) -> str:
     verdict = "correct" if correct else "unknown" if correct is None else "incorrect"
     labels_from = {"final": "final labels", "monte_carlo": "Monte Carlo labels (not kept)"}.get(
         example["labels_from"], "no labels")
-    votes = example["judge_votes"]
-    judge = _first_error_text(example["judge_first_error"]) + (
-        f" (votes {', '.join('?' if v is None else str(v) for v in votes)})" if votes else "")
-    omegaprm = example["omegaprm_first_error"]
+    first_errors = " · ".join(e(part) for part in first_error_texts(
+        example, _first_error_text, {"judge": _judge_votes}))
     summary = (f"<span class='badge {status}'>{status} · "
                f"{e(example['consensus_reason'] or 'no reason')}</span>"
                f"{e(str(example['problem_id']))} · solution {example['solution_index']} · "
@@ -505,17 +509,13 @@ def _example_html(example: dict, *, open_: bool) -> str:
         f"</p><table class='steps'><tr><th>label</th><th>step</th><th>MC</th>"
         f"<th title='correct / graded rollouts from the step prefix'>counts</th>"
         f"<th style='text-align:left'>step text</th></tr>{''.join(rows)}</table>"
-        f"<p class='meta'>first errors: Monte Carlo "
-        f"{_first_error_text(example['mc_first_error'])}"
-        f"{' · OmegaPRM ' + _first_error_text(omegaprm) if omegaprm is not None else ''}"
-        f" · judge {e(judge)} · consensus: {status} "
+        f"<p class='meta'>first errors: {first_errors} · consensus: {status} "
         f"({e(example['consensus_reason'] or 'no reason recorded')})</p></details>")
 
 
 def examples_html(examples: dict[str, list[dict]], totals: dict[str, int]) -> str:
     """The browsable examples section: kept and rejected trajectories, labels colour-coded,
     a strip of per-step Monte Carlo values in each summary line."""
-    from steplabel.dataset.show import SYMBOLS
 
     legend = "".join(
         f"<span class='item'><span class='chip {state}'>{SYMBOLS[state][0]}</span> "
@@ -610,8 +610,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"[steplabel] dataset card written to {rewrite_card(args.dataset)}",
               file=sys.stderr)
     if args.html:
-        from steplabel.dataset.show import sample_trajectories
-
         examples = {output: sample_trajectories(args.dataset, output, args.examples)
                     for output in ("trajectories", "rejected")} if args.examples > 0 else None
         write_report(args.html, render_html(report, examples))

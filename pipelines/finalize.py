@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import importlib.metadata
 import os
 import platform
@@ -12,7 +11,7 @@ from pathlib import Path
 from apache_beam.io.filesystems import FileSystems
 
 from steplabel import __version__
-from steplabel.models import sha256_file
+from steplabel.annotators.registry import enabled
 from steplabel.dataset import storage
 from steplabel.dataset.stats import accounted_problems, compute_stats, truncation_warnings
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS, SCHEMA_VERSION
@@ -48,24 +47,10 @@ def code_version() -> dict:
 def input_hashes(source) -> dict[str, str]:
     """SHA-256 of every local input file the source reads; remote files are pinned by what
     their filesystem reports (``sources.remote_fingerprints``); hub datasets by their
-    revision in the manifest."""
-    if not source.path:
-        return {}
-    if "://" in source.path:
-        from steplabel.pipelines.sources import remote_fingerprints
+    revision in the manifest (:meth:`~steplabel.pipelines.sources.Source.fingerprint`)."""
+    from steplabel.pipelines.sources import open_source
 
-        return remote_fingerprints(source.path)
-    paths = sorted(glob.glob(source.path)) if any(c in source.path for c in "*?[") else [
-        source.path]
-    hashes = {}
-    for path in paths:
-        p = Path(path)
-        if not p.exists():  # gone since the run (regenerate reports it as missing)
-            continue
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for file in files:
-            hashes[str(file)] = sha256_file(file)
-    return hashes
+    return open_source(source).fingerprint()
 
 
 #: Environment variables that change what an engine computes (never secrets: an allow-list).
@@ -146,10 +131,8 @@ def sampling_settings(manifest) -> dict:
     from steplabel.schemas.config import to_mapping
 
     stages = {"policy": manifest.policy.sampling}
-    for name in ("monte_carlo", "omegaprm", "judge"):
-        config = getattr(manifest, name)
-        if config is not None:
-            stages[name] = config.sampling
+    for spec in enabled(manifest):
+        stages[spec.name] = spec.config(manifest).sampling
     return {
         "stages": {name: to_mapping(sampling) for name, sampling in stages.items()},
         "policy_samples": manifest.policy.samples,

@@ -16,6 +16,7 @@ from typing import Mapping
 
 import yaml
 
+from steplabel.annotators.registry import roles
 from steplabel.schemas.config import ConfigError
 
 
@@ -88,7 +89,7 @@ def runner_options(runner) -> list[str]:
 
 
 #: Engine roles a profile may place on their own accelerators (``stage_accelerators``).
-ROLES = ("policy", "completer", "judge")
+ROLES = roles()
 
 
 def stage_accelerators(runner) -> dict[str, str]:

@@ -52,6 +52,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from steplabel.annotators import stages as st
+from steplabel.annotators.registry import ANNOTATORS, JUDGE, MONTE_CARLO, OMEGAPRM, AnnotatorSpec
 from steplabel.dataset import storage
 from steplabel.pipelines.runners import declare_engine_resources
 from steplabel.pipelines.shuffle import PackedCoGroupByKey, PackedGroupByKey, PackedReshuffle
@@ -388,7 +389,30 @@ class MonteCarloFn(EngineStageFn):
     :class:`Labels`) on the completer (the verdict guides the rollouts under
     ``consensus_guided``)."""
 
-    stage, role = st.MONTE_CARLO, "completer"
+    stage, role = MONTE_CARLO.name, MONTE_CARLO.role
+    #: The annotators whose labels its input joins (the judge's verdict guides it).
+    reads = (JUDGE.name,)
+
+    @staticmethod
+    def inputs(stages: "LabelStages", usable, labels: dict):
+        """(solution, judge verdict or None): joined with the judge's labels under
+        ``consensus_guided`` (no rollouts where consensus cannot keep the labels; the join is
+        the shuffle between the two engine stages), else None."""
+        if not stages.ctx.mc_config.consensus_guided:
+            return usable | "Unguided" >> beam.Map(lambda s: (s, None))
+        return ({"solution": usable | "KeyUsable" >> beam.Map(lambda s: (s.key, s)),
+                 "judge": labels[JUDGE.name]}
+                | "JoinVerdicts" >> PackedCoGroupByKey()
+                | "GuidedSolutions" >> beam.MapTuple(
+                    lambda _, g: (list(g["solution"])[0], next(iter(g["judge"]), None))))
+
+    @staticmethod
+    def in_flight(stages: "LabelStages") -> int:
+        """Decided stopping sends a solution's rollouts in small waves (1, 1, 2, ...), one step
+        at a time under first-error-only: k times more solutions in flight keep about as many
+        samples at the engine as fixed k would, so waves do not starve its batches."""
+        config = stages.ctx.mc_config
+        return stages.per_solution * (config.rollouts if config.stopping == "decided" else 1)
 
     def key(self, element) -> str:
         solution, _ = element
@@ -414,7 +438,16 @@ class MonteCarloFn(EngineStageFn):
 class JudgeFn(EngineStageFn):
     """Solution -> ((problem_id, i), judge :class:`Labels`) on the judge."""
 
-    stage, role = st.JUDGE, "judge"
+    stage, role = JUDGE.name, JUDGE.role
+    reads = ()
+
+    @staticmethod
+    def inputs(stages: "LabelStages", usable, labels: dict):
+        return usable
+
+    @staticmethod
+    def in_flight(stages: "LabelStages") -> int:
+        return stages.per_solution
 
     def key(self, solution) -> str:
         return json.dumps([solution.problem_id, solution.index])
@@ -435,7 +468,7 @@ class JudgeFn(EngineStageFn):
 class OmegaPRMFn(EngineStageFn):
     """Problem -> (problem_id, OmegaPRM :class:`Piece`) on the completer."""
 
-    stage, role = st.OMEGAPRM, "completer"
+    stage, role = OMEGAPRM.name, OMEGAPRM.role
 
     def key(self, problem) -> str:
         return problem.problem_id
@@ -453,6 +486,14 @@ class OmegaPRMFn(EngineStageFn):
 
     def emit(self, problem, piece, *, resumed: bool):
         yield problem.problem_id, piece
+
+
+#: The Beam stage of each annotator (:data:`~steplabel.annotators.registry.ANNOTATORS`).
+#: A ``per: solution`` stage reads solutions (``inputs``: usable solutions, possibly joined
+#: with the labels of the annotators it ``reads``) and emits ``((problem_id, i), Labels)``;
+#: a ``per: problem`` stage reads problems and emits ``(problem_id, Piece)``.
+ANNOTATOR_STAGES: dict[str, type[EngineStageFn]] = {
+    MONTE_CARLO.name: MonteCarloFn, OMEGAPRM.name: OmegaPRMFn, JUDGE.name: JudgeFn}
 
 
 class IdentifyEnginesFn(beam.DoFn):
@@ -516,7 +557,8 @@ class IdentifyEngines(beam.PTransform):
 
 
 class AssembleTrajectoriesFn(beam.DoFn):
-    """(key, {solution, mc, judge}) -> (problem_id, ("piece", Piece)): consensus and the row."""
+    """(key, {solution, monte_carlo, judge}) -> (problem_id, ("piece", Piece)): consensus and
+    the row (consensus combines exactly these two annotators' labels)."""
 
     def __init__(self, manifest) -> None:
         self.manifest = manifest
@@ -527,12 +569,12 @@ class AssembleTrajectoriesFn(beam.DoFn):
     def process(self, item):
         (problem_id, _), grouped = item
         solutions = list(grouped["solution"])
-        mc = list(grouped["mc"])
-        verdicts = list(grouped["judge"])
+        labels = {name: next(iter(grouped[name]), None) for name in grouped
+                  if name != "solution"}
         # The job's provenance, the same on every row, is added by the sink (WriteShards): rows
         # carry only their own part (the policy seed) through the shuffles.
-        piece = st.assemble_trajectory(self.ctx, solutions[0], mc[0] if mc else None,
-                                       verdicts[0] if verdicts else None, {})
+        piece = st.assemble_trajectory(self.ctx, solutions[0], labels.get(MONTE_CARLO.name),
+                                       labels.get(JUDGE.name), {})
         yield problem_id, ("piece", piece)
 
 
@@ -601,9 +643,30 @@ class LabelStages(beam.PTransform):
         self.pool = pool
         self.close_progress = close_progress
 
+    def _specs(self, per: str) -> list[AnnotatorSpec]:
+        """The annotators with a stage per ``per``: those the manifest runs for ``problem``;
+        all for ``solution`` (each is a tag of the join; an annotator reading others' labels
+        comes after them)."""
+        specs = [spec for spec in ANNOTATORS.values() if spec.per == per]
+        if per == "problem":
+            return [spec for spec in specs if spec.config(self.manifest) is not None]
+        ordered: list[AnnotatorSpec] = []
+        while len(ordered) < len(specs):
+            ready = [spec for spec in specs if spec not in ordered and all(
+                name in [o.name for o in ordered]
+                for name in ANNOTATOR_STAGES[spec.name].reads)]
+            if not ready:
+                raise ValueError("annotator stages read each other's labels in a circle")
+            ordered += ready[:1]
+        return ordered
+
     def _stage(self, fn: EngineStageFn):
         return declare_engine_resources(beam.ParDo(fn), role=fn.role,
                                         accelerators=self.accelerators)
+
+    def _annotate(self, fn_class, stage_input, **options):
+        spec = ANNOTATORS[fn_class.stage]
+        return stage_input | spec.stage_label >> self._stage(fn_class(**options))
 
     def expand(self, problems):
         m = self.manifest
@@ -613,15 +676,8 @@ class LabelStages(beam.PTransform):
         common = dict(manifest=m, out_dir=self.out_dir, pool=pool)
         engine_stage = dict(common, total=self.total, placement=self.accelerators)
         per_problem = m.runner.max_in_flight
-        per_solution = m.runner.max_in_flight * m.policy.samples
-        # Decided stopping sends a solution's rollouts in small waves (1, 1, 2, ...), one step at
-        # a time under first-error-only: k times more solutions in flight keep about as many
-        # samples at the engine as fixed k would, so waves do not starve its batches.
-        ctx = st.StageContext(m)
-        mc_config = ctx.mc_config
-        per_solution_mc = per_solution * (
-            mc_config.rollouts if mc_config is not None and mc_config.stopping == "decided"
-            else 1)
+        self.per_solution = m.runner.max_in_flight * m.policy.samples
+        self.ctx = ctx = st.StageContext(m)
         roles = sorted(ctx.roles())
         identities = problems.pipeline | "IdentifyEngines" >> IdentifyEngines(
             m, roles=roles, out_dir=self.out_dir, pool=pool, accelerators=self.accelerators)
@@ -635,35 +691,25 @@ class LabelStages(beam.PTransform):
             sampled | "SamplingPiece" >> beam.Map(
                 lambda ps: (ps[0].problem_id, ("piece", st.sampled_piece(ps[1])))),
         ]
-        if m.omegaprm is not None:
-            parts.append(problems | "OmegaPRM" >> self._stage(
-                OmegaPRMFn(**engine_stage, max_in_flight=per_problem))
-                | "OmegaPRMPiece" >> beam.MapTuple(lambda pid, piece: (pid, ("piece", piece))))
+        for spec in self._specs("problem"):  # their own rows, per problem
+            parts.append(self._annotate(ANNOTATOR_STAGES[spec.name], problems, **engine_stage,
+                                        max_in_flight=per_problem)
+                         | f"{spec.stage_label}Piece" >> beam.MapTuple(
+                             lambda pid, piece: (pid, ("piece", piece))))
         usable = (solutions
                   | "Usable" >> beam.Filter(lambda s: not s.truncated)
                   | "SpreadSolutions" >> PackedReshuffle())
         joined = {"solution": solutions | "KeySolutions" >> beam.Map(lambda s: (s.key, s))}
-        if m.judge is not None:
-            joined["judge"] = usable | "Judge" >> self._stage(
-                JudgeFn(**engine_stage, max_in_flight=per_solution))
-        else:
-            joined["judge"] = problems.pipeline | "NoJudge" >> beam.Create([])
-        if m.monte_carlo is not None:
-            if mc_config.consensus_guided:
-                # The judge first: Monte Carlo spends rollouts only where consensus can keep
-                # the labels. The join is the shuffle between the two engine stages.
-                mc_input = ({"solution": usable | "KeyUsable" >> beam.Map(lambda s: (s.key, s)),
-                             "judge": joined["judge"]}
-                            | "JoinVerdicts" >> PackedCoGroupByKey()
-                            | "GuidedSolutions" >> beam.MapTuple(
-                                lambda _, g: (list(g["solution"])[0],
-                                              next(iter(g["judge"]), None))))
-            else:
-                mc_input = usable | "Unguided" >> beam.Map(lambda s: (s, None))
-            joined["mc"] = mc_input | "MonteCarlo" >> self._stage(
-                MonteCarloFn(**engine_stage, max_in_flight=per_solution_mc))
-        else:
-            joined["mc"] = problems.pipeline | "NoMonteCarlo" >> beam.Create([])
+        labels: dict = {}  # name -> KV((problem_id, i), Labels), every per-solution annotator
+        for spec in self._specs("solution"):
+            fn_class = ANNOTATOR_STAGES[spec.name]
+            if spec.config(m) is None:
+                labels[spec.name] = problems.pipeline | f"No{spec.stage_label}" >> beam.Create([])
+                continue
+            labels[spec.name] = self._annotate(
+                fn_class, fn_class.inputs(self, usable, labels), **engine_stage,
+                max_in_flight=fn_class.in_flight(self))
+        joined.update(labels)
         parts.append(joined
                      | "JoinSolutionLabels" >> PackedCoGroupByKey()
                      | "AssembleTrajectories" >> beam.ParDo(AssembleTrajectoriesFn(m)))
