@@ -787,8 +787,7 @@ def annotator_versions(judge_parser: str = "processbench") -> dict[str, str]:
 
 
 def _zero_cost() -> dict[str, int]:
-    return {"requests": 0, "rollouts": 0, "prompt_tokens": 0, "generated_tokens": 0,
-            "cached_tokens": 0}
+    return {"requests": 0, "rollouts": 0, "prompt_tokens": 0, "generated_tokens": 0}
 
 
 def add_costs(*costs: Mapping[str, int] | None) -> dict[str, int]:

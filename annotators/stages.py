@@ -515,7 +515,7 @@ async def omegaprm_rows(ctx: StageContext, annotator, prompt, problem: Problem, 
 
     count("omegaprm_rollouts", result.rollouts)
     # Token counts are not on OmegaPRM's rows (states share rollouts): counted here.
-    for name in ("prompt_tokens", "generated_tokens", "cached_tokens"):
+    for name in ("prompt_tokens", "generated_tokens"):
         count(f"omegaprm_{name}", result.cost.get(name, 0))
     count("omegaprm_rollouts_truncated", result.truncated_rollouts)
     count("omegaprm_prefilter_rollouts_truncated", result.prefilter_n_truncated)

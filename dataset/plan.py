@@ -50,9 +50,8 @@ STAGES = {
     "omegaprm": "OmegaPRM (incl. pre-filter)",
     "judge": "judge",
 }
-#: Cost fields per stage (``cached_tokens``: prompt tokens served from the prefix cache; it
-#: depends on scheduling, so a projection of it is rougher than the others).
-FIELDS = ("rollouts", "prompt_tokens", "cached_tokens", "generated_tokens")
+#: Cost fields per stage, as rows carry them (prefix-cache hits are a run metric, not rows').
+FIELDS = ("rollouts", "prompt_tokens", "generated_tokens")
 #: Trajectory cost columns and the stage they belong to.
 ROW_COSTS = {"cost_policy": "policy", "cost_mc": "monte_carlo", "cost_judge": "judge"}
 #: Two-sided 95% normal quantile.
@@ -231,7 +230,7 @@ def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict) -> PilotCos
         values[: len(per_problem)] = np.stack(per_problem)
     if omega_kept:
         rollouts = values[omega_kept, omega, FIELDS.index("rollouts")]
-        for name in ("prompt_tokens", "cached_tokens", "generated_tokens"):
+        for name in ("prompt_tokens", "generated_tokens"):
             total = counters.get(f"omegaprm_{name}")
             if total is None:
                 unknown.add(("omegaprm", name))

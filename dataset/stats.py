@@ -58,7 +58,8 @@ COLUMNS: dict[str, list[str]] = {
     "dead_letter": ["problem_id", "source", "stage", "reason"],
 }
 COST_STAGES = ("policy", "mc", "judge")
-COST_FIELDS = ("requests", "rollouts", "prompt_tokens", "generated_tokens", "cached_tokens")
+#: The cost fields rows carry (prefix-cache hits are the run's: ``stats.json``'s ``run``).
+COST_FIELDS = ("requests", "rollouts", "prompt_tokens", "generated_tokens")
 PREFILTER_STAGE = "omegaprm_prefilter"
 #: Stages whose samples can be cut off at ``max_tokens``: policy solutions, Monte Carlo and
 #: OmegaPRM rollouts (pre-filter of kept questions and probes), judge replies.
@@ -437,7 +438,6 @@ class LabelStats:
                 "kept_step_labels": self.labelled_steps,
                 "rollouts": ratio(spent["rollouts"], self.labelled_steps),
                 "generated_tokens": ratio(spent["generated_tokens"], self.labelled_steps),
-                "cached_prompt_share": ratio(spent["cached_tokens"], spent["prompt_tokens"]),
             },
             "omegaprm": {
                 "states": dict(sorted(self.states.items())),
