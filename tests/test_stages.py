@@ -222,7 +222,8 @@ def test_figures_folded_in_the_pipeline_equal_the_figures_read_from_shards(tmp_p
     figures = json.loads((tmp_path / "out" / "_work" / "figures.json").read_text())
     from_shards = compute_stats(out)
     stats = {k: v for k, v in result.stats.items()
-             if k not in ("reconciliation", "counters", "warnings", "temp_files_removed")}
+             if k not in ("reconciliation", "counters", "warnings", "temp_files_removed",
+                          "run")}
     assert stats == from_shards == figures["stats"]
     assert result.info["rows"] == {name: storage.count_rows(out, name) for name in OUTPUTS}
     seen = accounted_problems(out)
