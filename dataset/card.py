@@ -175,8 +175,10 @@ def _identity(info: dict, lock: dict) -> list[str]:
                      None: "unknown"}[entry.get("deterministic")]
             lines.append(f"- {role} (`{entry.get('model')}`): {state}: {entry.get('reason')}.")
         if determinism.get("may_differ"):
-            lines.append("- Columns that may differ: " + ", ".join(
-                f"`{c}`" for c in determinism["may_differ"]) + ".")
+            lines.append("- Columns that may differ: " + (
+                "every column (the policy's solutions may differ)"
+                if determinism["may_differ"] == ["*"] else
+                ", ".join(f"`{c}`" for c in determinism["may_differ"])) + ".")
         declared = determinism.get("nondeterministic_columns") or []
         lines.append("- Declared non-deterministic by the manifest (`regenerate --verify` "
                      "accepts differences there): " + (", ".join(f"`{c}`" for c in declared)

@@ -117,6 +117,8 @@ def engine_determinism(manifest) -> dict:
     overall = False if False in flags else (None if None in flags else True)
     may_differ = sorted({pattern for role, entry in roles.items()
                          if entry["deterministic"] is False for pattern in ROLE_COLUMNS[role]})
+    if "*" in may_differ:  # the policy's solutions: every column follows from them
+        may_differ = ["*"]
     return {"deterministic": overall, "engines": roles, "may_differ": may_differ,
             "nondeterministic_columns": list(manifest.nondeterministic_columns)}
 

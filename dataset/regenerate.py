@@ -46,6 +46,7 @@ from steplabel.dataset.identity import (
     MOVED_COLUMNS,
     ROLE_COLUMNS,
     content_hash,
+    engine_determinism,
     file_sha256,
     matches,
     moved_field,
@@ -597,8 +598,6 @@ def run(args: argparse.Namespace) -> int:
     completed = result.stats["reconciliation"]["ok"]
     comparison = None
     if completed and args.verify:
-        from steplabel.dataset.identity import engine_determinism
-
         comparison = compare_datasets(args.out, args.verify,
                                       accept=manifest.nondeterministic_columns,
                                       determinism=engine_determinism(manifest))
