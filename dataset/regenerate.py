@@ -421,6 +421,15 @@ class DatasetComparison:
     def render(self) -> str:
         lines = [f"[steplabel] verify: {self.regenerated} (regenerated) against "
                  f"{self.reference} (reference)"]
+        for role, entry in (self.determinism.get("engines") or {}).items():
+            if entry.get("deterministic") is not True:
+                state = "may not be" if entry.get("deterministic") is None else "is not"
+                lines.append(f"  {role} engine {state} deterministic: {entry.get('reason')}")
+        if self.determinism.get("may_differ"):
+            declared = self.determinism.get("nondeterministic_columns") or []
+            lines.append("  columns that may differ: " + ", ".join(self.determinism["may_differ"])
+                         + "; declared non-deterministic (accepted): "
+                         + (", ".join(declared) if declared else "none"))
         moved: Counter = Counter()
         for o in self.outputs:
             lines.append(
