@@ -57,10 +57,13 @@ def dataset_report(dataset_dir: str) -> dict:
         "name": info.get("name"),
         "manifest_hash": info.get("manifest_hash"),
         "schema_version": info.get("schema_version"),
+        "content_hash": info.get("content_hash"),
         "completed": storage.exists(storage.join(dataset_dir, storage.COMPLETED)),
         **stats,
         # Beam counters of the run that wrote the dataset (not recomputable from the shards).
         "run_counters": written.get("counters", {}),
+        # What the run measured that depends on scheduling (prefix-cache hits): not the data's.
+        "run": written.get("run", {}),
         "warnings": written.get("warnings") or truncation_warnings(stats),
     }
 
@@ -135,13 +138,12 @@ def render_group(title: str, s: dict) -> str:
         f"({_pct(cell['rate'])})" for name, cell in outcome.items()))
     lines.append("cost: " + "; ".join(
         f"{stage} {c['rollouts']} rollouts, {c['generated_tokens']} generated tokens, "
-        f"{c['cached_tokens']}/{c['prompt_tokens']} prompt tokens cached"
+        f"{c['prompt_tokens']} prompt tokens"
         for stage, c in s["cost"].items() if c["requests"]))
     per_label = s["cost_per_label"]
     lines.append(f"cost per kept step label ({per_label['kept_step_labels']} labels): "
                  f"{_num(per_label['rollouts'])} rollouts, "
-                 f"{_num(per_label['generated_tokens'], 1)} generated tokens; cached prompt "
-                 f"share {_pct(per_label['cached_prompt_share'])}")
+                 f"{_num(per_label['generated_tokens'], 1)} generated tokens")
     omega = s["omegaprm"]
     if omega["states"] or omega["rollouts"]:
         lines.append(f"OmegaPRM: states {_pairs(omega['states'])}; {omega['labelled_states']} "
@@ -179,6 +181,12 @@ def render_text(report: dict) -> str:
         head.append("note: some shard is not sorted by problem_id; per-problem counts may "
                     "count a problem twice")
     head += [f"warning: {w}" for w in report.get("warnings") or ()]
+    if report.get("content_hash"):
+        head.append(f"content hash: {report['content_hash']}")
+    cache = ((report.get("run") or {}).get("prefix_cache") or {}).get("all")
+    if cache and cache.get("prompt_tokens"):
+        head.append(f"prefix cache (the run that wrote it): {cache['cached_tokens']} of "
+                    f"{cache['prompt_tokens']} prompt tokens ({_pct(cache['cached_share'])})")
     saved = rollouts_saved(report.get("run_counters") or {})
     if saved:
         head.append(f"Monte Carlo rollouts: {_saved_line(saved)}")
@@ -387,7 +395,6 @@ def _group_html(title: str, s: dict, *, plots: bool) -> str:
           for name, cell in outcome.items()],
         ("rollouts per kept step label", _num(per_label["rollouts"])),
         ("generated tokens per kept step label", _num(per_label["generated_tokens"], 1)),
-        ("cached prompt share", _pct(per_label["cached_prompt_share"])),
         ("OmegaPRM rollouts per state label", _num(s["omegaprm"]["rollouts_per_state_label"])),
     ]
     parts = [f"<h2>{html.escape(title)}</h2>", _table(rows)]
@@ -554,6 +561,7 @@ def render_html(report: dict, examples: dict[str, list[dict]] | None = None) -> 
     saved = rollouts_saved(report.get("run_counters") or {})
     meta = _table([("dataset", report["dataset"]), ("name", report["name"]),
                    ("manifest hash", report["manifest_hash"]),
+                   ("content hash", report.get("content_hash")),
                    ("completed", report["completed"]),
                    *([("Monte Carlo rollouts", _saved_line(saved))] if saved else [])])
     figures = html.escape(json.dumps(report, indent=2, sort_keys=True, default=str))

@@ -51,9 +51,8 @@ STAGES = {
     **{name: spec.title for name, spec in ANNOTATORS.items()},
     "omegaprm": "OmegaPRM (incl. pre-filter)",  # its costs include the questions it dropped
 }
-#: Cost fields per stage (``cached_tokens``: prompt tokens served from the prefix cache; it
-#: depends on scheduling, so a projection of it is rougher than the others).
-FIELDS = ("rollouts", "prompt_tokens", "cached_tokens", "generated_tokens")
+#: Cost fields per stage, as rows carry them (prefix-cache hits are a run metric, not rows').
+FIELDS = ("rollouts", "prompt_tokens", "generated_tokens")
 #: Trajectory cost columns and the stage they belong to.
 ROW_COSTS = {"cost_policy": "policy",
              **{spec.cost_column: spec.name for spec in with_cost_on_rows()}}
@@ -170,7 +169,7 @@ def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict) -> PilotCos
         values[: len(per_problem)] = np.stack(per_problem)
     if omega_kept:
         rollouts = values[omega_kept, omega, FIELDS.index("rollouts")]
-        for name in ("prompt_tokens", "cached_tokens", "generated_tokens"):
+        for name in ("prompt_tokens", "generated_tokens"):
             total = counters.get(f"omegaprm_{name}")
             if total is None:
                 unknown.add(("omegaprm", name))

@@ -444,7 +444,6 @@ class LabelStats:
                 "kept_step_labels": self.labelled_steps,
                 "rollouts": ratio(spent["rollouts"], self.labelled_steps),
                 "generated_tokens": ratio(spent["generated_tokens"], self.labelled_steps),
-                "cached_prompt_share": ratio(spent["cached_tokens"], spent["prompt_tokens"]),
             },
             "omegaprm": {
                 "states": dict(sorted(self.states.items())),

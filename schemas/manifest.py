@@ -179,9 +179,18 @@ class JobManifest:
     judge: JudgeConfig | None = None
     consensus: ConsensusConfig | None = None
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    #: Columns whose values may differ between two runs of this manifest, as ``fnmatch``
+    #: patterns over the column names ``regenerate --verify`` reports (``judge_replies``,
+    #: ``judge_*``, ``cost_judge.*``): for an engine that cannot be deterministic (bf16, a
+    #: remote server that ignores seeds). Verify accepts differences there and only there.
+    #: Not in :attr:`hash`: it says how to compare the dataset, not what is computed.
+    nondeterministic_columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check(bool(self.name), "name", "must be non-empty", self.name)
+        for pattern in self.nondeterministic_columns:
+            check(isinstance(pattern, str) and bool(pattern.strip()),
+                  "nondeterministic_columns", "must hold non-empty column patterns", pattern)
         check(self.seed >= 0, "seed", "must be >= 0", self.seed)
         if self.consensus is not None:
             check(self.monte_carlo is not None and self.judge is not None, "consensus",
@@ -203,6 +212,7 @@ class JobManifest:
         """SHA-256 of the canonical JSON form: what the job computes, not how it runs."""
         data = self.to_dict()
         data.pop("runner", None)
+        data.pop("nondeterministic_columns", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def with_runner(self, **changes: Any) -> "JobManifest":

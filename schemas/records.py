@@ -11,7 +11,8 @@ import pyarrow as pa
 
 from steplabel.schemas import rows
 
-SCHEMA_VERSION = "1.1"  # 1.1: trajectories.judge_reason
+# 1.1: trajectories.judge_reason; 1.2: cost records without cached_tokens (a run metric now)
+SCHEMA_VERSION = "1.2"
 
 # The schemas come from the typed row records (schemas/rows.py), field by field.
 COST = rows.COST

@@ -44,13 +44,17 @@ _STR, _I32, _I64, _F64, _BOOL = pa.string(), pa.int32(), pa.int64(), pa.float64(
 
 @dataclass(frozen=True)
 class Cost:
-    """What a stage spent on one row's work."""
+    """What a stage spent on one row's work: only what the manifest determines (requests,
+    rollouts, prompt and generated tokens), so that a row is the same on every run.
+
+    Scheduling-dependent measurements (prefix-cache hits, formerly ``cached_tokens`` here,
+    before schema 1.2) are the run's, in ``run_metrics.json`` and ``stats.json``'s ``run``.
+    """
 
     requests: int = column(_I64, default=0)
     rollouts: int = column(_I64, default=0)
     prompt_tokens: int = column(_I64, default=0)
     generated_tokens: int = column(_I64, default=0)
-    cached_tokens: int = column(_I64, default=0)
 
 
 COST = struct_of(Cost)

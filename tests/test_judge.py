@@ -5,7 +5,6 @@ quorum, the prompt, the config, and the judge end to end against a scripted engi
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import time
 from pathlib import Path
@@ -439,9 +438,10 @@ def test_judge_single_vote_and_rerun_is_identical():
     assert first.first_error_index == -1 and first.agreement == 1.0
     assert engine.requests[0] == engine.requests[1]
     assert engine.requests[0].seed != engine.requests[2].seed
-    # Only the prefix-cache count may differ on a rerun (the prompt is now cached).
-    assert dataclasses.replace(again, cost=first.cost) == first
-    assert again.cost["cached_tokens"] == again.cost["prompt_tokens"]
+    # The rerun is identical, cost included: the prompt is now in the engine's prefix cache,
+    # but cache hits are the run's metric, not the result's.
+    assert again == first
+    assert "cached_tokens" not in again.cost
     assert other.seed != first.seed
 
 

@@ -43,6 +43,7 @@ from steplabel.annotators.splitting import Splitter, get_splitter
 from steplabel.annotators.stages import Failure, failure_of
 from steplabel.engines.base import EngineError
 from steplabel.schemas.config import ConfigError
+from steplabel.schemas.rows import COST_FIELDS
 
 #: Annotator names, in the order they are reported.
 ANNOTATORS = ("mc", "omegaprm", "judge", "consensus")
@@ -137,8 +138,7 @@ def annotator_versions(judge_parser: str = "processbench") -> dict[str, str]:
 
 
 def _zero_cost() -> dict[str, int]:
-    return {"requests": 0, "rollouts": 0, "prompt_tokens": 0, "generated_tokens": 0,
-            "cached_tokens": 0}
+    return dict.fromkeys(COST_FIELDS, 0)
 
 
 def add_costs(*costs: Mapping[str, int] | None) -> dict[str, int]:
