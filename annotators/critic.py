@@ -25,7 +25,10 @@ Parse rule (:func:`parse_critique`, versioned in :data:`CRITIC_PARSER_VERSION`)
    case carries no meaning, and refusing it would make every ``Correct`` critic unknown on
    ``evaluate``; kept critiques keep their text as written (the SFT data is not rewritten).
    Any other box (a quoted answer ``\\boxed{8}``, ``\\boxed{wrong}``) is not a verdict and is
-   ignored; none at all is ``no_verdict``.
+   ignored; none at all is ``no_verdict``. Two verdicts joined only by ``or`` or ``/``
+   (``\\boxed{correct} or \\boxed{incorrect}``) are the instructions quoted back, not
+   verdicts: the critique is ``quotes_verdict_form`` (small models echo their prompt; read by
+   count, the quotation would become two steps' verdicts).
 3. *Which step each verdict is for* (in order of appearance):
 
    - **Headers present**: a header is a line that starts (after at most 16 characters of
@@ -147,6 +150,7 @@ REASON_EMPTY = "empty_reply"
 REASON_TOO_LONG = "reply_too_long"
 REASON_TRUNCATED = "truncated"
 REASON_NO_VERDICT = "no_verdict"
+REASON_QUOTED_FORM = "quotes_verdict_form"
 REASON_OUTSIDE_STEP = "verdict_outside_step"
 REASON_TOO_MANY = "too_many_verdicts"
 REASON_TWO_VERDICTS = "two_verdicts_for_step"
@@ -154,7 +158,7 @@ REASON_OUT_OF_ORDER = "verdicts_out_of_order"
 REASON_MISSING = "missing_verdict"
 REASON_CONTRADICTION = "contradiction"
 PARSE_REASONS = (REASON_OK, REASON_EMPTY, REASON_TOO_LONG, REASON_TRUNCATED, REASON_NO_VERDICT,
-                 REASON_OUTSIDE_STEP, REASON_TOO_MANY, REASON_TWO_VERDICTS, REASON_OUT_OF_ORDER,
+                 REASON_QUOTED_FORM, REASON_OUTSIDE_STEP, REASON_TOO_MANY, REASON_TWO_VERDICTS, REASON_OUT_OF_ORDER,
                  REASON_MISSING, REASON_CONTRADICTION)
 
 # Verification reasons of one critique (``disagrees_at_step_<k>`` and ``unusable:<parse reason>``
@@ -305,6 +309,8 @@ def _unusable_parse(reason: str) -> CritiqueParse:
 _BOXED_OPEN_RE = re.compile(r"\\boxed[ \t]{0,16}\{")
 _WRAPPED_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf)[ \t]{0,4}\{([^{}]*)\}")
 _VERDICT_WORDS = {"correct": True, "incorrect": False}
+#: What joins two boxes in a quotation of the verdict form ("\boxed{correct} or ...").
+_QUOTE_JOIN_RE = re.compile(r"[ \t*_$]*(?:or|/)[ \t*_$]*", re.IGNORECASE)
 _HEADER_RE = re.compile(
     r"^[ \t>#*_\-]{0,16}paragraph[ \t_]?(\d{1,6})[ \t*_]{0,8}(?=[:.)\-\u2013\u2014]|$)",
     re.IGNORECASE | re.MULTILINE)
@@ -318,8 +324,8 @@ def _verdict_of(content: str) -> bool | None:
     return _VERDICT_WORDS.get(text.lower())
 
 
-def find_verdicts(text: str) -> list[tuple[int, bool]]:
-    """``(position, verdict)`` of every verdict box in ``text``, in order (rule 2). Linear in
+def find_verdicts(text: str) -> list[tuple[int, int, bool]]:
+    """``(start, end, verdict)`` of every verdict box in ``text``, in order (rule 2). Linear in
     ``len(text)``: each box's closing brace is looked for within :data:`MAX_BOXED_CHARS`."""
     found = []
     for match in _BOXED_OPEN_RE.finditer(text):
@@ -332,7 +338,7 @@ def find_verdicts(text: str) -> list[tuple[int, bool]]:
                 if depth == 0:
                     verdict = _verdict_of(text[start:i])
                     if verdict is not None:
-                        found.append((match.start(), verdict))
+                        found.append((match.start(), i + 1, verdict))
                     break
     return found
 
@@ -389,17 +395,20 @@ def parse_critique(text: str, finish_reason: str, num_steps: int) -> CritiquePar
     verdicts = find_verdicts(text)
     if not verdicts:
         return _unusable_parse(REASON_NO_VERDICT)
+    if any(_QUOTE_JOIN_RE.fullmatch(text, left[1], right[0])
+           for left, right in zip(verdicts, verdicts[1:])):
+        return _unusable_parse(REASON_QUOTED_FORM)
     headers = find_headers(text)
     if headers:
         starts = [position for position, _ in headers]
         assigned = []
-        for position, verdict in verdicts:
+        for position, _, verdict in verdicts:
             h = bisect.bisect_right(starts, position) - 1
             if h < 0:
                 return _unusable_parse(REASON_OUTSIDE_STEP)
             assigned.append((headers[h][1], verdict))
     else:
-        assigned = [(i, verdict) for i, (_, verdict) in enumerate(verdicts)]
+        assigned = [(i, verdict) for i, (_, _, verdict) in enumerate(verdicts)]
     if any(step >= num_steps for step, _ in assigned):
         return _unusable_parse(REASON_TOO_MANY)
     step_verdicts: list[bool | None] = [None] * num_steps
