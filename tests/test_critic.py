@@ -5,10 +5,12 @@ prediction, the critiques/ rows and the SFT export, end to end against a scripte
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -316,7 +318,7 @@ def test_prediction_is_the_majority_of_all_samples():
     assert (plurality.first_error, plurality.reason) == (0, "ok")
     none = predict_first_error([spoiled, CritiqueParse(None, None, "missing_verdict"), spoiled])
     assert (none.first_error, none.reason, none.votes) == (None, "truncated", (None,) * 3)
-    assert predict_first_error([usable(-1)]) .first_error == -1  # one sample decides alone
+    assert predict_first_error([usable(-1)]).first_error == -1  # one sample decides alone
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,3 +506,28 @@ def test_export_refuses_rows_it_cannot_vouch_for():
         verification_request({**row, "template_sha256": "0" * 64})
     with pytest.raises(ValueError, match="tagged_steps"):
         prompt_completion({**row, "steps": STEPS[:2]})
+
+
+# --------------------------------------------------------------------------------------------
+# Layering
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_layering():
+    root = Path(__file__).resolve().parents[1]
+    schema_imports = imported_modules(root / "schemas" / "critiques.py")
+    assert all(not n.startswith("steplabel.") or n.startswith("steplabel.schemas.")
+               for n in schema_imports)
+    critic_imports = imported_modules(root / "annotators" / "critic.py")
+    assert not any(n.startswith(("steplabel.pipelines", "steplabel.dataset", "apache_beam"))
+                   for n in critic_imports)
