@@ -158,8 +158,8 @@ REASON_OUT_OF_ORDER = "verdicts_out_of_order"
 REASON_MISSING = "missing_verdict"
 REASON_CONTRADICTION = "contradiction"
 PARSE_REASONS = (REASON_OK, REASON_EMPTY, REASON_TOO_LONG, REASON_TRUNCATED, REASON_NO_VERDICT,
-                 REASON_QUOTED_FORM, REASON_OUTSIDE_STEP, REASON_TOO_MANY, REASON_TWO_VERDICTS, REASON_OUT_OF_ORDER,
-                 REASON_MISSING, REASON_CONTRADICTION)
+                 REASON_QUOTED_FORM, REASON_OUTSIDE_STEP, REASON_TOO_MANY, REASON_TWO_VERDICTS,
+                 REASON_OUT_OF_ORDER, REASON_MISSING, REASON_CONTRADICTION)
 
 # Verification reasons of one critique (``disagrees_at_step_<k>`` and ``unusable:<parse reason>``
 # are built by :func:`disagrees_at` and :func:`unusable`).
@@ -606,7 +606,20 @@ class CriticResult:
 
     @property
     def kept(self) -> int:
+        """How many of the critiques are kept (0..keep_per_solution)."""
         return sum(c.kept for c in self.checks)
+
+    def evaluation_details(self) -> dict[str, Any]:
+        """The evidence ``evaluate`` records beside the critic's prediction (as the judge's
+        ``details``): votes, agreement, parse reasons, finish reasons, the critiques, the
+        template and the critic's version."""
+        return {"votes": list(self.prediction.votes), "agreement": self.prediction.agreement,
+                "parse_reasons": [p.reason for p in self.parses],
+                "finish_reasons": list(self.finish_reasons), "critiques": list(self.texts),
+                "step_verdicts": [list(p.step_verdicts) if p.step_verdicts is not None
+                                  else None for p in self.parses],
+                "template_id": self.template_id, "template_sha256": self.template_sha256,
+                "critic_version": self.critic_version}
 
 
 def _request_cost(meter: CostMeter) -> dict[str, int]:

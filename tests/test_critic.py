@@ -412,6 +412,10 @@ def test_no_trusted_labels_means_unverified_not_wrong():
     assert not any(c.kept for c in result.checks)
     assert all(c.agrees is None for c in result.checks)
     assert result.prediction.first_error is None  # 2 of 4 each: no quorum
+    details = result.evaluation_details()
+    assert details["votes"] == [1, 0, 1, 0] and details["parse_reasons"] == ["ok"] * 4
+    assert details["step_verdicts"][1] == [False, None, None]
+    json.dumps(details)
     clean = critique(scripted(ALL_CORRECT), TrustedLabels(-1, "monte_carlo"))
     assert [c.reason for c in clean.checks] == ["kept"] + ["not_kept_quota"] * 3
     assert clean.prediction.first_error == -1
