@@ -54,12 +54,14 @@ Parse rule (:func:`parse_critique`, versioned in :data:`CRITIC_PARSER_VERSION`)
    critic to stop there, so ``step_verdicts`` holds None for them; verdicts a critic writes
    there anyway are recorded as written but never checked (below).
 5. *Contradiction.* A critique that calls a step incorrect and also claims the whole thing is
-   right ("all steps are correct.", "the solution is correct.", "Is the solution correct?
-   Yes"), or calls every step correct and also claims it is wrong ("the solution is
-   incorrect.", "Is the solution correct? No"), is ``contradiction``. A claim counts only as a
-   whole sentence (it must end at ``.``, ``!`` or the line's end: "all steps are correct up to
-   paragraph 2" is not one), and not after ``not``, ``of``, ``in``, ``if``, ``whether``,
-   ``unless`` or ``never``. The check is deliberately strict: a rejected honest critique costs
+   right ("all steps are correct.", "the solution is correct.", "the solution has no errors.",
+   "there are no errors in the solution.", "Is the solution correct? Yes"), or calls every step
+   correct and also claims it is wrong ("the solution is incorrect.", "the solution contains an
+   error", "Is the solution correct? No"), is ``contradiction``. Only claims about the whole
+   solution count ("there are no errors." may be about one paragraph), a claim that it is right
+   only as a whole sentence (it must end at ``.``, ``!`` or the line's end: "all steps are
+   correct up to paragraph 2" is not one), and no claim after ``not``, ``of``, ``in``, ``if``,
+   ``whether``, ``unless`` or ``never``. The check is deliberately strict: a rejected honest critique costs
    one sample, a kept self-contradicting one teaches a model to contradict itself.
 
 An unusable critique has ``step_verdicts`` and ``first_error`` None and its reason; it is never
@@ -359,12 +361,18 @@ _ALL_RIGHT_RE = re.compile(
     r"(?:[ \t]+(?:all|each|indeed))?[ \t]+(?:correct|right|valid)" + _SENTENCE_END
     + r"|\b" + _SOLUTION + r"[ \t]+is(?:[ \t]+(?:entirely|fully|completely|totally))?"
     r"[ \t]+(?:correct|right|valid)" + _SENTENCE_END
+    + r"|\b" + _SOLUTION + r"[ \t]+(?:has|contains)[ \t]+no[ \t]+(?:errors?|mistakes?)"
+    + _SENTENCE_END
+    + r"|\b(?:there[ \t]+(?:are|were|is)[ \t]+no[ \t]+(?:errors?|mistakes?)"
+    r"|no[ \t]+(?:errors?|mistakes?)[ \t]+(?:were|was)[ \t]+found)[ \t]+in[ \t]+"
+    + _SOLUTION + _SENTENCE_END
     + r"|\b" + _ASKED + r"yes\b",
     re.IGNORECASE | re.MULTILINE)
 #: Claims that something is wrong (rule 5).
 _SOMETHING_WRONG_RE = re.compile(
     r"\b" + _SOLUTION + r"[ \t]+is[ \t]+(?:not[ \t]+correct|incorrect|wrong|invalid|flawed)"
     + _SENTENCE_END
+    + r"|\b" + _SOLUTION + r"[ \t]+(?:has|contains)[ \t]+(?:an?[ \t]+)?(?:errors?|mistakes?)\b"
     + r"|\b" + _ASKED + r"no\b",
     re.IGNORECASE | re.MULTILINE)
 #: A claim right after one of these words is qualified, not a claim.

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fakes import ScriptedEngine
 from steplabel.annotators.critic import (
@@ -134,6 +136,11 @@ def run(coroutine):
          (True, True, True), -1),
         (ALL_CORRECT + "The final answer of the solution is correct.\nIs the solution "
          "correct? Yes", (True, True, True), -1),
+        # claims about one paragraph, or asked as a question, are not about the solution
+        ("Paragraph 0: There are no errors. \\boxed{correct}\nParagraph 1: no errors were "
+         "found in this step. 3 + 4 = 8? No, 7. \\boxed{incorrect}", (True, False, None), 1),
+        (ALL_CORRECT + "Does the solution contain an error? I checked whether the solution "
+         "contains an error: it has none.", (True, True, True), -1),
     ],
 )
 def test_parse_usable(text, verdicts, first_error):
@@ -186,11 +193,74 @@ def test_parse_usable(text, verdicts, first_error):
         (RIGHT + "Is the solution correct? **Yes**", "stop", "contradiction"),
         (ALL_CORRECT + "Therefore the whole solution is wrong.", "stop", "contradiction"),
         (ALL_CORRECT + "Is the solution correct?\nNo", "stop", "contradiction"),
+        (RIGHT + "The solution has no errors.", "stop", "contradiction"),
+        (RIGHT + "There are no errors in the whole solution!", "stop", "contradiction"),
+        (RIGHT + "No mistakes were found in the solution.", "stop", "contradiction"),
+        (ALL_CORRECT + "Still, the solution contains an error somewhere.", "stop",
+         "contradiction"),
     ],
 )
 def test_parse_unusable(text, finish, reason):
     assert parse_critique(text, finish, M) == CritiqueParse(None, None, reason)
     assert reason in PARSE_REASONS
+
+
+FILLER = st.sampled_from([
+    "", "I redo the arithmetic.", "This follows from the problem statement.",
+    "Let me check the units.\nThey match.", "3 + 4 = 7.", "The solution writes \\boxed{8} here.",
+])
+
+
+@st.composite
+def written_critiques(draw):
+    """A critique of a random solution as a well-behaved critic writes it, with the verdicts
+    it means: ``(text, num_steps, step_verdicts, first_error)``."""
+    num_steps = draw(st.integers(1, 6))
+    first_error = draw(st.integers(-1, num_steps - 1))
+    headers = draw(st.booleans())
+    verdicts: list = [True] * num_steps if first_error == -1 else \
+        [True] * first_error + [False] + [None] * (num_steps - first_error - 1)
+    # after the first error some critics go on: those verdicts are recorded as written
+    if first_error >= 0 and draw(st.booleans()):
+        for i in range(first_error + 1, num_steps):
+            verdicts[i] = draw(st.booleans())
+    parts = [draw(FILLER)]
+    for i, verdict in enumerate(verdicts):
+        if verdict is None:
+            if headers:
+                continue
+            break  # by count, a verdict cannot be skipped
+        word = draw(st.sampled_from(["correct", "Correct", "CORRECT"] if verdict
+                                    else ["incorrect", "Incorrect"]))
+        header = draw(st.sampled_from(["Paragraph {}:", "**Paragraph {}:**", "### Paragraph {}"]))
+        parts.append((header.format(i) + "\n" if headers else "") + draw(FILLER)
+                     + f" \\boxed{{{word}}}\n")
+    if not headers:
+        verdicts = [v if i <= max(j for j, v in enumerate(verdicts) if v is not None) else None
+                    for i, v in enumerate(verdicts)]
+    parts.append(draw(FILLER))
+    return "\n".join(parts), num_steps, tuple(verdicts), first_error
+
+
+@settings(max_examples=300, deadline=None)
+@given(written_critiques())
+def test_parse_reads_back_what_was_written(case):
+    text, num_steps, verdicts, first_error = case
+    assert parse_critique(text, "stop", num_steps) == CritiqueParse(verdicts, first_error, "ok")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("\\boxed{}correct inParagraph0123:.\n*#")),
+               max_size=300), st.integers(1, 5), st.sampled_from(["stop", "length"]))
+def test_parse_never_raises_and_is_consistent(text, num_steps, finish):
+    parse = parse_critique(text, finish, num_steps)
+    assert parse.reason in PARSE_REASONS
+    assert (parse.step_verdicts is not None) == (parse.first_error is not None) == parse.usable
+    if parse.usable:
+        assert len(parse.step_verdicts) == num_steps
+        first = parse.first_error
+        assert all(v is True for v in parse.step_verdicts[:num_steps if first == -1 else first])
+        assert first == -1 or parse.step_verdicts[first] is False
 
 
 def test_parse_refuses_a_bad_step_count():
