@@ -61,8 +61,9 @@ Parse rule (:func:`parse_critique`, versioned in :data:`CRITIC_PARSER_VERSION`)
    solution count ("there are no errors." may be about one paragraph), a claim that it is right
    only as a whole sentence (it must end at ``.``, ``!`` or the line's end: "all steps are
    correct up to paragraph 2" is not one), and no claim after ``not``, ``of``, ``in``, ``if``,
-   ``whether``, ``unless`` or ``never``. The check is deliberately strict: a rejected honest critique costs
-   one sample, a kept self-contradicting one teaches a model to contradict itself.
+   ``whether``, ``unless`` or ``never``. The check is deliberately strict: a rejected honest
+   critique costs one sample, a kept self-contradicting one teaches a model to contradict
+   itself.
 
 An unusable critique has ``step_verdicts`` and ``first_error`` None and its reason; it is never
 read as "all correct" or as an error.
@@ -77,12 +78,14 @@ Monte Carlo and the judge agreed, and the agreed index is trusted), ``monte_carl
   ``e`` incorrect, i.e. the critique's first error is ``e``; or
 - the trusted first error is ``-1``: every step is judged correct.
 
-Steps after the first error are not checked: once a solution has gone wrong, the correctness of
-later steps is not defined by the trusted sources. Math-Shepherd/consensus Monte Carlo labels
-of later steps are estimates of reaching the gold answer from an already wrong prefix (near 0
-whatever the step does), ProcessBench and consensus define only the first error, and
-PRM800K's phase-2 labelling stops there too [PB §3.1; QL §2.1]. Checking them would reject
-critiques for disagreeing with labels nobody trusts.
+Steps after the first error are not checked: once a solution has gone wrong, no trusted source
+says whether a later step is right. A Monte Carlo (Math-Shepherd) label of a later step
+estimates whether the gold answer is still reachable from a prefix that already holds the
+error, not whether that step is sound; consensus keeps labels only up to the first error
+(``consensus_labels``); OmegaPRM's search locates only the first error; ProcessBench defines
+only the first error, and PRM800K's phase-2 labellers stop at it (``found_error``) [PB §3.1;
+QL §2.1; PRM800K README]. Checking later verdicts would reject critiques for disagreeing
+with labels nobody trusts.
 
 Otherwise the critique *disagrees at step k*, the first step where its verdict differs from the
 trusted labels (``disagrees_at_step_<k>``, 0-based). A trajectory without trusted labels
