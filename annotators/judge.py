@@ -133,11 +133,19 @@ def tag_steps(steps: Sequence[str]) -> str:
     return "\n\n".join(blocks)
 
 
+def render_user_message(template: PromptTemplate, *, question: str,
+                        steps: Sequence[str]) -> str:
+    """``template`` filled with the problem and the tagged steps (:func:`tag_steps`): the user
+    message of the judge, and of the critic (``annotators/critic.py``), before any chat
+    template."""
+    return template.render(problem=_defang_tags(question.strip()), tagged_steps=tag_steps(steps))
+
+
 def render_judge_prompt(engine: GenerationEngine, template: PromptTemplate, *, question: str,
                         steps: Sequence[str]) -> str:
     """The full judge prompt: ``template`` filled with the problem and the tagged steps, as one
     user message rendered with the judge engine's own chat template."""
-    user = template.render(problem=_defang_tags(question.strip()), tagged_steps=tag_steps(steps))
+    user = render_user_message(template, question=question, steps=steps)
     return engine.apply_chat_template([ChatMessage("user", user)])
 
 
