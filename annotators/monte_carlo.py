@@ -24,15 +24,28 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, Sequence
 
 from steplabel.annotators.grading import Grade, grade
+from steplabel.annotators.posterior import (
+    CREDIBLE_LEVEL,
+    DEFAULT_MIN_SUCCESS,
+    REASON_UNDECIDED,
+    BetaPrior,
+    RolloutBudget,
+    StepPosterior,
+    label_from,
+    posterior,
+    prob_above,
+    threshold_of,
+)
 from steplabel.annotators.prompts import SolutionPrompt
 from steplabel.annotators.seeds import derive_seed
 from steplabel.annotators.splitting import Splitter
 from steplabel.engines.base import CostMeter, GenerationEngine, GenerationRequest
-from steplabel.schemas.config import ConfigError, SamplingConfig, check
+from steplabel.schemas.config import OMIT_DEFAULT, ConfigError, SamplingConfig, check
 
 ANNOTATOR_NAME = "monte_carlo"
 ANNOTATOR_VERSION = "4"  # 2: cut-off rollouts unknown, final step by its answer; 3: waves;
-# 4: consensus-guided (no rollouts once the judge's first error cannot be matched)
+# 4: consensus-guided (no rollouts once the judge's first error cannot be matched); the
+# adaptive budget and the posterior columns leave fixed-k labels unchanged, hence no new version
 
 #: ``grader(completed_solution_text, gold_answer) -> Grade``; :func:`grading.grade` by default.
 Grader = Callable[[str, "str | None"], Grade]
@@ -215,6 +228,16 @@ class MonteCarloConfig:
       null. Implies ``first_error_only``. ``null`` (default): on exactly when consensus is on
       and ``first_error_only`` is not turned off.
     - ``sampling``: completer sampling settings (temperature 0.7, 256 new tokens by default).
+    - ``prior``: the Beta prior of a step's success rate (uniform by default), for the
+      posterior recorded per step (:mod:`posterior`).
+    - ``min_success`` in [0, 1): success rates below it count as zero; the posterior is asked
+      ``P(p > max(hard_threshold, min_success))`` (τ = 0 needs a floor: see
+      :data:`posterior.DEFAULT_MIN_SUCCESS` for the default's reason).
+    - ``budget``: the adaptive budget (:class:`posterior.RolloutBudget`); None (default) keeps
+      k rollouts per step under ``stopping``. With a budget, ``rollouts`` and ``stopping`` are
+      unused: a step gets rollouts in rounds until ``P(p > threshold)`` decides its hard label
+      at ``budget.confidence``, and is unknown (``undecided``) if ``budget.max_rollouts`` do
+      not. Rollout ``i`` of a step keeps seed ``step_seed + i`` whatever the rounds.
     """
 
     rollouts: int = 8
@@ -225,10 +248,21 @@ class MonteCarloConfig:
     first_error_only: bool | None = None
     consensus_guided: bool | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Left out of the canonical form at their defaults: manifests without them keep their hash.
+    prior: BetaPrior = field(default_factory=BetaPrior, metadata={OMIT_DEFAULT: True})
+    min_success: float = field(default=DEFAULT_MIN_SUCCESS, metadata={OMIT_DEFAULT: True})
+    budget: RolloutBudget | None = field(default=None, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         check(isinstance(self.rollouts, int) and not isinstance(self.rollouts, bool)
               and self.rollouts >= 1, "rollouts", "must be an integer >= 1", self.rollouts)
+        check(isinstance(self.min_success, (int, float)) and not isinstance(self.min_success, bool)
+              and 0.0 <= self.min_success < 1.0, "min_success", "must be in [0, 1)",
+              self.min_success)
+        if not isinstance(self.prior, BetaPrior):
+            raise ConfigError(f"prior must be a BetaPrior, got {self.prior!r}")
+        if self.budget is not None and not isinstance(self.budget, RolloutBudget):
+            raise ConfigError(f"budget must be a RolloutBudget or null, got {self.budget!r}")
         check(isinstance(self.hard_threshold, (int, float)) and 0.0 <= self.hard_threshold < 1.0,
               "hard_threshold", "must be in [0, 1)", self.hard_threshold)
         check(isinstance(self.truncate_after_first_error, bool), "truncate_after_first_error",
@@ -246,6 +280,23 @@ class MonteCarloConfig:
               "first_error_only false", self.consensus_guided)
         if not isinstance(self.sampling, SamplingConfig):
             raise ConfigError(f"sampling must be a SamplingConfig, got {self.sampling!r}")
+
+    @property
+    def threshold(self) -> float:
+        """The success rate the posterior is asked about: ``max(hard_threshold, min_success)``."""
+        return threshold_of(self.hard_threshold, self.min_success)
+
+    @property
+    def max_rollouts(self) -> int:
+        """Most rollouts a step can get: ``budget.max_rollouts``, else k."""
+        return self.budget.max_rollouts if self.budget is not None else self.rollouts
+
+    def decision(self, sampled: "GradedRollouts | None"):
+        """:func:`step_decision` under fixed k, :func:`budget_step_decision` under a budget."""
+        if self.budget is None:
+            return step_decision(sampled, k=self.rollouts, tau=self.hard_threshold)
+        return budget_step_decision(sampled, budget=self.budget, threshold=self.threshold,
+                                    prior=self.prior)
 
     def resolved(self, *, consensus: bool) -> "MonteCarloConfig":
         """This config with ``first_error_only`` and ``consensus_guided`` decided (see the
@@ -295,6 +346,18 @@ class MonteCarloResult:
     - ``stopped``: None, or why consensus-guided rollouts stopped before the first error was
       known: ``judge_unknown`` (the judge gave no verdict) or ``cannot_agree`` (the final
       answer's grade or a step's label rules the judge's first error out).
+    - The posterior per step (:mod:`posterior`), ``Beta(a + n_correct, b + n_total -
+      n_correct)``: ``posterior_mean[t]`` (the soft label), ``interval_low[t]`` /
+      ``interval_high[t]`` (equal-tailed, at ``credible_level``), ``p_above[t]`` =
+      ``P(p > posterior_threshold)``. None for a step with no known rollout (not estimated, or
+      every rollout unknown). The final step is labelled by its graded answer, not estimated:
+      its mean and bounds are its value (1 or 0) and ``p_above`` is 1 or 0.
+    - ``rollouts_per_step[t]``: rollouts sampled from step t's prefix (0 for the final step and
+      for steps not estimated).
+    - ``label_reasons[t]``: ``undecided`` when the budget's ``max_rollouts`` left step t's hard
+      label undecided (the label is None), else None.
+    - ``k`` is ``budget.max_rollouts`` under a budget; the ``rollouts_saved_*`` fields count
+      against it.
     """
 
     problem_id: str
@@ -321,6 +384,14 @@ class MonteCarloResult:
     rollouts_saved_first_error: int = 0
     rollouts_saved_consensus: int = 0
     stopped: str | None = None
+    posterior_threshold: float = DEFAULT_MIN_SUCCESS
+    credible_level: float = CREDIBLE_LEVEL
+    posterior_mean: list[float | None] = field(default_factory=list)
+    interval_low: list[float | None] = field(default_factory=list)
+    interval_high: list[float | None] = field(default_factory=list)
+    p_above: list[float | None] = field(default_factory=list)
+    rollouts_per_step: list[int] = field(default_factory=list)
+    label_reasons: list[str | None] = field(default_factory=list)
 
 
 def first_error_from_labels(hard_labels: Sequence[bool | None]) -> int | None:
@@ -432,8 +503,7 @@ class MonteCarloAnnotator:
         # Rounds: every step still needed gets its next wave; all of a round is in flight at
         # once. The schedule depends only on results, never on timing, so reruns repeat it.
         while True:
-            decided = [step_decision(sampled[t], k=cfg.rollouts, tau=cfg.hard_threshold)
-                       for t in range(estimable)]
+            decided = [cfg.decision(sampled[t]) for t in range(estimable)]
             needed = range(horizon)
             if first_error_only:
                 stop = next((t for t, d in enumerate(decided) if d is not True
@@ -445,8 +515,11 @@ class MonteCarloAnnotator:
             if not todo:
                 break
             done = [0 if sampled[t] is None else len(sampled[t].verdicts) for t in todo]
-            sizes = [cfg.rollouts - n if cfg.stopping == "fixed"
-                     else min(cfg.rollouts - n, max(1, n)) for n in done]
+            if cfg.budget is not None:
+                sizes = [cfg.budget.next_round(n) for n in done]
+            else:
+                sizes = [cfg.rollouts - n if cfg.stopping == "fixed"
+                         else min(cfg.rollouts - n, max(1, n)) for n in done]
             results = await asyncio.gather(*(wave(t, n, size)
                                              for t, n, size in zip(todo, done, sizes)))
             for t, result in zip(todo, results):
@@ -455,8 +528,8 @@ class MonteCarloAnnotator:
         estimated, final_needed = list(range(estimable)), True
         saved_consensus = 0
         if first_error_only:
-            stop = next((t for t in range(horizon) if step_decision(
-                sampled[t], k=cfg.rollouts, tau=cfg.hard_threshold) is not True), None)
+            stop = next((t for t in range(horizon) if cfg.decision(sampled[t]) is not True),
+                        None)
             if stop is not None:
                 estimated, final_needed = list(range(stop + 1)), False
             elif horizon < estimable or stopped is not None:
@@ -464,13 +537,14 @@ class MonteCarloAnnotator:
                 # (the last of them) is not Monte Carlo's, or agreement was ruled out up front.
                 estimated, final_needed = list(range(horizon)), False
                 stopped = stopped or REASON_CANNOT_AGREE
-                saved_consensus = cfg.rollouts * (estimable - horizon)
+                saved_consensus = cfg.max_rollouts * (estimable - horizon)
         not_estimated = GradedRollouts(seed=0, texts=(), generated_tokens=(), verdicts=(),
                                        reasons=(), finish_reasons=())
         estimates = [sampled[t] if t in estimated and sampled[t] is not None else not_estimated
                      for t in range(estimable)]
-        saved_decided = sum(cfg.rollouts - len(estimates[t].verdicts) for t in estimated)
-        saved_first_error = sum(cfg.rollouts - (0 if sampled[t] is None else len(
+        k = cfg.max_rollouts
+        saved_decided = sum(k - len(estimates[t].verdicts) for t in estimated)
+        saved_first_error = sum(k - (0 if sampled[t] is None else len(
             sampled[t].verdicts)) for t in range(len(estimated), estimable)) - saved_consensus
         # The complete solution is its own (single) rollout; it is not estimated either when
         # an earlier step already decided the first error and nothing keeps labels after it.
@@ -481,9 +555,27 @@ class MonteCarloAnnotator:
 
         values = [e.value for e in estimates]
         hard: list[bool | None] = [None if v is None else v > cfg.hard_threshold for v in values]
+        reasons: list[str | None] = [None] * len(steps)
+        if cfg.budget is not None:
+            # The posterior decides estimated steps; the final step keeps its graded answer.
+            for t in estimated:
+                label = cfg.decision(estimates[t])
+                hard[t] = None if label is UNDECIDED else label
+                if label is None and estimates[t].n_total > 0:
+                    reasons[t] = REASON_UNDECIDED
+        posteriors = [step_posterior(e, cfg) for e in estimates[:-1]]
         soft: list[float | None] = list(values)
         first_error = first_error_from_labels(hard)
         truncated_after = None
+        if final_needed and values[-1] is not None:  # the graded answer: certain, not estimated
+            v = values[-1]
+            posteriors.append(StepPosterior(successes=estimates[-1].n_correct,
+                                            failures=estimates[-1].n_total - estimates[-1].n_correct,
+                                            mean=v, low=v, high=v, level=CREDIBLE_LEVEL,
+                                            threshold=cfg.threshold,
+                                            p_above=1.0 if v > cfg.threshold else 0.0))
+        else:
+            posteriors.append(None)
         if cfg.truncate_after_first_error:
             first_negative = next((t for t, h in enumerate(hard) if h is False), None)
             if first_negative is not None:
@@ -496,7 +588,7 @@ class MonteCarloAnnotator:
             problem_id=problem_id,
             solution_index=solution_index,
             num_steps=len(steps),
-            k=cfg.rollouts,
+            k=k,
             hard_threshold=float(cfg.hard_threshold),
             n_correct=[e.n_correct for e in estimates],
             n_total=[e.n_total for e in estimates],
@@ -518,7 +610,23 @@ class MonteCarloAnnotator:
             rollouts_saved_first_error=saved_first_error,
             rollouts_saved_consensus=saved_consensus,
             stopped=stopped,
+            posterior_threshold=cfg.threshold,
+            credible_level=CREDIBLE_LEVEL,
+            posterior_mean=[None if p is None else p.mean for p in posteriors],
+            interval_low=[None if p is None else p.low for p in posteriors],
+            interval_high=[None if p is None else p.high for p in posteriors],
+            p_above=[None if p is None else p.p_above for p in posteriors],
+            rollouts_per_step=[len(e.verdicts) for e in estimates[:-1]] + [0],
+            label_reasons=reasons,
         )
+
+
+def step_posterior(sampled: GradedRollouts, cfg: MonteCarloConfig) -> StepPosterior | None:
+    """The posterior of a step from its known rollouts; None when it has none."""
+    if sampled.n_total == 0:
+        return None
+    return posterior(sampled.n_correct, sampled.n_total - sampled.n_correct, prior=cfg.prior,
+                     threshold=cfg.threshold)
 
 
 def guided_horizon(judge_first_error: int | None, *, num_steps: int,
@@ -582,3 +690,21 @@ def step_decision(sampled: "GradedRollouts | None", *, k: int, tau: float):
     if (c + r) / (n + r) <= tau:
         return False
     return UNDECIDED
+
+
+def budget_step_decision(sampled: "GradedRollouts | None", *, budget: RolloutBudget,
+                         threshold: float, prior: BetaPrior):
+    """The hard label of a step under the adaptive budget, as :func:`step_decision` reports it:
+    True / False once ``P(p > threshold)`` is at least ``confidence`` / at most ``1 -
+    confidence`` (and ``min_rollouts`` are sampled), None once ``max_rollouts`` are sampled and
+    neither holds (unknown: ``undecided``, or no known rollout), else :data:`UNDECIDED`
+    (sample another round)."""
+    sampled_n = 0 if sampled is None else len(sampled.verdicts)
+    if sampled_n < budget.min_rollouts:
+        return UNDECIDED
+    assert sampled is not None
+    c, f = sampled.n_correct, sampled.n_total - sampled.n_correct
+    label = label_from(prob_above(threshold, c, f, prior), budget.confidence)
+    if label is not None:
+        return label
+    return None if sampled_n >= budget.max_rollouts else UNDECIDED

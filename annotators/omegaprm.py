@@ -64,15 +64,23 @@ from typing import Awaitable, Callable, Literal, Sequence
 from steplabel.annotators.grading import grade
 from steplabel.annotators.monte_carlo import (
     TRUNCATED_RULES,
+    UNDECIDED,
     Grader,
     GradedRollouts,
+    budget_step_decision,
     sample_and_grade,
+)
+from steplabel.annotators.posterior import (
+    DEFAULT_MIN_SUCCESS,
+    REASON_UNDECIDED,
+    BetaPrior,
+    RolloutBudget,
 )
 from steplabel.annotators.prompts import SolutionPrompt
 from steplabel.annotators.seeds import derive_seed
 from steplabel.annotators.splitting import Splitter
 from steplabel.engines.base import CostMeter, GenerationEngine
-from steplabel.schemas.config import ConfigError, SamplingConfig, check
+from steplabel.schemas.config import OMIT_DEFAULT, ConfigError, SamplingConfig, check
 
 ANNOTATOR_NAME = "omegaprm"
 ANNOTATOR_VERSION = "2"  # 2: unknown-aware pre-filter and probes; tree nests by prefix
@@ -112,6 +120,14 @@ class OmegaPRMConfig:
       (default: it never reached an answer, so it is in no MC value and never selected) or
       ``incorrect`` (graded as written, as implementations that ignore finish reasons do).
     - ``sampling``: rollout sampling settings.
+    - ``budget``, ``prior``, ``min_success``: the adaptive budget for the binary search's Monte
+      Carlo probes, as in :class:`monte_carlo.MonteCarloConfig`: with a budget, a probe gets
+      rollouts in rounds (seeds ``state_seed + i`` whatever the rounds) until
+      ``P(p > min_success)`` decides it at ``budget.confidence`` (``rollouts`` is unused for
+      probes; the pre-filter keeps ``prefilter_rollouts``). A probe decided negative is the
+      error side of the search, positive the correct side; a probe still undecided after
+      ``max_rollouts`` stops the search like an unknown one (reason ``probe_undecided``). The
+      tree then splits good from bad prefixes by these decisions. None (default): k rollouts.
     """
 
     alpha: float = 0.5
@@ -126,8 +142,17 @@ class OmegaPRMConfig:
     target_pieces: int = 16
     truncated: Literal["unknown", "incorrect"] = "unknown"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prior: BetaPrior = field(default_factory=BetaPrior, metadata={OMIT_DEFAULT: True})
+    min_success: float = field(default=DEFAULT_MIN_SUCCESS, metadata={OMIT_DEFAULT: True})
+    budget: RolloutBudget | None = field(default=None, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
+        check(_is_number(self.min_success) and 0.0 <= self.min_success < 1.0, "min_success",
+              "must be in [0, 1)", self.min_success)
+        if not isinstance(self.prior, BetaPrior):
+            raise ConfigError(f"prior must be a BetaPrior, got {self.prior!r}")
+        if self.budget is not None and not isinstance(self.budget, RolloutBudget):
+            raise ConfigError(f"budget must be a RolloutBudget or null, got {self.budget!r}")
         check(_is_number(self.alpha) and 0.0 < self.alpha <= 1.0, "alpha", "must be in (0, 1]",
               self.alpha)
         check(_is_number(self.beta) and 0.0 < self.beta <= 1.0, "beta", "must be in (0, 1]",
@@ -298,8 +323,17 @@ def token_runs(tokens: Sequence[str], *, run_length: int) -> list[str]:
 # Binary search for the first error
 
 
+@dataclass(frozen=True)
+class ProbeLabel:
+    """A probe's decided hard label (the adaptive budget): True (correct so far), False (the
+    error is at or before it) or None (unknown, with ``reason``)."""
+
+    label: bool | None
+    reason: str | None = None
+
+
 async def bisect_first_error(
-    *, good: int, bad: int, estimate: Callable[[int], Awaitable[float | None]]
+    *, good: int, bad: int, estimate: Callable[[int], Awaitable["float | None | ProbeLabel"]]
 ) -> tuple[int | None, str]:
     """Binary search over prefix lengths (in pieces) for the first wrong piece.
 
@@ -311,13 +345,19 @@ async def bisect_first_error(
     index of the first wrong piece (``bad - 1`` at the end) with ``"located"``, or
     ``(None, reason)``: ``"probe_unknown"`` when a probe had no known rollout (None is neither
     an error in the first half nor correct, so the search stops there), ``"empty_range"``
-    when there is nothing to search.
+    when there is nothing to search. ``estimate`` may return a :class:`ProbeLabel` instead of
+    a value (a decision of the adaptive budget): its label steers the search, and a None
+    label stops it with the label's reason.
     """
     if bad <= good:
         return None, "empty_range"
     while bad - good > 1:
         mid = (good + bad) // 2
         value = await estimate(mid)
+        if isinstance(value, ProbeLabel):
+            if value.label is None:
+                return None, value.reason or "probe_unknown"
+            value = 1.0 if value.label else 0.0
         if value is None:
             return None, "probe_unknown"
         if value > 0:
@@ -608,6 +648,18 @@ class _Node:
     graded: GradedRollouts | None = None
     counts: tuple[int, int, int, int] = (0, 0, 0, 0)  # n_correct, n_total, n_unknown, n_cut
     value: float | None = None
+    # Under the adaptive budget, a probe's decided hard label (None: unknown or undecided).
+    label: bool | None = None
+
+    @property
+    def good(self) -> bool | None:
+        """Known-good (True), known-bad (False) or unknown (None): the budget's label for a
+        probe estimated under it, else ``MC > 0``."""
+        if self.kind == "probe" and self.budgeted:
+            return self.label
+        return None if self.value is None else self.value > 0
+
+    budgeted: bool = False
 
 
 def _nested(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -676,7 +728,8 @@ class _QuestionSearch:
         return node
 
     async def estimate(self, node: _Node, n: int) -> None:
-        """Sample and grade ``n`` rollouts from ``node``'s prefix (once per state)."""
+        """Sample and grade ``n`` rollouts from ``node``'s prefix (once per state); under the
+        adaptive budget a probe gets rounds until its label is decided (``n`` is unused)."""
         assert node.graded is None, "a Monte Carlo point is estimated once"
         if node.kind == "root":
             prompt_text = self.prompt.for_sampling()
@@ -685,10 +738,24 @@ class _QuestionSearch:
             prompt_text = self.prompt.for_continuation(node.prefix, self.separator)
             solution_prefix = node.prefix + self.separator
             self.by_prefix[node.prefix] = node.state_id
-        node.graded = await sample_and_grade(
-            self.a.engine, prompt_text=prompt_text, solution_prefix=solution_prefix, n=n,
-            seed=node.seed, sampling=self.cfg.sampling, gold_answer=self.gold_answer,
-            grader=self.a.grader, cost=self.cost, truncated=self.cfg.truncated)
+        budget = self.cfg.budget if node.kind == "probe" else None
+        while True:
+            done = 0 if node.graded is None else len(node.graded.verdicts)
+            size = n if budget is None else budget.next_round(done)
+            more = await sample_and_grade(
+                self.a.engine, prompt_text=prompt_text, solution_prefix=solution_prefix,
+                n=size, seed=node.seed + done, sampling=self.cfg.sampling,
+                gold_answer=self.gold_answer, grader=self.a.grader, cost=self.cost,
+                truncated=self.cfg.truncated)
+            node.graded = more if node.graded is None else node.graded.extend(more)
+            if budget is None:
+                break
+            decision = budget_step_decision(node.graded, budget=budget,
+                                            threshold=self.cfg.min_success,
+                                            prior=self.cfg.prior)
+            if decision is not UNDECIDED:
+                node.label, node.budgeted = decision, True
+                break
         g = node.graded
         node.counts = (g.n_correct, g.n_total, g.n_unknown, g.n_truncated)
         node.value = g.value
@@ -697,8 +764,8 @@ class _QuestionSearch:
         """Correct rollouts of a state with MC > 0 become completion states; incorrect
         rollouts of a state with 0 < MC < 1 join the pool. MC = 0 or unknown adds nothing."""
         graded, value = node.graded, node.value
-        if graded is None or value is None or value == 0:
-            return
+        if graded is None or value is None or not node.good:
+            return  # MC = 0, unknown, or (adaptive budget) decided bad or undecided
         for i, verdict in enumerate(graded.verdicts):
             if verdict == "correct":
                 pieces = self.rollout_pieces(node, i)
@@ -723,7 +790,7 @@ class _QuestionSearch:
         probe_ids: list[int] = []
         cut_off = 0
 
-        async def estimate(length: int) -> float | None:
+        async def estimate(length: int) -> "float | None | ProbeLabel":
             nonlocal cut_off
             # Strictly inside: the complete rollout is labelled by its own graded answer.
             assert start < length < len(pieces), "never roll out from a complete solution"
@@ -737,6 +804,12 @@ class _QuestionSearch:
                 cut_off += probe.counts[3]
                 self.expand(probe)
             probe_ids.append(probe.state_id)
+            if probe.budgeted:
+                if probe.label is not None:
+                    return ProbeLabel(probe.label)
+                # Known rollouts that never decided it, or none known at all.
+                return ProbeLabel(None, f"probe_{REASON_UNDECIDED}" if probe.counts[1] > 0
+                                  else "probe_unknown")
             return probe.value
 
         index, reason = await bisect_first_error(good=start, bad=len(pieces), estimate=estimate)
@@ -807,8 +880,8 @@ class _QuestionSearch:
         good: dict[tuple[str, ...], _Node] = {}
         bad: dict[tuple[str, ...], _Node] = {}
         for n in self.nodes:
-            if n.value is not None:
-                (good if n.value > 0 else bad).setdefault(n.pieces, n)
+            if n.good is not None:
+                (good if n.good else bad).setdefault(n.pieces, n)
         in_tree: list[OmegaPRMState] = []
         after_error: list[OmegaPRMState] = []
         for n in self.nodes:
@@ -837,7 +910,7 @@ class _QuestionSearch:
             state_id=n.state_id, parent_id=parent.state_id if parent is not None else -1,
             kind=n.kind, prefix=n.prefix, action=self.join(n.pieces[start:]),
             action_pieces=action_pieces, single_step=action_pieces == 1, depth=len(n.pieces),
-            value=n.value, hard_label=None if n.value is None else n.value > 0,
+            value=n.value, hard_label=n.good,
             n_correct=n.counts[0], n_total=n.counts[1], n_unknown=n.counts[2],
             n_truncated=n.counts[3], visits=self.pool.visits(n.state_id), seed=n.seed,
             rollout_of=n.rollout_of, rollout_index=n.rollout_index,

@@ -1,0 +1,193 @@
+"""Beta posteriors of Monte Carlo step values, and the adaptive rollout budget's stopping rule.
+
+A step's success rate ``p`` (the chance that a rollout from its prefix reaches the gold answer)
+gets the posterior ``Beta(a + successes, b + failures)`` from the prior ``Beta(a, b)`` (uniform
+``a = b = 1`` by default) and the step's graded rollouts. Unknown rollouts (cut off at
+``max_tokens``, ungradable) are neither successes nor failures: they say nothing about ``p``.
+
+From the posterior:
+
+- the **posterior mean** ``(a + s) / (a + b + s + f)``, the soft label;
+- an **equal-tailed credible interval** at :data:`CREDIBLE_LEVEL` (90%: the 5% and 95%
+  quantiles);
+- ``p_above = P(p > threshold)``, the probability that the hard label is positive.
+
+**The threshold.** The hard label is ``p > tau``. Math-Shepherd's τ = 0 ("any rollout
+correct") is never decided by a posterior: every Beta puts all its mass above 0. So a floor
+``min_success`` says which success rates count as zero, and the posterior is asked about
+``threshold = max(tau, min_success)``: a rate below the floor is a negative step at any τ.
+The default floor is chosen on the planted benchmark (``benchmarks/adaptive_budget.py``;
+:data:`DEFAULT_MIN_SUCCESS` says why).
+
+**The stopping rule** (:func:`label_from`, applied per round by the Monte Carlo annotator and
+OmegaPRM's probes): a step's hard label is decided positive when
+``p_above >= confidence``, negative when ``p_above <= 1 - confidence``; before
+``min_rollouts`` rollouts nothing is decided; a step still undecided after ``max_rollouts`` is
+unknown with reason :data:`REASON_UNDECIDED`, never guessed.
+
+The incomplete beta function comes from mpmath (arbitrary precision, a sympy dependency);
+quantiles bisect it. Both are cached: counts are small integers, so a job meets few distinct
+posteriors (a quantile costs ~35 evaluations, a few milliseconds, the first time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import mpmath
+
+from steplabel.schemas.config import check
+
+#: Level of the equal-tailed credible interval recorded per step (5% and 95% quantiles).
+CREDIBLE_LEVEL = 0.9
+#: Reason of a hard label left unknown because ``max_rollouts`` did not decide it.
+REASON_UNDECIDED = "undecided"
+#: Default floor: success rates below 10% count as zero (the label is negative). Chosen on the
+#: planted benchmark (benchmarks/results/adaptive_budget.md): at τ = 0 a floor of 0.05 cannot
+#: tell a zero step from a 5% one within a budget of ~8 rollouts per step (a zero step needs
+#: ln(1/(1-c)) / 0.05 ≈ 45 failures in a row to be decided at c = 0.9) and leaves too many
+#: steps undecided; 0.10 does it in ~22 and meets the targets.
+DEFAULT_MIN_SUCCESS = 0.1
+
+_QUANTILE_TOLERANCE = 1e-10
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class BetaPrior:
+    """The prior ``Beta(a, b)`` of a step's success rate; ``a, b > 0`` (pseudo-counts of
+    successes and failures). Uniform (1, 1) by default; Jeffreys is (0.5, 0.5)."""
+
+    a: float = 1.0
+    b: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(_is_number(self.a) and self.a > 0, "a", "must be a number > 0", self.a)
+        check(_is_number(self.b) and self.b > 0, "b", "must be a number > 0", self.b)
+
+
+@dataclass(frozen=True)
+class RolloutBudget:
+    """The adaptive budget (``monte_carlo.budget``): rollouts in rounds until the hard label is
+    decided at ``confidence``.
+
+    - ``min_rollouts`` >= 1: the first round; nothing is decided before it.
+    - ``max_rollouts`` >= ``min_rollouts``: a step still undecided then is unknown
+      (``undecided``).
+    - ``confidence`` in (0.5, 1): decide positive at ``P(p > threshold) >= confidence``,
+      negative at ``<= 1 - confidence``.
+
+    Each later round adds half the rollouts sampled so far (at least 1, at most up to the max):
+    4, 6, 9, 14, 21, 32 for 4..32.
+    """
+
+    min_rollouts: int = 4
+    max_rollouts: int = 32
+    confidence: float = 0.9
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.min_rollouts, int) and not isinstance(self.min_rollouts, bool)
+              and self.min_rollouts >= 1, "min_rollouts", "must be an integer >= 1",
+              self.min_rollouts)
+        check(isinstance(self.max_rollouts, int) and not isinstance(self.max_rollouts, bool)
+              and self.max_rollouts >= self.min_rollouts, "max_rollouts",
+              f"must be an integer >= min_rollouts = {self.min_rollouts}", self.max_rollouts)
+        check(_is_number(self.confidence) and 0.5 < self.confidence < 1.0, "confidence",
+              "must be in (0.5, 1)", self.confidence)
+
+    def next_round(self, sampled: int) -> int:
+        """Rollouts of the next round after ``sampled`` (0 before the first); 0 at the max."""
+        if sampled <= 0:
+            return self.min_rollouts
+        return max(0, min(self.max_rollouts - sampled, max(1, sampled // 2)))
+
+
+def threshold_of(tau: float, min_success: float) -> float:
+    """The success rate the posterior is asked about: ``max(tau, min_success)``."""
+    return max(float(tau), float(min_success))
+
+
+@lru_cache(maxsize=65536)
+def beta_cdf(x: float, a: float, b: float) -> float:
+    """``P(X <= x)`` for ``X ~ Beta(a, b)``: the regularized incomplete beta ``I_x(a, b)``."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    # The series converges fast below the mean; above it use I_x(a, b) = 1 - I_{1-x}(b, a).
+    if x <= a / (a + b):
+        return float(mpmath.betainc(a, b, 0, x, regularized=True))
+    return 1.0 - float(mpmath.betainc(b, a, 0, 1.0 - x, regularized=True))
+
+
+@lru_cache(maxsize=16384)
+def beta_quantile(q: float, a: float, b: float) -> float:
+    """The ``q``-quantile of ``Beta(a, b)`` for ``q`` in [0, 1] (bisection to 1e-10)."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be in [0, 1], got {q!r}")
+    low, high = 0.0, 1.0
+    while high - low > _QUANTILE_TOLERANCE:
+        mid = 0.5 * (low + high)
+        if beta_cdf(mid, a, b) < q:
+            low = mid
+        else:
+            high = mid
+    return 0.5 * (low + high)
+
+
+def prob_above(threshold: float, successes: int, failures: int, prior: BetaPrior) -> float:
+    """``P(p > threshold)`` under the posterior ``Beta(a + successes, b + failures)``."""
+    return 1.0 - beta_cdf(threshold, prior.a + successes, prior.b + failures)
+
+
+@dataclass(frozen=True)
+class StepPosterior:
+    """The posterior of one step's success rate from its known rollouts.
+
+    ``mean`` in (0, 1) is the soft label; ``low``/``high`` bound the equal-tailed credible
+    interval at ``level``; ``p_above`` is ``P(p > threshold)``.
+    """
+
+    successes: int
+    failures: int
+    mean: float
+    low: float
+    high: float
+    level: float
+    threshold: float
+    p_above: float
+
+
+def posterior(successes: int, failures: int, *, prior: BetaPrior = BetaPrior(),
+              threshold: float, level: float = CREDIBLE_LEVEL) -> StepPosterior:
+    """The posterior of a step with ``successes`` correct and ``failures`` incorrect rollouts
+    (unknown rollouts are not passed: they are neither)."""
+    if successes < 0 or failures < 0:
+        raise ValueError(f"counts must be >= 0, got {successes!r}, {failures!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    a, b = prior.a + successes, prior.b + failures
+    tail = (1.0 - level) / 2
+    return StepPosterior(
+        successes=successes,
+        failures=failures,
+        mean=a / (a + b),
+        low=beta_quantile(tail, a, b),
+        high=beta_quantile(1.0 - tail, a, b),
+        level=level,
+        threshold=threshold,
+        p_above=1.0 - beta_cdf(threshold, a, b),
+    )
+
+
+def label_from(p_above: float, confidence: float) -> bool | None:
+    """The hard label ``p_above`` decides at ``confidence``: True, False or None (not yet)."""
+    if p_above >= confidence:
+        return True
+    if p_above <= 1.0 - confidence:
+        return False
+    return None
