@@ -188,6 +188,6 @@ def label_from(p_above: float, confidence: float) -> bool | None:
     """The hard label ``p_above`` decides at ``confidence``: True, False or None (not yet)."""
     if p_above >= confidence:
         return True
-    if p_above <= 1.0 - confidence:
+    if 1.0 - p_above >= confidence:  # not p_above <= 1 - confidence: 1 - 0.9 < 0.1 in floats
         return False
     return None
