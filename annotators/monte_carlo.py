@@ -698,13 +698,16 @@ def budget_step_decision(sampled: "GradedRollouts | None", *, budget: RolloutBud
     True / False once ``P(p > threshold)`` is at least ``confidence`` / at most ``1 -
     confidence`` (and ``min_rollouts`` are sampled), None once ``max_rollouts`` are sampled and
     neither holds (unknown: ``undecided``, or no known rollout), else :data:`UNDECIDED`
-    (sample another round)."""
+    (sample another round). A positive needs at least one correct rollout: the prior alone is
+    no evidence (see :mod:`posterior`)."""
     sampled_n = 0 if sampled is None else len(sampled.verdicts)
     if sampled_n < budget.min_rollouts:
         return UNDECIDED
     assert sampled is not None
     c, f = sampled.n_correct, sampled.n_total - sampled.n_correct
     label = label_from(prob_above(threshold, c, f, prior), budget.confidence)
+    if label is True and c == 0:
+        label = None
     if label is not None:
         return label
     return None if sampled_n >= budget.max_rollouts else UNDECIDED

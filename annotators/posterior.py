@@ -20,10 +20,13 @@ The default floor is chosen on the planted benchmark (``benchmarks/adaptive_budg
 :data:`DEFAULT_MIN_SUCCESS` says why).
 
 **The stopping rule** (:func:`label_from`, applied per round by the Monte Carlo annotator and
-OmegaPRM's probes): a step's hard label is decided positive when
-``p_above >= confidence``, negative when ``p_above <= 1 - confidence``; before
-``min_rollouts`` rollouts nothing is decided; a step still undecided after ``max_rollouts`` is
-unknown with reason :data:`REASON_UNDECIDED`, never guessed.
+OmegaPRM's probes): a step's hard label is decided positive when ``p_above >= confidence``
+and at least one rollout was correct, negative when ``p_above <= 1 - confidence``; before
+``min_rollouts`` rollouts nothing is decided; a step still undecided after ``max_rollouts``
+is unknown with reason :data:`REASON_UNDECIDED`, never guessed. The "one correct rollout"
+condition matters at small floors only: there the prior alone puts ``P(p > m)`` above the
+confidence (uniform prior, m = 0.05, 2 failures: 0.95^3 = 0.86), and on the planted benchmark
+the pure posterior rule called 43% of the steps positive without a single success.
 
 The incomplete beta function comes from mpmath (arbitrary precision, a sympy dependency);
 quantiles bisect it. Both are cached: counts are small integers, so a job meets few distinct
@@ -81,8 +84,9 @@ class RolloutBudget:
     - ``confidence`` in (0.5, 1): decide positive at ``P(p > threshold) >= confidence``,
       negative at ``<= 1 - confidence``.
 
-    Each later round adds half the rollouts sampled so far (at least 1, at most up to the max):
-    4, 6, 9, 14, 21, 32 for 4..32.
+    Each later round adds a quarter of the rollouts sampled so far, at least ``min_rollouts``
+    and at most up to the max: 4, 8, 12, 16, 20, 25, 31, 32 for 4..32 (on the planted
+    benchmark, quarter rounds spent ~5% fewer rollouts than half rounds for the same labels).
     """
 
     min_rollouts: int = 4
@@ -103,7 +107,7 @@ class RolloutBudget:
         """Rollouts of the next round after ``sampled`` (0 before the first); 0 at the max."""
         if sampled <= 0:
             return self.min_rollouts
-        return max(0, min(self.max_rollouts - sampled, max(1, sampled // 2)))
+        return max(0, min(self.max_rollouts - sampled, max(self.min_rollouts, sampled // 4)))
 
 
 def threshold_of(tau: float, min_success: float) -> float:

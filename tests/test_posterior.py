@@ -102,7 +102,7 @@ def test_budget_validation_and_rounds():
     while (size := budget.next_round(n)) > 0:
         sizes.append(size)
         n += size
-    assert sizes == [4, 2, 3, 4, 6, 9, 4] and n == 32  # 4, 6, 9, 13, 19, 28, 32
+    assert sizes == [4, 4, 4, 4, 4, 5, 6, 1] and n == 32  # 4, 8, 12, 16, 20, 25, 31, 32
     with pytest.raises(ConfigError, match="max_rollouts must be an integer >= min_rollouts"):
         RolloutBudget(min_rollouts=8, max_rollouts=4)
     with pytest.raises(ConfigError, match=r"confidence must be in \(0.5, 1\)"):
@@ -151,6 +151,18 @@ def test_budget_stopping_rule():
     assert decide(0, 0, 16) is None  # nothing known at all
 
 
+def test_a_positive_needs_a_correct_rollout():
+    """At a small floor the uniform prior alone clears the confidence: 0 of 2 gives
+    P(p > 0.05) = 0.95^3 = 0.857; that is no evidence of success, so no positive."""
+    budget = RolloutBudget(min_rollouts=2, max_rollouts=64, confidence=0.85)
+    assert prob_above(0.05, 0, 2, BetaPrior()) > 0.85
+    decide = lambda c, f: budget_step_decision(rollouts(c, f), budget=budget, threshold=0.05,
+                                               prior=BetaPrior())
+    assert decide(0, 2) is UNDECIDED
+    assert decide(1, 1) is True
+    assert decide(0, 36) is False  # 0.95^37 = 0.150
+
+
 # -- the annotator under a budget -------------------------------------------------------------
 
 
@@ -186,10 +198,11 @@ def test_decided_steps_stop_early_and_zero_steps_go_on():
     assert easy.hard_labels == [True] * 4 and easy.rollouts_per_step == [4, 4, 4, 0]
     assert easy.label_reasons == [None] * 4 and easy.k == 32
     hard = annotate(ScriptedEngine(constant_policy("incorrect")), problem, cfg)
-    # 0 of n: P(p > 0.1) = 0.9^(n+1) <= 0.1 from n = 21; the rounds reach 19, then 28.
-    assert hard.hard_labels == [False, False, False, True] and hard.rollouts_per_step[:3] == [28] * 3
-    assert hard.p_above[0] == pytest.approx(0.9**29)
-    assert hard.posterior_mean[0] == pytest.approx(1 / 30)
+    # 0 of n: P(p > 0.1) = 0.9^(n+1) <= 0.1 from n = 21; the rounds reach 20, then 25.
+    assert hard.hard_labels == [False, False, False, True]
+    assert hard.rollouts_per_step[:3] == [25] * 3
+    assert hard.p_above[0] == pytest.approx(0.9**26)
+    assert hard.posterior_mean[0] == pytest.approx(1 / 27)
     assert hard.first_error_index == 0
 
 
@@ -244,7 +257,8 @@ def test_fixed_k_labels_are_unchanged_and_gain_posterior_columns():
     problem = PlantedProblem.make("fixed", num_steps=5)
     policy = FaultyPolicy(success_range=(0.05, 0.5), planted_error_rate=0.0)
     result = annotate(faulty_engine(policy), problem,
-                      MonteCarloConfig(stopping="fixed", first_error_only=False))
+                      MonteCarloConfig(stopping="fixed", first_error_only=False,
+                                       min_success=0.1))
     assert result.hard_labels == [None if v is None else v > 0 for v in result.values]
     assert result.rollouts_per_step == [8, 8, 8, 8, 0] and result.k == 8
     assert result.label_reasons == [None] * 5
@@ -295,7 +309,7 @@ def test_omegaprm_probes_under_a_budget_locate_the_planted_error():
     problem = PlantedProblem.make("omega-budget", num_steps=8)
     policy = FaultyPolicy(success_range=(0.4, 0.9), planted_error_rate=0.5)
     engine = faulty_engine(policy)
-    result = run_omegaprm(engine, problem, search_limit=6,
+    result = run_omegaprm(engine, problem, search_limit=6, min_success=0.1,
                           budget=RolloutBudget(min_rollouts=4, max_rollouts=32, confidence=0.9))
     assert result.searches_run >= 1
     states = {s.state_id: s for s in [*result.states, *result.states_after_error]}
@@ -307,9 +321,9 @@ def test_omegaprm_probes_under_a_budget_locate_the_planted_error():
             probe = states[probe_id]
             assert probe.hard_label == (probe.depth <= record.first_error_index)
             spent.add(probe.n_total + probe.n_unknown)
-            if not probe.hard_label:  # never correct past the error: 28 failures decide it
-                assert (probe.n_correct, probe.n_total) == (0, 28)
-    assert spent - {28} and min(spent) >= 4  # rollouts vary by probe: rounds, not fixed k
+            if not probe.hard_label:  # never correct past the error: 25 failures decide it
+                assert (probe.n_correct, probe.n_total) == (0, 25)
+    assert spent - {25} and min(spent) >= 4  # rollouts vary by probe: rounds, not fixed k
     # Seeds: each probe's requests continue its seed where the last round stopped.
     by_prompt: dict[str, list[tuple[int, int]]] = {}
     for request in engine.requests:
