@@ -412,6 +412,9 @@ async def locate_first_error(
     final_answer_correct: bool | None = None,
     grader: Grader = grade,
     truncated: str = "unknown",
+    budget: RolloutBudget | None = None,
+    prior: BetaPrior = BetaPrior(),
+    min_success: float = DEFAULT_MIN_SUCCESS,
 ) -> FirstErrorSearch:
     """OmegaPRM's binary search on a given solution, outside any tree.
 
@@ -425,6 +428,9 @@ async def locate_first_error(
     ``derive_seed(run_seed, "omegaprm", problem_id, "solution", solution_index, length)``.
     ``truncated`` (``"unknown"`` or ``"incorrect"``) says how a cut-off rollout counts; a probe
     with no known rollout stops the search (``probe_unknown``, see :func:`bisect_first_error`).
+    ``budget`` (with ``prior`` and ``min_success``): the adaptive budget for every probe, as in
+    :class:`OmegaPRMConfig` (``rollouts`` is then unused; an undecided probe stops the search
+    with ``probe_undecided``).
     """
     if not _is_int(rollouts) or rollouts < 1:
         raise ValueError(f"rollouts must be an integer >= 1, got {rollouts!r}")
@@ -453,20 +459,37 @@ async def locate_first_error(
     if final_answer_correct:
         return result(-1, "final_answer_correct")
 
-    async def estimate(length: int) -> float | None:
+    async def estimate(length: int) -> "float | None | ProbeLabel":
         nonlocal cut_off
         assert 0 < length < len(pieces), "never roll out from the complete solution"
         prefix = _join_pieces(pieces[:length], splitter)
         seed = derive_seed(run_seed, "omegaprm", problem_id, "solution", solution_index, length)
-        graded = await sample_and_grade(
-            engine, prompt_text=prompt.for_continuation(prefix, separator),
-            solution_prefix=prefix + separator, n=rollouts, seed=seed, sampling=sampling,
-            gold_answer=gold_answer, grader=grader, cost=cost, truncated=truncated)
+        graded: GradedRollouts | None = None
+        while True:  # one request, or rounds under the budget (seeds seed + i throughout)
+            done = 0 if graded is None else len(graded.verdicts)
+            more = await sample_and_grade(
+                engine, prompt_text=prompt.for_continuation(prefix, separator),
+                solution_prefix=prefix + separator,
+                n=rollouts if budget is None else budget.next_round(done), seed=seed + done,
+                sampling=sampling, gold_answer=gold_answer, grader=grader, cost=cost,
+                truncated=truncated)
+            graded = more if graded is None else graded.extend(more)
+            if budget is None:
+                break
+            decision = budget_step_decision(graded, budget=budget, threshold=min_success,
+                                            prior=prior)
+            if decision is not UNDECIDED:
+                break
         cut_off += graded.n_truncated
         lengths.append(length)
         values.append(graded.value)
         seeds.append(seed)
-        return graded.value
+        if budget is None:
+            return graded.value
+        if decision is None:
+            return ProbeLabel(None, f"probe_{REASON_UNDECIDED}" if graded.n_total
+                              else "probe_unknown")
+        return ProbeLabel(decision)
 
     index, reason = await bisect_first_error(good=0, bad=len(pieces), estimate=estimate)
     return result(index, reason)

@@ -19,8 +19,13 @@ from steplabel.annotators.monte_carlo import (
     MonteCarloConfig,
     budget_step_decision,
 )
-from steplabel.annotators.omegaprm import OmegaPRMAnnotator, OmegaPRMConfig, ProbeLabel, \
-    bisect_first_error
+from steplabel.annotators.omegaprm import (
+    OmegaPRMAnnotator,
+    OmegaPRMConfig,
+    ProbeLabel,
+    bisect_first_error,
+    locate_first_error,
+)
 from steplabel.annotators.posterior import (
     BetaPrior,
     RolloutBudget,
@@ -346,3 +351,19 @@ def test_omegaprm_undecided_probe_stops_the_search():
     assert undecided and all((p.n_correct, p.n_total) == (4, 8) for p in undecided)
     # A probe past a planted error never succeeds: decided bad, not undecided.
     assert all(p.n_correct == 0 for p in probes if p.hard_label is False)
+
+
+def test_locate_first_error_under_a_budget():
+    problem = PlantedProblem.make("locate-budget", num_steps=8)
+    policy = FaultyPolicy(success_range=(0.4, 0.9), planted_error_rate=0.0)
+    for error_at in range(7):
+        engine = faulty_engine(policy)
+        search = asyncio.run(locate_first_error(
+            engine, prompt=problem.prompt(engine), pieces=problem.steps(error_at),
+            gold_answer=problem.gold, run_seed=2, problem_id=problem.problem_id,
+            splitter=SPLITTER, budget=RolloutBudget(4, 32, 0.9), min_success=0.1))
+        assert (search.first_error_index, search.reason) == (error_at, "located")
+        assert search.rollouts == engine.rollouts
+        for length, value in zip(search.probe_lengths, search.probe_values):
+            if length > error_at:  # past the error: no success, 25 failures to decide
+                assert value == 0.0
