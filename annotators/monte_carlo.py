@@ -568,9 +568,9 @@ class MonteCarloAnnotator:
         first_error = first_error_from_labels(hard)
         truncated_after = None
         if final_needed and values[-1] is not None:  # the graded answer: certain, not estimated
-            v = values[-1]
-            posteriors.append(StepPosterior(successes=estimates[-1].n_correct,
-                                            failures=estimates[-1].n_total - estimates[-1].n_correct,
+            v, last = values[-1], estimates[-1]
+            posteriors.append(StepPosterior(successes=last.n_correct,
+                                            failures=last.n_total - last.n_correct,
                                             mean=v, low=v, high=v, level=CREDIBLE_LEVEL,
                                             threshold=cfg.threshold,
                                             p_above=1.0 if v > cfg.threshold else 0.0))

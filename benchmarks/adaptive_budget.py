@@ -351,6 +351,13 @@ def render(out: dict, path: str) -> None:
           "wrong in the 'undecided = wrong' column. Rows in parentheses are other rules, "
           "simulated on the same rollouts: (pure) = the posterior alone, (any_correct) = "
           "positive at the first correct rollout.", "",
+          "Rules chosen from these tables (annotators/posterior.py): a positive needs a correct "
+          "rollout besides P >= confidence (the (pure) rule calls steps positive on the prior "
+          "alone at small floors); the floor min_success defaults to 0.2, the floor whose "
+          "adaptive rows come closest to the targets at tau = 0 (a zero-rate step needs "
+          "ln(1/(1-c)) / -ln(1-m) - 1 failures in a row to be decided negative); (any_correct) "
+          "is not used: it calls every step below the floor that shows one success positive.",
+          "",
           "## Summary", "",
           "| setting | k=8 error | target | met by | closest (error, undecided, rollouts/step; "
           "distance: 1 = on target) |", "|---|---:|---:|---|---|"]
