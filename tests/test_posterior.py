@@ -367,3 +367,43 @@ def test_locate_first_error_under_a_budget():
         for length, value in zip(search.probe_lengths, search.probe_values):
             if length > error_at:  # past the error: no success, 25 failures to decide
                 assert value == 0.0
+
+
+# -- a full job under the budget ---------------------------------------------------------------
+
+
+@pytest.mark.pipeline
+def test_a_job_with_a_budget_writes_decided_or_undecided_labels(tmp_path):
+    from test_label_truth import manifest, rows, write_planted
+
+    from steplabel.pipelines.job import run_job
+
+    source = tmp_path / "p.jsonl"
+    write_planted(source, 3)
+    out = str(tmp_path / "out")
+    budget = {"min_rollouts": 2, "max_rollouts": 8, "confidence": 0.9}
+    job = manifest(source, "realistic", omegaprm=None, judge=None, consensus=None,
+                   monte_carlo={"budget": budget, "min_success": 0.2,
+                                "sampling": {"max_tokens": 120}})
+    assert job.monte_carlo.budget == RolloutBudget(2, 8, 0.9)
+    result = run_job(job, out_dir=out)
+    kept = rows(out, "trajectories")
+    assert kept
+    undecided = 0
+    for row in kept:
+        last = len(row["steps"]) - 1
+        for t in range(last):
+            correct, total = row["mc_n_correct"][t], row["mc_n_total"][t]
+            spent = total + row["mc_n_unknown"][t]
+            assert 2 <= spent <= 8
+            label = row["hard_labels"][t]
+            p = prob_above(0.2, correct, total - correct, BetaPrior())
+            if label is True:
+                assert p >= 0.9 and correct > 0
+            elif label is False:
+                assert 1 - p >= 0.9
+            else:  # unknown: every rollout unknown, or undecided at the max
+                assert spent == 8
+                undecided += total > 0
+    assert undecided > 0  # at max 8, steps near the 0.2 floor stay undecided (12 here)
+    assert result.stats["counters"]["mc_steps_undecided"] == undecided
