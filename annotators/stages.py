@@ -282,6 +282,7 @@ async def monte_carlo_labels(ctx: StageContext, annotator, prompt, solution: Sol
         "mc_rollouts_saved_consensus": mc.rollouts_saved_consensus,
         "mc_steps_not_estimated": sum(1 for c in zip(mc.n_total, mc.n_unknown) if c == (0, 0)),
         "mc_steps_unestimated": sum(1 for v in mc.values if v is None),
+        "mc_steps_undecided": mc.label_reasons.count("undecided"),  # adaptive budget (#26)
     }
     return Labels(fields=_plain(R.as_row(fields)), counters=counters, stopped=mc.stopped)
 

@@ -12,7 +12,7 @@ import string
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from steplabel.schemas.config import ConfigError, SamplingConfig, check
+from steplabel.schemas.config import OMIT_DEFAULT, ConfigError, SamplingConfig, check
 from steplabel.schemas.templates import load_template
 
 #: How a rollout cut off at ``max_tokens`` is counted: ``unknown`` (default: it never reached a
@@ -29,6 +29,74 @@ def _is_number(value: object) -> bool:
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
+
+# --------------------------------------------------------------------------------------------
+# Posterior labels and the adaptive budget (the maths: annotators/posterior.py)
+
+#: Default floor: success rates below 20% count as zero (a negative step). Chosen on the planted
+#: benchmark (benchmarks/results/adaptive_budget.md, tau = 0 with 25% zero-rate steps): deciding
+#: a zero step negative takes ln(1/(1-c)) / -ln(1-m) - 1 failures in a row (c = 0.85: 36 at
+#: m = 0.05, 17 at 0.1, 11 at 0.15, 8 at 0.2), so at fixed k = 8's cost floors 0.05 and 0.1
+#: leave too many steps undecided or overspend (distance to the targets 3.6 and 1.2); 0.2 came
+#: closest (1.06). It is also what today's k = 8 labels can certify: 0 correct of 8 puts
+#: P(p > 0.2) at 0.13 under a uniform prior. A smaller floor is a manifest setting, at the
+#: price in rollouts the table shows.
+DEFAULT_MIN_SUCCESS = 0.2
+
+
+@dataclass(frozen=True)
+class BetaPrior:
+    """The prior ``Beta(a, b)`` of a step's success rate; ``a, b > 0`` (pseudo-counts of
+    successes and failures). Uniform (1, 1) by default; Jeffreys is (0.5, 0.5)."""
+
+    a: float = 1.0
+    b: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(_is_number(self.a) and self.a > 0, "a", "must be a number > 0", self.a)
+        check(_is_number(self.b) and self.b > 0, "b", "must be a number > 0", self.b)
+
+
+@dataclass(frozen=True)
+class RolloutBudget:
+    """The adaptive budget (``monte_carlo.budget``): rollouts in rounds until the hard label is
+    decided at ``confidence``.
+
+    - ``min_rollouts`` >= 1: the first round; nothing is decided before it.
+    - ``max_rollouts`` >= ``min_rollouts``: a step still undecided then is unknown
+      (``undecided``).
+    - ``confidence`` in (0.5, 1): decide positive at ``P(p > threshold) >= confidence``,
+      negative at ``<= 1 - confidence``.
+
+    Each later round adds a quarter of the rollouts sampled so far, at least ``min_rollouts``
+    and at most up to the max: 4, 8, 12, 16, 20, 25, 31, 32 for 4..32 (on the planted
+    benchmark, quarter rounds spent ~5% fewer rollouts than half rounds for the same labels).
+    """
+
+    min_rollouts: int = 4
+    max_rollouts: int = 32
+    confidence: float = 0.9
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.min_rollouts, int) and not isinstance(self.min_rollouts, bool)
+              and self.min_rollouts >= 1, "min_rollouts", "must be an integer >= 1",
+              self.min_rollouts)
+        check(isinstance(self.max_rollouts, int) and not isinstance(self.max_rollouts, bool)
+              and self.max_rollouts >= self.min_rollouts, "max_rollouts",
+              f"must be an integer >= min_rollouts = {self.min_rollouts}", self.max_rollouts)
+        check(_is_number(self.confidence) and 0.5 < self.confidence < 1.0, "confidence",
+              "must be in (0.5, 1)", self.confidence)
+
+    def next_round(self, sampled: int) -> int:
+        """Rollouts of the next round after ``sampled`` (0 before the first); 0 at the max."""
+        if sampled <= 0:
+            return self.min_rollouts
+        return max(0, min(self.max_rollouts - sampled, max(self.min_rollouts, sampled // 4)))
+
+
+def threshold_of(tau: float, min_success: float) -> float:
+    """The success rate the posterior is asked about: ``max(tau, min_success)``."""
+    return max(float(tau), float(min_success))
 
 # --------------------------------------------------------------------------------------------
 # Monte Carlo (Math-Shepherd)
@@ -68,6 +136,16 @@ class MonteCarloConfig:
       null. Implies ``first_error_only``. ``null`` (default): on exactly when consensus is on
       and ``first_error_only`` is not turned off.
     - ``sampling``: completer sampling settings (temperature 0.7, 256 new tokens by default).
+    - ``prior``: the Beta prior of a step's success rate (uniform by default), for the
+      posterior recorded per step (:mod:`posterior`).
+    - ``min_success`` in [0, 1): success rates below it count as zero; the posterior is asked
+      ``P(p > max(hard_threshold, min_success))`` (τ = 0 needs a floor: see
+      :data:`posterior.DEFAULT_MIN_SUCCESS` for the default's reason).
+    - ``budget``: the adaptive budget (:class:`posterior.RolloutBudget`); None (default) keeps
+      k rollouts per step under ``stopping``. With a budget, ``rollouts`` and ``stopping`` are
+      unused: a step gets rollouts in rounds until ``P(p > threshold)`` decides its hard label
+      at ``budget.confidence``, and is unknown (``undecided``) if ``budget.max_rollouts`` do
+      not. Rollout ``i`` of a step keeps seed ``step_seed + i`` whatever the rounds.
     """
 
     rollouts: int = 8
@@ -78,10 +156,20 @@ class MonteCarloConfig:
     first_error_only: bool | None = None
     consensus_guided: bool | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Left out of the canonical form at their defaults: manifests without them keep their hash.
+    prior: BetaPrior = field(default_factory=BetaPrior, metadata={OMIT_DEFAULT: True})
+    min_success: float = field(default=DEFAULT_MIN_SUCCESS, metadata={OMIT_DEFAULT: True})
+    budget: RolloutBudget | None = field(default=None, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         check(isinstance(self.rollouts, int) and not isinstance(self.rollouts, bool)
               and self.rollouts >= 1, "rollouts", "must be an integer >= 1", self.rollouts)
+        check(_is_number(self.min_success) and 0.0 <= self.min_success < 1.0, "min_success",
+              "must be in [0, 1)", self.min_success)
+        if not isinstance(self.prior, BetaPrior):
+            raise ConfigError(f"prior must be a BetaPrior, got {self.prior!r}")
+        if self.budget is not None and not isinstance(self.budget, RolloutBudget):
+            raise ConfigError(f"budget must be a RolloutBudget or null, got {self.budget!r}")
         check(isinstance(self.hard_threshold, (int, float)) and 0.0 <= self.hard_threshold < 1.0,
               "hard_threshold", "must be in [0, 1)", self.hard_threshold)
         check(isinstance(self.truncate_after_first_error, bool), "truncate_after_first_error",
@@ -99,6 +187,16 @@ class MonteCarloConfig:
               "first_error_only false", self.consensus_guided)
         if not isinstance(self.sampling, SamplingConfig):
             raise ConfigError(f"sampling must be a SamplingConfig, got {self.sampling!r}")
+
+    @property
+    def threshold(self) -> float:
+        """The success rate the posterior is asked about: ``max(hard_threshold, min_success)``."""
+        return threshold_of(self.hard_threshold, self.min_success)
+
+    @property
+    def max_rollouts(self) -> int:
+        """Most rollouts a step can get: ``budget.max_rollouts``, else k."""
+        return self.budget.max_rollouts if self.budget is not None else self.rollouts
 
     def resolved(self, *, consensus: bool) -> "MonteCarloConfig":
         """This config with ``first_error_only`` and ``consensus_guided`` decided (see the
@@ -143,6 +241,14 @@ class OmegaPRMConfig:
       (default: it never reached an answer, so it is in no MC value and never selected) or
       ``incorrect`` (graded as written, as implementations that ignore finish reasons do).
     - ``sampling``: rollout sampling settings.
+    - ``budget``, ``prior``, ``min_success``: the adaptive budget for the binary search's Monte
+      Carlo probes, as in :class:`MonteCarloConfig`: with a budget, a probe gets
+      rollouts in rounds (seeds ``state_seed + i`` whatever the rounds) until
+      ``P(p > min_success)`` decides it at ``budget.confidence`` (``rollouts`` is unused for
+      probes; the pre-filter keeps ``prefilter_rollouts``). A probe decided negative is the
+      error side of the search, positive the correct side; a probe still undecided after
+      ``max_rollouts`` stops the search like an unknown one (reason ``probe_undecided``). The
+      tree then splits good from bad prefixes by these decisions. None (default): k rollouts.
     """
 
     alpha: float = 0.5
@@ -157,8 +263,18 @@ class OmegaPRMConfig:
     target_pieces: int = 16
     truncated: Literal["unknown", "incorrect"] = "unknown"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Left out of the canonical form at their defaults: manifests without them keep their hash.
+    prior: BetaPrior = field(default_factory=BetaPrior, metadata={OMIT_DEFAULT: True})
+    min_success: float = field(default=DEFAULT_MIN_SUCCESS, metadata={OMIT_DEFAULT: True})
+    budget: RolloutBudget | None = field(default=None, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
+        check(_is_number(self.min_success) and 0.0 <= self.min_success < 1.0, "min_success",
+              "must be in [0, 1)", self.min_success)
+        if not isinstance(self.prior, BetaPrior):
+            raise ConfigError(f"prior must be a BetaPrior, got {self.prior!r}")
+        if self.budget is not None and not isinstance(self.budget, RolloutBudget):
+            raise ConfigError(f"budget must be a RolloutBudget or null, got {self.budget!r}")
         check(_is_number(self.alpha) and 0.0 < self.alpha <= 1.0, "alpha", "must be in (0, 1]",
               self.alpha)
         check(_is_number(self.beta) and 0.0 < self.beta <= 1.0, "beta", "must be in (0, 1]",

@@ -123,10 +123,24 @@ def from_mapping(cls: type, data: Mapping[str, Any], *, path: str = "") -> Any:
         raise
 
 
+#: ``dataclasses.field(metadata={OMIT_DEFAULT: True})``: :func:`to_mapping` omits the field while
+#: it holds its default.
+OMIT_DEFAULT = "omit_default"
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def to_mapping(obj: Any) -> Any:
     """The inverse of :func:`from_mapping`: plain dicts/lists, JSON- and YAML-ready."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_mapping(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        # A field marked OMIT_DEFAULT is left out at its default, so that adding an optional
+        # setting keeps the canonical form (and the manifest hash) of manifests without it.
+        return {f.name: to_mapping(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get(OMIT_DEFAULT) and getattr(obj, f.name) == _default(f))}
     if isinstance(obj, (list, tuple)):
         return [to_mapping(v) for v in obj]
     if isinstance(obj, Mapping):
