@@ -28,7 +28,7 @@ from steplabel.schemas.graders import GraderConfig, MathGraderConfig
 from steplabel.schemas.templates import load_template
 
 #: The splitters a manifest may name (``annotators/splitting.py`` implements each one).
-SPLITTER_NAMES = ("lines", "paragraphs", "step_markers")
+SPLITTER_NAMES = ("lines", "paragraphs", "python_statements", "step_markers")
 
 
 @dataclass(frozen=True)
