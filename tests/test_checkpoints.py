@@ -21,8 +21,6 @@ from steplabel.pipelines.stages import (
     stage_checkpoint_files,
 )
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.fixture
 def bucket():
@@ -31,6 +29,7 @@ def bucket():
     memfs.clear()
 
 
+@pytest.mark.unit
 def test_a_finished_key_is_readable_before_its_segment_is_closed(tmp_path):
     """Locally each key reaches the OS as it finishes: a process killed now loses nothing."""
     out = str(tmp_path)
@@ -44,6 +43,7 @@ def test_a_finished_key_is_readable_before_its_segment_is_closed(tmp_path):
     writer.close()
 
 
+@pytest.mark.unit
 def test_writers_never_share_a_segment_and_a_key_found_twice_counts_once(tmp_path):
     out = str(tmp_path)
     first, retry = (SegmentWriter(StageCheckpoints(out, st.JUDGE)) for _ in range(2))
@@ -56,6 +56,7 @@ def test_writers_never_share_a_segment_and_a_key_found_twice_counts_once(tmp_pat
     assert stage_checkpoint_counts(out)["judge"] == 2
 
 
+@pytest.mark.unit
 def test_a_line_cut_off_by_a_kill_is_skipped_and_the_rest_read(tmp_path):
     out = str(tmp_path)
     writer = SegmentWriter(StageCheckpoints(out, st.SAMPLE))
@@ -73,6 +74,7 @@ def test_a_line_cut_off_by_a_kill_is_skipped_and_the_rest_read(tmp_path):
     assert checkpoints.load("p0") == {"n": 0}
 
 
+@pytest.mark.unit
 def test_refresh_reads_only_what_is_new(tmp_path, monkeypatch):
     out = str(tmp_path)
     checkpoints = StageCheckpoints(out, st.SAMPLE).refresh()
@@ -91,6 +93,7 @@ def test_refresh_reads_only_what_is_new(tmp_path, monkeypatch):
     other.close()
 
 
+@pytest.mark.unit
 def test_own_segments_are_read_only_after_a_failure(tmp_path):
     """What this job attempt wrote is not sent to it again, except to a retried bundle."""
     out = str(tmp_path)
@@ -104,6 +107,7 @@ def test_own_segments_are_read_only_after_a_failure(tmp_path):
     assert checkpoints.refresh(if_needed=True).load("p0") == {"n": 0}
 
 
+@pytest.mark.unit
 def test_a_deleted_dataset_forgets_its_keys(tmp_path):
     out = str(tmp_path)
     writer = SegmentWriter(StageCheckpoints(out, st.SAMPLE))
@@ -116,6 +120,7 @@ def test_a_deleted_dataset_forgets_its_keys(tmp_path):
     assert checkpoints.refresh().load("p0") is None
 
 
+@pytest.mark.unit
 def test_records_are_written_as_asdict_would_write_them():
     labels = st.Labels(fields={"mc_labels": [1, 0], "pair": (1, 2)}, counters={"a": 1},
                        failure=st.Failure("prompt_too_long", "too long"), stopped="agreed")
@@ -129,6 +134,7 @@ def test_records_are_written_as_asdict_would_write_them():
     assert checkpoint_line('a\tb\n', {"t": "x\ny\tz"}).count(b"\n") == 1
 
 
+@pytest.mark.unit
 def test_an_object_store_gets_a_segment_object_per_batch(bucket, monkeypatch):
     """Objects cannot be appended to: a writer buffers keys and writes a new object every
     REMOTE_FLUSH_KEYS keys, after REMOTE_FLUSH_SECONDS, and when closed; a kill loses at most
@@ -151,3 +157,35 @@ def test_an_object_store_gets_a_segment_object_per_batch(bucket, monkeypatch):
     assert [f.rsplit("-", 1)[1] for f in files] == ["00000.jsonl", "00001.jsonl",
                                                      "00002.jsonl"]
     assert load_stage_checkpoint(bucket, st.MONTE_CARLO, "late") == {"i": 99}
+
+
+@pytest.mark.pipeline
+def test_a_job_on_an_object_store_resumes_from_its_segments(bucket):
+    from apache_beam.io.filesystems import FileSystems
+
+    from steplabel.pipelines.job import run_job
+    from steplabel.schemas.manifest import manifest_from_dict
+
+    source = f"{bucket}/problems.jsonl"
+    with FileSystems.create(source) as handle:
+        handle.write("".join(json.dumps({"id": f"p{i}", "question": f"What is {i} + 2?",
+                                         "answer": str(i + 2)}) + "\n"
+                             for i in range(4)).encode())
+    manifest = manifest_from_dict({
+        "name": "segments", "source": {"kind": "jsonl", "path": source},
+        "models": {"policy": {"kind": "custom", "factory": "fakes:arithmetic_engine"}},
+        "policy": {"samples": 2}, "monte_carlo": {"rollouts": 2}, "judge": {},
+        "runner": {"num_shards": 1},
+    })
+    out = f"{bucket}/out"
+    first = run_job(manifest, out_dir=out)
+    finished = stage_checkpoint_counts(out)
+    assert finished["sample"] == 4 and finished["monte_carlo"] == finished["judge"] == 8
+    FileSystems.delete([f"{out}/COMPLETED"])  # as if the job had been killed before the end
+    second = run_job(manifest, out_dir=out)
+    counters = second.stats["counters"]
+    assert counters["problems_resumed"] == 4
+    for stage in ("sample", "monte_carlo", "judge"):
+        assert counters[f"stage_{stage}_resumed"] == finished[stage]
+        assert f"stage_{stage}_computed" not in counters
+    assert second.info["rows"] == first.info["rows"]
