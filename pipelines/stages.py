@@ -95,9 +95,12 @@ ENGINES_DIR = "engines"
 # is closed: there a writer buffers finished keys and writes them as a new object
 # ``<uuid>-<part>.jsonl`` every ``REMOTE_FLUSH_KEYS`` keys, or when a key finishes or the stage
 # polls ``REMOTE_FLUSH_SECONDS`` after the oldest buffered one, and at the end of every bundle
-# and before a failed bundle raises. A killed worker loses at most those buffered keys (fewer
-# than ``REMOTE_FLUSH_KEYS``, finished within about ``REMOTE_FLUSH_SECONDS`` plus a poll); the
-# rerun recomputes them.
+# and before a failed bundle raises. A killed worker loses at most those buffered keys: fewer
+# than ``REMOTE_FLUSH_KEYS``, finished within the last ``REMOTE_FLUSH_SECONDS`` plus one progress
+# poll (at most 5 s) while the stage waits on its engine (a stage waiting for input flushes at
+# its next finished key or its bundle's end). That is safe: a bundle Beam commits has all its keys
+# written (the writer closes in ``finish_bundle``), a lost key is only recomputed, and its seeds
+# derive from its identity, so the rerun gets the same result.
 
 
 #: Object stores: a writer's buffered keys become one segment object at this many keys...
