@@ -8,12 +8,17 @@ import json
 import os
 import sys
 
+from steplabel.demo_data import write_problems
+from steplabel.engines.vllm_engine import shutdown_live_engines
 from steplabel.pipelines import logs
+from steplabel.schemas.config import ConfigError
+from steplabel.schemas.manifest import load_manifest
 
 #: Commands that live in their own modules (``steplabel.<package>.<module>``) provide
 #: ``add_arguments(parser)`` and ``run(args) -> int`` (exit status).
 COMMAND_MODULES = {
-    "regenerate": ("dataset.regenerate", "rerun a job from its manifest.lock.json and verify the result"),
+    "regenerate": ("dataset.regenerate",
+                   "rerun a job from its manifest.lock.json and verify the result"),
     "inspect": ("dataset.inspect", "print label statistics of a dataset (text, --json, --html)"),
     "export": ("dataset.export", "export a dataset to TRL / OpenRLHF / Math-Shepherd formats"),
     "evaluate": ("pipelines.evaluate", "evaluate annotators against human first-error labels"),
@@ -26,7 +31,6 @@ COMMAND_MODULES = {
 #: directory's argument. ``run`` and ``evaluate`` call :func:`logs.use_dataset_dir` themselves
 #: once they know their (default) directory.
 LOGGED_COMMANDS = {"regenerate": "out"}
-
 
 
 def _command_module(name: str):
@@ -80,9 +84,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
+    # Imported here, as the other commands' modules are (_command_module): Beam logs as it is
+    # imported, and main() sets up logging first.
     from steplabel.pipelines.job import JobError, describe, run_job
-    from steplabel.schemas.config import ConfigError
-    from steplabel.schemas.manifest import load_manifest
 
     log_file = None
     try:
@@ -142,8 +146,6 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 # Engines still running (the job's workers keep theirs) stop now, while their
                 # shutdown's records still reach the log file; at exit would be too late.
-                from steplabel.engines.vllm_engine import shutdown_live_engines
-
                 shutdown_live_engines()
 
 
@@ -154,8 +156,6 @@ def _dispatch(parser: argparse.ArgumentParser, args) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "demo-data":
-        from steplabel.demo_data import write_problems
-
         count = write_problems(args.out, count=args.count, seed=args.seed)
         print(f"[steplabel] wrote {count} problems to {args.out}")
         return 0
