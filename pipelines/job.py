@@ -251,12 +251,13 @@ def explain_failure(exc: BaseException, out_dir: str) -> None:
 def finalize_run(out_dir: str, manifest, counters: dict[str, int]) -> tuple[dict, dict]:
     """The input count and the figures the pipeline wrote, then the dataset's small files
     and ``COMPLETED`` (:func:`~steplabel.pipelines.finalize.finalize_dataset`)."""
-    rows_in = storage.read_json_if_exists(storage.join(out_dir, storage.WORK_DIR, ROWS_IN_FILE))
+    directory = JobDirectory(out_dir)
+    rows_in = storage.read_json_if_exists(directory.work(ROWS_IN_FILE))
     if rows_in is None:
         raise JobError(f"the pipeline finished without writing its input count "
                        f"({storage.WORK_DIR}/{ROWS_IN_FILE}); the dataset is not finalized")
     # The statistics and reconciliation counts the pipeline folded (a CombineFn).
-    figures = storage.read_json_if_exists(storage.join(out_dir, storage.WORK_DIR, FIGURES_FILE))
+    figures = storage.read_json_if_exists(directory.work(FIGURES_FILE))
     return finalize_dataset(out_dir, manifest, problems_in=rows_in["rows_in"],
                             counters=counters, figures=figures)
 
