@@ -34,13 +34,11 @@ LOGGED_COMMANDS = {"regenerate": "out"}
 
 
 def _command_module(name: str):
+    """The module of command ``name``, imported once logging is set up (Beam logs as it is
+    imported). A module not where ``COMMAND_MODULES`` says is an import error, not a command
+    quietly left out."""
     module, _ = COMMAND_MODULES[name]
-    try:
-        return importlib.import_module(f"steplabel.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"steplabel.{module}":
-            return None
-        raise
+    return importlib.import_module(f"steplabel.{module}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,12 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0)
 
     for name, (_, text) in COMMAND_MODULES.items():
-        module = _command_module(name)
-        if module is None:
-            cmd = sub.add_parser(name, help=f"{text} (not built yet)")
-            cmd.add_argument("args", nargs="*")
-        else:
-            module.add_arguments(sub.add_parser(name, help=text, description=text))
+        _command_module(name).add_arguments(sub.add_parser(name, help=text, description=text))
     return parser
 
 
@@ -161,12 +154,8 @@ def _dispatch(parser: argparse.ArgumentParser, args) -> int:
         return 0
     module = _command_module(args.command)
     out_argument = LOGGED_COMMANDS.get(args.command)
-    if module is not None and out_argument and getattr(args, out_argument, None):
+    if out_argument and getattr(args, out_argument, None):
         logs.use_dataset_dir(getattr(args, out_argument), args.command)
-    if module is None:
-        print(f"steplabel {args.command}: not built yet ({COMMAND_MODULES[args.command][1]})",
-              file=sys.stderr)
-        return 2
     return module.run(args)
 
 
