@@ -15,8 +15,8 @@ rows as part files under ``_work/waves/<count>/<index>/`` (the dataset's layout 
 names), its figures' accumulator and its input count; stage checkpoints are shared by every
 wave, so a killed job resumes where it was. Then :class:`AssembleShards` (one
 more small pipeline) appends each shard's parts in wave order, row group by row group
-(``sink.ROW_GROUP_ROWS`` rows each, as every shard is written), so the shards are byte for byte those
-one pipeline writes; and it folds the waves' figures and input counts into the files the
+(``sink.ROW_GROUP_ROWS`` rows each, as every shard is written), so the shards are byte for byte
+those one pipeline writes; and it folds the waves' figures and input counts into the files the
 launcher finalizes from. Memory is then bounded by a wave, not by the input.
 
 Other runners (portable, Flink, Dataflow) run one pipeline: their shuffles are not held in the
