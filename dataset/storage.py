@@ -112,11 +112,12 @@ def list_files(pattern: str) -> list[str]:
     return sorted(m.path for m in matches if TMP_MARK not in posixpath.basename(m.path))
 
 
-def temp_files(out_dir: str) -> list[str]:
+def temp_files(out_dir: str, outputs: Iterable[str] | None = None) -> list[str]:
     """Temporary files of writes that never finished (a killed or failed writer) anywhere a
-    dataset directory is written: the root, every output folder, ``_work`` and its checkpoint
-    folders (``_work/<stage>/<xx>``)."""
-    folders = ["", *OUTPUT_DIRS.values(), WORK_DIR, posixpath.join(WORK_DIR, "*"),
+    dataset directory is written: the root, every output folder (``outputs``: folders of
+    another job's outputs), ``_work`` and its checkpoint folders (``_work/<stage>/<xx>``)."""
+    outputs = OUTPUT_DIRS.values() if outputs is None else outputs
+    folders = ["", *outputs, WORK_DIR, posixpath.join(WORK_DIR, "*"),
                posixpath.join(WORK_DIR, "*", "*")]  # _work/engines, _work/<stage>/<xx>
     patterns = [join(out_dir, folder, f"{TMP_MARK}*") if folder else join(out_dir, f"{TMP_MARK}*")
                 for folder in folders]

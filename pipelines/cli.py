@@ -8,12 +8,17 @@ import json
 import os
 import sys
 
+from steplabel.demo_data import write_problems
+from steplabel.engines.vllm_engine import shutdown_live_engines
 from steplabel.pipelines import logs
+from steplabel.schemas.config import ConfigError
+from steplabel.schemas.manifest import load_manifest
 
 #: Commands that live in their own modules (``steplabel.<package>.<module>``) provide
 #: ``add_arguments(parser)`` and ``run(args) -> int`` (exit status).
 COMMAND_MODULES = {
-    "regenerate": ("dataset.regenerate", "rerun a job from its manifest.lock.json and verify the result"),
+    "regenerate": ("dataset.regenerate",
+                   "rerun a job from its manifest.lock.json and verify the result"),
     "inspect": ("dataset.inspect", "print label statistics of a dataset (text, --json, --html)"),
     "export": ("dataset.export", "export a dataset to TRL / OpenRLHF / Math-Shepherd formats"),
     "evaluate": ("pipelines.evaluate", "evaluate annotators against human first-error labels"),
@@ -28,15 +33,12 @@ COMMAND_MODULES = {
 LOGGED_COMMANDS = {"regenerate": "out"}
 
 
-
 def _command_module(name: str):
+    """The module of command ``name``, imported once logging is set up (Beam logs as it is
+    imported). A module not where ``COMMAND_MODULES`` says is an import error, not a command
+    quietly left out."""
     module, _ = COMMAND_MODULES[name]
-    try:
-        return importlib.import_module(f"steplabel.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"steplabel.{module}":
-            return None
-        raise
+    return importlib.import_module(f"steplabel.{module}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,19 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0)
 
     for name, (_, text) in COMMAND_MODULES.items():
-        module = _command_module(name)
-        if module is None:
-            cmd = sub.add_parser(name, help=f"{text} (not built yet)")
-            cmd.add_argument("args", nargs="*")
-        else:
-            module.add_arguments(sub.add_parser(name, help=text, description=text))
+        _command_module(name).add_arguments(sub.add_parser(name, help=text, description=text))
     return parser
 
 
 def _run(args) -> int:
+    # Imported here, as the other commands' modules are (_command_module): Beam logs as it is
+    # imported, and main() sets up logging first.
     from steplabel.pipelines.job import JobError, describe, run_job
-    from steplabel.schemas.config import ConfigError
-    from steplabel.schemas.manifest import load_manifest
 
     log_file = None
     try:
@@ -142,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 # Engines still running (the job's workers keep theirs) stop now, while their
                 # shutdown's records still reach the log file; at exit would be too late.
-                from steplabel.engines.vllm_engine import shutdown_live_engines
-
                 shutdown_live_engines()
 
 
@@ -154,19 +149,13 @@ def _dispatch(parser: argparse.ArgumentParser, args) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "demo-data":
-        from steplabel.demo_data import write_problems
-
         count = write_problems(args.out, count=args.count, seed=args.seed)
         print(f"[steplabel] wrote {count} problems to {args.out}")
         return 0
     module = _command_module(args.command)
     out_argument = LOGGED_COMMANDS.get(args.command)
-    if module is not None and out_argument and getattr(args, out_argument, None):
+    if out_argument and getattr(args, out_argument, None):
         logs.use_dataset_dir(getattr(args, out_argument), args.command)
-    if module is None:
-        print(f"steplabel {args.command}: not built yet ({COMMAND_MODULES[args.command][1]})",
-              file=sys.stderr)
-        return 2
     return module.run(args)
 
 

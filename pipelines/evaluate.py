@@ -50,9 +50,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from apache_beam.io.filesystems import FileSystems
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -60,6 +58,7 @@ from steplabel.annotators.evaluation.gold import GoldFileError
 from steplabel.annotators.evaluation.predict import ANNOTATORS
 from steplabel.annotators.evaluation.report import build_report, render_report_markdown
 from steplabel.dataset import storage
+from steplabel.dataset.directory import JobDirectory, JobKind
 from steplabel.pipelines.evaluate_graph import build_evaluation_pipeline
 from steplabel.pipelines.evaluate_spec import (
     DEAD_LETTER,
@@ -81,6 +80,13 @@ REPORT_MD = "report.md"
 
 class EvaluationError(RuntimeError):
     """The evaluation cannot start or did not finish; the message says why."""
+
+
+#: An evaluation's directory: ``_work/run.json`` holds its name and hash (settings and input
+#: files' hashes, :attr:`EvaluationSpec.hash`).
+EVALUATION = JobKind(product="evaluation", owner="evaluation",
+                     stranger="a steplabel evaluation", hash_field="evaluation_hash",
+                     error=EvaluationError, differs=": settings or input files differ")
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,44 +113,14 @@ def read_rows(out_dir: str, output: str) -> list[dict]:
     return rows
 
 
-def _remove_stale_shards(out_dir: str, num_shards: int) -> None:
-    suffix = f"-of-{num_shards:05d}.parquet"
-    stale = [p for output in OUTPUTS for p in output_files(out_dir, output)
-             if not p.endswith(suffix)]
-    if stale:
-        FileSystems.delete(stale)
-
-
 def prepare_evaluation_dir(out_dir: str, spec: EvaluationSpec, *, overwrite: bool) -> None:
-    """Refuse a COMPLETED evaluation (unless ``overwrite``), a directory holding another
-    evaluation's work (another hash: other settings or changed gold/answers files, so resuming
-    would mix results) and any other non-empty directory; then record this evaluation in
-    ``_work/run.json``, which a rerun checks before it resumes from the checkpoints."""
-    import shutil
-
-    run_file = storage.join(out_dir, storage.WORK_DIR, "run.json")
-    if storage.exists(storage.join(out_dir, storage.COMPLETED)) and not overwrite:
-        raise EvaluationError(f"{out_dir} already holds a COMPLETED evaluation; pass "
-                              "--overwrite to replace it, or choose another --out")
-    local = "://" not in out_dir
-    if overwrite and local and Path(out_dir).exists():
-        shutil.rmtree(out_dir)
-    if storage.exists(run_file):
-        previous = storage.read_json(run_file)
-        if previous.get("evaluation_hash") != spec.hash:
-            raise EvaluationError(
-                f"{out_dir} holds work of another evaluation ({previous.get('name')!r}, hash "
-                f"{str(previous.get('evaluation_hash'))[:12]}) and this one is {spec.name!r} "
-                f"(hash {spec.hash[:12]}): settings or input files differ; use an empty "
-                "--out, or --overwrite")
-    elif local and Path(out_dir).exists() and any(Path(out_dir).iterdir()):
-        raise EvaluationError(f"{out_dir} is not empty and is not a steplabel evaluation; "
-                              "choose an empty --out, or pass --overwrite")
-    gold_read = storage.join(out_dir, storage.WORK_DIR, GOLD_READ_FILE)
-    if storage.exists(gold_read):  # an earlier attempt's: this run writes its own
-        FileSystems.delete([gold_read])
-    storage.write_json_atomic(run_file, {"name": spec.name, "evaluation_hash": spec.hash,
-                                         "spec": spec.to_dict()})
+    """Claim ``out_dir`` for this evaluation (:meth:`JobDirectory.claim`): refuse a COMPLETED
+    evaluation (unless ``overwrite``), a directory holding another evaluation's work (another
+    hash: other settings or changed gold/answers files, so resuming would mix results) and any
+    other non-empty directory; clear an earlier attempt's gold count."""
+    record = {"name": spec.name, "evaluation_hash": spec.hash, "spec": spec.to_dict()}
+    JobDirectory(out_dir).claim(EVALUATION, record, overwrite=overwrite,
+                                scratch=(GOLD_READ_FILE,))
 
 
 def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = False,
@@ -208,7 +184,8 @@ def _finalize_evaluation(spec: EvaluationSpec, *, out_dir: str, counters: dict[s
                               f"({storage.WORK_DIR}/{GOLD_READ_FILE}); the evaluation is not "
                               "finalized")
     read = gold_read["items"] + gold_read["rejects"]
-    _remove_stale_shards(out_dir, manifest.runner.num_shards)
+    directory = JobDirectory(out_dir)
+    directory.remove_leftovers(OUTPUTS, manifest.runner.num_shards)
     predictions = read_rows(out_dir, PREDICTIONS)
     dead = read_rows(out_dir, DEAD_LETTER)
     models: dict[str, list[str]] = {}
@@ -250,7 +227,7 @@ def _finalize_evaluation(spec: EvaluationSpec, *, out_dir: str, counters: dict[s
     storage.write_bytes_atomic(storage.join(out_dir, REPORT_MD), markdown.encode("utf-8"))
     storage.write_json_atomic(storage.join(out_dir, "info.json"), info)
     if report["items"]["reconciled"]:
-        storage.write_bytes_atomic(storage.join(out_dir, storage.COMPLETED), b"")
+        directory.mark_completed()
     return report, markdown, info
 
 

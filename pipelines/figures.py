@@ -13,14 +13,13 @@ and is pickled as plain data, so partial results merge across bundles and worker
 from __future__ import annotations
 
 import copy
+import pickle
 
 import apache_beam as beam
 
 from steplabel.dataset import storage
+from steplabel.dataset.directory import FIGURES_FILE, FIGURES_STATE
 from steplabel.dataset.stats import COLUMNS, LabelStats, ProblemRows
-
-#: Where the pipeline writes the folded figures.
-FIGURES_FILE = "figures.json"
 
 
 def _add(into, value):
@@ -160,8 +159,4 @@ def write_figures(figures: dict, out_dir: str) -> dict:
 
 def write_figures_state(figures: Figures, folder: str) -> None:
     """One wave's figures, to be merged (:class:`~steplabel.pipelines.waves.AssembleShards`)."""
-    import pickle
-
-    from steplabel.pipelines.waves import FIGURES_STATE
-
     storage.write_bytes_atomic(storage.join(folder, FIGURES_STATE), pickle.dumps(figures))

@@ -15,11 +15,10 @@ import platform
 import subprocess
 from pathlib import Path
 
-from apache_beam.io.filesystems import FileSystems
-
 from steplabel import __version__
 from steplabel.annotators.registry import enabled
 from steplabel.dataset import storage
+from steplabel.dataset.directory import JobDirectory
 from steplabel.dataset.identity import CONTENT_HASH, RUN_METRICS, content_hash, engine_determinism
 from steplabel.dataset.stats import accounted_problems, compute_stats, truncation_warnings
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS, SCHEMA_VERSION
@@ -208,14 +207,6 @@ def run_metrics(counters: dict[str, int]) -> dict:
     }
 
 
-def _remove_stale_shards(out_dir: str, num_shards: int) -> None:
-    suffix = f"-of-{num_shards:05d}.parquet"
-    for output in OUTPUTS:
-        for path in storage.output_files(out_dir, output):
-            if not path.endswith(suffix):
-                FileSystems.delete([path])
-
-
 def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
                      counters: dict[str, int], figures: dict | None = None) -> tuple[dict, dict]:
     """Write stats.json, the lock, info.json and (reconciled) COMPLETED. ``figures``: the
@@ -223,8 +214,8 @@ def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
     (``pipelines/figures.py``); without them they are read from the shards."""
     # The pipeline has finished, so no writer of this job is left: temporary files are what
     # killed or failed writes left behind (readers ignore them; a finished dataset has none).
-    leftovers = storage.remove_temp_files(out_dir)
-    _remove_stale_shards(out_dir, manifest.runner.num_shards)
+    directory = JobDirectory(out_dir)
+    leftovers = directory.remove_leftovers(OUTPUT_DIRS.values(), manifest.runner.num_shards)
     if figures is not None:
         rows = {name: figures["rows"].get(name, 0) for name in OUTPUTS}
         stats = dict(figures["stats"])
@@ -269,5 +260,5 @@ def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
 
     write_dataset_card(out_dir, info=info, stats=stats, lock=lock)  # README.md, for `datasets`
     if stats["reconciliation"]["ok"]:
-        storage.write_bytes_atomic(storage.join(out_dir, storage.COMPLETED), b"")
+        directory.mark_completed()
     return info, stats

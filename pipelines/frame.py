@@ -18,8 +18,26 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from steplabel.pipelines.runners import runner_options
 
 log = logging.getLogger(__name__)
+
+
+def pipeline_options(manifest, extra_args: list[str] | None = None) -> PipelineOptions:
+    """Beam options for the manifest's runner: a profile's options, then the manifest's, then
+    command-line arguments (later wins)."""
+    return PipelineOptions(runner_options(manifest.runner) + list(extra_args or []))
+
+
+def make_pipeline(manifest, options: PipelineOptions) -> beam.Pipeline:
+    """A pipeline on the manifest's runner."""
+    if manifest.runner.runner == "local":
+        # Beam's FnApiRunner directly: the DirectRunner would first try to download Prism.
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    return beam.Pipeline(options=options)
 
 
 @dataclass(frozen=True)
@@ -69,8 +87,6 @@ def run_framed(manifest, *, options, prepare: Callable[[], None],
     run it to the end, then ``finalize(counters)``. ``build`` may be a list: one pipeline each,
     in order (the local runner's waves, then their assembly), their counters summed. A pipeline
     failure goes to ``on_failure`` (which may raise a clearer error) and is re-raised."""
-    from steplabel.pipelines.job import make_pipeline
-
     started = time.perf_counter()
     prepare()
     counters: dict[str, int] = {}

@@ -19,10 +19,42 @@ import json
 
 import apache_beam as beam
 
+from steplabel.annotators.graders import get_grader
 from steplabel.dataset import storage
+from steplabel.dataset.directory import INPUT_PREFIX, ROWS_IN_FILE
 from steplabel.pipelines.figures import DatasetFiguresFn, write_figures, write_figures_state
-from steplabel.pipelines.sink import INPUT_PREFIX, WriteShards
+from steplabel.pipelines.runners import stage_accelerators
+from steplabel.pipelines.sink import WriteShards
+from steplabel.pipelines.sources import ReadProblems, ValidateProblems
 from steplabel.pipelines.stages import LabelStages
+from steplabel.pipelines.waves import ReadWaveInput, wave_dir, wave_input_dir
+
+
+def _write_rows_in(count: int, folder: str) -> int:
+    beam.metrics.Metrics.counter("steplabel", "rows_in").inc(count)
+    storage.write_json_atomic(storage.join(folder, ROWS_IN_FILE), {"rows_in": count})
+    return count
+
+
+def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
+                  source_path: str | None = None, wave_input: str | None = None):
+    """Read the source on the workers, count the rows in (``_work/rows_in.json``) and validate:
+    ``(problems, input dead-letter rows)``. ``wave_input``: read one wave's records from where
+    ``waves.SplitInput`` wrote them instead, and count them into the wave's folder,
+    ``out_dir``."""
+    source = manifest.source
+    if wave_input is None:
+        raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
+        counted_in = storage.join(out_dir, storage.WORK_DIR)
+    else:
+        raw = pipeline | "ReadWaveInput" >> ReadWaveInput(wave_input)
+        counted_in = out_dir
+    (raw
+     | "CountRowsIn" >> beam.combiners.Count.Globally()
+     | "WriteRowsIn" >> beam.Map(_write_rows_in, counted_in))
+    return raw | "ValidateProblems" >> ValidateProblems(
+        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash,
+        grader=get_grader(manifest.grader))
 
 
 def _input_key(row: dict):
@@ -49,10 +81,6 @@ def build_staged_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, it
     :class:`~steplabel.pipelines.waves.AssembleShards`; ``pool``: the ``shared.Shared`` engine
     pool handle, the same for every wave (engines stay loaded); ``last_wave``: the progress
     display closes after it."""
-    from steplabel.pipelines.job import read_problems
-    from steplabel.pipelines.runners import stage_accelerators
-    from steplabel.pipelines.waves import wave_dir, wave_input_dir
-
     if accelerators is None:
         accelerators = stage_accelerators(manifest.runner)
     num_shards = manifest.runner.num_shards

@@ -13,37 +13,52 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+from apache_beam.utils import shared
 
-from steplabel.annotators.graders import get_grader
+from steplabel.annotators.stages import StageContext
 from steplabel.dataset import storage
-from steplabel.pipelines.sources import (
-    ReadProblems,
-    ValidateProblems,
-    check_source,
-    estimate_rows,
+from steplabel.dataset.directory import (
+    FIGURES_FILE,
+    ROWS_IN_FILE,
+    JobDirectory,
+    JobKind,
+    delete_tree,
 )
+from steplabel.engines.base import EngineDiedError
+from steplabel.engines.parallel import visible_gpu_count
+from steplabel.pipelines.finalize import finalize_dataset, input_hashes
+from steplabel.pipelines.frame import pipeline_options, run_framed
+from steplabel.pipelines.graph import build_staged_pipeline
+from steplabel.pipelines.runners import stage_accelerators
+from steplabel.pipelines.sources import check_source, estimate_rows
+from steplabel.pipelines.stages import _acquire_pool, stage_checkpoint_counts
 from steplabel.pipelines.waves import (
     AssembleShards,
-    ReadWaveInput,
     SplitInput,
     Wave,
     split_dir,
     wave_count,
     wave_dir,
 )
+from steplabel.schemas.config import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 class JobError(RuntimeError):
     """The job cannot start or did not finish; the message says why and what to do."""
+
+
+#: A ``run``'s dataset directory: ``_work/run.json`` holds the manifest's name, hash and the
+#: input files' hashes (:func:`~steplabel.pipelines.finalize.input_hashes`).
+DATASET = JobKind(product="dataset", owner="manifest",
+                  stranger="a steplabel run of this manifest", hash_field="manifest_hash",
+                  error=JobError)
 
 
 @dataclass(frozen=True)
@@ -54,16 +69,6 @@ class JobResult:
     seconds: float
 
 
-#: Where the pipeline writes how many input records it read (``{"rows_in": N}``).
-ROWS_IN_FILE = "rows_in.json"
-
-
-def _write_rows_in(count: int, folder: str) -> int:
-    beam.metrics.Metrics.counter("steplabel", "rows_in").inc(count)
-    storage.write_json_atomic(storage.join(folder, ROWS_IN_FILE), {"rows_in": count})
-    return count
-
-
 def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
                    total: int | None = None, source_path: str | None = None, wave=None,
                    pool=None, last_wave: bool = True):
@@ -71,73 +76,9 @@ def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=Non
     one Beam stage per model stage). ``source_path`` replaces the manifest's source path (the
     launcher passes local paths made absolute); ``wave``, ``pool``, ``last_wave``: one wave of
     the local runner (:mod:`steplabel.pipelines.waves`)."""
-    from steplabel.pipelines.graph import build_staged_pipeline
-
     return build_staged_pipeline(pipeline, manifest, out_dir=out_dir, items=items, total=total,
                                  source_path=source_path, wave=wave, pool=pool,
                                  last_wave=last_wave)
-
-
-def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
-                  source_path: str | None = None, wave_input: str | None = None):
-    """Read the source on the workers, count the rows in (``_work/rows_in.json``) and validate:
-    ``(problems, input dead-letter rows)``. ``wave_input``: read one wave's records from where
-    ``waves.SplitInput`` wrote them instead, and count them into the wave's folder,
-    ``out_dir``."""
-    source = manifest.source
-    if wave_input is None:
-        raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
-        counted_in = storage.join(out_dir, storage.WORK_DIR)
-    else:
-        raw = pipeline | "ReadWaveInput" >> ReadWaveInput(wave_input)
-        counted_in = out_dir
-    (raw
-     | "CountRowsIn" >> beam.combiners.Count.Globally()
-     | "WriteRowsIn" >> beam.Map(_write_rows_in, counted_in))
-    return raw | "ValidateProblems" >> ValidateProblems(
-        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash,
-        grader=get_grader(manifest.grader))
-
-
-def pipeline_options(manifest, extra_args: list[str] | None = None) -> PipelineOptions:
-    """Beam options for the manifest's runner: a profile's options, then the manifest's, then
-    command-line arguments (later wins)."""
-    from steplabel.pipelines.runners import runner_options
-
-    return PipelineOptions(runner_options(manifest.runner) + list(extra_args or []))
-
-
-def make_pipeline(manifest, options: PipelineOptions) -> beam.Pipeline:
-    if manifest.runner.runner == "local":
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        # Beam's FnApiRunner directly: the DirectRunner would first try to download Prism.
-        return beam.Pipeline(runner=FnApiRunner(), options=options)
-    return beam.Pipeline(options=options)
-
-
-def _remote_files(folder: str, limit: int | None = None) -> list[str]:
-    pattern = folder.rstrip("/") + "/**"
-    result = FileSystems.match([pattern], limits=[limit] if limit else None)[0]
-    return [m.path for m in result.metadata_list]
-
-
-def _has_files(folder: str) -> bool:
-    if "://" not in folder:
-        return Path(folder).is_dir() and any(Path(folder).iterdir())
-    return bool(_remote_files(folder, limit=1))
-
-
-def delete_tree(path: str) -> None:
-    """Delete a dataset directory on any filesystem: locally the folder, on object stores
-    every object under the prefix (Beam ``FileSystems.match`` + ``delete``)."""
-    if "://" not in path:
-        if Path(path).exists():
-            shutil.rmtree(path)
-        return
-    files = _remote_files(path)
-    if files:
-        FileSystems.delete(files)
 
 
 def check_runner_paths(manifest, out_dir: str) -> None:
@@ -156,56 +97,23 @@ def check_runner_paths(manifest, out_dir: str) -> None:
 
 
 def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
-    """Refuse a finished dataset (unless ``overwrite``) and a directory of another manifest."""
-    run_file = storage.join(out_dir, storage.WORK_DIR, "run.json")
-    completed = storage.join(out_dir, storage.COMPLETED)
-    if storage.exists(completed) and not overwrite:
-        raise JobError(f"{out_dir} already holds a COMPLETED dataset; pass --overwrite to "
-                       "replace it, or choose another --out")
-    if overwrite:
-        delete_tree(out_dir)
-    from steplabel.pipelines.finalize import input_hashes
-
-    inputs = input_hashes(manifest.source)
-    if storage.exists(run_file):
-        previous = storage.read_json(run_file)
-        changed = sorted(k for k in set(inputs) | set(previous.get("inputs", {}))
-                         if inputs.get(k) != previous.get("inputs", {}).get(k))
-        if previous.get("manifest_hash") == manifest.hash and changed:
-            raise JobError(
-                f"{out_dir} holds work of this manifest on other input data ({', '.join(changed)}"
-                " changed since); resuming would mix datasets: use an empty --out, or "
-                "--overwrite")
-        if previous.get("manifest_hash") != manifest.hash:
-            raise JobError(
-                f"{out_dir} holds work of another manifest ({previous.get('name')!r}, hash "
-                f"{previous.get('manifest_hash', '')[:12]}) and this one is {manifest.name!r} "
-                f"(hash {manifest.hash[:12]}); use an empty --out, or --overwrite")
-    elif _has_files(out_dir):
-        raise JobError(f"{out_dir} is not empty and is not a steplabel run of this manifest; "
-                       "choose an empty --out, or pass --overwrite")
-    from steplabel.pipelines.figures import FIGURES_FILE
-
-    for name in (ROWS_IN_FILE, FIGURES_FILE):  # an earlier attempt's: this run writes its own
-        path = storage.join(out_dir, storage.WORK_DIR, name)
-        if storage.exists(path):
-            FileSystems.delete([path])
-    storage.write_json_atomic(run_file, {"name": manifest.name, "manifest_hash": manifest.hash,
-                                         "manifest": manifest.to_dict(), "inputs": inputs})
+    """Claim ``out_dir`` for this run (:meth:`JobDirectory.claim`): refuse a finished dataset
+    (unless ``overwrite``), a directory of another manifest or of other input data, and any
+    other non-empty directory; clear an earlier attempt's input count and figures."""
+    record = {"name": manifest.name, "manifest_hash": manifest.hash,
+              "manifest": manifest.to_dict(), "inputs": input_hashes(manifest.source)}
+    JobDirectory(out_dir).claim(DATASET, record, overwrite=overwrite,
+                                scratch=(ROWS_IN_FILE, FIGURES_FILE))
 
 
 def accelerator_count() -> int:
     """GPUs on this machine (``CUDA_VISIBLE_DEVICES`` applies); 0 on a machine without any."""
-    from steplabel.engines.parallel import visible_gpu_count
-
     return visible_gpu_count()
 
 
 def worker_processes(manifest, options: PipelineOptions) -> int:
     """SDK worker processes on this machine that each host their own engines: the local
     runner's in multi_processing mode, the portable runner's (its job service runs here)."""
-    from apache_beam.options.pipeline_options import DirectOptions
-
     runner = manifest.runner
     if runner.runner == "local" and runner.direct_running_mode == "multi_processing":
         return runner.direct_num_workers
@@ -223,10 +131,6 @@ def check_engine_copies(manifest, options: PipelineOptions | None = None) -> Non
     ``tensor_parallel_size`` GPUs (``data_parallel_size: auto``). Beam's worker processes are not
     pinned to devices, so a second one would load its engines on the same GPUs (or, without
     GPUs, on the same cores)."""
-    from steplabel.annotators.stages import StageContext
-    from steplabel.pipelines.runners import stage_accelerators
-    from steplabel.schemas.config import ConfigError
-
     options = options or pipeline_options(manifest)
     try:
         roles = StageContext(manifest).roles(pools=stage_accelerators(manifest.runner))
@@ -256,8 +160,6 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
             beam_args: list[str] | None = None) -> JobResult:
     """Run the job to completion and finalize the dataset directory (the job frame of
     :mod:`steplabel.pipelines.frame`, shared with ``evaluate``)."""
-    from steplabel.pipelines.frame import run_framed
-
     options = pipeline_options(manifest, beam_args)
     check_engine_copies(manifest, options)
     check_runner_paths(manifest, out_dir)
@@ -274,10 +176,6 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     steps = build
     pool = keep = None
     if count > 1:  # the local runner, an input of more than runner.wave_size problems
-        from apache_beam.utils import shared
-
-        from steplabel.pipelines.stages import _acquire_pool
-
         pool = shared.Shared()
         if manifest.runner.direct_running_mode != "multi_processing":
             keep = _acquire_pool(pool)  # the workers run here: engines stay loaded between waves
@@ -334,8 +232,6 @@ def engine_died_message(exc: BaseException, out_dir: str, *, job: str, keys: str
     the finished ``keys`` per stage and how to resume; None for any other failure."""
     if not engine_died(exc):
         return None
-    from steplabel.pipelines.stages import stage_checkpoint_counts
-
     finished = ", ".join(f"{stage} {count}" for stage, count
                          in stage_checkpoint_counts(out_dir).items() if count) or "none"
     return (f"the {job} stopped because an engine died: {_first_line(exc)}. Finished {keys} "
@@ -355,15 +251,13 @@ def explain_failure(exc: BaseException, out_dir: str) -> None:
 def finalize_run(out_dir: str, manifest, counters: dict[str, int]) -> tuple[dict, dict]:
     """The input count and the figures the pipeline wrote, then the dataset's small files
     and ``COMPLETED`` (:func:`~steplabel.pipelines.finalize.finalize_dataset`)."""
-    from steplabel.pipelines.figures import FIGURES_FILE
-    from steplabel.pipelines.finalize import finalize_dataset
-
-    rows_in = storage.read_json_if_exists(storage.join(out_dir, storage.WORK_DIR, ROWS_IN_FILE))
+    directory = JobDirectory(out_dir)
+    rows_in = storage.read_json_if_exists(directory.work(ROWS_IN_FILE))
     if rows_in is None:
         raise JobError(f"the pipeline finished without writing its input count "
                        f"({storage.WORK_DIR}/{ROWS_IN_FILE}); the dataset is not finalized")
     # The statistics and reconciliation counts the pipeline folded (a CombineFn).
-    figures = storage.read_json_if_exists(storage.join(out_dir, storage.WORK_DIR, FIGURES_FILE))
+    figures = storage.read_json_if_exists(directory.work(FIGURES_FILE))
     return finalize_dataset(out_dir, manifest, problems_in=rows_in["rows_in"],
                             counters=counters, figures=figures)
 
@@ -371,8 +265,6 @@ def finalize_run(out_dir: str, manifest, counters: dict[str, int]) -> tuple[dict
 def engine_died(exc: BaseException) -> bool:
     """Whether a pipeline failure is an engine's death (:class:`EngineDiedError`), found in the
     exception chain or, for runners that pass worker errors on as text, in the message."""
-    from steplabel.engines.base import EngineDiedError
-
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

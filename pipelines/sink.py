@@ -3,7 +3,7 @@
 ``(output, row)`` elements are keyed by (output, shard) — the shard from the row's problem id
 (:func:`storage.shard_of`), ``runner.num_shards`` of them — grouped, and each group written as one
 shard, atomically, through Beam ``FileSystems`` (any filesystem), with the output's explicit Arrow
-schema, in row groups of :data:`~steplabel.pipelines.waves.ROW_GROUP_ROWS` rows. Rows are ordered
+schema, in row groups of :data:`ROW_GROUP_ROWS` rows. Rows are ordered
 by problem (``sha256(problem_id)``, the order ``stats`` merges on; rows without a problem id
 first), then by :func:`storage._sort_key`: the same rows give the same bytes on every runner,
 with any number of workers, after a resume, and when the local runner labels the input in waves
@@ -15,15 +15,18 @@ shuffle packed (:mod:`steplabel.pipelines.shuffle`).
 from __future__ import annotations
 
 import hashlib
+import io
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from steplabel.dataset import storage
 from steplabel.pipelines.shuffle import PackedGroupByKey
 from steplabel.schemas.records import OUTPUT_DIRS, to_table
 
-#: Shard-name prefix of input dead-letter rows (bad records, never labelled).
-INPUT_PREFIX = "input-"
+#: Rows per Parquet row group in every shard (single pipeline and assembled from waves alike).
+ROW_GROUP_ROWS = 4096
 
 
 def problem_order(row: dict) -> str:
@@ -38,13 +41,33 @@ def row_order(row: dict) -> tuple:
     return (problem_order(row), storage._sort_key(row))
 
 
+def write_row_groups(tables, schema: pa.Schema) -> bytes:
+    """Parquet bytes of ``tables`` (in order) in row groups of ``ROW_GROUP_ROWS`` rows: the
+    same bytes as one ``write_table`` of their concatenation, holding one row group at a
+    time."""
+    buffer = io.BytesIO()
+    wrote = False
+    with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
+        pending = schema.empty_table()
+        for table in tables:
+            pending = pa.concat_tables([pending, table])
+            while pending.num_rows >= ROW_GROUP_ROWS:
+                writer.write_table(pending.slice(0, ROW_GROUP_ROWS).combine_chunks())
+                pending = pending.slice(ROW_GROUP_ROWS)
+                wrote = True
+        if pending.num_rows or not wrote:
+            writer.write_table(pending.combine_chunks())
+    return buffer.getvalue()
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """One shard's Parquet bytes from its (sorted) table."""
+    return write_row_groups([table], table.schema)
+
+
 def shard_bytes(output: str, rows, schema=None) -> bytes:
     """One shard's Parquet bytes, rows in :func:`row_order`; ``schema``: of an output that is
     not one of the dataset's (``records.OUTPUTS``)."""
-    import pyarrow as pa
-
-    from steplabel.pipelines.waves import table_bytes
-
     ordered = sorted(rows, key=row_order)
     table = (pa.Table.from_pylist(ordered, schema=schema) if schema is not None
              else to_table(output, ordered))

@@ -15,8 +15,8 @@ rows as part files under ``_work/waves/<count>/<index>/`` (the dataset's layout 
 names), its figures' accumulator and its input count; stage checkpoints are shared by every
 wave, so a killed job resumes where it was. Then :class:`AssembleShards` (one
 more small pipeline) appends each shard's parts in wave order, row group by row group
-(``ROW_GROUP_ROWS`` rows each, as every shard is written), so the shards are byte for byte those
-one pipeline writes; and it folds the waves' figures and input counts into the files the
+(``sink.ROW_GROUP_ROWS`` rows each, as every shard is written), so the shards are byte for byte
+those one pipeline writes; and it folds the waves' figures and input counts into the files the
 launcher finalizes from. Memory is then bounded by a wave, not by the input.
 
 Other runners (portable, Flink, Dataflow) run one pipeline: their shuffles are not held in the
@@ -26,25 +26,27 @@ launcher's memory.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import pickle
+import uuid
 from dataclasses import dataclass
 
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.parquet as pq
+from apache_beam.transforms.window import GlobalWindows
 
 from steplabel.annotators.graders import get_grader
 from steplabel.dataset import storage
+from steplabel.dataset.directory import (
+    FIGURES_FILE,
+    FIGURES_STATE,
+    INPUT_PREFIX,
+    ROWS_IN_FILE,
+    WAVES_DIR,
+)
+from steplabel.pipelines.figures import Figures
+from steplabel.pipelines.sink import write_row_groups
+from steplabel.pipelines.sources import ReadProblems, validate_item
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS
-
-#: Where the waves write their parts, under the dataset's ``_work``.
-WAVES_DIR = "waves"
-#: A wave's figures accumulator (:class:`~steplabel.pipelines.figures.Figures`, pickled).
-FIGURES_STATE = "figures.pkl"
-#: Rows per Parquet row group in every shard (single pipeline and assembled alike).
-ROW_GROUP_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,6 @@ class _WriteWaveChunksFn(beam.DoFn):
         self._held = 0
 
     def process(self, item):
-        from steplabel.pipelines.sources import validate_item
-
         source = self.manifest.source
         problem, dead = validate_item(item, fields=source.fields,
                                       answer_format=source.answer_format,
@@ -126,8 +126,6 @@ class _WriteWaveChunksFn(beam.DoFn):
             yield from self._flush_all()
 
     def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindows
-
         for written in self._flush_all():
             yield GlobalWindows.windowed_value(written)
 
@@ -138,8 +136,6 @@ class _WriteWaveChunksFn(beam.DoFn):
         self._held = 0
 
     def _flush(self, index: int) -> int:
-        import uuid
-
         items, self._chunks[index] = self._chunks[index], []
         folder = wave_input_dir(self.out_dir, Wave(index, self.count))
         storage.write_bytes_atomic(storage.join(folder, f"{uuid.uuid4().hex}.pkl"),
@@ -161,8 +157,6 @@ class SplitInput(beam.PTransform):
         self.source_path = source_path
 
     def expand(self, pbegin):
-        from steplabel.pipelines.sources import ReadProblems
-
         return (pbegin
                 | "ReadProblems" >> ReadProblems(self.manifest.source, path=self.source_path)
                 | "WriteWaveInputs" >> beam.ParDo(_WriteWaveChunksFn(
@@ -191,36 +185,10 @@ class ReadWaveInput(beam.PTransform):
 
 
 # ---------------------------------------------------------------------------------------------
-# Shards written in fixed row groups, and appended from parts
-
-
-def write_row_groups(tables, schema: pa.Schema) -> bytes:
-    """Parquet bytes of ``tables`` (in order) in row groups of ``ROW_GROUP_ROWS`` rows: the
-    same bytes as one ``write_table`` of their concatenation, holding one row group at a
-    time."""
-    buffer = io.BytesIO()
-    wrote = False
-    with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
-        pending = schema.empty_table()
-        for table in tables:
-            pending = pa.concat_tables([pending, table])
-            while pending.num_rows >= ROW_GROUP_ROWS:
-                writer.write_table(pending.slice(0, ROW_GROUP_ROWS).combine_chunks())
-                pending = pending.slice(ROW_GROUP_ROWS)
-                wrote = True
-        if pending.num_rows or not wrote:
-            writer.write_table(pending.combine_chunks())
-    return buffer.getvalue()
-
-
-def table_bytes(table: pa.Table) -> bytes:
-    """One shard's Parquet bytes from its (sorted) table."""
-    return write_row_groups([table], table.schema)
+# Shards appended from parts, in the row groups of sink.write_row_groups
 
 
 def _shard_keys(count: int, num_shards: int):
-    from steplabel.pipelines.sink import INPUT_PREFIX
-
     for output in OUTPUTS:
         for index in range(num_shards):
             yield output, "", index
@@ -269,9 +237,6 @@ class AssembleShards(beam.PTransform):
         self.num_shards = num_shards
 
     def expand(self, pbegin):
-        from steplabel.pipelines.figures import FIGURES_FILE, Figures
-        from steplabel.pipelines.job import ROWS_IN_FILE
-
         out_dir, count, num_shards = self.out_dir, self.count, self.num_shards
         written = (pbegin
                    | "ShardKeys" >> beam.Create(list(_shard_keys(count, num_shards)))

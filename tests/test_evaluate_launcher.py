@@ -165,3 +165,42 @@ def test_remote_gold_and_answers_files(tmp_path, bucket, reference):
     assert sorted(json.dumps(r, sort_keys=True) for r in read_rows(f"{bucket}/out",
                                                                    "predictions")) == sorted(
         json.dumps(r, sort_keys=True) for r in read_rows(reference.out_dir, "predictions"))
+
+
+def test_overwrite_replaces_a_remote_evaluation(tmp_path, bucket, reference, capsys):
+    """``evaluate --overwrite`` deletes a remote directory as ``run --overwrite`` does (every
+    object under the prefix, through Beam ``FileSystems``), not only local folders."""
+    out = f"{bucket}/eval"
+    # What an earlier evaluation with other settings left: finished, 4 shards, a checkpoint.
+    planted = [f"{out}/predictions/part-00000-of-00004.parquet", f"{out}/notes/stray.txt",
+               f"{out}/_work/evaluate_judge/ab/old.json"]
+    for path in [f"{out}/COMPLETED", *planted]:
+        with FileSystems.create(path) as handle:
+            handle.write(b"old")
+    with FileSystems.create(f"{out}/_work/run.json") as handle:
+        handle.write(json.dumps({"name": "old", "evaluation_hash": "0" * 64}).encode())
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(yaml.safe_dump(MANIFEST))
+    argv = ["evaluate", "--gold", GOLD[0], "--gold", GOLD[1], "--answers", ANSWERS,
+            "--manifest", str(manifest), "--annotators", "mc,judge", "--out", out, "--json"]
+
+    assert cli.main(argv) == 2
+    assert (f"steplabel: error: {out} already holds a COMPLETED evaluation; pass --overwrite"
+            in capsys.readouterr().err)
+    assert all(FileSystems.exists(path) for path in planted)  # refused: nothing deleted
+
+    assert cli.main([*argv, "--overwrite"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["items"] == reference.report["items"]
+    assert not any(FileSystems.exists(path) for path in planted)
+    assert FileSystems.exists(f"{out}/COMPLETED")
+    with FileSystems.open(f"{out}/_work/run.json") as handle:
+        assert json.loads(handle.read())["evaluation_hash"] != "0" * 64
+
+
+def test_a_remote_directory_of_something_else_is_refused(tmp_path, bucket):
+    with FileSystems.create(f"{bucket}/eval/notes.txt") as handle:
+        handle.write(b"not a steplabel evaluation")
+    with pytest.raises(evaluate.EvaluationError, match="is not empty and is not a steplabel "
+                       "evaluation; choose an empty --out, or pass --overwrite"):
+        run_evaluation(spec_for(tmp_path), out_dir=f"{bucket}/eval")

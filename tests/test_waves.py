@@ -49,7 +49,7 @@ def test_wave_count_only_for_the_local_runner_and_a_known_size():
 
 
 def test_parts_appended_in_wave_order_are_the_one_pipeline_shard(monkeypatch):
-    monkeypatch.setattr(waves, "ROW_GROUP_ROWS", 5)
+    monkeypatch.setattr(sink, "ROW_GROUP_ROWS", 5)
     rng = random.Random(3)
     rows = [{"problem_id": f"p{i}", "stage": "validate", "reason": "missing_answer",
              "error": "x" * rng.randrange(1, 40), "source": "s", "original": str(i),
@@ -63,7 +63,7 @@ def test_parts_appended_in_wave_order_are_the_one_pipeline_shard(monkeypatch):
         pq.write_table(to_table("dead_letter", ordered[a:b]), buffer)
         tables.append(pq.read_table(pa.BufferReader(buffer.getvalue())))
     schema = to_table("dead_letter", rows).schema
-    assert waves.write_row_groups(tables, schema) == whole
+    assert sink.write_row_groups(tables, schema) == whole
     assert pq.ParquetFile(pa.BufferReader(whole)).metadata.num_row_groups == 8  # 37 rows / 5
 
 
