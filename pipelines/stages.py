@@ -62,6 +62,7 @@ from steplabel.annotators.registry import ANNOTATORS, JUDGE, MONTE_CARLO, OMEGAP
 from steplabel.dataset import storage
 from steplabel.pipelines.runners import declare_engine_resources
 from steplabel.pipelines.shuffle import PackedCoGroupByKey, PackedGroupByKey, PackedReshuffle
+from steplabel.schemas.graders import GOLD_TYPES, gold_to_json
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,16 @@ def stage_checkpoint_files(out_dir: str, stage: str) -> list[str]:
                                            f"*{SEGMENT_SUFFIX}"))
 
 
+GOLD_CLASSES = tuple(GOLD_TYPES.values())
+
+
 def _record_fields(value):
     """``json.dumps``'s fallback: a dataclass record as its fields (nested records are reached
-    by ``json`` itself; ``dataclasses.asdict`` would deep-copy every dict and list first)."""
+    by ``json`` itself; ``dataclasses.asdict`` would deep-copy every dict and list first). A
+    grader's gold is written with the grader it belongs to (:func:`gold_to_json`), so that a
+    replay reads it back as its own type."""
+    if isinstance(value, GOLD_CLASSES):
+        return gold_to_json(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         try:
             return vars(value)

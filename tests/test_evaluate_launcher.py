@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 import memfs
 from steplabel.annotators.evaluation import answers, gold
 from steplabel.annotators.evaluation.gold import GoldFileError
-from steplabel.pipelines import cli, evaluate_graph, gold_files
+from steplabel.pipelines import cli, evaluate, evaluate_graph, gold_files
 from steplabel.pipelines.evaluate import read_rows, run_evaluation
 from steplabel.pipelines.evaluate_graph import build_evaluation_pipeline
 from steplabel.pipelines.evaluate_spec import load_evaluation_manifest, make_spec
