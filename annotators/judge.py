@@ -144,6 +144,11 @@ class JudgeConfig:
       Empty for capable judges; small models need the verdict's form forced, e.g. ``"The
       earliest wrong paragraph is \\boxed{"`` with ``stop: ["}"]`` (the judge then writes only
       the index; the reply ends at the closing brace).
+    - ``constrain_verdict``: with a ``response_prefix`` that forces the verdict box, constrain
+      the judge's continuation to the valid verdicts (``-1`` ... ``num_steps - 1``, then the
+      closing brace) by constrained decoding (the engine's ``choices``). The model still picks
+      the verdict; it can no longer write one that cannot be read (``\\boxed{k}``, an index past
+      the last step). Off by default: a capable judge writes its analysis first.
     - ``parser``: ``processbench`` (default; ProcessBench's extraction, the last ``\\boxed{}``
       as an integer) or ``robust`` (also refuses replies whose boxes name two different
       in-range indices, so that a verdict quoted from the solution cannot change the label).
@@ -160,6 +165,7 @@ class JudgeConfig:
     parser: JudgeParser = PARSER_PROCESSBENCH
     min_agreement: float | None = None
     sampling: JudgeSampling = field(default_factory=JudgeSampling)
+    constrain_verdict: bool = False
 
     def __post_init__(self) -> None:
         check(isinstance(self.template_id, str) and bool(self.template_id), "template_id",
@@ -188,6 +194,12 @@ class JudgeConfig:
               "must be a SamplingConfig", self.sampling)
         check(self.votes == 1 or self.sampling.temperature > 0.0, "sampling.temperature",
               f"must be > 0 when votes > 1 (votes={self.votes})", self.sampling.temperature)
+        check(isinstance(self.constrain_verdict, bool), "constrain_verdict",
+              "must be true or false", self.constrain_verdict)
+        check(not self.constrain_verdict or forces_verdict_box(self.response_prefix),
+              "constrain_verdict", "needs a response_prefix that ends inside an open "
+              "\\boxed{ (the forced verdict form)",
+              self.constrain_verdict)
 
     @property
     def parser_version(self) -> str:
@@ -603,6 +615,7 @@ class LLMJudge:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             stop=sampling.stop,
+            choices=verdict_choices(len(steps)) if self.config.constrain_verdict else (),
         )
 
     async def judge(self, *, problem_id: str, solution_index: int, question: str,
@@ -645,6 +658,15 @@ class LLMJudge:
         )
 
 
+def verdict_choices(num_steps: int) -> tuple[str, ...]:
+    """The continuations a constrained judge may write after the forced ``\\boxed{``: every
+    valid verdict (``-1`` for "no wrong step", then each step index) and the closing brace."""
+    _check_num_steps(num_steps)
+    return tuple(f"{index}}}" for index in range(-1, num_steps))
+
+
 def judge_version(config: "JudgeConfig") -> str:
-    """The judge annotator's version string for provenance: prompt protocol, parser, voting."""
-    return f"llm_judge/2;{JUDGE_PARSER_VERSION[config.parser]};{JUDGE_VOTE_VERSION}"
+    """The judge annotator's version string for provenance: prompt protocol, parser, voting
+    (and ``;choice`` when the verdict is constrained to the valid indices)."""
+    version = f"llm_judge/2;{JUDGE_PARSER_VERSION[config.parser]};{JUDGE_VOTE_VERSION}"
+    return version + (";choice" if config.constrain_verdict else "")
