@@ -1,4 +1,5 @@
-"""Grading a completion's final answer against the gold answer.
+"""Grading a completion's final answer against the gold answer (the ``math`` grader's logic;
+:class:`steplabel.annotators.graders.MathGrader` is how the stages reach it).
 
 Verdicts are ``correct``, ``incorrect`` or ``unknown``, always with a reason. ``unknown`` (an
 unparseable gold answer, an answer the checker cannot read, a timeout) is never coerced to
@@ -19,11 +20,14 @@ import atexit
 import multiprocessing
 import re
 import threading
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
-Verdict = Literal["correct", "incorrect", "unknown"]
+from steplabel.schemas.graders import Grade, Verdict
+
+__all__ = ["GRADER_VERSION", "Grade", "Verdict", "check_answer_readable", "compare_answers",
+           "extract_final_answer", "grade", "parse_gold"]
+
 GoldFormat = Literal["plain", "gsm8k", "boxed"]
 
 GRADER_VERSION = "steplabel-grader/3"  # 2: PRM800K "# Answer" endings; 3: "Final answer: N"
@@ -32,18 +36,6 @@ MAX_ANSWER_CHARS = 512
 #: Brace nesting deeper than this is not parsed (unknown, ``answer_too_deep``).
 MAX_BRACE_DEPTH = 24
 DEFAULT_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class Grade:
-    verdict: Verdict
-    reason: str
-    predicted: str | None = None
-    gold: str | None = None
-
-    @property
-    def is_correct(self) -> bool:
-        return self.verdict == "correct"
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,8 +41,8 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 from steplabel.annotators.prompts import PromptTemplate, load_template
 from steplabel.annotators.seeds import derive_seed
@@ -52,23 +52,18 @@ from steplabel.engines.base import (
     GenerationEngine,
     GenerationRequest,
 )
-from steplabel.schemas.config import ConfigError, SamplingConfig, check
+from steplabel.schemas.annotators import (
+    JUDGE_PARSER_VERSION,
+    JUDGE_PARSERS,
+    PARSER_PROCESSBENCH,
+    PARSER_ROBUST,
+    JudgeConfig,
+    forces_verdict_box,
+)
+from steplabel.schemas.config import check
 
-JudgeParser = Literal["processbench", "robust"]
-PARSER_PROCESSBENCH: JudgeParser = "processbench"
-PARSER_ROBUST: JudgeParser = "robust"
-JUDGE_PARSERS: tuple[str, ...] = (PARSER_PROCESSBENCH, PARSER_ROBUST)
-
-#: The version of each parser, recorded on every judge result and in the lock; bump a parser's
-#: version whenever its rule (or the reading around it, :func:`read_reply`) changes meaning.
-#: robust/1 was the only parser before the truncation and stop-string rules existed.
-JUDGE_PARSER_VERSION: dict[str, str] = {
-    PARSER_PROCESSBENCH: "steplabel-judge-parser/processbench-1",
-    PARSER_ROBUST: "steplabel-judge-parser/robust-2",
-}
 #: The version of the voting rule (:func:`decide`); 2 added the quorum.
 JUDGE_VOTE_VERSION = "steplabel-judge-vote/2"
-DEFAULT_JUDGE_TEMPLATE = "judge_processbench_v1"
 
 #: Replies longer than this (in characters) are not parsed at all: unknown, ``reply_too_long``.
 #: 512 generated tokens are ~2-3K characters, so this leaves a wide margin while keeping the
@@ -107,104 +102,6 @@ REASON_NO_QUORUM = "no_quorum"
 FINISH_LENGTH = "length"
 FINISH_STOP = "stop"
 
-_TEMPLATE_FIELDS = frozenset({"problem", "tagged_steps"})
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass(frozen=True)
-class JudgeSampling(SamplingConfig):
-    """The judge's sampling settings: :class:`SamplingConfig` with the judge's defaults, greedy
-    (temperature 0, as ProcessBench decodes a single critic reply) and 512 new tokens. A
-    manifest that gives only some keys (``sampling: {max_tokens: 1024}``) keeps these defaults
-    for the others."""
-
-    temperature: float = 0.0
-    max_tokens: int = 512
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    """How the judge stage prompts, samples, parses and votes.
-
-    - ``template_id``: a prompt template in ``annotators/prompts/`` with exactly the fields
-      ``{problem}`` and ``{tagged_steps}``; recorded with its SHA-256 on every result.
-    - ``votes``: samples per solution, >= 1. Default 1 with greedy decoding, ProcessBench's
-      default protocol; ProcessBench's voting protocol is 8 samples (temperature 1.0, top_p
-      0.9 in its script).
-    - ``sampling``: :class:`JudgeSampling` (temperature 0, ``max_tokens`` 512, enough for a
-      short analysis of each paragraph of a GSM8K/MATH-length solution). A reply cut off by
-      ``max_tokens`` is unknown (``truncated``); raise ``max_tokens`` for long (Olympiad-style)
-      solutions. Temperature 0 with ``votes > 1`` is rejected: the votes would all be the same
-      sample and the agreement fraction would mean nothing. ``stop`` strings are re-appended
-      to a reply that finished with ``stop`` before it is parsed (module docstring).
-    - ``response_prefix``: written at the start of the judge's reply and parsed as part of it.
-      Empty for capable judges; small models need the verdict's form forced, e.g. ``"The
-      earliest wrong paragraph is \\boxed{"`` with ``stop: ["}"]`` (the judge then writes only
-      the index; the reply ends at the closing brace).
-    - ``constrain_verdict``: with a ``response_prefix`` that forces the verdict box, constrain
-      the judge's continuation to the valid verdicts (``-1`` ... ``num_steps - 1``, then the
-      closing brace) by constrained decoding (the engine's ``choices``). The model still picks
-      the verdict; it can no longer write one that cannot be read (``\\boxed{k}``, an index past
-      the last step). Off by default: a capable judge writes its analysis first.
-    - ``parser``: ``processbench`` (default; ProcessBench's extraction, the last ``\\boxed{}``
-      as an integer) or ``robust`` (also refuses replies whose boxes name two different
-      in-range indices, so that a verdict quoted from the solution cannot change the label).
-    - ``min_agreement``: the quorum, a fraction in (0, 1] of **all** votes (unparseable replies
-      count as votes cast, against every index) that the most frequent index needs; below it
-      the result is unknown (``no_quorum``). None (default): a strict majority, more than half
-      of the votes. ``min_agreement: 0.01`` with 8 votes gives ProcessBench's plurality of the
-      parseable votes (ties aside).
-    """
-
-    template_id: str = DEFAULT_JUDGE_TEMPLATE
-    votes: int = 1
-    response_prefix: str = ""
-    parser: JudgeParser = PARSER_PROCESSBENCH
-    min_agreement: float | None = None
-    sampling: JudgeSampling = field(default_factory=JudgeSampling)
-    constrain_verdict: bool = False
-
-    def __post_init__(self) -> None:
-        check(isinstance(self.template_id, str) and bool(self.template_id), "template_id",
-              "must be a non-empty string", self.template_id)
-        try:
-            template = load_template(self.template_id)
-        except ValueError as exc:
-            raise ConfigError(f"template_id {exc}") from None
-        fields = {name for _, name, _, _ in string.Formatter().parse(template.text) if name}
-        check(fields == _TEMPLATE_FIELDS, "template_id",
-              "must name a template with exactly the fields {problem} and {tagged_steps}",
-              self.template_id)
-        check(isinstance(self.votes, int) and not isinstance(self.votes, bool)
-              and self.votes >= 1, "votes", "must be an integer >= 1", self.votes)
-        check(isinstance(self.response_prefix, str), "response_prefix", "must be a string",
-              self.response_prefix)
-        check(self.parser in JUDGE_PARSERS, "parser",
-              f"must be one of {', '.join(JUDGE_PARSERS)}", self.parser)
-        check(self.min_agreement is None
-              or (isinstance(self.min_agreement, (int, float))
-                  and not isinstance(self.min_agreement, bool)
-                  and 0.0 < self.min_agreement <= 1.0),
-              "min_agreement", "must be null (a strict majority) or a fraction in (0, 1]",
-              self.min_agreement)
-        check(isinstance(self.sampling, SamplingConfig), "sampling",
-              "must be a SamplingConfig", self.sampling)
-        check(self.votes == 1 or self.sampling.temperature > 0.0, "sampling.temperature",
-              f"must be > 0 when votes > 1 (votes={self.votes})", self.sampling.temperature)
-        check(isinstance(self.constrain_verdict, bool), "constrain_verdict",
-              "must be true or false", self.constrain_verdict)
-        check(not self.constrain_verdict or forces_verdict_box(self.response_prefix),
-              "constrain_verdict", "needs a response_prefix that ends inside an open "
-              "\\boxed{ (the forced verdict form)",
-              self.constrain_verdict)
-
-    @property
-    def parser_version(self) -> str:
-        return JUDGE_PARSER_VERSION[self.parser]
-
 
 # --------------------------------------------------------------------------------------------
 # Prompt
@@ -237,11 +134,19 @@ def tag_steps(steps: Sequence[str]) -> str:
     return "\n\n".join(blocks)
 
 
+def render_user_message(template: PromptTemplate, *, question: str,
+                        steps: Sequence[str]) -> str:
+    """``template`` filled with the problem and the tagged steps (:func:`tag_steps`): the user
+    message of the judge, and of the critic (``annotators/critic.py``), before any chat
+    template."""
+    return template.render(problem=_defang_tags(question.strip()), tagged_steps=tag_steps(steps))
+
+
 def render_judge_prompt(engine: GenerationEngine, template: PromptTemplate, *, question: str,
                         steps: Sequence[str]) -> str:
     """The full judge prompt: ``template`` filled with the problem and the tagged steps, as one
     user message rendered with the judge engine's own chat template."""
-    user = template.render(problem=_defang_tags(question.strip()), tagged_steps=tag_steps(steps))
+    user = render_user_message(template, question=question, steps=steps)
     return engine.apply_chat_template([ChatMessage("user", user)])
 
 
@@ -430,13 +335,6 @@ def parse_reply(reply: str, num_steps: int, parser: str = PARSER_PROCESSBENCH) -
     if parser == PARSER_ROBUST:
         return parse_judge_reply(reply, num_steps)
     raise ValueError(f"parser must be one of {', '.join(JUDGE_PARSERS)}, got {parser!r}")
-
-
-def forces_verdict_box(response_prefix: str) -> bool:
-    """Whether ``response_prefix`` ends inside an open ``\\boxed{`` (the forced verdict form):
-    its last ``\\boxed{`` is not closed within the prefix."""
-    opened = list(_BOXED_OPEN_RE.finditer(response_prefix))
-    return bool(opened) and "}" not in response_prefix[opened[-1].end():]
 
 
 @dataclass(frozen=True)

@@ -20,31 +20,41 @@ annotated concurrently against one engine; nothing here serializes the engine.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 from steplabel.annotators.grading import Grade, grade
+from steplabel.annotators.posterior import (
+    CREDIBLE_LEVEL,
+    DEFAULT_MIN_SUCCESS,
+    REASON_UNDECIDED,
+    BetaPrior,
+    RolloutBudget,
+    StepPosterior,
+    label_from,
+    posterior,
+    prob_above,
+)
 from steplabel.annotators.prompts import SolutionPrompt
 from steplabel.annotators.seeds import derive_seed
 from steplabel.annotators.splitting import Splitter
 from steplabel.engines.base import CostMeter, GenerationEngine, GenerationRequest
-from steplabel.schemas.config import ConfigError, SamplingConfig, check
+from steplabel.schemas.annotators import TRUNCATED_RULES, MonteCarloConfig
+from steplabel.schemas.config import SamplingConfig
 
 ANNOTATOR_NAME = "monte_carlo"
 ANNOTATOR_VERSION = "4"  # 2: cut-off rollouts unknown, final step by its answer; 3: waves;
-# 4: consensus-guided (no rollouts once the judge's first error cannot be matched)
+# 4: consensus-guided (no rollouts once the judge's first error cannot be matched); the
+# adaptive budget and the posterior columns leave fixed-k labels unchanged, hence no new version
 
-#: ``grader(completed_solution_text, gold_answer) -> Grade``; :func:`grading.grade` by default.
-Grader = Callable[[str, "str | None"], Grade]
+#: ``grader(completed_solution_text, gold) -> Grade``: the job's grader's ``grade``
+#: (``annotators/graders.py``; ``gold`` is its typed gold), or :func:`grading.grade` (``gold``:
+#: an extracted answer string) by default.
+Grader = Callable[[str, Any], Grade]
 
 #: The engines' finish reason of a sample cut off at ``max_tokens``.
 FINISH_LENGTH = "length"
-#: How a rollout cut off at ``max_tokens`` is counted: ``unknown`` (default: it never reached a
-#: final answer, so it says nothing about the prefix) or ``incorrect`` (graded as written, as
-#: implementations that ignore finish reasons do; a cut-off text usually has no answer).
-TRUNCATED_RULES = ("unknown", "incorrect")
 REASON_TRUNCATED = "truncated"
-STOPPING_RULES = ("decided", "fixed")
 
 
 class _Unguided:
@@ -178,89 +188,8 @@ async def sample_and_grade(
 
 
 # --------------------------------------------------------------------------------------------
-# Config and result
+# Result
 
-
-@dataclass(frozen=True)
-class MonteCarloConfig:
-    """Settings of the Monte Carlo annotator.
-
-    - ``rollouts``: k, continuations sampled per step prefix (>= 1; Math-Shepherd and Qwen use 8).
-    - ``hard_threshold``: τ in [0, 1); hard label = ``value > τ``. τ = 0 means "any correct".
-    - ``truncate_after_first_error``: Qwen's recipe; labels after the first hard-negative step
-      become None (the raw counts of every step are kept).
-    - ``truncated``: how a rollout cut off at ``sampling.max_tokens`` counts: ``unknown``
-      (default; it never reached an answer, so it is left out of the value's denominator) or
-      ``incorrect`` (graded as written: what implementations that ignore finish reasons do).
-    - ``stopping``: ``decided`` (default) samples a step's rollouts in waves (1, 1, 2, 4, ...
-      rollouts) and stops as soon as the rollouts left cannot change its hard label (τ = 0: at
-      the first correct rollout); ``fixed`` always samples all k in one request, as Math-Shepherd
-      and Qwen describe it. Rollout ``i`` of a step always has seed ``step_seed + i`` (vLLM seeds
-      child ``i`` of a request with ``seed + i``), so hard labels and first errors are identical
-      under both; soft labels are ``correct / known`` over the rollouts actually sampled, so they
-      rest on fewer rollouts under ``decided``. ``fixed`` reproduces the published recipes'
-      soft labels (Math-Shepherd SE, OmegaPRM's pointwise soft label).
-    - ``first_error_only``: estimate steps in order and stop at the first step decided negative
-      (or unknown): the steps after it get no rollouts and are recorded as not estimated (counts
-      0, value and label null), never as negative. The first error is identical by
-      construction. ``null`` (default) turns it on exactly when nothing keeps labels after the
-      first error: with ``consensus`` (kept labels end there) or ``truncate_after_first_error``.
-    - ``consensus_guided``: with consensus, the judge labels a solution first, and Monte Carlo
-      spends rollouts on it only while agreement is still possible: none when the judge has no
-      verdict or the solution's own final answer already contradicts it (the judge says "no
-      error" on a wrong answer), steps up to the judge's first error only, and it stops at the
-      first step whose label rules agreement out. Kept trajectories (MC and judge agree) get
-      exactly the labels of full Monte Carlo; a rejected one records why Monte Carlo stopped
-      (``consensus_reason`` ``judge_unknown`` or ``cannot_agree``) and its unestimated steps as
-      null. Implies ``first_error_only``. ``null`` (default): on exactly when consensus is on
-      and ``first_error_only`` is not turned off.
-    - ``sampling``: completer sampling settings (temperature 0.7, 256 new tokens by default).
-    """
-
-    rollouts: int = 8
-    hard_threshold: float = 0.0
-    truncate_after_first_error: bool = False
-    truncated: Literal["unknown", "incorrect"] = "unknown"
-    stopping: Literal["decided", "fixed"] = "decided"
-    first_error_only: bool | None = None
-    consensus_guided: bool | None = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-
-    def __post_init__(self) -> None:
-        check(isinstance(self.rollouts, int) and not isinstance(self.rollouts, bool)
-              and self.rollouts >= 1, "rollouts", "must be an integer >= 1", self.rollouts)
-        check(isinstance(self.hard_threshold, (int, float)) and 0.0 <= self.hard_threshold < 1.0,
-              "hard_threshold", "must be in [0, 1)", self.hard_threshold)
-        check(isinstance(self.truncate_after_first_error, bool), "truncate_after_first_error",
-              "must be true or false", self.truncate_after_first_error)
-        check(self.truncated in TRUNCATED_RULES, "truncated",
-              f"must be one of {', '.join(TRUNCATED_RULES)}", self.truncated)
-        check(self.stopping in STOPPING_RULES, "stopping",
-              f"must be one of {', '.join(STOPPING_RULES)}", self.stopping)
-        check(self.first_error_only is None or isinstance(self.first_error_only, bool),
-              "first_error_only", "must be true, false or null", self.first_error_only)
-        check(self.consensus_guided is None or isinstance(self.consensus_guided, bool),
-              "consensus_guided", "must be true, false or null", self.consensus_guided)
-        check(not (self.consensus_guided and self.first_error_only is False),
-              "consensus_guided", "stops at the first error: it cannot be on with "
-              "first_error_only false", self.consensus_guided)
-        if not isinstance(self.sampling, SamplingConfig):
-            raise ConfigError(f"sampling must be a SamplingConfig, got {self.sampling!r}")
-
-    def resolved(self, *, consensus: bool) -> "MonteCarloConfig":
-        """This config with ``first_error_only`` and ``consensus_guided`` decided (see the
-        class docstring). Raises ConfigError when ``consensus_guided`` is on without
-        consensus."""
-        check(not (self.consensus_guided and not consensus), "consensus_guided",
-              "needs consensus (a judge and a consensus section)", self.consensus_guided)
-        first_error_only = self.first_error_only
-        if first_error_only is None:
-            first_error_only = consensus or self.truncate_after_first_error
-        guided = self.consensus_guided
-        if guided is None:
-            guided = consensus and first_error_only
-        return replace(self, first_error_only=first_error_only or guided,
-                       consensus_guided=guided)
 
 
 @dataclass(frozen=True)
@@ -295,6 +224,18 @@ class MonteCarloResult:
     - ``stopped``: None, or why consensus-guided rollouts stopped before the first error was
       known: ``judge_unknown`` (the judge gave no verdict) or ``cannot_agree`` (the final
       answer's grade or a step's label rules the judge's first error out).
+    - The posterior per step (:mod:`posterior`), ``Beta(a + n_correct, b + n_total -
+      n_correct)``: ``posterior_mean[t]`` (the soft label), ``interval_low[t]`` /
+      ``interval_high[t]`` (equal-tailed, at ``credible_level``), ``p_above[t]`` =
+      ``P(p > posterior_threshold)``. None for a step with no known rollout (not estimated, or
+      every rollout unknown). The final step is labelled by its graded answer, not estimated:
+      its mean and bounds are its value (1 or 0) and ``p_above`` is 1 or 0.
+    - ``rollouts_per_step[t]``: rollouts sampled from step t's prefix (0 for the final step and
+      for steps not estimated).
+    - ``label_reasons[t]``: ``undecided`` when the budget's ``max_rollouts`` left step t's hard
+      label undecided (the label is None), else None.
+    - ``k`` is ``budget.max_rollouts`` under a budget; the ``rollouts_saved_*`` fields count
+      against it.
     """
 
     problem_id: str
@@ -321,6 +262,14 @@ class MonteCarloResult:
     rollouts_saved_first_error: int = 0
     rollouts_saved_consensus: int = 0
     stopped: str | None = None
+    posterior_threshold: float = DEFAULT_MIN_SUCCESS
+    credible_level: float = CREDIBLE_LEVEL
+    posterior_mean: list[float | None] = field(default_factory=list)
+    interval_low: list[float | None] = field(default_factory=list)
+    interval_high: list[float | None] = field(default_factory=list)
+    p_above: list[float | None] = field(default_factory=list)
+    rollouts_per_step: list[int] = field(default_factory=list)
+    label_reasons: list[str | None] = field(default_factory=list)
 
 
 def first_error_from_labels(hard_labels: Sequence[bool | None]) -> int | None:
@@ -432,8 +381,7 @@ class MonteCarloAnnotator:
         # Rounds: every step still needed gets its next wave; all of a round is in flight at
         # once. The schedule depends only on results, never on timing, so reruns repeat it.
         while True:
-            decided = [step_decision(sampled[t], k=cfg.rollouts, tau=cfg.hard_threshold)
-                       for t in range(estimable)]
+            decided = [step_label(cfg, sampled[t]) for t in range(estimable)]
             needed = range(horizon)
             if first_error_only:
                 stop = next((t for t, d in enumerate(decided) if d is not True
@@ -445,8 +393,11 @@ class MonteCarloAnnotator:
             if not todo:
                 break
             done = [0 if sampled[t] is None else len(sampled[t].verdicts) for t in todo]
-            sizes = [cfg.rollouts - n if cfg.stopping == "fixed"
-                     else min(cfg.rollouts - n, max(1, n)) for n in done]
+            if cfg.budget is not None:
+                sizes = [cfg.budget.next_round(n) for n in done]
+            else:
+                sizes = [cfg.rollouts - n if cfg.stopping == "fixed"
+                         else min(cfg.rollouts - n, max(1, n)) for n in done]
             results = await asyncio.gather(*(wave(t, n, size)
                                              for t, n, size in zip(todo, done, sizes)))
             for t, result in zip(todo, results):
@@ -455,8 +406,8 @@ class MonteCarloAnnotator:
         estimated, final_needed = list(range(estimable)), True
         saved_consensus = 0
         if first_error_only:
-            stop = next((t for t in range(horizon) if step_decision(
-                sampled[t], k=cfg.rollouts, tau=cfg.hard_threshold) is not True), None)
+            stop = next((t for t in range(horizon) if step_label(cfg, sampled[t]) is not True),
+                        None)
             if stop is not None:
                 estimated, final_needed = list(range(stop + 1)), False
             elif horizon < estimable or stopped is not None:
@@ -464,13 +415,14 @@ class MonteCarloAnnotator:
                 # (the last of them) is not Monte Carlo's, or agreement was ruled out up front.
                 estimated, final_needed = list(range(horizon)), False
                 stopped = stopped or REASON_CANNOT_AGREE
-                saved_consensus = cfg.rollouts * (estimable - horizon)
+                saved_consensus = cfg.max_rollouts * (estimable - horizon)
         not_estimated = GradedRollouts(seed=0, texts=(), generated_tokens=(), verdicts=(),
                                        reasons=(), finish_reasons=())
         estimates = [sampled[t] if t in estimated and sampled[t] is not None else not_estimated
                      for t in range(estimable)]
-        saved_decided = sum(cfg.rollouts - len(estimates[t].verdicts) for t in estimated)
-        saved_first_error = sum(cfg.rollouts - (0 if sampled[t] is None else len(
+        k = cfg.max_rollouts
+        saved_decided = sum(k - len(estimates[t].verdicts) for t in estimated)
+        saved_first_error = sum(k - (0 if sampled[t] is None else len(
             sampled[t].verdicts)) for t in range(len(estimated), estimable)) - saved_consensus
         # The complete solution is its own (single) rollout; it is not estimated either when
         # an earlier step already decided the first error and nothing keeps labels after it.
@@ -481,9 +433,27 @@ class MonteCarloAnnotator:
 
         values = [e.value for e in estimates]
         hard: list[bool | None] = [None if v is None else v > cfg.hard_threshold for v in values]
+        reasons: list[str | None] = [None] * len(steps)
+        if cfg.budget is not None:
+            # The posterior decides estimated steps; the final step keeps its graded answer.
+            for t in estimated:
+                label = step_label(cfg, estimates[t])
+                hard[t] = None if label is UNDECIDED else label
+                if label is None and estimates[t].n_total > 0:
+                    reasons[t] = REASON_UNDECIDED
+        posteriors = [step_posterior(e, cfg) for e in estimates[:-1]]
         soft: list[float | None] = list(values)
         first_error = first_error_from_labels(hard)
         truncated_after = None
+        if final_needed and values[-1] is not None:  # the graded answer: certain, not estimated
+            v, last = values[-1], estimates[-1]
+            posteriors.append(StepPosterior(successes=last.n_correct,
+                                            failures=last.n_total - last.n_correct,
+                                            mean=v, low=v, high=v, level=CREDIBLE_LEVEL,
+                                            threshold=cfg.threshold,
+                                            p_above=1.0 if v > cfg.threshold else 0.0))
+        else:
+            posteriors.append(None)
         if cfg.truncate_after_first_error:
             first_negative = next((t for t, h in enumerate(hard) if h is False), None)
             if first_negative is not None:
@@ -496,7 +466,7 @@ class MonteCarloAnnotator:
             problem_id=problem_id,
             solution_index=solution_index,
             num_steps=len(steps),
-            k=cfg.rollouts,
+            k=k,
             hard_threshold=float(cfg.hard_threshold),
             n_correct=[e.n_correct for e in estimates],
             n_total=[e.n_total for e in estimates],
@@ -518,7 +488,23 @@ class MonteCarloAnnotator:
             rollouts_saved_first_error=saved_first_error,
             rollouts_saved_consensus=saved_consensus,
             stopped=stopped,
+            posterior_threshold=cfg.threshold,
+            credible_level=CREDIBLE_LEVEL,
+            posterior_mean=[None if p is None else p.mean for p in posteriors],
+            interval_low=[None if p is None else p.low for p in posteriors],
+            interval_high=[None if p is None else p.high for p in posteriors],
+            p_above=[None if p is None else p.p_above for p in posteriors],
+            rollouts_per_step=[len(e.verdicts) for e in estimates[:-1]] + [0],
+            label_reasons=reasons,
         )
+
+
+def step_posterior(sampled: GradedRollouts, cfg: MonteCarloConfig) -> StepPosterior | None:
+    """The posterior of a step from its known rollouts; None when it has none."""
+    if sampled.n_total == 0:
+        return None
+    return posterior(sampled.n_correct, sampled.n_total - sampled.n_correct, prior=cfg.prior,
+                     threshold=cfg.threshold)
 
 
 def guided_horizon(judge_first_error: int | None, *, num_steps: int,
@@ -582,3 +568,33 @@ def step_decision(sampled: "GradedRollouts | None", *, k: int, tau: float):
     if (c + r) / (n + r) <= tau:
         return False
     return UNDECIDED
+
+
+def budget_step_decision(sampled: "GradedRollouts | None", *, budget: RolloutBudget,
+                         threshold: float, prior: BetaPrior):
+    """The hard label of a step under the adaptive budget, as :func:`step_decision` reports it:
+    True / False once ``P(p > threshold)`` is at least ``confidence`` / at most ``1 -
+    confidence`` (and ``min_rollouts`` are sampled), None once ``max_rollouts`` are sampled and
+    neither holds (unknown: ``undecided``, or no known rollout), else :data:`UNDECIDED`
+    (sample another round). A positive needs at least one correct rollout: the prior alone is
+    no evidence (see :mod:`posterior`)."""
+    sampled_n = 0 if sampled is None else len(sampled.verdicts)
+    if sampled_n < budget.min_rollouts:
+        return UNDECIDED
+    assert sampled is not None
+    c, f = sampled.n_correct, sampled.n_total - sampled.n_correct
+    label = label_from(prob_above(threshold, c, f, prior), budget.confidence)
+    if label is True and c == 0:
+        label = None
+    if label is not None:
+        return label
+    return None if sampled_n >= budget.max_rollouts else UNDECIDED
+
+
+def step_label(config: MonteCarloConfig, sampled: "GradedRollouts | None"):
+    """A step's hard-label decision under ``config``: :func:`step_decision` under fixed k,
+    :func:`budget_step_decision` under an adaptive budget."""
+    if config.budget is None:
+        return step_decision(sampled, k=config.rollouts, tau=config.hard_threshold)
+    return budget_step_decision(sampled, budget=config.budget, threshold=config.threshold,
+                                prior=config.prior)

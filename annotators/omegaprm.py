@@ -58,111 +58,36 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Literal, Sequence
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
 
 from steplabel.annotators.grading import grade
 from steplabel.annotators.monte_carlo import (
-    TRUNCATED_RULES,
+    UNDECIDED,
     Grader,
     GradedRollouts,
+    budget_step_decision,
     sample_and_grade,
+)
+from steplabel.annotators.posterior import (
+    DEFAULT_MIN_SUCCESS,
+    REASON_UNDECIDED,
+    BetaPrior,
+    RolloutBudget,
 )
 from steplabel.annotators.prompts import SolutionPrompt
 from steplabel.annotators.seeds import derive_seed
 from steplabel.annotators.splitting import Splitter
 from steplabel.engines.base import CostMeter, GenerationEngine
-from steplabel.schemas.config import ConfigError, SamplingConfig, check
+from steplabel.schemas.annotators import OmegaPRMConfig
+from steplabel.schemas.config import SamplingConfig
 
 ANNOTATOR_NAME = "omegaprm"
 ANNOTATOR_VERSION = "2"  # 2: unknown-aware pre-filter and probes; tree nests by prefix
 
-StepUnit = Literal["steps", "tokens"]
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class OmegaPRMConfig:
-    """OmegaPRM settings; defaults are the paper's (OPRM §4).
-
-    - ``alpha``, ``beta`` in (0, 1]: bases of the selection value Q.
-    - ``length_scale``: L > 0, in tokens; ``beta ** (len(r) / L)`` penalises long rollouts.
-    - ``c_puct`` >= 0: weight of the exploration bonus U.
-    - ``rollouts``: k >= 1, rollouts per Monte Carlo estimate.
-    - ``search_limit`` >= 1: binary searches (selections) per question.
-    - ``prefilter_rollouts`` >= 2: rollouts from the question for the pre-filter (and the root).
-    - ``prefilter_min_known``: known (graded) pre-filter rollouts needed to drop a question as
-      ``all_correct`` or ``all_wrong``, in [1, prefilter_rollouts]; None (default): half of
-      ``prefilter_rollouts``, rounded up. Fewer known, all alike: ``too_few_known``.
-    - ``step_unit``: ``"steps"`` (pieces are the splitter's steps) or ``"tokens"`` (pieces are
-      runs of ``ceil(mean root solution length / target_pieces)`` tokens, OPRM §4.2).
-    - ``target_pieces`` >= 2: pieces per average solution when ``step_unit == "tokens"``.
-    - ``truncated``: how a rollout cut off at ``sampling.max_tokens`` counts: ``unknown``
-      (default: it never reached an answer, so it is in no MC value and never selected) or
-      ``incorrect`` (graded as written, as implementations that ignore finish reasons do).
-    - ``sampling``: rollout sampling settings.
-    """
-
-    alpha: float = 0.5
-    beta: float = 0.9
-    length_scale: float = 500.0
-    c_puct: float = 0.125
-    rollouts: int = 8
-    search_limit: int = 100
-    prefilter_rollouts: int = 32
-    prefilter_min_known: int | None = None
-    step_unit: StepUnit = "steps"
-    target_pieces: int = 16
-    truncated: Literal["unknown", "incorrect"] = "unknown"
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-
-    def __post_init__(self) -> None:
-        check(_is_number(self.alpha) and 0.0 < self.alpha <= 1.0, "alpha", "must be in (0, 1]",
-              self.alpha)
-        check(_is_number(self.beta) and 0.0 < self.beta <= 1.0, "beta", "must be in (0, 1]",
-              self.beta)
-        check(_is_number(self.length_scale) and self.length_scale > 0, "length_scale",
-              "must be > 0 (tokens)", self.length_scale)
-        check(_is_number(self.c_puct) and self.c_puct >= 0, "c_puct", "must be >= 0",
-              self.c_puct)
-        check(_is_int(self.rollouts) and self.rollouts >= 1, "rollouts",
-              "must be an integer >= 1", self.rollouts)
-        check(_is_int(self.search_limit) and self.search_limit >= 1, "search_limit",
-              "must be an integer >= 1", self.search_limit)
-        check(_is_int(self.prefilter_rollouts) and self.prefilter_rollouts >= 2,
-              "prefilter_rollouts", "must be an integer >= 2", self.prefilter_rollouts)
-        if self.prefilter_min_known is not None:
-            check(_is_int(self.prefilter_min_known)
-                  and 1 <= self.prefilter_min_known <= self.prefilter_rollouts,
-                  "prefilter_min_known",
-                  f"must be an integer in [1, prefilter_rollouts = {self.prefilter_rollouts}]",
-                  self.prefilter_min_known)
-        check(self.step_unit in ("steps", "tokens"), "step_unit",
-              "must be one of 'steps', 'tokens'", self.step_unit)
-        check(_is_int(self.target_pieces) and self.target_pieces >= 2, "target_pieces",
-              "must be an integer >= 2", self.target_pieces)
-        check(self.truncated in TRUNCATED_RULES, "truncated",
-              f"must be one of {', '.join(TRUNCATED_RULES)}", self.truncated)
-        if not isinstance(self.sampling, SamplingConfig):
-            raise ConfigError(f"sampling must be a SamplingConfig, got {self.sampling!r}")
-
-    @property
-    def min_known(self) -> int:
-        """Known pre-filter rollouts needed to call a question all correct or all wrong."""
-        if self.prefilter_min_known is not None:
-            return self.prefilter_min_known
-        return math.ceil(self.prefilter_rollouts / 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,8 +223,17 @@ def token_runs(tokens: Sequence[str], *, run_length: int) -> list[str]:
 # Binary search for the first error
 
 
+@dataclass(frozen=True)
+class ProbeLabel:
+    """A probe's decided hard label (the adaptive budget): True (correct so far), False (the
+    error is at or before it) or None (unknown, with ``reason``)."""
+
+    label: bool | None
+    reason: str | None = None
+
+
 async def bisect_first_error(
-    *, good: int, bad: int, estimate: Callable[[int], Awaitable[float | None]]
+    *, good: int, bad: int, estimate: Callable[[int], Awaitable["float | None | ProbeLabel"]]
 ) -> tuple[int | None, str]:
     """Binary search over prefix lengths (in pieces) for the first wrong piece.
 
@@ -311,13 +245,19 @@ async def bisect_first_error(
     index of the first wrong piece (``bad - 1`` at the end) with ``"located"``, or
     ``(None, reason)``: ``"probe_unknown"`` when a probe had no known rollout (None is neither
     an error in the first half nor correct, so the search stops there), ``"empty_range"``
-    when there is nothing to search.
+    when there is nothing to search. ``estimate`` may return a :class:`ProbeLabel` instead of
+    a value (a decision of the adaptive budget): its label steers the search, and a None
+    label stops it with the label's reason.
     """
     if bad <= good:
         return None, "empty_range"
     while bad - good > 1:
         mid = (good + bad) // 2
         value = await estimate(mid)
+        if isinstance(value, ProbeLabel):
+            if value.label is None:
+                return None, value.reason or "probe_unknown"
+            value = 1.0 if value.label else 0.0
         if value is None:
             return None, "probe_unknown"
         if value > 0:
@@ -372,6 +312,9 @@ async def locate_first_error(
     final_answer_correct: bool | None = None,
     grader: Grader = grade,
     truncated: str = "unknown",
+    budget: RolloutBudget | None = None,
+    prior: BetaPrior = BetaPrior(),
+    min_success: float = DEFAULT_MIN_SUCCESS,
 ) -> FirstErrorSearch:
     """OmegaPRM's binary search on a given solution, outside any tree.
 
@@ -385,6 +328,9 @@ async def locate_first_error(
     ``derive_seed(run_seed, "omegaprm", problem_id, "solution", solution_index, length)``.
     ``truncated`` (``"unknown"`` or ``"incorrect"``) says how a cut-off rollout counts; a probe
     with no known rollout stops the search (``probe_unknown``, see :func:`bisect_first_error`).
+    ``budget`` (with ``prior`` and ``min_success``): the adaptive budget for every probe, as in
+    :class:`OmegaPRMConfig` (``rollouts`` is then unused; an undecided probe stops the search
+    with ``probe_undecided``).
     """
     if not _is_int(rollouts) or rollouts < 1:
         raise ValueError(f"rollouts must be an integer >= 1, got {rollouts!r}")
@@ -413,20 +359,37 @@ async def locate_first_error(
     if final_answer_correct:
         return result(-1, "final_answer_correct")
 
-    async def estimate(length: int) -> float | None:
+    async def estimate(length: int) -> "float | None | ProbeLabel":
         nonlocal cut_off
         assert 0 < length < len(pieces), "never roll out from the complete solution"
         prefix = _join_pieces(pieces[:length], splitter)
         seed = derive_seed(run_seed, "omegaprm", problem_id, "solution", solution_index, length)
-        graded = await sample_and_grade(
-            engine, prompt_text=prompt.for_continuation(prefix, separator),
-            solution_prefix=prefix + separator, n=rollouts, seed=seed, sampling=sampling,
-            gold_answer=gold_answer, grader=grader, cost=cost, truncated=truncated)
+        graded: GradedRollouts | None = None
+        while True:  # one request, or rounds under the budget (seeds seed + i throughout)
+            done = 0 if graded is None else len(graded.verdicts)
+            more = await sample_and_grade(
+                engine, prompt_text=prompt.for_continuation(prefix, separator),
+                solution_prefix=prefix + separator,
+                n=rollouts if budget is None else budget.next_round(done), seed=seed + done,
+                sampling=sampling, gold_answer=gold_answer, grader=grader, cost=cost,
+                truncated=truncated)
+            graded = more if graded is None else graded.extend(more)
+            if budget is None:
+                break
+            decision = budget_step_decision(graded, budget=budget, threshold=min_success,
+                                            prior=prior)
+            if decision is not UNDECIDED:
+                break
         cut_off += graded.n_truncated
         lengths.append(length)
         values.append(graded.value)
         seeds.append(seed)
-        return graded.value
+        if budget is None:
+            return graded.value
+        if decision is None:
+            return ProbeLabel(None, f"probe_{REASON_UNDECIDED}" if graded.n_total
+                              else "probe_unknown")
+        return ProbeLabel(decision)
 
     index, reason = await bisect_first_error(good=0, bad=len(pieces), estimate=estimate)
     return result(index, reason)
@@ -608,6 +571,18 @@ class _Node:
     graded: GradedRollouts | None = None
     counts: tuple[int, int, int, int] = (0, 0, 0, 0)  # n_correct, n_total, n_unknown, n_cut
     value: float | None = None
+    # Under the adaptive budget, a probe's decided hard label (None: unknown or undecided).
+    label: bool | None = None
+
+    @property
+    def good(self) -> bool | None:
+        """Known-good (True), known-bad (False) or unknown (None): the budget's label for a
+        probe estimated under it, else ``MC > 0``."""
+        if self.kind == "probe" and self.budgeted:
+            return self.label
+        return None if self.value is None else self.value > 0
+
+    budgeted: bool = False
 
 
 def _nested(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -676,7 +651,8 @@ class _QuestionSearch:
         return node
 
     async def estimate(self, node: _Node, n: int) -> None:
-        """Sample and grade ``n`` rollouts from ``node``'s prefix (once per state)."""
+        """Sample and grade ``n`` rollouts from ``node``'s prefix (once per state); under the
+        adaptive budget a probe gets rounds until its label is decided (``n`` is unused)."""
         assert node.graded is None, "a Monte Carlo point is estimated once"
         if node.kind == "root":
             prompt_text = self.prompt.for_sampling()
@@ -685,10 +661,24 @@ class _QuestionSearch:
             prompt_text = self.prompt.for_continuation(node.prefix, self.separator)
             solution_prefix = node.prefix + self.separator
             self.by_prefix[node.prefix] = node.state_id
-        node.graded = await sample_and_grade(
-            self.a.engine, prompt_text=prompt_text, solution_prefix=solution_prefix, n=n,
-            seed=node.seed, sampling=self.cfg.sampling, gold_answer=self.gold_answer,
-            grader=self.a.grader, cost=self.cost, truncated=self.cfg.truncated)
+        budget = self.cfg.budget if node.kind == "probe" else None
+        while True:
+            done = 0 if node.graded is None else len(node.graded.verdicts)
+            size = n if budget is None else budget.next_round(done)
+            more = await sample_and_grade(
+                self.a.engine, prompt_text=prompt_text, solution_prefix=solution_prefix,
+                n=size, seed=node.seed + done, sampling=self.cfg.sampling,
+                gold_answer=self.gold_answer, grader=self.a.grader, cost=self.cost,
+                truncated=self.cfg.truncated)
+            node.graded = more if node.graded is None else node.graded.extend(more)
+            if budget is None:
+                break
+            decision = budget_step_decision(node.graded, budget=budget,
+                                            threshold=self.cfg.min_success,
+                                            prior=self.cfg.prior)
+            if decision is not UNDECIDED:
+                node.label, node.budgeted = decision, True
+                break
         g = node.graded
         node.counts = (g.n_correct, g.n_total, g.n_unknown, g.n_truncated)
         node.value = g.value
@@ -697,8 +687,8 @@ class _QuestionSearch:
         """Correct rollouts of a state with MC > 0 become completion states; incorrect
         rollouts of a state with 0 < MC < 1 join the pool. MC = 0 or unknown adds nothing."""
         graded, value = node.graded, node.value
-        if graded is None or value is None or value == 0:
-            return
+        if graded is None or value is None or not node.good:
+            return  # MC = 0, unknown, or (adaptive budget) decided bad or undecided
         for i, verdict in enumerate(graded.verdicts):
             if verdict == "correct":
                 pieces = self.rollout_pieces(node, i)
@@ -723,7 +713,7 @@ class _QuestionSearch:
         probe_ids: list[int] = []
         cut_off = 0
 
-        async def estimate(length: int) -> float | None:
+        async def estimate(length: int) -> "float | None | ProbeLabel":
             nonlocal cut_off
             # Strictly inside: the complete rollout is labelled by its own graded answer.
             assert start < length < len(pieces), "never roll out from a complete solution"
@@ -737,6 +727,12 @@ class _QuestionSearch:
                 cut_off += probe.counts[3]
                 self.expand(probe)
             probe_ids.append(probe.state_id)
+            if probe.budgeted:
+                if probe.label is not None:
+                    return ProbeLabel(probe.label)
+                # Known rollouts that never decided it, or none known at all.
+                return ProbeLabel(None, f"probe_{REASON_UNDECIDED}" if probe.counts[1] > 0
+                                  else "probe_unknown")
             return probe.value
 
         index, reason = await bisect_first_error(good=start, bad=len(pieces), estimate=estimate)
@@ -807,8 +803,8 @@ class _QuestionSearch:
         good: dict[tuple[str, ...], _Node] = {}
         bad: dict[tuple[str, ...], _Node] = {}
         for n in self.nodes:
-            if n.value is not None:
-                (good if n.value > 0 else bad).setdefault(n.pieces, n)
+            if n.good is not None:
+                (good if n.good else bad).setdefault(n.pieces, n)
         in_tree: list[OmegaPRMState] = []
         after_error: list[OmegaPRMState] = []
         for n in self.nodes:
@@ -837,7 +833,7 @@ class _QuestionSearch:
             state_id=n.state_id, parent_id=parent.state_id if parent is not None else -1,
             kind=n.kind, prefix=n.prefix, action=self.join(n.pieces[start:]),
             action_pieces=action_pieces, single_step=action_pieces == 1, depth=len(n.pieces),
-            value=n.value, hard_label=None if n.value is None else n.value > 0,
+            value=n.value, hard_label=n.good,
             n_correct=n.counts[0], n_total=n.counts[1], n_unknown=n.counts[2],
             n_truncated=n.counts[3], visits=self.pool.visits(n.state_id), seed=n.seed,
             rollout_of=n.rollout_of, rollout_index=n.rollout_index,

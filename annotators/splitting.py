@@ -7,7 +7,9 @@ every record's provenance (:meth:`Splitter.provenance`).
 - ``paragraphs``: blank-line separated paragraphs (Qwen, ProcessBench, openr);
 - ``lines``: one step per non-empty line (PRM800K);
 - ``step_markers``: ``Step k:`` markers (Math-Shepherd); text before the first marker, if any,
-  joins the first step.
+  joins the first step;
+- ``python_statements``: code solutions, the reasoning paragraphs then the last ```python
+  block's top-level statements (:mod:`.code_splitting` says why).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Callable
+
+from steplabel.annotators.code_splitting import split_code_solution
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ SPLITTERS: dict[str, Callable[[], Splitter]] = {
     "paragraphs": lambda: Splitter("paragraphs", "\n\n", {}, _paragraphs),
     "lines": lambda: Splitter("lines", "\n", {}, _lines),
     "step_markers": lambda: Splitter("step_markers", "\n", {"marker": "Step k:"}, _step_markers),
+    "python_statements": lambda: Splitter(
+        "python_statements", "\n\n", {"program": "last python block, top-level statements"},
+        lambda text: split_code_solution(normalize_newlines(text))),
 }
 
 

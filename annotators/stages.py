@@ -14,60 +14,59 @@ checkpointed on its own, each talking to one engine:
   an engine failure anywhere replaces them by one dead-letter row.
 
 Every valid problem is accounted for by at least one row: trajectories (kept or rejected), a
-pre-filter row, OmegaPRM states, or a dead-letter row saying why it failed. Every record here is
-a plain dataclass of JSON values, so a stage's result is checkpointed as JSON and replayed on
-resume.
+pre-filter row, OmegaPRM states, or a dead-letter row saying why it failed. The records passed
+between stages (:mod:`steplabel.schemas.stages`) are plain dataclasses of JSON values, so a
+stage's result is checkpointed as JSON and replayed on resume. Every finished solution and
+rollout is graded by the job's grader (:mod:`steplabel.annotators.graders`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 from steplabel import __version__
+from steplabel.annotators import monte_carlo, omegaprm
 from steplabel.annotators.consensus import (
     REASON_POLICY_TRUNCATED,
     consensus,
     consensus_labels,
 )
-from steplabel.annotators.grading import GRADER_VERSION, grade
-from steplabel.annotators.judge import judge_version
-from steplabel.annotators.monte_carlo import FINISH_LENGTH, sampling_request
+from steplabel.annotators.graders import get_grader
+from steplabel.annotators.judge import LLMJudge, judge_version
+from steplabel.annotators.monte_carlo import FINISH_LENGTH, MonteCarloAnnotator, sampling_request
+from steplabel.annotators.omegaprm import OmegaPRMAnnotator
 from steplabel.annotators.prompts import build_solution_prompt, load_template
 from steplabel.annotators.seeds import derive_seed
 from steplabel.annotators.splitting import get_splitter
 from steplabel.engines.base import ContextLengthError, CostMeter, EngineError
 from steplabel.schemas import rows as R
 from steplabel.schemas.config import share_gpu_memory, to_mapping
+from steplabel.schemas.stages import (
+    JUDGE,
+    MONTE_CARLO,
+    OMEGAPRM,
+    SAMPLE,
+    STAGE_ORDER,
+    Failure,
+    Labels,
+    Piece,
+    Problem,
+    Sampled,
+    Solution,
+    labels_from_json,
+    piece_from_json,
+    sampled_from_json,
+    to_json,
+)
 
-#: Stage names: checkpoint folders (``_work/<stage>/``) and the order in which an engine
-#: failure is chosen when several stages of one problem failed.
-SAMPLE, OMEGAPRM, MONTE_CARLO, JUDGE = "sample", "omegaprm", "monte_carlo", "judge"
-STAGE_ORDER = (SAMPLE, OMEGAPRM, MONTE_CARLO, JUDGE)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A validated problem. ``gold_answer`` is already extracted from the source's format."""
-
-    problem_id: str
-    question: str
-    gold_answer: str
-    source: str
-    original: str = ""  # the source record as JSON, for dead-letter rows
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An engine refused a stage's request (``prompt_too_long``, ``engine_error``): the whole
-    problem becomes one dead-letter row (a dead engine is not a failure: it stops the job)."""
-
-    reason: str
-    error: str
-
+# The stage records live in schemas/stages.py; the Beam stages reach them through this module.
+__all__ = ["JUDGE", "MONTE_CARLO", "OMEGAPRM", "SAMPLE", "STAGE_ORDER", "Failure", "Labels",
+           "Piece", "Problem", "Sampled", "Solution", "StageContext", "assemble_trajectory",
+           "engine_identity", "failure_of", "judge_labels", "labels_from_json",
+           "merge_problem", "monte_carlo_labels", "omegaprm_rows", "piece_from_json",
+           "sample_solutions", "sampled_from_json", "sampled_piece", "to_json"]
 
 def failure_of(exc: BaseException) -> Failure | None:
     """The failure an exception stands for; None when it must propagate (a dead engine, a bug)."""
@@ -78,99 +77,6 @@ def failure_of(exc: BaseException) -> Failure | None:
     return None
 
 
-@dataclass(frozen=True)
-class Solution:
-    """One policy sample of a problem, split and graded (``truncated``: cut off at max_tokens,
-    rejected unlabelled)."""
-
-    problem_id: str
-    source: str
-    question: str
-    gold_answer: str
-    original: str
-    index: int
-    solution: str
-    steps: list
-    policy_seed: int
-    cost_policy: dict
-    truncated: bool = False
-    final_answer: str | None = None
-    final_answer_correct: bool | None = None
-    outcome_reason: str | None = None
-    final_verdict: str | None = None
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.problem_id, self.index)
-
-    def problem(self) -> Problem:
-        return Problem(self.problem_id, self.question, self.gold_answer, self.source,
-                       self.original)
-
-
-@dataclass(frozen=True)
-class Sampled:
-    """What the sampling stage made of one problem."""
-
-    solutions: list = field(default_factory=list)  # of Solution
-    filtered: dict | None = None  # the ``no_usable_solution`` row
-    counters: dict = field(default_factory=dict)
-    failure: Failure | None = None
-
-
-@dataclass(frozen=True)
-class Labels:
-    """An annotator's fields of one trajectory row and its counters (Monte Carlo or judge).
-    ``stopped``: why consensus-guided Monte Carlo stopped early (``MonteCarloResult.stopped``)."""
-
-    fields: dict = field(default_factory=dict)
-    counters: dict = field(default_factory=dict)
-    failure: Failure | None = None
-    stopped: str | None = None
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Part of one problem's outputs: rows per output, counters, or a failure. ``rank`` orders
-    pieces (stage, solution index) so that the failure reported is the same on every run."""
-
-    rank: tuple
-    rows: dict = field(default_factory=dict)
-    counters: dict = field(default_factory=dict)
-    failure: Failure | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# JSON round trips (checkpoints)
-
-
-def to_json(record) -> dict:
-    return dataclasses.asdict(record)
-
-
-def _failure(data) -> Failure | None:
-    return Failure(**data) if data else None
-
-
-def sampled_from_json(data: dict) -> Sampled:
-    return Sampled(solutions=[Solution(**s) for s in data["solutions"]],
-                   filtered=data["filtered"], counters=data["counters"],
-                   failure=_failure(data["failure"]))
-
-
-def labels_from_json(data: dict) -> Labels:
-    return Labels(fields=data["fields"], counters=data["counters"],
-                  failure=_failure(data["failure"]), stopped=data.get("stopped"))
-
-
-def piece_from_json(data: dict) -> Piece:
-    return Piece(rank=tuple(data["rank"]), rows=data["rows"], counters=data["counters"],
-                 failure=_failure(data["failure"]))
-
-
-# ---------------------------------------------------------------------------------------------
-
-
 class StageContext:
     """What every stage derives from the manifest alone (no engine)."""
 
@@ -178,6 +84,7 @@ class StageContext:
         self.manifest = manifest
         self.splitter = get_splitter(manifest.splitter.name)
         self.policy_template = load_template(manifest.policy.template)
+        self.grader = get_grader(manifest.grader)
         self.mc_config = (manifest.monte_carlo.resolved(consensus=manifest.consensus is not None)
                           if manifest.monte_carlo else None)
         self.manifest_hash = manifest.hash
@@ -197,19 +104,14 @@ class StageContext:
         return share_gpu_memory(roles, pools=pools)
 
     def mc_annotator(self, engine):
-        from steplabel.annotators.monte_carlo import MonteCarloAnnotator
-
-        return MonteCarloAnnotator(engine, self.mc_config, run_seed=self.manifest.seed)
+        return MonteCarloAnnotator(engine, self.mc_config, run_seed=self.manifest.seed,
+                                   grader=self.grader.grade)
 
     def omegaprm_annotator(self, engine):
-        from steplabel.annotators.omegaprm import OmegaPRMAnnotator
-
         return OmegaPRMAnnotator(engine, self.manifest.omegaprm, run_seed=self.manifest.seed,
-                                 splitter=self.splitter)
+                                 splitter=self.splitter, grader=self.grader.grade)
 
     def judge(self, engine):
-        from steplabel.annotators.judge import LLMJudge
-
         return LLMJudge(engine, self.manifest.judge, run_seed=self.manifest.seed)
 
     def solution_prompt(self, engine, question: str):
@@ -219,8 +121,6 @@ class StageContext:
     def provenance(self, identities: dict[str, tuple]) -> dict:
         """The provenance struct of trajectory rows; ``identities``: role -> (model id, weights
         SHA-256, engine version), as :func:`engine_identity` gives them."""
-        from steplabel.annotators import monte_carlo
-
         m = self.manifest
         policy_id, policy_sha, engine_version = identities["policy"]
         completer_id, completer_sha, _ = identities.get("completer", (None, None, None))
@@ -261,13 +161,13 @@ class StageContext:
             judge_template_id=judge_template.id if judge_template else None,
             judge_template_sha256=judge_template.sha256 if judge_template else None,
             annotators=json.dumps(annotators, sort_keys=True),
-            grader_version=GRADER_VERSION,
+            grader_version=self.grader.version,
         ))
 
     def dead_letter(self, problem_id, source, original, failure: Failure) -> dict:
-        return R.as_row(R.DeadLetter(stage="label", reason=failure.reason, error=failure.error,
-                                     problem_id=problem_id, source=source, original=original,
-                                     manifest_hash=self.manifest_hash))
+        return R.dead_letter(stage="label", reason=failure.reason, error=failure.error,
+                             problem_id=problem_id, source=source, original=original,
+                             manifest_hash=self.manifest_hash)
 
     def filtered_row(self, problem: Problem, *, stage, reason, counts, cost) -> dict:
         return R.as_row(R.Filtered(
@@ -279,8 +179,6 @@ class StageContext:
 
 
 def _omegaprm_name() -> str:
-    from steplabel.annotators import omegaprm
-
     return f"{omegaprm.ANNOTATOR_NAME}/{omegaprm.ANNOTATOR_VERSION}"
 
 
@@ -326,7 +224,7 @@ async def _sample(ctx: StageContext, engine, problem: Problem) -> Sampled:
             counters["empty_solutions"] = counters.get("empty_solutions", 0) + 1
             continue
         base = dict(problem_id=problem.problem_id, source=problem.source,
-                    question=problem.question, gold_answer=problem.gold_answer,
+                    question=problem.question, gold=problem.gold,
                     original=problem.original, index=index, solution=solution,
                     steps=list(steps), policy_seed=seed, cost_policy=dict(per_sample))
         if finish == FINISH_LENGTH:
@@ -335,7 +233,7 @@ async def _sample(ctx: StageContext, engine, problem: Problem) -> Sampled:
                                                                0) + 1
             solutions.append(Solution(**base, truncated=True))
             continue
-        outcome = await asyncio.to_thread(grade, solution, problem.gold_answer)
+        outcome = await asyncio.to_thread(ctx.grader.grade, solution, problem.gold)
         solutions.append(Solution(
             **base, final_answer=outcome.predicted,
             final_answer_correct=None if outcome.verdict == "unknown"
@@ -367,21 +265,14 @@ async def monte_carlo_labels(ctx: StageContext, annotator, prompt, solution: Sol
         mc = await annotator.annotate(problem_id=solution.problem_id,
                                       solution_index=solution.index, prompt=prompt,
                                       steps=list(solution.steps), splitter=ctx.splitter,
-                                      gold_answer=solution.gold_answer,
+                                      gold_answer=solution.gold,
                                       final_verdict=solution.final_verdict, **guide)
     except (ContextLengthError, EngineError) as exc:
         return Labels(failure=failure_of(exc))
-    fields = {
-        "mc_n_correct": mc.n_correct,
-        "mc_n_total": mc.n_total,
-        "mc_n_unknown": mc.n_unknown,
-        "mc_n_truncated": mc.n_truncated,
-        "mc_values": mc.values,
-        "hard_labels": mc.hard_labels,
-        "soft_labels": mc.soft_labels,
-        "mc_first_error": mc.first_error_index,
-        "cost_mc": mc.cost,
-    }
+    fields = R.MonteCarloColumns(
+        mc_n_correct=mc.n_correct, mc_n_total=mc.n_total, mc_n_unknown=mc.n_unknown,
+        mc_n_truncated=mc.n_truncated, mc_values=mc.values, hard_labels=mc.hard_labels,
+        soft_labels=mc.soft_labels, mc_first_error=mc.first_error_index, cost_mc=mc.cost)
     counters = {
         "mc_rollouts": mc.rollouts,
         "mc_rollouts_truncated": sum(mc.n_truncated),
@@ -391,8 +282,9 @@ async def monte_carlo_labels(ctx: StageContext, annotator, prompt, solution: Sol
         "mc_rollouts_saved_consensus": mc.rollouts_saved_consensus,
         "mc_steps_not_estimated": sum(1 for c in zip(mc.n_total, mc.n_unknown) if c == (0, 0)),
         "mc_steps_unestimated": sum(1 for v in mc.values if v is None),
+        "mc_steps_undecided": mc.label_reasons.count("undecided"),  # adaptive budget (#26)
     }
-    return Labels(fields=_plain(fields), counters=counters, stopped=mc.stopped)
+    return Labels(fields=_plain(R.as_row(fields)), counters=counters, stopped=mc.stopped)
 
 
 async def judge_labels(judge, solution: Solution) -> Labels:
@@ -402,20 +294,15 @@ async def judge_labels(judge, solution: Solution) -> Labels:
                                     steps=list(solution.steps))
     except (ContextLengthError, EngineError) as exc:
         return Labels(failure=failure_of(exc))
-    fields = {
-        "judge_first_error": verdict.first_error_index,
-        "judge_agreement": verdict.agreement,
-        "judge_votes": verdict.votes,
-        "judge_replies": verdict.raw_replies,
-        "judge_parse_reasons": verdict.parse_reasons,
-        "judge_reason": verdict.reason,
-        "judge_finish_reasons": list(verdict.finish_reasons),
-        "cost_judge": verdict.cost,
-    }
+    fields = R.JudgeColumns(
+        judge_first_error=verdict.first_error_index, judge_agreement=verdict.agreement,
+        judge_votes=verdict.votes, judge_replies=verdict.raw_replies,
+        judge_parse_reasons=verdict.parse_reasons, judge_reason=verdict.reason,
+        judge_finish_reasons=list(verdict.finish_reasons), cost_judge=verdict.cost)
     counters = {"judge_replies": len(verdict.raw_replies),
                 f"judge_verdict_{verdict.reason}": 1,
                 "judge_replies_truncated": list(verdict.finish_reasons).count(FINISH_LENGTH)}
-    return Labels(fields=_plain(fields), counters=counters)
+    return Labels(fields=_plain(R.as_row(fields)), counters=counters)
 
 
 def _plain(value):
@@ -504,7 +391,7 @@ async def omegaprm_rows(ctx: StageContext, annotator, prompt, problem: Problem, 
     try:
         result = await annotator.annotate(problem_id=problem.problem_id, prompt=prompt,
                                           question=problem.question,
-                                          gold_answer=problem.gold_answer)
+                                          gold_answer=problem.gold)
     except (ContextLengthError, EngineError) as exc:
         return Piece(rank=rank, failure=failure_of(exc))
     rows: dict[str, list[dict]] = {}
@@ -515,7 +402,7 @@ async def omegaprm_rows(ctx: StageContext, annotator, prompt, problem: Problem, 
 
     count("omegaprm_rollouts", result.rollouts)
     # Token counts are not on OmegaPRM's rows (states share rollouts): counted here.
-    for name in ("prompt_tokens", "generated_tokens", "cached_tokens"):
+    for name in R.COST_TOKEN_FIELDS:
         count(f"omegaprm_{name}", result.cost.get(name, 0))
     count("omegaprm_rollouts_truncated", result.truncated_rollouts)
     count("omegaprm_prefilter_rollouts_truncated", result.prefilter_n_truncated)

@@ -63,11 +63,10 @@ def run_pipeline(work: Path, problems: int, in_flight: int) -> tuple[list[dict],
     from steplabel.dataset import storage
 
     requests = [json.loads(line) for line in record.read_text().splitlines()]
-    mc = {"prompt_tokens": 0, "cached_tokens": 0}
-    for output in ("trajectories", "rejected"):
-        for row in storage.iter_rows(str(work / "out"), output, columns=["cost_mc"]):
-            for key in mc:
-                mc[key] += row["cost_mc"][key]
+    # Prefix-cache hits are the run's measurement (run_metrics.json), not the rows'.
+    cache = storage.read_json_if_exists(storage.join(str(work / "out"), "run_metrics.json"))
+    mc = (cache or {}).get("prefix_cache", {}).get("completer") or {
+        "prompt_tokens": 0, "cached_tokens": 0}
     return requests, mc
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from steplabel.dataset import storage
+from steplabel.dataset.identity import CONTENT_HASH
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS
 
 CARD = "README.md"
@@ -92,9 +93,13 @@ def _statistics(stats: dict) -> list[str]:
         f"{prefilter.get('checked')} questions ({_pct(prefilter.get('drop_rate'))}).",
         f"- Dead letters: {_pairs(s.get('dead_letter', {}))}.",
         f"- Cost per kept step label: {per_label.get('rollouts')} rollouts, "
-        f"{per_label.get('generated_tokens')} generated tokens; cached prompt share "
-        f"{_pct(per_label.get('cached_prompt_share'))}.",
+        f"{per_label.get('generated_tokens')} generated tokens.",
     ]
+    cache = ((stats.get("run") or {}).get("prefix_cache") or {}).get("all") or {}
+    if cache.get("prompt_tokens"):
+        lines.append(f"- Prefix cache (a measurement of the run that wrote this, not of the "
+                     f"data): {cache.get('cached_tokens')} of {cache.get('prompt_tokens')} "
+                     f"prompt tokens ({_pct(cache.get('cached_share'))}).")
     reconciliation = stats.get("reconciliation") or {}
     if reconciliation:
         lines.append(f"- Every input row accounted for: {reconciliation.get('ok')} "
@@ -140,6 +145,44 @@ def _provenance(lock: dict) -> list[str]:
     lines.append("- `manifest.lock.json` holds all of it, with the SHA-256 of every input file "
                  "and model file: `steplabel regenerate DIR/manifest.lock.json --out NEW "
                  "--verify DIR` makes the dataset again and compares it row by row.")
+    return lines
+
+
+def _identity(info: dict, lock: dict) -> list[str]:
+    """The content hash, what it covers, and whether a rerun gives the same bytes."""
+    lines = []
+    digest = info.get(CONTENT_HASH)
+    if digest:
+        lines.append(f"Content hash `{digest}`: SHA-256 over the sorted relative paths of the "
+                     "output shards (`*part-*.parquet`) and each file's SHA-256, one "
+                     "`path<TAB>sha256` line per shard. Two copies with this hash hold the "
+                     "same data; `info.json`, `stats.json`, `run_metrics.json`, the lock, "
+                     "this card and `logs/` are not part of it.")
+    else:
+        lines.append("No content hash was recorded (written before steplabel recorded one).")
+    determinism = (lock or {}).get("determinism") or {}
+    engines = determinism.get("engines") or {}
+    if determinism.get("deterministic") is True:
+        lines.append("")
+        lines.append("Reproducible: every engine is deterministic (float32, a seed per "
+                     "request), so running the manifest again gives byte-identical shards "
+                     "and this hash, whatever `max_in_flight`, wave size or runner.")
+    elif engines:
+        lines.append("")
+        lines.append("Not every engine is known to be deterministic, so a rerun may differ:")
+        for role, entry in engines.items():
+            state = {True: "deterministic", False: "not deterministic",
+                     None: "unknown"}[entry.get("deterministic")]
+            lines.append(f"- {role} (`{entry.get('model')}`): {state}: {entry.get('reason')}.")
+        if determinism.get("may_differ"):
+            lines.append("- Columns that may differ: " + (
+                "every column (the policy's solutions may differ)"
+                if determinism["may_differ"] == ["*"] else
+                ", ".join(f"`{c}`" for c in determinism["may_differ"])) + ".")
+        declared = determinism.get("nondeterministic_columns") or []
+        lines.append("- Declared non-deterministic by the manifest (`regenerate --verify` "
+                     "accepts differences there): " + (", ".join(f"`{c}`" for c in declared)
+                                                       if declared else "none") + ".")
     return lines
 
 
@@ -206,6 +249,10 @@ def render_card(out_dir: str, *, info: dict, stats: dict, lock: dict) -> str:
         "",
         *_provenance(lock),
         "",
+        "## Identity",
+        "",
+        *_identity(info, lock),
+        "",
         "## Manifest",
         "",
         "```yaml",
@@ -214,7 +261,8 @@ def render_card(out_dir: str, *, info: dict, stats: dict, lock: dict) -> str:
         "",
         f"Schema version {info.get('schema_version')}; manifest hash "
         f"`{info.get('manifest_hash')}`. Files: `info.json` (row counts), `stats.json` (all "
-        "statistics), `manifest.lock.json` (provenance), `COMPLETED` (written last). "
+        "statistics), `run_metrics.json` (what the run measured: prefix-cache hits, engine time), "
+        "`manifest.lock.json` (provenance), `COMPLETED` (written last). "
         "`_work/` (checkpoints for resuming) and `logs/` are not part of the data.",
         "",
     ]

@@ -29,6 +29,12 @@ from steplabel.dataset.stats import (
     compute_stats,
     truncation_warnings,
 )
+from steplabel.dataset.show import (
+    SYMBOLS,
+    first_error_marks,
+    first_error_texts,
+    sample_trajectories,
+)
 from steplabel.schemas.records import OUTPUTS
 
 #: Sources beyond this many get tables but no plots in the HTML report (keeps it readable).
@@ -51,10 +57,13 @@ def dataset_report(dataset_dir: str) -> dict:
         "name": info.get("name"),
         "manifest_hash": info.get("manifest_hash"),
         "schema_version": info.get("schema_version"),
+        "content_hash": info.get("content_hash"),
         "completed": storage.exists(storage.join(dataset_dir, storage.COMPLETED)),
         **stats,
         # Beam counters of the run that wrote the dataset (not recomputable from the shards).
         "run_counters": written.get("counters", {}),
+        # What the run measured that depends on scheduling (prefix-cache hits): not the data's.
+        "run": written.get("run", {}),
         "warnings": written.get("warnings") or truncation_warnings(stats),
     }
 
@@ -129,13 +138,12 @@ def render_group(title: str, s: dict) -> str:
         f"({_pct(cell['rate'])})" for name, cell in outcome.items()))
     lines.append("cost: " + "; ".join(
         f"{stage} {c['rollouts']} rollouts, {c['generated_tokens']} generated tokens, "
-        f"{c['cached_tokens']}/{c['prompt_tokens']} prompt tokens cached"
+        f"{c['prompt_tokens']} prompt tokens"
         for stage, c in s["cost"].items() if c["requests"]))
     per_label = s["cost_per_label"]
     lines.append(f"cost per kept step label ({per_label['kept_step_labels']} labels): "
                  f"{_num(per_label['rollouts'])} rollouts, "
-                 f"{_num(per_label['generated_tokens'], 1)} generated tokens; cached prompt "
-                 f"share {_pct(per_label['cached_prompt_share'])}")
+                 f"{_num(per_label['generated_tokens'], 1)} generated tokens")
     omega = s["omegaprm"]
     if omega["states"] or omega["rollouts"]:
         lines.append(f"OmegaPRM: states {_pairs(omega['states'])}; {omega['labelled_states']} "
@@ -173,6 +181,12 @@ def render_text(report: dict) -> str:
         head.append("note: some shard is not sorted by problem_id; per-problem counts may "
                     "count a problem twice")
     head += [f"warning: {w}" for w in report.get("warnings") or ()]
+    if report.get("content_hash"):
+        head.append(f"content hash: {report['content_hash']}")
+    cache = ((report.get("run") or {}).get("prefix_cache") or {}).get("all")
+    if cache and cache.get("prompt_tokens"):
+        head.append(f"prefix cache (the run that wrote it): {cache['cached_tokens']} of "
+                    f"{cache['prompt_tokens']} prompt tokens ({_pct(cache['cached_share'])})")
     saved = rollouts_saved(report.get("run_counters") or {})
     if saved:
         head.append(f"Monte Carlo rollouts: {_saved_line(saved)}")
@@ -381,7 +395,6 @@ def _group_html(title: str, s: dict, *, plots: bool) -> str:
           for name, cell in outcome.items()],
         ("rollouts per kept step label", _num(per_label["rollouts"])),
         ("generated tokens per kept step label", _num(per_label["generated_tokens"], 1)),
-        ("cached prompt share", _pct(per_label["cached_prompt_share"])),
         ("OmegaPRM rollouts per state label", _num(s["omegaprm"]["rollouts_per_state_label"])),
     ]
     parts = [f"<h2>{html.escape(title)}</h2>", _table(rows)]
@@ -443,8 +456,12 @@ def _first_error_text(value) -> str:
     return "unknown" if value is None else "none" if value < 0 else str(value)
 
 
+def _judge_votes(example: dict) -> str:
+    votes = example["judge_votes"]
+    return f" (votes {', '.join('?' if v is None else str(v) for v in votes)})" if votes else ""
+
+
 def _example_html(example: dict, *, open_: bool) -> str:
-    from steplabel.dataset.show import SYMBOLS
 
     e = html.escape
     status = "kept" if example["kept"] else "rejected"
@@ -458,11 +475,7 @@ def _example_html(example: dict, *, open_: bool) -> str:
                f"{counts}, {LABEL_WORDS[step['label_state']]}")
         cells.append(f"<span style='background:{_mc_colour(value)}' title='{e(tip)}'>"
                      f"{symbol}</span>")
-    marks: dict[int, list[str]] = {}
-    for name, key in (("MC", "mc_first_error"), ("OmegaPRM", "omegaprm_first_error"),
-                      ("judge", "judge_first_error")):
-        if example[key] is not None and example[key] >= 0:
-            marks.setdefault(example[key], []).append(name)
+    marks = first_error_marks(example)
     rows = []
     for step in example["steps"]:
         value = step["mc_value"]
@@ -485,10 +498,8 @@ def _example_html(example: dict, *, open_: bool) -> str:
     verdict = "correct" if correct else "unknown" if correct is None else "incorrect"
     labels_from = {"final": "final labels", "monte_carlo": "Monte Carlo labels (not kept)"}.get(
         example["labels_from"], "no labels")
-    votes = example["judge_votes"]
-    judge = _first_error_text(example["judge_first_error"]) + (
-        f" (votes {', '.join('?' if v is None else str(v) for v in votes)})" if votes else "")
-    omegaprm = example["omegaprm_first_error"]
+    first_errors = " · ".join(e(part) for part in first_error_texts(
+        example, _first_error_text, {"judge": _judge_votes}))
     summary = (f"<span class='badge {status}'>{status} · "
                f"{e(example['consensus_reason'] or 'no reason')}</span>"
                f"{e(str(example['problem_id']))} · solution {example['solution_index']} · "
@@ -505,17 +516,13 @@ def _example_html(example: dict, *, open_: bool) -> str:
         f"</p><table class='steps'><tr><th>label</th><th>step</th><th>MC</th>"
         f"<th title='correct / graded rollouts from the step prefix'>counts</th>"
         f"<th style='text-align:left'>step text</th></tr>{''.join(rows)}</table>"
-        f"<p class='meta'>first errors: Monte Carlo "
-        f"{_first_error_text(example['mc_first_error'])}"
-        f"{' · OmegaPRM ' + _first_error_text(omegaprm) if omegaprm is not None else ''}"
-        f" · judge {e(judge)} · consensus: {status} "
+        f"<p class='meta'>first errors: {first_errors} · consensus: {status} "
         f"({e(example['consensus_reason'] or 'no reason recorded')})</p></details>")
 
 
 def examples_html(examples: dict[str, list[dict]], totals: dict[str, int]) -> str:
     """The browsable examples section: kept and rejected trajectories, labels colour-coded,
     a strip of per-step Monte Carlo values in each summary line."""
-    from steplabel.dataset.show import SYMBOLS
 
     legend = "".join(
         f"<span class='item'><span class='chip {state}'>{SYMBOLS[state][0]}</span> "
@@ -554,6 +561,7 @@ def render_html(report: dict, examples: dict[str, list[dict]] | None = None) -> 
     saved = rollouts_saved(report.get("run_counters") or {})
     meta = _table([("dataset", report["dataset"]), ("name", report["name"]),
                    ("manifest hash", report["manifest_hash"]),
+                   ("content hash", report.get("content_hash")),
                    ("completed", report["completed"]),
                    *([("Monte Carlo rollouts", _saved_line(saved))] if saved else [])])
     figures = html.escape(json.dumps(report, indent=2, sort_keys=True, default=str))
@@ -610,8 +618,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"[steplabel] dataset card written to {rewrite_card(args.dataset)}",
               file=sys.stderr)
     if args.html:
-        from steplabel.dataset.show import sample_trajectories
-
         examples = {output: sample_trajectories(args.dataset, output, args.examples)
                     for output in ("trajectories", "rejected")} if args.examples > 0 else None
         write_report(args.html, render_html(report, examples))

@@ -43,18 +43,19 @@ from pathlib import Path
 
 import numpy as np
 
-#: Stages in display order: key -> label.
+from steplabel.annotators.registry import ANNOTATORS, with_cost_on_rows
+
+#: Stages in display order: key -> label (policy sampling, then every annotator).
 STAGES = {
     "policy": "policy sampling",
-    "monte_carlo": "Monte Carlo",
-    "omegaprm": "OmegaPRM (incl. pre-filter)",
-    "judge": "judge",
+    **{name: spec.title for name, spec in ANNOTATORS.items()},
+    "omegaprm": "OmegaPRM (incl. pre-filter)",  # its costs include the questions it dropped
 }
-#: Cost fields per stage (``cached_tokens``: prompt tokens served from the prefix cache; it
-#: depends on scheduling, so a projection of it is rougher than the others).
-FIELDS = ("rollouts", "prompt_tokens", "cached_tokens", "generated_tokens")
+#: Cost fields per stage, as rows carry them (prefix-cache hits are a run metric, not rows').
+FIELDS = ("rollouts", "prompt_tokens", "generated_tokens")
 #: Trajectory cost columns and the stage they belong to.
-ROW_COSTS = {"cost_policy": "policy", "cost_mc": "monte_carlo", "cost_judge": "judge"}
+ROW_COSTS = {"cost_policy": "policy",
+             **{spec.cost_column: spec.name for spec in with_cost_on_rows()}}
 #: Two-sided 95% normal quantile.
 Z95 = 1.959964
 DEFAULT_PILOT = 24
@@ -74,29 +75,12 @@ def count_source_rows(source) -> int:
     """Rows of the source, capped by ``source.limit``: non-empty lines of JSONL files (read,
     not parsed; any Beam filesystem, compressed by extension), Parquet footers, the length of
     a ``datasets`` folder or data file (a hub dataset needs the network)."""
-    from apache_beam.io.filesystems import FileSystems
+    from steplabel.pipelines.sources import RowCountError, open_source
 
-    from steplabel.pipelines.sources import _open_hf, input_files
-
-    if source.kind == "hf":
-        try:
-            count = len(_open_hf(source, source.path))
-        except Exception as exc:  # noqa: BLE001 - any failure to open: say so, ask for the count
-            raise PlanError(f"cannot count the rows of the datasets source ({exc}); pass "
-                            "--source-rows N") from exc
-    elif source.kind == "parquet":
-        import pyarrow.parquet as pq
-
-        count = 0
-        for path in input_files(source.path):
-            with FileSystems.open(path) as handle:
-                count += pq.ParquetFile(handle).metadata.num_rows
-    else:
-        count = 0
-        for path in input_files(source.path):
-            with FileSystems.open(path) as handle:
-                count += sum(1 for line in iter(handle.readline, b"") if line.strip())
-    return min(count, source.limit) if source.limit else count
+    try:
+        return open_source(source).count_rows()
+    except RowCountError as exc:
+        raise PlanError(f"{exc}; pass --source-rows N") from exc
 
 
 def sample_indices(source_rows: int, size: int, seed: int) -> list[int]:
@@ -108,62 +92,16 @@ def sample_indices(source_rows: int, size: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(source_rows), size))
 
 
-def _records(source, wanted: list[int]):
-    """The raw records at ``wanted`` positions, in order: JSONL lines as bytes, Parquet rows
-    as dicts, in the order ``ReadProblems`` reads them (files sorted, then lines/rows)."""
-    from steplabel.pipelines.sources import _read_lines, _read_parquet_rows, input_files
-
-    read = _read_lines if source.kind == "jsonl" else _read_parquet_rows
-    wanted_set, last = set(wanted), wanted[-1] if wanted else -1
-    position = 0
-    for path in input_files(source.path):
-        for item in read(path, source.source_name):
-            if position in wanted_set:
-                yield item.data
-            position += 1
-            if position > last:
-                return
-
-
 def write_pilot_source(manifest, indices: list[int], folder: Path):
     """Write the sampled rows to ``folder`` and return the manifest pointed at them: the same
     field mapping, answer format and source name (rows keep their ``source`` value), no limit.
     JSONL lines are copied byte for byte (bad lines stay bad); Parquet rows keep the first
-    file's schema; a ``datasets`` source is written as Parquet by ``datasets`` itself."""
-    source = manifest.source
+    file's schema; a ``datasets`` source is written as Parquet by ``datasets`` itself
+    (:meth:`~steplabel.pipelines.sources.Source.sample`)."""
+    from steplabel.pipelines.sources import open_source
+
     folder.mkdir(parents=True, exist_ok=True)
-    common = dict(name=source.source_name, limit=None, dataset=None, revision=None,
-                  builder=None)
-    if source.kind == "jsonl":
-        path = folder / "sample.jsonl"
-        with open(path, "wb") as handle:
-            for line in _records(source, indices):
-                handle.write(line + b"\n")
-        new = replace(source, path=str(path), **common)
-    elif source.kind == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        from apache_beam.io.filesystems import FileSystems
-
-        from steplabel.pipelines.sources import input_files
-
-        rows = list(_records(source, indices))
-        with FileSystems.open(input_files(source.path)[0]) as handle:
-            schema = pq.ParquetFile(handle).schema_arrow
-        try:
-            table = pa.Table.from_pylist(rows, schema=schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):  # files of differing schemas
-            table = pa.Table.from_pylist(rows)
-        path = folder / "sample.parquet"
-        pq.write_table(table, path)
-        new = replace(source, path=str(path), **common)
-    else:
-        from steplabel.pipelines.sources import _open_hf
-
-        path = folder / "sample.parquet"
-        _open_hf(source, source.path).select(indices).to_parquet(str(path))
-        new = replace(source, kind="parquet", path=str(path), split="train", **common)
-    return replace(manifest, source=new)
+    return replace(manifest, source=open_source(manifest.source).sample(indices, folder))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +169,7 @@ def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict) -> PilotCos
         values[: len(per_problem)] = np.stack(per_problem)
     if omega_kept:
         rollouts = values[omega_kept, omega, FIELDS.index("rollouts")]
-        for name in ("prompt_tokens", "cached_tokens", "generated_tokens"):
+        for name in ("prompt_tokens", "generated_tokens"):
             total = counters.get(f"omegaprm_{name}")
             if total is None:
                 unknown.add(("omegaprm", name))

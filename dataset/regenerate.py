@@ -17,6 +17,16 @@ output, joined on each output's stable key (:data:`ROW_KEYS`). It reports identi
 differing rows, rows found on one side only, and which columns differ (struct columns by field,
 ``provenance.engine_version``); the exit status is 1 on any difference. Shards with the same
 name are compared pairwise, so memory is bounded by the largest shard, not the dataset.
+
+It also prints both datasets' content hashes (:func:`steplabel.dataset.identity.content_hash`,
+recomputed from the shards; a reference whose ``info.json`` records another is said to be
+altered). Two kinds of column difference do not fail it, and each is named:
+
+- **moved** columns (:data:`~steplabel.dataset.identity.MOVED_COLUMNS`): ``cached_tokens`` in
+  the cost structs of a dataset written before schema 1.2, a run metric now: ignored;
+- columns the manifest declares non-deterministic (``nondeterministic_columns``, fnmatch
+  patterns): accepted. A difference in a column that a non-deterministic engine decides (the
+  lock's ``determinism``) but that the manifest does not declare still fails, with the reason.
 """
 
 from __future__ import annotations
@@ -30,6 +40,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+from steplabel.dataset.identity import (
+    CONTENT_HASH,
+    MOVED_COLUMNS,
+    ROLE_COLUMNS,
+    content_hash,
+    engine_determinism,
+    file_sha256,
+    matches,
+    moved_field,
+)
 
 #: The columns that identify a row of each output (stable across reruns of one manifest).
 ROW_KEYS: dict[str, tuple[str, ...]] = {
@@ -282,10 +303,26 @@ class OutputComparison:
     shards: int = 0
     shards_byte_identical: int = 0
     paired_shards: bool = True
+    #: fnmatch patterns of columns the manifest declares non-deterministic
+    accept: tuple[str, ...] = ()
+    #: rows whose only differences are in declared non-deterministic columns
+    accepted: int = 0
+    accepted_columns: Counter = field(default_factory=Counter)
+    #: moved columns (run metrics now) -> rows where one side has them or they differ
+    moved_columns: Counter = field(default_factory=Counter)
 
     @property
     def ok(self) -> bool:
         return not (self.differing or self.only_regenerated or self.only_reference)
+
+    def _classify(self, columns: list[str]) -> tuple[list[str], list[str]]:
+        """(differences, accepted columns); moved columns are tallied and dropped."""
+        moved = [c for c in columns if moved_field(c)]
+        self.moved_columns.update(moved)
+        left = [c for c in columns if c not in moved]
+        accepted = [c for c in left if matches(c, self.accept)]
+        self.accepted_columns.update(accepted)
+        return [c for c in left if c not in accepted], accepted
 
     def add(self, regenerated: dict[tuple, dict], reference: dict[tuple, dict]) -> None:
         self.rows_regenerated += len(regenerated)
@@ -301,9 +338,12 @@ class OutputComparison:
                 if len(self.missing_examples) < EXAMPLES_PER_OUTPUT:
                     self.missing_examples.append((side, self._key_dict(key)))
                 continue
-            columns = differing_columns(a, b)
+            columns, accepted = self._classify(differing_columns(a, b))
             if not columns:
-                self.identical += 1
+                if accepted:
+                    self.accepted += 1
+                else:
+                    self.identical += 1
                 continue
             self.differing += 1
             self.columns.update(columns)
@@ -325,6 +365,9 @@ class OutputComparison:
             "identical": self.identical, "differing": self.differing,
             "only_regenerated": self.only_regenerated, "only_reference": self.only_reference,
             "differing_columns": dict(self.columns.most_common()),
+            "accepted": self.accepted,
+            "accepted_columns": dict(self.accepted_columns.most_common()),
+            "moved_columns_ignored": dict(self.moved_columns.most_common()),
             "examples": [{"key": k, "columns": c} for k, c in self.examples],
             "missing_examples": [{"only_in": "regenerated" if s == "regenerated" else
                                   "reference", "key": k} for s, k in self.missing_examples],
@@ -334,69 +377,137 @@ class OutputComparison:
 
 @dataclass
 class DatasetComparison:
+    """Every output compared, and both datasets' content hashes (``reference_recorded``: what
+    the reference's ``info.json`` records, None before content hashes were recorded).
+    ``determinism``: the lock's account of which engines may differ, and why."""
+
     regenerated: str
     reference: str
     outputs: list[OutputComparison]
+    regenerated_hash: str | None = None
+    reference_hash: str | None = None
+    reference_recorded: str | None = None
+    determinism: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return all(o.ok for o in self.outputs)
 
+    @property
+    def same_content(self) -> bool:
+        return self.regenerated_hash is not None and self.regenerated_hash == self.reference_hash
+
     def to_dict(self) -> dict:
         return {"regenerated": self.regenerated, "reference": self.reference, "ok": self.ok,
+                "content_hash": {"regenerated": self.regenerated_hash,
+                                 "reference": self.reference_hash,
+                                 "reference_recorded": self.reference_recorded,
+                                 "identical": self.same_content},
+                "moved_columns": dict(MOVED_COLUMNS),
+                "determinism": self.determinism,
                 "outputs": [o.to_dict() for o in self.outputs]}
+
+    def _why_may_differ(self, column: str) -> str:
+        """Why a column may differ: the non-deterministic engines that decide it."""
+        reasons = [f"{role} engine {entry.get('reason')}"
+                   for role, entry in (self.determinism.get("engines") or {}).items()
+                   if entry.get("deterministic") is False
+                   and matches(column, ROLE_COLUMNS.get(role, ()))]
+        if not reasons:
+            return ""
+        return (f" (may differ: {'; '.join(reasons)}; the manifest does not declare it in "
+                "nondeterministic_columns)")
 
     def render(self) -> str:
         lines = [f"[steplabel] verify: {self.regenerated} (regenerated) against "
                  f"{self.reference} (reference)"]
+        for role, entry in (self.determinism.get("engines") or {}).items():
+            if entry.get("deterministic") is not True:
+                state = "may not be" if entry.get("deterministic") is None else "is not"
+                lines.append(f"  {role} engine {state} deterministic: {entry.get('reason')}")
+        if self.determinism.get("may_differ"):
+            declared = self.determinism.get("nondeterministic_columns") or []
+            lines.append("  columns that may differ: " + ", ".join(self.determinism["may_differ"])
+                         + "; declared non-deterministic (accepted): "
+                         + (", ".join(declared) if declared else "none"))
+        moved: Counter = Counter()
         for o in self.outputs:
             lines.append(
                 f"  {o.output:<18} {o.rows_regenerated} vs {o.rows_reference} rows: "
                 f"{o.identical} identical, {o.differing} differing, "
-                f"{o.only_regenerated} only regenerated, {o.only_reference} only reference; "
+                + (f"{o.accepted} differing only in declared non-deterministic columns, "
+                   if o.accepted else "")
+                + f"{o.only_regenerated} only regenerated, {o.only_reference} only reference; "
                 f"{o.shards_byte_identical}/{o.shards} shard files byte-identical"
                 + ("" if o.paired_shards else " (shard names differ: compared whole outputs)"))
             for column, count in o.columns.most_common():
-                lines.append(f"      column {column}: differs in {count} row(s)")
+                lines.append(f"      column {column}: differs in {count} row(s)"
+                             + self._why_may_differ(column))
+            for column, count in o.accepted_columns.most_common():
+                lines.append(f"      column {column}: differs in {count} row(s), accepted: "
+                             "the manifest declares it non-deterministic")
             for key, columns in o.examples:
                 lines.append(f"      e.g. {_key_text(key)}: {', '.join(columns)}")
             for side, key in o.missing_examples:
                 lines.append(f"      only in {side}: {_key_text(key)}")
+            moved.update(o.moved_columns)
+        for column, count in sorted(moved.items()):
+            lines.append(f"  ignored column {column} ({count} row(s)): "
+                         f"{MOVED_COLUMNS[moved_field(column)]}")
+        lines += self._hash_lines(moved=bool(moved),
+                                  accepted=any(o.accepted for o in self.outputs))
         total = sum(o.rows_reference for o in self.outputs)
-        lines.append(f"[steplabel] verify: every row identical ({total} rows)" if self.ok else
-                     "[steplabel] verify: DIFFERENCES FOUND (see above)")
+        accepted = sum(o.accepted for o in self.outputs)
+        if not self.ok:
+            lines.append("[steplabel] verify: DIFFERENCES FOUND (see above)")
+        elif accepted:
+            lines.append(f"[steplabel] verify: every row identical except {accepted} row(s) "
+                         f"in declared non-deterministic columns ({total} rows)")
+        else:
+            lines.append(f"[steplabel] verify: every row identical ({total} rows)"
+                         + (", ignoring moved columns" if moved else ""))
         return "\n".join(lines)
+
+    def _hash_lines(self, *, moved: bool, accepted: bool) -> list[str]:
+        lines = [f"  content hash (regenerated): {self.regenerated_hash}",
+                 f"  content hash (reference):   {self.reference_hash}"
+                 + ("" if self.reference_recorded is None else
+                    " (as its info.json records)" if self.reference_recorded
+                    == self.reference_hash else
+                    f" (its info.json records {self.reference_recorded}: the shards were "
+                    "altered since)")]
+        if self.same_content:
+            lines.append("  content hashes identical: the same dataset, byte for byte")
+        elif self.ok:
+            why = ("the reference's rows hold the moved columns (written before schema 1.2)"
+                   if moved else "declared non-deterministic columns differ" if accepted else
+                   "the rows are identical but the shard bytes are not (another Parquet "
+                   "writer version?)")
+            lines.append(f"  content hashes differ: {why}")
+        return lines
 
 
 def _key_text(key: dict) -> str:
     return " ".join(f"{k}={v!r}" for k, v in key.items())
 
 
-def _file_digest(path: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    digest = hashlib.sha256()
-    with FileSystems.open(path) as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def compare_output(regenerated: str, reference: str, output: str) -> OutputComparison:
-    """Compare one output of two datasets (shard by shard when their shard names agree)."""
+def compare_output(regenerated: str, reference: str, output: str, *,
+                   accept: Iterable[str] = ()) -> OutputComparison:
+    """Compare one output of two datasets (shard by shard when their shard names agree);
+    ``accept``: fnmatch patterns of columns declared non-deterministic."""
     import posixpath
 
     from steplabel.dataset import storage
     from steplabel.dataset.stats import iter_file_rows
 
     key_columns = ROW_KEYS[output]
-    result = OutputComparison(output, key_columns)
+    result = OutputComparison(output, key_columns, accept=tuple(accept))
     files_a = {posixpath.basename(p): p for p in storage.output_files(regenerated, output)}
     files_b = {posixpath.basename(p): p for p in storage.output_files(reference, output)}
     result.shards = len(set(files_a) | set(files_b))
     result.shards_byte_identical = sum(
         1 for name in set(files_a) & set(files_b)
-        if _file_digest(files_a[name]) == _file_digest(files_b[name]))
+        if file_sha256(files_a[name]) == file_sha256(files_b[name]))
 
     def rows_of(paths: Iterable[str]) -> dict[tuple, dict]:
         return keyed_rows((row for path in paths for row in iter_file_rows(path)), key_columns)
@@ -411,12 +522,23 @@ def compare_output(regenerated: str, reference: str, output: str) -> OutputCompa
     return result
 
 
-def compare_datasets(regenerated: str, reference: str) -> DatasetComparison:
-    """Row-by-row comparison of every output of two dataset directories."""
+def compare_datasets(regenerated: str, reference: str, *, accept: Iterable[str] = (),
+                     determinism: dict | None = None) -> DatasetComparison:
+    """Row-by-row comparison of every output of two dataset directories, with their content
+    hashes. ``accept``: the manifest's ``nondeterministic_columns``; ``determinism``: the
+    lock's (:func:`~steplabel.dataset.identity.engine_determinism`), to say why columns may
+    differ."""
+    from steplabel.dataset import storage
     from steplabel.schemas.records import OUTPUTS
 
-    return DatasetComparison(regenerated, reference,
-                             [compare_output(regenerated, reference, output) for output in OUTPUTS])
+    accept = tuple(accept)
+    recorded = (storage.read_json_if_exists(storage.join(reference, "info.json")) or {}).get(
+        CONTENT_HASH)
+    return DatasetComparison(
+        regenerated, reference,
+        [compare_output(regenerated, reference, output, accept=accept) for output in OUTPUTS],
+        regenerated_hash=content_hash(regenerated), reference_hash=content_hash(reference),
+        reference_recorded=recorded, determinism=dict(determinism or {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +605,11 @@ def run(args: argparse.Namespace) -> int:
         return refuse(str(exc))
     as_json = getattr(args, "json", False)
     completed = result.stats["reconciliation"]["ok"]
-    comparison = compare_datasets(args.out, args.verify) if completed and args.verify else None
+    comparison = None
+    if completed and args.verify:
+        comparison = compare_datasets(args.out, args.verify,
+                                      accept=manifest.nondeterministic_columns,
+                                      determinism=engine_determinism(manifest))
     if as_json:
         print(json.dumps({"dataset": args.out, "completed": completed, "info": result.info,
                           "stats": result.stats, "verify": comparison.to_dict()

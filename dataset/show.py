@@ -30,6 +30,7 @@ import sys
 import textwrap
 from typing import Iterable, Iterator
 
+from steplabel.annotators.registry import ANNOTATORS
 from steplabel.dataset import storage
 
 POSITIVE, NEGATIVE, UNKNOWN, UNLABELLED = "✓", "✗", "?", "·"
@@ -63,6 +64,34 @@ def label_first_error(labels) -> int | None:
         if not label:
             return index
     return -1
+
+
+#: The annotators with a first-error column on trajectory rows, in stage order.
+FIRST_ERRORS = [spec for spec in ANNOTATORS.values() if spec.first_error_column]
+
+
+def first_error_marks(example: dict) -> dict[int, list[str]]:
+    """Step index -> the annotators (short names) whose first error it is."""
+    marks: dict[int, list[str]] = {}
+    for spec in FIRST_ERRORS:
+        value = example[spec.first_error_column]
+        if value is not None and value >= 0:
+            marks.setdefault(value, []).append(spec.mark)
+    return marks
+
+
+def first_error_texts(example: dict, text, details: dict | None = None) -> list[str]:
+    """``"<annotator> <first error>"`` per annotator, in stage order; ``text`` formats an
+    index, ``details`` (annotator name -> example -> str) adds to one. An optional first
+    error (OmegaPRM's: null where it did not search this trajectory) is left out when null."""
+    parts = []
+    for spec in FIRST_ERRORS:
+        value = example[spec.first_error_column]
+        if value is None and spec.first_error_optional:
+            continue
+        detail = (details or {}).get(spec.name)
+        parts.append(f"{spec.title} {text(value)}{detail(example) if detail else ''}")
+    return parts
 
 
 def trajectory_example(row: dict, output: str) -> dict:
@@ -109,9 +138,8 @@ def trajectory_example(row: dict, output: str) -> dict:
         "labels_from": labels_from,
         "label_source": row.get("label_source"),
         "first_error": label_first_error(labels),
-        "mc_first_error": row.get("mc_first_error"),
-        "omegaprm_first_error": row.get("omegaprm_first_error"),
-        "judge_first_error": row.get("judge_first_error"),
+        **{spec.first_error_column: row.get(spec.first_error_column)
+           for spec in FIRST_ERRORS},
         "judge_votes": row.get("judge_votes"),
         "judge_agreement": row.get("judge_agreement"),
         "judge_parse_reasons": row.get("judge_parse_reasons"),
@@ -282,6 +310,16 @@ def _index(value) -> str:
     return "none" if value < 0 else str(value)
 
 
+def _judge_votes(example: dict) -> str:
+    """`` (votes 2, -1; agreement 0.50)``: each vote is a step index, -1 for "no error"."""
+    votes = example["judge_votes"]
+    if votes is None:
+        return ""
+    agreement = example["judge_agreement"]
+    return (f" (votes {', '.join('?' if v is None else str(v) for v in votes)}"
+            + (f"; agreement {agreement:.2f}" if agreement is not None else "") + ")")
+
+
 def _counts(correct, total, unknown, truncated) -> str:
     if total is None and correct is None:
         return ""
@@ -326,12 +364,7 @@ def render_trajectory(example: dict, *, style: Style, width: int) -> str:
     source = {"final": "final labels", "monte_carlo": "Monte Carlo labels (not kept)"}.get(
         example["labels_from"], "no labels")
     lines.append(f"{source}; first error: {_index(example['first_error'])}")
-    marks: dict[int, list[str]] = {}
-    for name, key in (("MC", "mc_first_error"), ("OmegaPRM", "omegaprm_first_error"),
-                      ("judge", "judge_first_error")):
-        value = example[key]
-        if value is not None and value >= 0:
-            marks.setdefault(value, []).append(name)
+    marks = first_error_marks(example)
     counts = [_counts(s["mc_n_correct"], s["mc_n_total"], s["mc_n_unknown"],
                       s["mc_n_truncated"]) for s in example["steps"]]
     count_width = max([len(c) for c in counts] + [5])
@@ -344,16 +377,8 @@ def render_trajectory(example: dict, *, style: Style, width: int) -> str:
         if step["index"] in marks:
             text += "  " + style("◀ first error: " + ", ".join(marks[step["index"]]), "bold")
         lines += _wrap(text, first=prefix, indent=indent, width=width)
-    votes = example["judge_votes"]
-    judge = _index(example["judge_first_error"])
-    if votes is not None:  # each vote is a step index, -1 for "no error"
-        agreement = example["judge_agreement"]
-        judge += (f" (votes {', '.join('?' if v is None else str(v) for v in votes)}"
-                  + (f"; agreement {agreement:.2f}" if agreement is not None else "") + ")")
-    omegaprm = example["omegaprm_first_error"]  # null: OmegaPRM did not search this one
-    lines.append(f"first errors: Monte Carlo {_index(example['mc_first_error'])}"
-                 + (f" · OmegaPRM {_index(omegaprm)}" if omegaprm is not None else "")
-                 + f" · judge {judge}")
+    lines.append("first errors: " + " · ".join(
+        first_error_texts(example, _index, {"judge": _judge_votes})))
     lines.append(f"consensus: {'kept' if example['kept'] else 'rejected'} "
                  f"({example['consensus_reason'] or 'no reason recorded'})"
                  + (f"; labels from {example['label_source']}"

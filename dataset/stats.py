@@ -34,18 +34,25 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from steplabel.annotators.consensus import CONSENSUS_REASONS
+from steplabel.annotators.registry import ANNOTATORS, with_cost_on_rows
 from steplabel.dataset import storage
 from steplabel.schemas.records import OUTPUTS
+from steplabel.schemas.rows import COST_FIELDS
 
 MAX_POSITION = 20  # step-index buckets: 0..19 and "20+"
 NO_ERROR = "none"  # first-error histogram key of "every step correct"
 
-TRAJECTORY_COLUMNS = [
-    "problem_id", "source", "steps", "labels", "mc_values", "mc_first_error",
-    "judge_first_error", "consensus_keep", "consensus_reason", "final_answer_correct",
-    "cost_policy", "cost_mc", "cost_judge", "policy_truncated", "mc_n_truncated",
-    "mc_n_total", "mc_n_unknown", "judge_finish_reasons",
-]
+#: The annotators whose first error is a column of every labelled trajectory row (OmegaPRM's
+#: is set only where it searched that trajectory: no figure of its own).
+FIRST_ERRORS = [spec for spec in ANNOTATORS.values()
+                if spec.first_error_column and not spec.first_error_optional]
+TRAJECTORY_COLUMNS = list(dict.fromkeys([
+    "problem_id", "source", "steps", "labels", "mc_values", "consensus_keep",
+    "consensus_reason", "final_answer_correct", "cost_policy", "policy_truncated",
+    *(spec.first_error_column for spec in FIRST_ERRORS),
+    *(spec.cost_column for spec in with_cost_on_rows()),
+    *(column for spec in ANNOTATORS.values() for column in spec.truncation_columns),
+]))
 #: The columns each output is read with (the smallest set the figures need).
 COLUMNS: dict[str, list[str]] = {
     "trajectories": TRAJECTORY_COLUMNS,
@@ -57,20 +64,22 @@ COLUMNS: dict[str, list[str]] = {
     "filtered": ["problem_id", "source", "stage", "reason", "cost", "n_truncated"],
     "dead_letter": ["problem_id", "source", "stage", "reason"],
 }
-COST_STAGES = ("policy", "mc", "judge")
-COST_FIELDS = ("requests", "rollouts", "prompt_tokens", "generated_tokens", "cached_tokens")
+COST_STAGES = ("policy", *(spec.cost_key for spec in with_cost_on_rows()))
 PREFILTER_STAGE = "omegaprm_prefilter"
 #: Stages whose samples can be cut off at ``max_tokens``: policy solutions, Monte Carlo and
 #: OmegaPRM rollouts (pre-filter of kept questions and probes), judge replies.
-TRUNCATION_STAGES = ("policy", "monte_carlo", "omegaprm", "judge")
+TRUNCATION_STAGES = ("policy", *ANNOTATORS)
 #: Above this share of cut-off samples in a stage, a finished job warns and names the setting.
 TRUNCATION_WARN_SHARE = 0.05
 #: The manifest setting that bounds each stage's sample length.
 TRUNCATION_SETTINGS = {
     "policy": ("policy", "policy.sampling.max_tokens"),
-    "monte_carlo": ("monte_carlo", "monte_carlo.sampling.max_tokens"),
-    "omegaprm": ("omegaprm", "omegaprm.sampling.max_tokens"),
-    "judge": ("judge", "judge.sampling.max_tokens"),
+    **{name: (name, spec.max_tokens_setting) for name, spec in ANNOTATORS.items()},
+}
+#: What each stage's cut-off samples are, for the warning.
+TRUNCATED_WHAT = {
+    "policy": "policy solutions (rejected as policy_truncated)",
+    **{name: spec.truncated_what for name, spec in ANNOTATORS.items()},
 }
 UNKNOWN_SOURCE = "unknown"
 
@@ -261,7 +270,8 @@ class LabelStats:
         self.both_known = self.agree = 0
         self.consensus_evaluated = self.consensus_kept = 0
         self.reject_reasons = Counter()
-        self.outcome = {name: [0, 0] for name in ("final_labels", "monte_carlo", "judge")}
+        self.outcome = {name: [0, 0] for name in ("final_labels",
+                                                  *(spec.name for spec in FIRST_ERRORS))}
         self.cost: dict[str, Counter] = {stage: Counter() for stage in COST_STAGES}
         self.cost["omegaprm_prefilter_dropped"] = Counter()
         self.prefilter_checked = self.prefilter_dropped = 0
@@ -325,14 +335,11 @@ class LabelStats:
             self.steps_kept += steps
         self.truncation["policy"][0] += 1
         self.truncation["policy"][1] += bool(row.get("policy_truncated"))
-        # Rollouts recorded in the step counts (the last step's "rollout" is the solution).
-        self.truncation["monte_carlo"][0] += sum(
-            (n or 0) + (u or 0) for n, u in zip((row.get("mc_n_total") or [])[:-1],
-                                                (row.get("mc_n_unknown") or [])[:-1]))
-        self.truncation["monte_carlo"][1] += sum(v or 0 for v in row.get("mc_n_truncated") or ())
-        judge_finish = row.get("judge_finish_reasons") or ()
-        self.truncation["judge"][0] += len(judge_finish)
-        self.truncation["judge"][1] += sum(1 for f in judge_finish if f == "length")
+        for spec in ANNOTATORS.values():  # the samples each annotator recorded on the row
+            if spec.truncation is not None:
+                samples, cut = spec.truncation(row)
+                self.truncation[spec.name][0] += samples
+                self.truncation[spec.name][1] += cut
         if row.get("consensus_reason") in CONSENSUS_REASONS:  # not rejected before consensus
             self.consensus_evaluated += 1
             self.consensus_kept += bool(row["consensus_keep"])
@@ -360,8 +367,8 @@ class LabelStats:
             if mc is not None and judge is not None:
                 self.both_known += 1
                 self.agree += mc == judge
-        self._outcome("monte_carlo", row, mc)
-        self._outcome("judge", row, judge)
+        for spec in FIRST_ERRORS:
+            self._outcome(spec.name, row, row.get(spec.first_error_column))
         for stage in COST_STAGES:
             for name, value in (row.get(f"cost_{stage}") or {}).items():
                 self.cost[stage][name] += value or 0
@@ -437,7 +444,6 @@ class LabelStats:
                 "kept_step_labels": self.labelled_steps,
                 "rollouts": ratio(spent["rollouts"], self.labelled_steps),
                 "generated_tokens": ratio(spent["generated_tokens"], self.labelled_steps),
-                "cached_prompt_share": ratio(spent["cached_tokens"], spent["prompt_tokens"]),
             },
             "omegaprm": {
                 "states": dict(sorted(self.states.items())),
@@ -502,10 +508,7 @@ def truncation_warnings(stats: dict, manifest=None) -> list[str]:
         config = getattr(manifest, section, None) if manifest is not None else None
         if config is not None:
             value = f" (now {config.sampling.max_tokens})"
-        what = {"policy": "policy solutions (rejected as policy_truncated)",
-                "monte_carlo": "Monte Carlo rollouts (counted unknown, not wrong)",
-                "omegaprm": "OmegaPRM rollouts (counted unknown, not wrong)",
-                "judge": "judge replies"}[stage]
+        what = TRUNCATED_WHAT[stage]
         warnings.append(f"{share:.0%} of {what} were cut off at max_tokens "
                         f"({figures['truncated']} of {figures['samples']}): raise "
                         f"{setting}{value}")

@@ -11,6 +11,8 @@ Layout of a dataset directory::
     trajectories/part-00000-of-00004.parquet   kept trajectories
     rejected/…  omegaprm/{states,pairs,searches}/…  filtered/…  dead_letter/…
     stats.json  manifest.lock.json  info.json  COMPLETED (written last)
+    run_metrics.json               the run's own measurements (prefix-cache hits, busy time):
+                                   not part of the dataset's identity (``dataset/identity.py``)
     _work/run.json                 the manifest hash this directory belongs to
     _work/<stage>/<xx>/<key>.json  every model stage's finished keys (resume;
                                    :mod:`steplabel.pipelines.stages`)

@@ -75,7 +75,8 @@ class GenerationResult:
     ``generated_tokens[i]`` counts the tokens of ``texts[i]``; ``finish_reasons[i]`` is
     ``"stop"`` (EOS or a stop string) or ``"length"`` (hit ``max_tokens``).
     ``prompt_tokens`` is the prompt's length in tokens and ``cached_prompt_tokens`` how many of
-    them were served from the prefix cache (0 when the engine cannot tell).
+    them were served from the prefix cache (0 when the engine cannot tell). The cache count
+    depends on what the engine served before, so it is a run metric, never a row value.
     """
 
     texts: tuple[str, ...]
@@ -95,35 +96,40 @@ class GenerationResult:
 
 @dataclass
 class CostMeter:
-    """Accumulates the cost of the requests made for one record (rollouts and tokens)."""
+    """Accumulates what the requests made for one record cost: requests, rollouts, prompt and
+    generated tokens. These follow from the manifest alone (the prompts, ``n``, the seeded
+    texts), so they go on the record's row (:class:`steplabel.schemas.rows.Cost`).
+
+    Prefix-cache hits (``GenerationResult.cached_prompt_tokens``) are deliberately not here:
+    they depend on the order the engine saw requests in (``max_in_flight``, waves, runner), so
+    they are a measurement of the run, counted per engine role by the pipeline
+    (``pipelines/label.py``) into the run's metrics, never into a row.
+    """
 
     requests: int = 0
     rollouts: int = 0
     prompt_tokens: int = 0
     generated_tokens: int = 0
-    cached_tokens: int = 0
 
     def add(self, result: GenerationResult) -> None:
         self.requests += 1
         self.rollouts += len(result.texts)
         self.prompt_tokens += result.prompt_tokens
         self.generated_tokens += result.total_generated_tokens
-        self.cached_tokens += result.cached_prompt_tokens
 
     def merge(self, other: "CostMeter") -> None:
         self.requests += other.requests
         self.rollouts += other.rollouts
         self.prompt_tokens += other.prompt_tokens
         self.generated_tokens += other.generated_tokens
-        self.cached_tokens += other.cached_tokens
 
     def as_dict(self) -> dict[str, int]:
+        """The row's cost record (the fields of :class:`steplabel.schemas.rows.Cost`)."""
         return {
             "requests": self.requests,
             "rollouts": self.rollouts,
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,
-            "cached_tokens": self.cached_tokens,
         }
 
 

@@ -1,8 +1,14 @@
-"""Finishing a dataset directory: info, statistics, the lock, and COMPLETED (written last)."""
+"""Finishing a dataset directory: info, statistics, the run's metrics, the lock, and COMPLETED
+(written last).
+
+The dataset's identity is its output shards (``info.json``'s ``content_hash``,
+:func:`steplabel.dataset.identity.content_hash`). What the run measured that depends on
+scheduling (prefix-cache hits, engine busy time, resumed work) goes to ``run_metrics.json`` and
+``stats.json``'s ``run`` section (:func:`run_metrics`), which are not part of that identity.
+"""
 
 from __future__ import annotations
 
-import glob
 import importlib.metadata
 import os
 import platform
@@ -12,8 +18,9 @@ from pathlib import Path
 from apache_beam.io.filesystems import FileSystems
 
 from steplabel import __version__
-from steplabel.models import sha256_file
+from steplabel.annotators.registry import enabled
 from steplabel.dataset import storage
+from steplabel.dataset.identity import CONTENT_HASH, RUN_METRICS, content_hash, engine_determinism
 from steplabel.dataset.stats import accounted_problems, compute_stats, truncation_warnings
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS, SCHEMA_VERSION
 
@@ -48,24 +55,10 @@ def code_version() -> dict:
 def input_hashes(source) -> dict[str, str]:
     """SHA-256 of every local input file the source reads; remote files are pinned by what
     their filesystem reports (``sources.remote_fingerprints``); hub datasets by their
-    revision in the manifest."""
-    if not source.path:
-        return {}
-    if "://" in source.path:
-        from steplabel.pipelines.sources import remote_fingerprints
+    revision in the manifest (:meth:`~steplabel.pipelines.sources.Source.fingerprint`)."""
+    from steplabel.pipelines.sources import open_source
 
-        return remote_fingerprints(source.path)
-    paths = sorted(glob.glob(source.path)) if any(c in source.path for c in "*?[") else [
-        source.path]
-    hashes = {}
-    for path in paths:
-        p = Path(path)
-        if not p.exists():  # gone since the run (regenerate reports it as missing)
-            continue
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for file in files:
-            hashes[str(file)] = sha256_file(file)
-    return hashes
+    return open_source(source).fingerprint()
 
 
 #: Environment variables that change what an engine computes (never secrets: an allow-list).
@@ -117,7 +110,7 @@ def model_identities(manifest) -> dict:
 def annotator_settings(manifest) -> dict:
     """Every annotator's settings and code version, the splitter, the grader and the seeds."""
     from steplabel.annotators import monte_carlo, omegaprm
-    from steplabel.annotators.grading import GRADER_VERSION
+    from steplabel.annotators.graders import get_grader
     from steplabel.annotators.judge import JUDGE_PARSER_VERSION
     from steplabel.annotators.splitting import get_splitter
     from steplabel.schemas.config import to_mapping
@@ -134,7 +127,8 @@ def annotator_settings(manifest) -> dict:
             "monte_carlo": f"{monte_carlo.ANNOTATOR_NAME}/{monte_carlo.ANNOTATOR_VERSION}",
             "omegaprm": f"{omegaprm.ANNOTATOR_NAME}/{omegaprm.ANNOTATOR_VERSION}",
             "judge_parser": JUDGE_PARSER_VERSION,
-            "grader": GRADER_VERSION,
+            "grader": get_grader(manifest.grader).version,
+            "grader_name": manifest.grader.name,
         },
         "splitter": get_splitter(manifest.splitter.name).provenance(),
     }
@@ -145,10 +139,8 @@ def sampling_settings(manifest) -> dict:
     from steplabel.schemas.config import to_mapping
 
     stages = {"policy": manifest.policy.sampling}
-    for name in ("monte_carlo", "omegaprm", "judge"):
-        config = getattr(manifest, name)
-        if config is not None:
-            stages[name] = config.sampling
+    for spec in enabled(manifest):
+        stages[spec.name] = spec.config(manifest).sampling
     return {
         "stages": {name: to_mapping(sampling) for name, sampling in stages.items()},
         "policy_samples": manifest.policy.samples,
@@ -180,6 +172,39 @@ def build_lock(manifest) -> dict:
                      "system": platform.system(), "processor": platform.processor() or None},
         "environment": dict(USER_ENVIRONMENT),
         "schema_version": SCHEMA_VERSION,
+        "determinism": engine_determinism(manifest),
+    }
+
+
+#: Counters that measure the run rather than the data: engine work and time, and what was
+#: resumed from checkpoints instead of computed.
+RUN_COUNTER_PREFIXES = ("engine_", "stage_", "problems_resumed", "problems_labelled")
+
+
+def run_metrics(counters: dict[str, int]) -> dict:
+    """The run's own record (``run_metrics.json``, ``stats.json``'s ``run``): per engine role
+    (``policy``, ``completer``, ``judge``) the prompt tokens this run served and how many came
+    from the prefix cache, with their share (null without prompt tokens); and the counters of
+    engine work, busy time and resumed stages. Work replayed from checkpoints is not counted.
+    """
+    roles = sorted(name[len("engine_prompt_tokens_"):] for name in counters
+                   if name.startswith("engine_prompt_tokens_"))
+    cache = {}
+    for role in [*roles, "all"]:
+        if role == "all":
+            prompt = sum(cache[r]["prompt_tokens"] for r in roles)
+            cached = sum(cache[r]["cached_tokens"] for r in roles)
+        else:
+            prompt = counters.get(f"engine_prompt_tokens_{role}", 0)
+            cached = counters.get(f"engine_cached_tokens_{role}", 0)
+        cache[role] = {"prompt_tokens": prompt, "cached_tokens": cached,
+                       "cached_share": round(cached / prompt, 6) if prompt else None}
+    return {
+        "prefix_cache": cache,
+        "engine_busy_s": counters.get("engine_busy_ms", 0) / 1000,
+        "engine_start_s": counters.get("engine_start_ms", 0) / 1000,
+        "counters": {name: value for name, value in sorted(counters.items())
+                     if name.startswith(RUN_COUNTER_PREFIXES)},
     }
 
 
@@ -223,14 +248,19 @@ def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
     stats["counters"] = dict(sorted(counters.items()))
     stats["warnings"] = truncation_warnings(stats, manifest)
     stats["temp_files_removed"] = len(leftovers)
+    run = run_metrics(counters)
+    stats["run"] = run
     info = {
         "schema_version": SCHEMA_VERSION,
         "name": manifest.name,
         "manifest_hash": manifest.hash,
+        # The dataset's identity: its output shards (dataset/identity.py says how it is made).
+        CONTENT_HASH: content_hash(out_dir),
         "rows": rows,
         "outputs": {name: OUTPUT_DIRS[name] for name in OUTPUTS},
         "num_shards": manifest.runner.num_shards,
     }
+    storage.write_json_atomic(storage.join(out_dir, RUN_METRICS), run)
     storage.write_json_atomic(storage.join(out_dir, "stats.json"), stats)
     lock = build_lock(manifest)
     storage.write_json_atomic(storage.join(out_dir, "manifest.lock.json"), lock)

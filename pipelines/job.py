@@ -21,6 +21,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from steplabel.annotators.graders import get_grader
 from steplabel.dataset import storage
 from steplabel.pipelines.sources import (
     ReadProblems,
@@ -94,7 +95,8 @@ def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None
      | "CountRowsIn" >> beam.combiners.Count.Globally()
      | "WriteRowsIn" >> beam.Map(_write_rows_in, counted_in))
     return raw | "ValidateProblems" >> ValidateProblems(
-        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash)
+        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash,
+        grader=get_grader(manifest.grader))
 
 
 def pipeline_options(manifest, extra_args: list[str] | None = None) -> PipelineOptions:

@@ -2,7 +2,8 @@
 
 - :class:`EngineClock`: engine-busy time and samples in flight (``steplabel plan`` derives
   throughput from it).
-- :class:`MeteredEngine`: an engine wrapper counting requests, rollouts and tokens per role.
+- :class:`MeteredEngine`: an engine wrapper counting requests, rollouts and tokens per role
+  (prefix-cache hits included: a run metric, not a row value).
 - :func:`engine_counter_totals`: a worker's engine counters, for Beam counters (stats.json).
 - :class:`Progress`: the progress bars or lines, one per job and worker process.
 
@@ -49,6 +50,14 @@ class EngineClock:
         # sum w, w·b, w·y, w·b², w·b·y (w = steps); tokens and tokens / b of timed requests
         self._fit = [0.0] * 5
         self._tokens = self._tokens_over_b = 0.0
+        self._prompt: dict[str, list[int]] = {}  # role -> [prompt tokens, cached of them]
+
+    def served(self, role: str, *, prompt_tokens: int, cached_tokens: int) -> None:
+        """One request of ``role`` was served: its prompt tokens and the prefix-cache hits."""
+        with self._lock:
+            tally = self._prompt.setdefault(role or "engine", [0, 0])
+            tally[0] += prompt_tokens
+            tally[1] += cached_tokens
 
     def _advance(self, now: float) -> None:
         if self._requests:
@@ -100,11 +109,17 @@ class EngineClock:
         sums, ``b`` in milli-samples and ``y`` in microseconds): ``engine_busy_ms``,
         ``engine_sample_ms``, ``engine_fit_w``, ``engine_fit_wb``, ``engine_fit_wy``,
         ``engine_fit_wbb``, ``engine_fit_wby``, ``engine_fit_tokens``,
-        ``engine_fit_tokens_over_b`` (milli). Sums over workers add up."""
+        ``engine_fit_tokens_over_b`` (milli), and per role ``engine_prompt_tokens_<role>`` and
+        ``engine_cached_tokens_<role>`` (prefix-cache hits). Sums over workers add up."""
         busy, samples = self.busy_seconds(), self.sample_seconds()
         with self._lock:
             w, wb, wy, wbb, wby = self._fit
             tokens, tokens_over_b = self._tokens, self._tokens_over_b
+            prompt = {role: tuple(tally) for role, tally in self._prompt.items()}
+        served = {}
+        for role, (prompt_tokens, cached_tokens) in sorted(prompt.items()):
+            served[f"engine_prompt_tokens_{role}"] = prompt_tokens
+            served[f"engine_cached_tokens_{role}"] = cached_tokens
         return {
             "engine_busy_ms": round(1000 * busy),
             "engine_sample_ms": round(1000 * samples),
@@ -115,6 +130,7 @@ class EngineClock:
             "engine_fit_wby": round(1e9 * wby),
             "engine_fit_tokens": round(tokens),
             "engine_fit_tokens_over_b": round(1e3 * tokens_over_b),
+            **served,
         }
 
 
@@ -149,6 +165,9 @@ class MeteredEngine:
         self.requests += 1
         self.rollouts += len(result.texts)
         self.generated_tokens += result.total_generated_tokens
+        if self.clock is not None:
+            self.clock.served(self.role, prompt_tokens=result.prompt_tokens,
+                              cached_tokens=result.cached_prompt_tokens)
         return result
 
     def __getattr__(self, name):

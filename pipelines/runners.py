@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Mapping
 
 import yaml
 
+from steplabel.annotators.registry import roles
 from steplabel.schemas.config import ConfigError
 
 
@@ -87,7 +89,7 @@ def runner_options(runner) -> list[str]:
 
 
 #: Engine roles a profile may place on their own accelerators (``stage_accelerators``).
-ROLES = ("policy", "completer", "judge")
+ROLES = roles()
 
 
 def stage_accelerators(runner) -> dict[str, str]:
@@ -106,3 +108,21 @@ def stage_accelerators(runner) -> dict[str, str]:
         raise ConfigError(f"runner.profile: stage_accelerators in {runner.profile} names "
                           f"{', '.join(sorted(unknown))}; roles are {', '.join(ROLES)}")
     return {role: str(value) for role, value in hints.items()}
+
+
+def engine_resource_hints(role: str, accelerators: Mapping[str, str]) -> dict[str, str]:
+    """The Beam resource hints of a stage that starts the engine of ``role``: the accelerator
+    ``accelerators`` (:func:`stage_accelerators`) names for the role, none when it names none."""
+    if role not in ROLES:
+        raise ValueError(f"engine role must be one of {', '.join(ROLES)}, got {role!r}")
+    accelerator = accelerators.get(role)
+    return {"accelerator": accelerator} if accelerator else {}
+
+
+def declare_engine_resources(transform, *, role: str, accelerators: Mapping[str, str]):
+    """``transform`` (a stage that starts the engine of ``role``) with the role's resource hints
+    (:func:`engine_resource_hints`): every engine-starting stage of ``run`` and ``evaluate``
+    declares its resources here, so that the runner places each on a worker pool that has the
+    role's accelerator. Without hints, the transform as it is."""
+    hints = engine_resource_hints(role, accelerators)
+    return transform.with_resource_hints(**hints) if hints else transform

@@ -22,35 +22,45 @@ FnApiRunner runs fused stages one after another. With consensus, Monte Carlo fol
 key; without it, MonteCarlo and Judge read one ``Reshuffle`` and fuse, so one worker keeps both
 kinds of request in flight.
 
-**Placement.** Each model stage declares ``with_resource_hints(accelerator=...)`` when the
-runner names an accelerator for its role (``stage_accelerators``): on Dataflow, steps with
+**Placement.** Each model stage, and each role's ``IdentifyEngines`` step (it starts the role's
+engine), declares ``with_resource_hints(accelerator=...)`` when the runner names an accelerator
+for its role (``stage_accelerators``; one helper for ``run`` and ``evaluate``:
+``runners.declare_engine_resources``): on Dataflow, steps with
 different hints are not fused, and *right fitting* gives each its own worker pool, e.g. the
 judge on larger GPUs (``type:nvidia-a100-80gb;count:1;install-nvidia-driver``) and sampling and
 Monte Carlo on L4s. The ``Reshuffle`` between engine stages lets each scale on its own.
 
 **Resume.** Every model stage checkpoints each finished key under ``_work/<stage>/`` on the
-output filesystem (Beam ``FileSystems``), checks it before submitting work, and replays it
-instead of recomputing. A dead engine (``EngineDiedError``) is dropped from the pool (the
-retried bundle builds a new one) after the other in-flight keys that still finish are
-checkpointed; then the bundle fails.
+output filesystem (Beam ``FileSystems``), appended to a segment file per bundle
+(:class:`SegmentWriter`); the stage reads the segments once at setup (:class:`StageCheckpoints`)
+and replays a finished key instead of recomputing it. A dead engine (``EngineDiedError``) is
+dropped from the pool (the retried bundle builds a new one) after the other in-flight keys
+that still finish are checkpointed; then the bundle fails.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import threading
+import time
+import uuid
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from steplabel.annotators import stages as st
+from steplabel.annotators.registry import ANNOTATORS, JUDGE, MONTE_CARLO, OMEGAPRM, AnnotatorSpec
 from steplabel.dataset import storage
+from steplabel.pipelines.runners import declare_engine_resources
 from steplabel.pipelines.shuffle import PackedCoGroupByKey, PackedGroupByKey, PackedReshuffle
 
 log = logging.getLogger(__name__)
@@ -71,43 +81,245 @@ ENGINES_DIR = "engines"
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints per stage and key
+# Checkpoints per stage: segments of finished keys
+#
+# A stage's finished keys are lines appended to segment files under ``_work/<stage>/``, one
+# segment per writer (a DoFn instance's bundle), named by a random UUID so that concurrent
+# workers and retried bundles never write the same file. A line is ``<key as JSON>\t<result as
+# JSON>\n`` (JSON escapes tabs and newlines, so neither appears raw inside a part). Readers take
+# only complete lines (a writer killed mid-line leaves an unterminated tail, skipped) whose key
+# and result parse (bytes garbled by a machine crash are recomputed, never trusted). A key found
+# twice (a bundle retried after its first attempt checkpointed it) has the same result: the
+# first line read is kept.
+#
+# Flushing. Locally a segment is opened once in append mode and each finished key is written
+# to the OS at once (one ``write``, no ``fsync``): a killed process loses no finished key; a
+# machine crash may lose the last ones, which the rerun recomputes (same seeds, same result).
+# Object stores (GCS, S3) cannot append to an object, and an object exists only once its upload
+# is closed: there a writer buffers finished keys and writes them as a new object
+# ``<uuid>-<part>.jsonl`` every ``REMOTE_FLUSH_KEYS`` keys, or when a key finishes or the stage
+# polls ``REMOTE_FLUSH_SECONDS`` after the oldest buffered one, and at the end of every bundle
+# and before a failed bundle raises. A killed worker loses at most those buffered keys: fewer
+# than ``REMOTE_FLUSH_KEYS``, finished within the last ``REMOTE_FLUSH_SECONDS`` plus one progress
+# poll (at most 5 s) while the stage waits on its engine (a stage waiting for input flushes at
+# its next finished key or its bundle's end). That is safe: a bundle Beam commits has all its keys
+# written (the writer closes in ``finish_bundle``), a lost key is only recomputed, and its seeds
+# derive from its identity, so the rerun gets the same result.
 
 
-def stage_checkpoint_path(out_dir: str, stage: str, key: str) -> str:
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
-    return storage.join(out_dir, storage.WORK_DIR, STAGE_DIRS[stage], digest[:2],
-                        f"{digest}.json")
+#: Object stores: a writer's buffered keys become one segment object at this many keys...
+REMOTE_FLUSH_KEYS = 64
+#: ... or this many seconds after the oldest of them finished (checked as keys finish and as
+#: the stage polls its in-flight keys).
+REMOTE_FLUSH_SECONDS = 10.0
+SEGMENT_SUFFIX = ".jsonl"
 
 
-def save_stage_checkpoint(out_dir: str, stage: str, key: str, result: dict) -> None:
-    payload = {"key": key, "result": result}
-    # Not flushed to disk one by one (that was a fifth of a fast job's time): a checkpoint lost
-    # or torn by a machine crash fails to load (JSON, key) and the key is recomputed.
-    storage.write_bytes_atomic(stage_checkpoint_path(out_dir, stage, key),
-                               json.dumps(payload, sort_keys=True).encode("utf-8"),
-                               durable=False)
-
-
-def load_stage_checkpoint(out_dir: str, stage: str, key: str) -> dict | None:
-    path = stage_checkpoint_path(out_dir, stage, key)
-    if not FileSystems.exists(path):
-        return None
-    try:
-        payload = json.loads(storage.read_bytes(path))
-    except (ValueError, OSError):
-        return None
-    return payload["result"] if payload.get("key") == key else None
+def stage_checkpoint_dir(out_dir: str, stage: str) -> str:
+    return storage.join(out_dir, storage.WORK_DIR, STAGE_DIRS[stage])
 
 
 def stage_checkpoint_files(out_dir: str, stage: str) -> list[str]:
-    return storage.list_files(storage.join(out_dir, storage.WORK_DIR, STAGE_DIRS[stage], "*",
-                                           "*.json"))
+    """The segment files of ``stage`` (sorted)."""
+    return storage.list_files(storage.join(stage_checkpoint_dir(out_dir, stage),
+                                           f"*{SEGMENT_SUFFIX}"))
+
+
+def _record_fields(value):
+    """``json.dumps``'s fallback: a dataclass record as its fields (nested records are reached
+    by ``json`` itself; ``dataclasses.asdict`` would deep-copy every dict and list first)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        try:
+            return vars(value)
+        except TypeError:  # a slotted dataclass
+            return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def checkpoint_line(key: str, result) -> bytes:
+    """One finished key as a segment line; ``result``: a JSON-able value or a record."""
+    return b"%s\t%s\n" % (json.dumps(key).encode("ascii"),
+                          json.dumps(result, separators=(",", ":"), default=_record_fields)
+                          .encode("ascii"))
+
+
+def _complete_lines(data: bytes, base: int):
+    """(key, offset of its result, length) of each complete line of ``data`` read from
+    offset ``base`` of a segment, and the number of bytes those lines span."""
+    end = data.rfind(b"\n") + 1
+    found = []
+    pos = 0
+    while pos < end:
+        newline = data.index(b"\n", pos)
+        tab = data.find(b"\t", pos, newline)
+        if tab > pos:
+            try:
+                key = json.loads(data[pos:tab])
+            except ValueError:
+                key = None
+            if isinstance(key, str):
+                found.append((key, base + tab + 1, newline - tab - 1))
+        pos = newline + 1
+    return found, end
+
+
+class StageCheckpoints:
+    """The finished keys of one stage of one dataset: where each one's result is.
+
+    :meth:`refresh` reads the segments not read yet (and what was appended to those read) with
+    one listing of ``_work/<stage>/``; :meth:`load` reads one result from its segment (handles
+    stay open: one open per segment, not per key). Segments this job attempt writes itself
+    (:meth:`writing`) are skipped: their keys are not sent again, except to a bundle retried
+    after a failure (:meth:`failed`: then they are read too). One instance per stage is shared
+    by the job's stages on a worker (:meth:`EnginePool.checkpoints`).
+    """
+
+    def __init__(self, out_dir: str, stage: str) -> None:
+        self.folder = stage_checkpoint_dir(out_dir, stage)
+        self._out_dir, self._stage = out_dir, stage
+        self._lock = threading.Lock()
+        self._own: set[str] = set()
+        self._read_own = False
+        self._dirty = True
+        self._reset()
+
+    def _reset(self) -> None:
+        for handle in getattr(self, "_handles", {}).values():
+            handle.close()
+        self._index: dict[str, tuple[str, int, int]] = {}
+        self._read: dict[str, int] = {}  # segment -> bytes of complete lines indexed
+        self._handles: dict = {}
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def keys(self) -> set[str]:
+        with self._lock:
+            return set(self._index)
+
+    def writing(self, path: str) -> None:
+        with self._lock:
+            self._own.add(path)
+
+    def failed(self) -> None:
+        """A bundle of this stage failed: its retry replays what its first attempt finished."""
+        with self._lock:
+            self._read_own = self._dirty = True
+
+    def refresh(self, *, if_needed: bool = False) -> "StageCheckpoints":
+        if if_needed and not self._dirty:
+            return self
+        files = stage_checkpoint_files(self._out_dir, self._stage)
+        with self._lock:
+            self._dirty = False
+            listed = set(files)
+            if any(path not in listed for path in self._read):  # the dataset was deleted
+                self._reset()
+            for path in files:
+                if path in self._own and not self._read_own:
+                    continue
+                start = self._read.get(path, 0)
+                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) \
+                        as handle:
+                    handle.seek(start)
+                    data = handle.read()
+                found, used = _complete_lines(data, start)
+                for key, offset, length in found:
+                    self._index.setdefault(key, (path, offset, length))
+                self._read[path] = start + used
+        return self
+
+    def load(self, key: str):
+        """``key``'s checkpointed result (JSON data), or None: not finished, or unreadable."""
+        with self._lock:
+            where = self._index.get(key)
+            if where is None:
+                return None
+            path, offset, length = where
+            handle = self._handles.get(path)
+            if handle is None:
+                handle = self._handles[path] = FileSystems.open(
+                    path, compression_type=CompressionTypes.UNCOMPRESSED)
+            handle.seek(offset)
+            data = handle.read(length)
+        try:
+            return json.loads(data)
+        except ValueError:
+            return None
+
+
+class SegmentWriter:
+    """Appends finished keys of one stage to a segment of its own (see the flushing rule
+    above); :meth:`close` at the end of each bundle."""
+
+    def __init__(self, checkpoints: StageCheckpoints) -> None:
+        self.checkpoints = checkpoints
+        self.folder = checkpoints.folder
+        self.remote = "://" in self.folder
+        self.name = uuid.uuid4().hex
+        self._handle = None
+        self._buffer: list[bytes] = []
+        self._oldest = 0.0
+        self._parts = 0
+
+    def add(self, key: str, result) -> None:
+        line = checkpoint_line(key, result)
+        if self.remote:
+            if not self._buffer:
+                self._oldest = time.monotonic()
+            self._buffer.append(line)
+            self.flush_if_due()
+            return
+        if self._handle is None:
+            path = storage.join(self.folder, f"{self.name}{SEGMENT_SUFFIX}")
+            self.checkpoints.writing(path)
+            os.makedirs(self.folder, exist_ok=True)
+            self._handle = open(path, "ab")
+        self._handle.write(line)
+        self._handle.flush()  # to the OS: a killed process loses nothing
+
+    def flush_if_due(self) -> None:
+        if self._buffer and (len(self._buffer) >= REMOTE_FLUSH_KEYS
+                             or time.monotonic() - self._oldest >= REMOTE_FLUSH_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        """Object stores: the buffered keys as a new segment object."""
+        if not self._buffer:
+            return
+        if self._parts == 0 and not FileSystems.exists(self.folder):
+            FileSystems.mkdirs(self.folder)
+        path = storage.join(self.folder, f"{self.name}-{self._parts:05d}{SEGMENT_SUFFIX}")
+        self._parts += 1
+        self.checkpoints.writing(path)
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) \
+                as handle:
+            handle.write(b"".join(self._buffer))
+        self._buffer = []
+
+    def close(self) -> None:
+        self.flush()
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def save_stage_checkpoint(out_dir: str, stage: str, key: str, result) -> None:
+    """Checkpoint one key in a segment of its own (tools and tests; stages use a
+    :class:`SegmentWriter` per bundle)."""
+    writer = SegmentWriter(StageCheckpoints(out_dir, stage))
+    writer.add(key, result)
+    writer.close()
+
+
+def load_stage_checkpoint(out_dir: str, stage: str, key: str):
+    """``key``'s checkpointed result, reading every segment of ``stage`` (tools and tests)."""
+    return StageCheckpoints(out_dir, stage).refresh().load(key)
 
 
 def stage_checkpoint_counts(out_dir: str) -> dict[str, int]:
     """Finished keys per model stage (for messages and tests)."""
-    return {stage: len(stage_checkpoint_files(out_dir, stage)) for stage in STAGE_DIRS}
+    return {stage: len(StageCheckpoints(out_dir, stage).refresh()) for stage in STAGE_DIRS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +345,15 @@ class EnginePool:
         self._lock = threading.Lock()
         self._reported: dict[str, int] = {}
         self._retired: list = []  # engines discarded (dead): their counters still count
+        self._checkpoints: dict[tuple[str, str], StageCheckpoints] = {}
+
+    def checkpoints(self, out_dir: str, stage: str) -> StageCheckpoints:
+        """The finished keys of ``stage``, shared by this job's stages on this worker (from
+        one pipeline to the next: the local runner's waves), brought up to date."""
+        with self._lock:
+            found = self._checkpoints.setdefault((out_dir, stage),
+                                                 StageCheckpoints(out_dir, stage))
+        return found.refresh()
 
     def engine(self, config, role: str):
         from steplabel.engines.host import create_engine
@@ -226,8 +447,8 @@ class EngineStageFn(beam.DoFn):
 
     Subclasses name the ``stage`` and the engine ``role`` and define :meth:`key`,
     :meth:`bind` (engine -> what :meth:`work` needs, built once per engine), :meth:`work`
-    (a coroutine whose result is a JSON-able record), :meth:`decode` (checkpoint -> record) and
-    :meth:`emit` (element, record -> outputs).
+    (a coroutine whose result is a record, checkpointed as JSON), :meth:`decode` (checkpoint
+    -> record) and :meth:`emit` (element, record -> outputs).
     """
 
     stage = ""
@@ -256,8 +477,10 @@ class EngineStageFn(beam.DoFn):
     def work(self, bound, element):
         raise NotImplementedError
 
-    def encode(self, result) -> dict:
-        return st.to_json(result)
+    def encode(self, result):
+        """The checkpoint of ``result``: JSON data, or a dataclass record (written field by
+        field, without ``dataclasses.asdict``'s deep copy)."""
+        return result
 
     def decode(self, data: dict):
         raise NotImplementedError
@@ -276,6 +499,7 @@ class EngineStageFn(beam.DoFn):
         self._config = self.engine_config()
         self._pool = _acquire_pool(self._pool_handle)
         self._progress = self._pool.progress(self.out_dir, self.manifest, self.total)
+        self._checkpoints = self._pool.checkpoints(self.out_dir, self.stage)
         self._engine = self._bound = None
 
     def _bind(self):
@@ -288,10 +512,12 @@ class EngineStageFn(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._pending: dict[concurrent.futures.Future, tuple[str, object]] = {}
+        self._checkpoints.refresh(if_needed=True)  # a retry after a failure
+        self._writer = SegmentWriter(self._checkpoints)
 
     def process(self, element):
         key = self.key(element)
-        data = load_stage_checkpoint(self.out_dir, self.stage, key)
+        data = self._checkpoints.load(key)
         if data is not None:
             Metrics.counter("steplabel", f"stage_{self.stage}_resumed").inc()
             yield from self.emit(element, self.decode(data), resumed=True)
@@ -303,6 +529,7 @@ class EngineStageFn(beam.DoFn):
     def finish_bundle(self):
         for output in self._drain(until=0):
             yield GlobalWindows.windowed_value(output)
+        self._writer.close()
         self._count_engine_work()
 
     def _count_engine_work(self) -> None:
@@ -313,7 +540,7 @@ class EngineStageFn(beam.DoFn):
 
     def _finished(self, future, key: str, element):
         result = future.result()
-        save_stage_checkpoint(self.out_dir, self.stage, key, self.encode(result))
+        self._writer.add(key, self.encode(result))
         Metrics.counter("steplabel", f"stage_{self.stage}_computed").inc()
         yield from self.emit(element, result, resumed=False)
 
@@ -323,6 +550,7 @@ class EngineStageFn(beam.DoFn):
                                               return_when=concurrent.futures.FIRST_COMPLETED)
             if not done:  # long keys: still show that the engines are working
                 self._progress.update(force=True)
+                self._writer.flush_if_due()
                 continue
             failed = None
             for future in sorted(done, key=lambda f: self._pending[f][0]):
@@ -346,11 +574,12 @@ class EngineStageFn(beam.DoFn):
         for future in done:
             if future.exception() is None:
                 key, _ = pending[future]
-                save_stage_checkpoint(self.out_dir, self.stage, key,
-                                      self.encode(future.result()))
+                self._writer.add(key, self.encode(future.result()))
                 saved += 1
         for future in not_done:
             future.cancel()
+        self._writer.close()
+        self._checkpoints.failed()
         error = failed.exception()
         if isinstance(error, EngineDiedError):
             self._pool.discard(self._config)
@@ -385,7 +614,30 @@ class MonteCarloFn(EngineStageFn):
     :class:`Labels`) on the completer (the verdict guides the rollouts under
     ``consensus_guided``)."""
 
-    stage, role = st.MONTE_CARLO, "completer"
+    stage, role = MONTE_CARLO.name, MONTE_CARLO.role
+    #: The annotators whose labels its input joins (the judge's verdict guides it).
+    reads = (JUDGE.name,)
+
+    @staticmethod
+    def inputs(stages: "LabelStages", usable, labels: dict):
+        """(solution, judge verdict or None): joined with the judge's labels under
+        ``consensus_guided`` (no rollouts where consensus cannot keep the labels; the join is
+        the shuffle between the two engine stages), else None."""
+        if not stages.ctx.mc_config.consensus_guided:
+            return usable | "Unguided" >> beam.Map(lambda s: (s, None))
+        return ({"solution": usable | "KeyUsable" >> beam.Map(lambda s: (s.key, s)),
+                 "judge": labels[JUDGE.name]}
+                | "JoinVerdicts" >> PackedCoGroupByKey()
+                | "GuidedSolutions" >> beam.MapTuple(
+                    lambda _, g: (list(g["solution"])[0], next(iter(g["judge"]), None))))
+
+    @staticmethod
+    def in_flight(stages: "LabelStages") -> int:
+        """Decided stopping sends a solution's rollouts in small waves (1, 1, 2, ...), one step
+        at a time under first-error-only: k times more solutions in flight keep about as many
+        samples at the engine as fixed k would, so waves do not starve its batches."""
+        config = stages.ctx.mc_config
+        return stages.per_solution * (config.rollouts if config.stopping == "decided" else 1)
 
     def key(self, element) -> str:
         solution, _ = element
@@ -411,7 +663,16 @@ class MonteCarloFn(EngineStageFn):
 class JudgeFn(EngineStageFn):
     """Solution -> ((problem_id, i), judge :class:`Labels`) on the judge."""
 
-    stage, role = st.JUDGE, "judge"
+    stage, role = JUDGE.name, JUDGE.role
+    reads = ()
+
+    @staticmethod
+    def inputs(stages: "LabelStages", usable, labels: dict):
+        return usable
+
+    @staticmethod
+    def in_flight(stages: "LabelStages") -> int:
+        return stages.per_solution
 
     def key(self, solution) -> str:
         return json.dumps([solution.problem_id, solution.index])
@@ -432,7 +693,7 @@ class JudgeFn(EngineStageFn):
 class OmegaPRMFn(EngineStageFn):
     """Problem -> (problem_id, OmegaPRM :class:`Piece`) on the completer."""
 
-    stage, role = st.OMEGAPRM, "completer"
+    stage, role = OMEGAPRM.name, OMEGAPRM.role
 
     def key(self, problem) -> str:
         return problem.problem_id
@@ -452,21 +713,33 @@ class OmegaPRMFn(EngineStageFn):
         yield problem.problem_id, piece
 
 
+#: The Beam stage of each annotator (:data:`~steplabel.annotators.registry.ANNOTATORS`).
+#: A ``per: solution`` stage reads solutions (``inputs``: usable solutions, possibly joined
+#: with the labels of the annotators it ``reads``) and emits ``((problem_id, i), Labels)``;
+#: a ``per: problem`` stage reads problems and emits ``(problem_id, Piece)``.
+ANNOTATOR_STAGES: dict[str, type[EngineStageFn]] = {
+    MONTE_CARLO.name: MonteCarloFn, OMEGAPRM.name: OmegaPRMFn, JUDGE.name: JudgeFn}
+
+
 class IdentifyEnginesFn(beam.DoFn):
-    """Role -> (role, (model id, weights SHA-256, engine version)) for provenance.
+    """An impulse -> (role, (model id, weights SHA-256, engine version)) of the engine of
+    ``role``, for provenance.
 
     Read from ``_work/engines/<role>.json`` when an earlier attempt recorded it (a resumed job
     starts no engine for it); otherwise from the engine (started in the shared pool, where the
-    stages find it) and recorded."""
+    stages find it) and recorded. It starts an engine, so it declares the role's resources as
+    the role's stages do (:class:`IdentifyEngines`)."""
 
-    def __init__(self, manifest, *, out_dir: str, pool: shared.Shared,
+    def __init__(self, manifest, *, role: str, out_dir: str, pool: shared.Shared,
                  placement: dict[str, str] | None = None) -> None:
         self.manifest = manifest
+        self.role = role
         self.out_dir = out_dir
         self._pool_handle = pool
         self.placement = dict(placement or {})
 
-    def process(self, role: str):
+    def process(self, _impulse):
+        role = self.role
         # The same placement as the stages': the same config, so the same pooled engine.
         config = st.StageContext(self.manifest).roles(self.placement or None)[role]
         path = storage.join(self.out_dir, storage.WORK_DIR, ENGINES_DIR, f"{role}.json")
@@ -481,8 +754,36 @@ class IdentifyEnginesFn(beam.DoFn):
         yield role, identity
 
 
+class IdentifyEngines(beam.PTransform):
+    """Pipeline begin -> (role, identity) of each of ``roles``' engines: one
+    :class:`IdentifyEnginesFn` per role, each with the role's resource hints
+    (:func:`~steplabel.pipelines.runners.declare_engine_resources`), so that an engine is
+    identified on the worker pool its stages run on."""
+
+    def __init__(self, manifest, *, roles, out_dir: str, pool: shared.Shared,
+                 accelerators: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.manifest = manifest
+        self.roles = tuple(roles)
+        self.out_dir = out_dir
+        self.pool = pool
+        self.accelerators = dict(accelerators or {})
+
+    def expand(self, begin):
+        found = []
+        for role in self.roles:
+            fn = IdentifyEnginesFn(self.manifest, role=role, out_dir=self.out_dir,
+                                   pool=self.pool, placement=self.accelerators)
+            found.append(begin
+                         | f"Impulse[{role}]" >> beam.Impulse()
+                         | f"Identify[{role}]" >> declare_engine_resources(
+                             beam.ParDo(fn), role=role, accelerators=self.accelerators))
+        return tuple(found) | "Identities" >> beam.Flatten()
+
+
 class AssembleTrajectoriesFn(beam.DoFn):
-    """(key, {solution, mc, judge}) -> (problem_id, ("piece", Piece)): consensus and the row."""
+    """(key, {solution, monte_carlo, judge}) -> (problem_id, ("piece", Piece)): consensus and
+    the row (consensus combines exactly these two annotators' labels)."""
 
     def __init__(self, manifest) -> None:
         self.manifest = manifest
@@ -493,12 +794,12 @@ class AssembleTrajectoriesFn(beam.DoFn):
     def process(self, item):
         (problem_id, _), grouped = item
         solutions = list(grouped["solution"])
-        mc = list(grouped["mc"])
-        verdicts = list(grouped["judge"])
+        labels = {name: next(iter(grouped[name]), None) for name in grouped
+                  if name != "solution"}
         # The job's provenance, the same on every row, is added by the sink (WriteShards): rows
         # carry only their own part (the policy seed) through the shuffles.
-        piece = st.assemble_trajectory(self.ctx, solutions[0], mc[0] if mc else None,
-                                       verdicts[0] if verdicts else None, {})
+        piece = st.assemble_trajectory(self.ctx, solutions[0], labels.get(MONTE_CARLO.name),
+                                       labels.get(JUDGE.name), {})
         yield problem_id, ("piece", piece)
 
 
@@ -567,10 +868,30 @@ class LabelStages(beam.PTransform):
         self.pool = pool
         self.close_progress = close_progress
 
+    def _specs(self, per: str) -> list[AnnotatorSpec]:
+        """The annotators with a stage per ``per``: those the manifest runs for ``problem``;
+        all for ``solution`` (each is a tag of the join; an annotator reading others' labels
+        comes after them)."""
+        specs = [spec for spec in ANNOTATORS.values() if spec.per == per]
+        if per == "problem":
+            return [spec for spec in specs if spec.config(self.manifest) is not None]
+        ordered: list[AnnotatorSpec] = []
+        while len(ordered) < len(specs):
+            ready = [spec for spec in specs if spec not in ordered and all(
+                name in [o.name for o in ordered]
+                for name in ANNOTATOR_STAGES[spec.name].reads)]
+            if not ready:
+                raise ValueError("annotator stages read each other's labels in a circle")
+            ordered += ready[:1]
+        return ordered
+
     def _stage(self, fn: EngineStageFn):
-        pardo = beam.ParDo(fn)
-        accelerator = self.accelerators.get(fn.role)
-        return pardo.with_resource_hints(accelerator=accelerator) if accelerator else pardo
+        return declare_engine_resources(beam.ParDo(fn), role=fn.role,
+                                        accelerators=self.accelerators)
+
+    def _annotate(self, fn_class, stage_input, **options):
+        spec = ANNOTATORS[fn_class.stage]
+        return stage_input | spec.stage_label >> self._stage(fn_class(**options))
 
     def expand(self, problems):
         m = self.manifest
@@ -580,20 +901,11 @@ class LabelStages(beam.PTransform):
         common = dict(manifest=m, out_dir=self.out_dir, pool=pool)
         engine_stage = dict(common, total=self.total, placement=self.accelerators)
         per_problem = m.runner.max_in_flight
-        per_solution = m.runner.max_in_flight * m.policy.samples
-        # Decided stopping sends a solution's rollouts in small waves (1, 1, 2, ...), one step at
-        # a time under first-error-only: k times more solutions in flight keep about as many
-        # samples at the engine as fixed k would, so waves do not starve its batches.
-        ctx = st.StageContext(m)
-        mc_config = ctx.mc_config
-        per_solution_mc = per_solution * (
-            mc_config.rollouts if mc_config is not None and mc_config.stopping == "decided"
-            else 1)
+        self.per_solution = m.runner.max_in_flight * m.policy.samples
+        self.ctx = ctx = st.StageContext(m)
         roles = sorted(ctx.roles())
-        identities = (problems.pipeline
-                      | "Roles" >> beam.Create(roles)
-                      | "IdentifyEngines" >> beam.ParDo(
-                          IdentifyEnginesFn(**common, placement=self.accelerators)))
+        identities = problems.pipeline | "IdentifyEngines" >> IdentifyEngines(
+            m, roles=roles, out_dir=self.out_dir, pool=pool, accelerators=self.accelerators)
 
         sampled = problems | "SampleSolutions" >> self._stage(
             SampleSolutionsFn(**engine_stage, max_in_flight=per_problem))
@@ -604,35 +916,25 @@ class LabelStages(beam.PTransform):
             sampled | "SamplingPiece" >> beam.Map(
                 lambda ps: (ps[0].problem_id, ("piece", st.sampled_piece(ps[1])))),
         ]
-        if m.omegaprm is not None:
-            parts.append(problems | "OmegaPRM" >> self._stage(
-                OmegaPRMFn(**engine_stage, max_in_flight=per_problem))
-                | "OmegaPRMPiece" >> beam.MapTuple(lambda pid, piece: (pid, ("piece", piece))))
+        for spec in self._specs("problem"):  # their own rows, per problem
+            parts.append(self._annotate(ANNOTATOR_STAGES[spec.name], problems, **engine_stage,
+                                        max_in_flight=per_problem)
+                         | f"{spec.stage_label}Piece" >> beam.MapTuple(
+                             lambda pid, piece: (pid, ("piece", piece))))
         usable = (solutions
                   | "Usable" >> beam.Filter(lambda s: not s.truncated)
                   | "SpreadSolutions" >> PackedReshuffle())
         joined = {"solution": solutions | "KeySolutions" >> beam.Map(lambda s: (s.key, s))}
-        if m.judge is not None:
-            joined["judge"] = usable | "Judge" >> self._stage(
-                JudgeFn(**engine_stage, max_in_flight=per_solution))
-        else:
-            joined["judge"] = problems.pipeline | "NoJudge" >> beam.Create([])
-        if m.monte_carlo is not None:
-            if mc_config.consensus_guided:
-                # The judge first: Monte Carlo spends rollouts only where consensus can keep
-                # the labels. The join is the shuffle between the two engine stages.
-                mc_input = ({"solution": usable | "KeyUsable" >> beam.Map(lambda s: (s.key, s)),
-                             "judge": joined["judge"]}
-                            | "JoinVerdicts" >> PackedCoGroupByKey()
-                            | "GuidedSolutions" >> beam.MapTuple(
-                                lambda _, g: (list(g["solution"])[0],
-                                              next(iter(g["judge"]), None))))
-            else:
-                mc_input = usable | "Unguided" >> beam.Map(lambda s: (s, None))
-            joined["mc"] = mc_input | "MonteCarlo" >> self._stage(
-                MonteCarloFn(**engine_stage, max_in_flight=per_solution_mc))
-        else:
-            joined["mc"] = problems.pipeline | "NoMonteCarlo" >> beam.Create([])
+        labels: dict = {}  # name -> KV((problem_id, i), Labels), every per-solution annotator
+        for spec in self._specs("solution"):
+            fn_class = ANNOTATOR_STAGES[spec.name]
+            if spec.config(m) is None:
+                labels[spec.name] = problems.pipeline | f"No{spec.stage_label}" >> beam.Create([])
+                continue
+            labels[spec.name] = self._annotate(
+                fn_class, fn_class.inputs(self, usable, labels), **engine_stage,
+                max_in_flight=fn_class.in_flight(self))
+        joined.update(labels)
         parts.append(joined
                      | "JoinSolutionLabels" >> PackedCoGroupByKey()
                      | "AssembleTrajectories" >> beam.ParDo(AssembleTrajectoriesFn(m)))

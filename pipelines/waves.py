@@ -35,6 +35,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from steplabel.annotators.graders import get_grader
 from steplabel.dataset import storage
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS
 
@@ -115,7 +116,8 @@ class _WriteWaveChunksFn(beam.DoFn):
         source = self.manifest.source
         problem, dead = validate_item(item, fields=source.fields,
                                       answer_format=source.answer_format,
-                                      manifest_hash=self.manifest.hash)
+                                      manifest_hash=self.manifest.hash,
+                                      grader=get_grader(self.manifest.grader))
         index = wave_of(problem.problem_id if dead is None else dead.get("problem_id"),
                         self.count)
         self._chunks.setdefault(index, []).append(item)

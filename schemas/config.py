@@ -48,6 +48,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             _fail(path, f"must be a mapping, got {type(value).__name__} {value!r:.60}")
+        # A config family (``grader``: one config class per grader name) picks its member.
+        variant = getattr(tp, "config_variant", None)
+        if variant is not None:
+            tp = variant(value, path)
         return from_mapping(tp, value, path=path)
     if origin in (tuple, list):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
@@ -119,10 +123,24 @@ def from_mapping(cls: type, data: Mapping[str, Any], *, path: str = "") -> Any:
         raise
 
 
+#: ``dataclasses.field(metadata={OMIT_DEFAULT: True})``: :func:`to_mapping` omits the field while
+#: it holds its default.
+OMIT_DEFAULT = "omit_default"
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def to_mapping(obj: Any) -> Any:
     """The inverse of :func:`from_mapping`: plain dicts/lists, JSON- and YAML-ready."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_mapping(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        # A field marked OMIT_DEFAULT is left out at its default, so that adding an optional
+        # setting keeps the canonical form (and the manifest hash) of manifests without it.
+        return {f.name: to_mapping(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get(OMIT_DEFAULT) and getattr(obj, f.name) == _default(f))}
     if isinstance(obj, (list, tuple)):
         return [to_mapping(v) for v in obj]
     if isinstance(obj, Mapping):

@@ -15,11 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from steplabel.annotators.judge import JudgeConfig
-from steplabel.annotators.monte_carlo import MonteCarloConfig
-from steplabel.annotators.omegaprm import OmegaPRMConfig
-from steplabel.annotators.prompts import load_template
-from steplabel.annotators.splitting import SPLITTERS
+from steplabel.schemas.annotators import JudgeConfig, MonteCarloConfig, OmegaPRMConfig
 from steplabel.schemas.config import (
     ConfigError,
     EngineConfig,
@@ -28,6 +24,11 @@ from steplabel.schemas.config import (
     from_mapping,
     to_mapping,
 )
+from steplabel.schemas.graders import GraderConfig, MathGraderConfig
+from steplabel.schemas.templates import load_template
+
+#: The splitters a manifest may name (``annotators/splitting.py`` implements each one).
+SPLITTER_NAMES = ("lines", "paragraphs", "python_statements", "step_markers")
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class SplitterConfig:
     name: str = "step_markers"
 
     def __post_init__(self) -> None:
-        check(self.name in SPLITTERS, "name", f"must be one of {', '.join(sorted(SPLITTERS))}",
+        check(self.name in SPLITTER_NAMES, "name", f"must be one of {', '.join(SPLITTER_NAMES)}",
               self.name)
 
 
@@ -171,14 +172,25 @@ class JobManifest:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     splitter: SplitterConfig = field(default_factory=SplitterConfig)
+    #: Which grader decides whether a finished solution is right (``grader: {name: math}``).
+    grader: GraderConfig = field(default_factory=MathGraderConfig)
     monte_carlo: MonteCarloConfig | None = None
     omegaprm: OmegaPRMConfig | None = None
     judge: JudgeConfig | None = None
     consensus: ConsensusConfig | None = None
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    #: Columns whose values may differ between two runs of this manifest, as ``fnmatch``
+    #: patterns over the column names ``regenerate --verify`` reports (``judge_replies``,
+    #: ``judge_*``, ``cost_judge.*``): for an engine that cannot be deterministic (bf16, a
+    #: remote server that ignores seeds). Verify accepts differences there and only there.
+    #: Not in :attr:`hash`: it says how to compare the dataset, not what is computed.
+    nondeterministic_columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check(bool(self.name), "name", "must be non-empty", self.name)
+        for pattern in self.nondeterministic_columns:
+            check(isinstance(pattern, str) and bool(pattern.strip()),
+                  "nondeterministic_columns", "must hold non-empty column patterns", pattern)
         check(self.seed >= 0, "seed", "must be >= 0", self.seed)
         if self.consensus is not None:
             check(self.monte_carlo is not None and self.judge is not None, "consensus",
@@ -188,13 +200,19 @@ class JobManifest:
                   "needs consensus (follows the judge's verdict)", True)
 
     def to_dict(self) -> dict[str, Any]:
-        return to_mapping(self)
+        """The canonical mapping. The default grader is left out, so that a manifest that does
+        not choose one has the same form, hash and lock as before the grader was a setting."""
+        data = to_mapping(self)
+        if data["grader"] == to_mapping(MathGraderConfig()):
+            del data["grader"]
+        return data
 
     @property
     def hash(self) -> str:
         """SHA-256 of the canonical JSON form: what the job computes, not how it runs."""
         data = self.to_dict()
         data.pop("runner", None)
+        data.pop("nondeterministic_columns", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def with_runner(self, **changes: Any) -> "JobManifest":

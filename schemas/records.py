@@ -11,7 +11,8 @@ import pyarrow as pa
 
 from steplabel.schemas import rows
 
-SCHEMA_VERSION = "1.1"  # 1.1: trajectories.judge_reason
+# 1.1: trajectories.judge_reason; 1.2: cost records without cached_tokens (a run metric now)
+SCHEMA_VERSION = "1.2"
 
 # The schemas come from the typed row records (schemas/rows.py), field by field.
 COST = rows.COST
@@ -44,11 +45,6 @@ OUTPUT_DIRS: dict[str, str] = {
     "filtered": "filtered",
     "dead_letter": "dead_letter",
 }
-
-
-def empty_cost() -> dict[str, int]:
-    return {"requests": 0, "rollouts": 0, "prompt_tokens": 0, "generated_tokens": 0,
-            "cached_tokens": 0}
 
 
 def to_table(output: str, rows: list[dict]) -> pa.Table:

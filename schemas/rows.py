@@ -44,16 +44,23 @@ _STR, _I32, _I64, _F64, _BOOL = pa.string(), pa.int32(), pa.int64(), pa.float64(
 
 @dataclass(frozen=True)
 class Cost:
-    """What a stage spent on one row's work."""
+    """What a stage spent on one row's work: only what the manifest determines (requests,
+    rollouts, prompt and generated tokens), so that a row is the same on every run.
+
+    Scheduling-dependent measurements (prefix-cache hits, formerly ``cached_tokens`` here,
+    before schema 1.2) are the run's, in ``run_metrics.json`` and ``stats.json``'s ``run``.
+    """
 
     requests: int = column(_I64, default=0)
     rollouts: int = column(_I64, default=0)
     prompt_tokens: int = column(_I64, default=0)
     generated_tokens: int = column(_I64, default=0)
-    cached_tokens: int = column(_I64, default=0)
 
 
 COST = struct_of(Cost)
+#: The cost record's fields, in order (what stats sums); the token counts among them.
+COST_FIELDS = tuple(f.name for f in dataclasses.fields(Cost))
+COST_TOKEN_FIELDS = tuple(name for name in COST_FIELDS if name.endswith("_tokens"))
 
 
 @dataclass(frozen=True)
@@ -226,3 +233,54 @@ class DeadLetter:
     source: str | None = column(_STR)
     original: str | None = column(_STR)  # the original record, as JSON or as escaped text
     manifest_hash: str = column(_STR)
+
+
+def dead_letter(*, stage: str, reason: str, error: str, manifest_hash: str,
+                problem_id: str | None = None, source: str | None = None,
+                original: str | None = None) -> dict:
+    """A dead-letter row (the one constructor every stage uses): ``stage`` is where the record
+    fell out (``read``, ``validate``, ``label``, ``evaluate``), ``reason`` the named drop
+    counter (``dead_letter_<reason>``), ``error`` what went wrong, ``manifest_hash`` the job's
+    (``evaluate``: its evaluation hash)."""
+    return as_row(DeadLetter(stage=stage, reason=reason, error=error, problem_id=problem_id,
+                             source=source, original=original, manifest_hash=manifest_hash))
+
+
+# ---------------------------------------------------------------------------------------------
+# The trajectory columns each annotator fills (a stage's ``Labels.fields``)
+
+
+@dataclass(frozen=True)
+class MonteCarloColumns:
+    """What Monte Carlo fills of a trajectory row (the ``mc_*`` columns, the per-step labels
+    and its cost); each field is the :class:`Trajectory` column of that name."""
+
+    mc_n_correct: list
+    mc_n_total: list
+    mc_n_unknown: list
+    mc_n_truncated: list
+    mc_values: list
+    hard_labels: list
+    soft_labels: list
+    mc_first_error: int | None
+    cost_mc: dict
+
+
+@dataclass(frozen=True)
+class JudgeColumns:
+    """What the LLM judge fills of a trajectory row; each field is the :class:`Trajectory`
+    column of that name."""
+
+    judge_first_error: int | None
+    judge_agreement: float | None
+    judge_votes: list
+    judge_replies: list
+    judge_parse_reasons: list
+    judge_reason: str
+    judge_finish_reasons: list
+    cost_judge: dict
+
+
+def columns_of(record: type) -> tuple[str, ...]:
+    """The trajectory columns an annotator's columns record fills."""
+    return tuple(f.name for f in dataclasses.fields(record))

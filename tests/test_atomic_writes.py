@@ -76,12 +76,15 @@ def test_a_corrupt_checkpoint_is_recomputed_not_trusted(tmp_path):
     from steplabel.pipelines.stages import (
         load_stage_checkpoint,
         save_stage_checkpoint,
-        stage_checkpoint_path,
+        stage_checkpoint_files,
     )
 
     save_stage_checkpoint(str(tmp_path), "sample", "p1", {"n": 1})
     assert load_stage_checkpoint(str(tmp_path), "sample", "p1") == {"n": 1}
-    Path(stage_checkpoint_path(str(tmp_path), "sample", "p1")).write_bytes(b'{"key": "p1", "re')
+    (segment,) = stage_checkpoint_files(str(tmp_path), "sample")
+    Path(segment).write_bytes(b'"p1"\t{"n": 1, "re\n')  # garbled by a crash
+    assert load_stage_checkpoint(str(tmp_path), "sample", "p1") is None
+    Path(segment).write_bytes(b'"p1"\t{"n": 1}')  # cut off before its newline
     assert load_stage_checkpoint(str(tmp_path), "sample", "p1") is None
 
 
@@ -203,9 +206,9 @@ def test_finalize_removes_leftovers_of_interrupted_writes(tmp_path):
         out / "dead_letter" / f"{storage.TMP_MARK}dead-{storage.shard_name(1, 2)}",
         out / f"{storage.TMP_MARK}dead-info.json",
     ]
-    from steplabel.pipelines.stages import stage_checkpoint_path
+    from steplabel.pipelines.stages import stage_checkpoint_files
 
-    checkpoint = Path(stage_checkpoint_path(str(out), "sample", "p0"))
+    checkpoint = Path(stage_checkpoint_files(str(out), "sample")[0])
     planted.append(checkpoint.parent / f"{storage.TMP_MARK}dead-{checkpoint.name}")
     for path in planted:
         path.parent.mkdir(parents=True, exist_ok=True)

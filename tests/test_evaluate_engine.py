@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from steplabel.pipelines.evaluate import make_spec, read_rows, run_evaluation
+from steplabel.pipelines.evaluate import read_rows, run_evaluation
+from steplabel.pipelines.evaluate_spec import make_spec
 from steplabel.schemas.manifest import manifest_from_dict
 
 pytestmark = pytest.mark.engine

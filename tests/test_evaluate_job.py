@@ -8,17 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from steplabel.annotators.evaluation import build_report
+from steplabel.annotators.evaluation.report import build_report
 from steplabel.pipelines import cli
-from steplabel.pipelines.evaluate import (
-    PREDICTION,
-    EvaluationError,
-    load_evaluation_manifest,
-    make_spec,
-    read_rows,
-    run_evaluation,
-)
+from steplabel.pipelines.evaluate import EvaluationError, read_rows, run_evaluation
+from steplabel.pipelines.evaluate_spec import load_evaluation_manifest, make_spec
 from steplabel.schemas.config import ConfigError
+from steplabel.schemas.evaluation import PREDICTION
 
 pytestmark = pytest.mark.pipeline
 

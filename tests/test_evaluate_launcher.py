@@ -12,16 +12,12 @@ import yaml
 from apache_beam.io.filesystems import FileSystems
 
 import memfs
-from steplabel.annotators import evaluation
-from steplabel.annotators.evaluation import GoldFileError
-from steplabel.pipelines import cli, evaluate
-from steplabel.pipelines.evaluate import (
-    build_evaluation_pipeline,
-    load_evaluation_manifest,
-    make_spec,
-    read_rows,
-    run_evaluation,
-)
+from steplabel.annotators.evaluation import answers, gold
+from steplabel.annotators.evaluation.gold import GoldFileError
+from steplabel.pipelines import cli, evaluate_graph, gold_files
+from steplabel.pipelines.evaluate import read_rows, run_evaluation
+from steplabel.pipelines.evaluate_graph import build_evaluation_pipeline
+from steplabel.pipelines.evaluate_spec import load_evaluation_manifest, make_spec
 
 pytestmark = pytest.mark.pipeline
 
@@ -95,10 +91,11 @@ def test_the_launcher_does_not_read_the_gold_files(tmp_path, monkeypatch, refere
     def refuse(*args, **kwargs):
         raise AssertionError("the launcher read a gold or answers file")
 
-    for module, name in ((evaluate, "read_gold_file"), (evaluate, "read_input_text"),
-                         (evaluate, "parse_gold_text"), (evaluate, "decode_records"),
-                         (evaluation, "parse_gold_text"), (evaluation, "load_gold_file"),
-                         (evaluation, "load_answers_file"), (evaluation, "decode_records")):
+    for module, name in ((evaluate_graph, "read_gold_file"), (gold_files, "read_gold_file"), (gold_files, "read_input_text"),
+                         (gold_files, "parse_gold_text"), (gold_files, "answers_from_text"),
+                         (gold_files, "load_gold_file"), (gold_files, "load_answers_file"),
+                         (gold, "parse_gold_text"), (gold, "decode_records"),
+                         (answers, "answers_from_text"), (answers, "decode_records")):
         monkeypatch.setattr(module, name, refuse)
     monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the workers import the scripted engine
     spec = spec_for(tmp_path, runner={**MANIFEST["runner"],

@@ -9,23 +9,17 @@ import pytest
 import yaml
 
 from fakes import DIE_AFTER_ENV
-from steplabel.annotators.evaluation import (
+from steplabel.annotators.evaluation.answers import join_gold_answers
+from steplabel.annotators.evaluation.predict import (
     Engines,
     EvaluationSettings,
-    join_gold_answers,
-    load_answers_file,
-    load_gold_file,
     predict_first_errors,
 )
 from steplabel.engines.host import create_engine
-from steplabel.pipelines.evaluate import (
-    EvaluationError,
-    load_evaluation_manifest,
-    make_spec,
-    prediction_rows,
-    read_rows,
-    run_evaluation,
-)
+from steplabel.pipelines.evaluate import EvaluationError, read_rows, run_evaluation
+from steplabel.pipelines.evaluate_graph import prediction_rows
+from steplabel.pipelines.evaluate_spec import load_evaluation_manifest, make_spec
+from steplabel.pipelines.gold_files import load_answers_file, load_gold_file
 from steplabel.pipelines.stages import stage_checkpoint_counts
 
 pytestmark = pytest.mark.pipeline

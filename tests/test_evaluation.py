@@ -9,33 +9,27 @@ from pathlib import Path
 import pytest
 
 from fakes import ScriptedEngine, arithmetic_engine
-from steplabel.annotators.evaluation import (
-    AnswerTable,
-    EvaluationSettings,
-    GoldFileError,
-    GoldItem,
-    GoldReject,
-    answer_table,
+from steplabel.annotators.evaluation.answers import AnswerTable, answer_table, join_gold_answers
+from steplabel.annotators.evaluation.gold import GoldFileError, parse_gold_record, parse_gold_text
+from steplabel.annotators.evaluation.items import GoldItem, GoldReject, label_from_ratings
+from steplabel.annotators.evaluation.metrics import (
     average_scores,
-    build_report,
     first_error_scores,
     harmonic_f1,
-    join_gold_answers,
-    label_from_ratings,
-    load_answers_file,
-    load_gold_file,
-    parse_gold_record,
-    parse_gold_text,
-    predict_first_errors,
     predicted_negatives,
-    render_report_markdown,
-    resolve_annotators,
     step_negative_scores,
 )
-from steplabel.annotators.evaluation import Engines
+from steplabel.annotators.evaluation.predict import (
+    Engines,
+    EvaluationSettings,
+    predict_first_errors,
+    resolve_annotators,
+)
+from steplabel.annotators.evaluation.report import build_report, render_report_markdown
 from steplabel.annotators.judge import JudgeConfig
 from steplabel.annotators.monte_carlo import MonteCarloConfig
 from steplabel.annotators.omegaprm import OmegaPRMConfig
+from steplabel.pipelines.gold_files import load_answers_file, load_gold_file
 from steplabel.schemas.config import ConfigError
 
 pytestmark = pytest.mark.unit

@@ -5,7 +5,6 @@ quorum, the prompt, the config, and the judge end to end against a scripted engi
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import time
 from pathlib import Path
@@ -16,14 +15,10 @@ from hypothesis import strategies as st
 
 from fakes import ScriptedEngine
 from steplabel.annotators.judge import (
-    DEFAULT_JUDGE_TEMPLATE,
-    JUDGE_PARSER_VERSION,
     MAX_REPLY_CHARS,
     PARSE_REASONS,
     Decision,
-    JudgeConfig,
     JudgeParse,
-    JudgeSampling,
     LLMJudge,
     decide,
     forces_verdict_box,
@@ -32,6 +27,12 @@ from steplabel.annotators.judge import (
     parse_processbench_reply,
     read_reply,
     tag_steps,
+)
+from steplabel.schemas.annotators import (
+    DEFAULT_JUDGE_TEMPLATE,
+    JUDGE_PARSER_VERSION,
+    JudgeConfig,
+    JudgeSampling,
 )
 from steplabel.annotators.prompts import load_template
 from steplabel.annotators.seeds import derive_seed
@@ -437,9 +438,10 @@ def test_judge_single_vote_and_rerun_is_identical():
     assert first.first_error_index == -1 and first.agreement == 1.0
     assert engine.requests[0] == engine.requests[1]
     assert engine.requests[0].seed != engine.requests[2].seed
-    # Only the prefix-cache count may differ on a rerun (the prompt is now cached).
-    assert dataclasses.replace(again, cost=first.cost) == first
-    assert again.cost["cached_tokens"] == again.cost["prompt_tokens"]
+    # The rerun is identical, cost included: the prompt is now in the engine's prefix cache,
+    # but cache hits are the run's metric, not the result's.
+    assert again == first
+    assert "cached_tokens" not in again.cost
     assert other.seed != first.seed
 
 

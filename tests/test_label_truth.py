@@ -17,7 +17,9 @@ import pytest
 from fakes import ScriptedEngine
 from planted import ASSISTANT_MARKER, PlantedPolicy, PlantedProblem
 
-from steplabel.annotators.stages import Problem, StageContext
+from steplabel.annotators.stages import StageContext
+from steplabel.schemas.graders import MathGold
+from steplabel.schemas.stages import Problem
 from steplabel.dataset import storage
 from steplabel.pipelines.job import run_job
 from steplabel.pipelines.stages import MonteCarloFn, SampleSolutionsFn
@@ -208,8 +210,8 @@ def test_monte_carlo_prompts_use_the_completer_template():
     sample = SampleSolutionsFn(m, out_dir="unused", pool=None, max_in_flight=1)
     mc = MonteCarloFn(m, out_dir="unused", pool=None, max_in_flight=1)
     sample.ctx = mc.ctx = StageContext(m)
-    sampled = asyncio.run(sample.work(policy, Problem("tmpl", problem.question, problem.gold,
-                                                      "s")))
+    sampled = asyncio.run(sample.work(policy, Problem("tmpl", problem.question,
+                                                      MathGold(problem.gold), "s")))
     solutions = [s for s in sampled.solutions if not s.truncated]
     assert solutions
 

@@ -9,6 +9,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from steplabel.annotators.graders import get_grader
 from steplabel.dataset import storage
 from steplabel.pipelines.job import JobError, run_job
 from steplabel.pipelines.sources import RawItem, ValidateProblems
@@ -187,7 +188,8 @@ def test_validate_transform_with_test_pipeline():
     ]
     with TestPipeline() as p:
         problems, dead = (p | beam.Create(items) | ValidateProblems(
-            fields=FieldMapping(), answer_format="plain", manifest_hash="h"))
+            fields=FieldMapping(), answer_format="plain", manifest_hash="h",
+            grader=get_grader()))
         assert_that(problems | "Ids" >> beam.Map(lambda pr: (pr.problem_id, pr.gold_answer)),
                     equal_to([("a", "3"), ("c", "10")]), label="problems")
         assert_that(dead | "Reasons" >> beam.Map(lambda r: r["reason"]),

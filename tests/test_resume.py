@@ -44,17 +44,13 @@ def write_job(tmp_path: Path, *, omegaprm: bool) -> Path:
 
 
 def dataset(out: Path) -> dict:
-    """Every output's rows, in shard order, without the prefix-cache counts (those depend on
-    what else the engine served before, not on the data)."""
+    """Every output's rows, in shard order (prefix-cache hits, which depend on what else the
+    engine served before, are not in rows)."""
     tables = {}
     for output in OUTPUTS:
         rows = []
         for path in storage.output_files(str(out), output):
-            for row in pq.read_table(path).to_pylist():
-                for key in ("cost_policy", "cost_mc", "cost_judge", "cost"):
-                    if isinstance(row.get(key), dict):
-                        row[key].pop("cached_tokens")
-                rows.append(row)
+            rows += pq.read_table(path).to_pylist()
         tables[output] = ([Path(p).name for p in storage.output_files(str(out), output)], rows)
     return tables
 

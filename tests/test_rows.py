@@ -21,6 +21,10 @@ PINNED = {
             "omegaprm_states": "06051d06949b100c", "omegaprm_pairs": "f935b2ce1fef8025",
             "omegaprm_searches": "1025b20505c2fb39", "filtered": "13f68405558853f0",
             "dead_letter": "418df54ab34e18d4"},
+    "1.2": {"trajectories": "55f8df4723b62165", "rejected": "55f8df4723b62165",
+            "omegaprm_states": "06051d06949b100c", "omegaprm_pairs": "f935b2ce1fef8025",
+            "omegaprm_searches": "1025b20505c2fb39", "filtered": "55444884d90fe9a0",
+            "dead_letter": "418df54ab34e18d4"},
 }
 
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from steplabel.annotators.graders import get_grader
 from steplabel.pipelines.job import run_job
 from steplabel.pipelines.sources import read_local_items, validate_item
 from steplabel.schemas.manifest import manifest_from_dict
@@ -28,7 +29,7 @@ def check_items(src: dict, expected: int = 4) -> None:
     items = read_local_items(manifest.source)
     assert len(items) == expected
     problems = [validate_item(item, fields=manifest.source.fields, answer_format="gsm8k",
-                              manifest_hash="h")[0] for item in items]
+                              manifest_hash="h", grader=get_grader())[0] for item in items]
     assert [p.problem_id for p in problems] == [f"g{i}" for i in range(expected)]
     assert [p.gold_answer for p in problems] == [str(i + 1) for i in range(expected)]
 

@@ -8,13 +8,14 @@ import pytest
 from apache_beam.utils import shared
 
 import killing
-from steplabel.annotators.stages import Problem
+from steplabel.schemas.graders import MathGold
+from steplabel.schemas.stages import Problem
 from steplabel.engines.base import EngineDiedError
 from steplabel.pipelines.job import run_job
 from steplabel.pipelines.stages import (
     SampleSolutionsFn,
+    load_stage_checkpoint,
     stage_checkpoint_counts,
-    stage_checkpoint_path,
 )
 from steplabel.schemas.manifest import manifest_from_dict
 
@@ -70,7 +71,7 @@ def test_a_dead_engine_is_rebuilt_for_the_retried_bundle(tmp_path):
     fn = SampleSolutionsFn(manifest, out_dir=str(tmp_path), pool=shared.Shared(),
                            max_in_flight=2)
     fn.setup()
-    problems = [Problem(f"p{i}", f"What is {i} + 1?", str(i + 1), "test") for i in range(3)]
+    problems = [Problem(f"p{i}", f"What is {i} + 1?", MathGold(str(i + 1)), "test") for i in range(3)]
 
     def bundle():
         fn.start_bundle()
@@ -85,4 +86,5 @@ def test_a_dead_engine_is_rebuilt_for_the_retried_bundle(tmp_path):
     assert killing.BUILT == ["dies_once", "dies_once"]
     assert sorted(problem.problem_id for problem, _, _ in outputs) == ["p0", "p1", "p2"]
     assert all(sampled.failure is None and sampled.solutions for _, sampled, _ in outputs)
-    assert Path(stage_checkpoint_path(str(tmp_path), "sample", "p0")).exists()
+    assert stage_checkpoint_counts(str(tmp_path))["sample"] == 3
+    assert load_stage_checkpoint(str(tmp_path), "sample", "p0")["solutions"]
