@@ -558,8 +558,10 @@ class LLMJudge:
 
 def verdict_choices(num_steps: int) -> tuple[str, ...]:
     """The continuations a constrained judge may write after the forced ``\\boxed{``: every
-    valid verdict (``-1`` for "no wrong step", then each step index) and the closing brace."""
-    _check_num_steps(num_steps)
+    valid verdict (``-1`` for "no wrong step", then each step index) and the closing brace.
+    ``num_steps`` >= 1: a solution without steps is never judged."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
     return tuple(f"{index}}}" for index in range(-1, num_steps))
 
 
