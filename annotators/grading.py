@@ -30,7 +30,7 @@ __all__ = ["GRADER_VERSION", "Grade", "Verdict", "check_answer_readable", "compa
 
 GoldFormat = Literal["plain", "gsm8k", "boxed"]
 
-GRADER_VERSION = "steplabel-grader/2"  # 2: PRM800K "# Answer" endings
+GRADER_VERSION = "steplabel-grader/3"  # 2: PRM800K "# Answer" endings; 3: "Final answer: N"
 #: Answers longer than this are not parsed at all (unknown, ``answer_too_long``).
 MAX_ANSWER_CHARS = 512
 #: Brace nesting deeper than this is not parsed (unknown, ``answer_too_deep``).
@@ -77,8 +77,11 @@ def _last_boxed(text: str) -> str | None:
 _GSM8K_RE = re.compile(r"####\s*([^\n]+)")
 # PRM800K's solutions end with a "# Answer" heading, a blank line, then the answer.
 _ANSWER_HEADING_RE = re.compile(r"(?m)^#[ \t]*Answer[ \t]*\n+[ \t]*([^\n]+)")
+# "The answer is: 9", "the final answer is 9", and "Final answer: 9" (how small instruction
+# models end a solution when asked for "The answer is: N").
 _ANSWER_IS_RE = re.compile(
-    r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?\s*(.+?)(?:\n|$)", re.IGNORECASE
+    r"(?:(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?|final\s+answer\s*[:：])\s*(.+?)(?:\n|$)",
+    re.IGNORECASE,
 )
 
 
@@ -106,7 +109,7 @@ def extract_final_answer(text: str) -> str | None:
 
     Precedence: the last ``\\boxed{}``; else the last GSM8K ``#### N``; else the last
     PRM800K ``# Answer`` heading's answer (the next non-empty line); else the last
-    "The answer is ..." sentence.
+    "The answer is ..." or "Final answer: ..." sentence.
     """
     boxed = _last_boxed(text)
     if boxed is not None:

@@ -58,6 +58,7 @@ from steplabel.schemas.annotators import (
     PARSER_PROCESSBENCH,
     PARSER_ROBUST,
     JudgeConfig,
+    forces_verdict_box,
 )
 from steplabel.schemas.config import check
 
@@ -336,13 +337,6 @@ def parse_reply(reply: str, num_steps: int, parser: str = PARSER_PROCESSBENCH) -
     raise ValueError(f"parser must be one of {', '.join(JUDGE_PARSERS)}, got {parser!r}")
 
 
-def forces_verdict_box(response_prefix: str) -> bool:
-    """Whether ``response_prefix`` ends inside an open ``\\boxed{`` (the forced verdict form):
-    its last ``\\boxed{`` is not closed within the prefix."""
-    opened = list(_BOXED_OPEN_RE.finditer(response_prefix))
-    return bool(opened) and "}" not in response_prefix[opened[-1].end():]
-
-
 @dataclass(frozen=True)
 class ReadReply:
     """A reply as it was read: ``text`` (the response prefix, the generated text and the
@@ -519,6 +513,7 @@ class LLMJudge:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             stop=sampling.stop,
+            choices=verdict_choices(len(steps)) if self.config.constrain_verdict else (),
         )
 
     async def judge(self, *, problem_id: str, solution_index: int, question: str,
@@ -561,6 +556,17 @@ class LLMJudge:
         )
 
 
+def verdict_choices(num_steps: int) -> tuple[str, ...]:
+    """The continuations a constrained judge may write after the forced ``\\boxed{``: every
+    valid verdict (``-1`` for "no wrong step", then each step index) and the closing brace.
+    ``num_steps`` >= 1: a solution without steps is never judged."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    return tuple(f"{index}}}" for index in range(-1, num_steps))
+
+
 def judge_version(config: "JudgeConfig") -> str:
-    """The judge annotator's version string for provenance: prompt protocol, parser, voting."""
-    return f"llm_judge/2;{JUDGE_PARSER_VERSION[config.parser]};{JUDGE_VOTE_VERSION}"
+    """The judge annotator's version string for provenance: prompt protocol, parser, voting
+    (and ``;choice`` when the verdict is constrained to the valid indices)."""
+    version = f"llm_judge/2;{JUDGE_PARSER_VERSION[config.parser]};{JUDGE_VOTE_VERSION}"
+    return version + (";choice" if config.constrain_verdict else "")

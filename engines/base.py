@@ -36,6 +36,8 @@ class GenerationRequest:
 
     ``seed`` makes the request reproducible: the same prompt, seed and settings give the same
     texts (exactly in float32 on vLLM CPU). ``stop`` strings are not included in the texts.
+    ``choices``, when given, constrains every sample to be exactly one of these strings
+    (constrained decoding: vLLM's structured outputs ``choice``); the engine still chooses.
     """
 
     prompt: str
@@ -45,6 +47,7 @@ class GenerationRequest:
     temperature: float = 0.7
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt:
@@ -60,6 +63,9 @@ class GenerationRequest:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if any(not isinstance(c, str) or not c for c in self.choices):
+            raise ValueError(f"choices must be non-empty strings, got {self.choices!r:.80}")
 
 
 @dataclass(frozen=True)

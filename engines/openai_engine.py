@@ -182,6 +182,8 @@ class OpenAICompletionsEngine:
         }
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.choices:  # vLLM's OpenAI-compatible server: constrained decoding
+            body["structured_outputs"] = {"choice": list(request.choices)}
         if request.seed is not None:
             body["seed"] = request.seed
         self.counters.requests += 1

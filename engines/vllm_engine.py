@@ -308,8 +308,10 @@ class VLLMEngine:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+        structured = (StructuredOutputsParams(choice=list(request.choices))
+                      if request.choices else None)
         params = SamplingParams(
             output_kind=RequestOutputKind.FINAL_ONLY,
             n=request.n,
@@ -318,6 +320,7 @@ class VLLMEngine:
             temperature=request.temperature,
             top_p=request.top_p,
             stop=list(request.stop) or None,
+            structured_outputs=structured,
         )
         request_id = f"steplabel-{next(self._ids)}"
         final = None

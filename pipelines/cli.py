@@ -66,10 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true",
                      help="print the result (rows, statistics, reconciliation) as JSON")
 
-    data = sub.add_parser("demo-data", help="write the generated arithmetic problem set")
+    data = sub.add_parser("demo-data", help="write a generated problem set (the demo's data)")
     data.add_argument("--out", required=True, help="JSONL file to write")
     data.add_argument("--count", type=int, default=24)
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--kind", choices=["addition", "arithmetic"], default="addition",
+                      help="addition: one-step sums of 1..9 (the demo's, jobs/data/addition.jsonl);"
+                      " arithmetic: six one-operation kinds up to 19 (the benchmarks')")
 
     for name, (_, text) in COMMAND_MODULES.items():
         _command_module(name).add_arguments(sub.add_parser(name, help=text, description=text))
@@ -149,7 +152,7 @@ def _dispatch(parser: argparse.ArgumentParser, args) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "demo-data":
-        count = write_problems(args.out, count=args.count, seed=args.seed)
+        count = write_problems(args.out, count=args.count, seed=args.seed, kind=args.kind)
         print(f"[steplabel] wrote {count} problems to {args.out}")
         return 0
     module = _command_module(args.command)

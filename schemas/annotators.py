@@ -8,6 +8,7 @@ take these; they live here so that the manifest model imports nothing outside ``
 from __future__ import annotations
 
 import math
+import re
 import string
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -332,6 +333,16 @@ DEFAULT_JUDGE_TEMPLATE = "judge_processbench_v1"
 _TEMPLATE_FIELDS = frozenset({"problem", "tagged_steps"})
 
 
+_BOXED_OPEN_RE = re.compile(r"\\boxed[ \t\n]{0,16}\{")
+
+
+def forces_verdict_box(response_prefix: str) -> bool:
+    """Whether ``response_prefix`` ends inside an open ``\\boxed{`` (the forced verdict form):
+    its last ``\\boxed{`` is not closed within the prefix."""
+    opened = list(_BOXED_OPEN_RE.finditer(response_prefix))
+    return bool(opened) and "}" not in response_prefix[opened[-1].end():]
+
+
 @dataclass(frozen=True)
 class JudgeSampling(SamplingConfig):
     """The judge's sampling settings: :class:`SamplingConfig` with the judge's defaults, greedy
@@ -362,6 +373,11 @@ class JudgeConfig:
       Empty for capable judges; small models need the verdict's form forced, e.g. ``"The
       earliest wrong paragraph is \\boxed{"`` with ``stop: ["}"]`` (the judge then writes only
       the index; the reply ends at the closing brace).
+    - ``constrain_verdict``: with a ``response_prefix`` that forces the verdict box, constrain
+      the judge's continuation to the valid verdicts (``-1`` ... ``num_steps - 1``, then the
+      closing brace) by constrained decoding (the engine's ``choices``). The model still picks
+      the verdict; it can no longer write one that cannot be read (``\\boxed{k}``, an index
+      past the last step). Off by default: a capable judge writes its analysis first.
     - ``parser``: ``processbench`` (default; ProcessBench's extraction, the last ``\\boxed{}``
       as an integer) or ``robust`` (also refuses replies whose boxes name two different
       in-range indices, so that a verdict quoted from the solution cannot change the label).
@@ -378,6 +394,8 @@ class JudgeConfig:
     parser: JudgeParser = PARSER_PROCESSBENCH
     min_agreement: float | None = None
     sampling: JudgeSampling = field(default_factory=JudgeSampling)
+    # Left out of the canonical form when off: manifests without it keep their hash.
+    constrain_verdict: bool = field(default=False, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         check(isinstance(self.template_id, str) and bool(self.template_id), "template_id",
@@ -406,6 +424,11 @@ class JudgeConfig:
               "must be a SamplingConfig", self.sampling)
         check(self.votes == 1 or self.sampling.temperature > 0.0, "sampling.temperature",
               f"must be > 0 when votes > 1 (votes={self.votes})", self.sampling.temperature)
+        check(isinstance(self.constrain_verdict, bool), "constrain_verdict",
+              "must be true or false", self.constrain_verdict)
+        check(not self.constrain_verdict or forces_verdict_box(self.response_prefix),
+              "constrain_verdict", "needs a response_prefix that ends inside an open "
+              "\\boxed{ (the forced verdict form)", self.constrain_verdict)
 
     @property
     def parser_version(self) -> str:

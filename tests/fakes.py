@@ -23,6 +23,9 @@ class ScriptedEngine:
 
     Like vLLM: a sample longer than ``request.max_tokens`` (fake tokens) is cut there with
     finish reason ``"length"``; a stop string ends a sample (``"stop"``) and is not returned.
+    With ``request.choices`` (constrained decoding) a sample is the first choice that the
+    scripted text starts with, else a choice picked by the seed (a constrained model always
+    answers within the choices, whatever it would have written).
     Records every request in ``requests``; reports prefix-cache hits as the longest common
     token prefix with any earlier prompt (like vLLM's automatic prefix caching, at token grain).
     """
@@ -59,6 +62,8 @@ class ScriptedEngine:
         texts, finish = [], []
         for i in range(request.n):
             text = self.respond(request, i)
+            if request.choices:
+                text = _constrained(text, request.choices, (request.seed or 0) + i)
             tokens = fake_tokens(text)
             cut = len(tokens) > request.max_tokens
             if cut:
@@ -85,6 +90,14 @@ class ScriptedEngine:
 
     def token_pieces(self, text: str) -> list[str]:
         return fake_tokens(text)
+
+
+def _constrained(text: str, choices: Sequence[str], seed: int) -> str:
+    stripped = text.lstrip()
+    fitting = [c for c in choices if stripped.startswith(c)]
+    if fitting:
+        return max(fitting, key=len)
+    return choices[seed % len(choices)]
 
 
 # ---------------------------------------------------------------------------------------------

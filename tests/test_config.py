@@ -58,7 +58,7 @@ def test_stage_presence_enables_it_and_hash_is_stable():
 def test_demo_manifest_loads(repo_root):
     manifest = load_manifest(repo_root / "jobs" / "demo.yaml")
     assert manifest.consensus is not None
-    assert manifest.source.path.endswith("arithmetic.jsonl")
+    assert manifest.source.path.endswith("addition.jsonl")
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

@@ -175,3 +175,16 @@ def test_decided_stopping_and_first_error_only_keep_the_labels_on_the_embedded_m
                 want.first_error, a.num_steps)
     assert guided_cost <= cut_cost
     assert guided[0].rollouts == 0 and guided[0].stopped == "judge_unknown"
+
+
+def test_choices_constrain_every_sample_and_reproduce(host_engine):
+    # The demo's judge: after the forced "\boxed{", only a valid verdict may follow.
+    host, engine = host_engine
+    prompt = chat(engine, "Which paragraph is wrong?") + "The earliest wrong paragraph is \\boxed{"
+    choices = ("-1}", "0}", "1}", "2}")
+    request = GenerationRequest(prompt=prompt, n=8, seed=9, max_tokens=4, temperature=0.8,
+                                choices=choices)
+    first = host.run(engine.generate(request))
+    again = host.run(engine.generate(request))
+    assert all(text in choices for text in first.texts), first.texts
+    assert first.texts == again.texts

@@ -121,6 +121,14 @@ def test_single_sample_token_count_is_exact_and_unset_fields_are_omitted(server)
     assert "seed" not in server.requests[0] and "stop" not in server.requests[0]
 
 
+def test_choices_are_sent_as_structured_outputs(server):
+    # vLLM's OpenAI-compatible server constrains the samples to the choices.
+    request = GenerationRequest(prompt="Which step is wrong ?", max_tokens=2,
+                                choices=("-1}", "0}"))
+    generate_all(make_engine(server), request)
+    assert server.requests[0]["structured_outputs"] == {"choice": ["-1}", "0}"]}
+
+
 def test_same_seed_same_texts(server):
     a = GenerationRequest(prompt="Compute 7 squared .", n=2, seed=11, max_tokens=8)
     b = GenerationRequest(prompt="Compute 7 squared .", n=2, seed=12, max_tokens=8)

@@ -1,0 +1,77 @@
+"""Run the demo (jobs/demo.yaml) and record what it shows: benchmarks/results/demo.json.
+
+The README quotes this run's terminal and figures; tests/test_readme.py checks that the figures
+the README quotes are the recorded ones, so the README cannot go stale silently. Rerun after a
+change to the demo, the annotators or the terminal output:
+
+    .venv/bin/python benchmarks/demo_run.py            # runs the demo into out/demo-record
+    .venv/bin/python benchmarks/demo_run.py --from DIR # records an existing demo dataset
+
+Wall time depends on the machine and its load: the load average is recorded beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT = ROOT / "benchmarks" / "results" / "demo.json"
+
+
+def summarize(dataset: Path) -> dict:
+    stats = json.loads((dataset / "stats.json").read_text())
+    info = json.loads((dataset / "info.json").read_text())
+    overall = stats["overall"]
+    consensus = overall["consensus"]
+    by_index = overall.get("labels_by_step_index", {})
+    positive = sum(v.get("positive", 0) for v in by_index.values())
+    negative = sum(v.get("negative", 0) for v in by_index.values())
+    counters = stats.get("counters", {})
+    per_label = overall.get("cost_per_label", {})
+    return {
+        "problems": counters.get("rows_in"),
+        "trajectories_kept": consensus.get("kept"),
+        "trajectories_judged": consensus.get("evaluated"),
+        "keep_rate": consensus.get("keep_rate"),
+        "reject_reasons": consensus.get("reject_reasons"),
+        "kept_step_labels": {"positive": positive, "negative": negative},
+        "rollouts_per_kept_label": per_label.get("rollouts"),
+        "warnings": stats.get("warnings", []),
+        "content_hash": info.get("content_hash"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--from", dest="source", help="record an existing demo dataset")
+    parser.add_argument("--out", default=str(ROOT / "out" / "demo-record"))
+    args = parser.parse_args(argv)
+    record: dict = {}
+    if args.source:
+        dataset = Path(args.source)
+    else:
+        dataset = Path(args.out)
+        load = os.getloadavg()[0]
+        started = time.perf_counter()
+        run = subprocess.run(
+            [sys.executable, "-m", "steplabel", "run", str(ROOT / "jobs" / "demo.yaml"),
+             "--out", str(dataset), "--overwrite"],
+            cwd=ROOT, capture_output=True, text=True, check=True)
+        record["wall_seconds"] = round(time.perf_counter() - started, 1)
+        record["load_average_at_start"] = round(load, 2)
+        record["terminal"] = [line for line in run.stdout.splitlines() + run.stderr.splitlines()
+                              if line.strip()]
+    record.update(summarize(dataset))
+    RESULT.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(record, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
