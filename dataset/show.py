@@ -30,11 +30,14 @@ import sys
 import textwrap
 from typing import Iterable, Iterator
 
+from steplabel.annotators.consensus import CONSENSUS_REASONS, REJECT_REASONS
 from steplabel.dataset import storage
 
 POSITIVE, NEGATIVE, UNKNOWN, UNLABELLED = "✓", "✗", "?", "·"
 KEPT, REJECTED = "trajectories", "rejected"
 DEFAULT_LIMIT = 5
+#: What ``--reason`` accepts: every consensus reason and every rejection reason.
+SHOW_REASONS = tuple(dict.fromkeys(CONSENSUS_REASONS + REJECT_REASONS))
 
 
 class ShowError(RuntimeError):
@@ -416,7 +419,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--rejected", action="store_true", help="rejected trajectories only")
     which.add_argument("--omegaprm", action="store_true",
                        help="OmegaPRM searches (probes and their MC values) instead")
-    parser.add_argument("--reason", help="consensus reason (agree, disagree, mc_unknown, ...)")
+    parser.add_argument("--reason", choices=SHOW_REASONS, metavar="REASON",
+                        help=f"consensus reason, one of {', '.join(SHOW_REASONS)}")
     parser.add_argument("--problem", metavar="ID", help="one problem id")
     parser.add_argument("--first-error", type=int, metavar="N",
                         help="first error of the labels shown (0-based step index; -1: none)")

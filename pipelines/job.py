@@ -37,6 +37,7 @@ from steplabel.pipelines.waves import (
     wave_count,
     wave_dir,
 )
+from steplabel.schemas.config import looks_like_local_path
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,37 @@ def check_runner_paths(manifest, out_dir: str) -> None:
                        "copy it to remote storage and point source.path there")
 
 
+def check_out_path(out_dir: str) -> None:
+    """A local ``--out`` must be a directory or not exist yet (nor any file on its way)."""
+    if "://" in out_dir:
+        return
+    path = Path(out_dir).expanduser()
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == path else f"is inside {folder}, a file"
+                raise JobError(f"--out {out_dir} {where}, not a directory: choose a directory "
+                               "(it is created if it does not exist)")
+            return
+
+
+def check_model_paths(manifest) -> None:
+    """A vLLM model given as a local path that does not exist is refused before the pipeline
+    starts (workers of the local and portable runners share this machine's files)."""
+    if manifest.runner.runner not in ("local", "portable"):
+        return
+    models = manifest.models
+    for role in ("policy", "completer", "judge"):
+        config = getattr(models, role, None)
+        if config is None or config.kind != "vllm" or config.model == "embedded":
+            continue
+        path = Path(config.model).expanduser()
+        if looks_like_local_path(config.model) and not path.is_dir():
+            state = "is not a folder" if path.exists() else "does not exist"
+            raise JobError(f"models.{role}.model {config.model} {state}: give the folder of a "
+                           "model (config.json and weights), a hub id (owner/name) or embedded")
+
+
 def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
     """Refuse a finished dataset (unless ``overwrite``) and a directory of another manifest."""
     run_file = storage.join(out_dir, storage.WORK_DIR, "run.json")
@@ -256,6 +288,8 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     :mod:`steplabel.pipelines.frame`, shared with ``evaluate``)."""
     from steplabel.pipelines.frame import run_framed
 
+    check_out_path(out_dir)
+    check_model_paths(manifest)
     options = pipeline_options(manifest, beam_args)
     check_engine_copies(manifest, options)
     check_runner_paths(manifest, out_dir)
