@@ -75,6 +75,19 @@ def _pairs(mapping: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in mapping.items()) or "none"
 
 
+def _judge_parse_lines(parse: dict) -> list[str]:
+    """How the judge's votes were read: one row per parse reason, most frequent first."""
+    votes = parse.get("votes") or 0
+    if not votes:
+        return []
+    reasons = parse["reasons"]
+    width = max(len(reason) for reason in reasons)
+    lines = [f"judge votes by parse reason ({votes} votes; only ok is a readable verdict):"]
+    lines += [f"  {reason:<{width}} {count:>6} {_pct(count / votes):>7}"
+              for reason, count in reasons.items()]
+    return lines
+
+
 def render_group(title: str, s: dict) -> str:
     """One group's figures as text."""
     steps = s["steps"]
@@ -118,6 +131,7 @@ def render_group(title: str, s: dict) -> str:
     lines.append(f"consensus: kept {consensus['kept']} of {consensus['evaluated']} "
                  f"({_pct(consensus['keep_rate'])}); reject reasons: "
                  f"{_pairs(consensus['reject_reasons'])}")
+    lines += _judge_parse_lines(s.get("judge_parse_reasons") or {})
     prefilter = s["prefilter"]
     lines.append(f"pre-filter: dropped {prefilter['dropped']} of {prefilter['checked']} "
                  f"questions ({_pct(prefilter['drop_rate'])}); filtered rows: "

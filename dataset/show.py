@@ -118,6 +118,8 @@ def trajectory_example(row: dict, output: str) -> dict:
         "judge_votes": row.get("judge_votes"),
         "judge_agreement": row.get("judge_agreement"),
         "judge_parse_reasons": row.get("judge_parse_reasons"),
+        "judge_verdicts": [verdict_text(r) for r in row["judge_replies"]]
+        if row.get("judge_replies") is not None else None,
         "consensus_keep": row.get("consensus_keep"),
         "consensus_reason": row.get("consensus_reason"),
         "steps": shown,
@@ -312,6 +314,39 @@ def _wrap(text: str, *, first: str, indent: int, width: int) -> list[str]:
     return out
 
 
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+#: Longest verdict text shown as it is; longer ones are shortened with an ellipsis.
+VERDICT_CHARS = 12
+
+
+def verdict_text(reply: str | None) -> str:
+    """What a judge reply gives as its verdict, for display: the last ``\\boxed{...}``'s content,
+    else a short reply as it is (a reply forced into the box by ``response_prefix`` holds only
+    the verdict); "" for a long reply without a box."""
+    if not reply:
+        return ""
+    boxes = _BOXED.findall(reply)
+    text = boxes[-1].strip() if boxes else reply.strip().rstrip("}").strip()
+    if not boxes and (len(text) > VERDICT_CHARS or "\n" in text):
+        return ""
+    return text if len(text) <= VERDICT_CHARS else text[:VERDICT_CHARS - 1] + "…"
+
+
+def _votes(example: dict, style: Style) -> str:
+    """Each vote with how it was read: ``0 ✓, k ✗ verdict_not_integer, ✗ no_verdict``."""
+    reasons = example.get("judge_parse_reasons") or []
+    verdicts = example.get("judge_verdicts") or []
+    shown = []
+    for n, vote in enumerate(example["judge_votes"]):
+        reason = reasons[n] if n < len(reasons) else None
+        if vote is not None and reason in (None, "ok"):
+            shown.append(f"{vote} {style('✓', 'green')}")
+            continue
+        text = verdicts[n] if n < len(verdicts) else ""
+        shown.append(" ".join(p for p in (text, style("✗", "red"), reason or "unknown") if p))
+    return ", ".join(shown)
+
+
 def render_trajectory(example: dict, *, style: Style, width: int) -> str:
     status = (style("kept", "green", "bold") if example["kept"]
               else style("rejected", "red", "bold"))
@@ -351,7 +386,7 @@ def render_trajectory(example: dict, *, style: Style, width: int) -> str:
     judge = _index(example["judge_first_error"])
     if votes is not None:  # each vote is a step index, -1 for "no error"
         agreement = example["judge_agreement"]
-        judge += (f" (votes {', '.join('?' if v is None else str(v) for v in votes)}"
+        judge += (f" (votes {_votes(example, style)}"
                   + (f"; agreement {agreement:.2f}" if agreement is not None else "") + ")")
     omegaprm = example["omegaprm_first_error"]  # null: OmegaPRM did not search this one
     lines.append(f"first errors: Monte Carlo {_index(example['mc_first_error'])}"

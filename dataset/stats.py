@@ -44,7 +44,7 @@ TRAJECTORY_COLUMNS = [
     "problem_id", "source", "steps", "labels", "mc_values", "mc_first_error",
     "judge_first_error", "consensus_keep", "consensus_reason", "final_answer_correct",
     "cost_policy", "cost_mc", "cost_judge", "policy_truncated", "mc_n_truncated",
-    "mc_n_total", "mc_n_unknown", "judge_finish_reasons",
+    "mc_n_total", "mc_n_unknown", "judge_finish_reasons", "judge_parse_reasons",
 ]
 #: The columns each output is read with (the smallest set the figures need).
 COLUMNS: dict[str, list[str]] = {
@@ -261,6 +261,8 @@ class LabelStats:
         self.both_known = self.agree = 0
         self.consensus_evaluated = self.consensus_kept = 0
         self.reject_reasons = Counter()
+        #: judge votes (samples) by parse reason (``ok``, ``out_of_range``, ...)
+        self.judge_parse = Counter()
         self.outcome = {name: [0, 0] for name in ("final_labels", "monte_carlo", "judge")}
         self.cost: dict[str, Counter] = {stage: Counter() for stage in COST_STAGES}
         self.cost["omegaprm_prefilter_dropped"] = Counter()
@@ -330,6 +332,7 @@ class LabelStats:
             (n or 0) + (u or 0) for n, u in zip((row.get("mc_n_total") or [])[:-1],
                                                 (row.get("mc_n_unknown") or [])[:-1]))
         self.truncation["monte_carlo"][1] += sum(v or 0 for v in row.get("mc_n_truncated") or ())
+        self.judge_parse.update(row.get("judge_parse_reasons") or ())
         judge_finish = row.get("judge_finish_reasons") or ()
         self.truncation["judge"][0] += len(judge_finish)
         self.truncation["judge"][1] += sum(1 for f in judge_finish if f == "length")
@@ -415,6 +418,11 @@ class LabelStats:
                 "kept": self.consensus_kept,
                 "keep_rate": ratio(self.consensus_kept, self.consensus_evaluated),
                 "reject_reasons": dict(sorted(self.reject_reasons.items())),
+            },
+            "judge_parse_reasons": {
+                "votes": sum(self.judge_parse.values()),
+                "reasons": dict(sorted(self.judge_parse.items(),
+                                       key=lambda item: (-item[1], item[0]))),
             },
             "truncation": {
                 stage: {"samples": samples, "truncated": cut, "share": ratio(cut, samples)}
