@@ -542,3 +542,36 @@ def keep_rate_warnings(stats: dict, manifest=None) -> list[str]:
     return [f"keep rate {rate:.1%} ({consensus['kept']} of {consensus['evaluated']} "
             f"trajectories through consensus) is under consensus.expected_keep_rate_min "
             f"{config.expected_keep_rate_min:g}{main}"]
+
+
+#: The run counters OmegaPRM's cost is read from (its rows carry no tokens: states share
+#: rollouts), by :data:`COST_FIELDS` name.
+OMEGAPRM_COST_COUNTERS = {"rollouts": "omegaprm_rollouts",
+                          "prompt_tokens": "omegaprm_prompt_tokens",
+                          "generated_tokens": "omegaprm_generated_tokens",
+                          "cached_tokens": "omegaprm_cached_tokens"}
+
+
+def add_omegaprm_cost(summary: dict, counters: dict) -> dict:
+    """``summary`` (a whole-dataset :meth:`LabelStats.summary`) with OmegaPRM's cost from the
+    run's ``counters``: the stage ``omegaprm`` of ``cost`` (its pre-filter included, so the
+    ``omegaprm_prefilter_dropped`` stage is a part of it; ``requests`` None: not counted), and
+    in ``cost_per_label`` the cost per kept step label by stage and ``with_omegaprm`` (all
+    stages). Unchanged when the counters do not hold OmegaPRM's cost (no OmegaPRM stage, or a
+    dataset written before they existed)."""
+    if not all(name in counters for name in OMEGAPRM_COST_COUNTERS.values()):
+        return summary
+    omegaprm = {"requests": None, **{field: int(counters[name])
+                                     for field, name in OMEGAPRM_COST_COUNTERS.items()}}
+    cost = {**summary["cost"], "omegaprm": omegaprm}
+    per_label = dict(summary["cost_per_label"])
+    labels = per_label["kept_step_labels"]
+    stages = (*COST_STAGES, "omegaprm")
+    per_label["by_stage"] = {
+        stage: {"rollouts": ratio(cost[stage]["rollouts"], labels),
+                "generated_tokens": ratio(cost[stage]["generated_tokens"], labels)}
+        for stage in stages}
+    per_label["with_omegaprm"] = {
+        name: ratio(sum(cost[stage][name] for stage in stages), labels)
+        for name in ("rollouts", "generated_tokens")}
+    return {**summary, "cost": cost, "cost_per_label": per_label}

@@ -23,6 +23,7 @@ def manifest(tmp_path: Path, *, keep_rate_min: float):
         "name": "summary", "seed": 3, "source": {"kind": "jsonl", "path": str(path)},
         "models": {"policy": SCRIPTED}, "policy": {"samples": 3},
         "monte_carlo": {"rollouts": 4}, "judge": {},
+        "omegaprm": {"rollouts": 4, "prefilter_rollouts": 8, "search_limit": 2},
         "consensus": {"expected_keep_rate_min": keep_rate_min}, "runner": {"num_shards": 1}})
 
 
@@ -76,7 +77,7 @@ def test_describe_prints_keep_rate_top_reasons_and_reconciliation():
 
 
 @pytest.mark.pipeline
-def test_a_run_under_the_keep_rate_minimum_records_the_warning(tmp_path):
+def test_a_run_under_the_keep_rate_minimum_records_the_warning_and_omegaprm_cost(tmp_path):
     result = run_job(manifest(tmp_path, keep_rate_min=1.0), out_dir=str(tmp_path / "out"))
     consensus = result.stats["overall"]["consensus"]
     assert consensus["evaluated"] > 0 and consensus["keep_rate"] < 1.0
@@ -85,3 +86,7 @@ def test_a_run_under_the_keep_rate_minimum_records_the_warning(tmp_path):
     assert keep == [w for w in result.stats["warnings"] if w.startswith("keep rate ")]
     assert len(keep) == 1 and "expected_keep_rate_min 1" in keep[0]
     assert "kept " in describe(result).splitlines()[1]
+    # OmegaPRM's cost (run counters) is a stage of the written cost figures
+    counters = result.stats["counters"]
+    cost = json.loads((tmp_path / "out" / "stats.json").read_text())["overall"]["cost"]
+    assert cost["omegaprm"]["generated_tokens"] == counters["omegaprm_generated_tokens"] > 0
