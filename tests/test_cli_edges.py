@@ -142,3 +142,23 @@ def test_show_refuses_an_unknown_reason_naming_the_valid_ones(capsys, tmp_path):
     assert "invalid choice: 'bogus'" in err
     for reason in ("agree", "disagree", "judge_unknown", "policy_truncated"):
         assert repr(reason) in err
+
+
+def test_evaluate_refuses_a_missing_model_folder_and_a_file_as_out(capsys, tmp_path,
+                                                                    monkeypatch):
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parent / "data"
+    monkeypatch.chdir(tmp_path)
+    manifest = {"name": "eval-edges", "seed": 11,
+                "models": {"policy": {"kind": "vllm", "model": "/nonexistent/model-folder"}},
+                "monte_carlo": {"rollouts": 4}, "omegaprm": {"rollouts": 4}, "judge": {}}
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(manifest))
+    gold = ["--gold", str(data / "processbench_small.json"), "--answers",
+            str(data / "answers_small.jsonl"), "--manifest", "eval.yaml"]
+    code, _, err = run_cli(capsys, "evaluate", *gold, "--out", "eval")
+    assert code == 2 and "models.policy.model /nonexistent/model-folder does not exist" in err
+    assert "Traceback" not in err and not (tmp_path / "eval").exists()
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run_cli(capsys, "evaluate", *gold, "--out", "afile")
+    assert code == 2 and "--out afile is a file, not a directory" in err
