@@ -109,22 +109,17 @@ def _parser() -> argparse.ArgumentParser:
         else:
             module.add_arguments(sub.add_parser(name, help=text, description=text,
                                                 parents=verbose))
+    parser.set_defaults(command_parsers=sub.choices)  # name -> its parser, for suggestions
     return parser
 
 
-def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
-    for action in parser._subparsers._group_actions:  # argparse keeps its subparsers here
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices[command]
-    raise KeyError(command)
-
-
-def _refuse_unknown(parser: argparse.ArgumentParser, command: str | None,
+def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace,
                     unknown: list[str]) -> None:
-    """Exit 2 naming the first unknown argument, with the closest option of the command."""
+    """Exit 2 naming the unknown arguments, with the closest option of the command."""
+    command = args.command
     if command is None:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    sub = _subparser(parser, command)
+    sub = args.command_parsers[command]
     first = unknown[0]
     message = f"unrecognized arguments: {' '.join(unknown)}"
     if first.startswith("-"):
@@ -147,7 +142,7 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argpars
         argv, beam_args = argv[:at], argv[at + 1:]
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        _refuse_unknown(parser, args.command, unknown)
+        _refuse_unknown(parser, args, unknown)
     if beam_args and args.command != "run":
         parser.error(f"only run takes Beam pipeline options after --, got: {' '.join(beam_args)}")
     args.beam_args = beam_args

@@ -434,7 +434,8 @@ def describe(result: JobResult) -> str:
                      f"{rejected}" + (f", top reasons: {top}" if top else ""))
     reconciliation = result.stats.get("reconciliation") or {}
     if reconciliation:
-        lines.append(f"[steplabel] problems: {reconciliation['problems_in']} in, "
+        problems_in = reconciliation.get("problems_in")
+        lines.append(f"[steplabel] problems: {'?' if problems_in is None else problems_in} in, "
                      f"{reconciliation['accounted']} accounted for "
                      f"({reconciliation['dead_letter_input_rows']} input rows dead-lettered)")
     return "\n".join(lines)
