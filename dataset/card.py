@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from steplabel.dataset import storage
+from steplabel.dataset.stats import add_omegaprm_cost
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS
 
 CARD = "README.md"
@@ -95,6 +96,13 @@ def _statistics(stats: dict) -> list[str]:
         f"{per_label.get('generated_tokens')} generated tokens; cached prompt share "
         f"{_pct(per_label.get('cached_prompt_share'))}.",
     ]
+    if "cost" in s and "cost_per_label" in s:  # OmegaPRM's cost is in the run's counters
+        with_omegaprm = add_omegaprm_cost(s, stats.get("counters") or {})[
+            "cost_per_label"].get("with_omegaprm")
+        if with_omegaprm:
+            lines.append(f"- Cost per kept step label with OmegaPRM: "
+                         f"{with_omegaprm['rollouts']} rollouts, "
+                         f"{with_omegaprm['generated_tokens']} generated tokens.")
     reconciliation = stats.get("reconciliation") or {}
     if reconciliation:
         lines.append(f"- Every input row accounted for: {reconciliation.get('ok')} "

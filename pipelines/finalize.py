@@ -16,7 +16,6 @@ from steplabel.models import sha256_file
 from steplabel.dataset import storage
 from steplabel.dataset.stats import (
     accounted_problems,
-    add_omegaprm_cost,
     compute_stats,
     keep_rate_warnings,
     truncation_warnings,
@@ -227,7 +226,6 @@ def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
         "ok": problems_in is None or accounted == problems_in,
     }
     stats["counters"] = dict(sorted(counters.items()))
-    stats["overall"] = add_omegaprm_cost(stats["overall"], stats["counters"])
     stats["warnings"] = (truncation_warnings(stats, manifest)
                          + keep_rate_warnings(stats, manifest))
     stats["temp_files_removed"] = len(leftovers)

@@ -81,3 +81,13 @@ def test_count_plots_with_one_item_have_whole_number_ticks(monkeypatch, plot, ch
     for ax in fig.axes:
         ticks = ax.get_yticks()
         assert len(ticks) and all(float(t).is_integer() for t in ticks), (plot, ticks)
+
+
+def test_dataset_card_gives_the_cost_per_kept_step_label_with_omegaprm():
+    from steplabel.dataset.card import _statistics
+
+    lines = _statistics({"overall": summary_with_cost(), "counters": COUNTERS})
+    assert "- Cost per kept step label with OmegaPRM: 47.5 rollouts, 1680.0 generated " \
+           "tokens." in lines
+    assert not any("with OmegaPRM" in line for line in _statistics(
+        {"overall": summary_with_cost(), "counters": {}}))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from steplabel.dataset.inspect import dataset_report
 from steplabel.dataset.stats import keep_rate_warnings, top_reject_reasons
 from steplabel.pipelines.job import JobResult, describe, run_job
 from steplabel.schemas.manifest import manifest_from_dict
@@ -86,7 +87,8 @@ def test_a_run_under_the_keep_rate_minimum_records_the_warning_and_omegaprm_cost
     assert keep == [w for w in result.stats["warnings"] if w.startswith("keep rate ")]
     assert len(keep) == 1 and "expected_keep_rate_min 1" in keep[0]
     assert "kept " in describe(result).splitlines()[1]
-    # OmegaPRM's cost (run counters) is a stage of the written cost figures
+    # OmegaPRM's cost (the run's counters in stats.json) is a stage of inspect's cost figures
     counters = result.stats["counters"]
-    cost = json.loads((tmp_path / "out" / "stats.json").read_text())["overall"]["cost"]
+    cost = dataset_report(str(tmp_path / "out"))["overall"]["cost"]
     assert cost["omegaprm"]["generated_tokens"] == counters["omegaprm_generated_tokens"] > 0
+    assert cost["omegaprm"]["rollouts"] == counters["omegaprm_rollouts"] > 0
