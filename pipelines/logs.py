@@ -235,18 +235,34 @@ def _notice_times(notices: tuple[float, ...]):
         yield at
 
 
+def _terminal_copy():
+    """A stream on a duplicate of descriptor 2 as it is now: the vLLM engine's start points
+    descriptors 1 and 2 at the log file for a while (its child processes inherit them), and
+    what is shown meanwhile must still reach the terminal. None when stderr has no descriptor
+    (a test's capture)."""
+    try:
+        fd = os.dup(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return os.fdopen(fd, "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None)
+                     or "utf-8", errors="replace")
+
+
 @contextlib.contextmanager
 def engine_starting(what: str, *, stream=None, status_line: bool = True, tick_s: float = 1.0,
                     notices: tuple[float, ...] = STARTING_NOTICES_S, clock=time.monotonic):
     """Show that ``what`` (an engine) is starting while the block runs: ``[steplabel] starting
     <what>`` at once; then on a terminal (unless ``-v``; ``status_line`` False: progress bars
     are on screen) a status line ``loading <what>: 00:12`` redrawn every ``tick_s`` (a tqdm
-    line, which steplabel's messages print around) and removed at the end; elsewhere a
-    ``still starting`` line at each of ``notices`` seconds, then at the same last interval
-    again. The engine says itself when it is ready (vLLM: the model, the time, its devices)."""
-    stream = stream or sys.stderr
+    line) and removed at the end; elsewhere a ``still starting`` line at each of ``notices``
+    seconds, then at the same last interval again (to ``stream`` and the log file). The
+    engine says itself when it is ready (vLLM: the model, the time, its devices).
+
+    ``stream`` (default: a copy of stderr's descriptor, see :func:`_terminal_copy`)."""
     logger = logging.getLogger("steplabel.engines")
     logger.info("starting %s", what)
+    owned = _terminal_copy() if stream is None else None
+    stream = stream or owned or sys.stderr
     started = clock()
     done = threading.Event()
 
@@ -265,7 +281,9 @@ def engine_starting(what: str, *, stream=None, status_line: bool = True, tick_s:
         for at in _notice_times(notices):
             if done.wait(max(0.0, at - (clock() - started))):
                 return
-            logger.info("still starting %s: %.0f s so far", what, clock() - started)
+            message = f"still starting {what}: {clock() - started:.0f} s so far"
+            logger.info(message, extra={FILE_ONLY: True})  # the log file's copy
+            print(f"[steplabel] {message}", file=stream, flush=True)
 
     # -v: the engine's own processes print to the terminal too; plain lines do not tear.
     verbose = _CURRENT is not None and _CURRENT.verbose
@@ -277,6 +295,9 @@ def engine_starting(what: str, *, stream=None, status_line: bool = True, tick_s:
     finally:
         done.set()
         thread.join(timeout=5)
+        if owned is not None:
+            with contextlib.suppress(OSError):
+                owned.close()
 
 
 def use_dataset_dir(out_dir: str, command: str) -> str | None:

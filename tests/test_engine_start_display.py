@@ -32,7 +32,11 @@ def test_start_line_then_still_starting_lines_without_a_terminal(caplog):
     assert messages[0] == "starting the vllm engine (model embedded; first needed by policy)"
     still = [m for m in messages[1:] if m.startswith("still starting the vllm engine")]
     # at 0.05 and 0.1 s, then every 0.05 s: about 5 in 0.28 s, never one per tick
-    assert 3 <= len(still) <= 6 and stream.getvalue() == ""
+    assert 3 <= len(still) <= 6
+    shown = stream.getvalue().splitlines()
+    assert shown == [f"[steplabel] {m}" for m in still]
+    assert all(getattr(r, logs.FILE_ONLY, False) for r in caplog.records
+               if r.getMessage().startswith("still starting"))  # shown once, on the stream
 
 
 def test_status_line_with_elapsed_time_on_a_terminal(caplog):
@@ -46,15 +50,37 @@ def test_status_line_with_elapsed_time_on_a_terminal(caplog):
     assert not [r for r in caplog.records if "still starting" in r.getMessage()]
 
 
+def test_shown_on_the_terminal_while_the_engine_start_points_stderr_at_the_log_file(tmp_path):
+    """vLLM's start points descriptors 1 and 2 at the log file (its children inherit them):
+    the lines shown meanwhile go to a copy of the terminal's descriptor, not into the file."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys, time\n"
+        "from steplabel.pipelines import logs\n"
+        "with logs.engine_starting('the x engine', notices=(0.05,)):\n"
+        "    log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND)\n"
+        "    saved = os.dup(2)\n"
+        "    os.dup2(log, 2)\n"
+        "    time.sleep(0.3)\n"
+        "    os.dup2(saved, 2)\n")
+    log = tmp_path / "engine.log"
+    done = subprocess.run([sys.executable, "-c", script, str(log)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "[steplabel] still starting the x engine" in done.stderr
+    assert "still starting" not in (log.read_text() if log.exists() else "")
+
+
 def test_no_status_line_while_progress_bars_are_on_screen(caplog):
     stream = Terminal()
     with caplog.at_level(logging.INFO, logger="steplabel.engines"):
         with logs.engine_starting("the judge engine", stream=stream, status_line=False,
                                   notices=(0.05,)):
             time.sleep(0.12)
-    assert stream.getvalue() == ""
-    assert any(r.getMessage().startswith("still starting the judge engine")
-               for r in caplog.records)
+    assert "loading" not in stream.getvalue()
+    assert stream.getvalue().startswith("[steplabel] still starting the judge engine")
 
 
 def test_engine_ready_line_on_a_cpu_has_no_gpu_words():
