@@ -554,12 +554,13 @@ OMEGAPRM_COST_COUNTERS = {"rollouts": "omegaprm_rollouts",
 
 def add_omegaprm_cost(summary: dict, counters: dict) -> dict:
     """``summary`` (a whole-dataset :meth:`LabelStats.summary`) with OmegaPRM's cost from the
-    run's ``counters`` (stats.json's; applied where the figures are shown, ``inspect``, so that
-    stats.json's own figures stay those the shards give): the stage ``omegaprm`` of ``cost`` (its pre-filter included, so the
-    ``omegaprm_prefilter_dropped`` stage is a part of it; ``requests`` None: not counted), and
-    in ``cost_per_label`` the cost per kept step label by stage and ``with_omegaprm`` (all
-    stages). Unchanged when the counters do not hold OmegaPRM's cost (no OmegaPRM stage, or a
-    dataset written before they existed)."""
+    run's ``counters`` (stats.json's; applied where the figures are shown, ``inspect`` and the
+    card, so that stats.json's own figures stay those the shards give): the stage
+    ``omegaprm`` of ``cost`` (its pre-filter included, so the ``omegaprm_prefilter_dropped``
+    stage is a part of it; ``requests`` None: not counted), and in ``cost_per_label`` the cost
+    per kept step label by stage and ``with_omegaprm`` (all stages). Unchanged when the
+    counters do not hold OmegaPRM's cost (no OmegaPRM stage, or a dataset written before they
+    existed)."""
     if not all(name in counters for name in OMEGAPRM_COST_COUNTERS.values()):
         return summary
     omegaprm = {"requests": None, **{field: int(counters[name])
