@@ -21,6 +21,7 @@ import yaml
 
 from steplabel.dataset import storage
 from steplabel.dataset.identity import CONTENT_HASH
+from steplabel.dataset.stats import add_omegaprm_cost
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS
 
 CARD = "README.md"
@@ -100,6 +101,13 @@ def _statistics(stats: dict) -> list[str]:
         lines.append(f"- Prefix cache (a measurement of the run that wrote this, not of the "
                      f"data): {cache.get('cached_tokens')} of {cache.get('prompt_tokens')} "
                      f"prompt tokens ({_pct(cache.get('cached_share'))}).")
+    if "cost" in s and "cost_per_label" in s:  # OmegaPRM's cost is in the run's counters
+        with_omegaprm = add_omegaprm_cost(s, stats.get("counters") or {})[
+            "cost_per_label"].get("with_omegaprm")
+        if with_omegaprm:
+            lines.append(f"- Cost per kept step label with OmegaPRM: "
+                         f"{with_omegaprm['rollouts']} rollouts, "
+                         f"{with_omegaprm['generated_tokens']} generated tokens.")
     reconciliation = stats.get("reconciliation") or {}
     if reconciliation:
         lines.append(f"- Every input row accounted for: {reconciliation.get('ok')} "

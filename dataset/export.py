@@ -47,11 +47,13 @@ import sys
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 
 from steplabel.dataset import storage
+from steplabel.schemas.config import looks_like_local_path
 
 FORMATS = ("trl", "openrlhf", "math-shepherd")
 LABEL_KINDS = ("hard", "soft")
@@ -190,6 +192,14 @@ class PlaceholderCheck:
 
 
 def load_tokenizer(path: str):
+    """A tokenizer from a local folder or a hub id; a local path that is not a folder is an
+    error of its own (the hub's "Repo id must use alphanumeric chars" would say nothing)."""
+    folder = Path(path).expanduser()
+    if looks_like_local_path(path) or folder.exists():
+        if not folder.is_dir():
+            state = "is not a folder" if folder.exists() else "does not exist"
+            raise ExportError(f"--tokenizer {path} {state}: give a tokenizer's folder "
+                              "(tokenizer.json or tokenizer_config.json) or a hub id (owner/name)")
     from transformers import AutoTokenizer
 
     try:

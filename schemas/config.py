@@ -30,6 +30,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        alternatives = [arg for arg in args if arg is not type(None)]
+        if len(alternatives) == 1:  # an optional section or value: its own error, not the union's
+            return _convert(alternatives[0], value, path)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -38,7 +41,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
                 return _convert(arg, value, path)
             except ConfigError as exc:
                 errors.append(str(exc))
-        _fail(path, f"got {value!r}, which matches none of the allowed types ({'; '.join(errors)})")
+        _fail(path, f"got {value!r:.60}, which matches none of the allowed types "
+                    f"({'; '.join(errors)})")
     if origin is Literal:
         if value not in args:
             _fail(path, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
@@ -261,6 +265,13 @@ class EngineConfig:
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 #: The least share of a GPU an automatically sized engine gets (weights and a KV cache must fit).
 MIN_GPU_MEMORY_SHARE = 0.05
+
+
+def looks_like_local_path(model: str) -> bool:
+    """A model (or tokenizer) name that can only be a local path: absolute, ``~``, ``./``,
+    ``../``, or more than one ``/`` (a hub id is ``owner/name``)."""
+    return (model.startswith(("/", "~", "./", "../", ".\\")) or model in (".", "..")
+            or model.count("/") > 1 or "\\" in model)
 
 
 def data_parallel_size_for(config: EngineConfig, gpus: int) -> int:

@@ -4,6 +4,7 @@ tests/test_cli_engine.py does the same with the real vLLM engine)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,11 @@ def test_a_clean_run_has_a_clean_stderr(ran):
     assert f"{NOISE} fd1 banner" in done.stderr and f"{NOISE} child stdout" in done.stderr
     assert "[steplabel] dataset written to out" in done.stderr
     assert "(engine and library logs: " in done.stderr
+    # Not a terminal: the engine's start, then progress lines with the stages' expected totals
+    assert ("[steplabel] starting the custom engine (factory noisy_engine:noisy_arithmetic_"
+            "engine; first needed by ") in done.stderr
+    # (6 input rows, one of them not JSON: 6 expected)
+    assert re.search(r"sampled 5/6, steps labelled \d+, trajectories judged 15/18", done.stderr)
 
 
 def test_library_logs_go_to_the_dataset_log_file(ran):

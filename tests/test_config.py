@@ -36,6 +36,16 @@ def test_wrong_types_are_errors():
         from_mapping(EngineConfig, {"kind": "tgi"})
 
 
+def test_an_error_inside_an_optional_section_names_only_the_field():
+    # An optional section (``judge: JudgeConfig | None``) reports the field, not the section.
+    with pytest.raises(ConfigError) as raised:
+        manifest_from_dict({**MINIMAL, "judge": {"votes": "three", "response_prefix": "x" * 200}})
+    assert str(raised.value) == "judge.votes: must be an integer, got 'three'"
+    with pytest.raises(ConfigError) as raised:
+        manifest_from_dict({**MINIMAL, "models": {"judge": {"max_model_len": "big"}}})
+    assert str(raised.value) == "models.judge.max_model_len: must be an integer, got 'big'"
+
+
 def test_missing_required_and_stage_dependencies():
     with pytest.raises(ConfigError, match="missing required key"):
         manifest_from_dict({"name": "t"})

@@ -36,7 +36,7 @@ def make_progress(total=10, *, bars=False, stages=None):
 
 
 def test_plain_lines_every_interval_with_stage_counts():
-    progress, clock, stream, served, counts = make_progress()
+    progress, clock, stream, served, counts = make_progress(total=100)
     clock.now += 6
     served.update(rollouts=60, tokens=600)
     counts.update(policy=3, completer=12, judge=2)
@@ -45,13 +45,68 @@ def test_plain_lines_every_interval_with_stage_counts():
     progress.update()
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("[steplabel] problems 1/10 (0 resumed), sampled 3, "
+    assert lines[0].startswith("[steplabel] problems 1/100 (0 resumed), sampled 3, "
                                "steps labelled 12, trajectories judged 2, 10.0 rollouts/s, "
                                "100 tokens/s, 6.0s elapsed, ETA")
     clock.now += 5
+    progress.update(force=True)  # no problem done and the interval (now 10 s) not passed
+    assert len(stream.getvalue().splitlines()) == 1
+    clock.now += 5
     progress.update(force=True)  # no problem done, but the interval passed
     assert len(stream.getvalue().splitlines()) == 2
-    assert "problems 2/10" in stream.getvalue().splitlines()[1]
+    assert "problems 2/100" in stream.getvalue().splitlines()[1]
+
+
+def test_plain_lines_at_a_growing_interval_and_each_tenth():
+    progress, clock, stream, _, _ = make_progress(total=1000)
+    printed_at = []
+    for _ in range(200):  # the labelling loop's polls, every 5 s, no problem done
+        clock.now += 5
+        before = len(stream.getvalue().splitlines())
+        progress.update(force=True)
+        if len(stream.getvalue().splitlines()) > before:
+            printed_at.append(clock.now - 100)
+    # 5 s, then 10, 20, and every 30 s (the cap), not every 5 s
+    assert printed_at[:6] == [5, 15, 35, 65, 95, 125]
+    assert len(printed_at) == 1 + 1 + 1 + (1000 - 35) // 30
+    lines = len(stream.getvalue().splitlines())
+    clock.now += 2
+    for _ in range(100):  # a tenth of the problems done within the interval: one line
+        progress.update()
+    assert len(stream.getvalue().splitlines()) == lines + 1
+    assert "problems 100/1000" in stream.getvalue().splitlines()[-1]
+
+
+def test_expected_requests_give_stage_totals_before_any_problem_is_done():
+    progress, clock, stream, _, counts = make_progress(total=12)
+    progress.expect({"policy": 12, "judge": 36})
+    counts.update(policy=12, completer=40, judge=5)
+    clock.now += 6
+    progress.update(force=True)
+    assert ("problems 0/12 (0 resumed), sampled 12/12, steps labelled 40, trajectories "
+            "judged 5/36") in stream.getvalue()
+
+
+def test_resumed_problems_count_their_share_of_the_judge():
+    progress, clock, stream, _, counts = make_progress(total=4)
+    progress.expect({"policy": 4, "judge": 12})
+    counts.update(policy=2, judge=6)
+    clock.now += 1
+    progress.update(resumed=True)
+    clock.now += 1
+    progress.update(resumed=True)
+    assert "sampled 4/4" in stream.getvalue() and "trajectories judged 12/12" in stream.getvalue()
+
+
+def test_stage_bar_with_an_expected_total_on_a_terminal():
+    progress, clock, stream, served, counts = make_progress(total=4, bars=True)
+    progress.expect({"policy": 4, "judge": 12})
+    counts.update(policy=4, completer=7, judge=3)
+    clock.now += 2
+    progress.update(force=True)
+    progress.close()
+    text = stream.getvalue()
+    assert "trajectories judged:  25%|" in text and "3/12" in text
 
 
 def test_eta_is_smoothed_and_absent_before_the_first_computed_problem():
