@@ -50,6 +50,7 @@ TRAJECTORY_COLUMNS = list(dict.fromkeys([
     "problem_id", "source", "steps", "labels", "mc_values", "consensus_keep",
     "consensus_reason", "final_answer_correct", "cost_policy", "policy_truncated",
     "mc_interval_low", "mc_interval_high", "mc_rollouts_spent", "mc_label_reasons",
+    "mc_n_correct",  # with mc_n_total/mc_n_unknown: plan's budget forecast from a pilot
     *(spec.first_error_column for spec in FIRST_ERRORS),
     *(spec.cost_column for spec in with_cost_on_rows()),
     *(column for spec in ANNOTATORS.values() for column in spec.truncation_columns),
