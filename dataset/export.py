@@ -16,8 +16,9 @@ Formats (every row also carries ``problem_id``, ``solution_index`` and ``source`
   posterior`` the mean of the step's Beta posterior (the soft label of #26, from the counts and
   the manifest's prior) plus a column ``weight``: one confidence per step, ``1 - (high - low)``
   of the step's 90% credible interval, in [0, 1] (0.50 to 0.72 after 8 rollouts under a
-  uniform prior; 1 for the final step, which is its graded answer). OpenRLHF reads ``input``/``value`` and ignores ``weight``;
-  a trainer that weights its loss per step reads it. Given ``--tokenizer``, the
+  uniform prior; 1 for the final step, which is its graded answer). OpenRLHF reads
+  ``input``/``value`` and ignores ``weight``; a trainer that weights its loss per step reads
+  it. Given ``--tokenizer``, the
   placeholder must be one token, and it must still be one token inside every input (a
   placeholder that merges with its neighbours would shift the labels): the export refuses a
   multi-token placeholder and skips, with a count, an input where the in-context check fails.

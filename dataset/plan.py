@@ -224,7 +224,7 @@ class StepForecast:
     undecided: float
 
 
-def _graded(correct: int, incorrect: int, unknown: int) -> GradedRollouts:
+def counts_as_rollouts(correct: int, incorrect: int, unknown: int) -> GradedRollouts:
     """Counts as the annotator's rollouts record, for its own stopping rule."""
     verdicts = ("correct",) * correct + ("incorrect",) * incorrect + ("unknown",) * unknown
     return GradedRollouts(seed=0, texts=(), generated_tokens=(), verdicts=verdicts, reasons=())
@@ -267,8 +267,8 @@ def step_forecast(n_correct: int, n_total: int, n_unknown: int, *, budget: Rollo
         sampled += size
         going: dict[tuple[int, int], float] = {}
         for (c, f), prob in states.items():
-            decision = budget_step_decision(_graded(c, f, sampled - c - f), budget=budget,
-                                            threshold=threshold, prior=prior)
+            decision = budget_step_decision(counts_as_rollouts(c, f, sampled - c - f),
+                                            budget=budget, threshold=threshold, prior=prior)
             if decision is UNDECIDED:
                 going[(c, f)] = prob
             elif decision is None and c + f > 0:

@@ -10,7 +10,7 @@ from steplabel.annotators.monte_carlo import UNDECIDED, budget_step_decision
 from steplabel.annotators.posterior import CREDIBLE_LEVEL, posterior
 from steplabel.dataset import storage
 from steplabel.dataset.export import ExportOptions, export_dataset
-from steplabel.dataset.plan import _graded
+from steplabel.dataset.plan import counts_as_rollouts
 from steplabel.dataset.stats import compute_stats
 from steplabel.pipelines.job import run_job
 from steplabel.schemas.manifest import load_manifest
@@ -62,8 +62,9 @@ def test_steps_follow_the_budget_rounds_and_the_posterior_rule(budget_job):
                 continue
             estimated += 1
             assert spent in rounds
-            decision = budget_step_decision(_graded(c, n - c, u), budget=budget,
-                                            threshold=config.threshold, prior=config.prior)
+            decision = budget_step_decision(counts_as_rollouts(c, n - c, u),
+                                            budget=budget, threshold=config.threshold,
+                                            prior=config.prior)
             assert decision is not UNDECIDED  # the rounds stopped only when they could
             assert row["hard_labels"][t] == decision
             if decision is None and n > 0:

@@ -366,8 +366,8 @@ def test_step_forecast_matches_a_simulation_of_the_annotators_rule():
             c += int((known & hits).sum())
             f += int((known & ~hits).sum())
             u += int((~known).sum())
-            decision = budget_step_decision(plan._graded(c, f, u), budget=budget,
-                                            threshold=0.25, prior=prior)
+            decision = budget_step_decision(plan.counts_as_rollouts(c, f, u),
+                                            budget=budget, threshold=0.25, prior=prior)
             if decision is not UNDECIDED:
                 break
         spent.append(c + f + u)
