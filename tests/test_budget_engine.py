@@ -14,6 +14,7 @@ from steplabel.dataset.plan import counts_as_rollouts
 from steplabel.dataset.stats import compute_stats
 from steplabel.pipelines.job import run_job
 from steplabel.schemas.manifest import load_manifest
+from steplabel.schemas.records import SCHEMA_VERSION
 
 pytestmark = pytest.mark.engine
 
@@ -37,7 +38,7 @@ def test_budget_job_completes_and_accounts_for_every_problem(budget_job):
     _, out, result = budget_job
     assert (out / "COMPLETED").exists()
     assert result.stats["reconciliation"]["ok"]
-    assert result.info["schema_version"] == "1.3"
+    assert result.info["schema_version"] == SCHEMA_VERSION  # 1.3 or later: posterior columns
 
 
 def test_steps_follow_the_budget_rounds_and_the_posterior_rule(budget_job):
