@@ -19,8 +19,18 @@ from test_pipeline import manifest_for, write_problems
 #: The columns schema 1.3 added to trajectory rows.
 POSTERIOR_COLUMNS = {"mc_posterior_mean", "mc_interval_low", "mc_interval_high", "mc_p_above",
                      "mc_rollouts_spent", "mc_label_reasons"}
+#: The trajectory columns of schema 1.2 (before #26): the digest reads only these, so columns
+#: that #26 or another change adds do not move it.
+TRAJECTORY_1_2 = [
+    "problem_id", "source", "solution_index", "question", "gold_answer", "solution", "steps",
+    "final_answer", "final_answer_correct", "outcome_reason", "policy_truncated",
+    "mc_n_correct", "mc_n_total", "mc_n_unknown", "mc_n_truncated", "mc_values", "hard_labels",
+    "soft_labels", "mc_first_error", "omegaprm_first_error", "judge_first_error",
+    "judge_agreement", "judge_votes", "judge_replies", "judge_parse_reasons", "judge_reason",
+    "judge_finish_reasons", "consensus_keep", "consensus_reason", "labels", "label_source",
+    "cost_policy", "cost_mc", "cost_judge"]
 #: Left out of the digest: they name the run's temporary source path (through the manifest
-#: hash) and the code version.
+#: hash) and the code version (``provenance``, not in the list above either).
 UNPINNED = {"provenance", "manifest_hash"}
 OUTPUTS = ["trajectories", "rejected", "omegaprm_states", "omegaprm_pairs", "omegaprm_searches",
            "filtered", "dead_letter"]
@@ -53,9 +63,13 @@ JOB_HASHES = {
 def digests(out: Path) -> dict[str, str]:
     found = {}
     for output in OUTPUTS:
-        rows = [json.dumps({k: v for k, v in row.items()
-                            if k not in POSTERIOR_COLUMNS | UNPINNED}, sort_keys=True)
-                for row in storage.iter_rows(str(out), output)]
+        if output in ("trajectories", "rejected"):
+            rows = [json.dumps({k: row[k] for k in TRAJECTORY_1_2}, sort_keys=True)
+                    for row in storage.iter_rows(str(out), output)]
+        else:
+            rows = [json.dumps({k: v for k, v in row.items() if k not in UNPINNED},
+                               sort_keys=True)
+                    for row in storage.iter_rows(str(out), output)]
         found[output] = hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()[:16]
     return found
 
@@ -86,6 +100,7 @@ def test_fixed_k_rows_carry_the_posterior_of_their_counts(fixed_k_job):
                                                                                      output)]
     estimated = 0
     for row in rows:
+        assert POSTERIOR_COLUMNS <= set(row)
         if row["mc_n_total"] is None:  # not labelled (e.g. policy cut off)
             continue
         assert row["mc_label_reasons"] == [None] * len(row["steps"])
