@@ -272,7 +272,11 @@ async def monte_carlo_labels(ctx: StageContext, annotator, prompt, solution: Sol
     fields = R.MonteCarloColumns(
         mc_n_correct=mc.n_correct, mc_n_total=mc.n_total, mc_n_unknown=mc.n_unknown,
         mc_n_truncated=mc.n_truncated, mc_values=mc.values, hard_labels=mc.hard_labels,
-        soft_labels=mc.soft_labels, mc_first_error=mc.first_error_index, cost_mc=mc.cost)
+        soft_labels=mc.soft_labels, mc_first_error=mc.first_error_index,
+        mc_posterior_mean=mc.posterior_mean, mc_interval_low=mc.interval_low,
+        mc_interval_high=mc.interval_high, mc_p_above=mc.p_above,
+        mc_rollouts_spent=mc.rollouts_per_step, mc_label_reasons=mc.label_reasons,
+        cost_mc=mc.cost)
     counters = {
         "mc_rollouts": mc.rollouts,
         "mc_rollouts_truncated": sum(mc.n_truncated),

@@ -3,14 +3,22 @@
 Formats (every row also carries ``problem_id``, ``solution_index`` and ``source``):
 
 - ``trl``: TRL's stepwise supervision (``PRMTrainer``): ``prompt`` (the question),
-  ``completions`` (the steps), ``labels`` (one bool per step). TRL joins the steps with its
+  ``completions`` (the steps), ``labels`` (one bool per step). Binary: a step the adaptive
+  budget left ``undecided`` has no label and ends its example before it (rule 2 below; counted
+  as ``cut_at_undecided`` and said in the summary line). TRL joins the steps with its
   ``step_separator`` and puts each label on the separator's last token; ``export.json`` gives
   the separator that matches the dataset's splitter (``"\\n"`` for ``step_markers``/``lines``,
   ``"\\n\\n"`` for ``paragraphs``).
 - ``openrlhf``: OpenRLHF's process reward dataset: ``input`` is the question, a newline, then
   each step followed by `` <placeholder>`` (steps joined by newlines); ``value`` holds one label
   per placeholder, ``"+"``/``"-"`` with ``--labels hard`` (train with ``--reward_tokens + -``)
-  or the step's Monte Carlo value in [0, 1] with ``--labels soft``. Given ``--tokenizer``, the
+  or the step's Monte Carlo value in [0, 1] with ``--labels soft``, or with ``--labels
+  posterior`` the mean of the step's Beta posterior (the soft label of #26, from the counts and
+  the manifest's prior) plus a column ``weight``: one confidence per step, ``1 - (high - low)``
+  of the step's 90% credible interval, in [0, 1] (0.50 to 0.72 after 8 rollouts under a
+  uniform prior; 1 for the final step, which is its graded answer). OpenRLHF reads
+  ``input``/``value`` and ignores ``weight``; a trainer that weights its loss per step reads
+  it. Given ``--tokenizer``, the
   placeholder must be one token, and it must still be one token inside every input (a
   placeholder that merges with its neighbours would shift the labels): the export refuses a
   multi-token placeholder and skips, with a count, an input where the in-context check fails.
@@ -27,8 +35,9 @@ output) with labels, and
    no trustworthy label). ``--keep-after-first-error`` keeps the labels after it, as
    Math-Shepherd's released data does (it labels every step by its own rollouts);
 2. **cut before the first unknown** (always): a step with no label (not estimated, e.g. every
-   rollout from it was cut off) ends the example before it, so every exported step has a label;
-   an unknown is never exported as a negative. An example left with no labelled step is skipped.
+   rollout from it was cut off, or the adaptive budget left it ``undecided``) ends the example
+   before it, so every exported step has a label; an unknown is never exported as a negative.
+   An example left with no labelled step is skipped.
 
 Every skip and cut is counted in ``export.json``. Rejected trajectories (consensus
 disagreements, policy samples cut off at ``max_tokens``) are never exported.
@@ -56,7 +65,11 @@ from steplabel.dataset import storage
 from steplabel.schemas.config import looks_like_local_path
 
 FORMATS = ("trl", "openrlhf", "math-shepherd")
-LABEL_KINDS = ("hard", "soft")
+LABEL_KINDS = ("hard", "soft", "posterior")
+#: What ``--labels posterior``'s ``weight`` column is (also written to ``export.json``).
+POSTERIOR_WEIGHT = "1 - width of the step's 90% credible interval (Beta posterior)"
+#: ``mc_label_reasons`` of a step the adaptive budget left without a hard label.
+REASON_UNDECIDED = "undecided"
 MATH_SHEPHERD_TAG = "ки"
 DEFAULT_PLACEHOLDER = MATH_SHEPHERD_TAG
 DATA_DIR = "data"
@@ -71,11 +84,15 @@ SCHEMAS: dict[tuple[str, str], pa.Schema] = {
                                      *_IDS]),
     ("openrlhf", "soft"): pa.schema([("input", pa.string()), ("value", pa.list_(pa.float64())),
                                      *_IDS]),
+    ("openrlhf", "posterior"): pa.schema([("input", pa.string()),
+                                          ("value", pa.list_(pa.float64())),
+                                          ("weight", pa.list_(pa.float64())), *_IDS]),
     ("math-shepherd", "hard"): pa.schema([("input", pa.string()), ("label", pa.string()),
                                           *_IDS]),
 }
 SOURCE_COLUMNS = ["problem_id", "solution_index", "source", "question", "steps", "labels",
-                  "soft_labels", "provenance"]
+                  "soft_labels", "provenance", "mc_posterior_mean", "mc_interval_low",
+                  "mc_interval_high", "mc_label_reasons"]
 
 
 class ExportError(RuntimeError):
@@ -86,7 +103,9 @@ class ExportError(RuntimeError):
 class LabelledExample:
     """A kept trajectory cut to its labelled steps: ``len(steps) == len(labels)``.
 
-    ``soft`` holds the Monte Carlo values of the same steps, or None when any is missing.
+    ``soft`` holds the Monte Carlo values of the same steps, or None when any is missing;
+    ``posterior`` the posterior means and ``weight`` ``1 - interval width`` of the same steps,
+    or None when any is missing (datasets before schema 1.3 have none).
     """
 
     problem_id: str
@@ -96,6 +115,16 @@ class LabelledExample:
     steps: list[str]
     labels: list[bool]
     soft: list[float] | None
+    posterior: list[float] | None = None
+    weight: list[float] | None = None
+
+
+def _per_step(values: list | None, n: int) -> list[float] | None:
+    """The first ``n`` values as floats, or None when there are fewer or any is missing."""
+    values = (values or [])[:n]
+    if len(values) == n and all(v is not None for v in values):
+        return [float(v) for v in values]
+    return None
 
 
 def labelled_example(row: dict, counts: Counter, *,
@@ -108,9 +137,11 @@ def labelled_example(row: dict, counts: Counter, *,
         counts["skipped_no_labels"] += 1
         return None
     known = []
-    for label in labels:
+    reasons = row.get("mc_label_reasons") or []
+    for index, label in enumerate(labels):
         if label is None:
-            counts["cut_at_unknown_label"] += 1
+            undecided = index < len(reasons) and reasons[index] == REASON_UNDECIDED
+            counts["cut_at_undecided" if undecided else "cut_at_unknown_label"] += 1
             break
         known.append(bool(label))
         if not label and not keep_after_first_error:
@@ -124,12 +155,15 @@ def labelled_example(row: dict, counts: Counter, *,
         counts["skipped_more_labels_than_steps"] += 1
         return None
     counts["steps_dropped_after_last_label"] += len(steps) - len(known)
-    soft_values = (row.get("soft_labels") or [])[:len(known)]
-    soft = ([float(v) for v in soft_values]
-            if len(soft_values) == len(known) and all(v is not None for v in soft_values)
-            else None)
+    n = len(known)
+    soft = _per_step(row.get("soft_labels"), n)
+    posterior = _per_step(row.get("mc_posterior_mean"), n)
+    low, high = _per_step(row.get("mc_interval_low"), n), _per_step(row.get("mc_interval_high"), n)
+    weight = ([1.0 - (h - lo) for lo, h in zip(low, high)]
+              if posterior is not None and low is not None and high is not None else None)
     return LabelledExample(row["problem_id"], row["solution_index"], row["source"],
-                           row["question"], list(steps[:len(known)]), known, soft)
+                           row["question"], list(steps[:n]), known, soft,
+                           posterior if weight is not None else None, weight)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,10 +185,15 @@ def openrlhf_input(question: str, steps: list[str], placeholder: str) -> str:
 
 
 def openrlhf_row(example: LabelledExample, *, placeholder: str, labels: str) -> dict:
+    """``labels``: ``hard`` (+/-), ``soft`` (Monte Carlo values) or ``posterior`` (posterior
+    means, with the per-step ``weight``)."""
+    text = openrlhf_input(example.question, example.steps, placeholder)
+    if labels == "posterior":
+        return {"input": text, "value": example.posterior, "weight": example.weight,
+                **_ids(example)}
     value = (["+" if label else "-" for label in example.labels] if labels == "hard"
              else example.soft)
-    return {"input": openrlhf_input(example.question, example.steps, placeholder),
-            "value": value, **_ids(example)}
+    return {"input": text, "value": value, **_ids(example)}
 
 
 def math_shepherd_steps(steps: list[str]) -> list[str]:
@@ -220,7 +259,8 @@ class ExportOptions:
         if self.format not in FORMATS:
             raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.labels not in LABEL_KINDS:
-            raise ExportError(f"labels must be hard or soft, got {self.labels!r}")
+            raise ExportError(f"labels must be one of {', '.join(LABEL_KINDS)}, got "
+                              f"{self.labels!r}")
         if (self.format, self.labels) not in SCHEMAS:
             raise ExportError(f"--labels {self.labels} is not available for {self.format} "
                               "(soft labels: openrlhf only; TRL and Math-Shepherd take hard "
@@ -253,6 +293,9 @@ class Exporter:
             return math_shepherd_row(example)
         if o.labels == "soft" and example.soft is None:
             self.counts["skipped_no_soft_labels"] += 1
+            return None
+        if o.labels == "posterior" and example.posterior is None:
+            self.counts["skipped_no_posterior"] += 1
             return None
         if _contains(example, o.placeholder):
             self.counts["skipped_placeholder_in_text"] += 1
@@ -386,6 +429,7 @@ def export_dataset(dataset_dir: str, *, out_dir: str, options: ExportOptions,
         "labels": options.labels,
         "keep_after_first_error": options.keep_after_first_error,
         "placeholder": options.placeholder if options.format == "openrlhf" else None,
+        "weight": POSTERIOR_WEIGHT if options.labels == "posterior" else None,
         "tokenizer_checked": options.tokenizer,
         "step_tag": MATH_SHEPHERD_TAG if options.format == "math-shepherd" else None,
         "trl_step_separator": step_separator(dataset_dir) if options.format == "trl" else None,
@@ -418,7 +462,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, choices=FORMATS, help="training format")
     parser.add_argument("--out", required=True, help="directory for the exported shards")
     parser.add_argument("--labels", choices=LABEL_KINDS, default="hard",
-                        help="hard (bool, +/-) or soft (Monte Carlo value; openrlhf only)")
+                        help="hard (bool, +/-), soft (Monte Carlo value; openrlhf only) or "
+                             "posterior (posterior mean with a per-step weight, 1 - the 90%% "
+                             "interval's width; openrlhf only)")
     parser.add_argument("--tokenizer", metavar="PATH",
                         help="openrlhf: check the placeholder against this tokenizer (a local "
                              "folder); refuse a placeholder that is not a single token")
@@ -450,7 +496,10 @@ def run(args: argparse.Namespace) -> int:
     counts = result["counts"]
     print(f"[steplabel] exported {counts.get('examples', 0)} examples "
           f"({counts.get('steps', 0)} labelled steps) of {counts.get('trajectories_read', 0)} "
-          f"kept trajectories as {args.format} to {args.out}")
+          f"kept trajectories as {args.format} to {args.out}"
+          + (f"; labels are binary: steps the adaptive budget left undecided are not "
+             f"exported, an example ends before its first one "
+             f"({counts.get('cut_at_undecided', 0)} cut)" if args.format == "trl" else ""))
     skipped = {k: v for k, v in counts.items()
                if v and k.startswith(("skipped", "cut", "steps_dropped"))}
     if skipped:

@@ -27,6 +27,7 @@ from steplabel.dataset.stats import (
     INDEX_BUCKETS,
     MC_BUCKETS,
     add_omegaprm_cost,
+    WIDTH_BUCKETS,
     compute_stats,
     truncation_warnings,
 )
@@ -126,6 +127,7 @@ def render_group(title: str, s: dict) -> str:
                  f"{_pct(mc['share_exact_0'])}, exact 1 {_pct(mc['share_exact_1'])}")
     if mc["count"]:
         lines.append("  " + " | ".join(f"{k}: {v}" for k, v in mc["histogram"].items()))
+    lines += posterior_lines(s.get("mc_posterior"))
     confusion = s["judge_vs_mc_first_error"]
     if confusion["matrix"]:
         columns = [k for k in INDEX_BUCKETS
@@ -179,6 +181,23 @@ def render_group(title: str, s: dict) -> str:
                      f"{omega['rollouts']} rollouts, {_num(omega['rollouts_per_state_label'])} "
                      "per state label")
     return "\n".join(lines)
+
+
+def posterior_lines(posterior: dict | None) -> list[str]:
+    """The posterior's figures (#26) as text: rollouts per estimated step, undecided steps,
+    90% interval widths; nothing for a dataset without them (before schema 1.3)."""
+    if not posterior or not posterior["estimated_steps"]:
+        return []
+    rollouts, undecided = posterior["rollouts_per_step"], posterior["undecided"]
+    width = posterior["interval_width"]
+    lines = [f"Monte Carlo posterior: {posterior['estimated_steps']} steps estimated, "
+             f"{_num(rollouts['mean'])} rollouts per step "
+             f"({_pairs({f'{k}:': v for k, v in rollouts['histogram'].items()})}); "
+             f"undecided {undecided['count']} ({_pct(undecided['share'])})"]
+    if width["count"]:
+        lines.append(f"  90% interval width: mean {_num(width['mean'])}; " + " | ".join(
+            f"{k}: {v}" for k, v in width["histogram"].items() if v))
+    return lines
 
 
 def rollouts_saved(counters: dict) -> dict | None:
@@ -309,6 +328,27 @@ def plot_mc_values(s: dict) -> str | None:
     return _png(fig)
 
 
+def plot_posterior(s: dict) -> str | None:
+    """Rollouts per estimated step and the widths of the steps' 90% intervals (#26)."""
+    posterior = s.get("mc_posterior")
+    if not posterior or not posterior["estimated_steps"]:
+        return None
+    fig = _figure(7.0)
+    left, right = fig.subplots(1, 2)
+    rollouts = posterior["rollouts_per_step"]["histogram"]
+    left.bar(list(rollouts), list(rollouts.values()), color=NEUTRAL)
+    left.set_xlabel("rollouts")
+    left.set_ylabel("estimated steps")
+    undecided = posterior["undecided"]
+    left.set_title(f"Rollouts per step (undecided {_pct(undecided['share'])})")
+    widths = posterior["interval_width"]["histogram"]
+    right.bar(WIDTH_BUCKETS, [widths[k] for k in WIDTH_BUCKETS], color=NEUTRAL)
+    right.set_xlabel("width of the 90% credible interval")
+    right.tick_params(axis="x", labelrotation=45)
+    right.set_title("Posterior interval widths")
+    return _png(fig)
+
+
 def plot_confusion(s: dict) -> str | None:
     matrix = s["judge_vs_mc_first_error"]["matrix"]
     if not matrix:
@@ -395,7 +435,7 @@ def plot_sources(per_source: dict) -> str | None:
 
 
 PLOTS = [plot_labels_by_index, plot_first_error, plot_mc_values, plot_confusion, plot_consensus,
-         plot_cost]
+         plot_cost, plot_posterior]
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -442,6 +482,7 @@ def _group_html(title: str, s: dict, *, plots: bool) -> str:
         ("MC values: share exact 0 / exact 1",
          f"{_pct(s['mc_values']['share_exact_0'])} / {_pct(s['mc_values']['share_exact_1'])}"),
         ("judge-MC first-error agreement", _pct(s["judge_vs_mc_first_error"]["agreement_rate"])),
+        *_posterior_rows(s.get("mc_posterior")),
         *[(f"cut off at max_tokens: {stage.replace('_', ' ')}",
            f"{_pct(c['share'])} ({c['truncated']} of {c['samples']})")
           for stage, c in (s.get("truncation") or {}).items() if c["samples"]],
@@ -473,6 +514,17 @@ def _group_html(title: str, s: dict, *, plots: bool) -> str:
         parts.append("<div class='plots'>" + "".join(
             f'<img src="{uri}" alt="plot">' for uri in images) + "</div>")
     return "\n".join(parts)
+
+
+def _posterior_rows(posterior: dict | None) -> list[tuple[str, Any]]:
+    if not posterior or not posterior["estimated_steps"]:
+        return []
+    undecided = posterior["undecided"]
+    return [("MC rollouts per estimated step", _num(posterior["rollouts_per_step"]["mean"])),
+            ("MC steps undecided (adaptive budget)",
+             f"{_pct(undecided['share'])} ({undecided['count']} of "
+             f"{posterior['estimated_steps']})"),
+            ("MC 90% interval width (mean)", _num(posterior["interval_width"]["mean"]))]
 
 
 EXAMPLE_STYLE = """

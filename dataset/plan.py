@@ -26,6 +26,18 @@ time, :class:`~steplabel.pipelines.label.EngineClock`), and projects to the sour
 Rows of a source are counted cheaply (JSONL lines, Parquet footers, a ``datasets`` folder's
 length) and ``source.limit`` caps them. Problems the pilot could not label (bad input, engine
 errors) count as source rows that cost nothing recorded.
+
+**The adaptive budget** (``monte_carlo.budget``): a pilot that ran the manifest's own Monte Carlo
+settings (``--pilot``, or ``--from`` a dataset made with them) *measured* the budget's
+rollouts, and the table projects them as it projects every cost. A pilot made with other
+settings (``--from`` a fixed-k dataset) has the wrong rollouts; its Monte Carlo costs are then
+*predicted* per problem from the pilot's step counts and the budget's rounds
+(:func:`step_forecast`: each step's success rate from its pilot posterior, the budget's rounds
+and stopping rule applied exactly) and scaled by predicted / measured: rollouts and generated
+tokens by rollouts, prompt tokens by requests (one per round). Either way the plan shows
+rollouts per step and the undecided share, measured and predicted side by side. Only the steps
+the pilot estimated are forecast: where the budget's first error moves (first-error-only
+Monte Carlo), the steps after it are estimated or not as in the pilot.
 """
 
 from __future__ import annotations
@@ -38,12 +50,16 @@ import random
 import shutil
 import sys
 import tempfile
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from steplabel.annotators.monte_carlo import UNDECIDED, GradedRollouts, budget_step_decision
 from steplabel.annotators.registry import ANNOTATORS, with_cost_on_rows
+from steplabel.schemas.annotators import BetaPrior, MonteCarloConfig, RolloutBudget
 
 #: Stages in display order: key -> label (policy sampling, then every annotator).
 STAGES = {
@@ -123,14 +139,17 @@ def _add(cell: np.ndarray, cost: dict | None) -> None:
         cell[j] += (cost or {}).get(name) or 0
 
 
-def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict) -> PilotCosts:
+def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict,
+                  budget: BudgetForecast | None = None) -> PilotCosts:
     """What each problem of a finished dataset spent, per stage, read as ``dataset.stats``
     reads it: trajectory rows carry ``cost_policy``/``cost_mc``/``cost_judge`` (rejected ones
     too), a problem with no usable solution carries its policy cost on its ``filtered`` row,
     OmegaPRM's rollouts are its states' counts (pre-filter at the root, k per probe) plus a
     dropped question's pre-filter cost. OmegaPRM's tokens are not on its rows: the job's
     counters (``omegaprm_*_tokens``) hold their total, which is split over the problems whose
-    question was kept in proportion to their rollouts (dropped ones carry their own)."""
+    question was kept in proportion to their rollouts (dropped ones carry their own).
+    ``budget``: the adaptive budget's forecast, fed every problem's trajectories (and, when it
+    predicts, scaling their Monte Carlo costs)."""
     from steplabel.dataset.stats import PREFILTER_STAGE, iter_problems
 
     stage_index = {stage: i for i, stage in enumerate(STAGES)}
@@ -145,6 +164,11 @@ def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict) -> PilotCos
             for row in problem.rows.get(output, ()):
                 for column, stage in ROW_COSTS.items():
                     _add(cell[stage_index[stage]], row.get(column))
+        if budget is not None:
+            rollouts, requests = budget.factors([*problem.rows.get("trajectories", ()),
+                                                 *problem.rows.get("rejected", ())])
+            mc = cell[stage_index["monte_carlo"]]
+            mc *= [requests if name == "prompt_tokens" else rollouts for name in FIELDS]
         for row in problem.rows.get("filtered", ()):
             if row["stage"] == PREFILTER_STAGE:
                 _add(cell[omega], row.get("cost"))
@@ -183,6 +207,144 @@ def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict) -> PilotCos
             notes.append("the dataset has no omegaprm_*_tokens counters (written by an older "
                          "steplabel): OmegaPRM's tokens, and so the total time, are unknown")
     return PilotCosts(values, unknown, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The adaptive budget's rollouts, from a pilot's step counts
+
+
+@dataclass(frozen=True)
+class StepForecast:
+    """What the adaptive budget is expected to spend on one step: ``rollouts`` and
+    ``requests`` (one per round), and ``undecided``, the probability that ``max_rollouts``
+    leave its label undecided (some rollout known, no decision)."""
+
+    rollouts: float
+    requests: float
+    undecided: float
+
+
+def counts_as_rollouts(correct: int, incorrect: int, unknown: int) -> GradedRollouts:
+    """Counts as the annotator's rollouts record, for its own stopping rule."""
+    verdicts = ("correct",) * correct + ("incorrect",) * incorrect + ("unknown",) * unknown
+    return GradedRollouts(seed=0, texts=(), generated_tokens=(), verdicts=verdicts, reasons=())
+
+
+@lru_cache(maxsize=65536)
+def step_forecast(n_correct: int, n_total: int, n_unknown: int, *, budget: RolloutBudget,
+                  threshold: float, prior: BetaPrior = BetaPrior()) -> StepForecast:
+    """The budget's expected cost on a step whose pilot rollouts were ``n_correct`` correct of
+    ``n_total`` known, ``n_unknown`` unknown.
+
+    The step's success rate is not known: it follows the pilot's posterior ``Beta(a +
+    n_correct, b + n_total - n_correct)``, so its new rollouts come out as a Pólya urn (each
+    known rollout correct with probability ``(a + c + c') / (a + b + n + c' + f')`` after
+    ``c'`` correct and ``f'`` incorrect new ones); each is unknown with the pilot's unknown
+    share. The rounds (:meth:`RolloutBudget.next_round`) and the stopping rule (the
+    annotator's :func:`~steplabel.annotators.monte_carlo.budget_step_decision`) are applied
+    exactly to every count the rounds can reach: at most ``(max + 1)(max + 2) / 2`` states.
+    """
+    seen = n_total + n_unknown
+    known = n_total / seen if seen else 1.0  # no pilot rollout: no sign of unknowns
+    a, b = prior.a + n_correct, prior.b + n_total - n_correct
+    states: dict[tuple[int, int], float] = {(0, 0): 1.0}  # new (correct, incorrect) -> prob.
+    sampled, rollouts, requests, undecided = 0, 0.0, 0.0, 0.0
+    while states:
+        size = budget.next_round(sampled)
+        reach = sum(states.values())
+        requests += reach
+        rollouts += size * reach
+        for _ in range(size):
+            after: dict[tuple[int, int], float] = defaultdict(float)
+            for (c, f), prob in states.items():
+                if known < 1.0:
+                    after[(c, f)] += prob * (1.0 - known)
+                if known > 0.0:
+                    success = (a + c) / (a + b + c + f)
+                    after[(c + 1, f)] += prob * known * success
+                    after[(c, f + 1)] += prob * known * (1.0 - success)
+            states = after
+        sampled += size
+        going: dict[tuple[int, int], float] = {}
+        for (c, f), prob in states.items():
+            decision = budget_step_decision(counts_as_rollouts(c, f, sampled - c - f),
+                                            budget=budget, threshold=threshold, prior=prior)
+            if decision is UNDECIDED:
+                going[(c, f)] = prob
+            elif decision is None and c + f > 0:
+                undecided += prob
+        states = going
+    return StepForecast(rollouts=rollouts, requests=requests, undecided=undecided)
+
+
+def estimated_steps(row: dict) -> list[tuple[int, int, int, int]]:
+    """``(n_correct, n_total, n_unknown, rollouts)`` of each step of a trajectory row that was
+    estimated from rollouts (``mc_rollouts_spent``; rows before schema 1.3: every step but the
+    final one with a count)."""
+    correct, total = row.get("mc_n_correct") or [], row.get("mc_n_total") or []
+    unknown = row.get("mc_n_unknown") or []
+    spent = row.get("mc_rollouts_spent")
+    if spent is None:
+        spent = [(n or 0) + (u or 0) for n, u in zip(total[:-1], unknown[:-1])]
+    return [(correct[t] or 0, total[t] or 0, unknown[t] or 0, n)
+            for t, n in enumerate(spent) if n and t < min(len(correct), len(total), len(unknown))]
+
+
+class BudgetForecast:
+    """The adaptive budget's rollouts on a pilot's trajectories: measured (what the pilot
+    spent per estimated step, and its undecided steps) and predicted (:func:`step_forecast`
+    of every estimated step). ``predict``: the pilot was made with other Monte Carlo settings,
+    so its Monte Carlo costs are scaled to the prediction (:meth:`factors`)."""
+
+    def __init__(self, config: MonteCarloConfig, *, predict: bool) -> None:
+        if config.budget is None:
+            raise ValueError("a budget forecast needs monte_carlo.budget")
+        self.config, self.predict = config, predict
+        self.steps = 0
+        self.measured_rollouts = self.measured_undecided = 0
+        self.predicted_rollouts = self.predicted_undecided = 0.0
+
+    def factors(self, rows: list[dict]) -> tuple[float, float]:
+        """One problem's trajectory rows: folds them in, and returns ``(rollouts, requests)``:
+        what to multiply its measured Monte Carlo rollouts (and generated tokens) and its
+        requests (and prompt tokens) by to get the budget's."""
+        measured = predicted = measured_requests = predicted_requests = 0.0
+        for row in rows:
+            reasons = row.get("mc_label_reasons") or []
+            self.measured_undecided += sum(1 for r in reasons if r == "undecided")
+            measured_requests += ((row.get("cost_mc") or {}).get("requests") or 0)
+            for correct, total, unknown, spent in estimated_steps(row):
+                forecast = step_forecast(correct, total, unknown, budget=self.config.budget,
+                                         threshold=self.config.threshold,
+                                         prior=self.config.prior)
+                self.steps += 1
+                measured += spent
+                predicted += forecast.rollouts
+                predicted_requests += forecast.requests
+                self.predicted_undecided += forecast.undecided
+        self.measured_rollouts += int(measured)
+        self.predicted_rollouts += predicted
+        if not self.predict:
+            return 1.0, 1.0
+        return (predicted / measured if measured else 1.0,
+                predicted_requests / measured_requests if measured_requests else 1.0)
+
+    def summary(self) -> dict:
+        budget = self.config.budget
+        return {
+            "budget": {"min_rollouts": budget.min_rollouts, "max_rollouts": budget.max_rollouts,
+                       "confidence": budget.confidence},
+            "costs": "predicted" if self.predict else "measured",
+            "estimated_steps": self.steps,
+            "pilot_rollouts_per_step": (round(self.measured_rollouts / self.steps, 4)
+                                        if self.steps else None),
+            "pilot_undecided_share": (None if self.predict or not self.steps
+                                      else round(self.measured_undecided / self.steps, 4)),
+            "predicted_rollouts_per_step": (round(self.predicted_rollouts / self.steps, 4)
+                                            if self.steps else None),
+            "predicted_undecided_share": (round(self.predicted_undecided / self.steps, 4)
+                                          if self.steps else None),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,6 +603,28 @@ def _cell(interval: dict, fmt) -> str:
     return f"{fmt(point)} [{fmt(low)}-{fmt(high)}]"
 
 
+def budget_line(budget: dict) -> str:
+    """The adaptive budget's rollouts per step, measured by the pilot and predicted."""
+    b = budget["budget"]
+    head = (f"  Monte Carlo budget {b['min_rollouts']}..{b['max_rollouts']} @ "
+            f"{b['confidence']}: ")
+    if not budget["estimated_steps"]:
+        return head + "no step estimated in the pilot"
+    predicted = (f"{budget['predicted_rollouts_per_step']:.2f} rollouts per step, "
+                 f"{_pct(budget['predicted_undecided_share'])} undecided predicted from the "
+                 f"pilot's counts over {budget['estimated_steps']} steps")
+    if budget["costs"] == "predicted":
+        return (head + predicted + f" (the pilot spent {budget['pilot_rollouts_per_step']:.2f} "
+                "under its own settings; the Monte Carlo row is the prediction)")
+    return (head + f"{budget['pilot_rollouts_per_step']:.2f} rollouts per step, "
+            f"{_pct(budget['pilot_undecided_share'])} undecided measured in the pilot "
+            f"(the table's figures); {predicted}")
+
+
+def _pct(value: float | None) -> str:
+    return "?" if value is None else f"{100 * value:.1f}%"
+
+
 def format_plan(plan: dict) -> str:
     columns = [("rollouts", "rollouts", _number), ("prompt tokens", "prompt_tokens", _number),
                ("generated tokens", "generated_tokens", _number),
@@ -492,6 +676,9 @@ def format_plan(plan: dict) -> str:
         lines.append(f"  machine load during the pilot: 1-min load average {load['start']:.1f} "
                      f"at start, {load['end']:.1f} at end, on {load['cpus']} CPUs (the "
                      "throughput is what the engine got of the machine then)")
+    budget = plan.get("monte_carlo_budget")
+    if budget:
+        lines.append(budget_line(budget))
     lines.append(f"  [low-high]: {plan['interval']}")
     for note in plan["notes"]:
         lines.append(f"  note: {note}")
@@ -607,6 +794,7 @@ def run(args) -> int:
         if source_rows < 1:
             raise PlanError(f"the source {manifest.source.path} has no rows")
         notes = []
+        predict_budget = False  # the pilot runs this manifest: it measures the budget
         if args.from_dataset:
             dataset = args.from_dataset
             stats = storage.read_json_if_exists(storage.join(dataset, "stats.json"))
@@ -628,6 +816,8 @@ def run(args) -> int:
             job_seconds = kept["job_seconds"] if kept else None
             load = kept.get("load_average") if kept else None
             pilot_text = (f"the kept pilot {dataset}" if kept else f"the dataset {dataset}")
+            predict_budget = made_with.get("monte_carlo") != manifest.to_dict().get(
+                "monte_carlo")
         else:
             root = Path(args.pilot_out) if keep_root else Path(
                 tempfile.mkdtemp(prefix="steplabel-plan-"))
@@ -641,7 +831,14 @@ def run(args) -> int:
         rows_in = (stats.get("reconciliation") or {}).get("problems_in")
         if rows_in is None:
             raise PlanError(f"{dataset} does not record how many rows it read")
-        costs = problem_costs(dataset, rows_in=rows_in, counters=counters)
+        forecast = (BudgetForecast(manifest.monte_carlo, predict=predict_budget)
+                    if manifest.monte_carlo is not None and manifest.monte_carlo.budget
+                    is not None else None)
+        costs = problem_costs(dataset, rows_in=rows_in, counters=counters, budget=forecast)
+        if forecast is not None and forecast.predict:
+            notes.append("the pilot was made with other Monte Carlo settings: the Monte Carlo "
+                         "costs are the adaptive budget's, predicted from the pilot's step "
+                         "counts and the budget's rounds")
         costs.notes[:0] = notes
         stages = [s for s in STAGES if s == "policy" or getattr(manifest, s) is not None]
         generated = None
@@ -673,6 +870,7 @@ def run(args) -> int:
         plan["pilot"] = pilot_text
         plan["pilot_dataset"] = dataset if (args.from_dataset or keep_root) else None
         plan["pilot_load_average"] = load
+        plan["monte_carlo_budget"] = forecast.summary() if forecast is not None else None
     except (PlanError, ConfigError, JobError, FileNotFoundError) as exc:
         print(f"steplabel plan: error: {exc}", file=sys.stderr)
         if root is not None and not keep_root:

@@ -49,6 +49,8 @@ FIRST_ERRORS = [spec for spec in ANNOTATORS.values()
 TRAJECTORY_COLUMNS = list(dict.fromkeys([
     "problem_id", "source", "steps", "labels", "mc_values", "consensus_keep",
     "consensus_reason", "final_answer_correct", "cost_policy", "policy_truncated",
+    "mc_interval_low", "mc_interval_high", "mc_rollouts_spent", "mc_label_reasons",
+    "mc_n_correct",  # with mc_n_total/mc_n_unknown: plan's budget forecast from a pilot
     *(spec.first_error_column for spec in FIRST_ERRORS),
     *(spec.cost_column for spec in with_cost_on_rows()),
     *(column for spec in ANNOTATORS.values() for column in spec.truncation_columns),
@@ -109,6 +111,13 @@ def mc_bucket(value: float) -> str:
 
 
 MC_BUCKETS = ["0"] + [f"{t / 10:.1f}-{(t + 1) / 10:.1f}" for t in range(10)] + ["1"]
+#: Interval-width buckets: tenths, ``"0.3-0.4"`` holds 0.3 <= w < 0.4 (``"0.9-1.0"`` holds 1).
+WIDTH_BUCKETS = [f"{t / 10:.1f}-{(t + 1) / 10:.1f}" for t in range(10)]
+
+
+def width_bucket(width: float) -> str:
+    """Bucket of a credible interval's width in [0, 1] (:data:`WIDTH_BUCKETS`)."""
+    return WIDTH_BUCKETS[max(0, min(int(width * 10), 9))]
 INDEX_BUCKETS = ["-1"] + [step_bucket(i) for i in range(MAX_POSITION + 1)] + ["unknown"]
 
 
@@ -267,6 +276,13 @@ class LabelStats:
         self.by_index: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [positive, negative]
         self.first_error = Counter()
         self.mc_values = Counter()
+        # The posterior (#26), over steps estimated from rollouts (kept and rejected rows):
+        # interval widths, steps left undecided by the budget, rollouts per step.
+        self.estimated_steps = 0
+        self.interval_width = Counter()
+        self.width_sum = 0.0
+        self.undecided_steps = 0
+        self.rollouts_spent = Counter()
         self.confusion: dict[str, Counter] = defaultdict(Counter)
         self.both_known = self.agree = 0
         self.consensus_evaluated = self.consensus_kept = 0
@@ -365,6 +381,7 @@ class LabelStats:
         for value in row.get("mc_values") or ():
             if value is not None:
                 self.mc_values[mc_bucket(value)] += 1
+        self._add_posterior(row)
         mc, judge = row.get("mc_first_error"), row.get("judge_first_error")
         if row.get("mc_values") is not None or judge is not None:
             self.confusion[index_bucket(mc)][index_bucket(judge)] += 1
@@ -376,6 +393,45 @@ class LabelStats:
         for stage in COST_STAGES:
             for name, value in (row.get(f"cost_{stage}") or {}).items():
                 self.cost[stage][name] += value or 0
+
+    def _add_posterior(self, row: dict) -> None:
+        """A step estimated from rollouts (``mc_rollouts_spent > 0``; not the final step, which
+        is its graded answer) counts its rollouts, its interval's width (when it has a known
+        rollout) and whether the budget left it undecided. Rows before schema 1.3 have none."""
+        spent = row.get("mc_rollouts_spent") or ()
+        low, high = row.get("mc_interval_low") or (), row.get("mc_interval_high") or ()
+        reasons = row.get("mc_label_reasons") or ()
+        for index, rollouts in enumerate(spent):
+            if not rollouts:
+                continue
+            self.estimated_steps += 1
+            self.rollouts_spent[rollouts] += 1
+            if index < len(reasons) and reasons[index] == "undecided":
+                self.undecided_steps += 1
+            bounds = (low[index], high[index]) if index < min(len(low), len(high)) else None
+            if bounds is not None and None not in bounds:
+                width = bounds[1] - bounds[0]
+                self.interval_width[width_bucket(width)] += 1
+                self.width_sum += width
+
+    def posterior_summary(self) -> dict:
+        """Interval widths, undecided steps and rollouts per estimated step (#26)."""
+        widths = sum(self.interval_width.values())
+        rollouts = sum(n * count for n, count in self.rollouts_spent.items())
+        return {
+            "estimated_steps": self.estimated_steps,
+            "interval_width": {
+                "count": widths,
+                "mean": ratio(self.width_sum, widths),
+                "histogram": {key: self.interval_width[key] for key in WIDTH_BUCKETS},
+            },
+            "undecided": {"count": self.undecided_steps,
+                          "share": ratio(self.undecided_steps, self.estimated_steps)},
+            "rollouts_per_step": {
+                "mean": ratio(rollouts, self.estimated_steps),
+                "histogram": {str(n): self.rollouts_spent[n] for n in sorted(self.rollouts_spent)},
+            },
+        }
 
     def _outcome(self, name: str, row: dict, first_error: int | None) -> None:
         if row.get("final_answer_correct") and first_error is not None:
@@ -414,6 +470,7 @@ class LabelStats:
                 "share_exact_1": ratio(self.mc_values["1"], mc_count),
                 "histogram": {key: self.mc_values[key] for key in MC_BUCKETS},
             },
+            "mc_posterior": self.posterior_summary(),
             "judge_vs_mc_first_error": {
                 "matrix": {mc: _sorted_buckets(row)
                            for mc, row in sorted(self.confusion.items(),

@@ -119,6 +119,20 @@ class Trajectory:
     hard_labels: list | None = column(pa.list_(_BOOL), default=None)
     soft_labels: list | None = column(pa.list_(_F64), default=None)
     mc_first_error: int | None = column(_I32, default=None)
+    # The Beta posterior of each step's success rate (annotators/posterior.py, schema 1.3):
+    # its mean (the posterior soft label), its 90% equal-tailed credible interval, and
+    # P(rate > max(tau, min_success)); null where the step has no known rollout. The final step
+    # is its graded answer: mean = bounds = 1 or 0. Filled under fixed k too (from the counts
+    # and the prior).
+    mc_posterior_mean: list | None = column(pa.list_(_F64), default=None)
+    mc_interval_low: list | None = column(pa.list_(_F64), default=None)
+    mc_interval_high: list | None = column(pa.list_(_F64), default=None)
+    mc_p_above: list | None = column(pa.list_(_F64), default=None)
+    # rollouts sampled from each step's prefix (0 for the final step and steps not estimated)
+    mc_rollouts_spent: list | None = column(pa.list_(_I32), default=None)
+    # why a step's hard label is null when it has known rollouts: "undecided" (the adaptive
+    # budget's max_rollouts did not decide it); null otherwise
+    mc_label_reasons: list | None = column(pa.list_(_STR), default=None)
     # OmegaPRM binary search on this trajectory (when it is run on policy samples)
     omegaprm_first_error: int | None = column(_I32, default=None)
     # LLM judge
@@ -263,6 +277,12 @@ class MonteCarloColumns:
     hard_labels: list
     soft_labels: list
     mc_first_error: int | None
+    mc_posterior_mean: list
+    mc_interval_low: list
+    mc_interval_high: list
+    mc_p_above: list
+    mc_rollouts_spent: list
+    mc_label_reasons: list
     cost_mc: dict
 
 

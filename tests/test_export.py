@@ -14,6 +14,7 @@ from steplabel.dataset.export import (
     ExportOptions,
     labelled_example,
     math_shepherd_row,
+    openrlhf_row,
 )
 from steplabel.pipelines.job import run_job
 from test_pipeline import manifest_for, write_problems
@@ -279,3 +280,98 @@ def test_monte_carlo_only_export_ends_at_the_first_error(tmp_path):
     assert longer > 0
     written = json.loads((tmp_path / "full" / "export.json").read_text())
     assert written["keep_after_first_error"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# The posterior (#26): OpenRLHF's posterior labels with a weight; TRL skips undecided steps;
+# the existing formats are byte for byte what they were for a fixed-k dataset
+
+
+@pytest.mark.unit
+def test_posterior_and_weight_of_the_exported_steps():
+    counts = Counter()
+    source = {**row([True, False, None], ["a", "b", "c"], soft=[1.0, 0.0, None]),
+              "mc_posterior_mean": [0.75, 0.25, None], "mc_interval_low": [0.4, 0.05, None],
+              "mc_interval_high": [0.95, 0.6, None], "mc_label_reasons": [None, None, None]}
+    example = labelled_example(source, counts)
+    assert example.posterior == [0.75, 0.25]
+    assert example.weight == pytest.approx([1 - 0.55, 1 - 0.55])
+    out = openrlhf_row(example, placeholder="<s>", labels="posterior")
+    assert out["value"] == [0.75, 0.25] and out["weight"] == example.weight
+    # a dataset before schema 1.3 has no posterior: no weight, the other kinds unchanged
+    old = labelled_example(row([True], ["a"], soft=[1.0]), counts)
+    assert old.posterior is None and old.weight is None and old.soft == [1.0]
+
+
+@pytest.mark.unit
+def test_an_undecided_step_ends_the_example_and_is_counted_apart():
+    counts = Counter()
+    source = {**row([True, None, None], ["a", "b", "c"]),
+              "mc_label_reasons": [None, "undecided", None]}
+    example = labelled_example(source, counts)
+    assert example.labels == [True] and example.steps == ["a"]
+    assert counts == Counter(cut_at_undecided=1, steps_dropped_after_last_label=2)
+    # an unknown label without the budget's reason is the old count
+    labelled_example({**source, "mc_label_reasons": [None, None, None]}, counts)
+    assert counts["cut_at_unknown_label"] == 1
+
+
+def test_openrlhf_posterior_export(dataset, kept, tmp_path):
+    assert export(dataset, tmp_path / "post", "--format", "openrlhf",
+                  "--labels", "posterior") == 0
+    rows = load(tmp_path / "post")
+    assert len(rows) == len(kept) > 0
+    for out in rows:
+        source = kept[(out["problem_id"], out["solution_index"])]
+        n = len(source["labels"])
+        assert out["value"] == source["mc_posterior_mean"][:n]
+        assert out["weight"] == pytest.approx(
+            [1 - (h - lo) for lo, h in zip(source["mc_interval_low"][:n],
+                                           source["mc_interval_high"][:n])])
+        assert all(0.0 <= w <= 1.0 for w in out["weight"])
+    info = json.loads((tmp_path / "post" / "export.json").read_text())
+    assert info["weight"].startswith("1 - width of the step's 90% credible interval")
+    assert info["columns"] == ["input", "value", "weight", "problem_id", "solution_index",
+                               "source"]
+
+
+def as_schema_1_2(new: Path, old: Path) -> None:
+    """A copy of the dataset ``new`` without the columns schema 1.3 added (as 1.2 wrote it)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    added = ["mc_posterior_mean", "mc_interval_low", "mc_interval_high", "mc_p_above",
+             "mc_rollouts_spent", "mc_label_reasons"]
+    shutil.copytree(new, old)
+    for output in ("trajectories", "rejected"):
+        for path in storage.output_files(str(old), output):
+            table = pq.read_table(path)
+            assert set(added) <= set(table.column_names)
+            pq.write_table(table.drop_columns(added), path)
+
+
+def test_fixed_k_exports_are_byte_for_byte_those_without_the_posterior(dataset, tmp_path,
+                                                                        capsys):
+    """The posterior columns change nothing in the existing formats: the data files exported
+    from a fixed-k dataset and from the same dataset without those columns are identical."""
+    old = tmp_path / "old"
+    as_schema_1_2(dataset, old)
+    formats = [("math-shepherd",), ("trl",), ("openrlhf",), ("openrlhf", "--labels", "soft")]
+    for index, (fmt, *more) in enumerate(formats):
+        for name, source in (("new", dataset), ("old", old)):
+            assert export(source, tmp_path / f"{name}{index}", "--format", fmt, *more) == 0
+        new_files = sorted((tmp_path / f"new{index}" / "data").glob("*.parquet"))
+        assert new_files
+        for path in new_files:
+            assert path.read_bytes() == (tmp_path / f"old{index}" / "data" /
+                                         path.name).read_bytes(), (fmt, path.name)
+    # without posterior columns, --labels posterior has nothing to export, and says so
+    assert export(old, tmp_path / "none", "--format", "openrlhf", "--labels", "posterior") == 2
+    assert "skipped_no_posterior" in capsys.readouterr().err
+
+
+def test_trl_summary_says_undecided_steps_are_not_exported(dataset, tmp_path, capsys):
+    assert export(dataset, tmp_path / "trl", "--format", "trl") == 0
+    assert ("labels are binary: steps the adaptive budget left undecided are not exported"
+            in capsys.readouterr().out)

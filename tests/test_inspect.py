@@ -266,3 +266,53 @@ def test_rollouts_saved_from_run_counters():
     assert (saved["spent"], saved["fixed_k"], saved["factor"]) == (40, 120, 3.0)
     assert _saved_line(saved) == ("40 spent of 120 with fixed k, 3.0x fewer (not needed: "
                                   "decided 10, first error 30, consensus 40)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The posterior (#26): interval widths, undecided steps, rollouts per step
+
+
+@pytest.mark.unit
+def test_posterior_figures_from_hand_made_rows(tmp_path, capsys):
+    three = ("Step 1: a", "Step 2: b", "Step 3: c")
+    budget = {**trajectory("a1", 0, "s", labels=None, mc=None, judge=None, keep=False,
+                           mc_values=(0.25, 0.5, 1.0), steps=three),
+              # step 0: 4 rollouts, decided; step 1: 16 rollouts, undecided; step 2: final
+              "mc_rollouts_spent": [4, 16, 0], "mc_label_reasons": [None, "undecided", None],
+              "mc_interval_low": [0.05, 0.3, 1.0], "mc_interval_high": [0.6, 0.65, 1.0]}
+    fixed = {**trajectory("b1", 0, "s", labels=[True, True], mc=-1, judge=-1, keep=True,
+                          mc_values=(1.0, 1.0)),
+             "mc_rollouts_spent": [4, 0], "mc_label_reasons": [None, None],
+             "mc_interval_low": [0.55, 1.0], "mc_interval_high": [0.99, 1.0]}
+    old = trajectory("c1", 0, "s", labels=[True, True], mc=-1, judge=-1, keep=True)  # 1.2
+    write_dataset(tmp_path, {"trajectories": [fixed, old], "rejected": [budget]})
+    posterior = compute_stats(str(tmp_path))["overall"]["mc_posterior"]
+    assert posterior["estimated_steps"] == 3  # final steps and 1.2 rows are not counted
+    assert posterior["undecided"] == {"count": 1, "share": round(1 / 3, 6)}
+    assert posterior["rollouts_per_step"] == {"mean": 8.0, "histogram": {"4": 2, "16": 1}}
+    width = posterior["interval_width"]
+    assert width["count"] == 3 and width["mean"] == pytest.approx((0.55 + 0.35 + 0.44) / 3)
+    assert {k: v for k, v in width["histogram"].items() if v} == {"0.3-0.4": 1, "0.4-0.5": 1,
+                                                                  "0.5-0.6": 1}
+    assert main(["inspect", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert ("Monte Carlo posterior: 3 steps estimated, 8.00 rollouts per step (4: 2, 16: 1); "
+            "undecided 1 (33.3%)") in text
+    assert "90% interval width: mean 0.45" in text
+
+
+def test_posterior_figures_of_a_fixed_k_run(dataset, capsys):
+    """Fixed k = 4 (the scripted job): every estimated step spent 4 rollouts or fewer
+    (decided stopping), none is undecided, and every width comes from its step's interval."""
+    assert main(["inspect", str(dataset), "--json"]) == 0
+    posterior = json.loads(capsys.readouterr().out)["overall"]["mc_posterior"]
+    rows = [r for output in ("trajectories", "rejected")
+            for r in storage.iter_rows(str(dataset), output)]
+    spent = [n for r in rows for n in r["mc_rollouts_spent"] if n]
+    assert posterior["estimated_steps"] == len(spent) > 0
+    assert posterior["undecided"]["count"] == 0
+    assert set(int(k) for k in posterior["rollouts_per_step"]["histogram"]) <= {1, 2, 3, 4}
+    assert posterior["rollouts_per_step"]["mean"] == round(sum(spent) / len(spent), 6)
+    assert posterior["interval_width"]["count"] == sum(
+        1 for r in rows for n, low in zip(r["mc_rollouts_spent"], r["mc_interval_low"])
+        if n and low is not None)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from steplabel.dataset import plan
+from steplabel.dataset import plan, storage
 from steplabel.pipelines import cli
 from steplabel.pipelines.job import run_job
 from steplabel.schemas.manifest import load_manifest
@@ -317,3 +317,114 @@ def test_engine_clock_times_busy_samples_and_requests(monkeypatch):
     assert counters["engine_fit_wy"] == round(1e6 * (9 * 0.1 + 19 * 0.5))
     assert counters["engine_fit_tokens"] == 72
     assert counters["engine_fit_tokens_over_b"] == round(1e3 * (12 / 6 + 60 / 4.2))
+
+
+# ---------------------------------------------------------------------------------------------
+# The adaptive budget's rollouts (#26)
+
+
+BUDGET = {"min_rollouts": 2, "max_rollouts": 4, "confidence": 0.8}
+
+
+@pytest.mark.unit
+def test_step_forecast_by_hand():
+    """Budget 2..4 @ 0.8, threshold 0.2 (tau 0, floor 0.2), uniform prior, a pilot step with no
+    rollout (so the new ones are a Polya urn from Beta(1, 1)). After 2: cc (1/3) and cf/fc
+    (1/3) are decided positive (P(p > 0.2) = 0.992, 0.896), ff (1/3) is not (0.512): 2 more.
+    After ff, only ffcc (urn (1, 3): 1/4 * 2/5) is decided (0.942): undecided 1/3 * 0.9."""
+    from steplabel.schemas.annotators import RolloutBudget
+
+    forecast = plan.step_forecast(0, 0, 0, budget=RolloutBudget(**BUDGET), threshold=0.2)
+    assert forecast.rollouts == pytest.approx(2 + 2 / 3)
+    assert forecast.requests == pytest.approx(1 + 1 / 3)
+    assert forecast.undecided == pytest.approx(0.3)
+    # every rollout unknown: max rollouts in rounds, never decided, and not "undecided"
+    unknown = plan.step_forecast(0, 0, 5, budget=RolloutBudget(**BUDGET), threshold=0.2)
+    assert (unknown.rollouts, unknown.requests, unknown.undecided) == (4, 2, 0)
+
+
+@pytest.mark.unit
+def test_step_forecast_matches_a_simulation_of_the_annotators_rule():
+    """Seeded simulation: draw the step's rate from the pilot's posterior, sample the budget's
+    rounds, stop by the annotator's own rule; the mean rollouts and undecided share agree with
+    the forecast within 4 standard errors."""
+    from steplabel.annotators.monte_carlo import UNDECIDED, budget_step_decision
+    from steplabel.schemas.annotators import BetaPrior, RolloutBudget
+
+    budget, prior = RolloutBudget(min_rollouts=4, max_rollouts=16, confidence=0.85), BetaPrior()
+    pilot = (3, 7, 1)  # 3 correct of 7 known, 1 unknown
+    forecast = plan.step_forecast(*pilot, budget=budget, threshold=0.25, prior=prior)
+    rng = np.random.default_rng(7)
+    spent, undecided = [], 0
+    for _ in range(4000):
+        rate = rng.beta(1 + 3, 1 + 4)
+        c = f = u = 0
+        while True:
+            size = budget.next_round(c + f + u)
+            known = rng.random(size) < 7 / 8
+            hits = rng.random(size) < rate
+            c += int((known & hits).sum())
+            f += int((known & ~hits).sum())
+            u += int((~known).sum())
+            decision = budget_step_decision(plan.counts_as_rollouts(c, f, u),
+                                            budget=budget, threshold=0.25, prior=prior)
+            if decision is not UNDECIDED:
+                break
+        spent.append(c + f + u)
+        undecided += decision is None and c + f > 0
+    spent = np.array(spent)
+    assert abs(spent.mean() - forecast.rollouts) < 4 * spent.std() / math.sqrt(len(spent))
+    share = undecided / len(spent)
+    assert abs(share - forecast.undecided) < 4 * math.sqrt(share * (1 - share) / len(spent))
+    assert 4 < forecast.rollouts < 16 and 0 < forecast.undecided < 1
+
+
+def budget_manifest(manifest_path: Path, folder: Path) -> Path:
+    data = yaml.safe_load(manifest_path.read_text(encoding="utf-8"))
+    data["monte_carlo"] = {**data["monte_carlo"], "budget": BUDGET}
+    path = folder / "budget.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_plan_predicts_the_budget_from_a_fixed_k_dataset(full_run, tmp_path, capsys):
+    """A fixed-k dataset as the pilot of a budget manifest: the Monte Carlo row is the
+    prediction from its step counts; every other stage is the dataset's own."""
+    manifest_path, out, result = full_run
+    budget_path = budget_manifest(manifest_path, tmp_path)
+    fixed = plan_json(capsys, manifest_path, "--from", out)
+    assert fixed["monte_carlo_budget"] is None
+    predicted = plan_json(capsys, budget_path, "--from", out)
+    forecast = predicted["monte_carlo_budget"]
+    assert forecast["costs"] == "predicted" and forecast["estimated_steps"] > 0
+    assert forecast["pilot_undecided_share"] is None
+    assert predicted["stages"]["monte_carlo"]["rollouts"]["projected"] == pytest.approx(
+        forecast["predicted_rollouts_per_step"] * forecast["estimated_steps"], rel=1e-3)
+    for stage in ("policy", "judge", "omegaprm"):  # times differ: the throughput is per token
+        for name in ("rollouts", "prompt_tokens", "generated_tokens"):
+            assert predicted["stages"][stage][name] == fixed["stages"][stage][name]
+    assert any("predicted from the pilot's step counts" in n for n in predicted["notes"])
+    capsys.readouterr()
+    assert cli.main(["plan", str(budget_path), "--from", out]) == 0
+    assert "Monte Carlo budget 2..4 @ 0.8:" in capsys.readouterr().out
+
+
+def test_plan_measures_the_budget_from_a_run_with_it(full_run, tmp_path, capsys):
+    """A dataset made with the budget itself: the table is what it spent (exactly, a run of
+    the whole source), and the forecast from its own counts is shown beside it."""
+    manifest_path, _, _ = full_run
+    budget_path = budget_manifest(manifest_path, tmp_path)
+    out = tmp_path / "budget-run"
+    run = run_job(load_manifest(budget_path), out_dir=str(out))
+    projected = plan_json(capsys, budget_path, "--from", out)
+    assert_equals_run(projected, run.stats)
+    forecast = projected["monte_carlo_budget"]
+    assert forecast["costs"] == "measured"
+    rows = [r for output in ("trajectories", "rejected") for r in storage.iter_rows(str(out),
+                                                                                     output)]
+    spent = [n for r in rows for n in r["mc_rollouts_spent"] if n]
+    assert forecast["estimated_steps"] == len(spent)
+    assert forecast["pilot_rollouts_per_step"] == pytest.approx(sum(spent) / len(spent),
+                                                                abs=1e-4)
+    assert all(2 <= n <= 4 for n in spent)
+    assert 2 <= forecast["predicted_rollouts_per_step"] <= 4
