@@ -38,6 +38,24 @@ MOVED_COLUMNS = {
                      "schema 1.2 they are run metrics (run_metrics.json), not row values",
 }
 
+#: Columns later schema versions added to rows, with why: ``regenerate --verify`` ignores them
+#: where the reference dataset (written before them) does not have them, and says so.
+ADDED_COLUMNS = {
+    name: "added in schema 1.3 (the posterior of each step's Monte Carlo estimate): a dataset "
+          "written before has no such column"
+    for name in ("mc_posterior_mean", "mc_interval_low", "mc_interval_high", "mc_p_above",
+                 "mc_rollouts_spent", "mc_label_reasons")
+}
+
+
+def ignored_reason(column: str) -> str | None:
+    """Why verify ignores ``column`` (a moved struct field or an added column), or None."""
+    moved = moved_field(column)
+    if moved:
+        return MOVED_COLUMNS[moved]
+    return ADDED_COLUMNS.get(column.split(".", 1)[0])
+
+
 #: Columns an engine role's texts decide (fnmatch patterns over verify's column names): what
 #: may differ when that role's engine is not deterministic. The completer also grows the
 #: OmegaPRM trees, so with it every OmegaPRM output may differ.

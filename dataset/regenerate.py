@@ -43,12 +43,14 @@ from typing import Any, Iterable
 
 from steplabel.dataset.identity import (
     CONTENT_HASH,
+    ADDED_COLUMNS,
     MOVED_COLUMNS,
     ROLE_COLUMNS,
     content_hash,
     engine_determinism,
     file_sha256,
     matches,
+    ignored_reason,
     moved_field,
 )
 
@@ -315,9 +317,12 @@ class OutputComparison:
     def ok(self) -> bool:
         return not (self.differing or self.only_regenerated or self.only_reference)
 
-    def _classify(self, columns: list[str]) -> tuple[list[str], list[str]]:
-        """(differences, accepted columns); moved columns are tallied and dropped."""
-        moved = [c for c in columns if moved_field(c)]
+    def _classify(self, columns: list[str], reference: dict | None = None
+                  ) -> tuple[list[str], list[str]]:
+        """(differences, accepted columns); moved columns, and added columns the reference
+        row does not have (written before they existed), are tallied and dropped."""
+        moved = [c for c in columns if moved_field(c)
+                 or (reference is not None and c in ADDED_COLUMNS and c not in reference)]
         self.moved_columns.update(moved)
         left = [c for c in columns if c not in moved]
         accepted = [c for c in left if matches(c, self.accept)]
@@ -338,7 +343,7 @@ class OutputComparison:
                 if len(self.missing_examples) < EXAMPLES_PER_OUTPUT:
                     self.missing_examples.append((side, self._key_dict(key)))
                 continue
-            columns, accepted = self._classify(differing_columns(a, b))
+            columns, accepted = self._classify(differing_columns(a, b), b)
             if not columns:
                 if accepted:
                     self.accepted += 1
@@ -403,7 +408,7 @@ class DatasetComparison:
                                  "reference": self.reference_hash,
                                  "reference_recorded": self.reference_recorded,
                                  "identical": self.same_content},
-                "moved_columns": dict(MOVED_COLUMNS),
+                "moved_columns": dict(MOVED_COLUMNS), "added_columns": dict(ADDED_COLUMNS),
                 "determinism": self.determinism,
                 "outputs": [o.to_dict() for o in self.outputs]}
 
@@ -453,7 +458,7 @@ class DatasetComparison:
             moved.update(o.moved_columns)
         for column, count in sorted(moved.items()):
             lines.append(f"  ignored column {column} ({count} row(s)): "
-                         f"{MOVED_COLUMNS[moved_field(column)]}")
+                         f"{ignored_reason(column)}")
         lines += self._hash_lines(moved=bool(moved),
                                   accepted=any(o.accepted for o in self.outputs))
         total = sum(o.rows_reference for o in self.outputs)

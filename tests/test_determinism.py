@@ -136,10 +136,11 @@ def test_verify_prints_the_content_hash_of_both(reference, tmp_path, capsys):
 
 
 def old_schema(schema: pa.Schema) -> pa.Schema:
-    """``schema`` as schema 1.1 had it: cost structs with ``cached_tokens`` last."""
+    """``schema`` as schema 1.1 had it: cost structs with ``cached_tokens`` last, and none of
+    the columns schema 1.3 added (the posterior)."""
     old_cost = pa.struct([*records.COST, pa.field("cached_tokens", pa.int64())])
     return pa.schema([pa.field(f.name, old_cost) if f.type == records.COST else f
-                      for f in schema])
+                      for f in schema if f.name not in identity.ADDED_COLUMNS])
 
 
 def make_old_dataset(new: Path, old: Path) -> int:
@@ -152,6 +153,8 @@ def make_old_dataset(new: Path, old: Path) -> int:
         for path in storage.output_files(str(old), output):
             rows = pq.read_table(path).to_pylist()
             for i, row in enumerate(rows):
+                for column in identity.ADDED_COLUMNS:
+                    row.pop(column, None)
                 for column in COST_COLUMNS:
                     if row.get(column) is not None:
                         row[column] = {**row[column], "cached_tokens": 7 * i + len(column)}
@@ -180,6 +183,7 @@ def test_an_old_dataset_verifies_with_the_moved_column_ignored_and_named(referen
     assert status == 0, stdout + stderr
     assert "ignored column cost_judge.cached_tokens" in stdout
     assert "since schema 1.2 they are run metrics" in stdout
+    assert "ignored column mc_posterior_mean" in stdout and "added in schema 1.3" in stdout
     assert "DIFFERENCES FOUND" not in stdout
     assert "every row identical" in stdout and "ignoring moved columns" in stdout
     old_hash = identity.content_hash(str(old))
