@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from steplabel.annotators.graders import get_grader
+from steplabel.annotators.sandbox import close_shared_pool
 from steplabel.dataset import storage
 from steplabel.pipelines.sources import (
     ReadProblems,
@@ -96,7 +97,7 @@ def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None
      | "WriteRowsIn" >> beam.Map(_write_rows_in, counted_in))
     return raw | "ValidateProblems" >> ValidateProblems(
         fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash,
-        grader=get_grader(manifest.grader))
+        grader=get_grader(manifest.grader), layout=source.layout)
 
 
 def pipeline_options(manifest, extra_args: list[str] | None = None) -> PipelineOptions:
@@ -300,6 +301,7 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
             on_failure=lambda exc: explain_failure(exc, out_dir))
     finally:
         del keep
+        close_shared_pool()  # the sandbox workers of python_tests graders that ran here
     info, stats = framed.result
     return JobResult(out_dir, info, stats, framed.seconds)
 
