@@ -64,9 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true",
                      help="print the result (rows, statistics, reconciliation) as JSON")
 
-    data = sub.add_parser("demo-data", help="write the generated arithmetic problem set")
+    data = sub.add_parser("demo-data", help="write the generated arithmetic (or, with --code, "
+                          "Python) problem set")
     data.add_argument("--out", required=True, help="JSONL file to write")
-    data.add_argument("--count", type=int, default=24)
+    data.add_argument("--code", action="store_true",
+                      help="small Python functions with tests (grader python_tests)")
+    data.add_argument("--count", type=int, default=None, help="problems (24; --code: 16)")
     data.add_argument("--seed", type=int, default=0)
 
     for name, (_, text) in COMMAND_MODULES.items():
@@ -154,9 +157,12 @@ def _dispatch(parser: argparse.ArgumentParser, args) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "demo-data":
-        from steplabel.demo_data import write_problems
+        from steplabel.demo_data import write_code_problems, write_problems
 
-        count = write_problems(args.out, count=args.count, seed=args.seed)
+        if args.code:
+            count = write_code_problems(args.out, count=args.count or 16, seed=args.seed)
+        else:
+            count = write_problems(args.out, count=args.count or 24, seed=args.seed)
         print(f"[steplabel] wrote {count} problems to {args.out}")
         return 0
     module = _command_module(args.command)
