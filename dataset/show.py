@@ -30,6 +30,7 @@ import sys
 import textwrap
 from typing import Iterable, Iterator
 
+from steplabel.annotators.code_splitting import code_step_flags
 from steplabel.annotators.registry import ANNOTATORS
 from steplabel.dataset import storage
 
@@ -106,6 +107,7 @@ def trajectory_example(row: dict, output: str) -> dict:
     else:
         labels, labels_from = None, None
     shown = []
+    code = code_step_flags(steps)
     for index, text in enumerate(steps):
         label = _at(labels, index)
         # Kept labels end at the first error: a missing entry after it is "no label", not
@@ -114,6 +116,7 @@ def trajectory_example(row: dict, output: str) -> dict:
         shown.append({
             "index": index,
             "text": text,
+            "code": code[index],  # a step of a program: shown verbatim, monospaced
             "label": label,
             "label_state": ("no_label" if ended else "unknown" if label is None
                             else "positive" if label else "negative"),
@@ -347,6 +350,13 @@ def _wrap(text: str, *, first: str, indent: int, width: int) -> list[str]:
     return out
 
 
+def _code_lines(text: str, *, first: str, indent: int) -> list[str]:
+    """A code step as it was written: every line kept whole (no wrapping, which would break
+    its indentation), indented under the step's prefix, the code's own indentation after it."""
+    lines = text.split("\n")
+    return [first + lines[0]] + [" " * indent + line for line in lines[1:]]
+
+
 def render_trajectory(example: dict, *, style: Style, width: int) -> str:
     status = (style("kept", "green", "bold") if example["kept"]
               else style("rejected", "red", "bold"))
@@ -374,9 +384,12 @@ def render_trajectory(example: dict, *, style: Style, width: int) -> str:
                   f"{count:<{count_width}}  ")
         indent = len(_plain(prefix))
         text = step["text"]
-        if step["index"] in marks:
-            text += "  " + style("◀ first error: " + ", ".join(marks[step["index"]]), "bold")
-        lines += _wrap(text, first=prefix, indent=indent, width=width)
+        mark = ("  " + style("◀ first error: " + ", ".join(marks[step["index"]]), "bold")
+                if step["index"] in marks else "")
+        if step.get("code"):
+            lines += _code_lines(text + mark, first=prefix, indent=indent)
+        else:
+            lines += _wrap(text + mark, first=prefix, indent=indent, width=width)
     lines.append("first errors: " + " · ".join(
         first_error_texts(example, _index, {"judge": _judge_votes})))
     lines.append(f"consensus: {'kept' if example['kept'] else 'rejected'} "

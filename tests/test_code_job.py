@@ -8,10 +8,22 @@ import json
 import socket
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from code_fakes import TESTS
 from steplabel.dataset import storage
+from steplabel.dataset.export import ExportOptions, export_dataset
+from steplabel.dataset.inspect import dataset_report, render_html, render_text
+from steplabel.dataset.plan import (
+    DEFAULT_SANDBOX_S_PER_ROLLOUT,
+    Throughput,
+    format_plan,
+    make_plan,
+    problem_costs,
+    sandbox_time,
+)
+from steplabel.dataset.show import Style, render_trajectory, select_trajectories
 from steplabel.pipelines.job import run_job
 from steplabel.schemas.manifest import manifest_from_dict
 
@@ -199,3 +211,62 @@ def test_nothing_reached_the_listener(code_job, listener):
     with pytest.raises(socket.timeout):
         connection, _ = listener.accept()
         connection.close()
+
+
+def test_show_and_the_html_report_print_code_steps_as_written(code_job):
+    _, out, _ = code_job
+    [example] = select_trajectories(out, kept=True, problem="firsterror")
+    assert [s["code"] for s in example["steps"]] == [False, True, True]
+    text = render_trajectory(example, style=Style(False), width=60)
+    lines = text.splitlines()
+    # the function's body keeps its indentation, under the step's prefix
+    body = next(line for line in lines if "return helper(x)" in line)
+    header = next(line for line in lines if "def add_one(x):" in line)
+    assert body.index("return") == header.index("def") + 4
+    assert any(line.rstrip().endswith("```") for line in lines)
+    page = render_html(dataset_report(out), {"trajectories": [example], "rejected": []})
+    assert "<pre class='code'>def add_one(x):\n    return helper(x)\n```</pre>" in page
+    assert "<pre class='code'>```python\ndef helper(x):\n    return x + 2</pre>" in page
+
+
+def test_inspect_counts_sandbox_outcomes(code_job):
+    _, out, _ = code_job
+    report = dataset_report(out)
+    assert report["sandbox"]["outcomes"]["timeout"] == 5
+    assert ("sandbox: 61 programs run: passed 13, failed 34, timeout 5, killed 9, unknown 0; "
+            "5 without a program") in render_text(report)
+
+
+@pytest.mark.parametrize("fmt", ["trl", "openrlhf", "math-shepherd"])
+def test_exports_carry_code_steps_unchanged(code_job, tmp_path, fmt):
+    _, out, _ = code_job
+    steps = by_id(out, "trajectories")["firsterror"]["steps"]
+    export_dataset(out, out_dir=str(tmp_path / fmt), options=ExportOptions(format=fmt))
+    exported = json.dumps([row for path in sorted((tmp_path / fmt).rglob("*.parquet"))
+                           for row in pq.read_table(path).to_pylist()])
+    for step in steps[:2]:  # kept labels end at the first error (step 1)
+        assert json.dumps(step)[1:-1] in exported, (fmt, step)
+
+
+def test_plan_prices_sandbox_time_from_the_pilot(code_job):
+    _, out, result = code_job
+    counters = result.stats["counters"]
+    costs = problem_costs(out, rows_in=result.stats["reconciliation"]["problems_in"],
+                          counters=counters)
+    stages = ["policy", "monte_carlo", "omegaprm", "judge"]
+    plan = make_plan(costs, source_rows=140, throughput=Throughput(None, 0.0, 0.0, "given"),
+                     stages=stages)
+    box = sandbox_time(counters, costs=costs, plan=plan)
+    # graded rollouts of the pilot: 11 policy samples, 36 Monte Carlo, 22 OmegaPRM
+    assert box["source"] == "pilot"
+    assert box["s_per_graded_rollout"] == pytest.approx(
+        counters["sandbox_wall_ms"] / 1000 / (11 + 36 + 22), abs=1e-6)
+    # 140 source rows are 10x the pilot's 14: ten times the rollouts, ten times the seconds
+    assert box["graded_rollouts"]["projected"] == pytest.approx(690)
+    assert box["seconds"]["projected"] == pytest.approx(690 * box["s_per_graded_rollout"])
+    assert box["wall_s"]["projected"] == pytest.approx(box["seconds"]["projected"] / 2)
+    default = sandbox_time({}, costs=costs, plan=plan)
+    assert default["source"] == "default"
+    assert default["seconds"]["projected"] == pytest.approx(690 * DEFAULT_SANDBOX_S_PER_ROLLOUT)
+    text = format_plan({**plan, "manifest": "m.yaml", "pilot": "a pilot", "sandbox": box})
+    assert "sandbox (python_tests):" in text and "measured in the pilot" in text
