@@ -15,6 +15,7 @@ class that satisfies :class:`Grader`, and one line in :data:`GRADERS`.
 
 from __future__ import annotations
 
+import functools
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -185,6 +186,7 @@ def outcome_tally() -> Iterator[OutcomeTally]:
 def tallied(grade: Callable[[str, Any], Grade]) -> Callable[[str, Any], Grade]:
     """``grade`` that also adds each grade to the open :func:`outcome_tally`, if any."""
 
+    @functools.wraps(grade)
     def counted(solution: str, gold: Any) -> Grade:
         result = grade(solution, gold)
         tally = _TALLY.get()

@@ -129,7 +129,6 @@ def test_weak_tests_are_a_counted_warning(code_job):
 def test_labels_of_right_wrong_and_hostile_programs(code_job):
     _, out, _ = code_job
     kept = by_id(out, "trajectories")
-    rejected = by_id(out, "rejected")
     # kind -> (final verdict, labels, outcome reason prefix); labels end at the first error
     expect = {
         "right": (True, [True, True, True], "tests_passed"),
