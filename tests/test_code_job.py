@@ -262,7 +262,8 @@ def test_plan_prices_sandbox_time_from_the_pilot(code_job):
         counters["sandbox_wall_ms"] / 1000 / (11 + 36 + 22), abs=1e-6)
     # 140 source rows are 10x the pilot's 14: ten times the rollouts, ten times the seconds
     assert box["graded_rollouts"]["projected"] == pytest.approx(690)
-    assert box["seconds"]["projected"] == pytest.approx(690 * box["s_per_graded_rollout"])
+    assert box["seconds"]["projected"] == pytest.approx(
+        690 * counters["sandbox_wall_ms"] / 1000 / 69)
     assert box["wall_s"]["projected"] == pytest.approx(box["seconds"]["projected"] / 2)
     default = sandbox_time({}, costs=costs, plan=plan)
     assert default["source"] == "default"
