@@ -79,3 +79,20 @@ def split_code_solution(text: str) -> list[str]:
         chunks[-1] = chunks[-1].rstrip() + "\n" + closing.strip()
         code = chunks
     return _paragraphs(text[:block.start()]) + code + _paragraphs(text[block.end():])
+
+
+_OPENING_FENCE_RE = re.compile(r"^[ \t]*```[ \t]*(?:python3?|py)[ \t]*\n")
+
+
+def code_step_flags(steps: list[str]) -> list[bool]:
+    """Which steps are code: from a step that opens a ```` ```python ```` fence through the
+    step whose last line closes it (as :func:`split_code_solution` cuts them), so that ``show``
+    and the HTML report print them as code (monospaced, indentation kept)."""
+    flags, inside = [], False
+    for step in steps:
+        opens = bool(_OPENING_FENCE_RE.match(step)) and not inside
+        inside = inside or opens
+        flags.append(inside)
+        if inside and step.rstrip().endswith("```") and (not opens or step.count("```") >= 2):
+            inside = False
+    return flags

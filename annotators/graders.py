@@ -15,9 +15,14 @@ class that satisfies :class:`Grader`, and one line in :data:`GRADERS`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol
+import functools
+import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from steplabel.annotators import grading
+from steplabel.annotators.python_tests import PythonTestsGrader
 from steplabel.schemas.config import ConfigError
 from steplabel.schemas.graders import (
     GRADER_CONFIGS,
@@ -40,6 +45,8 @@ class Grader(Protocol):
       as read from the source; ``fields`` and ``answer_format`` are the source's settings), or a
       :class:`GoldRejected` whose reason names the dead-letter counter. It may take time (math
       checks that the answer is readable), never raises on bad data.
+    - optional ``gold_warning(gold)``: a warning reason when a usable gold is weak (python_tests:
+      tests that pass on an empty program), counted as ``gold_warning_<reason>``, else None.
     - ``grade(solution, gold)``: the verdict on a finished solution text (``correct``,
       ``incorrect`` or ``unknown``, always with a reason). Callers decide what a solution cut
       off at ``max_tokens`` counts as before calling (unknown by default: it is never graded).
@@ -121,7 +128,73 @@ class MathGrader:
 # Registry
 
 #: Grader name -> a factory taking that grader's config (``schemas.graders.GRADER_CONFIGS``).
-GRADERS: dict[str, Callable[[Any], Grader]] = {"math": MathGrader}
+GRADERS: dict[str, Callable[[Any], Grader]] = {"math": MathGrader,
+                                               "python_tests": PythonTestsGrader}
+
+
+# --------------------------------------------------------------------------------------------
+# Outcome counters
+
+#: Prefix of the counters of sandbox outcomes (``sandbox_passed``, ``sandbox_failed``,
+#: ``sandbox_timeout``, ``sandbox_killed``, ``sandbox_unknown``).
+OUTCOME_COUNTER_PREFIX = "sandbox_"
+#: Counters of gold warnings (``gold_warning_<reason>``, a grader's ``gold_warning``): problems
+#: labelled although their gold is weak (stats.json's ``warnings`` say so).
+GOLD_WARNING_PREFIX = "gold_warning_"
+#: Wall milliseconds of sandbox runs, summed.
+SANDBOX_WALL_COUNTER = "sandbox_wall_ms"
+_TALLY: ContextVar["OutcomeTally | None"] = ContextVar("grade_outcomes", default=None)
+
+
+class OutcomeTally:
+    """Outcomes of the grades given while it is open (:func:`outcome_tally`): a grade that
+    carries an ``outcome`` and ran a program (python_tests) counts as ``sandbox_<outcome>``,
+    one that ran nothing as ``code_<reason>`` (``code_no_program``); math grades carry no
+    outcome and count nothing."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()  # rollouts of one key may be graded in several threads
+
+    def add(self, grade: Any) -> None:
+        outcome = getattr(grade, "outcome", None)
+        if outcome is None:
+            return
+        # Nothing ran (no program, say): counted by its reason, not as a sandbox outcome.
+        ran = getattr(grade, "ran", True)
+        name = OUTCOME_COUNTER_PREFIX + outcome if ran else f"code_{grade.reason}"
+        wall_ms = round(1000 * getattr(grade, "wall_s", 0.0)) if ran else 0
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + 1
+            if ran:  # sandbox time, for plan's price (a measure of the run, not the data)
+                self.counts[SANDBOX_WALL_COUNTER] = (self.counts.get(SANDBOX_WALL_COUNTER, 0)
+                                                     + wall_ms)
+
+
+@contextmanager
+def outcome_tally() -> Iterator[OutcomeTally]:
+    """Count the outcomes of the grades :func:`tallied` graders give in this context (an
+    asyncio task and the threads it grades in: ``asyncio.to_thread`` copies the context)."""
+    tally = OutcomeTally()
+    token = _TALLY.set(tally)
+    try:
+        yield tally
+    finally:
+        _TALLY.reset(token)
+
+
+def tallied(grade: Callable[[str, Any], Grade]) -> Callable[[str, Any], Grade]:
+    """``grade`` that also adds each grade to the open :func:`outcome_tally`, if any."""
+
+    @functools.wraps(grade)
+    def counted(solution: str, gold: Any) -> Grade:
+        result = grade(solution, gold)
+        tally = _TALLY.get()
+        if tally is not None:
+            tally.add(result)
+        return result
+
+    return counted
 
 
 def get_grader(config: GraderConfig | None = None) -> Grader:

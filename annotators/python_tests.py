@@ -34,8 +34,13 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from steplabel.annotators.grading import Grade
 from steplabel.annotators.sandbox import SandboxLimits, SandboxPool, SandboxResult, shared_pool
+from steplabel.schemas.graders import (
+    GoldRejected,
+    Grade,
+    PythonTestsGold,
+    PythonTestsGraderConfig,
+)
 
 GRADER_NAME = "python_tests"
 GRADER_VERSION = "steplabel-python-tests/1"
@@ -56,24 +61,23 @@ def extract_program(text: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class PythonTestsGold:
-    """A problem's gold: test source whose asserts must pass, and the function they test."""
-
-    tests: str
-    entry_point: str | None = None
-
-
-class GoldError(ValueError):
-    """A problem whose tests cannot grade anything (the record goes to the dead letter)."""
-
-
-@dataclass(frozen=True)
 class CodeGrade(Grade):
     """A :class:`Grade` with the sandbox's outcome (passed, failed, timeout, killed, unknown)
     and what isolated the run (``""`` when nothing ran)."""
 
     outcome: str = "unknown"
     isolation: str = ""
+    #: Wall seconds the sandbox took (0 when nothing ran): ``plan`` prices sandbox time.
+    wall_s: float = 0.0
+
+    @property
+    def ran(self) -> bool:
+        """Whether the sandbox was asked to run a program (False: truncated, no program, no
+        gold): what the ``sandbox_<outcome>`` counters count."""
+        return self.reason not in _NOT_RUN
+
+
+_NOT_RUN = frozenset({"truncated", "no_program", "gold_missing"})
 
 
 def _calls_check(tree: ast.Module) -> tuple[bool, bool]:
@@ -99,15 +103,29 @@ class PythonTestsGrader:
     """Grades a solution's program by running the problem's tests in the sandbox.
 
     Config (the manifest's ``grader: {name: python_tests, timeout_s: 5, memory_mb: 512}``):
-    ``timeout_s`` CPU seconds and ``memory_mb`` of address space per run."""
+    ``timeout_s`` CPU seconds and ``memory_mb`` of address space per run. The sandbox pool is
+    the process's :func:`~.sandbox.shared_pool`, started on the first run (never at
+    construction: the grader is pickled into Beam transforms) and closed when the process
+    exits or :meth:`close` is called. ``pool`` (tests) replaces it."""
 
     name = GRADER_NAME
     version = GRADER_VERSION
 
-    def __init__(self, *, timeout_s: float = 5.0, memory_mb: int = 512,
+    def __init__(self, config: PythonTestsGraderConfig | None = None, *,
+                 timeout_s: float | None = None, memory_mb: int | None = None,
                  pool: SandboxPool | None = None) -> None:
-        self.limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb)
+        config = config or PythonTestsGraderConfig()
+        if timeout_s is not None or memory_mb is not None:
+            config = PythonTestsGraderConfig(
+                timeout_s=config.timeout_s if timeout_s is None else timeout_s,
+                memory_mb=config.memory_mb if memory_mb is None else memory_mb)
+        self.config = config
+        self.limits = SandboxLimits(timeout_s=config.timeout_s, memory_mb=config.memory_mb)
         self._pool = pool
+
+    def __getstate__(self) -> dict:
+        # A pool holds processes and locks: a pickled grader starts its own on arrival.
+        return {**self.__dict__, "_pool": None}
 
     @property
     def pool(self) -> SandboxPool:
@@ -115,44 +133,57 @@ class PythonTestsGrader:
             self._pool = shared_pool()
         return self._pool
 
-    def config(self) -> dict:
-        return {"name": self.name, "timeout_s": self.limits.timeout_s,
-                "memory_mb": self.limits.memory_mb}
+    def close(self) -> None:
+        """Stop the idle sandbox workers (a later run starts new ones)."""
+        if self._pool is not None:
+            self._pool.close()
 
-    def parse_gold(self, record: Mapping) -> PythonTestsGold:
-        """The gold of a plain record; :class:`GoldError` (a dead-letter reason) when ``tests``
-        is missing, empty or does not compile, or ``entry_point`` is not a name."""
+    def parse_gold(self, record: Mapping, *, fields=None,
+                   answer_format: str = "plain") -> PythonTestsGold | GoldRejected:
+        """The gold of a plain record (``tests``, optional ``entry_point``; the source's
+        ``layout`` has already turned HumanEval and MBPP records into that), or why the record
+        cannot be graded: ``tests_missing`` (no, empty or non-string ``tests``),
+        ``tests_do_not_compile``, ``entry_point_not_a_name``. ``fields`` and ``answer_format``
+        (the math grader's settings) are not used."""
         tests = record.get("tests")
         if not isinstance(tests, str) or not tests.strip():
-            raise GoldError("tests_missing")
+            return GoldRejected("tests_missing", "field 'tests': missing, empty or not a string")
         try:
             compile(tests, "<tests>", "exec")
         except (SyntaxError, ValueError) as exc:
-            raise GoldError(f"tests_do_not_compile:{type(exc).__name__}: {exc}") from None
+            return GoldRejected("tests_do_not_compile", f"{type(exc).__name__}: {exc}")
         entry_point = record.get("entry_point") or None
         if entry_point is not None and (not isinstance(entry_point, str)
                                         or not entry_point.isidentifier()):
-            raise GoldError(f"entry_point_not_a_name:{entry_point!r}")
+            return GoldRejected("entry_point_not_a_name",
+                                f"field 'entry_point': {entry_point!r} is not a Python name")
         return PythonTestsGold(tests=tests, entry_point=entry_point)
 
-    def validate_gold(self, gold: PythonTestsGold) -> str | None:
-        """A warning reason when the tests cannot tell right from wrong (they pass on an empty
-        program), else None. Runs the tests once in the sandbox."""
+    def gold_warning(self, gold: PythonTestsGold) -> str | None:
+        """A warning reason when the tests cannot tell right from wrong
+        (``tests_pass_on_empty_program``), ``tests_not_checked`` when the sandbox could not
+        run them, else None. Runs the tests once in the sandbox, on an empty program."""
         result = self.pool.run("", harness_tests(gold), self.limits)
         if result.outcome == "passed":
             return "tests_pass_on_empty_program"
         if result.outcome == "unknown":
-            return f"tests_not_checked:{result.reason}"
+            return "tests_not_checked"
         return None
+
+    validate_gold = gold_warning
 
     def run(self, program: str, gold: PythonTestsGold) -> SandboxResult:
         return self.pool.run(program, harness_tests(gold), self.limits)
 
-    def grade(self, text: str, gold: PythonTestsGold, *, truncated: bool = False) -> CodeGrade:
-        """Grade a solution (or a prefix and its rollout, joined) by its last program."""
+    def grade(self, solution: str, gold: PythonTestsGold | None, *,
+              truncated: bool = False) -> CodeGrade:
+        """Grade a solution (or a prefix and its rollout, joined) by its last program. ``gold``
+        None grades unknown (``gold_missing``)."""
         if truncated:
             return CodeGrade("unknown", "truncated", None, None, outcome="unknown")
-        program = extract_program(text)
+        if gold is None:
+            return CodeGrade("unknown", "gold_missing", None, None, outcome="unknown")
+        program = extract_program(solution)
         if program is None:
             return CodeGrade("unknown", "no_program", None, None, outcome="unknown")
         result = self.run(program, gold)
@@ -172,7 +203,7 @@ def grade_from_result(result: SandboxResult, program: str | None = None) -> Code
     else:
         verdict, reason = "unknown", result.reason or "sandbox_unknown"
     return CodeGrade(verdict, reason, program, None, outcome=result.outcome,  # type: ignore[arg-type]
-                     isolation=result.isolation)
+                     isolation=result.isolation, wall_s=result.wall_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,3 +243,8 @@ def from_mbpp(record: Mapping) -> dict:
     tests = "\n".join([setup.strip()] * bool(setup.strip()) + asserts + challenge)
     return {"id": f"mbpp/{record.get('task_id', '')}", "question": question,
             "tests": tests or None, "entry_point": None}
+
+
+#: The input layouts a source may declare (``source.layout``): a function from a record in
+#: that layout to a plain record (None: the record is plain already).
+LAYOUTS = {"plain": None, "humaneval": from_humaneval, "mbpp": from_mbpp}

@@ -251,3 +251,13 @@ def shared_pool() -> SandboxPool:
         if _POOL is None:
             _POOL = SandboxPool()
         return _POOL
+
+
+def close_shared_pool() -> None:
+    """Stop the process's pool, if one started (its workers are killed; a later
+    :func:`shared_pool` starts a new one). Also done at exit."""
+    global _POOL
+    with _POOL_LOCK:
+        pool, _POOL = _POOL, None
+    if pool is not None:
+        pool.close()

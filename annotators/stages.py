@@ -33,7 +33,7 @@ from steplabel.annotators.consensus import (
     consensus,
     consensus_labels,
 )
-from steplabel.annotators.graders import get_grader
+from steplabel.annotators.graders import get_grader, outcome_tally, tallied
 from steplabel.annotators.judge import LLMJudge, judge_version
 from steplabel.annotators.monte_carlo import FINISH_LENGTH, MonteCarloAnnotator, sampling_request
 from steplabel.annotators.omegaprm import OmegaPRMAnnotator
@@ -85,6 +85,8 @@ class StageContext:
         self.splitter = get_splitter(manifest.splitter.name)
         self.policy_template = load_template(manifest.policy.template)
         self.grader = get_grader(manifest.grader)
+        # Grades counted by outcome (sandbox_passed, ...) in each stage's counters.
+        self.grade = tallied(self.grader.grade)
         self.mc_config = (manifest.monte_carlo.resolved(consensus=manifest.consensus is not None)
                           if manifest.monte_carlo else None)
         self.manifest_hash = manifest.hash
@@ -105,11 +107,11 @@ class StageContext:
 
     def mc_annotator(self, engine):
         return MonteCarloAnnotator(engine, self.mc_config, run_seed=self.manifest.seed,
-                                   grader=self.grader.grade)
+                                   grader=self.grade)
 
     def omegaprm_annotator(self, engine):
         return OmegaPRMAnnotator(engine, self.manifest.omegaprm, run_seed=self.manifest.seed,
-                                 splitter=self.splitter, grader=self.grader.grade)
+                                 splitter=self.splitter, grader=self.grade)
 
     def judge(self, engine):
         return LLMJudge(engine, self.manifest.judge, run_seed=self.manifest.seed)
@@ -200,9 +202,12 @@ async def sample_solutions(ctx: StageContext, engine, problem: Problem) -> Sampl
     """Sample ``policy.samples`` solutions, split and grade them. Engine failures are a
     :class:`Failure`; a dead engine raises."""
     try:
-        return await _sample(ctx, engine, problem)
+        with outcome_tally() as tally:
+            sampled = await _sample(ctx, engine, problem)
     except (ContextLengthError, EngineError) as exc:
         return Sampled(failure=failure_of(exc))
+    sampled.counters.update(tally.counts)
+    return sampled
 
 
 async def _sample(ctx: StageContext, engine, problem: Problem) -> Sampled:
@@ -233,7 +238,7 @@ async def _sample(ctx: StageContext, engine, problem: Problem) -> Sampled:
                                                                0) + 1
             solutions.append(Solution(**base, truncated=True))
             continue
-        outcome = await asyncio.to_thread(ctx.grader.grade, solution, problem.gold)
+        outcome = await asyncio.to_thread(ctx.grade, solution, problem.gold)
         solutions.append(Solution(
             **base, final_answer=outcome.predicted,
             final_answer_correct=None if outcome.verdict == "unknown"
@@ -262,11 +267,12 @@ async def monte_carlo_labels(ctx: StageContext, annotator, prompt, solution: Sol
         guide["judge_first_error"] = (None if verdict is None or verdict.failure is not None
                                       else verdict.fields["judge_first_error"])
     try:
-        mc = await annotator.annotate(problem_id=solution.problem_id,
-                                      solution_index=solution.index, prompt=prompt,
-                                      steps=list(solution.steps), splitter=ctx.splitter,
-                                      gold_answer=solution.gold,
-                                      final_verdict=solution.final_verdict, **guide)
+        with outcome_tally() as tally:
+            mc = await annotator.annotate(problem_id=solution.problem_id,
+                                          solution_index=solution.index, prompt=prompt,
+                                          steps=list(solution.steps), splitter=ctx.splitter,
+                                          gold_answer=solution.gold,
+                                          final_verdict=solution.final_verdict, **guide)
     except (ContextLengthError, EngineError) as exc:
         return Labels(failure=failure_of(exc))
     fields = R.MonteCarloColumns(
@@ -287,6 +293,7 @@ async def monte_carlo_labels(ctx: StageContext, annotator, prompt, solution: Sol
         "mc_steps_not_estimated": sum(1 for c in zip(mc.n_total, mc.n_unknown) if c == (0, 0)),
         "mc_steps_unestimated": sum(1 for v in mc.values if v is None),
         "mc_steps_undecided": mc.label_reasons.count("undecided"),  # adaptive budget (#26)
+        **tally.counts,
     }
     return Labels(fields=_plain(R.as_row(fields)), counters=counters, stopped=mc.stopped)
 
@@ -393,13 +400,14 @@ async def omegaprm_rows(ctx: StageContext, annotator, prompt, problem: Problem, 
     """OmegaPRM's rows of one problem (tree states, pairs, searches, or a pre-filter row)."""
     rank = (STAGE_ORDER.index(OMEGAPRM), -1)
     try:
-        result = await annotator.annotate(problem_id=problem.problem_id, prompt=prompt,
-                                          question=problem.question,
-                                          gold_answer=problem.gold)
+        with outcome_tally() as tally:
+            result = await annotator.annotate(problem_id=problem.problem_id, prompt=prompt,
+                                              question=problem.question,
+                                              gold_answer=problem.gold)
     except (ContextLengthError, EngineError) as exc:
         return Piece(rank=rank, failure=failure_of(exc))
     rows: dict[str, list[dict]] = {}
-    counters: dict[str, int] = {}
+    counters: dict[str, int] = dict(tally.counts)
 
     def count(name: str, value: int = 1) -> None:
         counters[name] = counters.get(name, 0) + value

@@ -22,6 +22,7 @@ import json
 import sys
 from typing import Any
 
+from steplabel.annotators.sandbox import OUTCOMES
 from steplabel.dataset import storage
 from steplabel.dataset.stats import (
     INDEX_BUCKETS,
@@ -68,6 +69,8 @@ def dataset_report(dataset_dir: str) -> dict:
         # What the run measured that depends on scheduling (prefix-cache hits): not the data's.
         "run": written.get("run", {}),
         "warnings": written.get("warnings") or truncation_warnings(stats),
+        # python_tests jobs: programs run in the sandbox, by outcome (stats.json's sandbox).
+        "sandbox": written.get("sandbox"),
     }
 
 
@@ -220,6 +223,16 @@ def _saved_line(saved: dict) -> str:
             f"{f' (not needed: {why})' if why else ''}")
 
 
+def sandbox_line(sandbox: dict) -> str:
+    """``61 programs run: passed 13, failed 34, timeout 5, killed 9, unknown 0; 5 without a
+    program; 0.21 s per run`` (a python_tests job's stats.json ``sandbox``)."""
+    counts = sandbox["outcomes"]
+    outcomes = ", ".join(f"{name} {counts.get(name, 0)}" for name in OUTCOMES)
+    per_run = sandbox.get("wall_s_per_run")
+    return (f"{sandbox['runs']} programs run: {outcomes}; {sandbox.get('no_program', 0)} "
+            f"without a program" + (f"; {per_run:.2f} s per run" if per_run else ""))
+
+
 def render_text(report: dict) -> str:
     head = [f"dataset: {report['dataset']} (name {report['name']!r}, manifest "
             f"{(report['manifest_hash'] or '')[:12]}, "
@@ -237,6 +250,8 @@ def render_text(report: dict) -> str:
     saved = rollouts_saved(report.get("run_counters") or {})
     if saved:
         head.append(f"Monte Carlo rollouts: {_saved_line(saved)}")
+    if report.get("sandbox"):
+        head.append(f"sandbox: {sandbox_line(report['sandbox'])}")
     parts = ["\n".join(head), render_group("whole dataset", report["overall"])]
     parts += [render_group(f"source {name}", s) for name, s in report["per_source"].items()]
     return "\n\n".join(parts)
@@ -545,6 +560,8 @@ details.example summary { cursor: pointer; }
 table.steps { width: 100%; } table.steps td { vertical-align: top; }
 table.steps td.text { text-align: left; white-space: pre-wrap; font-family: ui-monospace,
   monospace; font-size: 0.85em; width: 75%; }
+table.steps pre.code { margin: 0; padding: 0.2em 0.4em; background: #f4f4f4;
+  white-space: pre; overflow-x: auto; }
 table.steps td.lab { color: #fff; text-align: center; font-weight: bold; width: 1.6em; }
 td.positive, span.positive { background: #3a923a; }
 td.negative, span.negative { background: #c03d3e; }
@@ -575,6 +592,13 @@ def _first_error_text(value) -> str:
 def _judge_votes(example: dict) -> str:
     votes = example["judge_votes"]
     return f" (votes {', '.join('?' if v is None else str(v) for v in votes)})" if votes else ""
+
+
+def _step_text_html(step: dict) -> str:
+    """A step's text; a code step (``show.trajectory_example``'s ``code``) in a ``<pre>``."""
+    if step.get("code"):
+        return f"<pre class='code'>{html.escape(step['text'])}</pre>"
+    return html.escape(step["text"])
 
 
 def _example_html(example: dict, *, open_: bool) -> str:
@@ -609,7 +633,7 @@ def _example_html(example: dict, *, open_: bool) -> str:
             f"{SYMBOLS[step['label_state']][0]}</td><td>{step['index']}</td>"
             f"<td style='background:{_mc_colour(value)}33'>"
             f"{'–' if value is None else f'{value:.2f}'}</td><td>{e(counts)}</td>"
-            f"<td class='text'>{e(step['text'])}{mark}</td></tr>")
+            f"<td class='text'>{_step_text_html(step)}{mark}</td></tr>")
     correct = example["final_answer_correct"]
     verdict = "correct" if correct else "unknown" if correct is None else "incorrect"
     labels_from = {"final": "final labels", "monte_carlo": "Monte Carlo labels (not kept)"}.get(
@@ -679,7 +703,9 @@ def render_html(report: dict, examples: dict[str, list[dict]] | None = None) -> 
                    ("manifest hash", report["manifest_hash"]),
                    ("content hash", report.get("content_hash")),
                    ("completed", report["completed"]),
-                   *([("Monte Carlo rollouts", _saved_line(saved))] if saved else [])])
+                   *([("Monte Carlo rollouts", _saved_line(saved))] if saved else []),
+                   *([("sandbox", sandbox_line(report["sandbox"]))]
+                     if report.get("sandbox") else [])])
     figures = html.escape(json.dumps(report, indent=2, sort_keys=True, default=str))
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{STYLE}{EXAMPLE_STYLE}</style></head>"

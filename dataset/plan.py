@@ -561,6 +561,46 @@ def make_plan(costs: PilotCosts, *, source_rows: int, throughput: Throughput,
 
 
 # ---------------------------------------------------------------------------------------------
+# Sandbox time (python_tests jobs)
+
+#: Wall seconds of one sandbox run when the pilot measured none: a fork of a warm sandbox
+#: worker with a small program and its tests (benchmarks/results/sandbox_throughput.json: 49
+#: ms per run on one worker at load 12 on 2 cores; a bare ``python -c`` start was 121 ms).
+DEFAULT_SANDBOX_S_PER_ROLLOUT = 0.05
+
+
+#: The stages whose rollouts are graded (the judge's replies are not).
+GRADED_STAGES = ("policy", "monte_carlo", "omegaprm")
+
+
+def sandbox_time(counters: dict, *, costs: PilotCosts, plan: dict, workers: int = 2) -> dict:
+    """Sandbox seconds of the whole job: seconds per graded rollout times the projected
+    graded rollouts (policy samples, Monte Carlo, OmegaPRM; bounds summed). The seconds per graded
+    rollout are measured from the pilot's counters (``sandbox_wall_ms`` over every rollout the
+    pilot generated, so rollouts without a program or cut off count at their cost, none) or,
+    when the pilot ran no program, :data:`DEFAULT_SANDBOX_S_PER_ROLLOUT` (every rollout one
+    run). ``wall_s`` divides by the pool's ``workers`` per worker process; it overlaps engine
+    time (grading runs beside generation), so the job's wall time does not add it, but on a
+    CPU-only machine it takes cores from the engine."""
+    graded = [s for s in GRADED_STAGES if s in plan["stages"]]
+    index = [list(STAGES).index(s) for s in graded]
+    pilot_rollouts = float(costs.values[:, index, FIELDS.index("rollouts")].sum())
+    projected_rollouts = {key: (None if any(plan["stages"][s]["rollouts"][key] is None
+                                            for s in graded)
+                                else sum(plan["stages"][s]["rollouts"][key] for s in graded))
+                          for key in ("projected", "low", "high")}
+    wall_ms = counters.get("sandbox_wall_ms")
+    if wall_ms and pilot_rollouts:
+        per_rollout, source = wall_ms / 1000 / pilot_rollouts, "pilot"
+    else:
+        per_rollout, source = DEFAULT_SANDBOX_S_PER_ROLLOUT, "default"
+    seconds = _scale(projected_rollouts, per_rollout)
+    return {"s_per_graded_rollout": round(per_rollout, 6), "source": source,
+            "graded_rollouts": projected_rollouts,
+            "seconds": seconds, "wall_s": _scale(seconds, 1 / workers), "workers": workers}
+
+
+# ---------------------------------------------------------------------------------------------
 # Text
 
 
@@ -644,6 +684,13 @@ def format_plan(plan: dict) -> str:
         if index == 0 or index == len(rows) - 2:
             lines.append("  " + "  ".join("-" * w for w in widths))
     t, total = plan["throughput"], plan["total"]
+    if plan.get("sandbox"):
+        box = plan["sandbox"]
+        lines.append(f"  sandbox (python_tests): {_cell(box['seconds'], _duration)} of program "
+                     f"runs, {_cell(box['wall_s'], _duration)} on a pool of {box['workers']}; "
+                     f"{box['s_per_graded_rollout'] * 1000:.0f} ms per graded rollout "
+                     f"({'measured in the pilot' if box['source'] == 'pilot' else 'a default'}"
+                     "), beside the engine's time")
     tps = t["generated_tokens_per_s"]
     if not tps:
         lines.append("  throughput: unknown (pass --tokens-per-s)")
@@ -866,6 +913,8 @@ def run(args) -> int:
                                "tokens): pass --tokens-per-s for times")
         plan = make_plan(costs, source_rows=source_rows, throughput=throughput,
                          accelerators=args.accelerators, finite=finite, stages=stages)
+        if manifest.grader.name == "python_tests":
+            plan["sandbox"] = sandbox_time(counters, costs=costs, plan=plan)
         plan["manifest"] = args.manifest
         plan["pilot"] = pilot_text
         plan["pilot_dataset"] = dataset if (args.from_dataset or keep_root) else None

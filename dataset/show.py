@@ -30,6 +30,7 @@ import sys
 import textwrap
 from typing import Iterable, Iterator
 
+from steplabel.annotators.code_splitting import code_step_flags
 from steplabel.annotators.registry import ANNOTATORS
 from steplabel.annotators.consensus import CONSENSUS_REASONS, REJECT_REASONS
 from steplabel.dataset import storage
@@ -109,6 +110,7 @@ def trajectory_example(row: dict, output: str) -> dict:
     else:
         labels, labels_from = None, None
     shown = []
+    code = code_step_flags(steps)
     for index, text in enumerate(steps):
         label = _at(labels, index)
         # Kept labels end at the first error: a missing entry after it is "no label", not
@@ -117,6 +119,7 @@ def trajectory_example(row: dict, output: str) -> dict:
         shown.append({
             "index": index,
             "text": text,
+            "code": code[index],  # a step of a program: shown verbatim, monospaced
             "label": label,
             "label_state": ("no_label" if ended else "unknown" if label is None
                             else "positive" if label else "negative"),
@@ -375,6 +378,13 @@ def _votes(example: dict, style: Style) -> str:
     return ", ".join(shown)
 
 
+def _code_lines(text: str, *, first: str, indent: int) -> list[str]:
+    """A code step as it was written: every line kept whole (no wrapping, which would break
+    its indentation), indented under the step's prefix, the code's own indentation after it."""
+    lines = text.split("\n")
+    return [first + lines[0]] + [" " * indent + line for line in lines[1:]]
+
+
 def render_trajectory(example: dict, *, style: Style, width: int) -> str:
     status = (style("kept", "green", "bold") if example["kept"]
               else style("rejected", "red", "bold"))
@@ -402,9 +412,12 @@ def render_trajectory(example: dict, *, style: Style, width: int) -> str:
                   f"{count:<{count_width}}  ")
         indent = len(_plain(prefix))
         text = step["text"]
-        if step["index"] in marks:
-            text += "  " + style("◀ first error: " + ", ".join(marks[step["index"]]), "bold")
-        lines += _wrap(text, first=prefix, indent=indent, width=width)
+        mark = ("  " + style("◀ first error: " + ", ".join(marks[step["index"]]), "bold")
+                if step["index"] in marks else "")
+        if step.get("code"):
+            lines += _code_lines(text + mark, first=prefix, indent=indent)
+        else:
+            lines += _wrap(text + mark, first=prefix, indent=indent, width=width)
     def judge_detail(example: dict) -> str:
         votes = example["judge_votes"]
         if votes is None:  # each vote is a step index, -1 for "no error"

@@ -34,6 +34,12 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from steplabel.annotators.consensus import CONSENSUS_REASONS
+from steplabel.annotators.graders import (
+    GOLD_WARNING_PREFIX,
+    OUTCOME_COUNTER_PREFIX,
+    SANDBOX_WALL_COUNTER,
+)
+from steplabel.annotators.sandbox import OUTCOMES
 from steplabel.annotators.registry import ANNOTATORS, with_cost_on_rows
 from steplabel.dataset import storage
 from steplabel.schemas.records import OUTPUTS
@@ -637,3 +643,36 @@ def add_omegaprm_cost(summary: dict, counters: dict) -> dict:
         name: ratio(sum(cost[stage][name] for stage in stages), labels)
         for name in ("rollouts", "generated_tokens")}
     return {**summary, "cost": cost, "cost_per_label": per_label}
+
+
+#: What each gold warning means, for stats.json's ``warnings``.
+GOLD_WARNING_TEXT = {
+    "tests_pass_on_empty_program": "their tests pass on an empty program, so they cannot tell a "
+                                   "right program from a wrong one",
+    "tests_not_checked": "the sandbox could not run their tests on an empty program",
+}
+
+
+def gold_warnings(counters: dict[str, int]) -> list[str]:
+    """One sentence per gold warning counted (``gold_warning_<reason>``)."""
+    warnings = []
+    for name, count in sorted(counters.items()):
+        if name.startswith(GOLD_WARNING_PREFIX) and count:
+            reason = name[len(GOLD_WARNING_PREFIX):]
+            what = GOLD_WARNING_TEXT.get(reason, reason.replace("_", " "))
+            warnings.append(f"{count} problem{'s' * (count != 1)} labelled although {what} "
+                            f"({name})")
+    return warnings
+
+
+def sandbox_outcomes(counters: dict[str, int]) -> dict:
+    """stats.json's ``sandbox`` section (python_tests jobs): programs run per outcome
+    (``passed``, ``failed``, ``timeout``, ``killed``, ``unknown``; every outcome present, 0 when
+    none), ``runs``, graded texts with no program (``no_program``), and the sandbox's mean
+    wall seconds per run (None without runs: a measure of this run, for ``plan``)."""
+    outcomes = {o: counters.get(OUTCOME_COUNTER_PREFIX + o, 0) for o in OUTCOMES}
+    runs = sum(outcomes.values())
+    wall_ms = counters.get(SANDBOX_WALL_COUNTER, 0)
+    return {"outcomes": outcomes, "runs": runs,
+            "no_program": counters.get("code_no_program", 0),
+            "wall_s_per_run": round(wall_ms / 1000 / runs, 4) if runs else None}

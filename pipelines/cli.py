@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from steplabel.demo_data import write_problems
+from steplabel.demo_data import write_code_problems, write_problems
 from steplabel.engines.vllm_engine import shutdown_live_engines
 from steplabel import __version__
 from steplabel.pipelines import logs
@@ -100,12 +100,17 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("demo-data", help="write a generated problem set (the demo's data)",
                           description=DEMO_DATA_DESCRIPTION, parents=verbose)
     data.add_argument("--out", required=True, help="JSONL file to write")
-    data.add_argument("--count", type=int, default=24, help="problems to write (default 24)")
-    data.add_argument("--seed", type=int, default=0,
-                      help="seed of the generator (default 0; the demo job's file uses 0)")
-    data.add_argument("--kind", choices=["addition", "arithmetic"], default="addition",
+    data.add_argument("--kind", choices=["addition", "arithmetic", "code"], default="addition",
                       help="addition: one-step sums of 1..9 (the demo's, jobs/data/addition.jsonl);"
-                      " arithmetic: six one-operation kinds up to 19 (the benchmarks')")
+                      " arithmetic: six one-operation kinds up to 19 (the benchmarks'); code: "
+                      "small Python functions with tests (grader python_tests, "
+                      "jobs/data/code.jsonl)")
+    data.add_argument("--code", action="store_const", const="code", dest="kind",
+                      help="the same as --kind code")
+    data.add_argument("--count", type=int, default=None,
+                      help="problems to write (default 24; code: 16)")
+    data.add_argument("--seed", type=int, default=0,
+                      help="seed of the generator (default 0; the demo jobs' files use 0)")
 
     for name, (_, text) in COMMAND_MODULES.items():
         _command_module(name).add_arguments(sub.add_parser(name, help=text, description=text,
@@ -219,7 +224,11 @@ def _dispatch(parser: argparse.ArgumentParser, args) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "demo-data":
-        count = write_problems(args.out, count=args.count, seed=args.seed, kind=args.kind)
+        if args.kind == "code":
+            count = write_code_problems(args.out, count=args.count or 16, seed=args.seed)
+        else:
+            count = write_problems(args.out, count=args.count or 24, seed=args.seed,
+                                   kind=args.kind)
         print(f"[steplabel] wrote {count} problems to {args.out}")
         return 0
     module = _command_module(args.command)

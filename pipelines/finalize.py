@@ -24,6 +24,8 @@ from steplabel.dataset.stats import (
     accounted_problems,
     compute_stats,
     keep_rate_warnings,
+    gold_warnings,
+    sandbox_outcomes,
     truncation_warnings,
 )
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS, SCHEMA_VERSION
@@ -182,7 +184,8 @@ def build_lock(manifest) -> dict:
 
 #: Counters that measure the run rather than the data: engine work and time, and what was
 #: resumed from checkpoints instead of computed.
-RUN_COUNTER_PREFIXES = ("engine_", "stage_", "problems_resumed", "problems_labelled")
+RUN_COUNTER_PREFIXES = ("engine_", "stage_", "problems_resumed", "problems_labelled",
+                        "sandbox_wall_ms")
 
 
 def run_metrics(counters: dict[str, int]) -> dict:
@@ -243,7 +246,9 @@ def finalize_dataset(out_dir: str, manifest, *, problems_in: int | None,
     }
     stats["counters"] = dict(sorted(counters.items()))
     stats["warnings"] = (truncation_warnings(stats, manifest)
-                         + keep_rate_warnings(stats, manifest))
+                         + keep_rate_warnings(stats, manifest) + gold_warnings(counters))
+    if manifest.grader.name == "python_tests":
+        stats["sandbox"] = sandbox_outcomes(counters)
     stats["temp_files_removed"] = len(leftovers)
     run = run_metrics(counters)
     stats["run"] = run

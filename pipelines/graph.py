@@ -54,7 +54,7 @@ def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None
      | "WriteRowsIn" >> beam.Map(_write_rows_in, counted_in))
     return raw | "ValidateProblems" >> ValidateProblems(
         fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash,
-        grader=get_grader(manifest.grader))
+        grader=get_grader(manifest.grader), layout=source.layout)
 
 
 def _input_key(row: dict):

@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from apache_beam.utils import shared
 
 from steplabel.annotators.stages import StageContext
+from steplabel.annotators.sandbox import close_shared_pool
 from steplabel.dataset import storage
 from steplabel.dataset.stats import top_reject_reasons
 from steplabel.dataset.directory import (
@@ -231,6 +232,7 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
             on_failure=lambda exc: explain_failure(exc, out_dir))
     finally:
         del keep
+        close_shared_pool()  # the sandbox workers of python_tests graders that ran here
     info, stats = framed.result
     return JobResult(out_dir, info, stats, framed.seconds)
 

@@ -33,10 +33,12 @@ from typing import Any, ClassVar, Iterable, Protocol, runtime_checkable
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from steplabel.annotators.graders import Grader
+from steplabel.annotators.graders import GOLD_WARNING_PREFIX, Grader
+from steplabel.annotators.python_tests import LAYOUTS
 from steplabel.models import sha256_file
 from steplabel.schemas import rows as R
 from steplabel.schemas.graders import GoldRejected
+from steplabel.schemas.manifest import FieldMapping
 from steplabel.schemas.stages import Problem
 
 #: Questions longer than this are not sent to any engine (dead letter, ``question_too_long``).
@@ -586,9 +588,12 @@ def _text_field(record: dict, key: str, what: str) -> tuple[str | None, str | No
 
 
 def validate_item(item: RawItem, *, fields, answer_format: str, manifest_hash: str,
-                  grader: Grader) -> tuple[Problem | None, dict | None]:
+                  grader: Grader, layout: str = "plain") -> tuple[Problem | None, dict | None]:
     """``(problem, None)`` for a good record, ``(None, dead_letter_row)`` for a bad one. The
-    gold is what ``grader`` reads from the record (``Grader.parse_gold``)."""
+    gold is what ``grader`` reads from the record (``Grader.parse_gold``). ``layout``
+    (``source.layout``): ``humaneval`` and ``mbpp`` records are read as those datasets lay
+    them out (:data:`steplabel.annotators.python_tests.LAYOUTS`) into plain ``id``,
+    ``question``, ``tests`` records, then validated as such (``fields`` is not used)."""
 
     def dead(reason: str, error: str, problem_id: str | None = None):
         return None, R.dead_letter(stage="validate", reason=reason, error=error,
@@ -608,6 +613,8 @@ def validate_item(item: RawItem, *, fields, answer_format: str, manifest_hash: s
             return dead("malformed_json", f"{item.where()}: {exc}")
     if not isinstance(record, dict):
         return dead("not_an_object", f"expected a JSON object, got {type(record).__name__}")
+    if LAYOUTS.get(layout) is not None:
+        record, fields = LAYOUTS[layout](record), FieldMapping()
 
     question, problem = _text_field(record, fields.question, "question")
     if problem:
@@ -633,9 +640,10 @@ class ValidateProblems(beam.PTransform):
     resolved as the module docstring says."""
 
     def __init__(self, *, fields, answer_format: str, manifest_hash: str,
-                 grader: Grader) -> None:
+                 grader: Grader, layout: str = "plain") -> None:
         super().__init__()
         self.fields = fields
+        self.layout = layout
         self.answer_format = answer_format
         self.manifest_hash = manifest_hash
         self.grader = grader
@@ -643,15 +651,23 @@ class ValidateProblems(beam.PTransform):
     def expand(self, items):
         fields, fmt, mhash, grader = (self.fields, self.answer_format, self.manifest_hash,
                                       self.grader)
+        layout = self.layout
+        gold_warning = getattr(grader, "gold_warning", None)
 
         def check(item):
             problem, dead = validate_item(item, fields=fields, answer_format=fmt,
-                                          manifest_hash=mhash, grader=grader)
+                                          manifest_hash=mhash, grader=grader, layout=layout)
             if dead is not None:
                 beam.metrics.Metrics.counter("steplabel", f"dead_letter_{dead['reason']}").inc()
                 yield beam.pvalue.TaggedOutput("dead_letter", dead)
-            else:
-                yield problem
+                return
+            # A grader may warn about a usable gold (python_tests: tests that pass on an empty
+            # program cannot tell right from wrong); the problem is labelled, the warning
+            # counted (stats.json's warnings name it).
+            warning = gold_warning(problem.gold) if gold_warning is not None else None
+            if warning is not None:
+                beam.metrics.Metrics.counter("steplabel", f"{GOLD_WARNING_PREFIX}{warning}").inc()
+            yield problem
 
         checked = items | "CheckRecords" >> beam.FlatMap(check).with_outputs(
             "dead_letter", main="problems")

@@ -117,7 +117,8 @@ class _WriteWaveChunksFn(beam.DoFn):
         problem, dead = validate_item(item, fields=source.fields,
                                       answer_format=source.answer_format,
                                       manifest_hash=self.manifest.hash,
-                                      grader=get_grader(self.manifest.grader))
+                                      grader=get_grader(self.manifest.grader),
+                                      layout=source.layout)
         index = wave_of(problem.problem_id if dead is None else dead.get("problem_id"),
                         self.count)
         self._chunks.setdefault(index, []).append(item)

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Mapping, Union
 
-from steplabel.schemas.config import ConfigError
+from steplabel.schemas.config import ConfigError, check
 
 Verdict = Literal["correct", "incorrect", "unknown"]
 DEFAULT_GRADER = "math"
@@ -67,6 +67,9 @@ class GraderConfig:
     (:meth:`config_variant`); an unknown name is a ConfigError naming ``grader.name``."""
 
     name: str = DEFAULT_GRADER
+    #: What a job with this grader uses where its manifest names nothing: section -> keys
+    #: (``splitter``, ``policy``, ``judge``; the judge's only when the judge is enabled).
+    job_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
     def config_variant(cls, data: Mapping[str, Any], path: str) -> type:
@@ -85,8 +88,33 @@ class MathGraderConfig(GraderConfig):
     name: Literal["math"] = "math"
 
 
+@dataclass(frozen=True)
+class PythonTestsGraderConfig(GraderConfig):
+    """A solution's last ```` ```python ```` block run against the problem's tests in the
+    sandbox (``annotators/python_tests.py``). ``timeout_s``: CPU seconds per run (a program past
+    it is incorrect, ``timeout``); ``memory_mb``: address space per run (at least 64)."""
+
+    name: Literal["python_tests"] = "python_tests"
+    timeout_s: float = 5.0
+    memory_mb: int = 512
+    #: Code steps (``annotators/code_splitting.py`` says why top-level statements), a policy
+    #: prompt that asks for reasoning then one program, the judge's code-review prompt.
+    job_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "splitter": {"name": "python_statements"},
+        "policy": {"template": "policy_code_v1", "response_prefix": ""},
+        "judge": {"template_id": "judge_code_review_v1"},
+    }
+
+    def __post_init__(self) -> None:
+        check(0 < self.timeout_s <= 600, "timeout_s", "must be in (0, 600] seconds",
+              self.timeout_s)
+        check(64 <= self.memory_mb <= 65536, "memory_mb",
+              "must be in [64, 65536] (the interpreter itself needs about 64)", self.memory_mb)
+
+
 #: Grader name -> its config type.
-GRADER_CONFIGS: dict[str, type[GraderConfig]] = {"math": MathGraderConfig}
+GRADER_CONFIGS: dict[str, type[GraderConfig]] = {"math": MathGraderConfig,
+                                                  "python_tests": PythonTestsGraderConfig}
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,9 +134,25 @@ class MathGold:
         return self.answer
 
 
-Gold = Union[MathGold]
+@dataclass(frozen=True)
+class PythonTestsGold:
+    """The gold of the python_tests grader: test source whose asserts must pass, and the
+    function they test (HumanEval's ``check(candidate)`` is called with it; None: the tests
+    call the program's functions themselves, as MBPP's asserts do)."""
+
+    tests: str
+    entry_point: str | None = None
+    grader: ClassVar[str] = "python_tests"
+
+    @property
+    def text(self) -> str:
+        """What the rows' ``gold_answer`` column holds: the tests."""
+        return self.tests
+
+
+Gold = Union[MathGold, PythonTestsGold]
 #: Grader name -> the type of its gold.
-GOLD_TYPES: dict[str, type] = {"math": MathGold}
+GOLD_TYPES: dict[str, type] = {"math": MathGold, "python_tests": PythonTestsGold}
 
 
 def gold_to_json(gold: Gold) -> dict:

@@ -24,7 +24,7 @@ from steplabel.schemas.config import (
     from_mapping,
     to_mapping,
 )
-from steplabel.schemas.graders import GraderConfig, MathGraderConfig
+from steplabel.schemas.graders import GRADER_CONFIGS, GraderConfig, MathGraderConfig
 from steplabel.schemas.templates import load_template
 
 #: The splitters a manifest may name (``annotators/splitting.py`` implements each one).
@@ -61,6 +61,10 @@ class SourceConfig:
     fields: FieldMapping = field(default_factory=FieldMapping)
     answer_format: Literal["plain", "gsm8k", "boxed"] = "plain"
     limit: int | None = None
+    #: How records are laid out: ``plain`` (``fields`` name the id, question and gold),
+    #: ``humaneval`` (``task_id``, ``prompt``, ``test``, ``entry_point``) or ``mbpp``
+    #: (``task_id``, ``text``, ``test_list``), read directly for the ``python_tests`` grader.
+    layout: Literal["plain", "humaneval", "mbpp"] = "plain"
 
     def __post_init__(self) -> None:
         if self.kind in ("jsonl", "parquet"):
@@ -195,6 +199,10 @@ class JobManifest:
         if self.consensus is not None:
             check(self.monte_carlo is not None and self.judge is not None, "consensus",
                   "needs both monte_carlo and judge enabled", "monte_carlo/judge missing")
+        if self.source.layout != "plain":
+            check(self.grader.name == "python_tests", "source.layout",
+                  "humaneval and mbpp records carry tests: they need grader python_tests",
+                  self.source.layout)
         if self.monte_carlo is not None and self.monte_carlo.consensus_guided:
             check(self.consensus is not None, "monte_carlo.consensus_guided",
                   "needs consensus (follows the judge's verdict)", True)
@@ -205,6 +213,8 @@ class JobManifest:
         data = to_mapping(self)
         if data["grader"] == to_mapping(MathGraderConfig()):
             del data["grader"]
+        if data["source"]["layout"] == "plain":  # likewise for the source's layout
+            del data["source"]["layout"]
         return data
 
     @property
@@ -250,4 +260,19 @@ def load_manifest(path: str | Path) -> JobManifest:
 def manifest_from_dict(data: Any) -> JobManifest:
     if not isinstance(data, dict):
         raise ConfigError(f"<root>: a manifest must be a mapping, got {type(data).__name__}")
-    return from_mapping(JobManifest, data)
+    return from_mapping(JobManifest, with_grader_defaults(data))
+
+
+def with_grader_defaults(data: dict) -> dict:
+    """``data`` with its grader's :attr:`~steplabel.schemas.graders.GraderConfig.job_defaults`
+    filled in where the manifest names nothing (a python_tests job splits at statements unless
+    it names a splitter). Done on the mapping, so the canonical form and the hash hold them."""
+    grader = data.get("grader")
+    if not isinstance(grader, dict) or grader.get("name") not in GRADER_CONFIGS:
+        return data
+    data = dict(data)
+    for section, defaults in GRADER_CONFIGS[grader["name"]].job_defaults.items():
+        current = data.get(section, {} if section != "judge" else None)
+        if isinstance(current, dict):  # a disabled stage (missing, null) stays disabled
+            data[section] = {**defaults, **current}
+    return data

@@ -54,8 +54,8 @@ def test_default_grader_is_math_and_leaves_the_manifest_hash_alone():
 
 
 @pytest.mark.parametrize("grader, message", [
-    ({"name": "pyhton_tests"}, "grader.name must be one of math, got 'pyhton_tests'"),
-    ({"name": 3}, "grader.name must be one of math, got 3"),
+    ({"name": "pyhton_tests"}, "grader.name must be one of math, python_tests, got 'pyhton_tests'"),
+    ({"name": 3}, "grader.name must be one of math, python_tests, got 3"),
     ({"name": "math", "timeout_s": 5}, "unknown key(s) grader.timeout_s"),
     ("math", "grader: must be a mapping"),
 ])
@@ -177,7 +177,9 @@ def test_validation_sampling_and_monte_carlo_grade_with_the_job_grader(last_line
                                                sampled.solutions[1]))
     assert labels.failure is None
     assert len(ctx.grader.graded) > graded  # the rollouts went through the job's grader
-    assert ctx.omegaprm_annotator(engine).grader == ctx.grader.grade
+    # the job's grader, counted by outcome (graders.tallied)
+    assert ctx.omegaprm_annotator(engine).grader is ctx.grade
+    assert ctx.grade.__wrapped__ == ctx.grader.grade
     # The typed gold survives the stage's JSON checkpoint.
     assert sampled_from_json(to_json(sampled)) == sampled
 

@@ -6,10 +6,7 @@ from pathlib import Path
 import pytest
 
 from steplabel.annotators.code_splitting import split_code_solution, statement_chunks
-from steplabel.annotators.grading import Grade
 from steplabel.annotators.python_tests import (
-    GoldError,
-    PythonTestsGold,
     PythonTestsGrader,
     extract_program,
     from_humaneval,
@@ -18,6 +15,9 @@ from steplabel.annotators.python_tests import (
 )
 from steplabel.annotators.sandbox import SandboxPool, SandboxResult
 from steplabel.annotators.splitting import get_splitter
+from steplabel.pipelines.sources import RawItem, validate_item
+from steplabel.schemas.graders import GoldRejected, Grade, PythonTestsGold
+from steplabel.schemas.manifest import FieldMapping
 
 pytestmark = pytest.mark.unit
 
@@ -112,13 +112,14 @@ def test_rollout_is_graded_by_the_program_the_completed_solution_ends_with(grade
     ({"id": "a"}, "tests_missing"),
     ({"id": "a", "tests": "   \n"}, "tests_missing"),
     ({"id": "a", "tests": 7}, "tests_missing"),
-    ({"id": "a", "tests": "assert f(1) == "}, "tests_do_not_compile:SyntaxError"),
+    ({"id": "a", "tests": "assert f(1) == "}, "tests_do_not_compile"),
     ({"id": "a", "tests": "assert f(1)", "entry_point": "not a name"}, "entry_point_not_a_name"),
 ])
 def test_bad_gold_is_a_dead_letter_reason(grader, record, reason):
-    with pytest.raises(GoldError) as err:
-        grader.parse_gold(record)
-    assert str(err.value).startswith(reason)
+    rejected = grader.parse_gold(record)
+    assert isinstance(rejected, GoldRejected) and rejected.reason == reason
+    if reason == "tests_do_not_compile":
+        assert rejected.error.startswith("SyntaxError")
 
 
 def test_tests_that_pass_on_an_empty_program_warn(grader):
@@ -128,6 +129,26 @@ def test_tests_that_pass_on_an_empty_program_warn(grader):
     assert grader.validate_gold(uncalled) == "tests_pass_on_empty_program"  # nothing calls it
     good = grader.parse_gold({"id": "g", "tests": GOLD.tests})
     assert grader.validate_gold(good) is None
+
+
+def test_layouts_are_read_by_the_source(grader):
+    record = json.loads(DATA.read_text().splitlines()[0])
+    problem, dead = validate_item(RawItem("he", 0, json.dumps(record).encode()),
+                                  fields=FieldMapping(), answer_format="plain",
+                                  manifest_hash="h", grader=grader, layout="humaneval")
+    assert dead is None and problem.problem_id == record["task_id"]
+    assert problem.gold == PythonTestsGold(record["test"], record["entry_point"])
+    assert record["prompt"].strip() in problem.question and problem.original
+    mbpp = {"task_id": 7, "text": "Write f.", "test_list": ["assert f() == 1"]}
+    problem, dead = validate_item(RawItem("mbpp", 0, mbpp), fields=FieldMapping(),
+                                  answer_format="plain", manifest_hash="h", grader=grader,
+                                  layout="mbpp")
+    assert dead is None and problem.problem_id == "mbpp/7"
+    assert problem.gold.tests == "assert f() == 1"
+    _, dead = validate_item(RawItem("mbpp", 1, {"task_id": 8, "text": "x", "test_list": []}),
+                            fields=FieldMapping(), answer_format="plain", manifest_hash="h",
+                            grader=grader, layout="mbpp")
+    assert (dead["problem_id"], dead["reason"]) == ("mbpp/8", "tests_missing")
 
 
 def test_humaneval_check_is_called_with_the_entry_point():
