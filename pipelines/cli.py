@@ -54,9 +54,9 @@ Apache Beam pipeline options go after "--", e.g.
 any other option steplabel does not know is an error."""
 
 DEMO_DATA_DESCRIPTION = (
-    "Write a generated problem set (JSONL: id, question, answer), deterministic for a seed: the "
-    "demo job's one-step additions (--kind addition, jobs/data/addition.jsonl) or the "
-    "benchmarks' one-operation arithmetic (--kind arithmetic).")
+    "Write a generated problem set, deterministic for a seed (JSONL): the demo job's one-step "
+    "additions (--kind addition, jobs/data/addition.jsonl), the benchmarks' one-operation "
+    "arithmetic (--kind arithmetic) or small Python functions with tests (--kind code).")
 
 
 def _verbose_parent() -> argparse.ArgumentParser:

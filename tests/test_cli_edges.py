@@ -79,7 +79,7 @@ def test_version(capsys):
 
 @pytest.mark.parametrize("command,words", [
     ("run", ["Run a job manifest end to end", 'Beam pipeline options go after "--"']),
-    ("demo-data", ["arithmetic word problems", "deterministic for a seed", "--count"]),
+    ("demo-data", ["generated problem set", "deterministic for a seed", "--count"]),
 ])
 def test_run_and_demo_data_help_describe_the_command(capsys, command, words):
     code, out, _ = run_cli(capsys, command, "--help")

@@ -10,7 +10,7 @@ from steplabel.dataset.stats import LabelStats, add_omegaprm_cost
 pytestmark = pytest.mark.unit
 
 COUNTERS = {"omegaprm_rollouts": 300, "omegaprm_prompt_tokens": 9000,
-            "omegaprm_generated_tokens": 11400, "omegaprm_cached_tokens": 8000}
+            "omegaprm_generated_tokens": 11400}
 
 
 def summary_with_cost():
@@ -27,8 +27,7 @@ def summary_with_cost():
 def test_omegaprm_cost_from_the_counters_joins_the_stages_and_the_cost_per_label():
     summary = add_omegaprm_cost(summary_with_cost(), COUNTERS)
     assert summary["cost"]["omegaprm"] == {"requests": None, "rollouts": 300,
-                                           "prompt_tokens": 9000, "generated_tokens": 11400,
-                                           "cached_tokens": 8000}
+                                           "prompt_tokens": 9000, "generated_tokens": 11400}
     per_label = summary["cost_per_label"]
     assert per_label["by_stage"]["omegaprm"] == {"rollouts": 30.0, "generated_tokens": 1140.0}
     assert per_label["by_stage"]["policy"] == {"rollouts": 3.6, "generated_tokens": 360.0}
@@ -45,7 +44,7 @@ def test_without_omegaprm_counters_nothing_changes():
 def test_text_and_html_show_omegaprm_cost():
     summary = add_omegaprm_cost(summary_with_cost(), COUNTERS)
     text = render_group("whole dataset", summary)
-    assert "omegaprm 300 rollouts, 11400 generated tokens, 8000/9000 prompt tokens cached" in text
+    assert "omegaprm 300 rollouts, 11400 generated tokens, 9000 prompt tokens" in text
     assert ("  with OmegaPRM: 47.50 rollouts, 1680.0 generated tokens; generated tokens by "
             "stage: policy 360.0, MC 110.0, judge 70.0, OmegaPRM 1140.0") in text
     html = _group_html("whole dataset", summary, plots=False)
