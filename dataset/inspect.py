@@ -150,7 +150,37 @@ def render_group(title: str, s: dict) -> str:
                      f"labelled ({_pct(omega['positive_state_rate'])} positive); "
                      f"{omega['rollouts']} rollouts, {_num(omega['rollouts_per_state_label'])} "
                      "per state label")
+    lines += critique_lines(s.get("critiques") or {})
     return "\n".join(lines)
+
+
+def critique_lines(c: dict) -> list[str]:
+    """The critiques' figures as text lines (none when the dataset has no critiques)."""
+    if not c.get("critiques"):
+        return []
+    lines = [f"critiques: kept {c['kept']} of {c['critiques']} ({_pct(c['keep_rate'])}), on "
+             f"{c['solutions_with_kept']} of {c['solutions']} critiqued trajectories",
+             f"  not kept: {_pairs(c['not_kept_reasons'])}",
+             f"  tokens per kept critique: {_num(c['tokens_per_kept'], 1)} "
+             f"({_num(c['generated_tokens_per_kept'], 1)} generated)"]
+    if c["agreement_by_step_position"]:
+        lines.append("  step verdicts agreeing with the trusted labels, by step index:")
+        lines.append(f"  {'index':>6} {'checked':>8} {'agree':>6} {'rate':>7}")
+        for index, cell in c["agreement_by_step_position"].items():
+            lines.append(f"  {index:>6} {cell['checked']:>8} {cell['agree']:>6} "
+                         f"{_pct(cell['rate']):>7}")
+    return lines
+
+
+def critic_skipped(counters: dict) -> str | None:
+    """What ``critic.only_trusted`` saved, from the run's counters (None: nothing skipped)."""
+    skipped = counters.get("critic_solutions_skipped")
+    if not skipped:
+        return None
+    return (f"critic: {skipped} trajectories without trusted labels skipped "
+            f"({counters.get('critic_requests_not_spent', 0)} requests, "
+            f"{counters.get('critic_rollouts_not_spent', 0)} samples not spent; "
+            f"{counters.get('critic_solutions', 0)} critiqued)")
 
 
 def rollouts_saved(counters: dict) -> dict | None:
@@ -190,6 +220,9 @@ def render_text(report: dict) -> str:
     saved = rollouts_saved(report.get("run_counters") or {})
     if saved:
         head.append(f"Monte Carlo rollouts: {_saved_line(saved)}")
+    skipped = critic_skipped(report.get("run_counters") or {})
+    if skipped:
+        head.append(skipped)
     parts = ["\n".join(head), render_group("whole dataset", report["overall"])]
     parts += [render_group(f"source {name}", s) for name, s in report["per_source"].items()]
     return "\n\n".join(parts)
@@ -404,10 +437,31 @@ def _group_html(title: str, s: dict, *, plots: bool) -> str:
                        f"<td>{c['negative']}</td><td>{_pct(c['positive_rate'])}</td></tr>"
                        for k, c in s["labels_by_step_index"].items())
         parts.append(f"<table>{header}{body}</table>")
+    parts.append(_critiques_html(s.get("critiques") or {}))
     if plots:
         images = [uri for uri in (plot(s) for plot in PLOTS) if uri]
         parts.append("<div class='plots'>" + "".join(
             f'<img src="{uri}" alt="plot">' for uri in images) + "</div>")
+    return "\n".join(parts)
+
+
+def _critiques_html(c: dict) -> str:
+    """The critiques' figures (keep rate, reasons, tokens, agreement by step position)."""
+    if not c.get("critiques"):
+        return ""
+    rows = [("critiques kept", f"{_pct(c['keep_rate'])} ({c['kept']} of {c['critiques']})"),
+            ("trajectories with a kept critique",
+             f"{c['solutions_with_kept']} of {c['solutions']}"),
+            ("not kept, by reason", _pairs(c["not_kept_reasons"])),
+            ("tokens per kept critique (all spent / kept)", _num(c["tokens_per_kept"], 1)),
+            ("generated tokens per kept critique", _num(c["generated_tokens_per_kept"], 1))]
+    parts = ["<h3>Critiques</h3>", _table(rows)]
+    if c["agreement_by_step_position"]:
+        header = "<tr><th>step index</th><th>verdicts checked</th><th>agree</th><th>rate</th></tr>"
+        body = "".join(f"<tr><td>{html.escape(k)}</td><td>{cell['checked']}</td>"
+                       f"<td>{cell['agree']}</td><td>{_pct(cell['rate'])}</td></tr>"
+                       for k, cell in c["agreement_by_step_position"].items())
+        parts.append(f"<table>{header}{body}</table>")
     return "\n".join(parts)
 
 
@@ -563,7 +617,9 @@ def render_html(report: dict, examples: dict[str, list[dict]] | None = None) -> 
                    ("manifest hash", report["manifest_hash"]),
                    ("content hash", report.get("content_hash")),
                    ("completed", report["completed"]),
-                   *([("Monte Carlo rollouts", _saved_line(saved))] if saved else [])])
+                   *([("Monte Carlo rollouts", _saved_line(saved))] if saved else []),
+                   *([("critic", critic_skipped(report.get("run_counters") or {}))]
+                     if critic_skipped(report.get("run_counters") or {}) else [])])
     figures = html.escape(json.dumps(report, indent=2, sort_keys=True, default=str))
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{STYLE}{EXAMPLE_STYLE}</style></head>"

@@ -202,3 +202,78 @@ def test_a_refused_critic_request_is_a_dead_letter_beside_the_trajectories(tmp_p
     assert {r["reason"] for r in dead} == {"prompt_too_long"}
     assert result.stats["counters"]["dead_letter_critic_prompt_too_long"] == len(dead)
     assert result.stats["reconciliation"]["ok"]
+
+
+def test_show_prints_a_kept_critique_beside_its_trajectory(job, capsys):
+    from steplabel.pipelines.cli import main
+
+    _, out, _ = job
+    kept = [r for r in rows(out, "critiques") if r["kept"]]
+    assert main(["show", out, "--critiques", "--limit", "1", "--color", "never"]) == 0
+    text = capsys.readouterr().out
+    first = kept[0]  # the first kept critique in shard order
+    assert f"critique {first['sample_index']} of {first['problem_id']} · solution " \
+           f"{first['solution_index']} · kept" in text
+    assert first["question"] in text and "Paragraph 0:" in text
+    assert text.index("question:") < text.index("critic trusted  step")  # trajectory first
+    assert main(["show", out, "--all-critiques", "--limit", "0", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert len(shown) == len(rows(out, "critiques"))
+    assert all(e["trajectory"]["kept"] for e in shown)  # only_trusted: kept ones only
+    assert {e["reason"] for e in shown} >= {"kept", "unusable:truncated"}
+
+
+def test_inspect_has_a_critiques_section(job, tmp_path, capsys):
+    from steplabel.pipelines.cli import main
+
+    _, out, result = job
+    assert main(["inspect", out]) == 0
+    text = capsys.readouterr().out
+    figures = result.stats["overall"]["critiques"]
+    assert f"critiques: kept {figures['kept']} of {figures['critiques']}" in text
+    assert "unusable:contradiction" in text and "by step index" in text
+    assert f"critic: {result.stats['counters']['critic_solutions_skipped']} trajectories " \
+           "without trusted labels skipped" in text
+    page = tmp_path / "report.html"
+    assert main(["inspect", out, "--html", str(page), "--examples", "1"]) == 0
+    html = page.read_text()
+    assert "<h3>Critiques</h3>" in html and "verdicts checked" in html
+
+
+def test_critique_figures_by_hand():
+    from steplabel.dataset.stats import LabelStats, ProblemRows
+
+    cost = {"requests": 1, "rollouts": 1, "prompt_tokens": 100, "generated_tokens": 40}
+    no_cost = {"requests": 0, "rollouts": 1, "prompt_tokens": 0, "generated_tokens": 60}
+    critiques = [
+        # trusted first error 1: steps 0 and 1 are checked, step 2 never
+        {"solution_index": 0, "step_verdicts": [True, False, None], "trusted_first_error": 1,
+         "kept": True, "reason": "kept", "parse_reason": "ok", "finish_reason": "stop",
+         "cost": cost},
+        {"solution_index": 0, "step_verdicts": [False, None, None], "trusted_first_error": 1,
+         "kept": False, "reason": "disagrees_at_step_0", "parse_reason": "ok",
+         "finish_reason": "stop", "cost": no_cost},
+        {"solution_index": 0, "step_verdicts": None, "trusted_first_error": 1, "kept": False,
+         "reason": "unusable:truncated", "parse_reason": "truncated", "finish_reason": "length",
+         "cost": no_cost},
+        # no error: every step checked
+        {"solution_index": 1, "step_verdicts": [True, True], "trusted_first_error": -1,
+         "kept": False, "reason": "not_kept_quota", "parse_reason": "ok",
+         "finish_reason": "stop", "cost": cost},
+    ]
+    problem = ProblemRows("p")
+    problem.rows["critiques"] = [{"problem_id": "p", **row} for row in critiques]
+    stats = LabelStats()
+    stats.add_problem(problem)
+    figures = stats.summary()["critiques"]
+    assert figures["critiques"] == 4 and figures["kept"] == 1 and figures["keep_rate"] == 0.25
+    assert (figures["solutions"], figures["solutions_with_kept"]) == (2, 1)
+    assert figures["not_kept_reasons"] == {"disagrees_at_step_0": 1, "not_kept_quota": 1,
+                                           "unusable:truncated": 1}
+    assert figures["agreement_by_step_position"] == {
+        "0": {"checked": 3, "agree": 2, "rate": round(2 / 3, 6)},
+        "1": {"checked": 2, "agree": 2, "rate": 1.0}}
+    assert figures["tokens_per_kept"] == 200 + 200  # all four critiques' tokens, one kept
+    assert figures["generated_tokens_per_kept"] == 200
+    assert stats.summary()["truncation"]["critic"] == {"samples": 4, "truncated": 1,
+                                                       "share": 0.25}
