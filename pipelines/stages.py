@@ -79,11 +79,12 @@ SETTLE_TIMEOUT_S = 30.0
 #: The engine stages of ``steplabel evaluate`` (:mod:`steplabel.pipelines.evaluate`): Monte
 #: Carlo and OmegaPRM predictions on the completer, the judge's on the judge.
 EVALUATE_ROLLOUTS, EVALUATE_JUDGE = "evaluate_rollouts", "evaluate_judge"
+EVALUATE_CRITIC = "evaluate_critic"
 
 #: Where each model stage checkpoints its finished keys, under the dataset's ``_work``.
 STAGE_DIRS = {st.SAMPLE: "sample", st.MONTE_CARLO: "monte_carlo", st.OMEGAPRM: "omegaprm",
               st.JUDGE: "judge", st.CRITIC: "critic", EVALUATE_ROLLOUTS: EVALUATE_ROLLOUTS,
-              EVALUATE_JUDGE: EVALUATE_JUDGE}
+              EVALUATE_JUDGE: EVALUATE_JUDGE, EVALUATE_CRITIC: EVALUATE_CRITIC}
 ENGINES_DIR = "engines"
 
 

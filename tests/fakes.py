@@ -181,15 +181,21 @@ CRITIC_SCRIPT = ("truthful", "cut_off", "missing_verdict", "contradiction", "wro
                  "truthful", "two_verdicts")
 
 
+_SUM_RE = re.compile(r"(-?\d+) \+ (-?\d+) = (-?\d+)")
+
+
 def arithmetic_first_error(prompt: str) -> tuple[int, int]:
     """(number of paragraphs, the true first error) of an arithmetic critic prompt: the first
-    paragraph stating a wrong ``The answer is: X`` (-1 when none)."""
+    paragraph with a wrong sum ``x + y = z``, or stating a wrong ``The answer is: X`` to the
+    question "What is A + B?" (-1 when none)."""
     question = _QUESTION_RE.search(prompt)
-    a, b = int(question.group(1)), int(question.group(2))
     paragraphs = _PARAGRAPH_RE.findall(prompt)
     for index, text in paragraphs:
+        if any(int(x) + int(y) != int(z) for x, y, z in _SUM_RE.findall(text)):
+            return len(paragraphs), int(index)
         stated = _STATED_RE.search(text)
-        if stated and int(stated.group(1)) != a + b:
+        if question and stated and int(stated.group(1)) != int(question.group(1)) + int(
+                question.group(2)):
             return len(paragraphs), int(index)
     return len(paragraphs), -1
 
@@ -214,7 +220,8 @@ def _critic_respond(request: GenerationRequest, index: int) -> str:
         return "Let me think about this very carefully. " * 200 + "\n".join(
             _verdicts(count, truth))
     if fault == "missing_verdict":  # skips paragraph 0
-        return "\n".join(_verdicts(count, truth)[1:])
+        return "\n".join(_verdicts(count, truth)[1:] or [
+            "Paragraph 1: I redo the arithmetic of this paragraph. \\boxed{correct}"])
     if fault == "contradiction":  # calls paragraph 0 incorrect, then the whole thing right
         return ("Paragraph 0: this does not follow. \\boxed{incorrect}\n"
                 "All steps are correct.")
