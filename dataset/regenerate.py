@@ -133,7 +133,7 @@ def check_models(locked: dict[str, dict], manifest) -> tuple[list[str], list[str
 
     refusals, warnings = [], []
     configs = {"policy": manifest.models.policy, "completer": manifest.models.completer_model,
-               "judge": manifest.models.judge_model}
+               "judge": manifest.models.judge_model, "critic": manifest.models.critic_model}
     checked: dict[str, str | None] = {}  # the same folder serves several roles
     for role, entry in sorted(locked.items()):
         config = configs.get(role)
