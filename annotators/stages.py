@@ -455,7 +455,7 @@ async def critique_piece(ctx: StageContext, critic, task: CritiqueTask) -> Piece
                 "critic_critiques_truncated": list(result.finish_reasons).count(FINISH_LENGTH)}
     for check in result.checks:
         if not check.kept:
-            name = f"critic_not_kept_{check.reason.replace(':', '_')}"
+            name = f"critic_{check.reason.replace(':', '_')}"  # critic_unusable_truncated
             counters[name] = counters.get(name, 0) + 1
     return Piece(rank=rank, rows=_plain({"critiques": rows}), counters=counters)
 

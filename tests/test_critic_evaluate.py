@@ -3,7 +3,6 @@ first step its critiques call incorrect, voted over its samples), through the ev
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 

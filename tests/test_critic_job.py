@@ -115,7 +115,7 @@ def test_every_critique_gets_exactly_its_expected_verdict(job):
     kept = sum(r["kept"] for r in critiques)
     assert counters["critic_kept"] == kept
     assert counters["critic_critiques"] == len(critiques)
-    assert counters["critic_not_kept_unusable_truncated"] == len(by_solution)
+    assert counters["critic_unusable_truncated"] == len(by_solution)
     figures = result.stats["overall"]["critiques"]
     assert figures["critiques"] == len(critiques) and figures["kept"] == kept
     assert figures["not_kept_reasons"]["unusable:contradiction"] == len(by_solution)

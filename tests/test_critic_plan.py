@@ -1,14 +1,12 @@
 """``steplabel plan`` prices the critic: from its critiques when the pilot ran it, else
 estimated as samples x (prompt + max_tokens) per trajectory it would critique."""
 
-import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from steplabel.dataset import plan, storage
-from steplabel.pipelines import cli
 from steplabel.pipelines.job import run_job
 from steplabel.schemas.annotators import CriticConfig
 from steplabel.schemas.manifest import load_manifest

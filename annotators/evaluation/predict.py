@@ -3,13 +3,14 @@
 **Annotators** (``mc``, ``omegaprm``, ``judge``, ``consensus``, ``critic``) run on the given
 steps: nothing is resampled or re-split. The critic's first error is the first step its
 critiques call incorrect, by the judge's vote over its samples
-(:func:`~steplabel.annotators.critic.predict_first_error`). Monte Carlo, OmegaPRM and consensus need a gold answer; on an item without
-a usable one only the judge runs, and the others record ``skipped``. A prediction is
-``predicted`` (an index in ``-1..M-1``), ``unknown`` (None; scored as wrong) or ``skipped``.
+(:func:`~steplabel.annotators.critic.predict_first_error`). Monte Carlo, OmegaPRM and consensus
+need a gold answer; on an item without a usable one only the judge and the critic run, and the
+others record ``skipped``. A prediction is ``predicted`` (an index in ``-1..M-1``), ``unknown``
+(None; scored as wrong) or ``skipped``.
 
 :func:`predict_first_errors` runs them all on one item; the evaluate job runs the same parts as
-separate stages, one per engine role (:func:`completer_stage`, :func:`judge_stage`), and joins
-them (:func:`combine_predictions`).
+separate stages, one per engine role (:func:`completer_stage`, :func:`judge_stage`,
+:func:`critic_stage`), and joins them (:func:`combine_predictions`).
 """
 
 from __future__ import annotations
