@@ -34,6 +34,7 @@ from steplabel.dataset.show import (
     first_error_marks,
     first_error_texts,
     sample_trajectories,
+    select_critiques,
 )
 from steplabel.schemas.records import OUTPUTS
 
@@ -597,7 +598,32 @@ def examples_html(examples: dict[str, list[dict]], totals: dict[str, int]) -> st
     return "\n".join(parts)
 
 
-def render_html(report: dict, examples: dict[str, list[dict]] | None = None) -> str:
+def critique_examples_html(critiques: list[dict]) -> str:
+    """Kept critiques (examples of :func:`steplabel.dataset.show.critique_example`): per step
+    the critic's verdict and the trusted label, then the critique's text."""
+    words = {True: "correct", False: "incorrect", None: "&mdash;"}
+    parts = [f"<h2 id='critiques'>Example critiques ({len(critiques)} kept)</h2>"]
+    for index, example in enumerate(critiques):
+        summary = (f"{html.escape(str(example['problem_id']))} &middot; solution "
+                   f"{example['solution_index']} &middot; critique {example['sample_index']}: "
+                   f"first error {_first_error_text(example['critique_first_error'])} "
+                   f"(trusted, {html.escape(str(example['trusted_source']))}: "
+                   f"{_first_error_text(example['trusted_first_error'])})")
+        question = (example["trajectory"] or {}).get("question") or ""
+        rows = "".join(
+            f"<tr><td>{step['index']}</td><td>{words[step['verdict']]}</td>"
+            f"<td>{words[step['trusted']]}</td><td>{html.escape(step['text'])}</td></tr>"
+            for step in example["steps"])
+        parts.append(
+            f"<details{' open' if index == 0 else ''}><summary>{summary}</summary>"
+            f"<p>{html.escape(question)}</p><table><tr><th>step</th><th>critic</th>"
+            f"<th>trusted</th><th>text</th></tr>{rows}</table>"
+            f"<pre>{html.escape(example['critique'] or '')}</pre></details>")
+    return "\n".join(parts)
+
+
+def render_html(report: dict, examples: dict[str, list[dict]] | None = None,
+                critiques: list[dict] | None = None) -> str:
     """One self-contained HTML page: tables, embedded PNG plots, example trajectories (when
     ``examples`` maps ``trajectories`` / ``rejected`` to examples of
     :func:`steplabel.dataset.show.trajectory_example`), the JSON figures."""
@@ -605,6 +631,8 @@ def render_html(report: dict, examples: dict[str, list[dict]] | None = None) -> 
     sections = [_group_html("Whole dataset", report["overall"], plots=True)]
     if examples is not None:
         sections.append(examples_html(examples, report["overall"]["rows"]))
+    if critiques:
+        sections.append(critique_examples_html(critiques))
     comparison = plot_sources(report["per_source"])
     if comparison:
         sections.append(f"<h2>Sources compared</h2><div class='plots'>"
@@ -676,6 +704,9 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         examples = {output: sample_trajectories(args.dataset, output, args.examples)
                     for output in ("trajectories", "rejected")} if args.examples > 0 else None
-        write_report(args.html, render_html(report, examples))
+        critiques = (select_critiques(args.dataset, limit=args.examples)
+                     if args.examples > 0 and storage.output_files(args.dataset, "critiques")
+                     else None)
+        write_report(args.html, render_html(report, examples, critiques))
         print(f"[steplabel] HTML report written to {args.html}", file=sys.stderr)
     return 0

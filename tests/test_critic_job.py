@@ -238,6 +238,7 @@ def test_inspect_has_a_critiques_section(job, tmp_path, capsys):
     assert main(["inspect", out, "--html", str(page), "--examples", "1"]) == 0
     html = page.read_text()
     assert "<h3>Critiques</h3>" in html and "verdicts checked" in html
+    assert "Example critiques (1 kept)" in html and "Paragraph 0:" in html
 
 
 def test_critique_figures_by_hand():
