@@ -450,7 +450,10 @@ class CriticConfig:
     - ``sampling``: :class:`CriticSampling`. Temperature 0 with ``samples > 1`` is rejected
       (every sample would be the same critique).
     - ``trust``: whose labels the critiques are checked against: ``consensus`` (default),
-      ``monte_carlo`` or ``omegaprm``; the manifest needs that annotator enabled.
+      ``monte_carlo`` or ``omegaprm``; the manifest needs that annotator enabled. OmegaPRM's
+      first error is read from the trajectory row's ``omegaprm_first_error``, which the job
+      does not fill yet (OmegaPRM searches its own rollouts, not the policy's samples): with
+      ``omegaprm`` every trajectory is counted as skipped (``only_trusted``) or unverified.
     - ``keep_per_solution``: at most this many agreeing critiques are kept per solution
       (default 1), >= 1.
     - ``only_trusted``: run the critic only on trajectories that have trusted labels (default
