@@ -61,6 +61,7 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
     "omegaprm_searches": ("problem_id", "search_index"),
     "filtered": ("problem_id", "stage"),
     "dead_letter": ("stage", "problem_id", "reason", "original"),
+    "critiques": ("problem_id", "solution_index", "sample_index"),
 }
 EXAMPLES_PER_OUTPUT = 5
 

@@ -278,3 +278,16 @@ def test_critique_figures_by_hand():
     assert figures["generated_tokens_per_kept"] == 200
     assert stats.summary()["truncation"]["critic"] == {"samples": 4, "truncated": 1,
                                                        "share": 0.25}
+
+
+def test_regenerate_verify_finds_the_critiques_identical(job, tmp_path, capsys):
+    from steplabel.pipelines.cli import main
+
+    _, out, result = job
+    status = main(["regenerate", str(Path(out) / "manifest.lock.json"), "--out",
+                   str(tmp_path / "again"), "--verify", out])
+    stdout, stderr = capsys.readouterr()
+    assert status == 0, stderr
+    count = result.info["rows"]["critiques"]
+    line = next(l for l in stdout.splitlines() if l.strip().startswith("critiques "))
+    assert f"{count} vs {count} rows: {count} identical, 0 differing" in line
