@@ -107,12 +107,10 @@ common parse reason). With ``samples: 1`` the one critique decides alone.
 from __future__ import annotations
 
 import bisect
-import json
 import re
-import string
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 from steplabel.annotators.consensus import consensus_labels
 from steplabel.annotators.judge import (
@@ -129,25 +127,32 @@ from steplabel.engines.base import (
     GenerationEngine,
     GenerationRequest,
 )
-from steplabel.schemas.config import ConfigError, SamplingConfig, check
-from steplabel.schemas.critiques import Critique, CritiqueCost
+# The critic's config and its constants live with the manifest (schemas/), re-exported here.
+from steplabel.schemas.annotators import (  # noqa: F401
+    DEFAULT_CRITIC_TEMPLATE,
+    TRUST_CONSENSUS,
+    TRUST_MONTE_CARLO,
+    TRUST_OMEGAPRM,
+    TRUST_SOURCES,
+    VERDICT_CORRECT,
+    VERDICT_INCORRECT,
+    CriticConfig,
+    CriticSampling,
+    CriticTrust,
+)
+from steplabel.schemas.critiques import Critique
+from steplabel.schemas.rows import Cost, as_row
 
 ANNOTATOR_NAME = "critic"
 #: Bump when :func:`parse_critique`'s rule changes meaning.
 CRITIC_PARSER_VERSION = "steplabel-critic-parser/1"
 #: Bump when :func:`check_critique` / :func:`verify_critiques` change meaning.
 CRITIC_VERIFY_VERSION = "steplabel-critic-verify/1"
-DEFAULT_CRITIC_TEMPLATE = "critic_thinkprm_v1"
-
 #: Critiques longer than this (in characters) are not parsed: ``reply_too_long``. 8K generated
 #: tokens (ThinkPRM's budget) are ~32K characters; this leaves a wide margin.
 MAX_CRITIQUE_CHARS = 131_072
 #: A ``\boxed{`` whose closing brace does not come within this many characters holds no verdict.
 MAX_BOXED_CHARS = 64
-
-#: The verdict strings the template asks for, exactly.
-VERDICT_CORRECT = "\\boxed{correct}"
-VERDICT_INCORRECT = "\\boxed{incorrect}"
 
 # Parse reasons: ``ok`` or why the critique is unusable.
 REASON_OK = "ok"
@@ -174,16 +179,8 @@ REASON_NO_TRUSTED = "no_trusted_labels"
 DISAGREES_PREFIX = "disagrees_at_step_"
 UNUSABLE_PREFIX = "unusable:"
 
-CriticTrust = Literal["monte_carlo", "omegaprm", "consensus"]
-TRUST_CONSENSUS: CriticTrust = "consensus"
-TRUST_MONTE_CARLO: CriticTrust = "monte_carlo"
-TRUST_OMEGAPRM: CriticTrust = "omegaprm"
-TRUST_SOURCES: tuple[str, ...] = (TRUST_MONTE_CARLO, TRUST_OMEGAPRM, TRUST_CONSENSUS)
 #: ``trusted_source`` of a critique checked against nothing (e.g. on ``evaluate``).
 SOURCE_NONE = "none"
-
-_TEMPLATE_FIELDS = frozenset({"problem", "tagged_steps"})
-
 
 def disagrees_at(step: int) -> str:
     return f"{DISAGREES_PREFIX}{step}"
@@ -196,93 +193,6 @@ def unusable(parse_reason: str) -> str:
 def critic_version() -> str:
     """The critic annotator's version for provenance: prompt protocol, parser, verification."""
     return f"{ANNOTATOR_NAME}/1;{CRITIC_PARSER_VERSION};{CRITIC_VERIFY_VERSION}"
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass(frozen=True)
-class CriticSampling(SamplingConfig):
-    """The critic's sampling settings: temperature 0.7 (its samples must differ to be worth
-    several) and 1,024 new tokens (a short verification of each step of a GSM8K/MATH-length
-    solution; a critique cut off there is unusable, so raise it for long solutions or for
-    long-thinking critics, which ThinkPRM gives 8K)."""
-
-    temperature: float = 0.7
-    max_tokens: int = 1024
-
-
-@dataclass(frozen=True)
-class CriticConfig:
-    """How the critic stage prompts, samples, verifies and keeps critiques.
-
-    - ``samples``: critiques per solution, >= 1, all from one request (``n = samples``).
-    - ``template_id``: a template in ``annotators/prompts/`` with exactly the fields
-      ``{problem}`` and ``{tagged_steps}`` that asks for the verdicts ``\\boxed{correct}`` and
-      ``\\boxed{incorrect}``; recorded with its SHA-256 on every critique.
-    - ``sampling``: :class:`CriticSampling`. Temperature 0 with ``samples > 1`` is rejected
-      (every sample would be the same critique).
-    - ``trust``: whose labels the critiques are checked against: ``consensus`` (default),
-      ``monte_carlo`` or ``omegaprm``.
-    - ``keep_per_solution``: at most this many agreeing critiques are kept per solution
-      (default 1), >= 1.
-    - ``only_trusted``: run the critic only on trajectories that have trusted labels (default
-      true): a critique of a trajectory without them can never be kept, so it would only be
-      spent on ``evaluate``-style figures.
-    - ``min_agreement``: the quorum of :func:`predict_first_error` (``evaluate``), as the
-      judge's: None (default) is a strict majority of all samples.
-    """
-
-    samples: int = 4
-    template_id: str = DEFAULT_CRITIC_TEMPLATE
-    sampling: CriticSampling = field(default_factory=CriticSampling)
-    trust: CriticTrust = TRUST_CONSENSUS
-    keep_per_solution: int = 1
-    only_trusted: bool = True
-    min_agreement: float | None = None
-
-    def __post_init__(self) -> None:
-        check(isinstance(self.samples, int) and not isinstance(self.samples, bool)
-              and self.samples >= 1, "samples", "must be an integer >= 1", self.samples)
-        check(isinstance(self.template_id, str) and bool(self.template_id), "template_id",
-              "must be a non-empty string", self.template_id)
-        try:
-            template = load_template(self.template_id)
-        except ValueError as exc:
-            raise ConfigError(f"template_id {exc}") from None
-        fields = {name for _, name, _, _ in string.Formatter().parse(template.text) if name}
-        check(fields == _TEMPLATE_FIELDS, "template_id",
-              "must name a template with exactly the fields {problem} and {tagged_steps}",
-              self.template_id)
-        shown = template.render(problem="", tagged_steps="")
-        check(VERDICT_CORRECT in shown and VERDICT_INCORRECT in shown, "template_id",
-              f"must name a template that asks for the verdicts {VERDICT_CORRECT} and "
-              f"{VERDICT_INCORRECT}", self.template_id)
-        check(isinstance(self.sampling, SamplingConfig), "sampling", "must be a SamplingConfig",
-              self.sampling)
-        check(self.samples == 1 or self.sampling.temperature > 0.0, "sampling.temperature",
-              f"must be > 0 when samples > 1 (samples={self.samples})",
-              self.sampling.temperature)
-        check(self.trust in TRUST_SOURCES, "trust", f"must be one of {', '.join(TRUST_SOURCES)}",
-              self.trust)
-        check(isinstance(self.keep_per_solution, int)
-              and not isinstance(self.keep_per_solution, bool) and self.keep_per_solution >= 1,
-              "keep_per_solution", "must be an integer >= 1", self.keep_per_solution)
-        check(isinstance(self.only_trusted, bool), "only_trusted", "must be true or false",
-              self.only_trusted)
-        check(self.min_agreement is None
-              or (isinstance(self.min_agreement, (int, float))
-                  and not isinstance(self.min_agreement, bool)
-                  and 0.0 < self.min_agreement <= 1.0),
-              "min_agreement", "must be null (a strict majority) or a fraction in (0, 1]",
-              self.min_agreement)
-
-    def sampling_json(self) -> str:
-        """The sampling settings as recorded in provenance (JSON, keys sorted)."""
-        s = self.sampling
-        return json.dumps({"n": self.samples, "temperature": s.temperature, "top_p": s.top_p,
-                           "max_tokens": s.max_tokens, "stop": list(s.stop)}, sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,15 +634,16 @@ class Critic:
 
 def critique_rows(result: CriticResult, *, manifest_hash: str) -> list[Critique]:
     """The ``critiques/`` rows of one solution, one per sample, in sample order. The request's
-    cost is split so that the rows sum to it (``schemas.critiques.CritiqueCost``)."""
+    cost is split so that the rows sum to it: its ``requests`` (1) and ``prompt_tokens`` are charged
+    to sample 0, each row has ``rollouts`` 1 and its own ``generated_tokens``."""
     labels = result.trusted.labels(len(result.steps))
     rows = []
     for i, (text, finish, tokens, parse, check_) in enumerate(zip(
             result.texts, result.finish_reasons, result.generated_tokens, result.parses,
             result.checks)):
-        cost = CritiqueCost(requests=1 if i == 0 else 0, rollouts=1,
-                            prompt_tokens=result.prompt_tokens if i == 0 else 0,
-                            generated_tokens=tokens)
+        cost = Cost(requests=1 if i == 0 else 0, rollouts=1,
+                    prompt_tokens=result.prompt_tokens if i == 0 else 0,
+                    generated_tokens=tokens)
         rows.append(Critique(
             problem_id=result.problem_id,
             solution_index=result.solution_index,
@@ -752,8 +663,7 @@ def critique_rows(result: CriticResult, *, manifest_hash: str) -> list[Critique]
             kept=check_.kept,
             reason=check_.reason,
             seed=result.seed,
-            cost={"requests": cost.requests, "rollouts": cost.rollouts,
-                  "prompt_tokens": cost.prompt_tokens, "generated_tokens": cost.generated_tokens},
+            cost=as_row(cost),
             critic_model=result.model_id,
             critic_version=result.critic_version,
             template_id=result.template_id,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from steplabel.annotators import monte_carlo, omegaprm
+from steplabel.annotators.critic import CriticConfig, critic_version
 from steplabel.annotators.judge import JudgeConfig, judge_version
 from steplabel.annotators.monte_carlo import FINISH_LENGTH, MonteCarloConfig
 from steplabel.annotators.omegaprm import OmegaPRMConfig
@@ -42,7 +43,12 @@ class AnnotatorSpec:
       unknown), None when it has none there; ``first_error_optional``: rows carry it only for
       some trajectories (shown only when set); ``cost_column``: its cost struct on trajectory
       rows (``cost_<key>``), None when its cost is not on trajectory rows;
-    - ``outputs``: the dataset outputs it writes itself (``per == "problem"``);
+    - ``outputs``: the dataset outputs it writes itself (``per == "problem"``, or
+      ``after_consensus``);
+    - ``after_consensus``: its stage reads the assembled trajectory rows (after consensus:
+      it needs their trusted labels), one key per solution, and writes its own ``outputs``
+      instead of trajectory columns (the critic: ``critiques/``); it is not a tag of the
+      solutions' join, and its samples' truncation is counted from its own rows;
     - ``truncation``: ``row -> (samples, cut off at max_tokens)`` of one trajectory row (None
       when its samples are not on trajectory rows); ``truncation_columns``: the row columns
       it reads; ``truncated_what``: what its cut-off samples are, for the finished job's
@@ -64,6 +70,7 @@ class AnnotatorSpec:
     first_error_optional: bool = False
     cost_column: str | None = None
     outputs: tuple[str, ...] = ()
+    after_consensus: bool = False
     truncation: Callable[[dict], tuple[int, int]] | None = field(default=None, repr=False)
     truncation_columns: tuple[str, ...] = ()
 
@@ -72,6 +79,10 @@ class AnnotatorSpec:
             raise ValueError(f"per must be 'solution' or 'problem', got {self.per!r}")
         if self.cost_column is not None and not self.cost_column.startswith("cost_"):
             raise ValueError(f"cost_column must start with 'cost_', got {self.cost_column!r}")
+        if self.after_consensus and (self.per != "solution" or self.columns
+                                     or self.cost_column or not self.outputs):
+            raise ValueError(f"{self.name}: an annotator after consensus is per solution and "
+                             "writes its own outputs, not trajectory columns")
 
     @property
     def cost_key(self) -> str | None:
@@ -133,9 +144,17 @@ JUDGE = AnnotatorSpec(
     truncation=_judge_truncation, truncation_columns=("judge_finish_reasons",),
 )
 
+CRITIC = AnnotatorSpec(
+    name="critic", title="critic", mark="critic", stage_label="Critic",
+    role="critic", config_type=CriticConfig, per="solution",
+    version=lambda config: critic_version(),
+    truncated_what="critiques (unusable, never kept)",
+    outputs=("critiques",), after_consensus=True,
+)
+
 #: Every annotator, by name, in stage order (the order of figures and of failures chosen).
 ANNOTATORS: dict[str, AnnotatorSpec] = {spec.name: spec for spec in (MONTE_CARLO, OMEGAPRM,
-                                                                     JUDGE)}
+                                                                     JUDGE, CRITIC)}
 
 
 def enabled(manifest) -> list[AnnotatorSpec]:
@@ -149,5 +168,6 @@ def with_cost_on_rows() -> list[AnnotatorSpec]:
 
 
 def roles() -> tuple[str, ...]:
-    """Every engine role: ``policy``, then each annotator's, first use first."""
+    """Every engine role: ``policy``, then each annotator's, first use first (``policy``,
+    ``completer``, ``judge``, ``critic``)."""
     return tuple(dict.fromkeys(["policy", *(spec.role for spec in ANNOTATORS.values())]))

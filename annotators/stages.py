@@ -10,6 +10,10 @@ checkpointed on its own, each talking to one engine:
 - :func:`omegaprm_rows` (completer, per problem): the OmegaPRM rows and counters.
 - :func:`assemble_trajectory` (no engine): solution + Monte Carlo + verdict + consensus -> the
   trajectory row (kept or rejected).
+- :func:`critique_tasks` (no engine) and :func:`critique_piece` (critic, per solution, after
+  consensus): the assembled trajectories with their trusted labels, then the ``critiques``
+  rows; trajectories without trusted labels are skipped under ``critic.only_trusted``
+  (:func:`skipped_critique_piece` counts what that saved).
 - :func:`merge_problem` (no engine): every stage's piece of one problem -> its rows and counters;
   an engine failure anywhere replaces them by one dead-letter row.
 
@@ -27,6 +31,7 @@ import json
 from typing import Any
 
 from steplabel import __version__
+from steplabel.annotators import critic as critic_rules
 from steplabel.annotators import monte_carlo, omegaprm
 from steplabel.annotators.consensus import (
     REASON_POLICY_TRUNCATED,
@@ -44,11 +49,13 @@ from steplabel.engines.base import ContextLengthError, CostMeter, EngineError
 from steplabel.schemas import rows as R
 from steplabel.schemas.config import share_gpu_memory, to_mapping
 from steplabel.schemas.stages import (
+    CRITIC,
     JUDGE,
     MONTE_CARLO,
     OMEGAPRM,
     SAMPLE,
     STAGE_ORDER,
+    CritiqueTask,
     Failure,
     Labels,
     Piece,
@@ -62,8 +69,10 @@ from steplabel.schemas.stages import (
 )
 
 # The stage records live in schemas/stages.py; the Beam stages reach them through this module.
-__all__ = ["JUDGE", "MONTE_CARLO", "OMEGAPRM", "SAMPLE", "STAGE_ORDER", "Failure", "Labels",
+__all__ = ["CRITIC", "JUDGE", "MONTE_CARLO", "OMEGAPRM", "SAMPLE", "STAGE_ORDER", "CritiqueTask",
+           "Failure", "Labels", "critique_piece", "critique_tasks", "skipped_critique_piece",
            "Piece", "Problem", "Sampled", "Solution", "StageContext", "assemble_trajectory",
+           "needs_critique",
            "engine_identity", "failure_of", "judge_labels", "labels_from_json",
            "merge_problem", "monte_carlo_labels", "omegaprm_rows", "piece_from_json",
            "sample_solutions", "sampled_from_json", "sampled_piece", "to_json"]
@@ -103,6 +112,8 @@ class StageContext:
             roles["completer"] = m.models.completer_model
         if m.judge:
             roles["judge"] = m.models.judge_model
+        if m.critic:
+            roles["critic"] = m.models.critic_model
         return share_gpu_memory(roles, pools=pools)
 
     def mc_annotator(self, engine):
@@ -115,6 +126,9 @@ class StageContext:
 
     def judge(self, engine):
         return LLMJudge(engine, self.manifest.judge, run_seed=self.manifest.seed)
+
+    def critic(self, engine):
+        return critic_rules.Critic(engine, self.manifest.critic, run_seed=self.manifest.seed)
 
     def solution_prompt(self, engine, question: str):
         return build_solution_prompt(engine, self.policy_template, question,
@@ -382,6 +396,79 @@ def assemble_trajectory(ctx: StageContext, solution: Solution, mc: Labels | None
     counters[f"trajectories_{output}"] = 1
     return Piece(rank=rank, rows={output: [_trajectory(solution, provenance, **fields)]},
                  counters=counters)
+
+
+# ---------------------------------------------------------------------------------------------
+# Critiques (critic engine, per solution, after consensus)
+
+
+def critique_tasks(config, piece: Piece) -> list[CritiqueTask]:
+    """The trajectories of one assembled piece the critic may verify, with their trusted labels
+    (``config``: the manifest's ``critic``, its ``trust``). A policy-truncated trajectory is
+    none (no annotator touches it); a failed piece has no trajectory."""
+    trust = config.trust
+    tasks = []
+    for output in ("trajectories", "rejected"):
+        for row in piece.rows.get(output, ()):
+            if row.get("policy_truncated"):
+                continue
+            trusted = critic_rules.trusted_labels(
+                trust, mc_first_error=row.get("mc_first_error"),
+                omegaprm_first_error=row.get("omegaprm_first_error"),
+                consensus_keep=row.get("consensus_keep"))
+            tasks.append(CritiqueTask(
+                problem_id=row["problem_id"], solution_index=row["solution_index"],
+                source=row["source"], question=row["question"], steps=list(row["steps"]),
+                trusted_first_error=trusted.first_error, trusted_source=trusted.source))
+    return tasks
+
+
+def needs_critique(config, task: CritiqueTask) -> bool:
+    """Whether the critic runs on ``task`` (``critic.only_trusted``: only with trusted labels)."""
+    return critic_rules.needs_critique(
+        config,
+        critic_rules.TrustedLabels(task.trusted_first_error, task.trusted_source))
+
+
+def skipped_critique_piece(config, task: CritiqueTask) -> Piece:
+    """A trajectory the critic skips (no trusted labels, ``only_trusted``): no rows, and what
+    it did not spend: one request of ``critic.samples`` samples (the "rollouts not spent")."""
+    return Piece(rank=(STAGE_ORDER.index(CRITIC), task.solution_index),
+                 counters={"critic_solutions_skipped": 1, "critic_requests_not_spent": 1,
+                           "critic_rollouts_not_spent": config.samples})
+
+
+async def critique_piece(ctx: StageContext, critic, task: CritiqueTask) -> Piece:
+    """The ``critiques`` rows of one trajectory (one per sample, kept or not, with why) and
+    their counters. An engine that refuses the request (``prompt_too_long``,
+    ``engine_error``) gives a ``dead_letter`` row of stage ``critic`` for this solution; the
+    problem's trajectories stand (the critic only reads them). A dead engine raises."""
+    rank = (STAGE_ORDER.index(CRITIC), task.solution_index)
+    try:
+        result = await critic.critique(
+            problem_id=task.problem_id, solution_index=task.solution_index,
+            question=task.question, steps=list(task.steps),
+            trusted=critic_rules.TrustedLabels(task.trusted_first_error, task.trusted_source))
+    except (ContextLengthError, EngineError) as exc:
+        failure = failure_of(exc)
+        original = json.dumps({"problem_id": task.problem_id,
+                               "solution_index": task.solution_index,
+                               "question": task.question, "steps": list(task.steps)})
+        row = R.dead_letter(stage=CRITIC, reason=failure.reason, error=failure.error,
+                            problem_id=task.problem_id, source=task.source, original=original,
+                            manifest_hash=ctx.manifest_hash)
+        return Piece(rank=rank, rows={"dead_letter": [row]},
+                     counters={f"dead_letter_critic_{failure.reason}": 1})
+    rows = [R.as_row(row) for row in critic_rules.critique_rows(
+        result, manifest_hash=ctx.manifest_hash)]
+    counters = {"critic_solutions": 1, "critic_critiques": len(rows),
+                "critic_kept": result.kept,
+                "critic_critiques_truncated": list(result.finish_reasons).count(FINISH_LENGTH)}
+    for check in result.checks:
+        if not check.kept:
+            name = f"critic_{check.reason.replace(':', '_')}"  # critic_unusable_truncated
+            counters[name] = counters.get(name, 0) + 1
+    return Piece(rank=rank, rows=_plain({"critiques": rows}), counters=counters)
 
 
 def sampled_piece(sampled: Sampled) -> Piece:

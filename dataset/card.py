@@ -2,7 +2,7 @@
 
 Its YAML header has one ``configs`` entry per output that has rows (``trajectories``, the
 default, ``rejected``, ``omegaprm_states``, ``omegaprm_pairs``, ``omegaprm_searches``,
-``filtered``, ``dead_letter``), each mapping a ``train`` split to that output's Parquet shards,
+``filtered``, ``dead_letter``, ``critiques``), each mapping a ``train`` split to that output's Parquet shards,
 so that ``datasets.load_dataset(DIR, "rejected")`` loads one output with its own schema, and the
 folder can be uploaded to a dataset hub as it is. Only Parquet shards of the outputs are
 listed: checkpoints (``_work/``), logs (``logs/``) and JSON files are not data files.
@@ -43,6 +43,10 @@ DESCRIPTIONS = {
                 "wrong; no usable solution), with counts",
     "dead_letter": "bad input records and failed problems: stage, reason, error and the "
                    "original record",
+    "critiques": "a critic model's step-by-step verifications of trajectories (one row per "
+                 "sample): each step's verdict, the trusted labels they were checked against, "
+                 "kept or why not, cost and provenance; `steplabel export DIR --format sft` "
+                 "turns the kept ones into SFT data for a generative verifier",
 }
 
 
@@ -96,6 +100,14 @@ def _statistics(stats: dict) -> list[str]:
         f"- Cost per kept step label: {per_label.get('rollouts')} rollouts, "
         f"{per_label.get('generated_tokens')} generated tokens.",
     ]
+    critiques = s.get("critiques") or {}
+    if critiques.get("critiques"):
+        lines.append(
+            f"- Critiques: {critiques.get('kept')} of {critiques.get('critiques')} kept "
+            f"({_pct(critiques.get('keep_rate'))}), on {critiques.get('solutions_with_kept')} "
+            f"of {critiques.get('solutions')} critiqued trajectories; not kept: "
+            f"{_pairs(critiques.get('not_kept_reasons', {}))}; "
+            f"{critiques.get('tokens_per_kept')} tokens spent per kept critique.")
     cache = ((stats.get("run") or {}).get("prefix_cache") or {}).get("all") or {}
     if cache.get("prompt_tokens"):
         lines.append(f"- Prefix cache (a measurement of the run that wrote this, not of the "

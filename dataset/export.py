@@ -1,4 +1,5 @@
-"""``steplabel export DATASET --format trl|openrlhf|math-shepherd --out DIR``: training formats.
+"""``steplabel export DATASET --format trl|openrlhf|math-shepherd|sft|thinkprm --out DIR``:
+training formats.
 
 Formats (every row also carries ``problem_id``, ``solution_index`` and ``source``):
 
@@ -26,6 +27,18 @@ Formats (every row also carries ``problem_id``, ``solution_index`` and ``source`
   joined by newlines; a step that already starts with a ``Step k:`` marker keeps it); ``label``
   is the same text with each ``ки`` replaced by ``+`` or ``-`` (HF ``peiyi9979/Math-Shepherd``).
 
+Critiques (``critiques`` output, issue #25), only the kept ones (rows are one sampled critique
+each; a kept one agrees with the trusted labels, ``annotators/critic.py``):
+
+- ``sft``: TRL's conversational format for ``SFTTrainer``: ``messages`` is the verification
+  request the critic saw (the user's turn, re-rendered from the row's question, steps and
+  template, and refused, counted, when the template's text has changed since) and the kept
+  critique as the assistant's turn; plus ``problem_id``, ``solution_index`` and
+  ``sample_index``. Parquet, as the formats above.
+- ``thinkprm``: ThinkPRM-style prompt/completion pairs as JSONL (``DIR/data/*.jsonl``, one
+  object a line): ``prompt`` is the same verification request as plain text (no chat template),
+  ``completion`` the critique, with the same ids.
+
 Which steps are exported, one rule for every label source (consensus, Monte Carlo only, judge
 only; the ``label_source`` column says which): only kept trajectories (the ``trajectories``
 output) with labels, and
@@ -50,6 +63,7 @@ atomically and streamed a record batch at a time) and ``DIR/export.json``; load 
 from __future__ import annotations
 
 import argparse
+import json
 import posixpath
 import re
 import sys
@@ -61,10 +75,13 @@ from typing import Iterator
 
 import pyarrow as pa
 
+from steplabel.annotators import critic
 from steplabel.dataset import storage
 from steplabel.schemas.config import looks_like_local_path
 
-FORMATS = ("trl", "openrlhf", "math-shepherd")
+FORMATS = ("trl", "openrlhf", "math-shepherd", "sft", "thinkprm")
+#: The formats made from kept critiques (the ``critiques`` output), not from trajectories.
+CRITIQUE_FORMATS = ("sft", "thinkprm")
 LABEL_KINDS = ("hard", "soft", "posterior")
 #: What ``--labels posterior``'s ``weight`` column is (also written to ``export.json``).
 POSTERIOR_WEIGHT = "1 - width of the step's 90% credible interval (Beta posterior)"
@@ -89,7 +106,18 @@ SCHEMAS: dict[tuple[str, str], pa.Schema] = {
                                           ("weight", pa.list_(pa.float64())), *_IDS]),
     ("math-shepherd", "hard"): pa.schema([("input", pa.string()), ("label", pa.string()),
                                           *_IDS]),
+    ("sft", "hard"): pa.schema([
+        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        ("problem_id", pa.string()), ("solution_index", pa.int32()),
+        ("sample_index", pa.int32())]),
+    ("thinkprm", "hard"): pa.schema([
+        ("prompt", pa.string()), ("completion", pa.string()), ("problem_id", pa.string()),
+        ("solution_index", pa.int32()), ("sample_index", pa.int32())]),
 }
+#: The ``critiques`` columns the critique formats read.
+CRITIQUE_COLUMNS = ["problem_id", "solution_index", "sample_index", "question", "steps",
+                    "tagged_steps", "critique", "kept", "reason", "template_id",
+                    "template_sha256"]
 SOURCE_COLUMNS = ["problem_id", "solution_index", "source", "question", "steps", "labels",
                   "soft_labels", "provenance", "mc_posterior_mean", "mc_interval_low",
                   "mc_interval_high", "mc_label_reasons"]
@@ -261,6 +289,10 @@ class ExportOptions:
         if self.labels not in LABEL_KINDS:
             raise ExportError(f"labels must be one of {', '.join(LABEL_KINDS)}, got "
                               f"{self.labels!r}")
+        if self.format in CRITIQUE_FORMATS and (self.labels != "hard"
+                                                or self.keep_after_first_error):
+            raise ExportError(f"--labels and --keep-after-first-error do not apply to "
+                              f"--format {self.format} (critiques, not step labels)")
         if (self.format, self.labels) not in SCHEMAS:
             raise ExportError(f"--labels {self.labels} is not available for {self.format} "
                               "(soft labels: openrlhf only; TRL and Math-Shepherd take hard "
@@ -390,11 +422,92 @@ def step_separator(dataset_dir: str) -> str | None:
     return None
 
 
-def export_dataset(dataset_dir: str, *, out_dir: str, options: ExportOptions,
-                   overwrite: bool = False) -> dict:
-    """Export the kept, labelled trajectories of a dataset; returns the ``export.json`` dict."""
+def critique_example(row: dict, fmt: str, counts: Counter) -> dict | None:
+    """One ``critiques`` row as an example of ``fmt`` (``sft`` or ``thinkprm``), or None with
+    the reason counted: not kept, or its template changed since (the request it saw cannot be
+    re-rendered)."""
+    if not row.get("kept"):
+        counts["skipped_not_kept"] += 1
+        return None
+    try:
+        example = (critic.sft_messages(row) if fmt == "sft"
+                   else critic.prompt_completion(row))
+    except ValueError:
+        counts["skipped_request_not_reproducible"] += 1
+        return None
+    return {**example, "problem_id": row["problem_id"],
+            "solution_index": row["solution_index"], "sample_index": row["sample_index"]}
+
+
+def _write_jsonl(path: str, rows: Iterator[dict]) -> int:
+    """Rows as JSON lines in one file, written atomically; nothing when there are none."""
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
+    if lines:
+        storage.write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return len(lines)
+
+
+def export_critiques(dataset_dir: str, *, out_dir: str, options: ExportOptions,
+                     overwrite: bool = False) -> dict:
+    """Export the kept critiques of a dataset (``sft`` or ``thinkprm``); returns the
+    ``export.json`` dict."""
     from steplabel.dataset.stats import iter_file_rows
 
+    files = storage.output_files(dataset_dir, "critiques")
+    if not files:
+        raise ExportError(f"{dataset_dir} holds no critiques shards (run the job with a "
+                          "critic: section)")
+    counts: Counter = Counter()
+    _prepare_out(out_dir, overwrite=overwrite)
+    schema = SCHEMAS[(options.format, "hard")]
+
+    def rows_of(path: str) -> Iterator[dict]:
+        for row in iter_file_rows(path, columns=CRITIQUE_COLUMNS):
+            counts["critiques_read"] += 1
+            out = critique_example(row, options.format, counts)
+            if out is not None:
+                counts["examples"] += 1
+                yield out
+
+    written = []
+    for path in files:
+        name = posixpath.basename(path)
+        if options.format == "thinkprm":
+            target = storage.join(out_dir, DATA_DIR, name.replace(".parquet", ".jsonl"))
+            count = _write_jsonl(target, rows_of(path))
+        else:
+            target = storage.join(out_dir, DATA_DIR, name)
+            count = _write_shard(target, schema, rows_of(path))
+        if count:
+            written.append(target)
+    if not written:
+        raise ExportError(f"no kept critique in {dataset_dir} ({_describe_counts(counts)})")
+    info = _read_info(dataset_dir)
+    kind = "json" if options.format == "thinkprm" else "parquet"
+    manifest = {
+        "format": options.format,
+        "columns": schema.names,
+        "source_dataset": dataset_dir,
+        "source_manifest_hash": info.get("manifest_hash"),
+        "files": [posixpath.relpath(p, out_dir) if "://" not in p else p for p in written],
+        "counts": dict(sorted(counts.items())),
+        "load_with": f"datasets.load_dataset('{kind}', data_files='{out_dir}/{DATA_DIR}/"
+                     f"*.{'jsonl' if kind == 'json' else 'parquet'}')",
+        "trl_step_separator": None,
+    }
+    storage.write_json_atomic(storage.join(out_dir, "export.json"), manifest)
+    return manifest
+
+
+def export_dataset(dataset_dir: str, *, out_dir: str, options: ExportOptions,
+                   overwrite: bool = False) -> dict:
+    """Export the kept, labelled trajectories of a dataset (or, for ``sft`` and ``thinkprm``,
+    its kept critiques); returns the ``export.json`` dict."""
+    from steplabel.dataset.stats import iter_file_rows
+
+    if options.format in CRITIQUE_FORMATS:
+        return export_critiques(dataset_dir, out_dir=out_dir, options=options,
+                                overwrite=overwrite)
     files = storage.output_files(dataset_dir, "trajectories")
     if not files:
         raise ExportError(f"{dataset_dir} holds no trajectories shards")
@@ -489,11 +602,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"steplabel export: error: {exc}", file=sys.stderr)
         return 2
     if getattr(args, "json", False):
-        import json
-
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
         return 0
     counts = result["counts"]
+    if args.format in CRITIQUE_FORMATS:
+        print(f"[steplabel] exported {counts.get('examples', 0)} kept critiques of "
+              f"{counts.get('critiques_read', 0)} as {args.format} to {args.out}")
+        return 0
     print(f"[steplabel] exported {counts.get('examples', 0)} examples "
           f"({counts.get('steps', 0)} labelled steps) of {counts.get('trajectories_read', 0)} "
           f"kept trajectories as {args.format} to {args.out}"

@@ -37,6 +37,7 @@ from steplabel.dataset.show import (
     first_error_marks,
     first_error_texts,
     sample_trajectories,
+    select_critiques,
 )
 from steplabel.schemas.records import OUTPUTS
 
@@ -183,6 +184,7 @@ def render_group(title: str, s: dict) -> str:
                      f"labelled ({_pct(omega['positive_state_rate'])} positive); "
                      f"{omega['rollouts']} rollouts, {_num(omega['rollouts_per_state_label'])} "
                      "per state label")
+    lines += critique_lines(s.get("critiques") or {})
     return "\n".join(lines)
 
 
@@ -201,6 +203,35 @@ def posterior_lines(posterior: dict | None) -> list[str]:
         lines.append(f"  90% interval width: mean {_num(width['mean'])}; " + " | ".join(
             f"{k}: {v}" for k, v in width["histogram"].items() if v))
     return lines
+
+
+def critique_lines(c: dict) -> list[str]:
+    """The critiques' figures as text lines (none when the dataset has no critiques)."""
+    if not c.get("critiques"):
+        return []
+    lines = [f"critiques: kept {c['kept']} of {c['critiques']} ({_pct(c['keep_rate'])}), on "
+             f"{c['solutions_with_kept']} of {c['solutions']} critiqued trajectories",
+             f"  not kept: {_pairs(c['not_kept_reasons'])}",
+             f"  tokens per kept critique: {_num(c['tokens_per_kept'], 1)} "
+             f"({_num(c['generated_tokens_per_kept'], 1)} generated)"]
+    if c["agreement_by_step_position"]:
+        lines.append("  step verdicts agreeing with the trusted labels, by step index:")
+        lines.append(f"  {'index':>6} {'checked':>8} {'agree':>6} {'rate':>7}")
+        for index, cell in c["agreement_by_step_position"].items():
+            lines.append(f"  {index:>6} {cell['checked']:>8} {cell['agree']:>6} "
+                         f"{_pct(cell['rate']):>7}")
+    return lines
+
+
+def critic_skipped(counters: dict) -> str | None:
+    """What ``critic.only_trusted`` saved, from the run's counters (None: nothing skipped)."""
+    skipped = counters.get("critic_solutions_skipped")
+    if not skipped:
+        return None
+    return (f"critic: {skipped} trajectories without trusted labels skipped "
+            f"({counters.get('critic_requests_not_spent', 0)} requests, "
+            f"{counters.get('critic_rollouts_not_spent', 0)} samples not spent; "
+            f"{counters.get('critic_solutions', 0)} critiqued)")
 
 
 def rollouts_saved(counters: dict) -> dict | None:
@@ -252,6 +283,9 @@ def render_text(report: dict) -> str:
         head.append(f"Monte Carlo rollouts: {_saved_line(saved)}")
     if report.get("sandbox"):
         head.append(f"sandbox: {sandbox_line(report['sandbox'])}")
+    skipped = critic_skipped(report.get("run_counters") or {})
+    if skipped:
+        head.append(skipped)
     parts = ["\n".join(head), render_group("whole dataset", report["overall"])]
     parts += [render_group(f"source {name}", s) for name, s in report["per_source"].items()]
     return "\n\n".join(parts)
@@ -524,6 +558,7 @@ def _group_html(title: str, s: dict, *, plots: bool) -> str:
                        f"<td>{c['negative']}</td><td>{_pct(c['positive_rate'])}</td></tr>"
                        for k, c in s["labels_by_step_index"].items())
         parts.append(f"<table>{header}{body}</table>")
+    parts.append(_critiques_html(s.get("critiques") or {}))
     if plots:
         images = [uri for uri in (plot(s) for plot in PLOTS) if uri]
         parts.append("<div class='plots'>" + "".join(
@@ -540,6 +575,26 @@ def _posterior_rows(posterior: dict | None) -> list[tuple[str, Any]]:
              f"{_pct(undecided['share'])} ({undecided['count']} of "
              f"{posterior['estimated_steps']})"),
             ("MC 90% interval width (mean)", _num(posterior["interval_width"]["mean"]))]
+
+
+def _critiques_html(c: dict) -> str:
+    """The critiques' figures (keep rate, reasons, tokens, agreement by step position)."""
+    if not c.get("critiques"):
+        return ""
+    rows = [("critiques kept", f"{_pct(c['keep_rate'])} ({c['kept']} of {c['critiques']})"),
+            ("trajectories with a kept critique",
+             f"{c['solutions_with_kept']} of {c['solutions']}"),
+            ("not kept, by reason", _pairs(c["not_kept_reasons"])),
+            ("tokens per kept critique (all spent / kept)", _num(c["tokens_per_kept"], 1)),
+            ("generated tokens per kept critique", _num(c["generated_tokens_per_kept"], 1))]
+    parts = ["<h3>Critiques</h3>", _table(rows)]
+    if c["agreement_by_step_position"]:
+        header = "<tr><th>step index</th><th>verdicts checked</th><th>agree</th><th>rate</th></tr>"
+        body = "".join(f"<tr><td>{html.escape(k)}</td><td>{cell['checked']}</td>"
+                       f"<td>{cell['agree']}</td><td>{_pct(cell['rate'])}</td></tr>"
+                       for k, cell in c["agreement_by_step_position"].items())
+        parts.append(f"<table>{header}{body}</table>")
+    return "\n".join(parts)
 
 
 EXAMPLE_STYLE = """
@@ -683,7 +738,32 @@ def examples_html(examples: dict[str, list[dict]], totals: dict[str, int]) -> st
     return "\n".join(parts)
 
 
-def render_html(report: dict, examples: dict[str, list[dict]] | None = None) -> str:
+def critique_examples_html(critiques: list[dict]) -> str:
+    """Kept critiques (examples of :func:`steplabel.dataset.show.critique_example`): per step
+    the critic's verdict and the trusted label, then the critique's text."""
+    words = {True: "correct", False: "incorrect", None: "&mdash;"}
+    parts = [f"<h2 id='critiques'>Example critiques ({len(critiques)} kept)</h2>"]
+    for index, example in enumerate(critiques):
+        summary = (f"{html.escape(str(example['problem_id']))} &middot; solution "
+                   f"{example['solution_index']} &middot; critique {example['sample_index']}: "
+                   f"first error {_first_error_text(example['critique_first_error'])} "
+                   f"(trusted, {html.escape(str(example['trusted_source']))}: "
+                   f"{_first_error_text(example['trusted_first_error'])})")
+        question = (example["trajectory"] or {}).get("question") or ""
+        rows = "".join(
+            f"<tr><td>{step['index']}</td><td>{words[step['verdict']]}</td>"
+            f"<td>{words[step['trusted']]}</td><td>{html.escape(step['text'])}</td></tr>"
+            for step in example["steps"])
+        parts.append(
+            f"<details{' open' if index == 0 else ''}><summary>{summary}</summary>"
+            f"<p>{html.escape(question)}</p><table><tr><th>step</th><th>critic</th>"
+            f"<th>trusted</th><th>text</th></tr>{rows}</table>"
+            f"<pre>{html.escape(example['critique'] or '')}</pre></details>")
+    return "\n".join(parts)
+
+
+def render_html(report: dict, examples: dict[str, list[dict]] | None = None,
+                critiques: list[dict] | None = None) -> str:
     """One self-contained HTML page: tables, embedded PNG plots, example trajectories (when
     ``examples`` maps ``trajectories`` / ``rejected`` to examples of
     :func:`steplabel.dataset.show.trajectory_example`), the JSON figures."""
@@ -691,6 +771,8 @@ def render_html(report: dict, examples: dict[str, list[dict]] | None = None) -> 
     sections = [_group_html("Whole dataset", report["overall"], plots=True)]
     if examples is not None:
         sections.append(examples_html(examples, report["overall"]["rows"]))
+    if critiques:
+        sections.append(critique_examples_html(critiques))
     comparison = plot_sources(report["per_source"])
     if comparison:
         sections.append(f"<h2>Sources compared</h2><div class='plots'>"
@@ -705,7 +787,9 @@ def render_html(report: dict, examples: dict[str, list[dict]] | None = None) -> 
                    ("completed", report["completed"]),
                    *([("Monte Carlo rollouts", _saved_line(saved))] if saved else []),
                    *([("sandbox", sandbox_line(report["sandbox"]))]
-                     if report.get("sandbox") else [])])
+                     if report.get("sandbox") else []),
+                   *([("critic", critic_skipped(report.get("run_counters") or {}))]
+                     if critic_skipped(report.get("run_counters") or {}) else [])])
     figures = html.escape(json.dumps(report, indent=2, sort_keys=True, default=str))
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{STYLE}{EXAMPLE_STYLE}</style></head>"
@@ -762,6 +846,9 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         examples = {output: sample_trajectories(args.dataset, output, args.examples)
                     for output in ("trajectories", "rejected")} if args.examples > 0 else None
-        write_report(args.html, render_html(report, examples))
+        critiques = (select_critiques(args.dataset, limit=args.examples)
+                     if args.examples > 0 and storage.output_files(args.dataset, "critiques")
+                     else None)
+        write_report(args.html, render_html(report, examples, critiques))
         print(f"[steplabel] HTML report written to {args.html}", file=sys.stderr)
     return 0

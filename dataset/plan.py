@@ -23,6 +23,13 @@ time, :class:`~steplabel.pipelines.label.EngineClock`), and projects to the sour
   in flight, at most the engine's ``max_num_seqs``. On the demo (12 rows, pilot of 4) the pilot
   measured 91 tokens/s, the fit said 126 at the job's concurrency, the job ran at 113.
 
+The critic (issue #25) is priced from its ``critiques`` rows when the pilot ran it. A dataset made
+without it (``--from``) has none: the critic's cost is then estimated per trajectory it would
+critique (``critic.only_trusted``: those with trusted labels under ``critic.trust``) as one
+request of ``critic.samples`` samples: the prompt once (the trajectory's question and solution,
+its policy prompt and generated tokens, plus the template's text at 4 characters a token) and
+``samples x max_tokens`` generated tokens, an upper bound (critiques usually stop earlier).
+
 Rows of a source are counted cheaply (JSONL lines, Parquet footers, a ``datasets`` folder's
 length) and ``source.limit`` caps them. Problems the pilot could not label (bad input, engine
 errors) count as source rows that cost nothing recorded.
@@ -60,6 +67,7 @@ import numpy as np
 from steplabel.annotators.monte_carlo import UNDECIDED, GradedRollouts, budget_step_decision
 from steplabel.annotators.registry import ANNOTATORS, with_cost_on_rows
 from steplabel.schemas.annotators import BetaPrior, MonteCarloConfig, RolloutBudget
+from steplabel.dataset import storage
 
 #: Stages in display order: key -> label (policy sampling, then every annotator).
 STAGES = {
@@ -139,8 +147,33 @@ def _add(cell: np.ndarray, cost: dict | None) -> None:
         cell[j] += (cost or {}).get(name) or 0
 
 
+#: Characters per token of the critic template's estimate (English prose, BPE tokenizers).
+CHARS_PER_TOKEN = 4
+
+
+def critic_estimate(row: dict, config) -> np.ndarray | None:
+    """The critic's estimated cost of one trajectory row, ``FIELDS`` order, or None when it
+    would not critique it (policy-truncated, or no trusted labels under ``only_trusted``)."""
+    from steplabel.annotators.critic import TrustedLabels, needs_critique, trusted_labels
+    from steplabel.annotators.prompts import load_template
+
+    if row.get("policy_truncated"):
+        return None
+    trusted: TrustedLabels = trusted_labels(
+        config.trust, mc_first_error=row.get("mc_first_error"),
+        omegaprm_first_error=row.get("omegaprm_first_error"),
+        consensus_keep=row.get("consensus_keep"))
+    if not needs_critique(config, trusted):
+        return None
+    policy = row.get("cost_policy") or {}
+    template = len(load_template(config.template_id).text) / CHARS_PER_TOKEN
+    prompt = (policy.get("prompt_tokens") or 0) + (policy.get("generated_tokens") or 0) + template
+    return np.array([config.samples, prompt, config.samples * config.sampling.max_tokens],
+                    dtype=float)
+
+
 def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict,
-                  budget: BudgetForecast | None = None) -> PilotCosts:
+                  budget: BudgetForecast | None = None, critic=None) -> PilotCosts:
     """What each problem of a finished dataset spent, per stage, read as ``dataset.stats``
     reads it: trajectory rows carry ``cost_policy``/``cost_mc``/``cost_judge`` (rejected ones
     too), a problem with no usable solution carries its policy cost on its ``filtered`` row,
@@ -154,6 +187,8 @@ def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict,
 
     stage_index = {stage: i for i, stage in enumerate(STAGES)}
     omega = stage_index["omegaprm"]
+    # ``critic`` (the manifest's critic config): estimate its cost where the dataset has none.
+    estimate_critic = critic is not None and not storage.output_files(dataset_dir, "critiques")
     per_problem: list[np.ndarray] = []
     omega_kept: list[int] = []  # problems whose OmegaPRM tokens are not on a row
     for problem in iter_problems(dataset_dir):
@@ -164,6 +199,12 @@ def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict,
             for row in problem.rows.get(output, ()):
                 for column, stage in ROW_COSTS.items():
                     _add(cell[stage_index[stage]], row.get(column))
+                if estimate_critic:
+                    estimate = critic_estimate(row, critic)
+                    if estimate is not None:
+                        cell[stage_index["critic"]] += estimate
+        for row in problem.rows.get("critiques", ()):
+            _add(cell[stage_index["critic"]], row.get("cost"))
         if budget is not None:
             rollouts, requests = budget.factors([*problem.rows.get("trajectories", ()),
                                                  *problem.rows.get("rejected", ())])
@@ -184,6 +225,10 @@ def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict,
                 "rejected") or problem.rows.get("filtered"):
             per_problem.append(cell)
     notes, unknown = [], set()
+    if estimate_critic:
+        notes.append(f"the critic did not run on {dataset_dir}: its cost is estimated as "
+                     f"{critic.samples} samples x {critic.sampling.max_tokens} max_tokens (an "
+                     "upper bound) and one prompt per trajectory it would critique")
     if len(per_problem) > rows_in:
         notes.append(f"{len(per_problem)} labelled problems but {rows_in} rows read: the "
                      "projection is per labelled problem")
@@ -881,7 +926,8 @@ def run(args) -> int:
         forecast = (BudgetForecast(manifest.monte_carlo, predict=predict_budget)
                     if manifest.monte_carlo is not None and manifest.monte_carlo.budget
                     is not None else None)
-        costs = problem_costs(dataset, rows_in=rows_in, counters=counters, budget=forecast)
+        costs = problem_costs(dataset, rows_in=rows_in, counters=counters, budget=forecast,
+                              critic=manifest.critic)
         if forecast is not None and forecast.predict:
             notes.append("the pilot was made with other Monte Carlo settings: the Monte Carlo "
                          "costs are the adaptive budget's, predicted from the pilot's step "

@@ -63,6 +63,7 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
     "omegaprm_searches": ("problem_id", "search_index"),
     "filtered": ("problem_id", "stage"),
     "dead_letter": ("stage", "problem_id", "reason", "original"),
+    "critiques": ("problem_id", "solution_index", "sample_index"),
 }
 EXAMPLES_PER_OUTPUT = 5
 
@@ -135,7 +136,7 @@ def check_models(locked: dict[str, dict], manifest) -> tuple[list[str], list[str
 
     refusals, warnings = [], []
     configs = {"policy": manifest.models.policy, "completer": manifest.models.completer_model,
-               "judge": manifest.models.judge_model}
+               "judge": manifest.models.judge_model, "critic": manifest.models.critic_model}
     checked: dict[str, str | None] = {}  # the same folder serves several roles
     for role, entry in sorted(locked.items()):
         config = configs.get(role)

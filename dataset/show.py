@@ -12,7 +12,10 @@ reason, e.g. ``disagree``), ``--problem ID``, ``--first-error N`` (the first err
 shown: 0-based step index, -1 for "no error"), ``--limit`` (default 5). ``--omegaprm`` shows
 OmegaPRM's binary searches instead: the searched solution piece by piece, the Monte Carlo value
 of every prefix the tree estimated along it (the search's probes, and states of earlier
-searches it reused), and the first error found. ``--json`` prints the same examples as JSON.
+searches it reused), and the first error found. ``--critiques`` shows kept critiques instead
+(``--all-critiques``: rejected ones too, with why): each beside its trajectory, every step with
+the critic's verdict next to the trusted label it was checked against, then the critique's text.
+``--json`` prints the same examples as JSON.
 
 Rows are streamed from the Parquet shards and read defensively: a column a dataset does not
 have (an older or newer schema) is shown as absent, never an error.
@@ -212,6 +215,51 @@ def sample_trajectories(dataset_dir: str, output: str, count: int, *,
             if queue and len(chosen) < count:
                 chosen.append(queue.pop(0))
     return chosen
+
+
+def critique_example(row: dict, trajectory: dict | None) -> dict:
+    """One ``critiques`` row beside its trajectory (a :func:`trajectory_example`, None when the
+    dataset has no row for it): per step the critic's verdict and the trusted label."""
+    steps = list(row.get("steps") or [])
+    verdicts, trusted = row.get("step_verdicts"), row.get("trusted_labels")
+    return {
+        "problem_id": row.get("problem_id"),
+        "solution_index": row.get("solution_index"),
+        "sample_index": row.get("sample_index"),
+        "kept": bool(row.get("kept")),
+        "reason": row.get("reason"),
+        "parse_reason": row.get("parse_reason"),
+        "finish_reason": row.get("finish_reason"),
+        "critique_first_error": row.get("critique_first_error"),
+        "trusted_first_error": row.get("trusted_first_error"),
+        "trusted_source": row.get("trusted_source"),
+        "critic_model": row.get("critic_model"),
+        "critique": row.get("critique"),
+        "steps": [{"index": i, "text": text, "verdict": _at(verdicts, i),
+                   "trusted": _at(trusted, i)} for i, text in enumerate(steps)],
+        "trajectory": trajectory,
+    }
+
+
+def select_critiques(dataset_dir: str, *, kept_only: bool = True, problem: str | None = None,
+                     limit: int | None = DEFAULT_LIMIT) -> list[dict]:
+    """Critiques (kept ones only unless ``kept_only`` is false), at most ``limit``, each with
+    its trajectory (kept or rejected) read from the dataset."""
+    rows = (row for row in storage.iter_rows(dataset_dir, "critiques", batch_size=256)
+            if (row.get("kept") or not kept_only)
+            and (problem is None or row.get("problem_id") == problem))
+    chosen = list(itertools.islice(rows, limit))
+    wanted = {(r["problem_id"], r["solution_index"]) for r in chosen}
+    trajectories: dict = {}
+    for output in (KEPT, REJECTED):
+        if not storage.output_files(dataset_dir, output):
+            continue
+        for row in storage.iter_rows(dataset_dir, output, batch_size=256):
+            key = (row.get("problem_id"), row.get("solution_index"))
+            if key in wanted and key not in trajectories:
+                trajectories[key] = trajectory_example(row, output)
+    return [critique_example(r, trajectories.get((r["problem_id"], r["solution_index"])))
+            for r in chosen]
 
 
 def _squeeze(text: str) -> str:
@@ -435,6 +483,34 @@ def render_trajectory(example: dict, *, style: Style, width: int) -> str:
     return "\n".join(lines)
 
 
+VERDICTS = {True: (POSITIVE, "green"), False: (NEGATIVE, "red"), None: (UNLABELLED, "dim")}
+
+
+def render_critique(example: dict, *, style: Style, width: int) -> str:
+    """The trajectory (as :func:`render_trajectory`), then the critique beside its steps: the
+    critic's verdict and the trusted label of each step, then the critique's text."""
+    parts = []
+    if example["trajectory"] is not None:
+        parts.append(render_trajectory(example["trajectory"], style=style, width=width))
+    status = (style("kept", "green", "bold") if example["kept"]
+              else style(f"not kept: {example['reason']}", "red", "bold"))
+    head = (f"── critique {example['sample_index']} of {example['problem_id']} · solution "
+            f"{example['solution_index']} · {status} ")
+    lines = [head + "─" * max(3, width - len(_plain(head)))]
+    lines.append(f"critic {example['critic_model']}: first error "
+                 f"{_index(example['critique_first_error'])}; trusted "
+                 f"({example['trusted_source']}): {_index(example['trusted_first_error'])}")
+    lines.append("  critic trusted  step")
+    for step in example["steps"]:
+        verdict = style(*VERDICTS[step["verdict"]])
+        trusted = style(*VERDICTS[step["trusted"]])
+        prefix = f"     {verdict}       {trusted}  {step['index']:>2}  "
+        lines += _wrap(step["text"], first=prefix, indent=len(_plain(prefix)), width=width)
+    lines += _wrap(example["critique"] or "", first="critique: ", indent=10, width=width)
+    parts.append("\n".join(lines))
+    return "\n".join(parts)
+
+
 def render_search(example: dict, *, style: Style, width: int) -> str:
     head = (f"── OmegaPRM search {example['search_index']} of {example['problem_id']} "
             f"(from {example['start_node']}, rollout {example['rollout_id']}) ")
@@ -474,6 +550,8 @@ def _plain(text: str) -> str:
 LEGEND = (f"{POSITIVE} positive  {NEGATIVE} negative  {UNKNOWN} not estimated  "
           f"{UNLABELLED} no label (after the first error); MC value and counts: correct / "
           "graded rollouts from the step's prefix; indices are 0-based")
+CRITIQUE_LEGEND = (f"critic / trusted: {POSITIVE} correct  {NEGATIVE} incorrect  {UNLABELLED} "
+                   "no verdict (after the first error: not checked); indices are 0-based")
 SEARCH_LEGEND = (f"{POSITIVE} MC > 0 (a completion from this prefix is correct)  {NEGATIVE} "
                  f"MC = 0, or the first error found  {UNLABELLED} prefix not estimated by the "
                  "tree; probe: estimated by a binary search")
@@ -490,6 +568,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--rejected", action="store_true", help="rejected trajectories only")
     which.add_argument("--omegaprm", action="store_true",
                        help="OmegaPRM searches (probes and their MC values) instead")
+    which.add_argument("--critiques", action="store_true",
+                       help="kept critiques beside their trajectories instead")
+    which.add_argument("--all-critiques", action="store_true",
+                       help="every critique (kept or not, with why) beside its trajectory")
+
     parser.add_argument("--reason", choices=SHOW_REASONS, metavar="REASON",
                         help=f"consensus reason, one of {', '.join(SHOW_REASONS)}")
     parser.add_argument("--problem", metavar="ID", help="one problem id")
@@ -503,13 +586,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    critiques = getattr(args, "critiques", False) or getattr(args, "all_critiques", False)
+    if critiques and not storage.output_files(args.dataset, "critiques"):
+        print(f"steplabel show: error: {args.dataset} holds no critiques (run the job with a "
+              "critic: section)", file=sys.stderr)
+        return 2
     if not any(storage.output_files(args.dataset, o) for o in (KEPT, REJECTED,
                                                                 "omegaprm_searches")):
         print(f"steplabel show: error: {args.dataset} holds no trajectories or OmegaPRM "
               "searches", file=sys.stderr)
         return 2
     limit = args.limit or None
-    if args.omegaprm:
+    if critiques:
+        if args.reason or args.first_error is not None:
+            print("steplabel show: error: --reason and --first-error filter trajectories, "
+                  "not critiques", file=sys.stderr)
+            return 2
+        examples = select_critiques(args.dataset, kept_only=not args.all_critiques,
+                                    problem=args.problem, limit=limit)
+    elif args.omegaprm:
         if args.reason:
             print("steplabel show: error: --reason filters trajectories, not OmegaPRM "
                   "searches", file=sys.stderr)
@@ -531,7 +626,10 @@ def run(args: argparse.Namespace) -> int:
                                        and not os.environ.get("NO_COLOR"))
     style = Style(color)
     width = min(120, shutil.get_terminal_size((100, 24)).columns)
-    render = render_search if args.omegaprm else render_trajectory
+    render = (render_critique if critiques else render_search if args.omegaprm
+              else render_trajectory)
     print("\n\n".join(render(e, style=style, width=width) for e in examples))
-    print("\n" + style(SEARCH_LEGEND if args.omegaprm else LEGEND, "dim"))
+    legend = (f"{LEGEND}\n{CRITIQUE_LEGEND}" if critiques
+              else SEARCH_LEGEND if args.omegaprm else LEGEND)
+    print("\n" + style(legend, "dim"))
     return 0

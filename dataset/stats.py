@@ -72,6 +72,8 @@ COLUMNS: dict[str, list[str]] = {
     "omegaprm_searches": ["problem_id"],
     "filtered": ["problem_id", "source", "stage", "reason", "cost", "n_truncated"],
     "dead_letter": ["problem_id", "source", "stage", "reason"],
+    "critiques": ["problem_id", "solution_index", "finish_reason", "parse_reason",
+                  "step_verdicts", "trusted_first_error", "agrees", "kept", "reason", "cost"],
 }
 COST_STAGES = ("policy", *(spec.cost_key for spec in with_cost_on_rows()))
 PREFILTER_STAGE = "omegaprm_prefilter"
@@ -306,6 +308,14 @@ class LabelStats:
         self.labelled_states = self.positive_states = self.omegaprm_rollouts = 0
         #: stage -> [generated samples, of which cut off at max_tokens]
         self.truncation = {stage: [0, 0] for stage in TRUNCATION_STAGES}
+        # Critiques (issue #25): plain counts, so that the pipeline's figures merge them.
+        self.critiques = self.critiques_kept = 0
+        self.critique_solutions = self.critique_solutions_kept = 0
+        self.critique_not_kept = Counter()
+        self.critique_parse = Counter()
+        #: step bucket -> [verdicts checked, agreeing with the trusted label]
+        self.critique_by_position: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self.critique_cost = Counter()
 
     # -- per problem -------------------------------------------------------------------------
 
@@ -334,6 +344,7 @@ class LabelStats:
                 self.truncation["omegaprm"][1] += row.get("n_truncated") or 0
                 for name, value in (row.get("cost") or {}).items():
                     self.cost["omegaprm_prefilter_dropped"][name] += value or 0
+        self._add_critiques(rows.get("critiques", ()))
         states = rows.get("omegaprm_states", ())
         if prefilter_drop or states:
             self.prefilter_checked += 1
@@ -439,6 +450,57 @@ class LabelStats:
             },
         }
 
+    def _add_critiques(self, rows) -> None:
+        """A problem's critiques (every row of a solution is in its problem). Agreement by
+        step position counts, per step index, the usable critiques with a verdict on that
+        step up to and including the trusted first error (every step when it is -1; steps
+        after it are never checked), and those whose verdict is the trusted label."""
+        solutions: dict[int, bool] = {}
+        for row in rows:
+            self.critiques += 1
+            self.truncation["critic"][0] += 1
+            self.truncation["critic"][1] += row.get("finish_reason") == "length"
+            kept = bool(row.get("kept"))
+            solutions[row["solution_index"]] = solutions.get(row["solution_index"], False) or kept
+            self.critique_parse[row.get("parse_reason") or "unknown"] += 1
+            if kept:
+                self.critiques_kept += 1
+            else:
+                self.critique_not_kept[row.get("reason") or "unknown"] += 1
+            for name, value in (row.get("cost") or {}).items():
+                self.critique_cost[name] += value or 0
+            verdicts, trusted = row.get("step_verdicts"), row.get("trusted_first_error")
+            if verdicts is None or trusted is None:
+                continue
+            checked = len(verdicts) if trusted < 0 else trusted + 1
+            for index, verdict in enumerate(verdicts[:checked]):
+                if verdict is not None:
+                    cell = self.critique_by_position[step_bucket(index)]
+                    cell[0] += 1
+                    cell[1] += verdict == (index != trusted)
+        self.critique_solutions += len(solutions)
+        self.critique_solutions_kept += sum(solutions.values())
+
+    def _critique_summary(self) -> dict:
+        cost = {name: self.critique_cost[name] for name in COST_FIELDS}
+        return {
+            "critiques": self.critiques,
+            "kept": self.critiques_kept,
+            "keep_rate": ratio(self.critiques_kept, self.critiques),
+            "solutions": self.critique_solutions,
+            "solutions_with_kept": self.critique_solutions_kept,
+            "not_kept_reasons": dict(sorted(self.critique_not_kept.items())),
+            "parse_reasons": dict(sorted(self.critique_parse.items())),
+            "agreement_by_step_position": {
+                key: {"checked": checked, "agree": agree, "rate": ratio(agree, checked)}
+                for key, (checked, agree) in sorted(self.critique_by_position.items(),
+                                                    key=lambda kv: _bucket_order(kv[0]))},
+            "cost": cost,
+            "generated_tokens_per_kept": ratio(cost["generated_tokens"], self.critiques_kept),
+            "tokens_per_kept": ratio(cost["prompt_tokens"] + cost["generated_tokens"],
+                                     self.critiques_kept),
+        }
+
     def _outcome(self, name: str, row: dict, first_error: int | None) -> None:
         if row.get("final_answer_correct") and first_error is not None:
             cell = self.outcome[name]
@@ -527,6 +589,7 @@ class LabelStats:
                     self.omegaprm_rollouts + self.cost["omegaprm_prefilter_dropped"]["rollouts"],
                     self.labelled_states),
             },
+            "critiques": self._critique_summary(),
         }
 
 

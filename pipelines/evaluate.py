@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from steplabel.annotators.evaluation.gold import GoldFileError
-from steplabel.annotators.evaluation.predict import ANNOTATORS
+from steplabel.annotators.evaluation.predict import ANNOTATORS, DEFAULT_ANNOTATORS
 from steplabel.annotators.evaluation.report import build_report, render_report_markdown
 from steplabel.dataset import storage
 from steplabel.dataset.directory import JobDirectory, JobKind
@@ -256,7 +256,7 @@ def add_arguments(parser) -> None:
                         "problem), joined by id or by exact problem text")
     parser.add_argument("--manifest", required=True,
                         help="job manifest (YAML): models, annotator settings, runner")
-    parser.add_argument("--annotators", default=",".join(ANNOTATORS),
+    parser.add_argument("--annotators", default=",".join(DEFAULT_ANNOTATORS),
                         help="comma-separated subset of " + ",".join(ANNOTATORS)
                         + " (default: all; consensus adds mc and judge)")
     parser.add_argument("--out", help="output directory (default: out/evaluate-<manifest name>)")

@@ -10,6 +10,7 @@
 
     gold items ─► CheckGoldAnswers ─┬► (gold answer usable) PredictWithCompleter [completer] ─┐
                                     ├► PredictWithJudge [judge] ─────────────────────────────┤
+                                    ├► PredictWithCritic [critic] ───────────────────────────┤
                                     └──────────────── CoGroupByKey ◄──────────────────────────┘
                                           └► AssemblePredictions ─► predictions, dead_letter
 
@@ -39,6 +40,7 @@ from steplabel.annotators.evaluation.predict import (
     annotator_versions,
     combine_predictions,
     completer_stage,
+    critic_stage,
     judge_stage,
     stage_predictions_from_json,
     stage_predictions_to_json,
@@ -59,6 +61,7 @@ from steplabel.pipelines.gold_files import read_answers, read_gold_file
 from steplabel.pipelines.runners import declare_engine_resources, stage_accelerators
 from steplabel.pipelines.sink import WriteShards
 from steplabel.pipelines.stages import (
+    EVALUATE_CRITIC,
     EVALUATE_JUDGE,
     EVALUATE_ROLLOUTS,
     EngineStageFn,
@@ -252,6 +255,8 @@ def evaluation_roles(manifest: JobManifest, annotators: tuple[str, ...], *,
         roles["completer"] = manifest.models.completer_model
     if "judge" in annotators:
         roles["judge"] = manifest.models.judge_model
+    if "critic" in annotators:
+        roles["critic"] = manifest.models.critic_model
     return share_gpu_memory(roles, pools=pools)
 
 
@@ -307,6 +312,15 @@ class PredictWithJudgeFn(_PredictionStageFn):
         return judge_stage(checked.item, engine=engine, settings=self.settings)
 
 
+class PredictWithCriticFn(_PredictionStageFn):
+    """The critic's predictions (the first step its critiques call incorrect), on the critic."""
+
+    stage, role = EVALUATE_CRITIC, "critic"
+
+    def work(self, engine, checked: CheckedItem):
+        return critic_stage(checked.item, engine=engine, settings=self.settings)
+
+
 class AssemblePredictionsFn(beam.DoFn):
     """(item key, {checked, completer, judge}) -> ``(output, row)`` of the item; its counters
     become Beam counters, and the item counts in the progress display (``problems_resumed``
@@ -330,7 +344,7 @@ class AssemblePredictionsFn(beam.DoFn):
     def process(self, element):
         _, grouped = element
         (checked,) = grouped["checked"]
-        stages = [*grouped["completer"], *grouped["judge"]]
+        stages = [*grouped["completer"], *grouped["judge"], *grouped.get("critic", ())]
         rows, counters = item_outputs(checked, [part for part, _ in stages],
                                       annotators=self.annotators,
                                       evaluation_hash=self.evaluation_hash,
@@ -397,6 +411,9 @@ class PredictFirstErrors(beam.PTransform):
                 PredictWithJudgeFn(**stage))
         else:
             joined["judge"] = items.pipeline | "NoJudge" >> beam.Create([])
+        if "critic" in annotators:
+            joined["critic"] = checked | "PredictWithCritic" >> self._stage(
+                PredictWithCriticFn(**stage))
         return (joined
                 | "JoinPredictions" >> beam.CoGroupByKey()
                 | "AssemblePredictions" >> beam.ParDo(AssemblePredictionsFn(

@@ -97,9 +97,12 @@ def model_identities(manifest) -> dict:
     from steplabel.models import hash_model_dir
 
     identities = {}
-    for role, config in (("policy", manifest.models.policy),
-                         ("completer", manifest.models.completer_model),
-                         ("judge", manifest.models.judge_model)):
+    roles = [("policy", manifest.models.policy),
+             ("completer", manifest.models.completer_model),
+             ("judge", manifest.models.judge_model)]
+    if manifest.critic is not None:
+        roles.append(("critic", manifest.models.critic_model))
+    for role, config in roles:
         entry = {"kind": config.kind, "model": config.model, "revision": config.revision,
                  "dtype": config.dtype, "engine": engine_version(config)}
         if config.kind == "vllm":
@@ -117,6 +120,7 @@ def annotator_settings(manifest) -> dict:
     """Every annotator's settings and code version, the splitter, the grader and the seeds."""
     from steplabel.annotators import monte_carlo, omegaprm
     from steplabel.annotators.graders import get_grader
+    from steplabel.annotators.critic import critic_version
     from steplabel.annotators.judge import JUDGE_PARSER_VERSION
     from steplabel.annotators.splitting import get_splitter
     from steplabel.schemas.config import to_mapping
@@ -129,12 +133,14 @@ def annotator_settings(manifest) -> dict:
         "omegaprm": settings(manifest.omegaprm),
         "judge": settings(manifest.judge),
         "consensus": settings(manifest.consensus),
+        **({"critic": settings(manifest.critic)} if manifest.critic is not None else {}),
         "versions": {
             "monte_carlo": f"{monte_carlo.ANNOTATOR_NAME}/{monte_carlo.ANNOTATOR_VERSION}",
             "omegaprm": f"{omegaprm.ANNOTATOR_NAME}/{omegaprm.ANNOTATOR_VERSION}",
             "judge_parser": JUDGE_PARSER_VERSION,
             "grader": get_grader(manifest.grader).version,
             "grader_name": manifest.grader.name,
+            **({"critic": critic_version()} if manifest.critic is not None else {}),
         },
         "splitter": get_splitter(manifest.splitter.name).provenance(),
     }
@@ -163,6 +169,9 @@ def build_lock(manifest) -> dict:
     templates = {manifest.policy.template: load_template(manifest.policy.template).sha256}
     if manifest.judge:
         templates[manifest.judge.template_id] = load_template(manifest.judge.template_id).sha256
+    if manifest.critic:
+        templates[manifest.critic.template_id] = load_template(
+            manifest.critic.template_id).sha256
     return {
         "lock_version": 2,
         "manifest": manifest.to_dict(),

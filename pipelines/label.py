@@ -225,7 +225,7 @@ class Progress:
 
     #: (role in ``stages()``, label), in display order under the problems bar.
     STAGES = (("policy", "sampled"), ("completer", "steps labelled"),
-              ("judge", "trajectories judged"))
+              ("judge", "trajectories judged"), ("critic", "trajectories critiqued"))
 
     def __init__(self, total: int | None, *, interval_s: float = 5.0,
                  max_interval_s: float = 30.0, stream=None, served=None, stages=None,

@@ -8,7 +8,13 @@
                                    └─────────── CoGroupByKey (consensus-guided) ◄─┘
                                                    └► MonteCarlo [completer] ─► KV(.., Labels)
     CoGroupByKey(solutions, mc, verdicts) ─► AssembleTrajectories (consensus) ─► pieces
+                   └► CritiqueTasks (trusted labels) ─ Reshuffle ─► Critic [critic] ─► pieces
     GroupByKey(pieces by problem) ─► MergeProblems ─► (output, row), counters
+
+**Critic** (issue #25, ``critic:``): after consensus, on the assembled trajectories, keyed by
+(problem_id, i): trajectories without trusted labels are skipped under ``critic.only_trusted``
+and counted (``critic_solutions_skipped``, ``critic_rollouts_not_spent``); the others' critiques
+go to ``critiques/``.
 
 **Engines.** A model stage is one :class:`EngineStageFn` subclass. Its engine comes from an
 :class:`EnginePool` that one ``shared.Shared`` handle keeps per worker process, keyed by the
@@ -58,7 +64,14 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from steplabel.annotators import stages as st
-from steplabel.annotators.registry import ANNOTATORS, JUDGE, MONTE_CARLO, OMEGAPRM, AnnotatorSpec
+from steplabel.annotators.registry import (
+    ANNOTATORS,
+    CRITIC,
+    JUDGE,
+    MONTE_CARLO,
+    OMEGAPRM,
+    AnnotatorSpec,
+)
 from steplabel.dataset import storage
 from steplabel.pipelines.runners import declare_engine_resources
 from steplabel.pipelines import logs
@@ -74,11 +87,12 @@ SETTLE_TIMEOUT_S = 30.0
 #: The engine stages of ``steplabel evaluate`` (:mod:`steplabel.pipelines.evaluate`): Monte
 #: Carlo and OmegaPRM predictions on the completer, the judge's on the judge.
 EVALUATE_ROLLOUTS, EVALUATE_JUDGE = "evaluate_rollouts", "evaluate_judge"
+EVALUATE_CRITIC = "evaluate_critic"
 
 #: Where each model stage checkpoints its finished keys, under the dataset's ``_work``.
 STAGE_DIRS = {st.SAMPLE: "sample", st.MONTE_CARLO: "monte_carlo", st.OMEGAPRM: "omegaprm",
-              st.JUDGE: "judge", EVALUATE_ROLLOUTS: EVALUATE_ROLLOUTS,
-              EVALUATE_JUDGE: EVALUATE_JUDGE}
+              st.JUDGE: "judge", st.CRITIC: "critic", EVALUATE_ROLLOUTS: EVALUATE_ROLLOUTS,
+              EVALUATE_JUDGE: EVALUATE_JUDGE, EVALUATE_CRITIC: EVALUATE_CRITIC}
 ENGINES_DIR = "engines"
 
 
@@ -754,12 +768,41 @@ class OmegaPRMFn(EngineStageFn):
         yield problem.problem_id, piece
 
 
+class CriticFn(EngineStageFn):
+    """:class:`~steplabel.schemas.stages.CritiqueTask` (an assembled trajectory with its
+    trusted labels) -> (problem_id, ("piece", critiques :class:`Piece`)) on the critic."""
+
+    stage, role = CRITIC.name, CRITIC.role
+
+    @staticmethod
+    def in_flight(stages: "LabelStages") -> int:
+        return stages.per_solution
+
+    def key(self, task) -> str:
+        return json.dumps([task.problem_id, task.solution_index])
+
+    def bind(self, engine):
+        return self.ctx.critic(engine)
+
+    def work(self, critic, task):
+        return st.critique_piece(self.ctx, critic, task)
+
+    def decode(self, data):
+        return st.piece_from_json(data)
+
+    def emit(self, task, piece, *, resumed: bool):
+        yield task.problem_id, ("piece", piece)
+
+
 #: The Beam stage of each annotator (:data:`~steplabel.annotators.registry.ANNOTATORS`).
 #: A ``per: solution`` stage reads solutions (``inputs``: usable solutions, possibly joined
 #: with the labels of the annotators it ``reads``) and emits ``((problem_id, i), Labels)``;
-#: a ``per: problem`` stage reads problems and emits ``(problem_id, Piece)``.
+#: a ``per: problem`` stage reads problems and emits ``(problem_id, Piece)``; an
+#: ``after_consensus`` stage reads :class:`CritiqueTask` s of the assembled trajectories and
+#: emits ``(problem_id, ("piece", Piece))``.
 ANNOTATOR_STAGES: dict[str, type[EngineStageFn]] = {
-    MONTE_CARLO.name: MonteCarloFn, OMEGAPRM.name: OmegaPRMFn, JUDGE.name: JudgeFn}
+    MONTE_CARLO.name: MonteCarloFn, OMEGAPRM.name: OmegaPRMFn, JUDGE.name: JudgeFn,
+    CRITIC.name: CriticFn}
 
 
 class IdentifyEnginesFn(beam.DoFn):
@@ -914,7 +957,8 @@ class LabelStages(beam.PTransform):
         """The annotators with a stage per ``per``: those the manifest runs for ``problem``;
         all for ``solution`` (each is a tag of the join; an annotator reading others' labels
         comes after them)."""
-        specs = [spec for spec in ANNOTATORS.values() if spec.per == per]
+        specs = [spec for spec in ANNOTATORS.values()
+                 if spec.per == per and not spec.after_consensus]
         if per == "problem":
             return [spec for spec in specs if spec.config(self.manifest) is not None]
         ordered: list[AnnotatorSpec] = []
@@ -934,6 +978,24 @@ class LabelStages(beam.PTransform):
     def _annotate(self, fn_class, stage_input, **options):
         spec = ANNOTATORS[fn_class.stage]
         return stage_input | spec.stage_label >> self._stage(fn_class(**options))
+
+    def _after_consensus(self, spec: AnnotatorSpec, assembled, engine_stage: dict) -> list:
+        """The pieces of an annotator that reads the assembled trajectories (the critic): its
+        tasks, the skipped ones counted, the others through its engine stage."""
+        config, label = spec.config(self.manifest), spec.stage_label
+        tasks = assembled | f"{label}Tasks" >> beam.FlatMap(
+            lambda item: st.critique_tasks(config, item[1][1]))
+        skipped = (tasks
+                   | f"{label}Skipped" >> beam.Filter(
+                       lambda task: not st.needs_critique(config, task))
+                   | f"{label}SkippedPiece" >> beam.Map(lambda task: (
+                       task.problem_id, ("piece", st.skipped_critique_piece(config, task)))))
+        chosen = (tasks
+                  | f"{label}Chosen" >> beam.Filter(lambda task: st.needs_critique(config, task))
+                  | f"Spread{label}Tasks" >> PackedReshuffle())
+        fn_class = ANNOTATOR_STAGES[spec.name]
+        return [skipped, self._annotate(fn_class, chosen, **engine_stage,
+                                        max_in_flight=fn_class.in_flight(self))]
 
     def expand(self, problems):
         m = self.manifest
@@ -977,9 +1039,13 @@ class LabelStages(beam.PTransform):
                 fn_class, fn_class.inputs(self, usable, labels), **engine_stage,
                 max_in_flight=fn_class.in_flight(self))
         joined.update(labels)
-        parts.append(joined
+        assembled = (joined
                      | "JoinSolutionLabels" >> PackedCoGroupByKey()
                      | "AssembleTrajectories" >> beam.ParDo(AssembleTrajectoriesFn(m)))
+        parts.append(assembled)
+        for spec in ANNOTATORS.values():  # after consensus: they read the assembled rows
+            if spec.after_consensus and spec.config(m) is not None:
+                parts.extend(self._after_consensus(spec, assembled, engine_stage))
         # The provenance every trajectory row shares, for the sink (see AssembleTrajectoriesFn).
         self.provenance = (identities
                            | "EngineIdentities" >> beam.combiners.ToDict()

@@ -1,5 +1,5 @@
-"""The annotators' configs: what a manifest's ``monte_carlo``, ``omegaprm`` and ``judge``
-sections hold, validated at construction (errors name the field and the value).
+"""The annotators' configs: what a manifest's ``monte_carlo``, ``omegaprm``, ``judge`` and
+``critic`` sections hold, validated at construction (errors name the field and the value).
 
 The annotators themselves (:mod:`steplabel.annotators.monte_carlo`, ``omegaprm``, ``judge``)
 take these; they live here so that the manifest model imports nothing outside ``schemas/``.
@@ -7,6 +7,7 @@ take these; they live here so that the manifest model imports nothing outside ``
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import string
@@ -433,3 +434,102 @@ class JudgeConfig:
     @property
     def parser_version(self) -> str:
         return JUDGE_PARSER_VERSION[self.parser]
+
+
+# --------------------------------------------------------------------------------------------
+# Critic (verified critiques, issue #25; the rules: annotators/critic.py)
+
+DEFAULT_CRITIC_TEMPLATE = "critic_thinkprm_v1"
+#: The verdict strings the critic's template asks for, exactly.
+VERDICT_CORRECT = "\\boxed{correct}"
+VERDICT_INCORRECT = "\\boxed{incorrect}"
+CriticTrust = Literal["monte_carlo", "omegaprm", "consensus"]
+TRUST_CONSENSUS: CriticTrust = "consensus"
+TRUST_MONTE_CARLO: CriticTrust = "monte_carlo"
+TRUST_OMEGAPRM: CriticTrust = "omegaprm"
+TRUST_SOURCES: tuple[str, ...] = (TRUST_MONTE_CARLO, TRUST_OMEGAPRM, TRUST_CONSENSUS)
+
+
+@dataclass(frozen=True)
+class CriticSampling(SamplingConfig):
+    """The critic's sampling settings: temperature 0.7 (its samples must differ to be worth
+    several) and 1,024 new tokens (a short verification of each step of a GSM8K/MATH-length
+    solution; a critique cut off there is unusable, so raise it for long solutions or for
+    long-thinking critics, which ThinkPRM gives 8K)."""
+
+    temperature: float = 0.7
+    max_tokens: int = 1024
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    """How the critic stage prompts, samples, verifies and keeps critiques (manifest section
+    ``critic:``; its engine is ``models.critic``, by default the judge's model).
+
+    - ``samples``: critiques per solution, >= 1, all from one request (``n = samples``).
+    - ``template_id``: a template in ``schemas/prompts/`` with exactly the fields
+      ``{problem}`` and ``{tagged_steps}`` that asks for the verdicts ``\\boxed{correct}`` and
+      ``\\boxed{incorrect}``; recorded with its SHA-256 on every critique.
+    - ``sampling``: :class:`CriticSampling`. Temperature 0 with ``samples > 1`` is rejected
+      (every sample would be the same critique).
+    - ``trust``: whose labels the critiques are checked against: ``consensus`` (default),
+      ``monte_carlo`` or ``omegaprm``; the manifest needs that annotator enabled. OmegaPRM's
+      first error is read from the trajectory row's ``omegaprm_first_error``, which the job
+      does not fill yet (OmegaPRM searches its own rollouts, not the policy's samples): with
+      ``omegaprm`` every trajectory is counted as skipped (``only_trusted``) or unverified.
+    - ``keep_per_solution``: at most this many agreeing critiques are kept per solution
+      (default 1), >= 1.
+    - ``only_trusted``: run the critic only on trajectories that have trusted labels (default
+      true): a critique of a trajectory without them can never be kept. The solutions skipped
+      and the requests and samples not spent are counted (``critic_solutions_skipped``,
+      ``critic_requests_not_spent``, ``critic_rollouts_not_spent``).
+    - ``min_agreement``: the quorum of the critic's own first-error vote (``evaluate``), as the
+      judge's: None (default) is a strict majority of all samples.
+    """
+
+    samples: int = 4
+    template_id: str = DEFAULT_CRITIC_TEMPLATE
+    sampling: CriticSampling = field(default_factory=CriticSampling)
+    trust: CriticTrust = TRUST_CONSENSUS
+    keep_per_solution: int = 1
+    only_trusted: bool = True
+    min_agreement: float | None = None
+
+    def __post_init__(self) -> None:
+        check(_is_int(self.samples) and self.samples >= 1, "samples",
+              "must be an integer >= 1", self.samples)
+        check(isinstance(self.template_id, str) and bool(self.template_id), "template_id",
+              "must be a non-empty string", self.template_id)
+        try:
+            template = load_template(self.template_id)
+        except ValueError as exc:
+            raise ConfigError(f"template_id {exc}") from None
+        fields = {name for _, name, _, _ in string.Formatter().parse(template.text) if name}
+        check(fields == _TEMPLATE_FIELDS, "template_id",
+              "must name a template with exactly the fields {problem} and {tagged_steps}",
+              self.template_id)
+        shown = template.render(problem="", tagged_steps="")
+        check(VERDICT_CORRECT in shown and VERDICT_INCORRECT in shown, "template_id",
+              f"must name a template that asks for the verdicts {VERDICT_CORRECT} and "
+              f"{VERDICT_INCORRECT}", self.template_id)
+        check(isinstance(self.sampling, SamplingConfig), "sampling", "must be a SamplingConfig",
+              self.sampling)
+        check(self.samples == 1 or self.sampling.temperature > 0.0, "sampling.temperature",
+              f"must be > 0 when samples > 1 (samples={self.samples})",
+              self.sampling.temperature)
+        check(self.trust in TRUST_SOURCES, "trust", f"must be one of {', '.join(TRUST_SOURCES)}",
+              self.trust)
+        check(_is_int(self.keep_per_solution) and self.keep_per_solution >= 1,
+              "keep_per_solution", "must be an integer >= 1", self.keep_per_solution)
+        check(isinstance(self.only_trusted, bool), "only_trusted", "must be true or false",
+              self.only_trusted)
+        check(self.min_agreement is None
+              or (_is_number(self.min_agreement) and 0.0 < self.min_agreement <= 1.0),
+              "min_agreement", "must be null (a strict majority) or a fraction in (0, 1]",
+              self.min_agreement)
+
+    def sampling_json(self) -> str:
+        """The sampling settings as recorded in provenance (JSON, keys sorted)."""
+        s = self.sampling
+        return json.dumps({"n": self.samples, "temperature": s.temperature, "top_p": s.top_p,
+                           "max_tokens": s.max_tokens, "stop": list(s.stop)}, sort_keys=True)

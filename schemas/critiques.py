@@ -18,26 +18,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from steplabel.schemas.rows import column, schema_of, struct_of
+from steplabel.schemas.rows import COST, column, schema_of
 
 _STR, _I32, _I64, _BOOL = pa.string(), pa.int32(), pa.int64(), pa.bool_()
-
-
-@dataclass(frozen=True)
-class CritiqueCost:
-    """What one critique cost. One request samples all of a solution's critiques: its
-    ``requests`` (1) and ``prompt_tokens`` are charged to the row of sample 0, each row has
-    ``rollouts`` 1 and its own ``generated_tokens``, so the rows of a solution sum to what the
-    request spent. Prefix-cache hits are not recorded: they depend on scheduling, not on the
-    data (issue #27)."""
-
-    requests: int = column(_I64, default=0)
-    rollouts: int = column(_I64, default=0)
-    prompt_tokens: int = column(_I64, default=0)
-    generated_tokens: int = column(_I64, default=0)
-
-
-CRITIQUE_COST = struct_of(CritiqueCost)
 
 
 @dataclass(frozen=True)
@@ -63,7 +46,10 @@ class Critique:
       labels); ``kept``: the critique is kept as training data; ``reason``: ``kept``, or why
       not (``unusable:<parse_reason>``, ``disagrees_at_step_<k>``, ``not_kept_quota``,
       ``no_trusted_labels``).
-    - ``seed``: the request's sampling seed; ``cost``: :class:`CritiqueCost`.
+    - ``seed``: the request's sampling seed; ``cost``: :class:`~steplabel.schemas.rows.Cost`.
+      One request samples all of a solution's critiques: its ``requests`` (1) and
+      ``prompt_tokens`` are charged to the row of sample 0, each row has ``rollouts`` 1 and its
+      own ``generated_tokens``, so the rows of a solution sum to what the request spent.
     - Provenance: ``critic_model``, ``critic_version`` (parser and verification rules),
       ``template_id`` and ``template_sha256``, ``critic_sampling`` (JSON), ``manifest_hash``.
     """
@@ -86,7 +72,7 @@ class Critique:
     kept: bool = column(_BOOL)
     reason: str = column(_STR)
     seed: int = column(_I64)
-    cost: dict = column(CRITIQUE_COST)
+    cost: dict = column(COST)
     critic_model: str = column(_STR)
     critic_version: str = column(_STR)
     template_id: str = column(_STR)

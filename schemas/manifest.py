@@ -15,8 +15,17 @@ from typing import Any, Literal
 
 import yaml
 
-from steplabel.schemas.annotators import JudgeConfig, MonteCarloConfig, OmegaPRMConfig
+from steplabel.schemas.annotators import (
+    TRUST_CONSENSUS,
+    TRUST_MONTE_CARLO,
+    TRUST_OMEGAPRM,
+    CriticConfig,
+    JudgeConfig,
+    MonteCarloConfig,
+    OmegaPRMConfig,
+)
 from steplabel.schemas.config import (
+    OMIT_DEFAULT,
     ConfigError,
     EngineConfig,
     SamplingConfig,
@@ -88,11 +97,13 @@ class SourceConfig:
 @dataclass(frozen=True)
 class ModelsConfig:
     """The models of a job. ``completer`` and ``judge`` default to the policy's model (one
-    engine is then shared)."""
+    engine is then shared); ``critic`` defaults to the judge's."""
 
     policy: EngineConfig = field(default_factory=EngineConfig)
     completer: EngineConfig | None = None
     judge: EngineConfig | None = None
+    # Left out of the canonical form while unset: manifests without it keep their hash.
+    critic: EngineConfig | None = field(default=None, metadata={OMIT_DEFAULT: True})
 
     @property
     def completer_model(self) -> EngineConfig:
@@ -101,6 +112,10 @@ class ModelsConfig:
     @property
     def judge_model(self) -> EngineConfig:
         return self.judge or self.policy
+
+    @property
+    def critic_model(self) -> EngineConfig:
+        return self.critic or self.judge_model
 
 
 @dataclass(frozen=True)
@@ -182,6 +197,9 @@ class JobManifest:
     omegaprm: OmegaPRMConfig | None = None
     judge: JudgeConfig | None = None
     consensus: ConsensusConfig | None = None
+    #: Verified critiques (issue #25), after consensus; left out of the canonical form while
+    #: unset, so that manifests without it keep their hash.
+    critic: CriticConfig | None = field(default=None, metadata={OMIT_DEFAULT: True})
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     #: Columns whose values may differ between two runs of this manifest, as ``fnmatch``
     #: patterns over the column names ``regenerate --verify`` reports (``judge_replies``,
@@ -206,6 +224,12 @@ class JobManifest:
         if self.monte_carlo is not None and self.monte_carlo.consensus_guided:
             check(self.consensus is not None, "monte_carlo.consensus_guided",
                   "needs consensus (follows the judge's verdict)", True)
+        if self.critic is not None:
+            trusted_by = {TRUST_CONSENSUS: self.consensus, TRUST_MONTE_CARLO: self.monte_carlo,
+                          TRUST_OMEGAPRM: self.omegaprm}[self.critic.trust]
+            check(trusted_by is not None, "critic.trust",
+                  f"needs the {self.critic.trust} section enabled (its labels are the trusted "
+                  "ones)", self.critic.trust)
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical mapping. The default grader is left out, so that a manifest that does

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from steplabel.schemas import rows
+from steplabel.schemas.critiques import CRITIQUE_SCHEMA
 
 # 1.1: trajectories.judge_reason; 1.2: cost records without cached_tokens (a run metric now);
 # 1.3: trajectories' per-step posterior (mc_posterior_mean, mc_interval_low/high, mc_p_above),
@@ -35,6 +36,7 @@ OUTPUTS: dict[str, pa.Schema] = {
     "omegaprm_searches": OMEGAPRM_SEARCH,
     "filtered": FILTERED,
     "dead_letter": DEAD_LETTER,
+    "critiques": CRITIQUE_SCHEMA,
 }
 
 #: Where each output lives under the dataset directory.
@@ -46,6 +48,7 @@ OUTPUT_DIRS: dict[str, str] = {
     "omegaprm_searches": "omegaprm/searches",
     "filtered": "filtered",
     "dead_letter": "dead_letter",
+    "critiques": "critiques",
 }
 
 

@@ -16,7 +16,8 @@ from steplabel.schemas.graders import Gold, gold_from_json, gold_to_json
 #: Stage names: checkpoint folders (``_work/<stage>/``) and the order in which an engine
 #: failure is chosen when several stages of one problem failed.
 SAMPLE, OMEGAPRM, MONTE_CARLO, JUDGE = "sample", "omegaprm", "monte_carlo", "judge"
-STAGE_ORDER = (SAMPLE, OMEGAPRM, MONTE_CARLO, JUDGE)
+CRITIC = "critic"
+STAGE_ORDER = (SAMPLE, OMEGAPRM, MONTE_CARLO, JUDGE, CRITIC)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,25 @@ class Labels:
     counters: dict = field(default_factory=dict)
     failure: Failure | None = None
     stopped: str | None = None
+
+
+@dataclass(frozen=True)
+class CritiqueTask:
+    """One assembled trajectory as the critic stage sees it (after consensus): what it
+    critiques and the trusted first error its critiques are checked against (``-1`` no error,
+    None unknown; ``trusted_source``: ``consensus``, ``monte_carlo`` or ``omegaprm``)."""
+
+    problem_id: str
+    solution_index: int
+    source: str
+    question: str
+    steps: list
+    trusted_first_error: int | None
+    trusted_source: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.problem_id, self.solution_index)
 
 
 @dataclass(frozen=True)

@@ -183,3 +183,71 @@ def arithmetic_engine_with_faults(config) -> FaultyScriptedEngine:
     return FaultyScriptedEngine(_arithmetic_respond, model_id="scripted-arithmetic",
                                 max_prompt_tokens=config.max_model_len,
                                 die_after=int(die_after) if die_after else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# A scripted critic for the critic stage (issue #25): the faults of real models, by sample
+
+_PARAGRAPH_RE = re.compile(r"<paragraph_(\d+)>\n(.*?)\n</paragraph_\1>", re.DOTALL)
+#: What each sample of :func:`critic_engine` does (sample index -> fault), in order.
+CRITIC_SCRIPT = ("truthful", "cut_off", "missing_verdict", "contradiction", "wrong_verdicts",
+                 "truthful", "two_verdicts")
+
+
+_SUM_RE = re.compile(r"(-?\d+) \+ (-?\d+) = (-?\d+)")
+
+
+def arithmetic_first_error(prompt: str) -> tuple[int, int]:
+    """(number of paragraphs, the true first error) of an arithmetic critic prompt: the first
+    paragraph with a wrong sum ``x + y = z``, or stating a wrong ``The answer is: X`` to the
+    question "What is A + B?" (-1 when none)."""
+    question = _QUESTION_RE.search(prompt)
+    paragraphs = _PARAGRAPH_RE.findall(prompt)
+    for index, text in paragraphs:
+        if any(int(x) + int(y) != int(z) for x, y, z in _SUM_RE.findall(text)):
+            return len(paragraphs), int(index)
+        stated = _STATED_RE.search(text)
+        if question and stated and int(stated.group(1)) != int(question.group(1)) + int(
+                question.group(2)):
+            return len(paragraphs), int(index)
+    return len(paragraphs), -1
+
+
+def _verdicts(count: int, first_error: int) -> list[str]:
+    """ThinkPRM-form verifications of paragraphs 0..first_error (every one when -1)."""
+    last = count - 1 if first_error < 0 else first_error
+    lines = []
+    for i in range(last + 1):
+        verdict = "incorrect" if i == first_error else "correct"
+        lines.append(f"Paragraph {i}: I redo the arithmetic of this paragraph. "
+                     f"\\boxed{{{verdict}}}")
+    return lines
+
+
+def _critic_respond(request: GenerationRequest, index: int) -> str:
+    count, truth = arithmetic_first_error(request.prompt)
+    fault = CRITIC_SCRIPT[index % len(CRITIC_SCRIPT)]
+    if fault == "truthful":
+        return "\n".join(_verdicts(count, truth))
+    if fault == "cut_off":  # rambles past max_tokens before its first verdict
+        return "Let me think about this very carefully. " * 200 + "\n".join(
+            _verdicts(count, truth))
+    if fault == "missing_verdict":  # skips paragraph 0
+        return "\n".join(_verdicts(count, truth)[1:] or [
+            "Paragraph 1: I redo the arithmetic of this paragraph. \\boxed{correct}"])
+    if fault == "contradiction":  # calls paragraph 0 incorrect, then the whole thing right
+        return ("Paragraph 0: this does not follow. \\boxed{incorrect}\n"
+                "All steps are correct.")
+    if fault == "wrong_verdicts":  # the opposite reading: every step right, or the last wrong
+        return "\n".join(_verdicts(count, count - 1 if truth < 0 else -1))
+    if fault == "two_verdicts":
+        return "Paragraph 0: fine. \\boxed{correct}\nParagraph 0: again. \\boxed{correct}"
+    raise AssertionError(fault)
+
+
+def critic_engine(config) -> FaultyScriptedEngine:
+    """``kind: custom`` factory of the scripted critic (``factory: fakes:critic_engine``):
+    sample i of each request does ``CRITIC_SCRIPT[i % 7]``; a context window of
+    ``config.max_model_len`` fake tokens (a prompt over it: ``ContextLengthError``)."""
+    return FaultyScriptedEngine(_critic_respond, model_id="scripted-critic",
+                                max_prompt_tokens=config.max_model_len)

@@ -20,12 +20,13 @@ def manifest(**sections):
 
 
 def test_every_annotator_is_a_manifest_section_with_its_config_type():
-    assert list(ANNOTATORS) == ["monte_carlo", "omegaprm", "judge"]  # stage order
+    assert list(ANNOTATORS) == ["monte_carlo", "omegaprm", "judge", "critic"]  # stage order
     fields = JobManifest.__dataclass_fields__
     for name, spec in ANNOTATORS.items():
         assert spec.name == name and name in fields
         assert isinstance(spec.config_type(), spec.config_type)  # defaults are valid
-        assert spec.config(manifest(**{name: {}})) == spec.config_type()
+        needs = {"critic": {"monte_carlo": {}, "judge": {}, "consensus": {}}}.get(name, {})
+        assert spec.config(manifest(**needs, **{name: {}})) == spec.config_type()
 
 
 def test_columns_are_trajectory_columns_and_belong_to_one_annotator():
@@ -36,7 +37,9 @@ def test_columns_are_trajectory_columns_and_belong_to_one_annotator():
         assert named <= TRAJECTORY_COLUMNS, named - TRAJECTORY_COLUMNS
         assert not set(spec.columns) & seen
         seen |= set(spec.columns)
-        if spec.per == "solution":
+        if spec.after_consensus:  # per solution, its own outputs (the critic)
+            assert spec.per == "solution" and not spec.columns and spec.outputs
+        elif spec.per == "solution":
             assert spec.first_error_column in spec.columns
             assert spec.cost_column in spec.columns
         else:
@@ -47,7 +50,7 @@ def test_every_annotator_has_a_beam_stage_on_its_role():
     assert set(ANNOTATOR_STAGES) == set(ANNOTATORS)
     for name, fn in ANNOTATOR_STAGES.items():
         assert (fn.stage, fn.role) == (name, ANNOTATORS[name].role)
-    assert roles() == ("policy", "completer", "judge")
+    assert roles() == ("policy", "completer", "judge", "critic")
 
 
 def test_enabled_follows_the_manifest_in_stage_order():
@@ -57,7 +60,9 @@ def test_enabled_follows_the_manifest_in_stage_order():
 
 
 def test_stages_that_read_labels_come_after_them():
-    stages = LabelStages(manifest(monte_carlo={}, judge={}, consensus={}), out_dir="unused")
+    stages = LabelStages(manifest(monte_carlo={}, judge={}, consensus={}, critic={}),
+                         out_dir="unused")
+    # the critic reads the assembled trajectories: not a tag of the solutions' join
     assert [s.name for s in stages._specs("solution")] == ["judge", "monte_carlo"]
     assert stages._specs("problem") == []
     with_omega = LabelStages(manifest(omegaprm={}), out_dir="unused")
@@ -66,11 +71,11 @@ def test_stages_that_read_labels_come_after_them():
 
 def test_figures_plan_and_show_are_derived_from_the_specs():
     assert stats.COST_STAGES == ("policy", "mc", "judge")
-    assert stats.TRUNCATION_STAGES == ("policy", "monte_carlo", "omegaprm", "judge")
+    assert stats.TRUNCATION_STAGES == ("policy", "monte_carlo", "omegaprm", "judge", "critic")
     assert stats.TRUNCATION_SETTINGS["judge"] == ("judge", "judge.sampling.max_tokens")
     assert {"mc_first_error", "judge_first_error", "cost_mc", "cost_judge",
             "judge_finish_reasons", "mc_n_truncated"} <= set(stats.TRAJECTORY_COLUMNS)
-    assert list(plan.STAGES) == ["policy", "monte_carlo", "omegaprm", "judge"]
+    assert list(plan.STAGES) == ["policy", "monte_carlo", "omegaprm", "judge", "critic"]
     assert plan.ROW_COSTS == {"cost_policy": "policy", "cost_mc": "monte_carlo",
                               "cost_judge": "judge"}
     example = {"mc_first_error": 2, "omegaprm_first_error": None, "judge_first_error": 2}
@@ -96,6 +101,10 @@ def test_a_new_annotator_is_one_spec():
     with pytest.raises(ValueError, match="per must be"):
         AnnotatorSpec(name="x", title="x", mark="x", stage_label="X", role="x",
                       config_type=dict, per="step", version=str, truncated_what="x")
+    with pytest.raises(ValueError, match="after consensus"):
+        AnnotatorSpec(name="x", title="x", mark="x", stage_label="X", role="x",
+                      config_type=dict, per="problem", version=str, truncated_what="x",
+                      outputs=("x",), after_consensus=True)
     with pytest.raises(ValueError, match="cost_column"):
         AnnotatorSpec(name="x", title="x", mark="x", stage_label="X", role="x",
                       config_type=dict, per="solution", version=str, truncated_what="x",

@@ -1,13 +1,16 @@
 """Predicting first errors: the chosen annotators run on an item's steps as given.
 
-**Annotators** (``mc``, ``omegaprm``, ``judge``, ``consensus``) run on the given steps: nothing is
-resampled or re-split. Monte Carlo, OmegaPRM and consensus need a gold answer; on an item without
-a usable one only the judge runs, and the others record ``skipped``. A prediction is
-``predicted`` (an index in ``-1..M-1``), ``unknown`` (None; scored as wrong) or ``skipped``.
+**Annotators** (``mc``, ``omegaprm``, ``judge``, ``consensus``, ``critic``) run on the given
+steps: nothing is resampled or re-split. The critic's first error is the first step its
+critiques call incorrect, by the judge's vote over its samples
+(:func:`~steplabel.annotators.critic.predict_first_error`). Monte Carlo, OmegaPRM and consensus
+need a gold answer; on an item without a usable one only the judge and the critic run, and the
+others record ``skipped``. A prediction is ``predicted`` (an index in ``-1..M-1``), ``unknown``
+(None; scored as wrong) or ``skipped``.
 
 :func:`predict_first_errors` runs them all on one item; the evaluate job runs the same parts as
-separate stages, one per engine role (:func:`completer_stage`, :func:`judge_stage`), and joins
-them (:func:`combine_predictions`).
+separate stages, one per engine role (:func:`completer_stage`, :func:`judge_stage`,
+:func:`critic_stage`), and joins them (:func:`combine_predictions`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 from steplabel.annotators.consensus import consensus
+from steplabel.annotators.critic import Critic, CriticConfig, critic_version
 from steplabel.annotators.evaluation.items import GOLD_UNREADABLE, GoldItem, is_int
 from steplabel.annotators.grading import Grade, check_answer_readable, grade
 from steplabel.annotators.judge import (
@@ -46,7 +50,10 @@ from steplabel.schemas.config import ConfigError
 from steplabel.schemas.rows import COST_FIELDS
 
 #: Annotator names, in the order they are reported.
-ANNOTATORS = ("mc", "omegaprm", "judge", "consensus")
+ANNOTATORS = ("mc", "omegaprm", "judge", "consensus", "critic")
+#: What ``evaluate`` runs when ``--annotators`` is not given (the critic is asked for by name:
+#: it needs a ``critic:`` section).
+DEFAULT_ANNOTATORS = ("mc", "omegaprm", "judge", "consensus")
 #: Annotators that grade rollouts against the gold answer.
 NEEDS_GOLD = frozenset({"mc", "omegaprm", "consensus"})
 #: Annotators another one is computed from.
@@ -99,6 +106,7 @@ class EvaluationSettings:
     omegaprm: OmegaPRMConfig | None = None
     judge: JudgeConfig | None = None
     omegaprm_final_answer: Literal["grade", "item"] = "grade"
+    critic: CriticConfig | None = None
 
     def __post_init__(self) -> None:
         if not is_int(self.run_seed) or self.run_seed < 0:
@@ -112,13 +120,14 @@ class EvaluationSettings:
                       ) -> "EvaluationSettings":
         return cls(run_seed=manifest.seed, policy_template=manifest.policy.template,
                    monte_carlo=manifest.monte_carlo, omegaprm=manifest.omegaprm,
-                   judge=manifest.judge,
+                   judge=manifest.judge, critic=manifest.critic,
                    omegaprm_final_answer=omegaprm_final_answer)  # type: ignore[arg-type]
 
     def check(self, annotators: Sequence[str]) -> None:
         """Raise :class:`ConfigError` naming the missing manifest section of an annotator."""
         sections = {"mc": ("monte_carlo", self.monte_carlo),
-                    "omegaprm": ("omegaprm", self.omegaprm), "judge": ("judge", self.judge)}
+                    "omegaprm": ("omegaprm", self.omegaprm), "judge": ("judge", self.judge),
+                    "critic": ("critic", self.critic)}
         for name in annotators:
             if name in sections and sections[name][1] is None:
                 raise ConfigError(f"annotator {name} needs a {sections[name][0]} section in "
@@ -134,6 +143,7 @@ def annotator_versions(judge_parser: str = "processbench") -> dict[str, str]:
         "omegaprm": f"{OMEGAPRM_NAME}/{OMEGAPRM_VERSION}:locate_first_error",
         "judge": f"llm_judge/2;{JUDGE_PARSER_VERSION[judge_parser]};{JUDGE_VOTE_VERSION}",
         "consensus": "consensus/1",
+        "critic": critic_version(),
     }
 
 
@@ -252,6 +262,19 @@ async def _predict_judge(item: GoldItem, *, engine,
          "parser": verdict.parser, "parser_version": verdict.parser_version})
 
 
+async def _predict_critic(item: GoldItem, *, engine,
+                          settings: EvaluationSettings) -> AnnotatorPrediction:
+    """The critic's first error: the first step its critiques call incorrect, voted over its
+    samples; nothing to check them against (every critique is ``no_trusted_labels``)."""
+    critic = Critic(engine, settings.critic, run_seed=settings.run_seed)
+    result = await critic.critique(problem_id=item.problem_id, solution_index=0,
+                                   question=item.problem, steps=list(item.steps))
+    index = result.prediction.first_error
+    return AnnotatorPrediction("critic", _known(index), index, result.prediction.reason,
+                               dict(result.cost), result.model_id,
+                               result.evaluation_details())
+
+
 def _skipped(name: str, reason: str) -> AnnotatorPrediction:
     return AnnotatorPrediction(name, STATUS_SKIPPED, None, reason, _zero_cost())
 
@@ -265,6 +288,7 @@ class Engines:
     policy: Any
     completer: Any
     judge: Any
+    critic: Any = None  # None: the judge's engine (the critic's model defaults to the judge's)
 
 
 def usable_gold_answer(item: GoldItem, annotators: Sequence[str], *,
@@ -304,6 +328,12 @@ async def predict_with_judge(item: GoldItem, *, engine, settings: EvaluationSett
                              ) -> dict[str, AnnotatorPrediction]:
     """The judge's prediction of ``item``. Engine failures propagate."""
     return {"judge": await _predict_judge(item, engine=engine, settings=settings)}
+
+
+async def predict_with_critic(item: GoldItem, *, engine, settings: EvaluationSettings
+                              ) -> dict[str, AnnotatorPrediction]:
+    """The critic's prediction of ``item``. Engine failures propagate."""
+    return {"critic": await _predict_critic(item, engine=engine, settings=settings)}
 
 
 def combine_predictions(item: GoldItem, *, annotators: Sequence[str], gold_answer: str | None,
@@ -359,6 +389,9 @@ async def predict_first_errors(
                                    settings=settings, gold_answer=gold_answer, grader=grader)]
     if "judge" in chosen:
         jobs.append(predict_with_judge(item, engine=engines.judge, settings=settings))
+    if "critic" in chosen:
+        jobs.append(predict_with_critic(item, engine=engines.critic or engines.judge,
+                                        settings=settings))
     done: dict[str, AnnotatorPrediction] = {}
     for part in await asyncio.gather(*jobs):
         done.update(part)
@@ -419,3 +452,9 @@ async def judge_stage(item: GoldItem, *, engine, settings: EvaluationSettings
                       ) -> StagePredictions:
     """:func:`predict_with_judge` as a stage: engine refusals are the result's failure."""
     return await _stage(predict_with_judge(item, engine=engine, settings=settings))
+
+
+async def critic_stage(item: GoldItem, *, engine, settings: EvaluationSettings
+                       ) -> StagePredictions:
+    """:func:`predict_with_critic` as a stage: engine refusals are the result's failure."""
+    return await _stage(predict_with_critic(item, engine=engine, settings=settings))
