@@ -54,7 +54,8 @@ SETTINGS = {"default": {"rollouts": 4},
 #: The job manifests' hashes with the source path relative to the repository (the hash holds
 #: the resolved path): equal at d698ef8 and now, so their datasets keep their identity.
 JOB_HASHES = {
-    "demo": "43f90c47798046d6a8210f91be52459f037db58ae072545f0e47ed4498570563",
+    # The demo changed on purpose in #23 (one-step additions, a constrained judge).
+    "demo": "df296d1aef3acd83f4cd78b4abb0ba16909b89c8316e36312e388b50f3e489eb",
     "gsm8k": "298dc2fdb009c12a1827dd1bd3a7ab07d8abb6e05251e8a278b3215e0f66d887",
     "math500": "9f15633de64e2db8e16c70a5c2d266c6ec5cbda1aabe208c538ad274e0934d8c",
 }

@@ -25,10 +25,11 @@ PINNED = {
             "omegaprm_states": "06051d06949b100c", "omegaprm_pairs": "f935b2ce1fef8025",
             "omegaprm_searches": "1025b20505c2fb39", "filtered": "55444884d90fe9a0",
             "dead_letter": "418df54ab34e18d4"},
+    # 1.3: the posterior columns of trajectories (#26) and the critiques output (#25).
     "1.3": {"trajectories": "4f1888e8f26f22a1", "rejected": "4f1888e8f26f22a1",
             "omegaprm_states": "06051d06949b100c", "omegaprm_pairs": "f935b2ce1fef8025",
             "omegaprm_searches": "1025b20505c2fb39", "filtered": "55444884d90fe9a0",
-            "dead_letter": "418df54ab34e18d4"},
+            "dead_letter": "418df54ab34e18d4", "critiques": "c185026b74787004"},
 }
 
 

@@ -191,4 +191,4 @@ def test_engine_resources_without_accelerators_leave_the_transform_alone():
     assert engine_resource_hints("judge", {"judge": "type:nvidia-l4"}) == {
         "accelerator": "type:nvidia-l4"}
     with pytest.raises(ValueError, match="engine role must be one of"):
-        engine_resource_hints("critic", {})
+        engine_resource_hints("reviewer", {})
