@@ -70,6 +70,8 @@ from steplabel.pipelines.evaluate_spec import (
     load_evaluation_manifest,
     make_spec,
 )
+from steplabel.pipelines.frame import run_framed
+from steplabel.pipelines.runners import pipeline_options
 from steplabel.schemas.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -126,12 +128,9 @@ def prepare_evaluation_dir(out_dir: str, spec: EvaluationSpec, *, overwrite: boo
 def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = False,
                    manifest_path: str | None = None) -> EvaluationResult:
     """Run the evaluate job to completion, then write the report and mark the directory."""
-    from steplabel.pipelines.frame import run_framed
-    from steplabel.pipelines.job import pipeline_options
-
-    manifest = spec.manifest
+    runner = spec.manifest.runner
     framed = run_framed(
-        manifest, options=pipeline_options(manifest),
+        runner=runner.runner, options=pipeline_options(runner),
         prepare=lambda: prepare_evaluation_dir(out_dir, spec, overwrite=overwrite),
         build=lambda pipeline: build_evaluation_pipeline(pipeline, spec, out_dir=out_dir),
         finalize=lambda counters: _finalize_evaluation(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 import yaml
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from steplabel.annotators.registry import roles
 from steplabel.schemas.config import ConfigError
@@ -86,6 +87,12 @@ def runner_options(runner) -> list[str]:
                           f"not {runner.runner}")
     options = {**profile.get("options", {}), **runner.options}
     return _as_args(options)
+
+
+def pipeline_options(runner, extra_args: list[str] | None = None) -> PipelineOptions:
+    """Beam options for ``runner`` (a RunnerConfig): a profile's options, then the manifest's,
+    then command-line arguments (later wins)."""
+    return PipelineOptions(runner_options(runner) + list(extra_args or []))
 
 
 #: Engine roles a profile may place on their own accelerators (``stage_accelerators``).
