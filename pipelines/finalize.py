@@ -51,13 +51,13 @@ def run_metrics(counters: dict[str, int]) -> dict:
     }
 
 
-def finalize_dataset(plan, *, problems_in: int | None, counters: dict[str, int],
-                     figures: dict | None = None) -> tuple[dict, dict]:
-    """Write stats.json, the lock, info.json and (reconciled) COMPLETED into the dataset
-    directory of ``plan`` (:class:`~steplabel.pipelines.launch.LaunchPlan`, which holds the
+def finalize_dataset(out_dir: str, plan, *, problems_in: int | None,
+                     counters: dict[str, int], figures: dict | None = None) -> tuple[dict, dict]:
+    """Write stats.json, the lock, info.json and (reconciled) COMPLETED into ``out_dir``, the
+    dataset of ``plan`` (:class:`~steplabel.pipelines.launch.LaunchPlan`, which holds the
     lock). ``figures``: the statistics, row counts and reconciliation counts the pipeline folded
     (``pipelines/figures.py``); without them they are read from the shards."""
-    out_dir, manifest = plan.out_dir, plan.manifest
+    manifest = plan.manifest
     # The pipeline has finished, so no writer of this job is left: temporary files are what
     # killed or failed writes left behind (readers ignore them; a finished dataset has none).
     directory = JobDirectory(out_dir)

@@ -67,20 +67,20 @@ def _input_problem_rows(key, rows):
     return key[0], {"dead_letter": sorted(rows, key=storage._sort_key)}
 
 
-def build_staged_pipeline(pipeline: beam.Pipeline, plan, *, items=None, wave=None, pool=None,
-                          last_wave: bool = True):
+def build_staged_pipeline(pipeline: beam.Pipeline, plan, *, out_dir: str, items=None,
+                          wave=None, pool=None, last_wave: bool = True):
     """Apply the whole job of ``plan`` (:class:`~steplabel.pipelines.launch.LaunchPlan`: the
-    manifest, the dataset directory ``plan.target``, the source path, the problems expected
-    for the progress display, the stages' accelerators, the grader) to ``pipeline``. Returns
-    the written shards' ``(output, rows)``. ``items`` (tests): the raw items, instead of the
-    source.
+    manifest, the source path, the problems expected for the progress display, the stages'
+    accelerators, the grader) to ``pipeline``, writing the dataset directory ``out_dir``.
+    Returns the written shards' ``(output, rows)``. ``items`` (tests): the raw items, instead
+    of the source.
 
     ``wave`` (:class:`~steplabel.pipelines.waves.Wave`): label only that wave's problems and
     write its parts, figures and input count under its folder (``waves.wave_dir``) for
     :class:`~steplabel.pipelines.waves.AssembleShards`; ``pool``: the ``shared.Shared`` engine
     pool handle, the same for every wave (engines stay loaded); ``last_wave``: the progress
     display closes after it."""
-    out_dir, num_shards = plan.target, plan.num_shards
+    num_shards = plan.num_shards
     # Where this pipeline's rows, figures and input count go: the dataset, or the wave's folder.
     parts_dir = out_dir if wave is None else wave_dir(out_dir, wave)
     problems, invalid = read_problems(

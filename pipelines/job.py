@@ -30,7 +30,13 @@ from steplabel.engines.base import EngineDiedError
 from steplabel.pipelines.finalize import finalize_dataset
 from steplabel.pipelines.frame import run_framed
 from steplabel.pipelines.graph import build_staged_pipeline
-from steplabel.pipelines.launch import JobError, LaunchPlan, graph_plan, plan_launch
+from steplabel.pipelines.launch import (
+    JobError,
+    LaunchPlan,
+    graph_plan,
+    local_absolute,
+    plan_launch,
+)
 from steplabel.pipelines.stages import _acquire_pool, stage_checkpoint_counts
 from steplabel.pipelines.waves import AssembleShards, SplitInput, Wave, split_dir, wave_dir
 
@@ -56,19 +62,19 @@ def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=Non
     """Apply the whole job of ``manifest`` to ``pipeline``, writing into ``out_dir``, without
     the launcher's checks (tests and benchmarks; ``items``: raw items instead of the source).
     ``run_job`` builds its graph from its launch plan instead."""
-    return build_staged_pipeline(pipeline, graph_plan(manifest, out_dir=out_dir), items=items)
+    return build_staged_pipeline(pipeline, graph_plan(manifest), out_dir=out_dir, items=items)
 
 
-def prepare_out_dir(plan: LaunchPlan, *, overwrite: bool) -> None:
-    """Claim the plan's dataset directory for this run (:meth:`JobDirectory.claim`): refuse a
+def prepare_out_dir(out_dir: str, plan: LaunchPlan, *, overwrite: bool) -> None:
+    """Claim ``out_dir`` for the run of ``plan`` (:meth:`JobDirectory.claim`): refuse a
     finished dataset (unless ``overwrite``), a directory of another manifest or of other input
     data, and any other non-empty directory; clear an earlier attempt's input count and
     figures."""
     manifest = plan.manifest
     record = {"name": manifest.name, "manifest_hash": manifest.hash,
               "manifest": manifest.to_dict(), "inputs": plan.inputs}
-    JobDirectory(plan.out_dir).claim(DATASET, record, overwrite=overwrite,
-                                     scratch=(ROWS_IN_FILE, FIGURES_FILE))
+    JobDirectory(out_dir).claim(DATASET, record, overwrite=overwrite,
+                                scratch=(ROWS_IN_FILE, FIGURES_FILE))
 
 
 def run_job(manifest, *, out_dir: str, overwrite: bool = False,
@@ -78,46 +84,47 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     cannot start), and the plan is handed to the job frame of :mod:`steplabel.pipelines.frame`
     (shared with ``evaluate``): claim, the pipelines, finalize."""
     plan = plan_launch(manifest, out_dir=out_dir, beam_args=beam_args)
+    target = local_absolute(out_dir)
 
     def whole(pipeline: beam.Pipeline) -> None:
-        build_staged_pipeline(pipeline, plan)
+        build_staged_pipeline(pipeline, plan, out_dir=target)
 
     steps, keep = whole, None
     if plan.waves > 1:  # the local runner, an input of more than runner.wave_size problems
         pool = shared.Shared()
         if plan.manifest.runner.direct_running_mode != "multi_processing":
             keep = _acquire_pool(pool)  # the workers run here: engines stay loaded between waves
-        steps = wave_steps(plan, pool)
+        steps = wave_steps(plan, target, pool)
         log.info("labelling %s problems in %d waves of about %d", plan.total, plan.waves,
                  plan.manifest.runner.wave_size)
     try:
         framed = run_framed(
             runner=plan.manifest.runner.runner, options=plan.options,
-            prepare=lambda: prepare_out_dir(plan, overwrite=overwrite),
+            prepare=lambda: prepare_out_dir(out_dir, plan, overwrite=overwrite),
             build=steps,
-            finalize=lambda counters: finalize_run(plan, counters),
-            on_failure=lambda exc: explain_failure(exc, plan.out_dir))
+            finalize=lambda counters: finalize_run(out_dir, plan, counters),
+            on_failure=lambda exc: explain_failure(exc, out_dir))
     finally:
         del keep
     info, stats = framed.result
     return JobResult(out_dir, info, stats, framed.seconds)
 
 
-def wave_steps(plan: LaunchPlan, pool: shared.Shared) -> list:
-    """The local runner's pipelines for ``plan.waves`` waves: split the input into the waves'
-    records (after clearing an earlier attempt's split), label each wave (after clearing what
-    an earlier attempt of it wrote; its stage checkpoints stay: finished keys are replayed),
-    then assemble the shards. ``pool``: the engine pool every wave shares."""
-    out_dir, count = plan.target, plan.waves
+def wave_steps(plan: LaunchPlan, out_dir: str, pool: shared.Shared) -> list:
+    """The local runner's pipelines for ``plan.waves`` waves into ``out_dir``: split the input
+    into the waves' records (after clearing an earlier attempt's split), label each wave (after
+    clearing what an earlier attempt of it wrote; its stage checkpoints stay: finished keys are
+    replayed), then assemble the shards. ``pool``: the engine pool every wave shares."""
+    count = plan.waves
 
     def split(pipeline: beam.Pipeline) -> None:
         delete_tree(split_dir(out_dir, count))
-        pipeline | "SplitInput" >> SplitInput(plan)
+        pipeline | "SplitInput" >> SplitInput(plan, out_dir=out_dir)
 
     def label(wave: Wave):
         def build(pipeline: beam.Pipeline) -> None:
             delete_tree(wave_dir(out_dir, wave))
-            build_staged_pipeline(pipeline, plan, wave=wave, pool=pool,
+            build_staged_pipeline(pipeline, plan, out_dir=out_dir, wave=wave, pool=pool,
                                   last_wave=wave.index == wave.count - 1)
         return build
 
@@ -149,18 +156,18 @@ def explain_failure(exc: BaseException, out_dir: str) -> None:
         raise JobError(message) from exc
 
 
-def finalize_run(plan: LaunchPlan, counters: dict[str, int]) -> tuple[dict, dict]:
+def finalize_run(out_dir: str, plan: LaunchPlan, counters: dict[str, int]) -> tuple[dict, dict]:
     """The input count and the figures the pipeline wrote, then the dataset's small files
     and ``COMPLETED`` (:func:`~steplabel.pipelines.finalize.finalize_dataset`)."""
-    directory = JobDirectory(plan.out_dir)
+    directory = JobDirectory(out_dir)
     rows_in = storage.read_json_if_exists(directory.work(ROWS_IN_FILE))
     if rows_in is None:
         raise JobError(f"the pipeline finished without writing its input count "
                        f"({storage.WORK_DIR}/{ROWS_IN_FILE}); the dataset is not finalized")
     # The statistics and reconciliation counts the pipeline folded (a CombineFn).
     figures = storage.read_json_if_exists(directory.work(FIGURES_FILE))
-    return finalize_dataset(plan, problems_in=rows_in["rows_in"], counters=counters,
-                            figures=figures)
+    return finalize_dataset(out_dir, plan, problems_in=rows_in["rows_in"],
+                            counters=counters, figures=figures)
 
 
 def engine_died(exc: BaseException) -> bool:

@@ -26,7 +26,7 @@ from steplabel.annotators.graders import Grader, get_grader
 from steplabel.annotators.stages import StageContext
 from steplabel.engines.parallel import visible_gpu_count
 from steplabel.pipelines.lock import build_lock
-from steplabel.pipelines.runners import pipeline_options, stage_accelerators
+from steplabel.pipelines.runners import runner_settings, stage_accelerators
 from steplabel.pipelines.sources import open_source
 from steplabel.pipelines.waves import wave_count
 from steplabel.schemas.config import ConfigError
@@ -38,10 +38,10 @@ class JobError(RuntimeError):
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """Everything the launcher derived from a manifest, computed once.
+    """Everything the launcher derived from a manifest, computed once (the dataset directory
+    is not part of it: it travels beside the plan).
 
-    ``out_dir`` is the dataset directory as the user named it (claimed and finalized there);
-    ``target`` the same made absolute for workers that run in other folders. ``accelerators``:
+    ``accelerators``:
     role -> the runner profile's accelerator (:func:`~steplabel.pipelines.runners.
     stage_accelerators`); ``grader``: the job's grader (input validation, the lock);
     ``source_path``: the source's local path made absolute (None: the manifest's, or a hub
@@ -51,8 +51,6 @@ class LaunchPlan:
     hashes (``run.json``, the lock); ``lock``: ``manifest.lock.json``."""
 
     manifest: Any
-    out_dir: str
-    target: str
     grader: Grader
     accelerators: dict[str, str]
     source_path: str | None = None
@@ -67,24 +65,24 @@ class LaunchPlan:
         return self.manifest.runner.num_shards
 
 
-def graph_plan(manifest, *, out_dir: str) -> LaunchPlan:
+def graph_plan(manifest) -> LaunchPlan:
     """The parts of a plan the graph reads, without the launcher's checks (tests and benchmarks
     that build the staged graph from a manifest)."""
-    return LaunchPlan(manifest, out_dir=out_dir, target=out_dir,
-                      grader=get_grader(manifest.grader),
+    return LaunchPlan(manifest, grader=get_grader(manifest.grader),
                       accelerators=stage_accelerators(manifest.runner))
 
 
 def plan_launch(manifest, *, out_dir: str, beam_args: list[str] | None = None) -> LaunchPlan:
-    """The launch plan of ``manifest`` for the dataset directory ``out_dir``; ``beam_args``:
+    """The launch plan of ``manifest`` for a job that writes ``out_dir``; ``beam_args``:
     Beam options from the command line (they win over the profile's and the manifest's).
     Raises :class:`JobError` (or the source's own error) when the job cannot start."""
     runner = manifest.runner
-    options = pipeline_options(runner, beam_args)
+    settings = runner_settings(runner)
+    args = settings.args + list(beam_args or [])
+    options = PipelineOptions(args)
     try:
         context = StageContext(manifest)
-        accelerators = stage_accelerators(runner)
-        roles = context.roles(pools=accelerators)
+        roles = context.roles(pools=settings.accelerators)
     except ConfigError as exc:
         raise JobError(str(exc)) from None
     check_engine_copies(runner, roles, workers=worker_processes(runner, options))
@@ -93,15 +91,14 @@ def plan_launch(manifest, *, out_dir: str, beam_args: list[str] | None = None) -
     source = open_source(manifest.source, source_path)
     source.check()
     total = source.estimate_rows()
+    # The input files as the manifest names them (relative paths stay relative in the lock).
+    inputs = open_source(manifest.source).fingerprint()
     waves = wave_count(runner, total)
     if waves > 1:
         # Beam's construction-time type inference is half of building a wave's graph, and the
         # graph is built once per wave; the rows' schemas are checked where they are written.
-        options = pipeline_options(runner, [*(beam_args or []), "--no_pipeline_type_check"])
-    # The input files as the manifest names them (relative paths stay relative in the lock).
-    inputs = open_source(manifest.source).fingerprint()
-    return LaunchPlan(manifest, out_dir=out_dir, target=local_absolute(out_dir),
-                      grader=context.grader, accelerators=accelerators,
+        options = PipelineOptions([*args, "--no_pipeline_type_check"])
+    return LaunchPlan(manifest, grader=context.grader, accelerators=settings.accelerators,
                       source_path=source_path, total=total, waves=waves, options=options,
                       inputs=inputs, lock=build_lock(context, inputs=inputs))
 

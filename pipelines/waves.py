@@ -150,15 +150,15 @@ class SplitInput(beam.PTransform):
     input folder (:func:`wave_input_dir`), so that each wave reads its own records, not the
     whole input again. Only counts cross stage boundaries: nothing of the input is held.
     ``plan`` (:class:`~steplabel.pipelines.launch.LaunchPlan`): the source and its path, the
-    grader that finds each record's problem id, the dataset directory and the wave count."""
+    grader that finds each record's problem id, the wave count; ``out_dir``: the dataset."""
 
-    def __init__(self, plan) -> None:
+    def __init__(self, plan, *, out_dir: str) -> None:
         super().__init__()
         source = plan.manifest.source
         self.read = ReadProblems(source, path=plan.source_path)
         self.write = _WriteWaveChunksFn(
             fields=source.fields, answer_format=source.answer_format,
-            manifest_hash=plan.manifest.hash, grader=plan.grader, out_dir=plan.target,
+            manifest_hash=plan.manifest.hash, grader=plan.grader, out_dir=out_dir,
             count=plan.waves)
 
     def expand(self, pbegin):
