@@ -6,7 +6,8 @@ the error the user sees): the runner's Beam options; the stage context (splitter
 template, grader), the runner profile's accelerators and the engine roles with their share of
 GPU memory; whether this machine can host the engines; whether the runner's workers can reach
 the input and the dataset; the source (its files exist, its size where that is cheap, hence
-the number of waves); the input files' hashes and the lock (:mod:`steplabel.pipelines.lock`).
+the number of waves) and the input files' hashes. The lock (:mod:`steplabel.pipelines.lock`)
+is gathered from the plan in one pass when the finalize step first asks for it.
 
 The launcher (:mod:`steplabel.pipelines.job`) then hands the plan, not the manifest, to the
 graph (:mod:`steplabel.pipelines.graph`), the waves (:mod:`steplabel.pipelines.waves`) and the
@@ -16,13 +17,14 @@ manifest the plan carries.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from steplabel.annotators.graders import Grader, get_grader
+from steplabel.annotators.graders import Grader
 from steplabel.annotators.stages import StageContext
 from steplabel.engines.parallel import visible_gpu_count
 from steplabel.pipelines.lock import build_lock
@@ -41,35 +43,47 @@ class LaunchPlan:
     """Everything the launcher derived from a manifest, computed once (the dataset directory
     is not part of it: it travels beside the plan).
 
-    ``accelerators``:
-    role -> the runner profile's accelerator (:func:`~steplabel.pipelines.runners.
-    stage_accelerators`); ``grader``: the job's grader (input validation, the lock);
-    ``source_path``: the source's local path made absolute (None: the manifest's, or a hub
-    dataset); ``total``: input records when cheap to count on the launcher (None: unknown);
-    ``waves``: pipelines the local runner labels the input in (1: one pipeline);
-    ``options``: the Beam options of every pipeline of the job; ``inputs``: the input files'
-    hashes (``run.json``, the lock); ``lock``: ``manifest.lock.json``."""
+    ``context``: the stage context (the splitter, the policy template and the grader every
+    stage uses); ``accelerators``: role -> the runner profile's accelerator
+    (:func:`~steplabel.pipelines.runners.stage_accelerators`); ``source_path``: the source's
+    local path made absolute (None: the manifest's, or a hub dataset); ``total``: input records
+    when cheap to count on the launcher (None: unknown); ``waves``: pipelines the local runner
+    labels the input in (1: one pipeline); ``options``: the Beam options of every pipeline of
+    the job; ``inputs``: the input files' hashes (``run.json``, the lock)."""
 
-    manifest: Any
-    grader: Grader
+    context: StageContext
     accelerators: dict[str, str]
     source_path: str | None = None
     total: int | None = None
     waves: int = 1
     options: PipelineOptions | None = None
     inputs: dict[str, str] = field(default_factory=dict)
-    lock: dict | None = None
+
+    @property
+    def manifest(self):
+        return self.context.manifest
+
+    @property
+    def grader(self) -> Grader:
+        """The job's grader: input validation reads each record's gold with it."""
+        return self.context.grader
 
     @property
     def num_shards(self) -> int:
         return self.manifest.runner.num_shards
 
+    @functools.cached_property
+    def lock(self) -> dict:
+        """``manifest.lock.json`` (:func:`~steplabel.pipelines.lock.build_lock`), gathered in
+        one pass when first asked for: by the finalize step, after the pipelines ran (hashing a
+        local model's files is no work to do before a job that may yet be refused)."""
+        return build_lock(self.context, inputs=self.inputs)
+
 
 def graph_plan(manifest) -> LaunchPlan:
     """The parts of a plan the graph reads, without the launcher's checks (tests and benchmarks
     that build the staged graph from a manifest)."""
-    return LaunchPlan(manifest, grader=get_grader(manifest.grader),
-                      accelerators=stage_accelerators(manifest.runner))
+    return LaunchPlan(StageContext(manifest), accelerators=stage_accelerators(manifest.runner))
 
 
 def plan_launch(manifest, *, out_dir: str, beam_args: list[str] | None = None) -> LaunchPlan:
@@ -98,9 +112,8 @@ def plan_launch(manifest, *, out_dir: str, beam_args: list[str] | None = None) -
         # Beam's construction-time type inference is half of building a wave's graph, and the
         # graph is built once per wave; the rows' schemas are checked where they are written.
         options = PipelineOptions([*args, "--no_pipeline_type_check"])
-    return LaunchPlan(manifest, grader=context.grader, accelerators=settings.accelerators,
-                      source_path=source_path, total=total, waves=waves, options=options,
-                      inputs=inputs, lock=build_lock(context, inputs=inputs))
+    return LaunchPlan(context, accelerators=settings.accelerators, source_path=source_path,
+                      total=total, waves=waves, options=options, inputs=inputs)
 
 
 def check_runner_paths(manifest, out_dir: str) -> None:
