@@ -1,6 +1,6 @@
 """``steplabel regenerate LOCK --out DIR [--verify DATASET]``: make a dataset again from its lock.
 
-``manifest.lock.json`` (written by every run, :func:`steplabel.pipelines.finalize.build_lock`)
+``manifest.lock.json`` (written by every run, :func:`steplabel.pipelines.lock.build_lock`)
 holds the full manifest and what it ran on. Before rerunning, the lock is checked against this
 machine:
 
@@ -198,7 +198,7 @@ def check_environment(lock: dict) -> list[str]:
     import os
     import platform
 
-    from steplabel.pipelines.finalize import DETERMINISM_ENV, code_version, package_versions
+    from steplabel.pipelines.lock import DETERMINISM_ENV, code_version, package_versions
 
     warnings = _differences("package", lock.get("packages") or {}, package_versions())
     locked_code, code = lock.get("code") or {}, code_version()
@@ -225,9 +225,9 @@ def check_environment(lock: dict) -> list[str]:
 
 def check_lock(lock: dict, manifest) -> LockCheck:
     """Compare a lock with this machine (see the module docstring)."""
-    from steplabel.pipelines.finalize import input_hashes
+    from steplabel.pipelines.sources import open_source
 
-    refusals = check_inputs(lock.get("inputs") or {}, input_hashes(manifest.source))
+    refusals = check_inputs(lock.get("inputs") or {}, open_source(manifest.source).fingerprint())
     warnings = []
     if not lock.get("inputs"):
         warnings.append("the lock holds no input hashes (remote or hub source): the input "

@@ -70,6 +70,9 @@ from steplabel.pipelines.evaluate_spec import (
     load_evaluation_manifest,
     make_spec,
 )
+from steplabel.pipelines.frame import run_framed
+from steplabel.pipelines.launch import JobError, check_model_paths, check_out_path
+from steplabel.pipelines.runners import pipeline_options
 from steplabel.schemas.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -126,22 +129,14 @@ def prepare_evaluation_dir(out_dir: str, spec: EvaluationSpec, *, overwrite: boo
 def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = False,
                    manifest_path: str | None = None) -> EvaluationResult:
     """Run the evaluate job to completion, then write the report and mark the directory."""
-    from steplabel.pipelines.frame import run_framed
-    from steplabel.pipelines.job import (
-        JobError,
-        check_model_paths,
-        check_out_path,
-        pipeline_options,
-    )
-
-    manifest = spec.manifest
     try:  # before anything starts: a file as --out, a model folder that is not there
         check_out_path(out_dir)
-        check_model_paths(manifest)
+        check_model_paths(spec.manifest)
     except JobError as exc:
         raise EvaluationError(str(exc)) from None
+    runner = spec.manifest.runner
     framed = run_framed(
-        manifest, options=pipeline_options(manifest),
+        runner=runner.runner, options=pipeline_options(runner),
         prepare=lambda: prepare_evaluation_dir(out_dir, spec, overwrite=overwrite),
         build=lambda pipeline: build_evaluation_pipeline(pipeline, spec, out_dir=out_dir),
         finalize=lambda counters: _finalize_evaluation(

@@ -21,20 +21,12 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from steplabel.pipelines.runners import runner_options
-
 log = logging.getLogger(__name__)
 
 
-def pipeline_options(manifest, extra_args: list[str] | None = None) -> PipelineOptions:
-    """Beam options for the manifest's runner: a profile's options, then the manifest's, then
-    command-line arguments (later wins)."""
-    return PipelineOptions(runner_options(manifest.runner) + list(extra_args or []))
-
-
-def make_pipeline(manifest, options: PipelineOptions) -> beam.Pipeline:
-    """A pipeline on the manifest's runner."""
-    if manifest.runner.runner == "local":
+def make_pipeline(runner: str, options: PipelineOptions) -> beam.Pipeline:
+    """A pipeline on ``runner`` (``runner.runner`` of a manifest: local, portable, ...)."""
+    if runner == "local":
         # Beam's FnApiRunner directly: the DirectRunner would first try to download Prism.
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     return beam.Pipeline(options=options)
@@ -79,19 +71,20 @@ def pipeline_counters(result) -> dict[str, int]:
     return dict(sorted(counters.items()))
 
 
-def run_framed(manifest, *, options, prepare: Callable[[], None],
+def run_framed(*, runner: str, options: PipelineOptions, prepare: Callable[[], None],
                build: Callable[[beam.Pipeline], Any] | list[Callable[[beam.Pipeline], Any]],
                finalize: Callable[[dict[str, int]], Any],
                on_failure: Callable[[BaseException], None] | None = None) -> Framed:
-    """Run one job: ``prepare()`` the directory, ``build(pipeline)`` on the manifest's runner,
-    run it to the end, then ``finalize(counters)``. ``build`` may be a list: one pipeline each,
+    """Run one job: ``prepare()`` the directory, ``build(pipeline)`` on ``runner`` (as
+    :func:`make_pipeline` takes it) with ``options``, run it to the end, then
+    ``finalize(counters)``. ``build`` may be a list: one pipeline each,
     in order (the local runner's waves, then their assembly), their counters summed. A pipeline
     failure goes to ``on_failure`` (which may raise a clearer error) and is re-raised."""
     started = time.perf_counter()
     prepare()
     counters: dict[str, int] = {}
     for step in build if isinstance(build, list) else [build]:
-        pipeline = make_pipeline(manifest, options)
+        pipeline = make_pipeline(runner, options)
         step(pipeline)
         try:
             result = pipeline.run()

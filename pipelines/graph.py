@@ -19,11 +19,9 @@ import json
 
 import apache_beam as beam
 
-from steplabel.annotators.graders import get_grader
 from steplabel.dataset import storage
 from steplabel.dataset.directory import INPUT_PREFIX, ROWS_IN_FILE
 from steplabel.pipelines.figures import DatasetFiguresFn, write_figures, write_figures_state
-from steplabel.pipelines.runners import stage_accelerators
 from steplabel.pipelines.sink import WriteShards
 from steplabel.pipelines.sources import ReadProblems, ValidateProblems
 from steplabel.pipelines.stages import LabelStages
@@ -36,15 +34,16 @@ def _write_rows_in(count: int, folder: str) -> int:
     return count
 
 
-def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
-                  source_path: str | None = None, wave_input: str | None = None):
-    """Read the source on the workers, count the rows in (``_work/rows_in.json``) and validate:
-    ``(problems, input dead-letter rows)``. ``wave_input``: read one wave's records from where
-    ``waves.SplitInput`` wrote them instead, and count them into the wave's folder,
-    ``out_dir``."""
-    source = manifest.source
+def read_problems(pipeline: beam.Pipeline, plan, *, out_dir: str, items=None,
+                  wave_input: str | None = None):
+    """Read the source on the workers, count the rows in (``_work/rows_in.json``) and validate
+    with the plan's grader: ``(problems, input dead-letter rows)``. ``wave_input``: read one
+    wave's records from where ``waves.SplitInput`` wrote them instead, and count them into the
+    wave's folder, ``out_dir``."""
+    source = plan.manifest.source
     if wave_input is None:
-        raw = pipeline | "ReadProblems" >> ReadProblems(source, path=source_path, items=items)
+        raw = pipeline | "ReadProblems" >> ReadProblems(source, path=plan.source_path,
+                                                        items=items)
         counted_in = storage.join(out_dir, storage.WORK_DIR)
     else:
         raw = pipeline | "ReadWaveInput" >> ReadWaveInput(wave_input)
@@ -53,8 +52,8 @@ def read_problems(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None
      | "CountRowsIn" >> beam.combiners.Count.Globally()
      | "WriteRowsIn" >> beam.Map(_write_rows_in, counted_in))
     return raw | "ValidateProblems" >> ValidateProblems(
-        fields=source.fields, answer_format=source.answer_format, manifest_hash=manifest.hash,
-        grader=get_grader(manifest.grader), layout=source.layout)
+        fields=source.fields, answer_format=source.answer_format,
+        manifest_hash=plan.manifest.hash, grader=plan.grader, layout=source.layout)
 
 
 def _input_key(row: dict):
@@ -68,29 +67,27 @@ def _input_problem_rows(key, rows):
     return key[0], {"dead_letter": sorted(rows, key=storage._sort_key)}
 
 
-def build_staged_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
-                          total: int | None = None, source_path: str | None = None,
-                          accelerators: dict[str, str] | None = None, wave=None, pool=None,
-                          last_wave: bool = True):
-    """Apply the whole job to ``pipeline`` (same arguments as ``job.build_pipeline``;
-    ``total``: problems expected, for the progress display). Returns the written shards'
-    ``(output, rows)``.
+def build_staged_pipeline(pipeline: beam.Pipeline, plan, *, out_dir: str, items=None,
+                          wave=None, pool=None, last_wave: bool = True):
+    """Apply the whole job of ``plan`` (:class:`~steplabel.pipelines.launch.LaunchPlan`: the
+    manifest, the source path, the problems expected for the progress display, the stages'
+    accelerators, the grader) to ``pipeline``, writing the dataset directory ``out_dir``.
+    Returns the written shards' ``(output, rows)``. ``items`` (tests): the raw items, instead
+    of the source.
 
     ``wave`` (:class:`~steplabel.pipelines.waves.Wave`): label only that wave's problems and
     write its parts, figures and input count under its folder (``waves.wave_dir``) for
     :class:`~steplabel.pipelines.waves.AssembleShards`; ``pool``: the ``shared.Shared`` engine
     pool handle, the same for every wave (engines stay loaded); ``last_wave``: the progress
     display closes after it."""
-    if accelerators is None:
-        accelerators = stage_accelerators(manifest.runner)
-    num_shards = manifest.runner.num_shards
+    num_shards = plan.num_shards
     # Where this pipeline's rows, figures and input count go: the dataset, or the wave's folder.
     parts_dir = out_dir if wave is None else wave_dir(out_dir, wave)
     problems, invalid = read_problems(
-        pipeline, manifest, out_dir=parts_dir, items=items, source_path=source_path,
+        pipeline, plan, out_dir=parts_dir, items=items,
         wave_input=None if wave is None else wave_input_dir(out_dir, wave))
-    stages = LabelStages(manifest, out_dir=out_dir, total=total, accelerators=accelerators,
-                         pool=pool, close_progress=last_wave)
+    stages = LabelStages(plan.manifest, out_dir=out_dir, total=plan.total,
+                         accelerators=plan.accelerators, pool=pool, close_progress=last_wave)
     labelled = problems | "Label" >> stages
     written = labelled.rows | "Write" >> WriteShards(parts_dir, num_shards=num_shards,
                                                      provenance=stages.provenance)

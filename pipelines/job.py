@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from apache_beam.utils import shared
 
-from steplabel.annotators.stages import StageContext
 from steplabel.annotators.sandbox import close_shared_pool
 from steplabel.dataset import storage
-from steplabel.dataset.stats import top_reject_reasons
 from steplabel.dataset.directory import (
     FIGURES_FILE,
     ROWS_IN_FILE,
@@ -30,33 +26,28 @@ from steplabel.dataset.directory import (
     JobKind,
     delete_tree,
 )
+from steplabel.dataset.stats import top_reject_reasons
 from steplabel.engines.base import EngineDiedError
-from steplabel.engines.parallel import visible_gpu_count
-from steplabel.pipelines.finalize import finalize_dataset, input_hashes
-from steplabel.pipelines.frame import pipeline_options, run_framed
+from steplabel.pipelines.finalize import finalize_dataset
+from steplabel.pipelines.frame import run_framed
 from steplabel.pipelines.graph import build_staged_pipeline
-from steplabel.pipelines.runners import stage_accelerators
-from steplabel.pipelines.sources import check_source, estimate_rows
-from steplabel.pipelines.stages import _acquire_pool, stage_checkpoint_counts
-from steplabel.pipelines.waves import (
-    AssembleShards,
-    SplitInput,
-    Wave,
-    split_dir,
-    wave_count,
-    wave_dir,
+from steplabel.pipelines.launch import (  # JobError and the checks: job's names too
+    JobError,
+    LaunchPlan,
+    check_model_paths,
+    check_out_path,
+    graph_plan,
+    local_absolute,
+    plan_launch,
 )
-from steplabel.schemas.config import ConfigError, looks_like_local_path
+from steplabel.pipelines.stages import _acquire_pool, stage_checkpoint_counts
+from steplabel.pipelines.waves import AssembleShards, SplitInput, Wave, split_dir, wave_dir
 
 log = logging.getLogger(__name__)
 
 
-class JobError(RuntimeError):
-    """The job cannot start or did not finish; the message says why and what to do."""
-
-
 #: A ``run``'s dataset directory: ``_work/run.json`` holds the manifest's name, hash and the
-#: input files' hashes (:func:`~steplabel.pipelines.finalize.input_hashes`).
+#: input files' hashes (``LaunchPlan.inputs``).
 DATASET = JobKind(product="dataset", owner="manifest",
                   stranger="a steplabel run of this manifest", hash_field="manifest_hash",
                   error=JobError)
@@ -70,165 +61,51 @@ class JobResult:
     seconds: float
 
 
-def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None,
-                   total: int | None = None, source_path: str | None = None, wave=None,
-                   pool=None, last_wave: bool = True):
-    """Apply the whole job to ``pipeline``: the staged graph (:mod:`steplabel.pipelines.graph`,
-    one Beam stage per model stage). ``source_path`` replaces the manifest's source path (the
-    launcher passes local paths made absolute); ``wave``, ``pool``, ``last_wave``: one wave of
-    the local runner (:mod:`steplabel.pipelines.waves`)."""
-    return build_staged_pipeline(pipeline, manifest, out_dir=out_dir, items=items, total=total,
-                                 source_path=source_path, wave=wave, pool=pool,
-                                 last_wave=last_wave)
+def build_pipeline(pipeline: beam.Pipeline, manifest, *, out_dir: str, items=None):
+    """Apply the whole job of ``manifest`` to ``pipeline``, writing into ``out_dir``, without
+    the launcher's checks (tests and benchmarks; ``items``: raw items instead of the source).
+    ``run_job`` builds its graph from its launch plan instead."""
+    return build_staged_pipeline(pipeline, graph_plan(manifest), out_dir=out_dir, items=items)
 
 
-def check_runner_paths(manifest, out_dir: str) -> None:
-    """Workers of Dataflow and Flink run on other machines: they can neither read local input
-    nor write a local dataset (a portable job service on this machine may do both)."""
-    runner = manifest.runner.runner
-    if runner not in ("dataflow", "flink"):
-        return
-    if "://" not in out_dir:
-        raise JobError(f"--out {out_dir} is local, but {runner} workers run on other machines: "
-                       "use a remote dataset directory (gs://BUCKET/..., s3://..., hdfs://...)")
-    path = manifest.source.path
-    if path and "://" not in path:
-        raise JobError(f"source.path {path} is local, but {runner} workers read the input: "
-                       "copy it to remote storage and point source.path there")
-
-
-def check_out_path(out_dir: str) -> None:
-    """A local ``--out`` must be a directory or not exist yet (nor any file on its way)."""
-    if "://" in out_dir:
-        return
-    path = Path(out_dir).expanduser()
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                where = "is a file" if folder == path else f"is inside {folder}, a file"
-                raise JobError(f"--out {out_dir} {where}, not a directory: choose a directory "
-                               "(it is created if it does not exist)")
-            return
-
-
-def check_model_paths(manifest) -> None:
-    """A vLLM model given as a local path that does not exist is refused before the pipeline
-    starts (workers of the local and portable runners share this machine's files)."""
-    if manifest.runner.runner not in ("local", "portable"):
-        return
-    models = manifest.models
-    for role in ("policy", "completer", "judge"):
-        config = getattr(models, role, None)
-        if config is None or config.kind != "vllm" or config.model == "embedded":
-            continue
-        path = Path(config.model).expanduser()
-        if looks_like_local_path(config.model) and not path.is_dir():
-            state = "is not a folder" if path.exists() else "does not exist"
-            raise JobError(f"models.{role}.model {config.model} {state}: give the folder of a "
-                           "model (config.json and weights), a hub id (owner/name) or embedded")
-
-
-def prepare_out_dir(out_dir: str, manifest, *, overwrite: bool) -> None:
-    """Claim ``out_dir`` for this run (:meth:`JobDirectory.claim`): refuse a finished dataset
-    (unless ``overwrite``), a directory of another manifest or of other input data, and any
-    other non-empty directory; clear an earlier attempt's input count and figures."""
+def prepare_out_dir(out_dir: str, plan: LaunchPlan, *, overwrite: bool) -> None:
+    """Claim ``out_dir`` for the run of ``plan`` (:meth:`JobDirectory.claim`): refuse a
+    finished dataset (unless ``overwrite``), a directory of another manifest or of other input
+    data, and any other non-empty directory; clear an earlier attempt's input count and
+    figures."""
+    manifest = plan.manifest
     record = {"name": manifest.name, "manifest_hash": manifest.hash,
-              "manifest": manifest.to_dict(), "inputs": input_hashes(manifest.source)}
+              "manifest": manifest.to_dict(), "inputs": plan.inputs}
     JobDirectory(out_dir).claim(DATASET, record, overwrite=overwrite,
                                 scratch=(ROWS_IN_FILE, FIGURES_FILE))
 
 
-def accelerator_count() -> int:
-    """GPUs on this machine (``CUDA_VISIBLE_DEVICES`` applies); 0 on a machine without any."""
-    return visible_gpu_count()
-
-
-def worker_processes(manifest, options: PipelineOptions) -> int:
-    """SDK worker processes on this machine that each host their own engines: the local
-    runner's in multi_processing mode, the portable runner's (its job service runs here)."""
-    runner = manifest.runner
-    if runner.runner == "local" and runner.direct_running_mode == "multi_processing":
-        return runner.direct_num_workers
-    if runner.runner == "portable":
-        return options.view_as(DirectOptions).direct_num_workers or 1
-    return 1
-
-
-def check_engine_copies(manifest, options: PipelineOptions | None = None) -> None:
-    """Before the job starts: the vLLM models of one worker process fit its GPUs' memory
-    (``share_gpu_memory``, per worker pool of the runner's ``stage_accelerators``), and no
-    more than one worker process on this machine hosts vLLM engines.
-
-    One worker process takes every GPU of its machine: each vLLM engine runs one replica per
-    ``tensor_parallel_size`` GPUs (``data_parallel_size: auto``). Beam's worker processes are not
-    pinned to devices, so a second one would load its engines on the same GPUs (or, without
-    GPUs, on the same cores)."""
-    options = options or pipeline_options(manifest)
-    try:
-        roles = StageContext(manifest).roles(pools=stage_accelerators(manifest.runner))
-    except ConfigError as exc:
-        raise JobError(str(exc)) from None
-    uses_vllm = any(config.kind == "vllm" for config in roles.values())
-    workers = worker_processes(manifest, options)
-    if uses_vllm and workers > 1:
-        gpus = accelerator_count()
-        setting = ("runner.direct_num_workers is {n} in multi_processing mode"
-                   if manifest.runner.runner == "local" else
-                   "the portable runner has {n} SDK workers (direct_num_workers)")
-        raise JobError(
-            setting.format(n=workers) + ", but every worker process would load its own vLLM "
-            f"engines on the same devices (this machine has {gpus or 'no'} GPU(s); worker "
-            "processes are not pinned to GPUs). Use one worker: its engines use every GPU "
-            "(models.*.data_parallel_size: auto, one engine replica per GPU) with many problems "
-            "in flight; or the local runner's in_memory or multi_threading mode.")
-
-
-def local_absolute(path: str) -> str:
-    """Workers of the portable runner run in other folders: local paths they get are absolute."""
-    return path if "://" in path else str(Path(path).resolve())
-
-
 def run_job(manifest, *, out_dir: str, overwrite: bool = False,
             beam_args: list[str] | None = None) -> JobResult:
-    """Run the job to completion and finalize the dataset directory (the job frame of
-    :mod:`steplabel.pipelines.frame`, shared with ``evaluate``)."""
-    check_out_path(out_dir)
-    check_model_paths(manifest)
-    options = pipeline_options(manifest, beam_args)
-    check_engine_copies(manifest, options)
-    check_runner_paths(manifest, out_dir)
-    source_path = local_absolute(manifest.source.path) if manifest.source.path else None
-    check_source(manifest.source, source_path)
-
-    total = estimate_rows(manifest.source, source_path)
-    count = wave_count(manifest.runner, total)
+    """Run the job to completion and finalize the dataset directory: the manifest becomes one
+    launch plan (:func:`~steplabel.pipelines.launch.plan_launch`, which refuses a job that
+    cannot start), and the plan is handed to the job frame of :mod:`steplabel.pipelines.frame`
+    (shared with ``evaluate``): claim, the pipelines, finalize."""
+    plan = plan_launch(manifest, out_dir=out_dir, beam_args=beam_args)
     target = local_absolute(out_dir)
 
-    def build(pipeline: beam.Pipeline) -> None:
-        build_pipeline(pipeline, manifest, out_dir=target, source_path=source_path, total=total)
+    def whole(pipeline: beam.Pipeline) -> None:
+        build_staged_pipeline(pipeline, plan, out_dir=target)
 
-    steps = build
-    pool = keep = None
-    if count > 1:  # the local runner, an input of more than runner.wave_size problems
+    steps, keep = whole, None
+    if plan.waves > 1:  # the local runner, an input of more than runner.wave_size problems
         pool = shared.Shared()
-        if manifest.runner.direct_running_mode != "multi_processing":
+        if plan.manifest.runner.direct_running_mode != "multi_processing":
             keep = _acquire_pool(pool)  # the workers run here: engines stay loaded between waves
-        # Beam's construction-time type inference is half of building a wave's graph, and the
-        # graph is built once per wave; the rows' schemas are checked where they are written.
-        options = pipeline_options(manifest, [*(beam_args or []), "--no_pipeline_type_check"])
-        steps = [split_step(manifest, target, count, source_path=source_path)]
-        steps += [wave_step(manifest, target, Wave(index, count), source_path=source_path,
-                            total=total, pool=pool) for index in range(count)]
-        steps.append(lambda pipeline: pipeline | "Assemble" >> AssembleShards(
-            target, count=count, num_shards=manifest.runner.num_shards))
-        log.info("labelling %s problems in %d waves of about %d", total, count,
-                 manifest.runner.wave_size)
+        steps = wave_steps(plan, target, pool)
+        log.info("labelling %s problems in %d waves of about %d", plan.total, plan.waves,
+                 plan.manifest.runner.wave_size)
     try:
         framed = run_framed(
-            manifest, options=options,
-            prepare=lambda: prepare_out_dir(out_dir, manifest, overwrite=overwrite),
+            runner=plan.manifest.runner.runner, options=plan.options,
+            prepare=lambda: prepare_out_dir(out_dir, plan, overwrite=overwrite),
             build=steps,
-            finalize=lambda counters: finalize_run(out_dir, manifest, counters),
+            finalize=lambda counters: finalize_run(out_dir, plan, counters),
             on_failure=lambda exc: explain_failure(exc, out_dir))
     finally:
         del keep
@@ -237,29 +114,29 @@ def run_job(manifest, *, out_dir: str, overwrite: bool = False,
     return JobResult(out_dir, info, stats, framed.seconds)
 
 
-def split_step(manifest, out_dir: str, count: int, *, source_path: str | None):
-    """Build the pipeline that splits the input into the waves' records (after clearing an
-    earlier attempt's split)."""
+def wave_steps(plan: LaunchPlan, out_dir: str, pool: shared.Shared) -> list:
+    """The local runner's pipelines for ``plan.waves`` waves into ``out_dir``: split the input
+    into the waves' records (after clearing an earlier attempt's split), label each wave (after
+    clearing what an earlier attempt of it wrote; its stage checkpoints stay: finished keys are
+    replayed), then assemble the shards. ``pool``: the engine pool every wave shares."""
+    count = plan.waves
 
-    def build(pipeline: beam.Pipeline) -> None:
+    def split(pipeline: beam.Pipeline) -> None:
         delete_tree(split_dir(out_dir, count))
-        pipeline | "SplitInput" >> SplitInput(manifest, out_dir=out_dir, count=count,
-                                              source_path=source_path)
+        pipeline | "SplitInput" >> SplitInput(plan, out_dir=out_dir)
 
-    return build
+    def label(wave: Wave):
+        def build(pipeline: beam.Pipeline) -> None:
+            delete_tree(wave_dir(out_dir, wave))
+            build_staged_pipeline(pipeline, plan, out_dir=out_dir, wave=wave, pool=pool,
+                                  last_wave=wave.index == wave.count - 1)
+        return build
 
+    def assemble(pipeline: beam.Pipeline) -> None:
+        pipeline | "Assemble" >> AssembleShards(out_dir, count=count,
+                                                num_shards=plan.num_shards)
 
-def wave_step(manifest, out_dir: str, wave, *, source_path: str | None, total: int | None,
-              pool):
-    """Build wave ``wave``'s pipeline, after clearing what an earlier attempt of it wrote (its
-    stage checkpoints stay: finished keys are replayed)."""
-
-    def build(pipeline: beam.Pipeline) -> None:
-        delete_tree(wave_dir(out_dir, wave))
-        build_pipeline(pipeline, manifest, out_dir=out_dir, source_path=source_path,
-                       total=total, wave=wave, pool=pool, last_wave=wave.index == wave.count - 1)
-
-    return build
+    return [split, *(label(Wave(index, count)) for index in range(count)), assemble]
 
 
 def engine_died_message(exc: BaseException, out_dir: str, *, job: str, keys: str) -> str | None:
@@ -283,7 +160,7 @@ def explain_failure(exc: BaseException, out_dir: str) -> None:
         raise JobError(message) from exc
 
 
-def finalize_run(out_dir: str, manifest, counters: dict[str, int]) -> tuple[dict, dict]:
+def finalize_run(out_dir: str, plan: LaunchPlan, counters: dict[str, int]) -> tuple[dict, dict]:
     """The input count and the figures the pipeline wrote, then the dataset's small files
     and ``COMPLETED`` (:func:`~steplabel.pipelines.finalize.finalize_dataset`)."""
     directory = JobDirectory(out_dir)
@@ -293,7 +170,7 @@ def finalize_run(out_dir: str, manifest, counters: dict[str, int]) -> tuple[dict
                        f"({storage.WORK_DIR}/{ROWS_IN_FILE}); the dataset is not finalized")
     # The statistics and reconciliation counts the pipeline folded (a CombineFn).
     figures = storage.read_json_if_exists(directory.work(FIGURES_FILE))
-    return finalize_dataset(out_dir, manifest, problems_in=rows_in["rows_in"],
+    return finalize_dataset(out_dir, plan, problems_in=rows_in["rows_in"],
                             counters=counters, figures=figures)
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import yaml
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from steplabel.annotators.registry import roles
 from steplabel.schemas.config import ConfigError
@@ -71,12 +73,23 @@ def load_profile(path: str) -> dict:
     return data
 
 
-def runner_options(runner) -> list[str]:
-    """Beam command-line style options for ``runner`` (a RunnerConfig)."""
+@dataclass(frozen=True)
+class RunnerSettings:
+    """What a runner gives a job, its profile read once: ``args``, the Beam options as
+    command-line arguments (the profile's, then the manifest's ``runner.options``); and
+    ``accelerators``, per engine role the accelerator its stages declare
+    (:func:`stage_accelerators`)."""
+
+    args: list[str]
+    accelerators: dict[str, str]
+
+
+def runner_settings(runner) -> RunnerSettings:
+    """The :class:`RunnerSettings` of ``runner`` (a RunnerConfig)."""
     if runner.runner == "local":
         args = [f"--direct_running_mode={runner.direct_running_mode}",
                 f"--direct_num_workers={runner.direct_num_workers}"]
-        return args + _as_args(runner.options)
+        return RunnerSettings(args + _as_args(runner.options), {})
     if not runner.profile:
         raise ConfigError(f"runner.profile is required for the {runner.runner} runner "
                           f"(see jobs/runners/{runner.runner}.yaml)")
@@ -85,7 +98,18 @@ def runner_options(runner) -> list[str]:
         raise ConfigError(f"runner.profile {runner.profile} is for {profile['runner']}, "
                           f"not {runner.runner}")
     options = {**profile.get("options", {}), **runner.options}
-    return _as_args(options)
+    return RunnerSettings(_as_args(options), _accelerators(profile, runner.profile))
+
+
+def runner_options(runner) -> list[str]:
+    """Beam command-line style options for ``runner`` (a RunnerConfig)."""
+    return runner_settings(runner).args
+
+
+def pipeline_options(runner, extra_args: list[str] | None = None) -> PipelineOptions:
+    """Beam options for ``runner`` (a RunnerConfig): a profile's options, then the manifest's,
+    then command-line arguments (later wins)."""
+    return PipelineOptions(runner_options(runner) + list(extra_args or []))
 
 
 #: Engine roles a profile may place on their own accelerators (``stage_accelerators``).
@@ -99,13 +123,17 @@ def stage_accelerators(runner) -> dict[str, str]:
     (right fitting); runners without resource hints ignore them. Local runs: none."""
     if runner.runner == "local" or not runner.profile:
         return {}
-    hints = load_profile(runner.profile).get("stage_accelerators") or {}
+    return _accelerators(load_profile(runner.profile), runner.profile)
+
+
+def _accelerators(profile: dict, path: str) -> dict[str, str]:
+    hints = profile.get("stage_accelerators") or {}
     if not isinstance(hints, dict):
-        raise ConfigError(f"runner.profile: stage_accelerators in {runner.profile} must be a "
+        raise ConfigError(f"runner.profile: stage_accelerators in {path} must be a "
                           "mapping of role to accelerator")
     unknown = set(hints) - set(ROLES)
     if unknown:
-        raise ConfigError(f"runner.profile: stage_accelerators in {runner.profile} names "
+        raise ConfigError(f"runner.profile: stage_accelerators in {path} names "
                           f"{', '.join(sorted(unknown))}; roles are {', '.join(ROLES)}")
     return {role: str(value) for role, value in hints.items()}
 

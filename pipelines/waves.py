@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
-from steplabel.annotators.graders import get_grader
+from steplabel.annotators.graders import Grader
 from steplabel.dataset import storage
 from steplabel.dataset.directory import (
     FIGURES_FILE,
@@ -103,8 +103,13 @@ class _WriteWaveChunksFn(beam.DoFn):
     """Raw items -> chunk files of pickled items under each item's wave's input folder;
     yields the number of items written per chunk."""
 
-    def __init__(self, manifest, *, out_dir: str, count: int) -> None:
-        self.manifest = manifest
+    def __init__(self, *, fields, answer_format: str, manifest_hash: str, grader: Grader,
+                 out_dir: str, count: int, layout: str = "plain") -> None:
+        self.fields = fields
+        self.layout = layout
+        self.answer_format = answer_format
+        self.manifest_hash = manifest_hash
+        self.grader = grader
         self.out_dir = out_dir
         self.count = count
 
@@ -113,12 +118,9 @@ class _WriteWaveChunksFn(beam.DoFn):
         self._held = 0
 
     def process(self, item):
-        source = self.manifest.source
-        problem, dead = validate_item(item, fields=source.fields,
-                                      answer_format=source.answer_format,
-                                      manifest_hash=self.manifest.hash,
-                                      grader=get_grader(self.manifest.grader),
-                                      layout=source.layout)
+        problem, dead = validate_item(item, fields=self.fields, answer_format=self.answer_format,
+                                      manifest_hash=self.manifest_hash, grader=self.grader,
+                                      layout=self.layout)
         index = wave_of(problem.problem_id if dead is None else dead.get("problem_id"),
                         self.count)
         self._chunks.setdefault(index, []).append(item)
@@ -148,20 +150,23 @@ class _WriteWaveChunksFn(beam.DoFn):
 class SplitInput(beam.PTransform):
     """Read the source once (Beam IO on the workers) and write each record into its wave's
     input folder (:func:`wave_input_dir`), so that each wave reads its own records, not the
-    whole input again. Only counts cross stage boundaries: nothing of the input is held."""
+    whole input again. Only counts cross stage boundaries: nothing of the input is held.
+    ``plan`` (:class:`~steplabel.pipelines.launch.LaunchPlan`): the source and its path, the
+    grader that finds each record's problem id, the wave count; ``out_dir``: the dataset."""
 
-    def __init__(self, manifest, *, out_dir: str, count: int, source_path: str | None) -> None:
+    def __init__(self, plan, *, out_dir: str) -> None:
         super().__init__()
-        self.manifest = manifest
-        self.out_dir = out_dir
-        self.count = count
-        self.source_path = source_path
+        source = plan.manifest.source
+        self.read = ReadProblems(source, path=plan.source_path)
+        self.write = _WriteWaveChunksFn(
+            fields=source.fields, answer_format=source.answer_format,
+            manifest_hash=plan.manifest.hash, grader=plan.grader, out_dir=out_dir,
+            count=plan.waves, layout=source.layout)
 
     def expand(self, pbegin):
         return (pbegin
-                | "ReadProblems" >> ReadProblems(self.manifest.source, path=self.source_path)
-                | "WriteWaveInputs" >> beam.ParDo(_WriteWaveChunksFn(
-                    self.manifest, out_dir=self.out_dir, count=self.count))
+                | "ReadProblems" >> self.read
+                | "WriteWaveInputs" >> beam.ParDo(self.write)
                 | "RecordsSplit" >> beam.CombineGlobally(sum))
 
 

@@ -159,24 +159,27 @@ def test_stage_roles_share_memory_between_the_policy_and_a_separate_judge():
     assert StageContext(manifest).roles() == roles
 
 
-def test_launch_refuses_oversubscribed_models_before_the_job_starts():
-    from steplabel.pipelines.job import JobError, check_engine_copies
+def test_launch_refuses_oversubscribed_models_before_the_job_starts(tmp_path):
+    from steplabel.pipelines.launch import JobError, plan_launch
 
     manifest = _manifest({"policy": {"model": "embedded", "gpu_memory_utilization": 0.7},
                           "judge": {"model": "judge-model", "gpu_memory_utilization": 0.7}})
     with pytest.raises(JobError, match="= 1.4 is more than one engine's budget"):
-        check_engine_copies(manifest)
+        plan_launch(manifest, out_dir=str(tmp_path / "out"))
 
 
-def test_launch_refuses_a_second_worker_process_on_a_gpu_machine(monkeypatch):
-    from steplabel.pipelines import job
+def test_launch_refuses_a_second_worker_process_on_a_gpu_machine(monkeypatch, tmp_path):
+    from steplabel.pipelines import launch
 
-    monkeypatch.setattr(job, "accelerator_count", lambda: 4)
+    monkeypatch.setattr(launch, "accelerator_count", lambda: 4)
     manifest = _manifest({"policy": {"model": "embedded"}}, runner={
         "direct_running_mode": "multi_processing", "direct_num_workers": 4})
-    with pytest.raises(job.JobError, match="direct_num_workers is 4 .*this machine has 4 GPU"):
-        job.check_engine_copies(manifest)
-    job.check_engine_copies(_manifest({"policy": {"model": "embedded"}}))  # one worker: fine
+    with pytest.raises(launch.JobError, match="direct_num_workers is 4 .*this machine has 4 GPU"):
+        launch.plan_launch(manifest, out_dir=str(tmp_path / "out"))
+    # One worker: fine, and the launch goes on to the source (which this test does not have).
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="source path .*p.jsonl matches no file"):
+        launch.plan_launch(_manifest({"policy": {"model": "embedded"}}), out_dir="out")
 
 
 # ---------------------------------------------------------------------------------------------

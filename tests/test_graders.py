@@ -17,7 +17,7 @@ from steplabel.annotators import graders, grading
 from steplabel.annotators import stages as st
 from steplabel.annotators.splitting import SPLITTERS
 from steplabel.dataset import stats
-from steplabel.pipelines.finalize import annotator_settings
+from steplabel.pipelines.lock import annotator_settings
 from steplabel.pipelines.sources import RawItem, validate_item
 from steplabel.schemas import rows as R
 from steplabel.schemas.config import ConfigError, to_mapping
@@ -190,7 +190,7 @@ def test_the_grader_name_and_version_go_into_provenance_and_the_lock(last_line):
         ctx = st.StageContext(manifest)
         provenance = ctx.provenance({"policy": ("scripted", None, None)})
         assert provenance["grader_version"] == version
-        versions = annotator_settings(manifest)["versions"]
+        versions = annotator_settings(ctx)["versions"]
         assert (versions["grader_name"], versions["grader"]) == (name, version)
 
 

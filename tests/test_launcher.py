@@ -14,7 +14,8 @@ from apache_beam.io.filesystems import FileSystems
 
 import memfs
 from steplabel.dataset import storage
-from steplabel.pipelines.job import JobError, build_pipeline, check_runner_paths, run_job
+from steplabel.pipelines.job import JobError, build_pipeline, run_job
+from steplabel.pipelines.launch import check_runner_paths
 from steplabel.schemas.manifest import manifest_from_dict
 
 pytestmark = pytest.mark.pipeline

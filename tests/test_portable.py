@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from steplabel.dataset import storage
-from steplabel.pipelines.job import JobError, check_engine_copies, pipeline_options, run_job
+from steplabel.pipelines.job import JobError, run_job
+from steplabel.pipelines.launch import plan_launch
 from steplabel.pipelines.runners import runner_options
 from steplabel.schemas.config import ConfigError
 from steplabel.schemas.manifest import manifest_from_dict
@@ -118,7 +119,7 @@ def test_portable_profile_reads_service_endpoints(monkeypatch):
         runner_options(manifest.runner)
 
 
-def test_portable_workers_never_outnumber_accelerators(monkeypatch):
+def test_portable_workers_never_outnumber_accelerators(monkeypatch, tmp_path):
     monkeypatch.setenv("STEPLABEL_JOB_ENDPOINT", "localhost:1234")
     monkeypatch.setenv("STEPLABEL_WORKER_POOL", "localhost:5678")
     manifest = manifest_from_dict({
@@ -127,7 +128,7 @@ def test_portable_workers_never_outnumber_accelerators(monkeypatch):
         "runner": {"runner": "portable", "profile": PROFILE,
                    "options": {"direct_num_workers": 2}}})
     with pytest.raises(JobError, match="portable runner has 2 SDK workers"):
-        check_engine_copies(manifest, pipeline_options(manifest))
+        plan_launch(manifest, out_dir=str(tmp_path / "out"))
 
 
 @pytest.mark.parametrize("kind", ["parquet", "hf"])

@@ -187,7 +187,7 @@ def test_check_models_refuses_changed_weights_and_names_the_file(tmp_path):
 
 @pytest.mark.unit
 def test_package_and_code_differences_warn():
-    from steplabel.pipelines.finalize import code_version, package_versions
+    from steplabel.pipelines.lock import code_version, package_versions
 
     lock = {"packages": {**package_versions(), "pyarrow": "0.0.1"},
             "code": {**code_version(), "git_commit": "0" * 40, "git_dirty": False}}

@@ -14,7 +14,8 @@ from apache_beam.pipeline import PipelineVisitor
 
 from steplabel.pipelines.evaluate_graph import build_evaluation_pipeline
 from steplabel.pipelines.evaluate_spec import make_spec
-from steplabel.pipelines.job import build_pipeline, pipeline_options
+from steplabel.pipelines.job import build_pipeline
+from steplabel.pipelines.runners import pipeline_options
 from steplabel.pipelines.runners import (
     declare_engine_resources,
     engine_resource_hints,
@@ -43,7 +44,7 @@ def test_profile_builds_pipeline_up_to_submission(repo_root, runner, profile):
     # the worker image); the graph is only built here, so a local path will do.
     m = manifest({"runner": runner, "profile": str(repo_root / "jobs" / "runners" / profile)},
                  source=str(repo_root / "jobs" / "data" / "arithmetic.jsonl"))
-    options = pipeline_options(m)
+    options = pipeline_options(m.runner)
     if runner == "dataflow":
         assert options.view_as(StandardOptions).runner == "DataflowRunner"
         assert options.view_as(GoogleCloudOptions).temp_location.startswith("gs://")
