@@ -70,6 +70,15 @@ from steplabel.pipelines.evaluate_spec import (
     load_evaluation_manifest,
     make_spec,
 )
+from steplabel.pipelines.frame import run_framed
+from steplabel.pipelines.job import (
+    JobError,
+    check_model_paths,
+    check_out_path,
+    engine_died_message,
+    pipeline_options,
+)
+from steplabel.pipelines.logs import use_dataset_dir
 from steplabel.schemas.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -126,14 +135,6 @@ def prepare_evaluation_dir(out_dir: str, spec: EvaluationSpec, *, overwrite: boo
 def run_evaluation(spec: EvaluationSpec, *, out_dir: str, overwrite: bool = False,
                    manifest_path: str | None = None) -> EvaluationResult:
     """Run the evaluate job to completion, then write the report and mark the directory."""
-    from steplabel.pipelines.frame import run_framed
-    from steplabel.pipelines.job import (
-        JobError,
-        check_model_paths,
-        check_out_path,
-        pipeline_options,
-    )
-
     manifest = spec.manifest
     try:  # before anything starts: a file as --out, a model folder that is not there
         check_out_path(out_dir)
@@ -171,8 +172,6 @@ def explain_failure(exc: BaseException, out_dir: str) -> None:
     """A dead engine stops the evaluation: say what is saved and how to resume. A gold or
     answers file the workers cannot read is a :class:`GoldFileError` again (bad input, as
     before the job). Other failures are re-raised as they are."""
-    from steplabel.pipelines.job import engine_died_message
-
     message = engine_died_message(exc, out_dir, job="evaluation", keys="items")
     if message is not None:
         raise EvaluationError(message) from exc
@@ -285,8 +284,6 @@ def run(args) -> int:
                          answer_format=args.answer_format,
                          omegaprm_final_answer=args.omegaprm_final_answer)
         out = args.out or os.path.join("out", spec.name)
-        from steplabel.pipelines.logs import use_dataset_dir
-
         use_dataset_dir(out, "evaluate")  # engine and library logs: OUT/logs/evaluate.log
         result = run_evaluation(spec, out_dir=out, overwrite=args.overwrite,
                                 manifest_path=str(args.manifest))
