@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from steplabel.engines.base import ChatMessage
 from steplabel.schemas.templates import PromptTemplate, load_template
 
 __all__ = ["PromptTemplate", "SolutionPrompt", "build_solution_prompt", "load_template"]
@@ -36,7 +37,5 @@ class SolutionPrompt:
 def build_solution_prompt(engine, template: PromptTemplate, question: str,
                           response_prefix: str = "") -> SolutionPrompt:
     """Render ``template`` for ``question`` with the engine's own chat template."""
-    from steplabel.engines.base import ChatMessage
-
     chat = engine.apply_chat_template([ChatMessage("user", template.render(question=question))])
     return SolutionPrompt(chat, response_prefix)

@@ -65,7 +65,6 @@ from steplabel.schemas.stages import (
     labels_from_json,
     piece_from_json,
     sampled_from_json,
-    to_json,
 )
 
 # The stage records live in schemas/stages.py; the Beam stages reach them through this module.
@@ -75,7 +74,7 @@ __all__ = ["CRITIC", "JUDGE", "MONTE_CARLO", "OMEGAPRM", "SAMPLE", "STAGE_ORDER"
            "needs_critique",
            "engine_identity", "failure_of", "judge_labels", "labels_from_json",
            "merge_problem", "monte_carlo_labels", "omegaprm_rows", "piece_from_json",
-           "sample_solutions", "sampled_from_json", "sampled_piece", "to_json"]
+           "sample_solutions", "sampled_from_json", "sampled_piece"]
 
 def failure_of(exc: BaseException) -> Failure | None:
     """The failure an exception stands for; None when it must propagate (a dead engine, a bug)."""

@@ -24,7 +24,11 @@ import time
 from pathlib import Path
 
 from steplabel.annotators import stages as st
-from steplabel.pipelines import stages
+
+try:
+    from steplabel.pipelines import checkpoints as stages
+except ImportError:  # a snapshot from before the checkpoint code left pipelines/stages.py
+    from steplabel.pipelines import stages
 
 SEGMENTS = hasattr(stages, "SegmentWriter")
 

@@ -76,7 +76,9 @@ from typing import Iterator
 import pyarrow as pa
 
 from steplabel.annotators import critic
+from steplabel.annotators.splitting import get_splitter
 from steplabel.dataset import storage
+from steplabel.dataset.stats import iter_file_rows
 from steplabel.schemas.config import looks_like_local_path
 
 FORMATS = ("trl", "openrlhf", "math-shepherd", "sft", "thinkprm")
@@ -409,10 +411,6 @@ def _prepare_out(out_dir: str, *, overwrite: bool) -> None:
 
 def step_separator(dataset_dir: str) -> str | None:
     """The separator of the splitter that made the dataset (TRL's ``step_separator``)."""
-    import json
-
-    from steplabel.annotators.splitting import get_splitter
-
     for row in storage.iter_rows(dataset_dir, "trajectories", columns=["provenance"]):
         splitter = json.loads((row["provenance"] or {}).get("splitter") or "{}")
         try:
@@ -451,8 +449,6 @@ def export_critiques(dataset_dir: str, *, out_dir: str, options: ExportOptions,
                      overwrite: bool = False) -> dict:
     """Export the kept critiques of a dataset (``sft`` or ``thinkprm``); returns the
     ``export.json`` dict."""
-    from steplabel.dataset.stats import iter_file_rows
-
     files = storage.output_files(dataset_dir, "critiques")
     if not files:
         raise ExportError(f"{dataset_dir} holds no critiques shards (run the job with a "
@@ -503,8 +499,6 @@ def export_dataset(dataset_dir: str, *, out_dir: str, options: ExportOptions,
                    overwrite: bool = False) -> dict:
     """Export the kept, labelled trajectories of a dataset (or, for ``sft`` and ``thinkprm``,
     its kept critiques); returns the ``export.json`` dict."""
-    from steplabel.dataset.stats import iter_file_rows
-
     if options.format in CRITIQUE_FORMATS:
         return export_critiques(dataset_dir, out_dir=out_dir, options=options,
                                 overwrite=overwrite)

@@ -24,6 +24,7 @@ from typing import Any
 
 from steplabel.annotators.sandbox import OUTCOMES
 from steplabel.dataset import storage
+from steplabel.dataset.card import rewrite_card
 from steplabel.dataset.stats import (
     INDEX_BUCKETS,
     MC_BUCKETS,
@@ -839,8 +840,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render_text(report))
     if args.write_card:
-        from steplabel.dataset.card import rewrite_card
-
         print(f"[steplabel] dataset card written to {rewrite_card(args.dataset)}",
               file=sys.stderr)
     if args.html:

@@ -64,10 +64,19 @@ from pathlib import Path
 
 import numpy as np
 
+from steplabel.annotators.critic import TrustedLabels, needs_critique, trusted_labels
 from steplabel.annotators.monte_carlo import UNDECIDED, GradedRollouts, budget_step_decision
+from steplabel.annotators.prompts import load_template
 from steplabel.annotators.registry import ANNOTATORS, with_cost_on_rows
-from steplabel.schemas.annotators import BetaPrior, MonteCarloConfig, RolloutBudget
 from steplabel.dataset import storage
+from steplabel.dataset.stats import PREFILTER_STAGE, iter_problems
+from steplabel.engines.vllm_engine import is_cpu_platform
+from steplabel.pipelines import logs
+from steplabel.pipelines.job import JobError, run_job
+from steplabel.pipelines.sources import RowCountError, open_source
+from steplabel.schemas.annotators import BetaPrior, MonteCarloConfig, RolloutBudget
+from steplabel.schemas.config import ConfigError
+from steplabel.schemas.manifest import load_manifest
 
 #: Stages in display order: key -> label (policy sampling, then every annotator).
 STAGES = {
@@ -99,8 +108,6 @@ def count_source_rows(source) -> int:
     """Rows of the source, capped by ``source.limit``: non-empty lines of JSONL files (read,
     not parsed; any Beam filesystem, compressed by extension), Parquet footers, the length of
     a ``datasets`` folder or data file (a hub dataset needs the network)."""
-    from steplabel.pipelines.sources import RowCountError, open_source
-
     try:
         return open_source(source).count_rows()
     except RowCountError as exc:
@@ -122,8 +129,6 @@ def write_pilot_source(manifest, indices: list[int], folder: Path):
     JSONL lines are copied byte for byte (bad lines stay bad); Parquet rows keep the first
     file's schema; a ``datasets`` source is written as Parquet by ``datasets`` itself
     (:meth:`~steplabel.pipelines.sources.Source.sample`)."""
-    from steplabel.pipelines.sources import open_source
-
     folder.mkdir(parents=True, exist_ok=True)
     return replace(manifest, source=open_source(manifest.source).sample(indices, folder))
 
@@ -154,9 +159,6 @@ CHARS_PER_TOKEN = 4
 def critic_estimate(row: dict, config) -> np.ndarray | None:
     """The critic's estimated cost of one trajectory row, ``FIELDS`` order, or None when it
     would not critique it (policy-truncated, or no trusted labels under ``only_trusted``)."""
-    from steplabel.annotators.critic import TrustedLabels, needs_critique, trusted_labels
-    from steplabel.annotators.prompts import load_template
-
     if row.get("policy_truncated"):
         return None
     trusted: TrustedLabels = trusted_labels(
@@ -183,8 +185,6 @@ def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict,
     question was kept in proportion to their rollouts (dropped ones carry their own).
     ``budget``: the adaptive budget's forecast, fed every problem's trajectories (and, when it
     predicts, scaling their Monte Carlo costs)."""
-    from steplabel.dataset.stats import PREFILTER_STAGE, iter_problems
-
     stage_index = {stage: i for i, stage in enumerate(STAGES)}
     omega = stage_index["omegaprm"]
     # ``critic`` (the manifest's critic config): estimate its cost where the dataset has none.
@@ -464,8 +464,6 @@ def engine_sample_limit(manifest) -> int | None:
     if config.max_num_seqs:
         return config.max_num_seqs
     try:
-        from steplabel.engines.vllm_engine import is_cpu_platform
-
         return 64 if is_cpu_platform() else 256
     except ImportError:
         return None
@@ -826,9 +824,6 @@ def _stage_settings(data: dict) -> dict:
 
 
 def _run_pilot(manifest, args, source_rows: int, root: Path):
-    from steplabel.pipelines import logs
-    from steplabel.pipelines.job import run_job
-
     dataset = root / "dataset"
     if dataset.exists() and any(dataset.iterdir()):
         raise PlanError(f"{dataset} already holds a pilot: read it with --from {dataset}, or "
@@ -872,11 +867,6 @@ def _kept_pilot(dataset: str, manifest) -> dict | None:
 
 
 def run(args) -> int:
-    from steplabel.dataset import storage
-    from steplabel.pipelines.job import JobError
-    from steplabel.schemas.config import ConfigError
-    from steplabel.schemas.manifest import load_manifest
-
     root = None
     keep_root = bool(getattr(args, "pilot_out", None))
     try:

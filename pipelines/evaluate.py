@@ -71,7 +71,9 @@ from steplabel.pipelines.evaluate_spec import (
     make_spec,
 )
 from steplabel.pipelines.frame import run_framed
+from steplabel.pipelines.job import engine_died_message
 from steplabel.pipelines.launch import JobError, check_model_paths, check_out_path
+from steplabel.pipelines.logs import use_dataset_dir
 from steplabel.pipelines.runners import pipeline_options
 from steplabel.schemas.config import ConfigError
 
@@ -166,8 +168,6 @@ def explain_failure(exc: BaseException, out_dir: str) -> None:
     """A dead engine stops the evaluation: say what is saved and how to resume. A gold or
     answers file the workers cannot read is a :class:`GoldFileError` again (bad input, as
     before the job). Other failures are re-raised as they are."""
-    from steplabel.pipelines.job import engine_died_message
-
     message = engine_died_message(exc, out_dir, job="evaluation", keys="items")
     if message is not None:
         raise EvaluationError(message) from exc
@@ -280,8 +280,6 @@ def run(args) -> int:
                          answer_format=args.answer_format,
                          omegaprm_final_answer=args.omegaprm_final_answer)
         out = args.out or os.path.join("out", spec.name)
-        from steplabel.pipelines.logs import use_dataset_dir
-
         use_dataset_dir(out, "evaluate")  # engine and library logs: OUT/logs/evaluate.log
         result = run_evaluation(spec, out_dir=out, overwrite=args.overwrite,
                                 manifest_path=str(args.manifest))

@@ -47,6 +47,8 @@ from steplabel.annotators.evaluation.predict import (
     usable_gold_answer,
 )
 from steplabel.dataset import storage
+from steplabel.pipelines.checkpoints import EVALUATE_CRITIC, EVALUATE_JUDGE, EVALUATE_ROLLOUTS
+from steplabel.pipelines.engine_pool import _acquire_pool
 from steplabel.pipelines.evaluate_spec import (
     DEAD_LETTER,
     GOLD_READ_FILE,
@@ -60,13 +62,7 @@ from steplabel.pipelines.evaluate_spec import (
 from steplabel.pipelines.gold_files import read_answers, read_gold_file
 from steplabel.pipelines.runners import declare_engine_resources, stage_accelerators
 from steplabel.pipelines.sink import WriteShards
-from steplabel.pipelines.stages import (
-    EVALUATE_CRITIC,
-    EVALUATE_JUDGE,
-    EVALUATE_ROLLOUTS,
-    EngineStageFn,
-    _acquire_pool,
-)
+from steplabel.pipelines.stages import EngineStageFn
 from steplabel.schemas import rows as R
 from steplabel.schemas.config import share_gpu_memory
 from steplabel.schemas.evaluation import PREDICTION, Prediction

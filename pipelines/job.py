@@ -40,7 +40,8 @@ from steplabel.pipelines.launch import (  # JobError and the checks: job's names
     local_absolute,
     plan_launch,
 )
-from steplabel.pipelines.stages import _acquire_pool, stage_checkpoint_counts
+from steplabel.pipelines.checkpoints import stage_checkpoint_counts
+from steplabel.pipelines.engine_pool import _acquire_pool
 from steplabel.pipelines.waves import AssembleShards, SplitInput, Wave, split_dir, wave_dir
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@
 - :class:`Progress`: the progress bars or lines, one per job and worker process.
 
 The engines themselves live in the worker's
-:class:`~steplabel.pipelines.stages.EnginePool`, which builds these.
+:class:`~steplabel.pipelines.engine_pool.EnginePool`, which builds these.
 """
 
 from __future__ import annotations

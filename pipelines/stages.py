@@ -17,48 +17,43 @@ and counted (``critic_solutions_skipped``, ``critic_rollouts_not_spent``); the o
 go to ``critiques/``.
 
 **Engines.** A model stage is one :class:`EngineStageFn` subclass. Its engine comes from an
-:class:`EnginePool` that one ``shared.Shared`` handle keeps per worker process, keyed by the
-model's ``EngineConfig``: stages naming the same model share one engine on one machine. The
-engine starts the first time a key needs work (a fully checkpointed stage never starts it).
-Many keys are in flight at once on the pool's event loop (futures drained as they finish,
-bounded by ``runner.max_in_flight`` problems; per-solution stages multiply it by
-``policy.samples``, and Monte Carlo with decided stopping by k too), so the engine's continuous batching stays fed inside each stage: Beam's
-FnApiRunner runs fused stages one after another. With consensus, Monte Carlo follows the judge
-(``monte_carlo.consensus_guided``: no rollouts where consensus cannot keep the labels), joined by
-key; without it, MonteCarlo and Judge read one ``Reshuffle`` and fuse, so one worker keeps both
-kinds of request in flight.
+:class:`~steplabel.pipelines.engine_pool.EnginePool` that one ``shared.Shared`` handle keeps per
+worker process, keyed by the model's ``EngineConfig``: stages naming the same model share one
+engine on one machine. The engine starts the first time a key needs work (a fully checkpointed
+stage never starts it). Many keys are in flight at once on the pool's event loop (futures
+drained as they finish, bounded by ``runner.max_in_flight`` problems; per-solution stages
+multiply it by ``policy.samples``, and Monte Carlo with decided stopping by k too), so the
+engine's continuous batching stays fed inside each stage: Beam's FnApiRunner runs fused stages
+one after another. With consensus, Monte Carlo follows the judge
+(``monte_carlo.consensus_guided``: no rollouts where consensus cannot keep the labels), joined
+by key; without it, MonteCarlo and Judge read one ``Reshuffle`` and fuse, so one worker keeps
+both kinds of request in flight.
 
-**Placement.** Each model stage, and each role's ``IdentifyEngines`` step (it starts the role's
-engine), declares ``with_resource_hints(accelerator=...)`` when the runner names an accelerator
-for its role (``stage_accelerators``; one helper for ``run`` and ``evaluate``:
-``runners.declare_engine_resources``): on Dataflow, steps with
-different hints are not fused, and *right fitting* gives each its own worker pool, e.g. the
-judge on larger GPUs (``type:nvidia-a100-80gb;count:1;install-nvidia-driver``) and sampling and
-Monte Carlo on L4s. The ``Reshuffle`` between engine stages lets each scale on its own.
+**Placement.** Each model stage, and each role's ``IdentifyEngines`` step
+(:mod:`steplabel.pipelines.engine_pool`; it starts the role's engine), declares
+``with_resource_hints(accelerator=...)`` when the runner names an accelerator for its role
+(``stage_accelerators``; one helper for ``run`` and ``evaluate``:
+``runners.declare_engine_resources``): on Dataflow, steps with different hints are not fused,
+and *right fitting* gives each its own worker pool, e.g. the judge on larger GPUs
+(``type:nvidia-a100-80gb;count:1;install-nvidia-driver``) and sampling and Monte Carlo on L4s.
+The ``Reshuffle`` between engine stages lets each scale on its own.
 
 **Resume.** Every model stage checkpoints each finished key under ``_work/<stage>/`` on the
 output filesystem (Beam ``FileSystems``), appended to a segment file per bundle
-(:class:`SegmentWriter`); the stage reads the segments once at setup (:class:`StageCheckpoints`)
-and replays a finished key instead of recomputing it. A dead engine (``EngineDiedError``) is
-dropped from the pool (the retried bundle builds a new one) after the other in-flight keys
-that still finish are checkpointed; then the bundle fails.
+(:class:`~steplabel.pipelines.checkpoints.SegmentWriter`); the stage reads the segments once at
+setup (:class:`~steplabel.pipelines.checkpoints.StageCheckpoints`) and replays a finished key
+instead of recomputing it. A dead engine (``EngineDiedError``) is dropped from the pool (the
+retried bundle builds a new one) after the other in-flight keys that still finish are
+checkpointed; then the bundle fails.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
-import hashlib
 import json
 import logging
-import os
-import threading
-import time
-import uuid
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
@@ -72,391 +67,18 @@ from steplabel.annotators.registry import (
     OMEGAPRM,
     AnnotatorSpec,
 )
-from steplabel.dataset import storage
+from steplabel.dataset.stats import COLUMNS
+from steplabel.engines.base import EngineDiedError
+from steplabel.pipelines.checkpoints import SegmentWriter
+from steplabel.pipelines.engine_pool import IdentifyEngines, _acquire_pool
 from steplabel.pipelines.runners import declare_engine_resources
-from steplabel.pipelines import logs
 from steplabel.pipelines.shuffle import PackedCoGroupByKey, PackedGroupByKey, PackedReshuffle
-from steplabel.schemas.graders import GOLD_TYPES, gold_to_json
 
 log = logging.getLogger(__name__)
 
 #: After a key's work raised (a dead engine, a bug): how long the other in-flight keys get to
 #: finish and be checkpointed before the bundle fails, in seconds.
 SETTLE_TIMEOUT_S = 30.0
-
-#: The engine stages of ``steplabel evaluate`` (:mod:`steplabel.pipelines.evaluate`): Monte
-#: Carlo and OmegaPRM predictions on the completer, the judge's on the judge.
-EVALUATE_ROLLOUTS, EVALUATE_JUDGE = "evaluate_rollouts", "evaluate_judge"
-EVALUATE_CRITIC = "evaluate_critic"
-
-#: Where each model stage checkpoints its finished keys, under the dataset's ``_work``.
-STAGE_DIRS = {st.SAMPLE: "sample", st.MONTE_CARLO: "monte_carlo", st.OMEGAPRM: "omegaprm",
-              st.JUDGE: "judge", st.CRITIC: "critic", EVALUATE_ROLLOUTS: EVALUATE_ROLLOUTS,
-              EVALUATE_JUDGE: EVALUATE_JUDGE, EVALUATE_CRITIC: EVALUATE_CRITIC}
-ENGINES_DIR = "engines"
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints per stage: segments of finished keys
-#
-# A stage's finished keys are lines appended to segment files under ``_work/<stage>/``, one
-# segment per writer (a DoFn instance's bundle), named by a random UUID so that concurrent
-# workers and retried bundles never write the same file. A line is ``<key as JSON>\t<result as
-# JSON>\n`` (JSON escapes tabs and newlines, so neither appears raw inside a part). Readers take
-# only complete lines (a writer killed mid-line leaves an unterminated tail, skipped) whose key
-# and result parse (bytes garbled by a machine crash are recomputed, never trusted). A key found
-# twice (a bundle retried after its first attempt checkpointed it) has the same result: the
-# first line read is kept.
-#
-# Flushing. Locally a segment is opened once in append mode and each finished key is written
-# to the OS at once (one ``write``, no ``fsync``): a killed process loses no finished key; a
-# machine crash may lose the last ones, which the rerun recomputes (same seeds, same result).
-# Object stores (GCS, S3) cannot append to an object, and an object exists only once its upload
-# is closed: there a writer buffers finished keys and writes them as a new object
-# ``<uuid>-<part>.jsonl`` every ``REMOTE_FLUSH_KEYS`` keys, or when a key finishes or the stage
-# polls ``REMOTE_FLUSH_SECONDS`` after the oldest buffered one, and at the end of every bundle
-# and before a failed bundle raises. A killed worker loses at most those buffered keys: fewer
-# than ``REMOTE_FLUSH_KEYS``, finished within the last ``REMOTE_FLUSH_SECONDS`` plus one progress
-# poll (at most 5 s) while the stage waits on its engine (a stage waiting for input flushes at
-# its next finished key or its bundle's end). That is safe: a bundle Beam commits has all its keys
-# written (the writer closes in ``finish_bundle``), a lost key is only recomputed, and its seeds
-# derive from its identity, so the rerun gets the same result.
-
-
-#: Object stores: a writer's buffered keys become one segment object at this many keys...
-REMOTE_FLUSH_KEYS = 64
-#: ... or this many seconds after the oldest of them finished (checked as keys finish and as
-#: the stage polls its in-flight keys).
-REMOTE_FLUSH_SECONDS = 10.0
-SEGMENT_SUFFIX = ".jsonl"
-
-
-def stage_checkpoint_dir(out_dir: str, stage: str) -> str:
-    return storage.join(out_dir, storage.WORK_DIR, STAGE_DIRS[stage])
-
-
-def stage_checkpoint_files(out_dir: str, stage: str) -> list[str]:
-    """The segment files of ``stage`` (sorted)."""
-    return storage.list_files(storage.join(stage_checkpoint_dir(out_dir, stage),
-                                           f"*{SEGMENT_SUFFIX}"))
-
-
-GOLD_CLASSES = tuple(GOLD_TYPES.values())
-
-
-def _record_fields(value):
-    """``json.dumps``'s fallback: a dataclass record as its fields (nested records are reached
-    by ``json`` itself; ``dataclasses.asdict`` would deep-copy every dict and list first). A
-    grader's gold is written with the grader it belongs to (:func:`gold_to_json`), so that a
-    replay reads it back as its own type."""
-    if isinstance(value, GOLD_CLASSES):
-        return gold_to_json(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        try:
-            return vars(value)
-        except TypeError:  # a slotted dataclass
-            return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def checkpoint_line(key: str, result) -> bytes:
-    """One finished key as a segment line; ``result``: a JSON-able value or a record."""
-    return b"%s\t%s\n" % (json.dumps(key).encode("ascii"),
-                          json.dumps(result, separators=(",", ":"), default=_record_fields)
-                          .encode("ascii"))
-
-
-def _complete_lines(data: bytes, base: int):
-    """(key, offset of its result, length) of each complete line of ``data`` read from
-    offset ``base`` of a segment, and the number of bytes those lines span."""
-    end = data.rfind(b"\n") + 1
-    found = []
-    pos = 0
-    while pos < end:
-        newline = data.index(b"\n", pos)
-        tab = data.find(b"\t", pos, newline)
-        if tab > pos:
-            try:
-                key = json.loads(data[pos:tab])
-            except ValueError:
-                key = None
-            if isinstance(key, str):
-                found.append((key, base + tab + 1, newline - tab - 1))
-        pos = newline + 1
-    return found, end
-
-
-class StageCheckpoints:
-    """The finished keys of one stage of one dataset: where each one's result is.
-
-    :meth:`refresh` reads the segments not read yet (and what was appended to those read) with
-    one listing of ``_work/<stage>/``; :meth:`load` reads one result from its segment (handles
-    stay open: one open per segment, not per key). Segments this job attempt writes itself
-    (:meth:`writing`) are skipped: their keys are not sent again, except to a bundle retried
-    after a failure (:meth:`failed`: then they are read too). One instance per stage is shared
-    by the job's stages on a worker (:meth:`EnginePool.checkpoints`).
-    """
-
-    def __init__(self, out_dir: str, stage: str) -> None:
-        self.folder = stage_checkpoint_dir(out_dir, stage)
-        self._out_dir, self._stage = out_dir, stage
-        self._lock = threading.Lock()
-        self._own: set[str] = set()
-        self._read_own = False
-        self._dirty = True
-        self._reset()
-
-    def _reset(self) -> None:
-        for handle in getattr(self, "_handles", {}).values():
-            handle.close()
-        self._index: dict[str, tuple[str, int, int]] = {}
-        self._read: dict[str, int] = {}  # segment -> bytes of complete lines indexed
-        self._handles: dict = {}
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def keys(self) -> set[str]:
-        with self._lock:
-            return set(self._index)
-
-    def writing(self, path: str) -> None:
-        with self._lock:
-            self._own.add(path)
-
-    def failed(self) -> None:
-        """A bundle of this stage failed: its retry replays what its first attempt finished."""
-        with self._lock:
-            self._read_own = self._dirty = True
-
-    def refresh(self, *, if_needed: bool = False) -> "StageCheckpoints":
-        if if_needed and not self._dirty:
-            return self
-        files = stage_checkpoint_files(self._out_dir, self._stage)
-        with self._lock:
-            self._dirty = False
-            listed = set(files)
-            if any(path not in listed for path in self._read):  # the dataset was deleted
-                self._reset()
-            for path in files:
-                if path in self._own and not self._read_own:
-                    continue
-                start = self._read.get(path, 0)
-                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) \
-                        as handle:
-                    handle.seek(start)
-                    data = handle.read()
-                found, used = _complete_lines(data, start)
-                for key, offset, length in found:
-                    self._index.setdefault(key, (path, offset, length))
-                self._read[path] = start + used
-        return self
-
-    def load(self, key: str):
-        """``key``'s checkpointed result (JSON data), or None: not finished, or unreadable."""
-        with self._lock:
-            where = self._index.get(key)
-            if where is None:
-                return None
-            path, offset, length = where
-            handle = self._handles.get(path)
-            if handle is None:
-                handle = self._handles[path] = FileSystems.open(
-                    path, compression_type=CompressionTypes.UNCOMPRESSED)
-            handle.seek(offset)
-            data = handle.read(length)
-        try:
-            return json.loads(data)
-        except ValueError:
-            return None
-
-
-class SegmentWriter:
-    """Appends finished keys of one stage to a segment of its own (see the flushing rule
-    above); :meth:`close` at the end of each bundle."""
-
-    def __init__(self, checkpoints: StageCheckpoints) -> None:
-        self.checkpoints = checkpoints
-        self.folder = checkpoints.folder
-        self.remote = "://" in self.folder
-        self.name = uuid.uuid4().hex
-        self._handle = None
-        self._buffer: list[bytes] = []
-        self._oldest = 0.0
-        self._parts = 0
-
-    def add(self, key: str, result) -> None:
-        line = checkpoint_line(key, result)
-        if self.remote:
-            if not self._buffer:
-                self._oldest = time.monotonic()
-            self._buffer.append(line)
-            self.flush_if_due()
-            return
-        if self._handle is None:
-            path = storage.join(self.folder, f"{self.name}{SEGMENT_SUFFIX}")
-            self.checkpoints.writing(path)
-            os.makedirs(self.folder, exist_ok=True)
-            self._handle = open(path, "ab")
-        self._handle.write(line)
-        self._handle.flush()  # to the OS: a killed process loses nothing
-
-    def flush_if_due(self) -> None:
-        if self._buffer and (len(self._buffer) >= REMOTE_FLUSH_KEYS
-                             or time.monotonic() - self._oldest >= REMOTE_FLUSH_SECONDS):
-            self.flush()
-
-    def flush(self) -> None:
-        """Object stores: the buffered keys as a new segment object."""
-        if not self._buffer:
-            return
-        if self._parts == 0 and not FileSystems.exists(self.folder):
-            FileSystems.mkdirs(self.folder)
-        path = storage.join(self.folder, f"{self.name}-{self._parts:05d}{SEGMENT_SUFFIX}")
-        self._parts += 1
-        self.checkpoints.writing(path)
-        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) \
-                as handle:
-            handle.write(b"".join(self._buffer))
-        self._buffer = []
-
-    def close(self) -> None:
-        self.flush()
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-
-def save_stage_checkpoint(out_dir: str, stage: str, key: str, result) -> None:
-    """Checkpoint one key in a segment of its own (tools and tests; stages use a
-    :class:`SegmentWriter` per bundle)."""
-    writer = SegmentWriter(StageCheckpoints(out_dir, stage))
-    writer.add(key, result)
-    writer.close()
-
-
-def load_stage_checkpoint(out_dir: str, stage: str, key: str):
-    """``key``'s checkpointed result, reading every segment of ``stage`` (tools and tests)."""
-    return StageCheckpoints(out_dir, stage).refresh().load(key)
-
-
-def stage_checkpoint_counts(out_dir: str) -> dict[str, int]:
-    """Finished keys per model stage (for messages and tests)."""
-    return {stage: len(StageCheckpoints(out_dir, stage).refresh()) for stage in STAGE_DIRS}
-
-
-# ---------------------------------------------------------------------------------------------
-# Engines: one pool per worker process
-
-
-class EnginePool:
-    """The engines of one worker process, keyed by ``EngineConfig``, on one event loop.
-
-    Engines start on first use (:meth:`engine`); :meth:`discard` drops a dead one, so that the
-    next use (the retried bundle) starts a new one. One ``MeteredEngine`` per (config, role)
-    counts what each role asked for; the raw engine is shared by every role naming its config.
-    """
-
-    def __init__(self) -> None:
-        from steplabel.engines.host import EngineHost
-        from steplabel.pipelines.label import EngineClock
-
-        self.host = EngineHost()
-        self.clock = EngineClock()
-        self._raw: dict = {}
-        self._metered: dict = {}
-        self._lock = threading.Lock()
-        self._reported: dict[str, int] = {}
-        self._retired: list = []  # engines discarded (dead): their counters still count
-        self._checkpoints: dict[tuple[str, str], StageCheckpoints] = {}
-
-    def checkpoints(self, out_dir: str, stage: str) -> StageCheckpoints:
-        """The finished keys of ``stage``, shared by this job's stages on this worker (from
-        one pipeline to the next: the local runner's waves), brought up to date."""
-        with self._lock:
-            found = self._checkpoints.setdefault((out_dir, stage),
-                                                 StageCheckpoints(out_dir, stage))
-        return found.refresh()
-
-    def engine(self, config, role: str):
-        from steplabel.engines.host import create_engine
-        from steplabel.pipelines.label import MeteredEngine
-
-        with self._lock:
-            raw = self._raw.get(config)
-            if raw is None:
-                with logs.engine_starting(_engine_description(config, role),
-                                          status_line=not _bars_on_screen()):
-                    raw = self.host.run(create_engine(config))
-                self._raw[config] = raw
-            metered = self._metered.get((config, role))
-            if metered is None or metered._engine is not raw:
-                metered = MeteredEngine(raw, role=role, clock=self.clock)
-                self._metered[(config, role)] = metered
-            return metered
-
-    def is_current(self, config, engine) -> bool:
-        with self._lock:
-            return self._raw.get(config) is getattr(engine, "_engine", engine)
-
-    def discard(self, config) -> None:
-        """Drop ``config``'s engine (it died): shut it down, best effort."""
-        with self._lock:
-            raw = self._raw.pop(config, None)
-        if raw is None:
-            return
-        self._retired.append(raw)
-
-        async def in_loop(function):
-            function()
-
-        shutdown = getattr(raw, "shutdown", None)
-        if shutdown is not None:
-            try:
-                self.host.run(in_loop(shutdown), timeout=60)
-            except Exception:  # noqa: BLE001 - a dead engine may fail to shut down
-                log.warning("a dead engine did not shut down cleanly", exc_info=True)
-
-    def submit(self, coroutine) -> concurrent.futures.Future:
-        return self.host.submit(coroutine)
-
-    def served(self) -> tuple[int, int]:
-        """(rollouts, generated tokens) served so far, every role."""
-        with self._lock:
-            metered = list(self._metered.values())
-        return (sum(e.rollouts for e in metered), sum(e.generated_tokens for e in metered))
-
-    def stage_requests(self) -> dict[str, int]:
-        """Requests served so far by role: ``policy``, ``completer``, ``judge``."""
-        with self._lock:
-            metered = list(self._metered.values())
-        counts: dict[str, int] = {}
-        for engine in metered:
-            counts[engine.role] = counts.get(engine.role, 0) + engine.requests
-        return counts
-
-    def progress(self, out_dir: str, manifest, total: int | None):
-        """This worker's live progress display of the job (one per dataset and manifest)."""
-        from steplabel.pipelines.label import _PROGRESS, Progress
-
-        with self._lock:
-            return _PROGRESS.setdefault(
-                f"{out_dir}|{manifest.hash}",
-                Progress(total, served=self.served, stages=self.stage_requests))
-
-    def engine_counter_deltas(self) -> dict[str, int]:
-        """What the engines did since the last call (see
-        :func:`~steplabel.pipelines.label.engine_counter_totals`): engine requests, retries,
-        failures and busy time, for Beam counters."""
-        with self._lock:
-            engines = [*self._retired, *self._raw.values()]
-        from steplabel.pipelines.label import engine_counter_totals
-
-        totals = engine_counter_totals(engines, self.clock)
-        with self._lock:
-            deltas = {k: v - self._reported.get(k, 0) for k, v in totals.items()}
-            self._reported = totals
-        return {k: v for k, v in deltas.items() if v}
 
 
 def expected_requests(manifest, total: int | None) -> dict[str, int]:
@@ -472,28 +94,7 @@ def expected_requests(manifest, total: int | None) -> dict[str, int]:
     return expected
 
 
-def _engine_description(config, role: str) -> str:
-    """``the vllm engine (model embedded; first needed by policy)``: what is starting, for
-    the terminal (roles naming the same config share the engine)."""
-    what = {"vllm": f"model {config.model}", "custom": f"factory {config.factory}",
-            "openai": f"model {config.model} at {config.base_url}"}
-    return (f"the {config.kind} engine ({what.get(config.kind, config.model)}; first needed "
-            f"by {role})")
 
-
-def _bars_on_screen() -> bool:
-    """Whether a progress display of this process has bars on the terminal (a status line
-    would then take one of their rows)."""
-    from steplabel.pipelines.label import _PROGRESS
-
-    return any(progress._bars for progress in list(_PROGRESS.values()))
-
-
-def _acquire_pool(handle: shared.Shared) -> EnginePool:
-    return handle.acquire(EnginePool, tag="steplabel-engine-pool")
-
-
-# ---------------------------------------------------------------------------------------------
 # A model stage
 
 
@@ -621,8 +222,6 @@ class EngineStageFn(beam.DoFn):
         """A key's work raised instead of returning a result: a dead engine or a bug, never a
         request error (those are results). Checkpoint every other in-flight key that still
         finishes, drop a dead engine from the pool (a retry builds a new one), raise."""
-        from steplabel.engines.base import EngineDiedError
-
         pending, self._pending = self._pending, {}
         done, not_done = concurrent.futures.wait(pending, timeout=SETTLE_TIMEOUT_S)
         saved = 0
@@ -805,66 +404,6 @@ ANNOTATOR_STAGES: dict[str, type[EngineStageFn]] = {
     CRITIC.name: CriticFn}
 
 
-class IdentifyEnginesFn(beam.DoFn):
-    """An impulse -> (role, (model id, weights SHA-256, engine version)) of the engine of
-    ``role``, for provenance.
-
-    Read from ``_work/engines/<role>.json`` when an earlier attempt recorded it (a resumed job
-    starts no engine for it); otherwise from the engine (started in the shared pool, where the
-    stages find it) and recorded. It starts an engine, so it declares the role's resources as
-    the role's stages do (:class:`IdentifyEngines`)."""
-
-    def __init__(self, manifest, *, role: str, out_dir: str, pool: shared.Shared,
-                 placement: dict[str, str] | None = None) -> None:
-        self.manifest = manifest
-        self.role = role
-        self.out_dir = out_dir
-        self._pool_handle = pool
-        self.placement = dict(placement or {})
-
-    def process(self, _impulse):
-        role = self.role
-        # The same placement as the stages': the same config, so the same pooled engine.
-        config = st.StageContext(self.manifest).roles(self.placement or None)[role]
-        path = storage.join(self.out_dir, storage.WORK_DIR, ENGINES_DIR, f"{role}.json")
-        config_key = hashlib.sha256(repr(config).encode("utf-8")).hexdigest()
-        known = storage.read_json_if_exists(path)
-        if known is not None and known.get("config") == config_key:
-            yield role, tuple(known["identity"])
-            return
-        engine = _acquire_pool(self._pool_handle).engine(config, role)
-        identity = st.engine_identity(engine)
-        storage.write_json_atomic(path, {"config": config_key, "identity": list(identity)})
-        yield role, identity
-
-
-class IdentifyEngines(beam.PTransform):
-    """Pipeline begin -> (role, identity) of each of ``roles``' engines: one
-    :class:`IdentifyEnginesFn` per role, each with the role's resource hints
-    (:func:`~steplabel.pipelines.runners.declare_engine_resources`), so that an engine is
-    identified on the worker pool its stages run on."""
-
-    def __init__(self, manifest, *, roles, out_dir: str, pool: shared.Shared,
-                 accelerators: dict[str, str] | None = None) -> None:
-        super().__init__()
-        self.manifest = manifest
-        self.roles = tuple(roles)
-        self.out_dir = out_dir
-        self.pool = pool
-        self.accelerators = dict(accelerators or {})
-
-    def expand(self, begin):
-        found = []
-        for role in self.roles:
-            fn = IdentifyEnginesFn(self.manifest, role=role, out_dir=self.out_dir,
-                                   pool=self.pool, placement=self.accelerators)
-            found.append(begin
-                         | f"Impulse[{role}]" >> beam.Impulse()
-                         | f"Identify[{role}]" >> declare_engine_resources(
-                             beam.ParDo(fn), role=role, accelerators=self.accelerators))
-        return tuple(found) | "Identities" >> beam.Flatten()
-
-
 class AssembleTrajectoriesFn(beam.DoFn):
     """(key, {solution, monte_carlo, judge}) -> (problem_id, ("piece", Piece)): consensus and
     the row (consensus combines exactly these two annotators' labels)."""
@@ -889,8 +428,6 @@ class AssembleTrajectoriesFn(beam.DoFn):
 
 def figure_rows(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """A problem's rows, reduced to the columns the dataset's figures read."""
-    from steplabel.dataset.stats import COLUMNS
-
     return {output: [{c: row.get(c) for c in COLUMNS[output]} for row in items]
             for output, items in rows.items()}
 

@@ -73,7 +73,7 @@ def test_a_failed_rewrite_keeps_the_old_file_whole(tmp_path, monkeypatch):
 
 
 def test_a_corrupt_checkpoint_is_recomputed_not_trusted(tmp_path):
-    from steplabel.pipelines.stages import (
+    from steplabel.pipelines.checkpoints import (
         load_stage_checkpoint,
         save_stage_checkpoint,
         stage_checkpoint_files,
@@ -206,7 +206,7 @@ def test_finalize_removes_leftovers_of_interrupted_writes(tmp_path):
         out / "dead_letter" / f"{storage.TMP_MARK}dead-{storage.shard_name(1, 2)}",
         out / f"{storage.TMP_MARK}dead-info.json",
     ]
-    from steplabel.pipelines.stages import stage_checkpoint_files
+    from steplabel.pipelines.checkpoints import stage_checkpoint_files
 
     checkpoint = Path(stage_checkpoint_files(str(out), "sample")[0])
     planted.append(checkpoint.parent / f"{storage.TMP_MARK}dead-{checkpoint.name}")

@@ -10,8 +10,8 @@ import pytest
 
 import memfs
 from steplabel.annotators import stages as st
-from steplabel.pipelines import stages
-from steplabel.pipelines.stages import (
+from steplabel.pipelines import checkpoints as checkpoints_module
+from steplabel.pipelines.checkpoints import (
     REMOTE_FLUSH_KEYS,
     SegmentWriter,
     StageCheckpoints,
@@ -82,8 +82,8 @@ def test_refresh_reads_only_what_is_new(tmp_path, monkeypatch):
     other.add("p0", {"n": 0})
     assert checkpoints.refresh().keys() == {"p0"}
     reads = []
-    real = stages.FileSystems.open
-    monkeypatch.setattr(stages.FileSystems, "open",
+    real = checkpoints_module.FileSystems.open
+    monkeypatch.setattr(checkpoints_module.FileSystems, "open",
                         lambda *a, **k: reads.append(a[0]) or real(*a, **k))
     other.add("p1", {"n": 1})
     assert checkpoints.refresh().keys() == {"p0", "p1"}
@@ -148,7 +148,7 @@ def test_an_object_store_gets_a_segment_object_per_batch(bucket, monkeypatch):
     writer.add("late", {"i": 99})
     writer.flush_if_due()
     assert stage_checkpoint_counts(bucket)["monte_carlo"] == REMOTE_FLUSH_KEYS
-    monkeypatch.setattr(stages, "REMOTE_FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(checkpoints_module, "REMOTE_FLUSH_SECONDS", 0.0)
     writer.flush_if_due()  # the stage polls: the oldest buffered key is due
     assert stage_checkpoint_counts(bucket)["monte_carlo"] == REMOTE_FLUSH_KEYS + 1
     writer.add("closing", {"i": 100})

@@ -9,7 +9,7 @@ import pytest
 from steplabel.annotators.critic import critic_version
 from steplabel.pipelines.evaluate import read_rows, run_evaluation
 from steplabel.pipelines.evaluate_spec import make_spec
-from steplabel.pipelines.stages import stage_checkpoint_counts
+from steplabel.pipelines.checkpoints import stage_checkpoint_counts
 from steplabel.schemas.config import ConfigError
 from steplabel.schemas.manifest import manifest_from_dict
 from test_evaluate_job import ANSWERS, GOLD, MANIFEST

@@ -10,7 +10,7 @@ import pytest
 from fakes import CRITIC_SCRIPT
 from steplabel.dataset import storage
 from steplabel.pipelines.job import run_job
-from steplabel.pipelines.stages import stage_checkpoint_counts
+from steplabel.pipelines.checkpoints import stage_checkpoint_counts
 from steplabel.schemas.manifest import manifest_from_dict
 from test_pipeline import write_problems
 

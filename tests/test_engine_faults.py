@@ -26,7 +26,7 @@ from flaky_server import Fault, FlakyCompletionsServer, write_word_tokenizer
 from steplabel.dataset import storage
 from steplabel.pipelines.cli import main as cli_main
 from steplabel.pipelines.job import JobError, run_job
-from steplabel.pipelines.stages import stage_checkpoint_counts
+from steplabel.pipelines.checkpoints import stage_checkpoint_counts
 from steplabel.schemas.manifest import manifest_from_dict
 
 pytestmark = pytest.mark.pipeline

@@ -10,7 +10,8 @@ import pytest
 
 from steplabel.engines.vllm_engine import ready_message
 from steplabel.pipelines import logs
-from steplabel.pipelines.stages import _engine_description, expected_requests
+from steplabel.pipelines.engine_pool import _engine_description
+from steplabel.pipelines.stages import expected_requests
 from steplabel.schemas.config import EngineConfig
 from steplabel.schemas.manifest import manifest_from_dict
 

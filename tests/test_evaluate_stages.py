@@ -20,7 +20,7 @@ from steplabel.pipelines.evaluate import EvaluationError, read_rows, run_evaluat
 from steplabel.pipelines.evaluate_graph import prediction_rows
 from steplabel.pipelines.evaluate_spec import load_evaluation_manifest, make_spec
 from steplabel.pipelines.gold_files import load_answers_file, load_gold_file
-from steplabel.pipelines.stages import stage_checkpoint_counts
+from steplabel.pipelines.checkpoints import stage_checkpoint_counts
 
 pytestmark = pytest.mark.pipeline
 

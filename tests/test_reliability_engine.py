@@ -71,7 +71,7 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
 
 def checkpoints(out: Path) -> dict[str, int]:
     """Finished keys per model stage (sample, omegaprm, monte_carlo, judge), 0s if none."""
-    from steplabel.pipelines.stages import stage_checkpoint_counts
+    from steplabel.pipelines.checkpoints import stage_checkpoint_counts
 
     return stage_checkpoint_counts(str(out)) if (out / "_work").exists() else {}
 

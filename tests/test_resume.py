@@ -10,7 +10,7 @@ import yaml
 
 from killing import steplabel
 from steplabel.dataset import storage
-from steplabel.pipelines.stages import stage_checkpoint_counts
+from steplabel.pipelines.checkpoints import stage_checkpoint_counts
 from steplabel.schemas.records import OUTPUTS
 
 pytestmark = pytest.mark.pipeline

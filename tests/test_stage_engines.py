@@ -11,12 +11,9 @@ import killing
 from steplabel.schemas.graders import MathGold
 from steplabel.schemas.stages import Problem
 from steplabel.engines.base import EngineDiedError
+from steplabel.pipelines.checkpoints import load_stage_checkpoint, stage_checkpoint_counts
 from steplabel.pipelines.job import run_job
-from steplabel.pipelines.stages import (
-    SampleSolutionsFn,
-    load_stage_checkpoint,
-    stage_checkpoint_counts,
-)
+from steplabel.pipelines.stages import SampleSolutionsFn
 from steplabel.schemas.manifest import manifest_from_dict
 
 pytestmark = pytest.mark.pipeline

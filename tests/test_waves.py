@@ -15,7 +15,7 @@ import yaml
 
 from killing import steplabel
 from steplabel.pipelines import sink, waves
-from steplabel.pipelines.stages import stage_checkpoint_counts
+from steplabel.pipelines.checkpoints import stage_checkpoint_counts
 from steplabel.schemas.manifest import RunnerConfig
 from steplabel.schemas.records import to_table
 
