@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Iterable, Protocol, runtime_checkable
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from steplabel.annotators.graders import GOLD_WARNING_PREFIX, Grader
+from steplabel.annotators.graders import GOLD_WARNING_PREFIX, Grader, text_field
 from steplabel.annotators.python_tests import LAYOUTS
 from steplabel.models import sha256_file
 from steplabel.schemas import rows as R
@@ -569,24 +569,6 @@ def _original_text(data: Any) -> str:
         return repr(data).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _text_field(record: dict, key: str, what: str) -> tuple[str | None, str | None]:
-    if key not in record or record[key] is None:
-        return None, f"missing_{what}"
-    value = record[key]
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None, f"bad_{what}_type"
-    text = str(value)
-    if not text.strip():
-        return None, f"empty_{what}"
-    try:
-        # JSON's "\ud800" escape decodes to a lone surrogate: valid JSON, but not text that
-        # UTF-8 (Parquet, the tokenizer, the checkpoint key) can hold.
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return None, "not_utf8"
-    return text, None
-
-
 def validate_item(item: RawItem, *, fields, answer_format: str, manifest_hash: str,
                   grader: Grader, layout: str = "plain") -> tuple[Problem | None, dict | None]:
     """``(problem, None)`` for a good record, ``(None, dead_letter_row)`` for a bad one. The
@@ -616,13 +598,13 @@ def validate_item(item: RawItem, *, fields, answer_format: str, manifest_hash: s
     if LAYOUTS.get(layout) is not None:
         record, fields = LAYOUTS[layout](record), FieldMapping()
 
-    question, problem = _text_field(record, fields.question, "question")
+    question, problem = text_field(record, fields.question, "question")
     if problem:
         return dead(problem, f"field {fields.question!r}: {problem.replace('_', ' ')}")
     if fields.id is None:
         problem_id = "q-" + hashlib.sha256(question.encode("utf-8")).hexdigest()[:16]
     else:
-        problem_id, problem = _text_field(record, fields.id, "id")
+        problem_id, problem = text_field(record, fields.id, "id")
         if problem:
             return dead(problem, f"field {fields.id!r}: {problem.replace('_', ' ')}")
     if len(question) > MAX_QUESTION_CHARS:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from steplabel.schemas.config import OMIT_DEFAULT, ConfigError, SamplingConfig, check
-from steplabel.schemas.templates import load_template
+from steplabel.schemas.templates import PromptTemplate, load_template
 
 #: How a rollout cut off at ``max_tokens`` is counted: ``unknown`` (default: it never reached a
 #: final answer, so it says nothing about the prefix) or ``incorrect`` (graded as written, as
@@ -344,6 +344,22 @@ def forces_verdict_box(response_prefix: str) -> bool:
     return bool(opened) and "}" not in response_prefix[opened[-1].end():]
 
 
+def _problem_and_steps_template(template_id) -> PromptTemplate:
+    """The template ``template_id`` names, checked to have exactly the fields ``{problem}`` and
+    ``{tagged_steps}`` (the judge's and the critic's prompts); a ConfigError names the field."""
+    check(isinstance(template_id, str) and bool(template_id), "template_id",
+          "must be a non-empty string", template_id)
+    try:
+        template = load_template(template_id)
+    except ValueError as exc:
+        raise ConfigError(f"template_id {exc}") from None
+    fields = {name for _, name, _, _ in string.Formatter().parse(template.text) if name}
+    check(fields == _TEMPLATE_FIELDS, "template_id",
+          "must name a template with exactly the fields {problem} and {tagged_steps}",
+          template_id)
+    return template
+
+
 @dataclass(frozen=True)
 class JudgeSampling(SamplingConfig):
     """The judge's sampling settings: :class:`SamplingConfig` with the judge's defaults, greedy
@@ -399,16 +415,7 @@ class JudgeConfig:
     constrain_verdict: bool = field(default=False, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
-        check(isinstance(self.template_id, str) and bool(self.template_id), "template_id",
-              "must be a non-empty string", self.template_id)
-        try:
-            template = load_template(self.template_id)
-        except ValueError as exc:
-            raise ConfigError(f"template_id {exc}") from None
-        fields = {name for _, name, _, _ in string.Formatter().parse(template.text) if name}
-        check(fields == _TEMPLATE_FIELDS, "template_id",
-              "must name a template with exactly the fields {problem} and {tagged_steps}",
-              self.template_id)
+        _problem_and_steps_template(self.template_id)
         check(isinstance(self.votes, int) and not isinstance(self.votes, bool)
               and self.votes >= 1, "votes", "must be an integer >= 1", self.votes)
         check(isinstance(self.response_prefix, str), "response_prefix", "must be a string",
@@ -498,16 +505,7 @@ class CriticConfig:
     def __post_init__(self) -> None:
         check(_is_int(self.samples) and self.samples >= 1, "samples",
               "must be an integer >= 1", self.samples)
-        check(isinstance(self.template_id, str) and bool(self.template_id), "template_id",
-              "must be a non-empty string", self.template_id)
-        try:
-            template = load_template(self.template_id)
-        except ValueError as exc:
-            raise ConfigError(f"template_id {exc}") from None
-        fields = {name for _, name, _, _ in string.Formatter().parse(template.text) if name}
-        check(fields == _TEMPLATE_FIELDS, "template_id",
-              "must name a template with exactly the fields {problem} and {tagged_steps}",
-              self.template_id)
+        template = _problem_and_steps_template(self.template_id)
         shown = template.render(problem="", tagged_steps="")
         check(VERDICT_CORRECT in shown and VERDICT_INCORRECT in shown, "template_id",
               f"must name a template that asks for the verdicts {VERDICT_CORRECT} and "
