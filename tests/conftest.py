@@ -22,3 +22,15 @@ def portable_services(tmp_path_factory):
         yield running
     finally:
         services.stop(state)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_engines():
+    """Shut down the vLLM engines a test module started in this process (jobs run in-process
+    keep their engine pool alive for the process's life; the CLI shuts them down at exit).
+    Without it the engine modules' engines pile up: five of them (about 4 GiB each) left no
+    memory for the sixth's KV cache."""
+    yield
+    from steplabel.engines.vllm_engine import shutdown_live_engines
+
+    shutdown_live_engines()
