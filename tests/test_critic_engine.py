@@ -3,6 +3,7 @@ every consensus-kept trajectory gets its critiques, each kept or rejected with a
 export and the figures follow. A 135M critic rarely writes a kept critique: the path is tested,
 not its quality. Run by the coordinator only (engine tier)."""
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -28,7 +29,10 @@ DEMO_CRITIC = Path(__file__).resolve().parents[1] / "jobs" / "demo_critic.yaml"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    # The demo's first 6 problems (of 12): its consensus keeps trajectories there too, and
+    # the engine tier stays within CI's budget.
     manifest = load_manifest(DEMO_CRITIC)
+    manifest = dataclasses.replace(manifest, source=dataclasses.replace(manifest.source, limit=6))
     out = tmp_path_factory.mktemp("demo-critic") / "out"
     return manifest, out, run_job(manifest, out_dir=str(out))
 
