@@ -69,8 +69,7 @@ def test_a_constrained_judge_reads_every_vote():
 
     import asyncio
     free = asyncio.run(judge(constrained(constrain_verdict=False)))
-    assert free.parse_reasons == ["verdict_not_integer", "ok", "ok"] or "out_of_range" in \
-        free.parse_reasons
+    assert free.parse_reasons == ["verdict_not_integer", "out_of_range", "ok"]
     bound = asyncio.run(judge(constrained()))
     assert bound.parse_reasons == ["ok", "ok", "ok"]
     assert all(-1 <= vote <= 2 for vote in bound.votes)
