@@ -1,10 +1,13 @@
 """Run the demo (jobs/demo.yaml) and record what it shows: benchmarks/results/demo.json.
 
+``--demo code`` runs and records the code demo (jobs/code_demo.yaml) the same way, into
+benchmarks/results/code_demo.json, with its sandbox counts.
+
 The README quotes this run's terminal and figures; tests/test_readme.py checks that the figures
 the README quotes are the recorded ones, so the README cannot go stale silently. Rerun after a
 change to the demo, the annotators or the terminal output:
 
-    .venv/bin/python benchmarks/demo_run.py            # runs the demo into out/demo-record
+    .venv/bin/python benchmarks/demo_run.py            # runs the demo into out/math-demo-record
     .venv/bin/python benchmarks/demo_run.py --from DIR # records an existing demo dataset
 
 Wall time depends on the machine and its load: the load average is recorded beside it.
@@ -21,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULT = ROOT / "benchmarks" / "results" / "demo.json"
+DEMOS = {"math": ("demo.yaml", "demo.json"), "code": ("code_demo.yaml", "code_demo.json")}
 
 
 def summarize(dataset: Path) -> dict:
@@ -44,23 +47,26 @@ def summarize(dataset: Path) -> dict:
         "rollouts_per_kept_label": per_label.get("rollouts"),
         "warnings": stats.get("warnings", []),
         "content_hash": info.get("content_hash"),
+        **({"sandbox": stats["sandbox"]} if "sandbox" in stats else {}),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", help="record an existing demo dataset")
-    parser.add_argument("--out", default=str(ROOT / "out" / "demo-record"))
+    parser.add_argument("--out", help="where the run writes (default: out/<demo>-record)")
+    parser.add_argument("--demo", choices=sorted(DEMOS), default="math")
     args = parser.parse_args(argv)
+    manifest, result = DEMOS[args.demo]
     record: dict = {}
     if args.source:
         dataset = Path(args.source)
     else:
-        dataset = Path(args.out)
+        dataset = Path(args.out or ROOT / "out" / f"{args.demo}-demo-record")
         load = os.getloadavg()[0]
         started = time.perf_counter()
         run = subprocess.run(
-            [sys.executable, "-m", "steplabel", "run", str(ROOT / "jobs" / "demo.yaml"),
+            [sys.executable, "-m", "steplabel", "run", str(ROOT / "jobs" / manifest),
              "--out", str(dataset), "--overwrite"],
             cwd=ROOT, capture_output=True, text=True, check=True)
         record["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         record["terminal"] = [line for line in run.stdout.splitlines() + run.stderr.splitlines()
                               if line.strip()]
     record.update(summarize(dataset))
-    RESULT.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    (ROOT / "benchmarks" / "results" / result).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(json.dumps(record, indent=2, sort_keys=True))
     return 0
 
