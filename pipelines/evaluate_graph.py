@@ -41,6 +41,7 @@ from steplabel.annotators.evaluation.predict import (
     combine_predictions,
     completer_stage,
     critic_stage,
+    item_answer_check,
     judge_stage,
     stage_predictions_from_json,
     stage_predictions_to_json,
@@ -66,6 +67,7 @@ from steplabel.pipelines.stages import EngineStageFn
 from steplabel.schemas import rows as R
 from steplabel.schemas.config import share_gpu_memory
 from steplabel.schemas.evaluation import PREDICTION, Prediction
+from steplabel.schemas.graders import GraderConfig
 from steplabel.schemas.manifest import JobManifest
 from steplabel.schemas.rows import as_row
 
@@ -134,8 +136,12 @@ class CheckedItem:
         return self.item.problem_id
 
 
-def check_item(item: GoldItem, annotators: tuple[str, ...]) -> CheckedItem:
-    gold_answer, gold_status = usable_gold_answer(item, annotators)
+def check_item(item: GoldItem, annotators: tuple[str, ...],
+               grader: GraderConfig | None = None) -> CheckedItem:
+    """``item`` with the gold answer its annotators run under, checked as ``grader`` (the
+    manifest's) reads it."""
+    gold_answer, gold_status = usable_gold_answer(item, annotators,
+                                                  answer_check=item_answer_check(grader))
     return CheckedItem(item, gold_answer, gold_status)
 
 
@@ -393,7 +399,7 @@ class PredictFirstErrors(beam.PTransform):
                      omegaprm_final_answer=spec.omegaprm_final_answer, out_dir=self.out_dir,
                      pool=pool, max_in_flight=m.runner.max_in_flight,
                      placement=self.accelerators)
-        checked = items | "CheckGoldAnswers" >> beam.Map(check_item, annotators)
+        checked = items | "CheckGoldAnswers" >> beam.Map(check_item, annotators, m.grader)
         joined = {"checked": checked | "KeyItems" >> beam.Map(lambda c: (c.key, c))}
         if {"mc", "omegaprm"} & set(annotators):
             joined["completer"] = (
