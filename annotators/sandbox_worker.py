@@ -143,6 +143,33 @@ def _private_root(workdir: str, uid: int, disk_mb: int, *, chroot: bool) -> str:
     return "/" + os.path.basename(workdir)
 
 
+def _user_tasks(uid: int) -> int:
+    """Tasks (threads) whose real uid is ``uid``, as RLIMIT_NPROC counts them; 0 where
+    ``/proc`` does not list them (the limit is then ``max_processes`` alone)."""
+    count = 0
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return 0
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as fh:
+                status = fh.read()
+        except OSError:  # gone, or not ours to read
+            continue
+        real = threads = None
+        for line in status.split(b"\n"):
+            if line.startswith(b"Uid:"):
+                real = int(line.split()[1])
+            elif line.startswith(b"Threads:"):
+                threads = int(line.split()[1])
+        if real == uid and threads:
+            count += threads
+    return count
+
+
 def _probe_netns(as_root: bool) -> bool:
     """Whether a child can enter a network namespace of its own (root: a plain one; otherwise
     inside a new user namespace)."""
@@ -225,6 +252,12 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, h
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         nproc = int(limits["max_processes"])
+        if uid is None and not netns:
+            # RLIMIT_NPROC counts every task of the real uid, the pipeline's threads among
+            # them: a limit of max_processes alone would refuse a right program its first
+            # thread. A dedicated uid (root) or a user namespace (netns without root) counts
+            # the program's own only.
+            nproc += _user_tasks(os.getuid())
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
         if uid is not None and private_tmp:
             workdir = _private_root(workdir, uid, int(limits["max_disk_mb"]),
@@ -559,7 +592,9 @@ def main() -> None:
                   "writes to the directory" if uid is not None
                   else "audit hook confines writes to the working directory (weaker)"),
         "processes": ("RLIMIT_NPROC per dedicated uid" if uid is not None
-                      else "RLIMIT_NPROC of the shared uid (weaker)"),
+                      else "RLIMIT_NPROC per user namespace" if netns
+                      else "RLIMIT_NPROC of the shared uid, above its tasks at the start of "
+                      "each run (weaker)"),
     }})
     while True:
         job = _recv(stdin)
