@@ -259,6 +259,9 @@ def test_inspect_counts_sandbox_outcomes(code_job):
     assert report["sandbox"]["outcomes"]["timeout"] == 5
     assert ("sandbox: 88 programs run: passed 33, failed 41, timeout 5, killed 9, unknown 0; "
             "5 without a program") in render_text(report)
+    page = render_html(report, {"trajectories": [], "rejected": []})
+    assert ("<td class='k'>sandbox</td><td>88 programs run: passed 33, failed 41, timeout 5, killed 9, "
+            "unknown 0; 5 without a program") in page
 
 
 @pytest.mark.parametrize("fmt", ["trl", "openrlhf", "math-shepherd"])
