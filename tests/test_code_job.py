@@ -24,6 +24,7 @@ from steplabel.dataset.plan import (
     sandbox_time,
 )
 from steplabel.dataset.show import Style, render_trajectory, select_trajectories
+from steplabel.dataset.stats import sandbox_warnings
 from steplabel.pipelines.job import run_job
 from steplabel.schemas.manifest import manifest_from_dict
 
@@ -224,6 +225,14 @@ def test_sandbox_outcomes_are_counted(code_job):
                                     "exit0", "socket", "allocate")},
         **{k: "all_correct" for k in ("right", "weak", "clobber", "readenv")},
         "cutoff": "all_unknown", "noprogram": "all_unknown"}
+
+
+def test_programs_the_sandbox_could_not_run_are_a_warning(code_job):
+    _, _, result = code_job
+    assert not any("sandbox could not run" in w for w in result.stats["warnings"])
+    assert sandbox_warnings({"sandbox_passed": 1, "sandbox_failed": 2}) == []
+    [warning] = sandbox_warnings({"sandbox_passed": 1, "sandbox_unknown": 3})
+    assert warning.startswith("the sandbox could not run 3 of 4 programs (75%)")
 
 
 def test_nothing_outside_changed(code_job, victim):
