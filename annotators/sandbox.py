@@ -39,7 +39,9 @@ sockets are refused by the audit hook only, and ``RLIMIT_NPROC`` counts every ta
 user: the child sets it to the user's tasks at the start of the run plus ``max_processes``, so
 that the pipeline's own threads never make a right program's first thread fail (as root
 without the uid it does not bind at all). ``tests/test_sandbox_unprivileged.py`` runs the
-hostile programs as uid 65534. CPython's audit hooks are not a security boundary on their own
+hostile programs as uid 65534. Root without ``CAP_SYS_ADMIN`` (a container that does not grant
+it) keeps the dedicated uid but gets neither a mount nor a network namespace (the worker
+probes for both): no chroot, and sockets refused by the audit hook only. CPython's audit hooks are not a security boundary on their own
 (a program that finds a hole around them reaches whatever its uid can), so those modes are
 weaker, and reported as such.
 

@@ -170,6 +170,28 @@ def _user_tasks(uid: int) -> int:
     return count
 
 
+def _probe_mount_namespace() -> bool:
+    """Whether a child can enter a mount namespace of its own and mount a tmpfs in it (root
+    with CAP_SYS_ADMIN; not root in a container that does not grant it, Docker's default)."""
+    target = tempfile.mkdtemp(prefix="steplabel-probe-")
+    try:
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                if (_unshare(CLONE_NEWNS)
+                        and _LIBC.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0):
+                    _mount_tmpfs(target, 1)  # gone with the namespace when the child exits
+                    ok = True
+            except OSError:
+                pass
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.rmdir(target)
+
+
 def _probe_netns(as_root: bool) -> bool:
     """Whether a child can enter a network namespace of its own (root: a plain one; otherwise
     inside a new user namespace)."""
@@ -582,6 +604,7 @@ def main() -> None:
     as_root = os.geteuid() == 0
     uid = UID_BASE + os.getpid() if as_root else None
     netns = _probe_netns(as_root)
+    mountns = as_root and _probe_mount_namespace()
     _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _send(stdout, {"ready": True, "isolation": {
@@ -589,7 +612,9 @@ def main() -> None:
         "network": ("network namespace" if netns else "audit hook blocks sockets (weaker)"),
         "files": ("chroot into a private tmpfs (max_disk_mb) holding the run's directory and "
                   "a read-only standard library; uid permissions; an audit hook confines "
-                  "writes to the directory" if uid is not None
+                  "writes to the directory" if uid is not None and mountns
+                  else "uid permissions; an audit hook confines writes to the working "
+                  "directory (no mount namespace: weaker)" if uid is not None
                   else "audit hook confines writes to the working directory (weaker)"),
         "processes": ("RLIMIT_NPROC per dedicated uid" if uid is not None
                       else "RLIMIT_NPROC per user namespace" if netns
@@ -603,7 +628,7 @@ def main() -> None:
         force = job.get("force") or {}
         run_uid = None if force.get("no_uid") else uid
         run_netns = netns and not force.get("no_netns")
-        run_tmp = run_uid is not None and not force.get("no_private_tmp")
+        run_tmp = run_uid is not None and mountns and not force.get("no_private_tmp")
         try:
             result = _run(job, uid=run_uid, netns=run_netns, private_tmp=run_tmp)
         except Exception as exc:  # noqa: BLE001 - reported as the sandbox's failure, not the program's
@@ -612,7 +637,7 @@ def main() -> None:
             "uid" if run_uid is not None else "", "netns" if run_netns else "audit-net",
             "tmpfs" if run_tmp else "",
             "chroot" if run_tmp and not force.get("no_chroot") else "",
-            "" if run_uid is not None else "audit-files",
+            "" if run_tmp else "audit-files",  # outside writes: the hook (and uid) only
             "no-hook" if force.get("no_hook") else ""]))
         _send(stdout, result)
 

@@ -1,4 +1,4 @@
-"""The sandbox run by an unprivileged user: hostile programs still get the right verdicts.
+"""The sandbox without root's powers: hostile programs still get the right verdicts.
 
 Without root the sandbox has no dedicated uid, mount namespace or chroot: writes outside the
 run's directory are refused by the audit hook alone, ``RLIMIT_NPROC`` counts all the user's
@@ -8,10 +8,16 @@ here the pool really runs as uid/gid 65534 (``nobody``): a subprocess drops to i
 starts the pool (``tests/unprivileged_sandbox.py``), when the suite runs as root; as any
 other user it runs as that user. The files it must not touch are writable to that uid (a
 world-writable directory in /tmp): the control shows only the sandbox keeps them intact.
+
+The same programs also run as root without CAP_SYS_ADMIN (``setpriv --bounding-set
+-sys_admin``), as in a container that does not grant it (Docker's default): a dedicated uid,
+but no mount or network namespace. Before the worker probed for a mount namespace, every run
+there was unknown (``unshare(CLONE_NEWNS)`` refused).
 """
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -95,10 +101,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def unprivileged():
-    """Run every program through a pool started by an unprivileged user; yields its answer,
-    the victim file, the listener and the secret."""
+MODES = ["unprivileged_user", "root_without_sys_admin"]
+
+
+@pytest.fixture(scope="module", params=MODES)
+def unprivileged(request):
+    """Run every program through a pool started by an unprivileged user (or by root without
+    CAP_SYS_ADMIN); yields its answer, the victim file, the listener and the secret."""
+    command = [sys.executable, str(HELPER)]
+    drop = NOBODY if os.geteuid() == 0 else None
+    if request.param == "root_without_sys_admin":
+        if os.geteuid() != 0 or shutil.which("setpriv") is None:
+            pytest.skip("needs root and setpriv (util-linux)")
+        command = ["setpriv", "--bounding-set", "-sys_admin", *command]
+        drop = None
     victim_dir = Path(tempfile.mkdtemp(prefix="steplabel-victim-", dir="/tmp"))
     victim_dir.chmod(0o777)  # writable to the unprivileged uid: only the sandbox protects it
     victim = victim_dir / "precious.txt"
@@ -110,11 +126,11 @@ def unprivileged():
     listener.setblocking(False)
     secret = "s3cr3t-" + os.urandom(8).hex()
     job = {"programs": _programs(victim, listener.getsockname()[1]), "limits": LIMITS,
-           "drop": NOBODY if os.geteuid() == 0 else None,
+           "drop": drop, "mode": request.param,
            "probe_writable": [str(victim), str(victim_dir)], "busy": BUSY}
     try:
         done = subprocess.run(
-            [sys.executable, str(HELPER)], input=json.dumps(job), capture_output=True,
+            command, input=json.dumps(job), capture_output=True,
             text=True, timeout=600, cwd="/", env={**os.environ, SECRET_NAME: secret})
         assert done.returncode == 0, done.stderr[-3000:]
         answer = json.loads(done.stdout.strip().splitlines()[-1])
@@ -128,13 +144,23 @@ def unprivileged():
         victim_dir.rmdir()
 
 
+def _root_mode(answer) -> bool:
+    return answer["mode"] == "root_without_sys_admin"
+
+
 def test_it_really_ran_unprivileged(unprivileged):
     answer, victim, _, _ = unprivileged
+    iso = answer["isolation"]
+    if _root_mode(answer):  # a dedicated uid, but no namespace
+        assert answer["uid"] == 0 and iso["uid"].startswith("dedicated uid")
+        assert "no mount namespace" in iso["files"]
+        assert iso["network"] == "audit hook blocks sockets (weaker)"
+        assert iso["processes"] == "RLIMIT_NPROC per dedicated uid"
+        return
     if os.geteuid() == 0:
         assert (answer["uid"], answer["euid"], answer["gid"]) == (NOBODY, NOBODY, NOBODY)
     else:
         assert answer["uid"] == os.getuid()
-    iso = answer["isolation"]
     assert iso["uid"] == f"same uid {answer['uid']}"
     assert "(weaker)" in iso["files"]
     if iso["network"] == "network namespace":  # inside a user namespace: its own count
@@ -150,7 +176,8 @@ def test_each_result_records_what_isolated_it(unprivileged):
     netns = answer["isolation"]["network"] == "network namespace"
     for name, result in answer["results"].items():
         layers = result["isolation"].split("+")
-        assert "uid" not in layers and "chroot" not in layers and "tmpfs" not in layers, name
+        assert ("uid" in layers) == _root_mode(answer), (name, result["isolation"])
+        assert "chroot" not in layers and "tmpfs" not in layers, name
         assert "audit-files" in layers, (name, result["isolation"])
         expected_net = "audit-net" if name.endswith("/no_netns") or not netns else "netns"
         assert expected_net in layers, (name, result["isolation"])

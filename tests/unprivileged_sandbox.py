@@ -49,7 +49,7 @@ def main() -> None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-    answer: dict = {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(),
+    answer: dict = {"mode": job.get("mode"), "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(),
                     "writable": {p: os.access(p, os.W_OK) for p in job.get("probe_writable", [])}}
     python = usable_python()
     if python is None:
