@@ -132,11 +132,6 @@ class EvaluationSettings:
                    judge=manifest.judge, critic=manifest.critic, grader=manifest.grader,
                    omegaprm_final_answer=omegaprm_final_answer)  # type: ignore[arg-type]
 
-    @property
-    def grades_tests(self) -> bool:
-        """Whether the gold answers are test source (a ``python_tests`` job)."""
-        return self.grader is not None and self.grader.name == "python_tests"
-
     def check(self, annotators: Sequence[str]) -> None:
         """Raise :class:`ConfigError` naming the missing manifest section of an annotator."""
         sections = {"mc": ("monte_carlo", self.monte_carlo),
