@@ -64,6 +64,7 @@ from steplabel.annotators.evaluation.predict import ANNOTATORS, DEFAULT_ANNOTATO
 from steplabel.annotators.evaluation.report import build_report, render_report_markdown
 from steplabel.dataset import storage
 from steplabel.dataset.directory import JobDirectory, JobKind
+from steplabel.dataset.stats import gold_warnings
 from steplabel.pipelines.evaluate_graph import build_evaluation_pipeline
 from steplabel.pipelines.evaluate_spec import (
     DEAD_LETTER,
@@ -218,6 +219,7 @@ def _finalize_evaluation(spec: EvaluationSpec, *, out_dir: str, counters: dict[s
     }
     report = build_report(predictions, annotators=spec.annotators, dead_letters=dead,
                           evaluation=evaluation)
+    report["warnings"] = gold_warnings(counters)  # python_tests: weak tests
     accounted = report["items"]["evaluated"] + report["items"]["dead_letter"]
     report["items"]["read"] = read
     report["items"]["reconciled"] = accounted == read

@@ -32,15 +32,18 @@ from apache_beam.utils import shared
 
 from steplabel.annotators.evaluation.answers import AnswerTable, join_gold_answers
 from steplabel.annotators.evaluation.items import GoldItem, GoldReject
+from steplabel.annotators.graders import GOLD_WARNING_PREFIX
 from steplabel.annotators.evaluation.predict import (
     STATUS_SKIPPED,
     EvaluationSettings,
+    NEEDS_GOLD,
     ItemPrediction,
     StagePredictions,
     annotator_versions,
     combine_predictions,
     completer_stage,
     critic_stage,
+    gold_answer_warning,
     item_answer_check,
     judge_stage,
     stage_predictions_from_json,
@@ -125,11 +128,13 @@ def prediction_rows(prediction: ItemPrediction, *, evaluation_hash: str,
 @dataclass(frozen=True)
 class CheckedItem:
     """A gold item with the gold answer its annotators run under (``gold_answer`` None:
-    Monte Carlo, OmegaPRM and consensus are skipped; ``gold_status`` says why)."""
+    Monte Carlo, OmegaPRM and consensus are skipped; ``gold_status`` says why), and the
+    warning reason of a gold that cannot tell right from wrong (``gold_warning``; counted)."""
 
     item: GoldItem
     gold_answer: str | None
     gold_status: str
+    gold_warning: str | None = None
 
     @property
     def key(self) -> str:
@@ -142,7 +147,8 @@ def check_item(item: GoldItem, annotators: tuple[str, ...],
     manifest's) reads it."""
     gold_answer, gold_status = usable_gold_answer(item, annotators,
                                                   answer_check=item_answer_check(grader))
-    return CheckedItem(item, gold_answer, gold_status)
+    warning = gold_answer_warning(gold_answer, grader) if NEEDS_GOLD & set(annotators) else None
+    return CheckedItem(item, gold_answer, gold_status, warning)
 
 
 def dead_letter_row(item: GoldItem, failure, *, evaluation_hash: str) -> dict:
@@ -178,6 +184,8 @@ def item_outputs(checked: CheckedItem, parts: list[StagePredictions], *,
         counters[name] = counters.get(name, 0) + 1
     if prediction.gold_status != "ok":
         counters["items_without_gold_answer"] = 1
+    if checked.gold_warning:
+        counters[GOLD_WARNING_PREFIX + checked.gold_warning] = 1
     return {PREDICTIONS: rows}, counters
 
 

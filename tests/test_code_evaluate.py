@@ -53,6 +53,7 @@ def gold_records() -> list[dict]:
         item("wrong", 1),
         {**no_tests, "id": "no-tests"},
         {**item("right", -1), "id": "bad-tests", "tests": "assert add_one(1) ==\n"},
+        {**item("wrong", 1), "id": "weak-tests", "tests": "assert True\n"},
     ]
 
 
@@ -138,4 +139,16 @@ def test_items_without_usable_tests_are_judged_only(evaluated):
             assert (row["status"], row["reason"], row["gold_status"]) == (
                 "skipped", "no_gold_answer", status), (name, annotator)
     assert rows[("right", "mc")]["gold_answer"] == TESTS
-    assert result.report["items"]["evaluated"] == 5
+    assert result.report["items"]["evaluated"] == 6
+
+
+def test_tests_that_pass_on_an_empty_program_are_a_warning(evaluated):
+    out, result = evaluated
+    rows = {(r["item_id"], r["annotator"]): r for r in read_rows(out, "predictions")}
+    # evaluated as given: its wrong program passes 'assert True', so Monte Carlo sees no error
+    assert rows[("weak-tests", "mc")]["predicted_first_error"] == -1
+    assert result.info["counters"]["gold_warning_tests_pass_on_empty_program"] == 1
+    [warning] = result.report["warnings"]
+    assert warning.startswith("1 problem labelled although their tests pass on an empty "
+                              "program")
+    assert f"- warning: {warning}" in result.markdown

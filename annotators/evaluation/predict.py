@@ -170,6 +170,16 @@ def item_grader(config: GraderConfig | None) -> Callable[[str, str | None], Grad
     return grade_tests
 
 
+def gold_answer_warning(gold_answer: str | None, config: GraderConfig | None) -> str | None:
+    """A warning reason when an item's gold cannot tell right from wrong, as the labelling job
+    checks it (python_tests: ``tests_pass_on_empty_program``, or ``tests_not_checked`` when
+    the sandbox could not run them; one sandbox run), else None (math: never)."""
+    if gold_answer is None or config is None or config.name != "python_tests":
+        return None
+    return PythonTestsGrader(config).gold_warning(  # type: ignore[arg-type]
+        PythonTestsGold(gold_answer))
+
+
 def _no_answer_check(answer: str) -> str | None:
     """Test source was checked when read (it compiles): nothing more to check."""
     return None
