@@ -348,7 +348,7 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, h
     except SystemExit as exc:
         restore()
         flush()
-        report("failed", f"exited_before_tests:{exc.code!r}"[:200])
+        report("failed", f"exited_before_tests:status={_exit_status(exc)}")
         _exit(0)
     except BaseException as exc:  # noqa: BLE001 - any error of the program is its own
         program_ns.clear()  # frees what the program holds (a MemoryError's, say)
@@ -378,7 +378,7 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, h
         _exit(0)
     except SystemExit as exc:
         flush()
-        report("failed", f"exited_during_tests:{exc.code!r}"[:200])
+        report("failed", f"exited_during_tests:status={_exit_status(exc)}")
         _exit(0)
     except BaseException as exc:  # noqa: BLE001
         program_ns.clear()
@@ -389,6 +389,18 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, h
     report("passed", "tests_passed")
     flush()
     _exit(0)
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The status the interpreter would exit with (``sys.exit()``: 0, an int: itself, any
+    other value, a message: 1), as ``os._exit``'s status is reported: one reason per exit.
+    Exact types only: no method of an object the program made runs in the harness."""
+    code = exc.code
+    if code is None:
+        return 0
+    if type(code) is int:
+        return code & 0xFF
+    return 1
 
 
 def _missing_standard_module(exc: BaseException, standard: frozenset,
