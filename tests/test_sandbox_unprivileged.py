@@ -132,6 +132,8 @@ def unprivileged(request):
         done = subprocess.run(
             command, input=json.dumps(job), capture_output=True,
             text=True, timeout=600, cwd="/", env={**os.environ, SECRET_NAME: secret})
+        if done.returncode != 0 and done.stderr.startswith("setpriv:"):
+            pytest.skip(f"setpriv cannot drop CAP_SYS_ADMIN here: {done.stderr.strip()}")
         assert done.returncode == 0, done.stderr[-3000:]
         answer = json.loads(done.stdout.strip().splitlines()[-1])
         if "skip" in answer:
