@@ -31,10 +31,17 @@ then forks one child per program, so a run costs a fork, not an interpreter star
 Where the platform does not allow a part, the worker says so at start (:attr:`SandboxPool.isolation`)
 and each result names what it ran under (``SandboxResult.isolation``): without root there is no
 dedicated uid, mount namespace or chroot, so writes outside the directory are refused by the
-audit hook only, the program can read every file the pipeline's user can, nothing bounds its
-disk use beyond ``max_file_mb`` per file, and ``RLIMIT_NPROC`` counts all processes of the user
-(as root without the uid it does not bind at all); without a network namespace, sockets are
-refused by the audit hook only. CPython's audit hooks are not a security boundary on their own
+audit hook only, the program can read every file the pipeline's user can, and nothing bounds its
+disk use beyond ``max_file_mb`` per file. The network namespace is then entered inside a new
+user namespace, where the kernel allows unprivileged ones; ``RLIMIT_NPROC`` then counts the
+program's own tasks. Without a user namespace (a container whose seccomp profile refuses them)
+sockets are refused by the audit hook only, and ``RLIMIT_NPROC`` counts every task of the
+user: the child sets it to the user's tasks at the start of the run plus ``max_processes``, so
+that the pipeline's own threads never make a right program's first thread fail (as root
+without the uid it does not bind at all). ``tests/test_sandbox_unprivileged.py`` runs the
+hostile programs as uid 65534. Root without ``CAP_SYS_ADMIN`` (a container that does not grant
+it) keeps the dedicated uid but gets neither a mount nor a network namespace (the worker
+probes for both): no chroot, and sockets refused by the audit hook only. CPython's audit hooks are not a security boundary on their own
 (a program that finds a hole around them reaches whatever its uid can), so those modes are
 weaker, and reported as such.
 

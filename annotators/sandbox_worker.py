@@ -143,6 +143,55 @@ def _private_root(workdir: str, uid: int, disk_mb: int, *, chroot: bool) -> str:
     return "/" + os.path.basename(workdir)
 
 
+def _user_tasks(uid: int) -> int:
+    """Tasks (threads) whose real uid is ``uid``, as RLIMIT_NPROC counts them; 0 where
+    ``/proc`` does not list them (the limit is then ``max_processes`` alone)."""
+    count = 0
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return 0
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as fh:
+                status = fh.read()
+        except OSError:  # gone, or not ours to read
+            continue
+        real = threads = None
+        for line in status.split(b"\n"):
+            if line.startswith(b"Uid:"):
+                real = int(line.split()[1])
+            elif line.startswith(b"Threads:"):
+                threads = int(line.split()[1])
+        if real == uid and threads:
+            count += threads
+    return count
+
+
+def _probe_mount_namespace() -> bool:
+    """Whether a child can enter a mount namespace of its own and mount a tmpfs in it (root
+    with CAP_SYS_ADMIN; not root in a container that does not grant it, Docker's default)."""
+    target = tempfile.mkdtemp(prefix="steplabel-probe-")
+    try:
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                if (_unshare(CLONE_NEWNS)
+                        and _LIBC.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0):
+                    _mount_tmpfs(target, 1)  # gone with the namespace when the child exits
+                    ok = True
+            except OSError:
+                pass
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.rmdir(target)
+
+
 def _probe_netns(as_root: bool) -> bool:
     """Whether a child can enter a network namespace of its own (root: a plain one; otherwise
     inside a new user namespace)."""
@@ -225,6 +274,12 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, h
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         nproc = int(limits["max_processes"])
+        if uid is None and not netns:
+            # RLIMIT_NPROC counts every task of the real uid, the pipeline's threads among
+            # them: a limit of max_processes alone would refuse a right program its first
+            # thread. A dedicated uid (root) or a user namespace (netns without root) counts
+            # the program's own only.
+            nproc += _user_tasks(os.getuid())
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
         if uid is not None and private_tmp:
             workdir = _private_root(workdir, uid, int(limits["max_disk_mb"]),
@@ -293,7 +348,7 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, h
     except SystemExit as exc:
         restore()
         flush()
-        report("failed", f"exited_before_tests:{exc.code!r}"[:200])
+        report("failed", f"exited_before_tests:status={_exit_status(exc)}")
         _exit(0)
     except BaseException as exc:  # noqa: BLE001 - any error of the program is its own
         program_ns.clear()  # frees what the program holds (a MemoryError's, say)
@@ -323,7 +378,7 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, h
         _exit(0)
     except SystemExit as exc:
         flush()
-        report("failed", f"exited_during_tests:{exc.code!r}"[:200])
+        report("failed", f"exited_during_tests:status={_exit_status(exc)}")
         _exit(0)
     except BaseException as exc:  # noqa: BLE001
         program_ns.clear()
@@ -334,6 +389,18 @@ def _child(job, nonce: str, workdir: str, uid, netns: bool, private_tmp: bool, h
     report("passed", "tests_passed")
     flush()
     _exit(0)
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The status the interpreter would exit with (``sys.exit()``: 0, an int: itself, any
+    other value, a message: 1), as ``os._exit``'s status is reported: one reason per exit.
+    Exact types only: no method of an object the program made runs in the harness."""
+    code = exc.code
+    if code is None:
+        return 0
+    if type(code) is int:
+        return code & 0xFF
+    return 1
 
 
 def _missing_standard_module(exc: BaseException, standard: frozenset,
@@ -549,6 +616,7 @@ def main() -> None:
     as_root = os.geteuid() == 0
     uid = UID_BASE + os.getpid() if as_root else None
     netns = _probe_netns(as_root)
+    mountns = as_root and _probe_mount_namespace()
     _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _send(stdout, {"ready": True, "isolation": {
@@ -556,10 +624,14 @@ def main() -> None:
         "network": ("network namespace" if netns else "audit hook blocks sockets (weaker)"),
         "files": ("chroot into a private tmpfs (max_disk_mb) holding the run's directory and "
                   "a read-only standard library; uid permissions; an audit hook confines "
-                  "writes to the directory" if uid is not None
+                  "writes to the directory" if uid is not None and mountns
+                  else "uid permissions; an audit hook confines writes to the working "
+                  "directory (no mount namespace: weaker)" if uid is not None
                   else "audit hook confines writes to the working directory (weaker)"),
         "processes": ("RLIMIT_NPROC per dedicated uid" if uid is not None
-                      else "RLIMIT_NPROC of the shared uid (weaker)"),
+                      else "RLIMIT_NPROC per user namespace" if netns
+                      else "RLIMIT_NPROC of the shared uid, above its tasks at the start of "
+                      "each run (weaker)"),
     }})
     while True:
         job = _recv(stdin)
@@ -568,7 +640,7 @@ def main() -> None:
         force = job.get("force") or {}
         run_uid = None if force.get("no_uid") else uid
         run_netns = netns and not force.get("no_netns")
-        run_tmp = run_uid is not None and not force.get("no_private_tmp")
+        run_tmp = run_uid is not None and mountns and not force.get("no_private_tmp")
         try:
             result = _run(job, uid=run_uid, netns=run_netns, private_tmp=run_tmp)
         except Exception as exc:  # noqa: BLE001 - reported as the sandbox's failure, not the program's
@@ -577,7 +649,7 @@ def main() -> None:
             "uid" if run_uid is not None else "", "netns" if run_netns else "audit-net",
             "tmpfs" if run_tmp else "",
             "chroot" if run_tmp and not force.get("no_chroot") else "",
-            "" if run_uid is not None else "audit-files",
+            "" if run_tmp else "audit-files",  # outside writes: the hook (and uid) only
             "no-hook" if force.get("no_hook") else ""]))
         _send(stdout, result)
 

@@ -728,6 +728,19 @@ def gold_warnings(counters: dict[str, int]) -> list[str]:
     return warnings
 
 
+def sandbox_warnings(counters: dict[str, int]) -> list[str]:
+    """A sentence when the sandbox could not run some programs (``sandbox_unknown``): their
+    grades are unknown, never incorrect, but a job where that is common labels little (a
+    worker that cannot start: an interpreter the user cannot run, say)."""
+    unknown = counters.get(OUTCOME_COUNTER_PREFIX + "unknown", 0)
+    if not unknown:
+        return []
+    runs = sum(counters.get(OUTCOME_COUNTER_PREFIX + o, 0) for o in OUTCOMES)
+    return [f"the sandbox could not run {unknown} of {runs} programs ({unknown / runs:.0%}); "
+            "they are graded unknown, never incorrect (counter sandbox_unknown; a solution's "
+            "outcome_reason names the cause)"]
+
+
 def sandbox_outcomes(counters: dict[str, int]) -> dict:
     """stats.json's ``sandbox`` section (python_tests jobs): programs run per outcome
     (``passed``, ``failed``, ``timeout``, ``killed``, ``unknown``; every outcome present, 0 when

@@ -30,8 +30,12 @@ whose requests fail go to ``dead_letter/``.
 From the manifest, evaluate uses ``seed``, ``models`` (``completer``, default the policy, for
 Monte Carlo and OmegaPRM rollouts; ``judge``), ``policy.template`` (the prompt the completer
 continues under), ``monte_carlo``, ``omegaprm`` (``rollouts``, ``sampling``), ``judge`` and
-``runner``. Its ``source`` is not used (the gold files are the input) and may be left out; the
-steps are joined with the separator of their format, not the manifest's ``splitter``.
+``runner``, and ``grader``: with ``python_tests`` an item's gold is its ``tests`` field (HumanEval's
+``check`` called with ``entry_point``), and Monte Carlo and OmegaPRM run each completed
+solution's program against it in the sandbox (the job's defaults apply: ``policy_code_v1``, the
+judge's ``judge_code_review_v1``). Its ``source`` is not used (the gold files are the input) and
+may be left out; the steps are joined with the separator of their format, not the manifest's
+``splitter`` (a blank line, as ``python_statements`` joins code steps).
 
 Output directory::
 
@@ -55,10 +59,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from steplabel.annotators.evaluation.gold import GoldFileError
+from steplabel.annotators.evaluation.items import ANSWER_FORMATS
 from steplabel.annotators.evaluation.predict import ANNOTATORS, DEFAULT_ANNOTATORS
 from steplabel.annotators.evaluation.report import build_report, render_report_markdown
 from steplabel.dataset import storage
 from steplabel.dataset.directory import JobDirectory, JobKind
+from steplabel.dataset.stats import gold_warnings
 from steplabel.pipelines.evaluate_graph import build_evaluation_pipeline
 from steplabel.pipelines.evaluate_spec import (
     DEAD_LETTER,
@@ -213,6 +219,7 @@ def _finalize_evaluation(spec: EvaluationSpec, *, out_dir: str, counters: dict[s
     }
     report = build_report(predictions, annotators=spec.annotators, dead_letters=dead,
                           evaluation=evaluation)
+    report["warnings"] = gold_warnings(counters)  # python_tests: weak tests
     accounted = report["items"]["evaluated"] + report["items"]["dead_letter"]
     report["items"]["read"] = read
     report["items"]["reconciled"] = accounted == read
@@ -257,9 +264,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="output directory (default: out/evaluate-<manifest name>)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--answer-field", default="answer",
-                        help="field holding the gold answer in gold and answers files")
-    parser.add_argument("--answer-format", default="plain", choices=["plain", "gsm8k", "boxed"],
-                        help="format of the gold answers")
+                        help="field holding the gold answer in gold and answers files "
+                        "(a python_tests manifest: the tests, field 'tests' by default)")
+    parser.add_argument("--answer-format", default="plain", choices=list(ANSWER_FORMATS),
+                        help="format of the gold answers (python_tests: implied by a "
+                        "python_tests manifest)")
     parser.add_argument("--omegaprm-final-answer", default="grade", choices=["grade", "item"],
                         help="OmegaPRM learns whether a solution's final answer is right by "
                         "grading it (default) or from the record's final_answer_correct")

@@ -32,15 +32,19 @@ from apache_beam.utils import shared
 
 from steplabel.annotators.evaluation.answers import AnswerTable, join_gold_answers
 from steplabel.annotators.evaluation.items import GoldItem, GoldReject
+from steplabel.annotators.graders import GOLD_WARNING_PREFIX
 from steplabel.annotators.evaluation.predict import (
     STATUS_SKIPPED,
     EvaluationSettings,
+    NEEDS_GOLD,
     ItemPrediction,
     StagePredictions,
     annotator_versions,
     combine_predictions,
     completer_stage,
     critic_stage,
+    gold_answer_warning,
+    item_answer_check,
     judge_stage,
     stage_predictions_from_json,
     stage_predictions_to_json,
@@ -66,6 +70,7 @@ from steplabel.pipelines.stages import EngineStageFn
 from steplabel.schemas import rows as R
 from steplabel.schemas.config import share_gpu_memory
 from steplabel.schemas.evaluation import PREDICTION, Prediction
+from steplabel.schemas.graders import GraderConfig
 from steplabel.schemas.manifest import JobManifest
 from steplabel.schemas.rows import as_row
 
@@ -123,20 +128,27 @@ def prediction_rows(prediction: ItemPrediction, *, evaluation_hash: str,
 @dataclass(frozen=True)
 class CheckedItem:
     """A gold item with the gold answer its annotators run under (``gold_answer`` None:
-    Monte Carlo, OmegaPRM and consensus are skipped; ``gold_status`` says why)."""
+    Monte Carlo, OmegaPRM and consensus are skipped; ``gold_status`` says why), and the
+    warning reason of a gold that cannot tell right from wrong (``gold_warning``; counted)."""
 
     item: GoldItem
     gold_answer: str | None
     gold_status: str
+    gold_warning: str | None = None
 
     @property
     def key(self) -> str:
         return self.item.problem_id
 
 
-def check_item(item: GoldItem, annotators: tuple[str, ...]) -> CheckedItem:
-    gold_answer, gold_status = usable_gold_answer(item, annotators)
-    return CheckedItem(item, gold_answer, gold_status)
+def check_item(item: GoldItem, annotators: tuple[str, ...],
+               grader: GraderConfig | None = None) -> CheckedItem:
+    """``item`` with the gold answer its annotators run under, checked as ``grader`` (the
+    manifest's) reads it."""
+    gold_answer, gold_status = usable_gold_answer(item, annotators,
+                                                  answer_check=item_answer_check(grader))
+    warning = gold_answer_warning(gold_answer, grader) if NEEDS_GOLD & set(annotators) else None
+    return CheckedItem(item, gold_answer, gold_status, warning)
 
 
 def dead_letter_row(item: GoldItem, failure, *, evaluation_hash: str) -> dict:
@@ -172,6 +184,8 @@ def item_outputs(checked: CheckedItem, parts: list[StagePredictions], *,
         counters[name] = counters.get(name, 0) + 1
     if prediction.gold_status != "ok":
         counters["items_without_gold_answer"] = 1
+    if checked.gold_warning:
+        counters[GOLD_WARNING_PREFIX + checked.gold_warning] = 1
     return {PREDICTIONS: rows}, counters
 
 
@@ -393,7 +407,7 @@ class PredictFirstErrors(beam.PTransform):
                      omegaprm_final_answer=spec.omegaprm_final_answer, out_dir=self.out_dir,
                      pool=pool, max_in_flight=m.runner.max_in_flight,
                      placement=self.accelerators)
-        checked = items | "CheckGoldAnswers" >> beam.Map(check_item, annotators)
+        checked = items | "CheckGoldAnswers" >> beam.Map(check_item, annotators, m.grader)
         joined = {"checked": checked | "KeyItems" >> beam.Map(lambda c: (c.key, c))}
         if {"mc", "omegaprm"} & set(annotators):
             joined["completer"] = (

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from steplabel.annotators.evaluation.gold import GoldFileError
+from steplabel.annotators.evaluation.items import ANSWER_FORMAT_TESTS, ANSWER_FORMATS
 from steplabel.annotators.evaluation.predict import EvaluationSettings, resolve_annotators
 from steplabel.pipelines.gold_files import InputFile, is_file, sha256_file, source_name
 from steplabel.schemas.config import ConfigError
@@ -85,6 +86,28 @@ class EvaluationSpec:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
+def gold_answer_reading(manifest: JobManifest, answer_field: str, answer_format: str
+                        ) -> tuple[str, str]:
+    """``(answer field, answer format)`` of the gold and answers records for ``manifest``'s
+    grader. A ``python_tests`` job's gold is test source: the field defaults to ``tests``
+    (``answer``, the math default, is taken to mean it) and the format is ``python_tests``; a
+    math format named for such a job, or ``python_tests`` for a math job, is an error."""
+    tests_job = manifest.grader.name == "python_tests"
+    if answer_format not in ANSWER_FORMATS:
+        raise ConfigError(f"answer format must be one of {', '.join(ANSWER_FORMATS)}, "
+                          f"got {answer_format!r}")
+    if tests_job:
+        if answer_format not in ("plain", ANSWER_FORMAT_TESTS):
+            raise ConfigError(f"answer format {answer_format!r} reads a math answer, but the "
+                              "manifest's grader is python_tests: its gold is the items' "
+                              "tests (leave --answer-format out)")
+        return ("tests" if answer_field == "answer" else answer_field), ANSWER_FORMAT_TESTS
+    if answer_format == ANSWER_FORMAT_TESTS:
+        raise ConfigError("answer format python_tests needs a manifest with "
+                          "'grader: {name: python_tests}'")
+    return answer_field, answer_format
+
+
 def make_spec(manifest: JobManifest, *, gold_files: list[str], annotators: str | list[str],
               answers_file: str | None = None, answer_field: str = "answer",
               answer_format: str = "plain", omegaprm_final_answer: str = "grade"
@@ -94,8 +117,7 @@ def make_spec(manifest: JobManifest, *, gold_files: list[str], annotators: str |
     settings = EvaluationSettings.from_manifest(manifest,
                                                 omegaprm_final_answer=omegaprm_final_answer)
     settings.check(chosen)
-    if answer_format not in ("plain", "gsm8k", "boxed"):
-        raise ConfigError(f"answer format must be plain, gsm8k or boxed, got {answer_format!r}")
+    answer_field, answer_format = gold_answer_reading(manifest, answer_field, answer_format)
     if not gold_files:
         raise ConfigError("at least one --gold file is required")
     named: dict[str, str] = {}

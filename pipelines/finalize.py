@@ -21,6 +21,7 @@ from steplabel.dataset.stats import (
     gold_warnings,
     keep_rate_warnings,
     sandbox_outcomes,
+    sandbox_warnings,
     truncation_warnings,
 )
 from steplabel.schemas.records import OUTPUT_DIRS, OUTPUTS, SCHEMA_VERSION
@@ -92,7 +93,8 @@ def finalize_dataset(out_dir: str, plan, *, problems_in: int | None,
     }
     stats["counters"] = dict(sorted(counters.items()))
     stats["warnings"] = (truncation_warnings(stats, manifest)
-                         + keep_rate_warnings(stats, manifest) + gold_warnings(counters))
+                         + keep_rate_warnings(stats, manifest) + gold_warnings(counters)
+                         + sandbox_warnings(counters))
     if manifest.grader.name == "python_tests":
         stats["sandbox"] = sandbox_outcomes(counters)
     stats["temp_files_removed"] = len(leftovers)

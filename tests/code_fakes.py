@@ -1,7 +1,8 @@
 """A scripted code "model" for the python_tests job tests (``factory: code_fakes:code_engine``).
 
 Each question names its kind (``[kind:right]``, ``[kind:loop]``, ...; ``[kind:socket:PORT]``
-names the listener's port). The engine behaves as a real model would, deterministically:
+names the listener's port, ``[kind:clobber:N]`` the victim directory
+``/tmp/steplabel-code-victim-N``). The engine behaves as a real model would, deterministically:
 
 - the policy writes the kind's solution: reasoning paragraphs, then one ```python block;
 - a completer continues a prefix with the rest of the solution that prefix belongs to (a
@@ -39,11 +40,28 @@ PROGRAMS = {
     "socket": ["import socket",
                "s = socket.create_connection(('127.0.0.1', {port}), timeout=2)",
                "s.sendall(b'escaped')"],
+    "allocate": ["chunks = []", "while True:\n    chunks.append(bytearray(50 * 2**20))"],
+    # Right only where the sandbox held: every write or delete outside failed.
+    "clobber": ["import os, shutil",
+                "VICTIM = '/tmp/steplabel-code-victim-{port}/precious.txt'",
+                "escaped = 0",
+                "for attempt in (lambda: open(VICTIM, 'w').write('gone'),\n"
+                "                lambda: os.remove(VICTIM),\n"
+                "                lambda: shutil.rmtree(os.path.dirname(VICTIM))):\n"
+                "    try:\n"
+                "        attempt()\n"
+                "        escaped += 1\n"
+                "    except OSError:\n"
+                "        pass",
+                "def add_one(x):\n    return x + 1 + escaped"],
+    # Right only where the environment is empty.
+    "readenv": ["import os", "def add_one(x):\n    return x + 1 if not os.environ else x"],
 }
 FIRSTERROR_FIXED = ["def helper(x):\n    return x + 1", "def add_one(x):\n    return helper(x)"]
 #: The judge's verdict per kind (-1: no wrong step).
 JUDGE_FIRST_ERROR = {"right": -1, "wrong": 0, "firsterror": 1, "loop": 0, "forkbomb": 0,
-                     "flood": 0, "exit0": 0, "socket": 0, "noprogram": -1, "cutoff": -1}
+                     "flood": 0, "exit0": 0, "socket": 0, "allocate": 0, "clobber": -1,
+                     "readenv": -1, "noprogram": -1, "cutoff": -1}
 REASONING = "We need add_one(x), the number after x."
 
 

@@ -24,6 +24,7 @@ from steplabel.dataset.plan import (
     sandbox_time,
 )
 from steplabel.dataset.show import Style, render_trajectory, select_trajectories
+from steplabel.dataset.stats import sandbox_warnings
 from steplabel.pipelines.job import run_job
 from steplabel.schemas.manifest import manifest_from_dict
 
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.pipeline
 
 CODE = {"kind": "custom", "factory": "code_fakes:code_engine"}
 KINDS = ["right", "wrong", "firsterror", "loop", "forkbomb", "flood", "exit0", "socket",
-         "noprogram", "cutoff"]
+         "allocate", "clobber", "readenv", "noprogram", "cutoff"]
 BAD = [
     {"id": "bad-missing", "question": "[kind:right] Write add_one."},
     {"id": "bad-empty", "question": "[kind:right] Write add_one.", "tests": "  \n"},
@@ -72,13 +73,28 @@ def listener():
 
 
 @pytest.fixture(scope="module")
-def code_job(tmp_path_factory, listener):
+def victim(listener):
+    """A file outside the sandbox that every user may write (only the sandbox protects it)."""
+    directory = Path(f"/tmp/steplabel-code-victim-{listener.getsockname()[1]}")
+    directory.mkdir()
+    directory.chmod(0o777)
+    path = directory / "precious.txt"
+    path.write_text("keep me")
+    path.chmod(0o666)
+    yield path
+    for child in directory.iterdir():
+        child.unlink()
+    directory.rmdir()
+
+
+@pytest.fixture(scope="module")
+def code_job(tmp_path_factory, listener, victim):
     base = tmp_path_factory.mktemp("code")
     port = listener.getsockname()[1]
     path = base / "code.jsonl"
     with open(path, "w") as handle:
         for kind in KINDS:
-            tag = f"{kind}:{port}" if kind == "socket" else kind
+            tag = f"{kind}:{port}" if kind in ("socket", "clobber") else kind
             handle.write(json.dumps({"id": kind, "question": f"[kind:{tag}] Write add_one(x).",
                                      "tests": TESTS}) + "\n")
         for record in [*BAD, WEAK]:
@@ -139,6 +155,11 @@ def test_labels_of_right_wrong_and_hostile_programs(code_job):
         "exit0": (False, [False], "exited_before_tests:status=0"),
         "socket": (False, [False], "program_exception:OSError"),
         "forkbomb": (False, [False], "program_exception:BlockingIOError"),
+        "allocate": (False, [False], "program_exception:MemoryError"),
+        # right only because every write and delete outside failed, and the environment is
+        # empty (steps: the reasoning, then one per top-level statement)
+        "clobber": (True, [True] * 6, "tests_passed"),
+        "readenv": (True, [True] * 3, "tests_passed"),
     }
     assert set(kept) == set(expect)
     for kind, (correct, labels, reason) in expect.items():
@@ -182,28 +203,41 @@ def test_sandbox_outcomes_are_counted(code_job):
     # (firsterror's with its wrong helper), all alike: filtered (below) before any search.
     prefilter = 2
     # firsterror: rollouts from its reasoning alone are right on even indices (1 of 2)
-    assert counters["sandbox_passed"] == (runs("right") + prefilter) + 1 + (
-        runs("weak") + prefilter) == 13
+    assert counters["sandbox_passed"] == sum(
+        runs(kind) + prefilter for kind in ("right", "weak", "clobber", "readenv")) + 1 == 33
     assert counters["sandbox_failed"] == sum(
         runs(kind) + prefilter for kind in ("wrong", "firsterror", "forkbomb", "exit0",
-                                            "socket")) - 1 == 34
+                                            "socket", "allocate")) - 1 == 41
     assert counters["sandbox_timeout"] == runs("loop") + prefilter == 5
     assert counters["sandbox_killed"] == runs("flood") + prefilter == 9
     assert counters.get("sandbox_unknown", 0) == 0
     # no program: the policy's solution, its 2 rollouts, the pre-filter's 2
     assert counters["code_no_program"] == 5
     sandbox = stats["sandbox"]
-    assert sandbox["outcomes"] == {"passed": 13, "failed": 34, "timeout": 5, "killed": 9,
+    assert sandbox["outcomes"] == {"passed": 33, "failed": 41, "timeout": 5, "killed": 9,
                                    "unknown": 0}
-    assert sandbox["runs"] == 61 and sandbox["no_program"] == 5
+    assert sandbox["runs"] == 88 and sandbox["no_program"] == 5
     assert sandbox["wall_s_per_run"] > 0
     assert counters["sandbox_wall_ms"] > 0 and "sandbox_wall_ms" in stats["run"]["counters"]
     filtered = by_id(out, "filtered")
     assert {k: r["reason"] for k, r in filtered.items()} == {
         **{k: "all_wrong" for k in ("wrong", "firsterror", "loop", "forkbomb", "flood",
-                                    "exit0", "socket")},
-        "right": "all_correct", "weak": "all_correct",
+                                    "exit0", "socket", "allocate")},
+        **{k: "all_correct" for k in ("right", "weak", "clobber", "readenv")},
         "cutoff": "all_unknown", "noprogram": "all_unknown"}
+
+
+def test_programs_the_sandbox_could_not_run_are_a_warning(code_job):
+    _, _, result = code_job
+    assert not any("sandbox could not run" in w for w in result.stats["warnings"])
+    assert sandbox_warnings({"sandbox_passed": 1, "sandbox_failed": 2}) == []
+    [warning] = sandbox_warnings({"sandbox_passed": 1, "sandbox_unknown": 3})
+    assert warning.startswith("the sandbox could not run 3 of 4 programs (75%)")
+
+
+def test_nothing_outside_changed(code_job, victim):
+    assert victim.read_text() == "keep me"
+    assert [p.name for p in victim.parent.iterdir()] == ["precious.txt"]
 
 
 def test_nothing_reached_the_listener(code_job, listener):
@@ -232,8 +266,11 @@ def test_inspect_counts_sandbox_outcomes(code_job):
     _, out, _ = code_job
     report = dataset_report(out)
     assert report["sandbox"]["outcomes"]["timeout"] == 5
-    assert ("sandbox: 61 programs run: passed 13, failed 34, timeout 5, killed 9, unknown 0; "
+    assert ("sandbox: 88 programs run: passed 33, failed 41, timeout 5, killed 9, unknown 0; "
             "5 without a program") in render_text(report)
+    page = render_html(report, {"trajectories": [], "rejected": []})
+    assert ("<td class='k'>sandbox</td><td>88 programs run: passed 33, failed 41, timeout 5, killed 9, "
+            "unknown 0; 5 without a program") in page
 
 
 @pytest.mark.parametrize("fmt", ["trl", "openrlhf", "math-shepherd"])
@@ -253,20 +290,20 @@ def test_plan_prices_sandbox_time_from_the_pilot(code_job):
     costs = problem_costs(out, rows_in=result.stats["reconciliation"]["problems_in"],
                           counters=counters)
     stages = ["policy", "monte_carlo", "omegaprm", "judge"]
-    plan = make_plan(costs, source_rows=140, throughput=Throughput(None, 0.0, 0.0, "given"),
+    plan = make_plan(costs, source_rows=170, throughput=Throughput(None, 0.0, 0.0, "given"),
                      stages=stages)
     box = sandbox_time(counters, costs=costs, plan=plan)
-    # graded rollouts of the pilot: 11 policy samples, 36 Monte Carlo, 22 OmegaPRM
+    # graded rollouts of the pilot: 14 policy samples, 54 Monte Carlo, 28 OmegaPRM
     assert box["source"] == "pilot"
     assert box["s_per_graded_rollout"] == pytest.approx(
-        counters["sandbox_wall_ms"] / 1000 / (11 + 36 + 22), abs=1e-6)
-    # 140 source rows are 10x the pilot's 14: ten times the rollouts, ten times the seconds
-    assert box["graded_rollouts"]["projected"] == pytest.approx(690)
+        counters["sandbox_wall_ms"] / 1000 / (14 + 54 + 28), abs=1e-6)
+    # 170 source rows are 10x the pilot's 17: ten times the rollouts, ten times the seconds
+    assert box["graded_rollouts"]["projected"] == pytest.approx(960)
     assert box["seconds"]["projected"] == pytest.approx(
-        690 * counters["sandbox_wall_ms"] / 1000 / 69)
+        960 * counters["sandbox_wall_ms"] / 1000 / 96)
     assert box["wall_s"]["projected"] == pytest.approx(box["seconds"]["projected"] / 2)
     default = sandbox_time({}, costs=costs, plan=plan)
     assert default["source"] == "default"
-    assert default["seconds"]["projected"] == pytest.approx(690 * DEFAULT_SANDBOX_S_PER_ROLLOUT)
+    assert default["seconds"]["projected"] == pytest.approx(960 * DEFAULT_SANDBOX_S_PER_ROLLOUT)
     text = format_plan({**plan, "manifest": "m.yaml", "pilot": "a pilot", "sandbox": box})
     assert "sandbox (python_tests):" in text and "measured in the pilot" in text

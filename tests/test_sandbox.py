@@ -301,6 +301,26 @@ def test_exiting_before_the_tests_is_never_a_pass(pool, program):
     assert result.outcome != "passed"
 
 
+def test_an_exit_is_reported_by_its_status_and_runs_nothing_of_the_program(pool):
+    for program, status in (("import sys\nsys.exit(0)", 0), ("raise SystemExit", 0),
+                            ("import sys\nsys.exit(3)", 3), ("import sys\nsys.exit('bye')", 1)):
+        result = run(pool, program, "assert False")
+        assert result.reason == f"exited_before_tests:status={status}", (program, result)
+    # An exit code of the program's own type: none of its methods runs in the harness.
+    result = run(pool, """
+        import sys
+        class Code(int):
+            def __repr__(self):
+                print('repr ran', flush=True)
+                return '0'
+            def __and__(self, other):
+                print('and ran', flush=True)
+                return 0
+        sys.exit(Code(0))
+        """, "assert False")
+    assert result.reason == "exited_before_tests:status=1" and "ran" not in result.stdout
+
+
 def test_forged_pass_lines_are_not_a_pass(pool):
     # Every line a harness could print, on stdout and on every descriptor the program has.
     program = textwrap.dedent("""

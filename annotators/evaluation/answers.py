@@ -1,10 +1,10 @@
 """Gold answers from a separate file (ProcessBench has none), joined to the items.
 
 An answers file (JSON list or JSONL; the caller reads it, :func:`answers_from_text` parses
-it) holds records with ``answer`` and ``id`` and/or ``problem`` (or
-``question``). An item without a usable answer of its own gets the answer whose ``id`` equals its
-id, else the answer whose problem text equals its problem text exactly (surrounding whitespace
-ignored). Ids or problem texts that the answers file maps to two different answers join nothing
+it) holds records with ``answer`` (a ``python_tests`` job's: ``tests`` and optional
+``entry_point``) and ``id`` and/or ``problem`` (or ``question``). An item without a usable
+answer of its own gets the answer whose ``id`` equals its id, else the answer whose problem
+text equals its problem text exactly (surrounding whitespace ignored). Ids or problem texts that the answers file maps to two different answers join nothing
 (``ambiguous_answer``).
 """
 
@@ -21,7 +21,7 @@ from steplabel.annotators.evaluation.items import (
     ORIGIN_ANSWERS_BY_PROBLEM,
     GoldItem,
     is_int,
-    parse_answer,
+    record_answer,
 )
 
 
@@ -55,7 +55,7 @@ def answer_table(records: Iterable[Any], *, answer_field: str = "answer",
         if not isinstance(record, dict):
             unusable += 1
             continue
-        answer = parse_answer(record.get(answer_field), answer_format)
+        answer = record_answer(record, answer_field, answer_format)[1]
         raw_id = record.get("id")
         key_id = str(raw_id) if isinstance(raw_id, str) or is_int(raw_id) else None
         text = record.get("problem", record.get("question"))

@@ -26,7 +26,10 @@ record is one of:
   the file's records). Steps are lines (joined with a newline).
 
 Either kind may carry its gold final answer in a field (``answer`` by default), in the format
-``plain``, ``gsm8k`` (``#### N``) or ``boxed`` (:func:`steplabel.annotators.grading.parse_gold`).
+``plain``, ``gsm8k`` (``#### N``) or ``boxed`` (:func:`steplabel.annotators.grading.parse_gold`);
+for a ``python_tests`` job (answer format ``python_tests``) the gold is the record's test source
+(``tests`` by default, with ``entry_point``; :func:`~.items.record_answer`), and PRM800K
+records, which are math, have none.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from steplabel.annotators.evaluation.items import (
     FORMAT_PRM800K,
     FORMAT_PROCESSBENCH,
     FORMAT_STEP_RATINGS,
+    ANSWER_FORMAT_TESTS,
     GOLD_MISSING,
     GOLD_OK,
     GOLD_UNPARSEABLE,
@@ -49,6 +53,7 @@ from steplabel.annotators.evaluation.items import (
     label_from_ratings,
     original_text,
     parse_answer,
+    record_answer,
 )
 
 
@@ -98,7 +103,8 @@ def parse_gold_record(
     if not isinstance(record, dict):
         return reject("not_an_object", f"expected a JSON object, got {type(record).__name__}")
     if isinstance(record.get("question"), dict) or isinstance(record.get("label"), dict):
-        return parse_prm800k_record(record, source=source, position=position)
+        return parse_prm800k_record(record, source=source, position=position,
+                                    answer_format=answer_format)
     raw_id = record.get("id")
     if raw_id is None:
         return reject("missing_id", "field 'id' is missing")
@@ -164,9 +170,9 @@ def parse_gold_record(
     generator = generator if isinstance(generator, str) else None
 
     gold_answer, gold_status, origin = None, GOLD_MISSING, None
-    raw_answer = record.get(answer_field)
-    if raw_answer is not None:
-        gold_answer = parse_answer(raw_answer, answer_format)
+    present, answer = record_answer(record, answer_field, answer_format)
+    if present:
+        gold_answer = answer
         gold_status = GOLD_OK if gold_answer is not None else GOLD_UNPARSEABLE
         origin = ORIGIN_GOLD_FILE if gold_answer is not None else None
 
@@ -198,7 +204,8 @@ def _prm800k_completion(completion: Any) -> tuple[str, int | None] | None:
     return completion["text"], rating
 
 
-def parse_prm800k_record(record: dict, *, source: str, position: int) -> GoldItem | GoldReject:
+def parse_prm800k_record(record: dict, *, source: str, position: int,
+                         answer_format: str = "plain") -> GoldItem | GoldReject:
     """One record of the PRM800K release (layout of the openai/prm800k README) as a
     :class:`GoldItem` with per-step ratings, or a :class:`GoldReject` saying why not.
 
@@ -328,7 +335,9 @@ def parse_prm800k_record(record: dict, *, source: str, position: int) -> GoldIte
     if any(not t.strip() for t in texts):
         return reject("empty_step", "question.pre_generated_steps holds an empty step")
 
-    raw_answer = question.get("ground_truth_answer")
+    # A math answer: no gold for a code job (its grader would run it as tests).
+    raw_answer = (question.get("ground_truth_answer")
+                  if answer_format != ANSWER_FORMAT_TESTS else None)
     gold_answer = parse_answer(raw_answer, "plain") if raw_answer is not None else None
     gold_status = (GOLD_OK if gold_answer is not None
                    else GOLD_MISSING if raw_answer is None else GOLD_UNPARSEABLE)

@@ -13,6 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from steplabel.annotators.grading import parse_gold
+from steplabel.annotators.python_tests import PythonTestsGrader, harness_tests
+
+#: The answer format of a ``python_tests`` job's items: the gold is test source (the record's
+#: ``tests`` field by default, with its ``entry_point``), not a final answer.
+ANSWER_FORMAT_TESTS = "python_tests"
+#: The answer formats: a math final answer's three, and a code item's tests.
+ANSWER_FORMATS = ("plain", "gsm8k", "boxed", ANSWER_FORMAT_TESTS)
 
 GoldFormat = Literal["processbench", "step_ratings", "prm800k"]
 FORMAT_PROCESSBENCH: GoldFormat = "processbench"
@@ -122,3 +129,22 @@ def parse_answer(value: Any, answer_format: str) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return None
     return parse_gold(str(value), answer_format)  # type: ignore[arg-type]
+
+
+def record_answer(record: dict, answer_field: str, answer_format: str) -> tuple[bool, str | None]:
+    """``(present, gold answer)`` of a gold or answers record: whether ``answer_field`` is
+    there, and its value read in ``answer_format`` (None: unusable).
+
+    With ``python_tests`` the gold is the field's test source (``tests`` by default), checked
+    as the labelling job checks it (a string that compiles; ``entry_point``, when given, a
+    Python name), with HumanEval's ``check(<entry_point>)`` call appended where the tests
+    define ``check`` and never call it: a self-contained test program."""
+    raw = record.get(answer_field)
+    if raw is None:
+        return False, None
+    if answer_format != ANSWER_FORMAT_TESTS:
+        return True, parse_answer(raw, answer_format)
+    gold = PythonTestsGrader().parse_gold({"tests": raw, "entry_point": record.get("entry_point")})
+    if not hasattr(gold, "tests"):  # a GoldRejected: missing, empty, does not compile
+        return True, None
+    return True, harness_tests(gold)

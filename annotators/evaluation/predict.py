@@ -43,10 +43,12 @@ from steplabel.annotators.omegaprm import (
     locate_first_error,
 )
 from steplabel.annotators.prompts import build_solution_prompt, load_template
+from steplabel.annotators.python_tests import PythonTestsGrader
 from steplabel.annotators.splitting import Splitter, get_splitter
 from steplabel.annotators.stages import Failure, failure_of
 from steplabel.engines.base import EngineError
 from steplabel.schemas.config import ConfigError
+from steplabel.schemas.graders import GraderConfig, PythonTestsGold
 from steplabel.schemas.rows import COST_FIELDS
 
 #: Annotator names, in the order they are reported.
@@ -98,6 +100,9 @@ class EvaluationSettings:
       ``grade`` (default) grades the joined steps against the gold answer as the labelling job
       does, falling back to the record's ``final_answer_correct`` when the grader cannot
       decide; ``item`` trusts the record's field and grades only when it is absent.
+    - ``grader``: the manifest's grader (None: math). With ``python_tests`` an item's gold
+      answer is its test source, and Monte Carlo and OmegaPRM run each completed solution's
+      program against it in the sandbox (:func:`item_grader`).
     """
 
     run_seed: int
@@ -107,8 +112,12 @@ class EvaluationSettings:
     judge: JudgeConfig | None = None
     omegaprm_final_answer: Literal["grade", "item"] = "grade"
     critic: CriticConfig | None = None
+    grader: GraderConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.grader is not None and self.grader.name not in ("math", "python_tests"):
+            raise ConfigError(f"evaluate grades with math or python_tests, got grader "
+                              f"{self.grader.name!r}")
         if not is_int(self.run_seed) or self.run_seed < 0:
             raise ConfigError(f"run_seed must be an integer >= 0, got {self.run_seed!r}")
         if self.omegaprm_final_answer not in ("grade", "item"):
@@ -120,7 +129,7 @@ class EvaluationSettings:
                       ) -> "EvaluationSettings":
         return cls(run_seed=manifest.seed, policy_template=manifest.policy.template,
                    monte_carlo=manifest.monte_carlo, omegaprm=manifest.omegaprm,
-                   judge=manifest.judge, critic=manifest.critic,
+                   judge=manifest.judge, critic=manifest.critic, grader=manifest.grader,
                    omegaprm_final_answer=omegaprm_final_answer)  # type: ignore[arg-type]
 
     def check(self, annotators: Sequence[str]) -> None:
@@ -145,6 +154,43 @@ def annotator_versions(judge_parser: str = "processbench") -> dict[str, str]:
         "consensus": "consensus/1",
         "critic": critic_version(),
     }
+
+
+def item_grader(config: GraderConfig | None) -> Callable[[str, str | None], Grade]:
+    """``grade(solution, gold_answer)`` for the items of a job with grader ``config``: math's
+    final-answer check, or (``python_tests``) the solution's last program run against the
+    item's test source in the sandbox, by the labelling job's verdicts."""
+    if config is None or config.name == "math":
+        return grade
+    tests_grader = PythonTestsGrader(config)  # type: ignore[arg-type]
+
+    def grade_tests(solution: str, tests: str | None) -> Grade:
+        return tests_grader.grade(solution, PythonTestsGold(tests) if tests is not None else None)
+
+    return grade_tests
+
+
+def gold_answer_warning(gold_answer: str | None, config: GraderConfig | None) -> str | None:
+    """A warning reason when an item's gold cannot tell right from wrong, as the labelling job
+    checks it (python_tests: ``tests_pass_on_empty_program``, or ``tests_not_checked`` when
+    the sandbox could not run them; one sandbox run), else None (math: never)."""
+    if gold_answer is None or config is None or config.name != "python_tests":
+        return None
+    return PythonTestsGrader(config).gold_warning(  # type: ignore[arg-type]
+        PythonTestsGold(gold_answer))
+
+
+def _no_answer_check(answer: str) -> str | None:
+    """Test source was checked when read (it compiles): nothing more to check."""
+    return None
+
+
+def item_answer_check(config: GraderConfig | None) -> Callable[[str], str | None]:
+    """What checks an item's gold answer before the annotators that need it run: math's
+    readability check, nothing for test source."""
+    if config is not None and config.name == "python_tests":
+        return _no_answer_check
+    return check_answer_readable
 
 
 def _zero_cost() -> dict[str, int]:
@@ -306,12 +352,14 @@ def usable_gold_answer(item: GoldItem, annotators: Sequence[str], *,
 
 async def predict_with_completer(item: GoldItem, *, annotators: Sequence[str], engine,
                                  settings: EvaluationSettings, gold_answer: str | None,
-                                 grader: Callable[[str, str | None], Grade] = grade
+                                 grader: Callable[[str, str | None], Grade] | None = None
                                  ) -> dict[str, AnnotatorPrediction]:
     """The completer's predictions of ``item`` (``mc`` and ``omegaprm`` among ``annotators``,
-    run concurrently); none without a usable ``gold_answer``. Engine failures propagate."""
+    run concurrently); none without a usable ``gold_answer``. ``grader`` (None: the settings'
+    grader, :func:`item_grader`) grades completed solutions. Engine failures propagate."""
     if gold_answer is None or not {"mc", "omegaprm"} & set(annotators):
         return {}
+    grader = grader or item_grader(settings.grader)
     prompt = build_solution_prompt(engine, load_template(settings.policy_template),
                                    item.problem, "")
     common = dict(engine=engine, settings=settings, splitter=get_splitter(item.splitter_name),
@@ -364,8 +412,8 @@ async def predict_first_errors(
     annotators: Sequence[str],
     engines,
     settings: EvaluationSettings,
-    grader: Callable[[str, str | None], Grade] = grade,
-    answer_check: Callable[[str], str | None] = check_answer_readable,
+    grader: Callable[[str, str | None], Grade] | None = None,
+    answer_check: Callable[[str], str | None] | None = None,
 ) -> ItemPrediction:
     """Run the chosen annotators on ``item``'s steps as given and collect their predictions.
 
@@ -383,8 +431,9 @@ async def predict_first_errors(
     """
     chosen = resolve_annotators(annotators)
     settings.check(chosen)
-    gold_answer, gold_status = await asyncio.to_thread(usable_gold_answer, item, chosen,
-                                                       answer_check=answer_check)
+    gold_answer, gold_status = await asyncio.to_thread(
+        usable_gold_answer, item, chosen,
+        answer_check=answer_check or item_answer_check(settings.grader))
     jobs = [predict_with_completer(item, annotators=chosen, engine=engines.completer,
                                    settings=settings, gold_answer=gold_answer, grader=grader)]
     if "judge" in chosen:

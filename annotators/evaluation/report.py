@@ -156,6 +156,7 @@ def render_report_markdown(report: Mapping[str, Any]) -> str:
         f"- items without a gold answer (only the judge runs; the others count them as "
         f"wrong): {items['without_gold_answer']}"
         + _reasons(items["without_gold_answer_reasons"]),
+        *[f"- warning: {warning}" for warning in report.get("warnings") or []],
         "",
         "ProcessBench scores in percent, every annotator on the same items: error_acc on items "
         "with an error (exact first-error index), correct_acc on correct items, F1 their "
