@@ -130,6 +130,7 @@ from steplabel.engines.base import (
 # The critic's config and its constants live with the manifest (schemas/), re-exported here.
 from steplabel.schemas.annotators import (  # noqa: F401
     DEFAULT_CRITIC_TEMPLATE,
+    DEFAULT_MAX_STEP_CHARS,
     TRUST_CONSENSUS,
     TRUST_MONTE_CARLO,
     TRUST_OMEGAPRM,
@@ -148,6 +149,8 @@ ANNOTATOR_NAME = "critic"
 CRITIC_PARSER_VERSION = "steplabel-critic-parser/1"
 #: Bump when :func:`check_critique` / :func:`verify_critiques` change meaning.
 CRITIC_VERIFY_VERSION = "steplabel-critic-verify/1"
+#: Bump when :func:`critique_form_regex` changes the form it forces.
+CRITIC_FORM_VERSION = "steplabel-critic-form/1"
 #: Critiques longer than this (in characters) are not parsed: ``reply_too_long``. 8K generated
 #: tokens (ThinkPRM's budget) are ~32K characters; this leaves a wide margin.
 MAX_CRITIQUE_CHARS = 131_072
@@ -190,9 +193,47 @@ def unusable(parse_reason: str) -> str:
     return f"{UNUSABLE_PREFIX}{parse_reason}"
 
 
-def critic_version() -> str:
-    """The critic annotator's version for provenance: prompt protocol, parser, verification."""
-    return f"{ANNOTATOR_NAME}/1;{CRITIC_PARSER_VERSION};{CRITIC_VERIFY_VERSION}"
+def critic_version(config: CriticConfig | None = None) -> str:
+    """The critic annotator's version for provenance: prompt protocol, parser, verification,
+    and the forced form's version when ``config.constrain_form`` is on."""
+    version = f"{ANNOTATOR_NAME}/1;{CRITIC_PARSER_VERSION};{CRITIC_VERIFY_VERSION}"
+    if config is not None and config.constrain_form:
+        version += f";{CRITIC_FORM_VERSION}"
+    return version
+
+
+# --------------------------------------------------------------------------------------------
+# The constrained form (``critic.constrain_form``)
+
+
+def critique_form_regex(num_steps: int, max_step_chars: int = DEFAULT_MAX_STEP_CHARS) -> str:
+    """The regular expression a constrained critique of ``num_steps`` (>= 1) steps must match
+    (:data:`CRITIC_FORM_VERSION`; the engine's ``regex``, vLLM structured outputs).
+
+    For step i = 0, 1, ... in order: the line ``Paragraph i: ``, then 0 to ``max_step_chars``
+    characters of verification that are neither a newline nor a backslash (so the text holds
+    no other box and no other line), then ``\\boxed{correct}`` or ``\\boxed{incorrect}``.
+    After ``incorrect`` the critique ends (the template asks the critic to stop at the first
+    incorrect paragraph); after ``correct`` a newline and the next step's line follow, and the
+    last step's ``correct`` ends it. The steps nest, so the pattern grows linearly with
+    ``num_steps``. Only plain groups, character classes and bounded repeats are used: the
+    subset every structured-output backend of vLLM reads.
+
+    Every whole match parses as usable (:func:`parse_critique`) unless its words contradict its
+    verdicts (rule 5): the form forces one verdict per step, in order, up to the first
+    incorrect one."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    if isinstance(max_step_chars, bool) or not isinstance(max_step_chars, int) \
+            or max_step_chars < 1:
+        raise ValueError(f"max_step_chars must be an integer >= 1, got {max_step_chars!r}")
+    text = f"[^\\n\\\\]{{0,{max_step_chars}}}"
+    verdict = "\\\\boxed\\{"
+    pattern = f"Paragraph {num_steps - 1}: {text}{verdict}(correct|incorrect)\\}}"
+    for i in reversed(range(num_steps - 1)):
+        pattern = (f"Paragraph {i}: {text}{verdict}(incorrect\\}}|correct\\}}\\n"
+                   f"{pattern})")
+    return pattern
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,6 +629,8 @@ class Critic:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             stop=sampling.stop,
+            regex=(critique_form_regex(len(steps), self.config.max_step_chars)
+                   if self.config.constrain_form else None),
         )
 
     async def critique(self, *, problem_id: str, solution_index: int, question: str,
@@ -627,7 +670,7 @@ class Critic:
             model_id=self.engine.model_id,
             template_id=self.template.id,
             template_sha256=self.template.sha256,
-            critic_version=critic_version(),
+            critic_version=critic_version(config),
             sampling_json=config.sampling_json(),
         )
 

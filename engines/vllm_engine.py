@@ -325,8 +325,11 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        structured = (StructuredOutputsParams(choice=list(request.choices))
-                      if request.choices else None)
+        structured = None
+        if request.choices:
+            structured = StructuredOutputsParams(choice=list(request.choices))
+        elif request.regex is not None:
+            structured = StructuredOutputsParams(regex=request.regex)
         params = SamplingParams(
             output_kind=RequestOutputKind.FINAL_ONLY,
             n=request.n,
