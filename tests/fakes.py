@@ -137,11 +137,12 @@ def constrain_to_regex(text: str, pattern: str) -> str:
 
     The model writes its scripted characters while the pattern allows them; where the pattern
     allows exactly one character (literal parts: ``Paragraph 1: ``, ``\\boxed{``) it writes
-    that one without spending the script; a scripted character the pattern forbids at a choice
-    point is dropped (the model's next preference is its next character). It stops where the
-    text is a whole match and the next scripted character does not fit (or the script is
-    spent); a script spent before that is finished by the shortest continuation (the lowest
-    character on ties): the model cannot stop until the form is complete."""
+    that one without spending the script; a scripted character the pattern forbids is written
+    in its other letter case if that fits (``\\boxed{Correct}`` becomes ``correct``), else
+    dropped at a choice point (the model's next preference is its next character). It stops
+    where the text is a whole match and the next scripted character does not fit (or the
+    script is spent); a script spent before that is finished by the shortest continuation (the
+    lowest character on ties): the model cannot stop until the form is complete."""
     fsm, distance = _regex_automaton(pattern)
     explicit = {c for c in fsm.alphabet if isinstance(c, str)}
     other = next(c for c in "xyz#~ " if c not in explicit)  # stands for "anything else"
@@ -156,10 +157,10 @@ def constrain_to_regex(text: str, pattern: str) -> str:
     for _ in range(len(text) + 100_000):  # a bound, never reached by a sane pattern
         moves = live_moves(state)
         if pos < len(text):
-            key = fsm.alphabet[text[pos]]
-            if key in moves:
-                out.append(text[pos])
-                state, pos = moves[key], pos + 1
+            fitting = [c for c in (text[pos], text[pos].swapcase()) if fsm.alphabet[c] in moves]
+            if fitting:
+                out.append(fitting[0])
+                state, pos = moves[fsm.alphabet[fitting[0]]], pos + 1
                 continue
         if state in fsm.finals:
             break
