@@ -291,3 +291,96 @@ def test_regenerate_verify_finds_the_critiques_identical(job, tmp_path, capsys):
     count = result.info["rows"]["critiques"]
     line = next(l for l in stdout.splitlines() if l.strip().startswith("critiques "))
     assert f"{count} vs {count} rows: {count} identical, 0 differing" in line
+
+
+# --------------------------------------------------------------------------------------------
+# critic.constrain_form: the same scripted critic, its form forced by the per-solution regex
+
+FORM = {"constrain_form": True, "max_step_chars": 400}
+
+
+def expected_constrained_reasons(truth: int, trusted: int | None) -> list[str]:
+    """Each sample's reason under the forced form (``fakes.constrain_to_regex``), worked out
+    by hand from ``fakes.CRITIC_SCRIPT`` on a two-step solution:
+
+    - truthful, wrong_verdicts: already in form, unchanged.
+    - cut_off: "Paragraph 0: " and 400 characters of rambling are over 64 tokens: truncated.
+    - missing_verdict: its "Paragraph 1: ..." becomes paragraph 0's verification ("Paragraph
+      0: 1: ..."), with its verdict (incorrect when the truth is 1: first error 0); when that
+      verdict is correct, the spent script leaves paragraph 1 to the shortest ending, correct.
+    - contradiction: the form ends at its incorrect verdict for paragraph 0, before "All steps
+      are correct.": a usable first error 0.
+    - two_verdicts: its second "Paragraph 0" line becomes paragraph 1: first error -1.
+    """
+    wrong = 1 if truth < 0 else -1
+
+    def verdict(first_error: int) -> str:
+        if trusted is None:
+            return "no_trusted_labels"
+        if first_error == trusted:
+            return "kept"
+        return f"disagrees_at_step_{min(i for i in (first_error, trusted) if i != -1)}"
+
+    reasons = [verdict(truth), "unusable:truncated", verdict(-1 if truth < 0 else 0),
+               verdict(0), verdict(wrong), verdict(truth), verdict(-1)]
+    kept = 0
+    for i, reason in enumerate(reasons):
+        if reason == "kept":
+            kept += 1
+            if kept > 1:
+                reasons[i] = "not_kept_quota"
+    return reasons
+
+
+@pytest.fixture(scope="module")
+def constrained_job(tmp_path_factory):
+    base = tmp_path_factory.mktemp("critic_form")
+    source = write_problems(base / "problems.jsonl", 6)
+    out = str(base / "out")
+    result = run_job(critic_manifest(source, FORM), out_dir=out)
+    return out, result
+
+
+def test_constrained_critiques_get_exactly_their_expected_verdicts(constrained_job):
+    import re
+
+    import regex
+
+    from steplabel.annotators.critic import CRITIC_FORM_VERSION, critique_form_regex
+
+    out, result = constrained_job
+    critiques = rows(out, "critiques")
+    kept_trajectories = rows(out, "trajectories")
+    assert kept_trajectories and critiques
+    pattern = critique_form_regex(2, 400)
+    by_solution: dict = {}
+    for row in critiques:
+        by_solution.setdefault((row["problem_id"], row["solution_index"]), []).append(row)
+    assert set(by_solution) == {(t["problem_id"], t["solution_index"])
+                                for t in kept_trajectories}
+    truths = set()
+    for trajectory in kept_trajectories:
+        samples = sorted(by_solution[(trajectory["problem_id"], trajectory["solution_index"])],
+                         key=lambda r: r["sample_index"])
+        truth = truth_of(trajectory)
+        truths.add(truth)
+        assert [r["reason"] for r in samples] == expected_constrained_reasons(
+            truth, trajectory["mc_first_error"])
+        for row in samples:  # every critique is in form: whole, or a prefix when cut off
+            if row["finish_reason"] == "stop":
+                assert re.fullmatch(pattern, row["critique"]), row["critique"]
+                assert row["parse_reason"] == "ok"
+            else:
+                assert regex.fullmatch(pattern, row["critique"], partial=True)
+                assert not re.fullmatch(pattern, row["critique"])
+                assert row["parse_reason"] == "truncated"
+            assert json.loads(row["critic_sampling"])["constrain_form"] is True
+            assert row["critic_version"].endswith(CRITIC_FORM_VERSION)
+    assert truths == {-1, 1}  # both kinds of trajectory were critiqued
+    counters = result.stats["counters"]
+    assert counters["critic_unusable_truncated"] == len(by_solution)
+    assert "critic_unusable_contradiction" not in counters
+    assert "critic_unusable_missing_verdict" not in counters
+    lock = json.loads((Path(out) / "manifest.lock.json").read_text())
+    assert lock["annotators"]["critic"]["constrain_form"] is True
+    assert lock["annotators"]["versions"]["critic"].endswith(CRITIC_FORM_VERSION)
