@@ -486,10 +486,12 @@ class CriticConfig:
     - ``sampling``: :class:`CriticSampling`. Temperature 0 with ``samples > 1`` is rejected
       (every sample would be the same critique).
     - ``trust``: whose labels the critiques are checked against: ``consensus`` (default),
-      ``monte_carlo`` or ``omegaprm``; the manifest needs that annotator enabled. OmegaPRM's
-      first error is read from the trajectory row's ``omegaprm_first_error``, which the job
-      does not fill yet (OmegaPRM searches its own rollouts, not the policy's samples): with
-      ``omegaprm`` every trajectory is counted as skipped (``only_trusted``) or unverified.
+      ``monte_carlo`` or ``omegaprm``; the manifest needs that annotator enabled. OmegaPRM
+      searches its own rollouts, never the policy's samples, so under ``omegaprm`` the critic
+      verifies OmegaPRM's searched rollouts (``omegaprm_searches``: their pieces as the steps,
+      the located first error as the trusted one; ``omegaprm.step_unit`` must be ``steps``);
+      the policy's samples have no OmegaPRM labels and are skipped (``only_trusted``) or
+      unverified (``no_trusted_labels``), as is a search that located no error.
     - ``keep_per_solution``: at most this many agreeing critiques are kept per solution
       (default 1), >= 1.
     - ``only_trusted``: run the critic only on trajectories that have trusted labels (default

@@ -21,8 +21,9 @@ CRITIC = {"kind": "custom", "factory": "fakes:critic_engine"}
 SAMPLES = len(CRITIC_SCRIPT)
 
 
-def critic_manifest(path: Path, critic: dict | None = None, critic_model: dict | None = None):
-    return manifest_from_dict({
+def critic_manifest(path: Path, critic: dict | None = None, critic_model: dict | None = None,
+                    **sections):
+    return manifest_from_dict({**sections,
         "name": "critic-scripted",
         "seed": 3,
         "source": {"kind": "jsonl", "path": str(path)},
@@ -384,3 +385,121 @@ def test_constrained_critiques_get_exactly_their_expected_verdicts(constrained_j
     lock = json.loads((Path(out) / "manifest.lock.json").read_text())
     assert lock["annotators"]["critic"]["constrain_form"] is True
     assert lock["annotators"]["versions"]["critic"].endswith(CRITIC_FORM_VERSION)
+
+
+# --------------------------------------------------------------------------------------------
+# critic.trust: omegaprm. OmegaPRM searches its own rollouts, never the policy's samples: the
+# critic verifies those rollouts against the first errors OmegaPRM located; the policy's
+# samples have no OmegaPRM labels (unverified, or skipped under only_trusted).
+
+OMEGAPRM = {"rollouts": 4, "prefilter_rollouts": 8, "search_limit": 2}
+
+
+def omegaprm_manifest(path: Path, critic: dict):
+    return critic_manifest(path, {"trust": "omegaprm", **critic}, omegaprm=OMEGAPRM)
+
+
+def expected_reasons_of(steps: list, question: str, trusted: int | None) -> list[str]:
+    """:func:`expected_reasons` for any number of steps: the scripted critic's truth is
+    ``fakes.arithmetic_first_error`` of what it is shown."""
+    from fakes import arithmetic_first_error
+    from steplabel.annotators.judge import tag_steps
+
+    count, truth = arithmetic_first_error(f"{question}\n{tag_steps(steps)}")
+    assert count == len(steps)
+    wrong = count - 1 if truth < 0 else -1
+
+    def verdict(first_error: int) -> str:
+        if trusted is None:
+            return "no_trusted_labels"
+        if first_error == trusted:
+            return "kept"
+        return f"disagrees_at_step_{min(i for i in (first_error, trusted) if i != -1)}"
+
+    reasons = [verdict(truth), "unusable:truncated", "unusable:missing_verdict",
+               "unusable:contradiction", verdict(wrong), verdict(truth),
+               "unusable:two_verdicts_for_step"]
+    return [("not_kept_quota" if r == "kept" and "kept" in reasons[:i] else r)
+            for i, r in enumerate(reasons)]
+
+
+@pytest.fixture(scope="module")
+def omegaprm_job(tmp_path_factory):
+    base = tmp_path_factory.mktemp("critic_omegaprm")
+    source = write_problems(base / "problems.jsonl", 6)
+    out = str(base / "out")
+    result = run_job(omegaprm_manifest(source, {"only_trusted": False}), out_dir=out)
+    return source, out, result
+
+
+def by_trajectory(critiques: list[dict]) -> dict:
+    grouped: dict = {}
+    for row in critiques:
+        key = (row["problem_id"], row["omegaprm_rollout_id"], row["solution_index"])
+        grouped.setdefault(key, []).append(row)
+    return {key: sorted(samples, key=lambda r: r["sample_index"])
+            for key, samples in grouped.items()}
+
+
+def test_trust_omegaprm_verifies_omegaprm_rollouts_against_their_first_errors(omegaprm_job):
+    _, out, result = omegaprm_job
+    searches = rows(out, "omegaprm_searches")
+    assert any(s["reason"] == "located" for s in searches)
+    grouped = by_trajectory(rows(out, "critiques"))
+    searched = {key: samples for key, samples in grouped.items() if key[1] is not None}
+    assert set(searched) == {(s["problem_id"], s["rollout_id"], s["search_index"])
+                             for s in searches if s["pieces"]}
+    kept = 0
+    for search in (s for s in searches if s["pieces"]):
+        samples = searched[(search["problem_id"], search["rollout_id"], search["search_index"])]
+        assert [r["sample_index"] for r in samples] == list(range(SAMPLES))
+        assert all(r["steps"] == search["pieces"] and r["trusted_source"] == "omegaprm"
+                   and r["trusted_first_error"] == search["first_error"] for r in samples)
+        assert [r["reason"] for r in samples] == expected_reasons_of(
+            search["pieces"], samples[0]["question"], search["first_error"])
+        kept += sum(r["kept"] for r in samples)
+    assert kept >= 1  # the truthful critic agrees with OmegaPRM's located errors
+    assert result.stats["counters"]["critic_kept"] == kept
+
+
+def test_trust_omegaprm_leaves_policy_samples_unverified_never_rejected(omegaprm_job):
+    _, out, _ = omegaprm_job
+    grouped = by_trajectory(rows(out, "critiques"))
+    policy = {(t["problem_id"], None, t["solution_index"]): t
+              for output in ("trajectories", "rejected") for t in rows(out, output)
+              if not t["policy_truncated"]}
+    assert policy and set(policy) <= set(grouped)
+    for key, trajectory in policy.items():
+        samples = grouped[key]
+        assert all(r["trusted_source"] == "omegaprm" and r["trusted_first_error"] is None
+                   and r["trusted_labels"] is None and not r["kept"] and r["agrees"] is None
+                   for r in samples)
+        assert [r["reason"] for r in samples] == expected_reasons_of(
+            trajectory["steps"], trajectory["question"], None)
+        assert not any(r["reason"].startswith("disagrees") for r in samples)
+
+
+def test_trust_omegaprm_only_trusted_spends_nothing_on_unlabelled_trajectories(
+        omegaprm_job, tmp_path):
+    source, first_out, _ = omegaprm_job
+    out = str(tmp_path / "out")
+    result = run_job(omegaprm_manifest(source, {}), out_dir=out)
+    searches = rows(out, "omegaprm_searches")
+    located = {(s["problem_id"], s["rollout_id"], s["search_index"]) for s in searches
+               if s["first_error"] is not None}
+    unlocated = sum(1 for s in searches if s["first_error"] is None and s["pieces"])
+    policy = [t for output in ("trajectories", "rejected") for t in rows(out, output)
+              if not t["policy_truncated"]]
+    critiques = rows(out, "critiques")
+    assert set(by_trajectory(critiques)) == located
+    counters = result.stats["counters"]
+    assert counters["critic_solutions_skipped"] == len(policy) + unlocated
+    assert counters["critic_rollouts_not_spent"] == SAMPLES * (len(policy) + unlocated)
+    # the same rollouts, seeds and critiques as with only_trusted off (another manifest hash)
+    again = [r for r in rows(first_out, "critiques") if r["omegaprm_rollout_id"] is not None
+             and r["trusted_first_error"] is not None]
+
+    def text(row: dict) -> str:
+        return json.dumps({k: v for k, v in row.items() if k != "manifest_hash"})
+
+    assert sorted(map(text, critiques)) == sorted(map(text, again))
