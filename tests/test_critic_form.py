@@ -153,6 +153,20 @@ def test_vllm_structured_output_backend_reads_the_form():
 # The request and the engines
 
 
+def test_the_vllm_engine_gives_the_form_time_to_compile(monkeypatch):
+    from steplabel.engines.vllm_engine import (
+        REGEX_COMPILATION_TIMEOUT_S,
+        structured_output_environment,
+    )
+
+    monkeypatch.delenv("VLLM_REGEX_COMPILATION_TIMEOUT_S", raising=False)
+    assert structured_output_environment() == {
+        "VLLM_REGEX_COMPILATION_TIMEOUT_S": str(REGEX_COMPILATION_TIMEOUT_S)}
+    assert REGEX_COMPILATION_TIMEOUT_S > 5  # vLLM's own default is too short for the form
+    monkeypatch.setenv("VLLM_REGEX_COMPILATION_TIMEOUT_S", "9")
+    assert structured_output_environment() == {}  # the user's value wins
+
+
 def test_generation_request_validates_the_regex():
     assert GenerationRequest(prompt="x", regex="a|b").regex == "a|b"
     assert GenerationRequest(prompt="x").regex is None
