@@ -503,3 +503,27 @@ def test_trust_omegaprm_only_trusted_spends_nothing_on_unlabelled_trajectories(
         return json.dumps({k: v for k, v in row.items() if k != "manifest_hash"})
 
     assert sorted(map(text, critiques)) == sorted(map(text, again))
+
+
+def test_omegaprm_critiques_in_figures_show_and_inspect(omegaprm_job, capsys, tmp_path):
+    from steplabel.pipelines.cli import main
+
+    _, out, result = omegaprm_job
+    critiques = rows(out, "critiques")
+    figures = result.stats["overall"]["critiques"]
+    # a policy sample and an OmegaPRM rollout with the same index are two trajectories
+    assert figures["solutions"] == len(by_trajectory(critiques))
+    assert main(["show", out, "--all-critiques", "--limit", "0", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    searched = [e for e in shown if e["omegaprm_rollout_id"] is not None]
+    assert searched and all(e["trajectory"] is None and e["question"] for e in searched)
+    assert all(e["trajectory"] is not None for e in shown if e["omegaprm_rollout_id"] is None)
+    assert main(["show", out, "--critiques", "--limit", "1", "--color", "never"]) == 0
+    text = capsys.readouterr().out
+    first = next(r for r in critiques if r["kept"])
+    assert f"OmegaPRM rollout {first['omegaprm_rollout_id']} · kept" in text
+    assert "question: " in text
+    page = tmp_path / "report.html"
+    assert main(["inspect", out, "--html", str(page), "--examples", "1"]) == 0
+    html = page.read_text()
+    assert "OmegaPRM rollout " in html and first["question"] in html
