@@ -72,11 +72,11 @@ from steplabel.annotators.registry import (
 )
 from steplabel.dataset.stats import COLUMNS
 from steplabel.engines.base import EngineDiedError
-from steplabel.schemas.annotators import TRUST_OMEGAPRM
 from steplabel.pipelines.checkpoints import SegmentWriter
 from steplabel.pipelines.engine_pool import IdentifyEngines, _acquire_pool
 from steplabel.pipelines.runners import declare_engine_resources
 from steplabel.pipelines.shuffle import PackedCoGroupByKey, PackedGroupByKey, PackedReshuffle
+from steplabel.schemas.annotators import TRUST_OMEGAPRM
 
 log = logging.getLogger(__name__)
 

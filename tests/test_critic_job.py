@@ -503,6 +503,14 @@ def test_trust_omegaprm_only_trusted_spends_nothing_on_unlabelled_trajectories(
         return json.dumps({k: v for k, v in row.items() if k != "manifest_hash"})
 
     assert sorted(map(text, critiques)) == sorted(map(text, again))
+    # resume: the OmegaPRM rollouts' critic keys replay from their checkpoints
+    keys = stage_checkpoint_counts(out)["critic"]
+    assert keys == len(located)
+    (Path(out) / "COMPLETED").unlink()
+    resumed = run_job(omegaprm_manifest(source, {}), out_dir=out)
+    assert resumed.stats["counters"]["stage_critic_resumed"] == keys
+    assert "stage_critic_computed" not in resumed.stats["counters"]
+    assert sorted(map(text, rows(out, "critiques"))) == sorted(map(text, critiques))
 
 
 def test_omegaprm_critiques_in_figures_show_and_inspect(omegaprm_job, capsys, tmp_path):
