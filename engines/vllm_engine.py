@@ -106,10 +106,11 @@ def cpu_environment(config: EngineConfig) -> dict[str, str]:
 
 
 #: vLLM's limit on compiling one structured-output regular expression (seconds) unless the
-#: user sets ``VLLM_REGEX_COMPILATION_TIMEOUT_S``. vLLM's default, 5 s, is below what the
-#: critic's constrained form takes: xgrammar compiled the form of 5 steps x 200 characters in
-#: 5.8 s and of 10 steps in 6.8 s on 2 loaded cores with the embedded model's 49K-token
-#: vocabulary (``critic.constrain_form``; each distinct form is compiled once, then cached).
+#: user sets ``VLLM_REGEX_COMPILATION_TIMEOUT_S``. vLLM's default, 5 s, is too close to what
+#: the critic's constrained form takes (``critic.constrain_form``; each distinct form is
+#: compiled once, then cached): with the embedded model's 49K-token vocabulary on 2 shared
+#: cores, xgrammar took 1.3 to 2.5 s at load 4 to 5 (``benchmarks/critic_form_compile.py``)
+#: and up to 6.8 s (10 steps x 200 characters) at load 5.6; a larger vocabulary takes longer.
 REGEX_COMPILATION_TIMEOUT_S = 60
 
 
