@@ -8,7 +8,8 @@ The critic sees the problem and the steps tagged ``<paragraph_0>`` ... ``<paragr
 a header ``Paragraph i:`` and ending with exactly ``\\boxed{correct}`` or
 ``\\boxed{incorrect}``, and to stop after the first incorrect paragraph. One request samples
 ``critic.samples`` critiques (default 4), seeded by
-``derive_seed(run_seed, "critic", problem_id, solution_index)``.
+``derive_seed(run_seed, "critic", problem_id, solution_index)`` (for one of OmegaPRM's searched
+rollouts, ``derive_seed(run_seed, "critic", problem_id, rollout_id)``).
 
 Index convention (ProcessBench, 0-indexed): a first-error index lies in ``{-1, 0, ..., M-1}``;
 ``-1`` means "no error"; None means unknown.
@@ -65,6 +66,19 @@ Parse rule (:func:`parse_critique`, versioned in :data:`CRITIC_PARSER_VERSION`)
    critique costs one sample, a kept self-contradicting one teaches a model to contradict
    itself.
 
+   *A step's words against its own box* (parser 2): a verification that says "this step is
+   wrong" (``this step`` or ``this paragraph``, then ``is``/``was`` ``wrong``, ``incorrect``,
+   ``invalid``, ``erroneous``, ``flawed``, ``not correct``; or ``has``/``contains``/``makes``
+   ``an error``/``a mistake``) and ends in ``\\boxed{correct}``, or says "this step is correct"
+   (``correct``, ``right``, ``valid``; or ``has no errors``) and ends in
+   ``\\boxed{incorrect}``, is ``contradiction``. Conservatively: only ``this step`` /
+   ``this paragraph`` (not "the previous step", "the sum"), only in the verification of that
+   verdict (from its header, or without headers from the previous verdict, to the box), only a
+   whole clause (followed by ``.`` ``!`` ``;`` ``:`` ``,``, ``because``, ``since`` or the line's
+   end: "this step is correct up to the sum" is not one), and not after the qualifiers above
+   ("whether this step is wrong"). Every verdict's verification is read, those after the first
+   error too (they are kept as written).
+
 An unusable critique has ``step_verdicts`` and ``first_error`` None and its reason; it is never
 read as "all correct" or as an error.
 
@@ -72,7 +86,10 @@ Verification against trusted labels (:func:`check_critique`, :data:`CRITIC_VERIF
 -----------------------------------------------------------------------------------------
 Trusted labels are a trajectory's first error from ``critic.trust``: ``consensus`` (default:
 Monte Carlo and the judge agreed, and the agreed index is trusted), ``monte_carlo`` or
-``omegaprm`` (:func:`trusted_labels`). A usable critique *agrees* when
+``omegaprm`` (:func:`trusted_labels`). OmegaPRM labels only its own searched rollouts (it never
+searches the policy's samples), so under ``omegaprm`` the trajectories verified are those
+rollouts, each with the first error its binary search located; the policy's samples have no
+trusted labels there. A usable critique *agrees* when
 
 - the trusted first error is ``e >= 0``: every step before ``e`` is judged correct and step
   ``e`` incorrect, i.e. the critique's first error is ``e``; or
@@ -130,6 +147,7 @@ from steplabel.engines.base import (
 # The critic's config and its constants live with the manifest (schemas/), re-exported here.
 from steplabel.schemas.annotators import (  # noqa: F401
     DEFAULT_CRITIC_TEMPLATE,
+    DEFAULT_MAX_STEP_CHARS,
     TRUST_CONSENSUS,
     TRUST_MONTE_CARLO,
     TRUST_OMEGAPRM,
@@ -145,9 +163,11 @@ from steplabel.schemas.rows import Cost, as_row
 
 ANNOTATOR_NAME = "critic"
 #: Bump when :func:`parse_critique`'s rule changes meaning.
-CRITIC_PARSER_VERSION = "steplabel-critic-parser/1"
+CRITIC_PARSER_VERSION = "steplabel-critic-parser/2"  # 2: a step's words against its box
 #: Bump when :func:`check_critique` / :func:`verify_critiques` change meaning.
 CRITIC_VERIFY_VERSION = "steplabel-critic-verify/1"
+#: Bump when :func:`critique_form_regex` changes the form it forces.
+CRITIC_FORM_VERSION = "steplabel-critic-form/1"
 #: Critiques longer than this (in characters) are not parsed: ``reply_too_long``. 8K generated
 #: tokens (ThinkPRM's budget) are ~32K characters; this leaves a wide margin.
 MAX_CRITIQUE_CHARS = 131_072
@@ -190,9 +210,47 @@ def unusable(parse_reason: str) -> str:
     return f"{UNUSABLE_PREFIX}{parse_reason}"
 
 
-def critic_version() -> str:
-    """The critic annotator's version for provenance: prompt protocol, parser, verification."""
-    return f"{ANNOTATOR_NAME}/1;{CRITIC_PARSER_VERSION};{CRITIC_VERIFY_VERSION}"
+def critic_version(config: CriticConfig | None = None) -> str:
+    """The critic annotator's version for provenance: prompt protocol, parser, verification,
+    and the forced form's version when ``config.constrain_form`` is on."""
+    version = f"{ANNOTATOR_NAME}/1;{CRITIC_PARSER_VERSION};{CRITIC_VERIFY_VERSION}"
+    if config is not None and config.constrain_form:
+        version += f";{CRITIC_FORM_VERSION}"
+    return version
+
+
+# --------------------------------------------------------------------------------------------
+# The constrained form (``critic.constrain_form``)
+
+
+def critique_form_regex(num_steps: int, max_step_chars: int = DEFAULT_MAX_STEP_CHARS) -> str:
+    """The regular expression a constrained critique of ``num_steps`` (>= 1) steps must match
+    (:data:`CRITIC_FORM_VERSION`; the engine's ``regex``, vLLM structured outputs).
+
+    For step i = 0, 1, ... in order: the line ``Paragraph i: ``, then 0 to ``max_step_chars``
+    characters of verification that are neither a newline nor a backslash (so the text holds
+    no other box and no other line), then ``\\boxed{correct}`` or ``\\boxed{incorrect}``.
+    After ``incorrect`` the critique ends (the template asks the critic to stop at the first
+    incorrect paragraph); after ``correct`` a newline and the next step's line follow, and the
+    last step's ``correct`` ends it. The steps nest, so the pattern grows linearly with
+    ``num_steps``. Only plain groups, character classes and bounded repeats are used: the
+    subset every structured-output backend of vLLM reads.
+
+    Every whole match parses as usable (:func:`parse_critique`) unless its words contradict its
+    verdicts (rule 5): the form forces one verdict per step, in order, up to the first
+    incorrect one."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    if isinstance(max_step_chars, bool) or not isinstance(max_step_chars, int) \
+            or max_step_chars < 1:
+        raise ValueError(f"max_step_chars must be an integer >= 1, got {max_step_chars!r}")
+    text = f"[^\\n\\\\]{{0,{max_step_chars}}}"
+    verdict = "\\\\boxed\\{"
+    pattern = f"Paragraph {num_steps - 1}: {text}{verdict}(correct|incorrect)\\}}"
+    for i in reversed(range(num_steps - 1)):
+        pattern = (f"Paragraph {i}: {text}{verdict}(incorrect\\}}|correct\\}}\\n"
+                   f"{pattern})")
+    return pattern
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,6 +346,20 @@ _SOMETHING_WRONG_RE = re.compile(
     + r"|\b" + _SOLUTION + r"[ \t]+(?:has|contains)[ \t]+(?:an?[ \t]+)?(?:errors?|mistakes?)\b"
     + r"|\b" + _ASKED + r"no\b",
     re.IGNORECASE | re.MULTILINE)
+_THIS_STEP = r"\bthis[ \t]+(?:step|paragraph)[ \t]+"
+_CLAUSE_END = r"(?=[ \t*_]*(?:[.!;:,]|$|because\b|since\b))"
+#: A step's verification saying that step is wrong (rule 5, parser 2).
+_STEP_WRONG_RE = re.compile(
+    _THIS_STEP + r"(?:is|was)[ \t]+(?:wrong|incorrect|invalid|erroneous|flawed"
+    r"|not[ \t]+(?:correct|right|valid))" + _CLAUSE_END
+    + r"|" + _THIS_STEP + r"(?:has|contains|makes)[ \t]+(?:an?[ \t]+)?(?:errors?|mistakes?)\b",
+    re.IGNORECASE | re.MULTILINE)
+#: A step's verification saying that step is right (rule 5, parser 2).
+_STEP_RIGHT_RE = re.compile(
+    _THIS_STEP + r"(?:is|was)(?:[ \t]+(?:entirely|fully|completely|totally))?[ \t]+"
+    r"(?:correct|right|valid)" + _CLAUSE_END
+    + r"|" + _THIS_STEP + r"(?:has|contains)[ \t]+no[ \t]+(?:errors?|mistakes?)\b",
+    re.IGNORECASE | re.MULTILINE)
 #: A claim right after one of these words is qualified, not a claim.
 _QUALIFIED_RE = re.compile(r"(?:\bnot|n't|\bof|\bin|\bif|\bwhether|\bunless|\bnever)[ \t]*$",
                            re.IGNORECASE)
@@ -320,16 +392,20 @@ def parse_critique(text: str, finish_reason: str, num_steps: int) -> CritiquePar
            for left, right in zip(verdicts, verdicts[1:])):
         return _unusable_parse(REASON_QUOTED_FORM)
     headers = find_headers(text)
+    # where each verdict's verification starts: its header, or the previous verdict's end
+    previous_ends = [0] + [end for _, end, _ in verdicts[:-1]]
     if headers:
         starts = [position for position, _ in headers]
-        assigned = []
-        for position, _, verdict in verdicts:
+        assigned, opened = [], []
+        for (position, _, verdict), previous_end in zip(verdicts, previous_ends):
             h = bisect.bisect_right(starts, position) - 1
             if h < 0:
                 return _unusable_parse(REASON_OUTSIDE_STEP)
             assigned.append((headers[h][1], verdict))
+            opened.append(max(starts[h], previous_end))
     else:
         assigned = [(i, verdict) for i, (_, _, verdict) in enumerate(verdicts)]
+        opened = previous_ends
     if any(step >= num_steps for step, _ in assigned):
         return _unusable_parse(REASON_TOO_MANY)
     step_verdicts: list[bool | None] = [None] * num_steps
@@ -344,6 +420,9 @@ def parse_critique(text: str, finish_reason: str, num_steps: int) -> CritiquePar
     checked = num_steps if first_error == -1 else first_error
     if any(v is None for v in step_verdicts[:checked]):
         return _unusable_parse(REASON_MISSING)
+    if any(_claims(_STEP_WRONG_RE if verdict else _STEP_RIGHT_RE, text[start:position])
+           for (position, _, verdict), start in zip(verdicts, opened)):
+        return _unusable_parse(REASON_CONTRADICTION)
     contradicted = (_claims(_ALL_RIGHT_RE, text) if first_error >= 0
                     else _claims(_SOMETHING_WRONG_RE, text))
     if contradicted:
@@ -494,6 +573,8 @@ def render_critic_user_message(template: PromptTemplate, *, question: str,
 class CriticResult:
     """The critic's work on one solution.
 
+    - ``solution_index``: the policy sample's index, or with ``omegaprm_rollout_id`` (one of
+      OmegaPRM's searched rollouts) its search index.
     - ``texts``, ``finish_reasons``, ``generated_tokens``, ``parses``, ``checks``: one entry
       per sample, in sample order.
     - ``trusted``: what the critiques were checked against; ``prediction``: the critic's own
@@ -506,6 +587,7 @@ class CriticResult:
 
     problem_id: str
     solution_index: int
+    omegaprm_rollout_id: str | None
     question: str
     steps: tuple[str, ...]
     tagged_steps: str
@@ -573,34 +655,46 @@ class Critic:
         user = render_critic_user_message(self.template, question=question, steps=steps)
         return self.engine.apply_chat_template([ChatMessage("user", user)])
 
-    def seed_for(self, *, problem_id: str, solution_index: int) -> int:
+    def seed_for(self, *, problem_id: str, solution_index: int,
+                 omegaprm_rollout_id: str | None = None) -> int:
+        """The request's seed: by the policy sample's index, or by the OmegaPRM rollout's id
+        (its search index is not a sample index: the two never share a seed)."""
+        if omegaprm_rollout_id is not None:
+            return derive_seed(self.run_seed, ANNOTATOR_NAME, problem_id, omegaprm_rollout_id)
         return derive_seed(self.run_seed, ANNOTATOR_NAME, problem_id, solution_index)
 
     def request_for(self, *, problem_id: str, solution_index: int, question: str,
-                    steps: Sequence[str]) -> GenerationRequest:
+                    steps: Sequence[str],
+                    omegaprm_rollout_id: str | None = None) -> GenerationRequest:
         """The one generation request :meth:`critique` makes for this solution."""
         sampling = self.config.sampling
         return GenerationRequest(
             prompt=self.build_prompt(question=question, steps=steps),
             n=self.config.samples,
-            seed=self.seed_for(problem_id=problem_id, solution_index=solution_index),
+            seed=self.seed_for(problem_id=problem_id, solution_index=solution_index,
+                               omegaprm_rollout_id=omegaprm_rollout_id),
             max_tokens=sampling.max_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             stop=sampling.stop,
+            regex=(critique_form_regex(len(steps), self.config.max_step_chars)
+                   if self.config.constrain_form else None),
         )
 
     async def critique(self, *, problem_id: str, solution_index: int, question: str,
                        steps: Sequence[str],
-                       trusted: TrustedLabels = NO_TRUSTED_LABELS) -> CriticResult:
+                       trusted: TrustedLabels = NO_TRUSTED_LABELS,
+                       omegaprm_rollout_id: str | None = None) -> CriticResult:
         """Critique one solution of ``len(steps)`` (>= 1) steps and verify the critiques
         against ``trusted`` (default: none, as on ``evaluate``; every critique is then
-        ``no_trusted_labels``)."""
+        ``no_trusted_labels``). ``omegaprm_rollout_id``: the solution is this OmegaPRM
+        searched rollout (``solution_index`` its search index), not a policy sample."""
         config = self.config
         steps = tuple(steps)
         tagged = tag_steps(steps)
         request = self.request_for(problem_id=problem_id, solution_index=solution_index,
-                                   question=question, steps=steps)
+                                   question=question, steps=steps,
+                                   omegaprm_rollout_id=omegaprm_rollout_id)
         result = await self.engine.generate(request)
         meter = CostMeter()
         meter.add(result)
@@ -611,6 +705,7 @@ class Critic:
         return CriticResult(
             problem_id=problem_id,
             solution_index=solution_index,
+            omegaprm_rollout_id=omegaprm_rollout_id,
             question=question,
             steps=steps,
             tagged_steps=tagged,
@@ -627,7 +722,7 @@ class Critic:
             model_id=self.engine.model_id,
             template_id=self.template.id,
             template_sha256=self.template.sha256,
-            critic_version=critic_version(),
+            critic_version=critic_version(config),
             sampling_json=config.sampling_json(),
         )
 
@@ -647,6 +742,7 @@ def critique_rows(result: CriticResult, *, manifest_hash: str) -> list[Critique]
         rows.append(Critique(
             problem_id=result.problem_id,
             solution_index=result.solution_index,
+            omegaprm_rollout_id=result.omegaprm_rollout_id,
             sample_index=i,
             question=result.question,
             steps=list(result.steps),

@@ -147,7 +147,7 @@ JUDGE = AnnotatorSpec(
 CRITIC = AnnotatorSpec(
     name="critic", title="critic", mark="critic", stage_label="Critic",
     role="critic", config_type=CriticConfig, per="solution",
-    version=lambda config: critic_version(),
+    version=critic_version,
     truncated_what="critiques (unusable, never kept)",
     outputs=("critiques",), after_consensus=True,
 )

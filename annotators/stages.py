@@ -422,6 +422,37 @@ def critique_tasks(config, piece: Piece) -> list[CritiqueTask]:
     return tasks
 
 
+def omegaprm_critique_tasks(config, problem: Problem, piece: Piece) -> list[CritiqueTask]:
+    """Under ``critic.trust: omegaprm``, the critic's tasks from OmegaPRM's piece of one
+    problem: every searched rollout (an ``omegaprm_searches`` row), its pieces as the steps
+    and its first error as the trusted one. OmegaPRM searches its own rollouts, never the
+    policy's samples, so these are the only trajectories with OmegaPRM's labels. A search that
+    located no error (``probe_unknown``, ``probe_undecided``, ``empty_range``: first error
+    null) gives a task without trusted labels (skipped under ``only_trusted``, else
+    ``no_trusted_labels``), as does an empty rollout (none: nothing to critique). Other trust
+    sources, a failed piece or a dropped question: none."""
+    if config.trust != critic_rules.TRUST_OMEGAPRM:
+        return []
+    tasks = []
+    for row in piece.rows.get("omegaprm_searches", ()):
+        steps = list(row.get("pieces") or ())
+        if not steps:
+            continue
+        trusted = critic_rules.trusted_labels(config.trust,
+                                              omegaprm_first_error=row.get("first_error"))
+        tasks.append(CritiqueTask(
+            problem_id=problem.problem_id, solution_index=row["search_index"],
+            source=problem.source, question=problem.question, steps=steps,
+            trusted_first_error=trusted.first_error, trusted_source=trusted.source,
+            omegaprm_rollout_id=row["rollout_id"]))
+    return tasks
+
+
+def _critique_rank(task: CritiqueTask) -> tuple:
+    return (STAGE_ORDER.index(CRITIC), task.omegaprm_rollout_id is not None,
+            task.solution_index)
+
+
 def needs_critique(config, task: CritiqueTask) -> bool:
     """Whether the critic runs on ``task`` (``critic.only_trusted``: only with trusted labels)."""
     return critic_rules.needs_critique(
@@ -432,7 +463,7 @@ def needs_critique(config, task: CritiqueTask) -> bool:
 def skipped_critique_piece(config, task: CritiqueTask) -> Piece:
     """A trajectory the critic skips (no trusted labels, ``only_trusted``): no rows, and what
     it did not spend: one request of ``critic.samples`` samples (the "rollouts not spent")."""
-    return Piece(rank=(STAGE_ORDER.index(CRITIC), task.solution_index),
+    return Piece(rank=_critique_rank(task),
                  counters={"critic_solutions_skipped": 1, "critic_requests_not_spent": 1,
                            "critic_rollouts_not_spent": config.samples})
 
@@ -442,17 +473,20 @@ async def critique_piece(ctx: StageContext, critic, task: CritiqueTask) -> Piece
     their counters. An engine that refuses the request (``prompt_too_long``,
     ``engine_error``) gives a ``dead_letter`` row of stage ``critic`` for this solution; the
     problem's trajectories stand (the critic only reads them). A dead engine raises."""
-    rank = (STAGE_ORDER.index(CRITIC), task.solution_index)
+    rank = _critique_rank(task)
     try:
         result = await critic.critique(
             problem_id=task.problem_id, solution_index=task.solution_index,
             question=task.question, steps=list(task.steps),
-            trusted=critic_rules.TrustedLabels(task.trusted_first_error, task.trusted_source))
+            trusted=critic_rules.TrustedLabels(task.trusted_first_error, task.trusted_source),
+            omegaprm_rollout_id=task.omegaprm_rollout_id)
     except (ContextLengthError, EngineError) as exc:
         failure = failure_of(exc)
-        original = json.dumps({"problem_id": task.problem_id,
-                               "solution_index": task.solution_index,
-                               "question": task.question, "steps": list(task.steps)})
+        original = {"problem_id": task.problem_id, "solution_index": task.solution_index,
+                    "question": task.question, "steps": list(task.steps)}
+        if task.omegaprm_rollout_id is not None:
+            original["omegaprm_rollout_id"] = task.omegaprm_rollout_id
+        original = json.dumps(original)
         row = R.dead_letter(stage=CRITIC, reason=failure.reason, error=failure.error,
                             problem_id=task.problem_id, source=task.source, original=original,
                             manifest_hash=ctx.manifest_hash)

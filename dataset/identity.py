@@ -46,6 +46,9 @@ ADDED_COLUMNS = {
     for name in ("mc_posterior_mean", "mc_interval_low", "mc_interval_high", "mc_p_above",
                  "mc_rollouts_spent", "mc_label_reasons")
 }
+ADDED_COLUMNS["omegaprm_rollout_id"] = (
+    "added in schema 1.4 (critiques of OmegaPRM's searched rollouts, critic.trust omegaprm): a "
+    "dataset written before has no such column")
 
 
 def ignored_reason(column: str) -> str | None:

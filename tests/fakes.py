@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from typing import Callable, Sequence
+
+import interegular
 
 from steplabel.engines.base import ChatMessage, GenerationRequest, GenerationResult
 
@@ -25,7 +28,10 @@ class ScriptedEngine:
     finish reason ``"length"``; a stop string ends a sample (``"stop"``) and is not returned.
     With ``request.choices`` (constrained decoding) a sample is the first choice that the
     scripted text starts with, else a choice picked by the seed (a constrained model always
-    answers within the choices, whatever it would have written).
+    answers within the choices, whatever it would have written). With ``request.regex`` the
+    scripted text is bent to the pattern (:func:`constrain_to_regex`), then cut at
+    ``max_tokens``: a finished sample matches the pattern whole, a cut one is a prefix of a
+    match with finish reason ``"length"``.
     Records every request in ``requests``; reports prefix-cache hits as the longest common
     token prefix with any earlier prompt (like vLLM's automatic prefix caching, at token grain).
     """
@@ -64,6 +70,8 @@ class ScriptedEngine:
             text = self.respond(request, i)
             if request.choices:
                 text = _constrained(text, request.choices, (request.seed or 0) + i)
+            elif request.regex is not None:
+                text = constrain_to_regex(text, request.regex)
             tokens = fake_tokens(text)
             cut = len(tokens) > request.max_tokens
             if cut:
@@ -98,6 +106,76 @@ def _constrained(text: str, choices: Sequence[str], seed: int) -> str:
     if fitting:
         return max(fitting, key=len)
     return choices[seed % len(choices)]
+
+
+@functools.lru_cache(maxsize=64)
+def _regex_automaton(pattern: str):
+    """``(fsm, distance)``: the pattern's automaton (interegular, the library outlines uses to
+    turn a regex into the automaton a constrained decoder walks) and, for every live state (one
+    from which a whole match can still be reached), the fewest characters to an accepting one."""
+    fsm = interegular.parse_pattern(pattern).to_fsm()
+    incoming: dict = {}
+    for state, moves in fsm.map.items():
+        for target in moves.values():
+            incoming.setdefault(target, set()).add(state)
+    distance = {state: 0 for state in fsm.finals}
+    frontier = list(fsm.finals)
+    while frontier:
+        later = []
+        for state in frontier:
+            for before in incoming.get(state, ()):
+                if before not in distance:
+                    distance[before] = distance[state] + 1
+                    later.append(before)
+        frontier = later
+    return fsm, distance
+
+
+def constrain_to_regex(text: str, pattern: str) -> str:
+    """The scripted ``text`` as a model under a regex constraint would write it: always a
+    prefix of a match, and a whole match when it ends (the constraint forbids the end before).
+
+    The model writes its scripted characters while the pattern allows them; where the pattern
+    allows exactly one character (literal parts: ``Paragraph 1: ``, ``\\boxed{``) it writes
+    that one without spending the script; a scripted character the pattern forbids is written
+    in its other letter case if that fits (``\\boxed{Correct}`` becomes ``correct``), else
+    dropped at a choice point (the model's next preference is its next character). It stops
+    where the text is a whole match and the next scripted character does not fit (or the
+    script is spent); a script spent before that is finished by the shortest continuation (the
+    lowest character on ties): the model cannot stop until the form is complete."""
+    fsm, distance = _regex_automaton(pattern)
+    explicit = {c for c in fsm.alphabet if isinstance(c, str)}
+    other = next(c for c in "xyz#~ " if c not in explicit)  # stands for "anything else"
+    chars = {key: sorted(c if isinstance(c, str) else other for c in group)
+             for key, group in fsm.alphabet.by_transition.items()}
+
+    def live_moves(state):
+        return {key: target for key, target in fsm.map.get(state, {}).items()
+                if target in distance}
+
+    state, out, pos = fsm.initial, [], 0
+    for _ in range(len(text) + 100_000):  # a bound, never reached by a sane pattern
+        moves = live_moves(state)
+        if pos < len(text):
+            fitting = [c for c in (text[pos], text[pos].swapcase()) if fsm.alphabet[c] in moves]
+            if fitting:
+                out.append(fitting[0])
+                state, pos = moves[fsm.alphabet[fitting[0]]], pos + 1
+                continue
+        if state in fsm.finals:
+            break
+        if len(moves) == 1 and len(chars[next(iter(moves))]) == 1:  # forced
+            key, target = next(iter(moves.items()))
+            out.append(chars[key][0])
+            state = target
+            continue
+        if pos < len(text):
+            pos += 1
+            continue
+        key = min(moves, key=lambda k: (distance[moves[k]], chars[k][0]))
+        out.append(chars[key][0])
+        state = moves[key]
+    return "".join(out)
 
 
 # ---------------------------------------------------------------------------------------------

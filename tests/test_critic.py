@@ -539,7 +539,7 @@ def test_rows_carry_everything_and_sum_to_the_cost():
     assert first.critic_model == "scripted-critic" and first.seed == result.seed
     template = load_template(DEFAULT_CRITIC_TEMPLATE)
     assert (first.template_id, first.template_sha256) == (template.id, template.sha256)
-    assert "critic-parser/1" in first.critic_version and first.manifest_hash == "abc"
+    assert "critic-parser/2" in first.critic_version and first.manifest_hash == "abc"
     # the rows sum to the request's cost; no cache hits recorded
     total = {k: sum(r.cost[k] for r in rows) for k in rows[0].cost}
     assert total == result.cost and "cached_tokens" not in total
@@ -605,3 +605,76 @@ def test_layering():
     critic_imports = imported_modules(root / "annotators" / "critic.py")
     assert not any(n.startswith(("steplabel.pipelines", "steplabel.dataset", "apache_beam"))
                    for n in critic_imports)
+
+
+def test_omegaprm_critique_tasks_are_its_searched_rollouts():
+    # trust omegaprm: OmegaPRM's searched rollouts are the trajectories it labelled; a search
+    # that located nothing has no trusted labels (never an error), an empty one is no task.
+    from steplabel.annotators.stages import omegaprm_critique_tasks
+    from steplabel.schemas.graders import MathGold
+    from steplabel.schemas.stages import Piece, Problem
+
+    problem = Problem(problem_id="p", question=QUESTION, gold=MathGold("7"), source="src")
+    searches = [
+        {"search_index": 0, "rollout_id": "p/0#3", "pieces": STEPS, "first_error": 1,
+         "reason": "located"},
+        {"search_index": 1, "rollout_id": "p/2#0", "pieces": STEPS[:2], "first_error": None,
+         "reason": "probe_unknown"},
+        {"search_index": 2, "rollout_id": "p/4#1", "pieces": [], "first_error": None,
+         "reason": "empty_range"},
+    ]
+    piece = Piece(rank=(0,), rows={"omegaprm_searches": searches})
+    config = CriticConfig(trust="omegaprm")
+    located, unknown = omegaprm_critique_tasks(config, problem, piece)
+    assert (located.solution_index, located.omegaprm_rollout_id, located.steps,
+            located.trusted_first_error, located.trusted_source, located.question,
+            located.source) == (0, "p/0#3", STEPS, 1, "omegaprm", QUESTION, "src")
+    assert located.key == ("p", 0, "p/0#3")
+    assert (unknown.trusted_first_error, unknown.omegaprm_rollout_id) == (None, "p/2#0")
+    assert not needs_critique(config, TrustedLabels(unknown.trusted_first_error, "omegaprm"))
+    assert omegaprm_critique_tasks(CriticConfig(), problem, piece) == []  # consensus
+    assert omegaprm_critique_tasks(config, problem, Piece(rank=(0,))) == []
+
+
+def test_an_omegaprm_rollout_has_its_own_seed_and_row_identity():
+    engine = scripted(RIGHT)
+    critic = Critic(engine, CriticConfig(samples=1, sampling=CriticSampling(temperature=0.0)),
+                    run_seed=7)
+    result = run(critic.critique(problem_id="p1", solution_index=2, question=QUESTION,
+                                 steps=STEPS, trusted=TrustedLabels(1, "omegaprm"),
+                                 omegaprm_rollout_id="p1/3#0"))
+    assert result.seed == derive_seed(7, "critic", "p1", "p1/3#0") != derive_seed(
+        7, "critic", "p1", 2)
+    (row,) = critique_rows(result, manifest_hash="abc")
+    assert (row.solution_index, row.omegaprm_rollout_id, row.reason) == (2, "p1/3#0", "kept")
+    assert critique_rows(critique(scripted(RIGHT)), manifest_hash="abc")[0] \
+        .omegaprm_rollout_id is None
+
+
+@pytest.mark.parametrize("text, steps, reason", [
+    # a step's words against its own box: contradiction
+    ("Paragraph 0: This step is wrong. \\boxed{correct}\nParagraph 1: ok \\boxed{correct}", 2,
+     "contradiction"),
+    ("Paragraph 0: This step is wrong because 3 + 4 = 7. \\boxed{correct}", 1,
+     "contradiction"),
+    ("Paragraph 0: This paragraph is correct. \\boxed{incorrect}", 1, "contradiction"),
+    ("Paragraph 0: This step contains an error: 3 + 4 = 7. \\boxed{correct}", 1,
+     "contradiction"),
+    ("Paragraph 0: This step has no errors. \\boxed{incorrect}", 1, "contradiction"),
+    ("Fine. \\boxed{correct}\nThis paragraph is not correct. \\boxed{correct}", 2,
+     "contradiction"),  # without headers: from the previous verdict to the box
+    (RIGHT + "Paragraph 2: this step is incorrect. \\boxed{correct}", 3,
+     "contradiction"),  # after the first error too: the text is kept as written
+    # conservative: not whole clauses, qualified, other steps, agreeing words: ok
+    ("Paragraph 0: This paragraph is correct up to the sum, which is wrong. "
+     "\\boxed{incorrect}", 1, "ok"),
+    ("Paragraph 0: I checked whether this step is wrong: it is not. \\boxed{correct}", 1,
+     "ok"),
+    ("Paragraph 0: This step is not wrong. \\boxed{correct}", 1, "ok"),
+    ("Paragraph 0: This step contains an error: 3 + 4 = 7. \\boxed{incorrect}", 1, "ok"),
+    ("Paragraph 0: The previous step is wrong. \\boxed{correct}", 1, "ok"),
+    ("Paragraph 0: ok \\boxed{correct} This step is wrong.\nParagraph 1: This step is "
+     "wrong. \\boxed{incorrect}", 2, "ok"),  # words after a box belong to no verification
+])
+def test_a_steps_words_against_its_own_box(text, steps, reason):
+    assert parse_critique(text, "stop", steps).reason == reason

@@ -5,6 +5,7 @@ not its quality. Run by the coordinator only (engine tier)."""
 
 import dataclasses
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from steplabel.annotators.critic import (
     REASON_KEPT,
     REASON_NOT_KEPT_QUOTA,
     UNUSABLE_PREFIX,
+    critique_form_regex,
 )
 from steplabel.dataset import storage
 from steplabel.dataset.export import ExportError, ExportOptions, export_dataset
@@ -58,6 +60,13 @@ def test_every_trusted_trajectory_is_critiqued_with_a_reason(demo):
         assert row["kept"] == (reason == REASON_KEPT)
         assert row["trusted_source"] == "consensus" and row["trusted_first_error"] is not None
         assert row["critic_model"] and row["cost"]["rollouts"] == 1
+        if manifest.critic.constrain_form:  # vLLM's structured outputs held the form
+            pattern = critique_form_regex(len(row["steps"]), manifest.critic.max_step_chars)
+            if row["finish_reason"] == "stop":
+                assert re.fullmatch(pattern, row["critique"]), row["critique"]
+                assert row["parse_reason"] in ("ok", "contradiction"), row["parse_reason"]
+            else:
+                assert row["parse_reason"] == "truncated"
     counters = result.stats["counters"]
     rejected = [r for r in storage.iter_rows(str(out), "rejected")
                 if not r["policy_truncated"]]

@@ -21,8 +21,9 @@ CRITIC = {"kind": "custom", "factory": "fakes:critic_engine"}
 SAMPLES = len(CRITIC_SCRIPT)
 
 
-def critic_manifest(path: Path, critic: dict | None = None, critic_model: dict | None = None):
-    return manifest_from_dict({
+def critic_manifest(path: Path, critic: dict | None = None, critic_model: dict | None = None,
+                    **sections):
+    return manifest_from_dict({**sections,
         "name": "critic-scripted",
         "seed": 3,
         "source": {"kind": "jsonl", "path": str(path)},
@@ -291,3 +292,246 @@ def test_regenerate_verify_finds_the_critiques_identical(job, tmp_path, capsys):
     count = result.info["rows"]["critiques"]
     line = next(l for l in stdout.splitlines() if l.strip().startswith("critiques "))
     assert f"{count} vs {count} rows: {count} identical, 0 differing" in line
+
+
+# --------------------------------------------------------------------------------------------
+# critic.constrain_form: the same scripted critic, its form forced by the per-solution regex
+
+FORM = {"constrain_form": True, "max_step_chars": 400}
+
+
+def expected_constrained_reasons(truth: int, trusted: int | None) -> list[str]:
+    """Each sample's reason under the forced form (``fakes.constrain_to_regex``), worked out
+    by hand from ``fakes.CRITIC_SCRIPT`` on a two-step solution:
+
+    - truthful, wrong_verdicts: already in form, unchanged.
+    - cut_off: "Paragraph 0: " and 400 characters of rambling are over 64 tokens: truncated.
+    - missing_verdict: its "Paragraph 1: ..." becomes paragraph 0's verification ("Paragraph
+      0: 1: ..."), with its verdict (incorrect when the truth is 1: first error 0); when that
+      verdict is correct, the spent script leaves paragraph 1 to the shortest ending, correct.
+    - contradiction: the form ends at its incorrect verdict for paragraph 0, before "All steps
+      are correct.": a usable first error 0.
+    - two_verdicts: its second "Paragraph 0" line becomes paragraph 1: first error -1.
+    """
+    wrong = 1 if truth < 0 else -1
+
+    def verdict(first_error: int) -> str:
+        if trusted is None:
+            return "no_trusted_labels"
+        if first_error == trusted:
+            return "kept"
+        return f"disagrees_at_step_{min(i for i in (first_error, trusted) if i != -1)}"
+
+    reasons = [verdict(truth), "unusable:truncated", verdict(-1 if truth < 0 else 0),
+               verdict(0), verdict(wrong), verdict(truth), verdict(-1)]
+    kept = 0
+    for i, reason in enumerate(reasons):
+        if reason == "kept":
+            kept += 1
+            if kept > 1:
+                reasons[i] = "not_kept_quota"
+    return reasons
+
+
+@pytest.fixture(scope="module")
+def constrained_job(tmp_path_factory):
+    base = tmp_path_factory.mktemp("critic_form")
+    source = write_problems(base / "problems.jsonl", 6)
+    out = str(base / "out")
+    result = run_job(critic_manifest(source, FORM), out_dir=out)
+    return out, result
+
+
+def test_constrained_critiques_get_exactly_their_expected_verdicts(constrained_job):
+    import re
+
+    import regex
+
+    from steplabel.annotators.critic import CRITIC_FORM_VERSION, critique_form_regex
+
+    out, result = constrained_job
+    critiques = rows(out, "critiques")
+    kept_trajectories = rows(out, "trajectories")
+    assert kept_trajectories and critiques
+    pattern = critique_form_regex(2, 400)
+    by_solution: dict = {}
+    for row in critiques:
+        by_solution.setdefault((row["problem_id"], row["solution_index"]), []).append(row)
+    assert set(by_solution) == {(t["problem_id"], t["solution_index"])
+                                for t in kept_trajectories}
+    truths = set()
+    for trajectory in kept_trajectories:
+        samples = sorted(by_solution[(trajectory["problem_id"], trajectory["solution_index"])],
+                         key=lambda r: r["sample_index"])
+        truth = truth_of(trajectory)
+        truths.add(truth)
+        assert [r["reason"] for r in samples] == expected_constrained_reasons(
+            truth, trajectory["mc_first_error"])
+        for row in samples:  # every critique is in form: whole, or a prefix when cut off
+            if row["finish_reason"] == "stop":
+                assert re.fullmatch(pattern, row["critique"]), row["critique"]
+                assert row["parse_reason"] == "ok"
+            else:
+                assert regex.fullmatch(pattern, row["critique"], partial=True)
+                assert not re.fullmatch(pattern, row["critique"])
+                assert row["parse_reason"] == "truncated"
+            assert json.loads(row["critic_sampling"])["constrain_form"] is True
+            assert row["critic_version"].endswith(CRITIC_FORM_VERSION)
+    assert truths == {-1, 1}  # both kinds of trajectory were critiqued
+    counters = result.stats["counters"]
+    assert counters["critic_unusable_truncated"] == len(by_solution)
+    assert "critic_unusable_contradiction" not in counters
+    assert "critic_unusable_missing_verdict" not in counters
+    lock = json.loads((Path(out) / "manifest.lock.json").read_text())
+    assert lock["annotators"]["critic"]["constrain_form"] is True
+    assert lock["annotators"]["versions"]["critic"].endswith(CRITIC_FORM_VERSION)
+
+
+# --------------------------------------------------------------------------------------------
+# critic.trust: omegaprm. OmegaPRM searches its own rollouts, never the policy's samples: the
+# critic verifies those rollouts against the first errors OmegaPRM located; the policy's
+# samples have no OmegaPRM labels (unverified, or skipped under only_trusted).
+
+OMEGAPRM = {"rollouts": 4, "prefilter_rollouts": 8, "search_limit": 2}
+
+
+def omegaprm_manifest(path: Path, critic: dict):
+    return critic_manifest(path, {"trust": "omegaprm", **critic}, omegaprm=OMEGAPRM)
+
+
+def expected_reasons_of(steps: list, question: str, trusted: int | None) -> list[str]:
+    """:func:`expected_reasons` for any number of steps: the scripted critic's truth is
+    ``fakes.arithmetic_first_error`` of what it is shown."""
+    from fakes import arithmetic_first_error
+    from steplabel.annotators.judge import tag_steps
+
+    count, truth = arithmetic_first_error(f"{question}\n{tag_steps(steps)}")
+    assert count == len(steps)
+    wrong = count - 1 if truth < 0 else -1
+
+    def verdict(first_error: int) -> str:
+        if trusted is None:
+            return "no_trusted_labels"
+        if first_error == trusted:
+            return "kept"
+        return f"disagrees_at_step_{min(i for i in (first_error, trusted) if i != -1)}"
+
+    reasons = [verdict(truth), "unusable:truncated", "unusable:missing_verdict",
+               "unusable:contradiction", verdict(wrong), verdict(truth),
+               "unusable:two_verdicts_for_step"]
+    return [("not_kept_quota" if r == "kept" and "kept" in reasons[:i] else r)
+            for i, r in enumerate(reasons)]
+
+
+@pytest.fixture(scope="module")
+def omegaprm_job(tmp_path_factory):
+    base = tmp_path_factory.mktemp("critic_omegaprm")
+    source = write_problems(base / "problems.jsonl", 6)
+    out = str(base / "out")
+    result = run_job(omegaprm_manifest(source, {"only_trusted": False}), out_dir=out)
+    return source, out, result
+
+
+def by_trajectory(critiques: list[dict]) -> dict:
+    grouped: dict = {}
+    for row in critiques:
+        key = (row["problem_id"], row["omegaprm_rollout_id"], row["solution_index"])
+        grouped.setdefault(key, []).append(row)
+    return {key: sorted(samples, key=lambda r: r["sample_index"])
+            for key, samples in grouped.items()}
+
+
+def test_trust_omegaprm_verifies_omegaprm_rollouts_against_their_first_errors(omegaprm_job):
+    _, out, result = omegaprm_job
+    searches = rows(out, "omegaprm_searches")
+    assert any(s["reason"] == "located" for s in searches)
+    grouped = by_trajectory(rows(out, "critiques"))
+    searched = {key: samples for key, samples in grouped.items() if key[1] is not None}
+    assert set(searched) == {(s["problem_id"], s["rollout_id"], s["search_index"])
+                             for s in searches if s["pieces"]}
+    kept = 0
+    for search in (s for s in searches if s["pieces"]):
+        samples = searched[(search["problem_id"], search["rollout_id"], search["search_index"])]
+        assert [r["sample_index"] for r in samples] == list(range(SAMPLES))
+        assert all(r["steps"] == search["pieces"] and r["trusted_source"] == "omegaprm"
+                   and r["trusted_first_error"] == search["first_error"] for r in samples)
+        assert [r["reason"] for r in samples] == expected_reasons_of(
+            search["pieces"], samples[0]["question"], search["first_error"])
+        kept += sum(r["kept"] for r in samples)
+    assert kept >= 1  # the truthful critic agrees with OmegaPRM's located errors
+    assert result.stats["counters"]["critic_kept"] == kept
+
+
+def test_trust_omegaprm_leaves_policy_samples_unverified_never_rejected(omegaprm_job):
+    _, out, _ = omegaprm_job
+    grouped = by_trajectory(rows(out, "critiques"))
+    policy = {(t["problem_id"], None, t["solution_index"]): t
+              for output in ("trajectories", "rejected") for t in rows(out, output)
+              if not t["policy_truncated"]}
+    assert policy and set(policy) <= set(grouped)
+    for key, trajectory in policy.items():
+        samples = grouped[key]
+        assert all(r["trusted_source"] == "omegaprm" and r["trusted_first_error"] is None
+                   and r["trusted_labels"] is None and not r["kept"] and r["agrees"] is None
+                   for r in samples)
+        assert [r["reason"] for r in samples] == expected_reasons_of(
+            trajectory["steps"], trajectory["question"], None)
+        assert not any(r["reason"].startswith("disagrees") for r in samples)
+
+
+def test_trust_omegaprm_only_trusted_spends_nothing_on_unlabelled_trajectories(
+        omegaprm_job, tmp_path):
+    source, first_out, _ = omegaprm_job
+    out = str(tmp_path / "out")
+    result = run_job(omegaprm_manifest(source, {}), out_dir=out)
+    searches = rows(out, "omegaprm_searches")
+    located = {(s["problem_id"], s["rollout_id"], s["search_index"]) for s in searches
+               if s["first_error"] is not None}
+    unlocated = sum(1 for s in searches if s["first_error"] is None and s["pieces"])
+    policy = [t for output in ("trajectories", "rejected") for t in rows(out, output)
+              if not t["policy_truncated"]]
+    critiques = rows(out, "critiques")
+    assert set(by_trajectory(critiques)) == located
+    counters = result.stats["counters"]
+    assert counters["critic_solutions_skipped"] == len(policy) + unlocated
+    assert counters["critic_rollouts_not_spent"] == SAMPLES * (len(policy) + unlocated)
+    # the same rollouts, seeds and critiques as with only_trusted off (another manifest hash)
+    again = [r for r in rows(first_out, "critiques") if r["omegaprm_rollout_id"] is not None
+             and r["trusted_first_error"] is not None]
+
+    def text(row: dict) -> str:
+        return json.dumps({k: v for k, v in row.items() if k != "manifest_hash"})
+
+    assert sorted(map(text, critiques)) == sorted(map(text, again))
+    # resume: the OmegaPRM rollouts' critic keys replay from their checkpoints
+    keys = stage_checkpoint_counts(out)["critic"]
+    assert keys == len(located)
+    (Path(out) / "COMPLETED").unlink()
+    resumed = run_job(omegaprm_manifest(source, {}), out_dir=out)
+    assert resumed.stats["counters"]["stage_critic_resumed"] == keys
+    assert "stage_critic_computed" not in resumed.stats["counters"]
+    assert sorted(map(text, rows(out, "critiques"))) == sorted(map(text, critiques))
+
+
+def test_omegaprm_critiques_in_figures_show_and_inspect(omegaprm_job, capsys, tmp_path):
+    from steplabel.pipelines.cli import main
+
+    _, out, result = omegaprm_job
+    critiques = rows(out, "critiques")
+    figures = result.stats["overall"]["critiques"]
+    # a policy sample and an OmegaPRM rollout with the same index are two trajectories
+    assert figures["solutions"] == len(by_trajectory(critiques))
+    assert main(["show", out, "--all-critiques", "--limit", "0", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    searched = [e for e in shown if e["omegaprm_rollout_id"] is not None]
+    assert searched and all(e["trajectory"] is None and e["question"] for e in searched)
+    assert all(e["trajectory"] is not None for e in shown if e["omegaprm_rollout_id"] is None)
+    assert main(["show", out, "--critiques", "--limit", "1", "--color", "never"]) == 0
+    text = capsys.readouterr().out
+    first = next(r for r in critiques if r["kept"])
+    assert f"OmegaPRM rollout {first['omegaprm_rollout_id']} · kept" in text
+    assert "question: " in text
+    page = tmp_path / "report.html"
+    assert main(["inspect", out, "--html", str(page), "--examples", "1"]) == 0
+    html = page.read_text()
+    assert "OmegaPRM rollout " in html and first["question"] in html

@@ -71,3 +71,19 @@ def test_estimate_skips_what_the_critic_would_skip():
                                                               "generated_tokens": 30}},
                                 everything)
     assert cost[0] == 2 and cost[2] == 2 * 1024 and cost[1] > 40
+
+
+def test_under_trust_omegaprm_the_estimate_is_per_searched_rollout():
+    from steplabel.annotators.prompts import load_template
+
+    config = CriticConfig(samples=2, trust="omegaprm")
+    search = {"first_error": 1, "pieces": ["a" * 40, "b" * 80]}
+    cost = plan.critic_search_estimate(search, 25, config)
+    template = len(load_template(config.template_id).text) / plan.CHARS_PER_TOKEN
+    assert cost.tolist() == pytest.approx([2, 25 + 120 / 4 + template, 2 * 1024])
+    unlocated = {"first_error": None, "pieces": ["a"]}
+    assert plan.critic_search_estimate(unlocated, 25, config) is None  # only_trusted
+    everything = CriticConfig(samples=2, trust="omegaprm", only_trusted=False)
+    assert plan.critic_search_estimate(unlocated, 25, everything) is not None
+    assert plan.critic_search_estimate({"first_error": 1, "pieces": []}, 25, config) is None
+    assert plan.critic_search_estimate(search, 25, CriticConfig(samples=2)) is None

@@ -188,3 +188,27 @@ def test_choices_constrain_every_sample_and_reproduce(host_engine):
     again = host.run(engine.generate(request))
     assert all(text in choices for text in first.texts), first.texts
     assert first.texts == again.texts
+
+
+def test_regex_constrains_every_sample_to_the_critique_form(host_engine):
+    # The demo's constrained critic (critic.constrain_form): a finished sample matches the
+    # form whole, one cut off at max_tokens is a prefix of a match.
+    import re
+
+    import regex
+
+    from steplabel.annotators.critic import critique_form_regex
+
+    host, engine = host_engine
+    prompt = chat(engine, "Verify: <paragraph_0>2 + 2 = 4</paragraph_0> "
+                          "<paragraph_1>The answer is: 5</paragraph_1>")
+    pattern = critique_form_regex(2, 60)
+    request = GenerationRequest(prompt=prompt, n=4, seed=1, max_tokens=96, temperature=0.8,
+                                regex=pattern)
+    result = host.run(engine.generate(request))
+    for text, finish in zip(result.texts, result.finish_reasons):
+        if finish == "stop":
+            assert re.fullmatch(pattern, text), text
+        else:
+            assert regex.fullmatch(pattern, text, partial=True), text
+    assert host.run(engine.generate(request)).texts == result.texts

@@ -129,6 +129,14 @@ def test_choices_are_sent_as_structured_outputs(server):
     assert server.requests[0]["structured_outputs"] == {"choice": ["-1}", "0}"]}
 
 
+def test_regex_is_sent_as_structured_outputs(server):
+    # vLLM's OpenAI-compatible server (CompletionRequest.structured_outputs.regex).
+    pattern = r"Paragraph 0: [^\n\\]{0,20}\\boxed\{(correct|incorrect)\}"
+    request = GenerationRequest(prompt="Verify the paragraphs .", max_tokens=8, regex=pattern)
+    generate_all(make_engine(server), request)
+    assert server.requests[0]["structured_outputs"] == {"regex": pattern}
+
+
 def test_same_seed_same_texts(server):
     a = GenerationRequest(prompt="Compute 7 squared .", n=2, seed=11, max_tokens=8)
     b = GenerationRequest(prompt="Compute 7 squared .", n=2, seed=12, max_tokens=8)
