@@ -14,8 +14,9 @@ from steplabel.schemas.critiques import CRITIQUE_SCHEMA
 
 # 1.1: trajectories.judge_reason; 1.2: cost records without cached_tokens (a run metric now);
 # 1.3: trajectories' per-step posterior (mc_posterior_mean, mc_interval_low/high, mc_p_above),
-# mc_rollouts_spent and mc_label_reasons ("undecided")
-SCHEMA_VERSION = "1.3"
+# mc_rollouts_spent and mc_label_reasons ("undecided"); 1.4: OmegaPRM states' posterior
+# (mc_posterior_mean, mc_interval_low/high, mc_p_above, mc_rollouts_spent, mc_label_reason)
+SCHEMA_VERSION = "1.4"
 
 # The schemas come from the typed row records (schemas/rows.py), field by field.
 COST = rows.COST

@@ -351,6 +351,52 @@ def test_omegaprm_undecided_probe_stops_the_search():
     assert undecided and all((p.n_correct, p.n_total) == (4, 8) for p in undecided)
     # A probe past a planted error never succeeds: decided bad, not undecided.
     assert all(p.n_correct == 0 for p in probes if p.hard_label is False)
+    # The undecided probes say so, with the posterior of their counts (Beta(5, 5) at 0.5).
+    for p in undecided:
+        assert (p.label_reason, p.rollouts_spent) == ("undecided", 8)
+        assert p.posterior == posterior(4, 4, prior=BetaPrior(), threshold=0.5)
+        assert p.posterior.p_above == pytest.approx(0.5)
+    assert all(p.label_reason is None for p in probes if p.hard_label is not None)
+
+
+def check_state_posteriors(states, config: OmegaPRMConfig) -> int:
+    """Every state's posterior is that of its counts under ``config``'s prior, asked about
+    ``min_success``; a completion is certain; only an undecided probe has a reason. Returns
+    the number of states estimated from rollouts."""
+    estimated = 0
+    for s in states:
+        if s.kind == "completion":
+            assert (s.posterior.mean, s.posterior.low, s.posterior.high, s.posterior.p_above,
+                    s.rollouts_spent) == (1.0, 1.0, 1.0, 1.0, 0)
+            continue
+        assert s.rollouts_spent == s.n_total + s.n_unknown > 0
+        if not s.n_total:
+            assert s.posterior is None
+            continue
+        estimated += 1
+        assert s.posterior == posterior(s.n_correct, s.n_total - s.n_correct,
+                                        prior=config.prior, threshold=config.min_success)
+        assert s.posterior.low <= s.posterior.mean <= s.posterior.high
+        assert (s.label_reason == "undecided") == (s.kind == "probe" and s.hard_label is None
+                                                    and config.budget is not None)
+    return estimated
+
+
+@pytest.mark.parametrize("budget", [None, RolloutBudget(min_rollouts=4, max_rollouts=16,
+                                                        confidence=0.9)])
+def test_omegaprm_states_carry_the_posterior_of_their_counts(budget):
+    problem = PlantedProblem.make("omega-posterior", num_steps=8)
+    policy = FaultyPolicy(success_range=(0.4, 0.9), planted_error_rate=0.5)
+    config = {"search_limit": 4, "min_success": 0.1, "prior": BetaPrior(0.5, 2.0),
+              "budget": budget}
+    result = run_omegaprm(faulty_engine(policy), problem, **config)
+    states = [*result.states, *result.states_after_error]
+    assert {"root", "probe", "completion"} <= {s.kind for s in states}
+    assert check_state_posteriors(states, OmegaPRMConfig(**config)) > 1
+    root = next(s for s in states if s.kind == "root")
+    assert root.rollouts_spent == 32  # the pre-filter's rollouts
+    assert root.posterior.mean == pytest.approx((0.5 + root.n_correct)
+                                                / (2.5 + root.n_total))
 
 
 def test_locate_first_error_under_a_budget():
@@ -407,3 +453,30 @@ def test_a_job_with_a_budget_writes_decided_or_undecided_labels(tmp_path):
                 undecided += total > 0
     assert undecided > 0  # at max 8, steps near the 0.2 floor stay undecided (12 here)
     assert result.stats["counters"]["mc_steps_undecided"] == undecided
+
+
+def test_stats_count_undecided_probes_and_state_interval_widths():
+    """stats' OmegaPRM figures (schema 1.4): states with an interval (root, probes; not
+    completions), their mean width, and the probes the budget left undecided; rows written
+    before 1.4 (no such columns) add nothing."""
+    from steplabel.dataset.inspect import render_group
+    from steplabel.dataset.stats import LabelStats, ProblemRows
+
+    def state(kind, low, high, reason=None, label=True):
+        return {"problem_id": "p", "record_type": kind, "hard_label": label, "n_total": 4,
+                "n_unknown": 0, "n_truncated": 0, "after_error": False,
+                "mc_interval_low": low, "mc_interval_high": high, "mc_label_reason": reason}
+
+    problem = ProblemRows("p")
+    problem.rows["omegaprm_states"] = [
+        state("root", 0.2, 0.6), state("probe", 0.1, 0.5, "undecided", None),
+        state("probe", 0.5, 0.7), state("completion", 1.0, 1.0),
+        {"problem_id": "p", "record_type": "probe", "hard_label": False, "n_total": 4,
+         "n_unknown": 0, "n_truncated": 0, "after_error": False}]  # before 1.4
+    stats = LabelStats()
+    stats.add_problem(problem)
+    omega = stats.summary()["omegaprm"]
+    assert omega["estimated_states"] == 3 and omega["undecided_probes"] == 1
+    assert omega["interval_width_mean"] == pytest.approx((0.4 + 0.4 + 0.2) / 3)
+    assert ("posterior: 3 states estimated, mean 90% interval width 0.33, 1 probes undecided"
+            in render_group("all", stats.summary()))
