@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 
+import numpy as np
 import pytest
 from fakes import ScriptedEngine
 from faulty import FaultyPolicy
@@ -27,16 +28,21 @@ from steplabel.annotators.omegaprm import (
     locate_first_error,
 )
 from steplabel.annotators.posterior import (
+    FIT_BOUNDS,
     BetaPrior,
     RolloutBudget,
     beta_cdf,
     beta_quantile,
+    fit_prior,
     label_from,
+    log_marginal,
     posterior,
     prob_above,
     threshold_of,
 )
 from steplabel.annotators.splitting import get_splitter
+from steplabel.dataset.inspect import render_group
+from steplabel.dataset.stats import LabelStats, ProblemRows
 from steplabel.schemas.config import ConfigError, from_mapping, to_mapping
 
 pytestmark = pytest.mark.unit
@@ -459,9 +465,6 @@ def test_stats_count_undecided_probes_and_state_interval_widths():
     """stats' OmegaPRM figures (schema 1.4): states with an interval (root, probes; not
     completions), their mean width, and the probes the budget left undecided; rows written
     before 1.4 (no such columns) add nothing."""
-    from steplabel.dataset.inspect import render_group
-    from steplabel.dataset.stats import LabelStats, ProblemRows
-
     def state(kind, low, high, reason=None, label=True):
         return {"problem_id": "p", "record_type": kind, "hard_label": label, "n_total": 4,
                 "n_unknown": 0, "n_truncated": 0, "after_error": False,
@@ -480,3 +483,45 @@ def test_stats_count_undecided_probes_and_state_interval_widths():
     assert omega["interval_width_mean"] == pytest.approx((0.4 + 0.4 + 0.2) / 3)
     assert ("posterior: 3 states estimated, mean 90% interval width 0.33, 1 probes undecided"
             in render_group("all", stats.summary()))
+
+
+
+# -- a prior fitted to a pilot's counts ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("a,b", [(0.5, 2.0), (3.0, 5.0), (0.3, 0.3)])
+def test_fit_prior_recovers_the_rates_distribution(a, b):
+    """Seeded: 4000 steps, rates from Beta(a, b), 8 rollouts each; the fit is within 15% of
+    (a, b) and a local maximum of the marginal likelihood."""
+    rng = np.random.default_rng(3)
+    successes = rng.binomial(8, rng.beta(a, b, size=4000))
+    counts = [(int(s), 8 - int(s)) for s in successes]
+    fit = fit_prior(counts)
+    assert fit.steps == 4000 and not fit.at_bound
+    assert fit.prior.a == pytest.approx(a, rel=0.15) and fit.prior.b == pytest.approx(b, rel=0.15)
+    assert fit.log_likelihood == pytest.approx(log_marginal(counts, fit.prior))
+    for da, db in ((1.02, 1), (0.98, 1), (1, 1.02), (1, 0.98)):
+        moved = BetaPrior(fit.prior.a * da, fit.prior.b * db)
+        assert log_marginal(counts, moved) < fit.log_likelihood
+
+
+def test_log_marginal_by_hand():
+    """One step, 1 success and 1 failure, uniform prior: B(2, 2) / B(1, 1) = 1/6; 2 successes
+    under Beta(2, 1): B(4, 1) / B(2, 1) = (1/4) / (1/2)."""
+    assert log_marginal([(1, 1)], BetaPrior()) == pytest.approx(math.log(1 / 6))
+    assert log_marginal([(2, 0)], BetaPrior(2, 1)) == pytest.approx(math.log(1 / 2))
+
+
+def test_fit_prior_at_rates_of_0_or_1_stops_at_its_bounds():
+    """Rates exactly 0 or 1 (every step all correct or all wrong): the likelihood grows as a
+    and b go to 0, so the fit stops at the lower bound, keeping the share of good steps as its
+    mean; steps with no known rollout are skipped; all alike goes to the upper bound."""
+    fit = fit_prior([(4, 0)] * 30 + [(0, 4)] * 10 + [(0, 0)] * 5)
+    assert fit.at_bound and fit.steps == 40 and min(fit.prior.a, fit.prior.b) == FIT_BOUNDS[0]
+    assert fit.prior.a / (fit.prior.a + fit.prior.b) == pytest.approx(0.75, abs=0.02)
+    alike = fit_prior([(2, 2)] * 40)
+    assert alike.at_bound and alike.prior.a == alike.prior.b == FIT_BOUNDS[1]
+    with pytest.raises(ValueError, match="no step with a known rollout"):
+        fit_prior([(0, 0)])
+    with pytest.raises(ValueError, match=">= 0"):
+        fit_prior([(-1, 2)])
