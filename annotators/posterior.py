@@ -147,6 +147,56 @@ def label_from(p_above: float, confidence: float) -> bool | None:
     return None
 
 
+def budget_label(successes: int, failures: int, *, threshold: float, prior: BetaPrior,
+                 confidence: float) -> bool | None:
+    """The hard label the budget's rule gives known counts (None: not decided): the posterior
+    decides at ``confidence``, and a positive needs at least one correct rollout (the prior
+    alone is no evidence; see the module docstring)."""
+    label = label_from(prob_above(threshold, successes, failures, prior), confidence)
+    return None if label is True and successes == 0 else label
+
+
+def _log_beta(x: float, y: float) -> float:
+    return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
+
+
+@lru_cache(maxsize=65536)
+def decide_chance(successes: int, failures: int, sampled: int, *, budget: RolloutBudget,
+                  threshold: float, prior: BetaPrior) -> float:
+    """The chance that the budget's later rounds decide a step that is undecided after
+    ``sampled`` rollouts (``successes`` and ``failures`` of them known): every later rollout
+    known, and correct with the probability the posterior gives it (a Pólya urn: a round of m
+    brings j successes with the Beta-Binomial probability ``C(m, j) B(a' + j, b' + m - j) /
+    B(a', b')``). Unknown rollouts would only lower it. 0.0 exactly when no outcome of the
+    later rollouts decides the step (the futility rule's 0)."""
+    size = budget.next_round(sampled)
+    if size <= 0:
+        return 0.0
+    a, b = prior.a + successes, prior.b + failures
+    chance = 0.0
+    for j in range(size + 1):
+        weight = math.exp(math.log(math.comb(size, j)) + _log_beta(a + j, b + size - j)
+                          - _log_beta(a, b))
+        s, f = successes + j, failures + size - j
+        if budget_label(s, f, threshold=threshold, prior=prior,
+                        confidence=budget.confidence) is not None:
+            chance += weight
+        else:
+            chance += weight * decide_chance(s, f, sampled + size, budget=budget,
+                                             threshold=threshold, prior=prior)
+    return chance
+
+
+def futile(successes: int, failures: int, sampled: int, *, budget: RolloutBudget,
+           threshold: float, prior: BetaPrior) -> bool:
+    """The futility rule (:attr:`RolloutBudget.futility`): an undecided step whose chance of
+    being decided by ``max_rollouts`` is at most ``futility`` stops now, undecided."""
+    if budget.futility is None or sampled >= budget.max_rollouts:
+        return False
+    return decide_chance(successes, failures, sampled, budget=budget, threshold=threshold,
+                         prior=prior) <= budget.futility
+
+
 # --------------------------------------------------------------------------------------------
 # An informative prior fitted to a pilot's counts (empirical Bayes)
 

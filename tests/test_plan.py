@@ -341,6 +341,11 @@ def test_step_forecast_by_hand():
     # every rollout unknown: max rollouts in rounds, never decided, and not "undecided"
     unknown = plan.step_forecast(0, 0, 5, budget=RolloutBudget(**BUDGET), threshold=0.2)
     assert (unknown.rollouts, unknown.requests, unknown.undecided) == (4, 2, 0)
+    # futility 0.1: after ff the chance of a decision is 0.1 (posterior.decide_chance), so ff
+    # stops undecided at 2 rollouts.
+    futile = plan.step_forecast(0, 0, 0, budget=RolloutBudget(**BUDGET, futility=0.1),
+                                threshold=0.2)
+    assert (futile.rollouts, futile.undecided) == (pytest.approx(2), pytest.approx(1 / 3))
 
 
 @pytest.mark.unit

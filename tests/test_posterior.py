@@ -33,6 +33,7 @@ from steplabel.annotators.posterior import (
     RolloutBudget,
     beta_cdf,
     beta_quantile,
+    decide_chance,
     fit_prior,
     label_from,
     log_marginal,
@@ -134,6 +135,11 @@ def test_manifest_keys_and_canonical_form():
     # Without the new keys the canonical form (hence the manifest hash) is today's.
     assert not {"budget", "prior", "min_success"} & set(to_mapping(MonteCarloConfig()))
     assert not {"budget", "prior", "min_success"} & set(to_mapping(OmegaPRMConfig()))
+    # futility (off by default) is left out too; set, it is part of the budget.
+    with_futility = from_mapping(RolloutBudget, {"min_rollouts": 2, "futility": 0.1})
+    assert with_futility.futility == 0.1 and to_mapping(with_futility)["futility"] == 0.1
+    with pytest.raises(ConfigError, match=r"futility must be in \[0, 1\) or null, got 1.0"):
+        RolloutBudget(futility=1.0)
 
 
 def rollouts(correct: int, incorrect: int, unknown: int = 0) -> GradedRollouts:
@@ -525,3 +531,64 @@ def test_fit_prior_at_rates_of_0_or_1_stops_at_its_bounds():
         fit_prior([(0, 0)])
     with pytest.raises(ValueError, match=">= 0"):
         fit_prior([(-1, 2)])
+
+
+
+# -- the futility rule -----------------------------------------------------------------------
+
+
+def test_decide_chance_by_hand():
+    """Budget 2..4 @ 0.8, threshold 0.2, uniform prior, 0 of 2 correct: the last round of 2
+    decides only at 2 of 2 (Beta(3, 3): P(p > 0.2) = 0.942; 1 of 2: Beta(2, 4), 0.737; 0 of 2:
+    0.8^5 = 0.328), whose urn probability from Beta(1, 3) is B(3, 3) / B(1, 3) = 0.1. At 0.95
+    nothing decides it: 0."""
+    budget = RolloutBudget(min_rollouts=2, max_rollouts=4, confidence=0.8)
+    assert decide_chance(0, 2, 2, budget=budget, threshold=0.2,
+                         prior=BetaPrior()) == pytest.approx(0.1)
+    strict = RolloutBudget(min_rollouts=2, max_rollouts=4, confidence=0.95)
+    assert decide_chance(0, 2, 2, budget=strict, threshold=0.2, prior=BetaPrior()) == 0.0
+    assert decide_chance(0, 4, 4, budget=budget, threshold=0.2, prior=BetaPrior()) == 0.0
+
+
+def test_futility_stops_undecidable_steps_early():
+    budget = RolloutBudget(min_rollouts=2, max_rollouts=4, confidence=0.8)
+
+    def decide(futility, *counts):
+        return budget_step_decision(rollouts(*counts), threshold=0.2, prior=BetaPrior(),
+                                    budget=RolloutBudget(2, 4, 0.8, futility=futility))
+
+    assert decide(None, 0, 2) is UNDECIDED and decide(0.0, 0, 2) is UNDECIDED
+    assert decide(0.1, 0, 2) is None  # chance 0.1 <= 0.1: undecided now
+    assert decide(0.05, 0, 2) is UNDECIDED
+    assert decide(0.5, 0, 0, 2) is UNDECIDED  # no known rollout: it goes on
+    assert budget.futility is None
+
+
+def simulate_step(rate: float, budget: RolloutBudget, seed: int) -> tuple[bool | None, int]:
+    rng = np.random.default_rng(seed)
+    draws = rng.random(budget.max_rollouts) < rate
+    n = 0
+    while True:
+        n += budget.next_round(n)
+        c = int(draws[:n].sum())
+        decision = budget_step_decision(rollouts(c, n - c), budget=budget, threshold=0.25,
+                                        prior=BetaPrior())
+        if decision is not UNDECIDED:
+            return decision, n
+
+
+def test_futility_zero_keeps_every_label_in_fewer_rollouts():
+    """Seeded: 600 steps at rates around the threshold, the same rollouts with and without
+    futility 0: identical labels, never more rollouts, fewer on some undecided steps."""
+    plain = RolloutBudget(min_rollouts=4, max_rollouts=24, confidence=0.9)
+    exact = RolloutBudget(min_rollouts=4, max_rollouts=24, confidence=0.9, futility=0.0)
+    saved = 0
+    for i in range(600):
+        rate = 0.05 + 0.45 * (i % 60) / 60
+        label, n = simulate_step(rate, plain, i)
+        label_f, n_f = simulate_step(rate, exact, i)
+        assert label_f == label and n_f <= n
+        saved += n - n_f
+        if n_f < n:
+            assert label is None
+    assert saved > 0
