@@ -29,6 +29,15 @@ confidence (uniform prior, m = 0.05, 2 failures: 0.95^3 = 0.86); on the planted 
 (τ = 0, floor 0.05, budget 2..24 at 0.85) the pure posterior rule decided every step after 2
 rollouts with 40% of the labels wrong, against 7% for this rule.
 
+**The futility rule** (``budget.futility``, off by default; :func:`futile`): a step whose
+chance of being decided by ``max_rollouts`` (:func:`decide_chance`) is at most ``futility``
+stops undecided at once.
+
+**An informative prior** (:func:`fit_prior`): the Beta prior that maximises the marginal
+likelihood of a pilot's step counts, which ``steplabel plan`` prints as ``monte_carlo.prior``
+lines for the manifest (the dataset stays a function of its manifest) and uses for its
+forecast of the budget.
+
 The incomplete beta function comes from mpmath (arbitrary precision, a sympy dependency);
 quantiles bisect it. Both are cached: counts are small integers, so a job meets few distinct
 posteriors (a quantile costs ~35 evaluations, a few milliseconds, the first time).
