@@ -592,3 +592,37 @@ def test_futility_zero_keeps_every_label_in_fewer_rollouts():
         if n_f < n:
             assert label is None
     assert saved > 0
+
+
+@pytest.mark.pipeline
+def test_a_job_with_an_omegaprm_budget_writes_undecided_probes(tmp_path):
+    """OmegaPRM under a budget through the whole job: state rows carry the posterior of their
+    counts, undecided probes say so (hard label null, mc_label_reason undecided), and stats
+    counts them."""
+    from test_label_truth import manifest, rows, write_planted
+
+    from steplabel.pipelines.job import run_job
+
+    source = tmp_path / "p.jsonl"
+    write_planted(source, 4, num_steps=6)
+    job = manifest(source, "realistic", judge=None, consensus=None, monte_carlo=None,
+                   omegaprm={"prefilter_rollouts": 8, "search_limit": 4, "min_success": 0.3,
+                             "sampling": {"max_tokens": 120},
+                             "budget": {"min_rollouts": 2, "max_rollouts": 6,
+                                        "confidence": 0.9}})
+    out = str(tmp_path / "out")
+    result = run_job(job, out_dir=out)
+    states = rows(out, "omegaprm_states")
+    undecided = [s for s in states if s["mc_label_reason"] == "undecided"]
+    assert undecided and all(s["record_type"] == "probe" and s["hard_label"] is None
+                             and s["mc_rollouts_spent"] == 6 and s["n_total"] > 0
+                             for s in undecided)
+    for s in states:
+        if s["record_type"] != "completion" and s["n_total"]:
+            c, n = s["n_correct"], s["n_total"]
+            p = posterior(c, n - c, prior=BetaPrior(), threshold=0.3)
+            assert (s["mc_posterior_mean"], s["mc_p_above"]) == (p.mean, p.p_above)
+            if s["record_type"] == "probe" and s["hard_label"] is not None:
+                assert 2 <= s["mc_rollouts_spent"] <= 6
+                assert (p.p_above >= 0.9) if s["hard_label"] else (1 - p.p_above >= 0.9)
+    assert result.stats["overall"]["omegaprm"]["undecided_probes"] == len(undecided)
