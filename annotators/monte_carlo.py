@@ -31,9 +31,9 @@ from steplabel.annotators.posterior import (
     BetaPrior,
     RolloutBudget,
     StepPosterior,
-    label_from,
+    budget_label,
+    futile,
     posterior,
-    prob_above,
 )
 from steplabel.annotators.prompts import SolutionPrompt
 from steplabel.annotators.seeds import derive_seed
@@ -577,18 +577,22 @@ def budget_step_decision(sampled: "GradedRollouts | None", *, budget: RolloutBud
     confidence`` (and ``min_rollouts`` are sampled), None once ``max_rollouts`` are sampled and
     neither holds (unknown: ``undecided``, or no known rollout), else :data:`UNDECIDED`
     (sample another round). A positive needs at least one correct rollout: the prior alone is
-    no evidence (see :mod:`posterior`)."""
+    no evidence (see :mod:`posterior`). With ``budget.futility`` set, a step with known
+    rollouts whose chance of being decided by ``max_rollouts`` is at most that is None
+    (undecided) at once (:func:`~steplabel.annotators.posterior.futile`)."""
     sampled_n = 0 if sampled is None else len(sampled.verdicts)
     if sampled_n < budget.min_rollouts:
         return UNDECIDED
     assert sampled is not None
     c, f = sampled.n_correct, sampled.n_total - sampled.n_correct
-    label = label_from(prob_above(threshold, c, f, prior), budget.confidence)
-    if label is True and c == 0:
-        label = None
+    label = budget_label(c, f, threshold=threshold, prior=prior, confidence=budget.confidence)
     if label is not None:
         return label
-    return None if sampled_n >= budget.max_rollouts else UNDECIDED
+    if sampled_n >= budget.max_rollouts:
+        return None
+    if c + f and futile(c, f, sampled_n, budget=budget, threshold=threshold, prior=prior):
+        return None  # the futility rule: undecided now (a step with no known rollout goes on)
+    return UNDECIDED
 
 
 def step_label(config: MonteCarloConfig, sampled: "GradedRollouts | None"):

@@ -70,10 +70,13 @@ from steplabel.annotators.monte_carlo import (
     sample_and_grade,
 )
 from steplabel.annotators.posterior import (
+    CREDIBLE_LEVEL,
     DEFAULT_MIN_SUCCESS,
     REASON_UNDECIDED,
     BetaPrior,
     RolloutBudget,
+    StepPosterior,
+    posterior,
 )
 from steplabel.annotators.prompts import SolutionPrompt
 from steplabel.annotators.seeds import derive_seed
@@ -424,6 +427,14 @@ class OmegaPRMState:
       this state's rollouts (for a completion, of the request it came from); ``rollout_of`` and
       ``rollout_index``: for a completion, the state whose rollout it is and which one (its
       parent may be a longer good prefix of it); -1 otherwise.
+    - ``posterior``: the Beta posterior of the state's success rate from its known rollouts and
+      the config's ``prior``, asked about ``min_success`` (OmegaPRM's τ is 0), as a trajectory
+      step's (:mod:`posterior`); None without a known rollout. A completion is its own graded
+      answer, as a trajectory's final step: mean = bounds = p_above = 1. Filled under fixed k
+      too. ``rollouts_spent``: rollouts sampled from this state's prefix (the pre-filter's at
+      the root, 0 for a completion). ``label_reason``: ``undecided`` when the adaptive budget's
+      ``max_rollouts`` left a probe with known rollouts undecided (its hard label is None);
+      None otherwise.
     """
 
     state_id: int
@@ -444,6 +455,9 @@ class OmegaPRMState:
     seed: int
     rollout_of: int
     rollout_index: int
+    posterior: StepPosterior | None = None
+    rollouts_spent: int = 0
+    label_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -837,7 +851,22 @@ class _QuestionSearch:
             n_correct=n.counts[0], n_total=n.counts[1], n_unknown=n.counts[2],
             n_truncated=n.counts[3], visits=self.pool.visits(n.state_id), seed=n.seed,
             rollout_of=n.rollout_of, rollout_index=n.rollout_index,
+            posterior=self.posterior_of(n),
+            rollouts_spent=0 if n.graded is None else len(n.graded.verdicts),
+            label_reason=(REASON_UNDECIDED if n.kind == "probe" and n.budgeted
+                          and n.label is None and n.counts[1] > 0 else None),
         )
+
+    def posterior_of(self, n: _Node) -> StepPosterior | None:
+        """The posterior of ``n``'s success rate (see :class:`OmegaPRMState`)."""
+        threshold = self.cfg.min_success
+        if n.kind == "completion":  # its own graded answer: certain, not estimated
+            return StepPosterior(successes=1, failures=0, mean=1.0, low=1.0, high=1.0,
+                                 level=CREDIBLE_LEVEL, threshold=threshold, p_above=1.0)
+        correct, known = n.counts[0], n.counts[1]
+        if not known:
+            return None
+        return posterior(correct, known - correct, prior=self.cfg.prior, threshold=threshold)
 
     def sibling_pairs(self, states: list[OmegaPRMState]) -> list[SiblingPair]:
         children: dict[int, list[OmegaPRMState]] = {}

@@ -555,6 +555,7 @@ async def omegaprm_rows(ctx: StageContext, annotator, prompt, problem: Problem, 
     states = rows.setdefault("omegaprm_states", [])
     for state, after_error in [*((s, False) for s in result.states),
                                *((s, True) for s in result.states_after_error)]:
+        post = state.posterior
         states.append(R.as_row(R.OmegaPRMState(
             record_type=state.kind, problem_id=problem.problem_id, question=problem.question,
             gold_answer=problem.gold_answer, tree_id=tree_id, node_id=node_id(state.state_id),
@@ -562,7 +563,13 @@ async def omegaprm_rows(ctx: StageContext, annotator, prompt, problem: Problem, 
             prefix=state.prefix, action=state.action, action_pieces=state.action_pieces,
             single_step=state.single_step, mc_value=state.value, hard_label=state.hard_label,
             n_correct=state.n_correct, n_total=state.n_total, n_unknown=state.n_unknown,
-            n_truncated=state.n_truncated, rollout_of=node_id(state.rollout_of),
+            n_truncated=state.n_truncated,
+            mc_posterior_mean=None if post is None else post.mean,
+            mc_interval_low=None if post is None else post.low,
+            mc_interval_high=None if post is None else post.high,
+            mc_p_above=None if post is None else post.p_above,
+            mc_rollouts_spent=state.rollouts_spent, mc_label_reason=state.label_reason,
+            rollout_of=node_id(state.rollout_of),
             manifest_hash=ctx.manifest_hash, completer_model=completer_model)))
     pairs = [R.as_row(R.OmegaPRMPair(
         problem_id=problem.problem_id, tree_id=tree_id, parent_id=node_id(pair.parent_id),

@@ -37,8 +37,19 @@ correct rollout), and ``(any_correct)``, positive at the first correct rollout (
 reading) with the posterior only for negatives. The simulator reproduces the annotator's own
 rule exactly (checked on every step), so all three are compared on identical rollouts.
 
-Usage: ``python benchmarks/adaptive_budget.py [--problems 500] [--seed 0]``; writes
-``benchmarks/results/adaptive_budget.json`` and ``.md``.
+**A fitted prior and the futility rule.** Each spread (τ = 0.25, τ = 0, uniform) also gets a
+prior fitted the way a user gets one: ``fit_prior`` (what ``steplabel plan`` prints) on the
+counts of a separate pilot of ``--pilot`` other problems of the same spread (rates drawn
+afresh), labelled with fixed k = 8, never on the planted truth. Its rows are named
+``fitted: ...``. Rows ``... futility 0.1`` add the futility rule (``budget.futility``: stop a
+step undecided once its chance of being decided by max_rollouts is at most 0.1).
+
+Every budget row is the simulator on the annotator's rollouts (rollout i of step t is the same
+hash); for the shown budget (:data:`SHOWN`) under each prior and rule the real
+``MonteCarloAnnotator`` runs too and the simulator must reproduce it step by step.
+
+Usage: ``python benchmarks/adaptive_budget.py [--problems 250] [--pilot 50] [--seed 0]``;
+writes ``benchmarks/results/adaptive_budget.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -68,6 +79,8 @@ from steplabel.annotators.monte_carlo import (  # noqa: E402
 from steplabel.annotators.posterior import (  # noqa: E402
     BetaPrior,
     RolloutBudget,
+    fit_prior,
+    futile,
     label_from,
     prob_above,
 )
@@ -78,7 +91,12 @@ NUM_STEPS = 7
 FIXED_K = (4, 8, 16, 32)
 BUDGETS = [RolloutBudget(min_rollouts=mn, max_rollouts=mx, confidence=c)
            for mn, mx, c in [(2, 24, 0.85), (4, 16, 0.8), (4, 16, 0.85), (4, 24, 0.8),
-                             (4, 24, 0.85), (4, 24, 0.9), (4, 32, 0.9), (4, 64, 0.95)]]
+                             (4, 24, 0.85), (4, 24, 0.9), (2, 32, 0.85), (4, 32, 0.85),
+                             (4, 32, 0.9), (4, 64, 0.95)]]
+#: The futility level of the ``futility`` rows.
+FUTILITY = 0.1
+#: Rollouts per step of the pilot a prior is fitted on (fixed k, as a fixed-k pilot has).
+PILOT_K = 8
 #: The budget whose reliability table is printed.
 SHOWN = RolloutBudget(min_rollouts=4, max_rollouts=24, confidence=0.85)
 FLOORS = (0.05, 0.1, 0.15, 0.2)
@@ -175,7 +193,10 @@ def simulate(result, rates: list[float], *, budget: RolloutBudget, threshold: fl
                 break
             if n >= budget.max_rollouts:
                 break
-        out.append((label, n))
+            if rule == "posterior" and futile(c, n - c, n, budget=budget, threshold=threshold,
+                                              prior=prior):
+                break  # the futility rule (off unless budget.futility is set)
+        out.append((label, n, c))
     return out
 
 
@@ -224,54 +245,86 @@ def budget_name(b: RolloutBudget) -> str:
     return f"adaptive {b.min_rollouts}..{b.max_rollouts} @ {b.confidence}"
 
 
+async def fitted_prior(setting: str, pilot, seed: int) -> dict:
+    """The prior fitted to a fixed-k pilot's counts (other problems of the same spread)."""
+    cfg = MonteCarloConfig(rollouts=PILOT_K, stopping="fixed", first_error_only=False)
+    results = await label_all(pilot, cfg, setting, seed)
+    counts = [(c, n - c) for r in results for c, n in zip(r.n_correct[:-1], r.n_total[:-1])]
+    fit = fit_prior(counts)
+    return {"prior": fit.prior, "steps": fit.steps, "at_bound": fit.at_bound,
+            "log_likelihood": fit.log_likelihood}
+
+
+#: The budget rows' variants: name prefix -> (which prior, futility level or None).
+VARIANTS = {"": ("uniform", None), f"futility {FUTILITY}: ": ("uniform", FUTILITY),
+            "fitted: ": ("fitted", None), f"fitted, futility {FUTILITY}: ": ("fitted", FUTILITY)}
+
+
 async def run_setting(setting: str, tau: float, floor: float, problems, seed: int,
-                      prior: BetaPrior) -> dict:
+                      priors: dict[str, BetaPrior]) -> dict:
     threshold = max(tau, floor)
     rates = [[planted_rate(setting, p.question, t + 1, seed) for t in range(NUM_STEPS - 1)]
              for p in problems]
     truths = [r > tau and r >= floor for rs in rates for r in rs]
     rows = {}
-    fixed_results = {}
     for k in FIXED_K:
         cfg = MonteCarloConfig(rollouts=k, stopping="fixed", first_error_only=False,
-                               hard_threshold=tau, min_success=floor, prior=prior)
+                               hard_threshold=tau, min_success=floor, prior=priors["uniform"])
         results = await label_all(problems, cfg, setting, seed)
-        fixed_results[k] = results
         labels = [lab for r in results for lab in r.hard_labels[:-1]]
         spent = [n for r in results for n in r.rollouts_per_step[:-1]]
         p_above = [p for r in results for p in r.p_above[:-1]]
         rows[f"fixed k={k}"] = metrics(labels, truths, spent, p_above)
-    for budget in BUDGETS:
-        cfg = MonteCarloConfig(hard_threshold=tau, min_success=floor, prior=prior,
-                               budget=budget, first_error_only=False)
-        results = await label_all(problems, cfg, setting, seed)
-        labels = [lab for r in results for lab in r.hard_labels[:-1]]
-        spent = [n for r in results for n in r.rollouts_per_step[:-1]]
-        p_above = [p for r in results for p in r.p_above[:-1]]
-        reasons = [x for r in results for x in r.label_reasons[:-1]]
-        assert all((x == "undecided") == (lab is None) for x, lab in zip(reasons, labels))
-        rows[budget_name(budget)] = metrics(labels, truths, spent, p_above)
-        # The simulator must reproduce the annotator on the same rollouts, step by step.
-        sim = [x for r, rs in zip(results, rates)
-               for x in simulate(r, rs, budget=budget, threshold=threshold, prior=prior,
-                                 rule="posterior")]
-        assert [s[0] for s in sim] == labels and [s[1] for s in sim] == spent, budget
-        if tau == 0.0:
+        seeded = results  # step seeds do not depend on the settings: rollouts to simulate
+        if k == 8:  # the same labels; the reliability of the fitted prior's posterior
+            fitted = [prob_above(threshold, c, n - c, priors["fitted"])
+                      for r in results for c, n in zip(r.n_correct[:-1], r.n_total[:-1])]
+            rows["fitted: fixed k=8"] = metrics(labels, truths, spent, fitted)
+    for prefix, (prior_name, futility) in VARIANTS.items():
+        prior = priors[prior_name]
+        budgets = [RolloutBudget(b.min_rollouts, b.max_rollouts, b.confidence,
+                                 futility=futility) for b in BUDGETS]
+        for budget in budgets:
+            sim = [x for r, rs in zip(seeded, rates)
+                   for x in simulate(r, rs, budget=budget, threshold=threshold, prior=prior,
+                                     rule="posterior")]
+            labels, spent = [x[0] for x in sim], [x[1] for x in sim]
+            p_above = [prob_above(threshold, c, n - c, prior) for _, n, c in sim]
+            rows[prefix + budget_name(budget)] = metrics(labels, truths, spent, p_above)
+            if (budget.min_rollouts, budget.max_rollouts, budget.confidence) == (
+                    SHOWN.min_rollouts, SHOWN.max_rollouts, SHOWN.confidence):
+                # The real annotator on the shown budget: the simulator must reproduce it.
+                cfg = MonteCarloConfig(hard_threshold=tau, min_success=floor, prior=prior,
+                                       budget=budget, first_error_only=False)
+                real = await label_all(problems, cfg, setting, seed)
+                real_labels = [lab for r in real for lab in r.hard_labels[:-1]]
+                real_spent = [n for r in real for n in r.rollouts_per_step[:-1]]
+                reasons = [x for r in real for x in r.label_reasons[:-1]]
+                assert all((x == "undecided") == (lab is None)
+                           for x, lab in zip(reasons, real_labels))
+                assert real_labels == labels and real_spent == spent, (prefix, budget)
+                real_p = [p for r in real for p in r.p_above[:-1]]
+                assert all((a is None) == (b is None) and (a is None or abs(a - b) < 1e-12)
+                           for a, b in zip(real_p, p_above)), (prefix, budget)
+        if tau == 0.0 and prefix == "":
             for rule in ("pure", "any_correct"):
-                sim = [x for r, rs in zip(results, rates)
-                       for x in simulate(r, rs, budget=budget, threshold=threshold,
-                                         prior=prior, rule=rule)]
-                rows[f"({rule}) " + budget_name(budget)[9:]] = metrics(
-                    [s[0] for s in sim], truths, [s[1] for s in sim])
+                for budget in budgets:
+                    sim = [x for r, rs in zip(seeded, rates)
+                           for x in simulate(r, rs, budget=budget, threshold=threshold,
+                                             prior=prior, rule=rule)]
+                    rows[f"({rule}) " + budget_name(budget)[9:]] = metrics(
+                        [x[0] for x in sim], truths, [x[1] for x in sim])
     return {"setting": setting, "tau": tau, "min_success": floor, "threshold": threshold,
             "steps": len(truths), "positive_share": sum(truths) / len(truths), "rows": rows}
 
 
-def verdict(block: dict) -> dict:
+def verdict(block: dict, prefix: str = "") -> dict:
     """The issue's targets: at <= fixed k=8's rollouts per step, emitted error <= half of
-    k=8's with <= 10% undecided; the best adaptive row that meets them, else the closest."""
+    k=8's with <= 10% undecided; the best adaptive row of the variant ``prefix`` (see
+    :data:`VARIANTS`) that meets them, else the closest."""
     base = block["rows"]["fixed k=8"]
-    candidates = {name: r for name, r in block["rows"].items() if name.startswith("adaptive")}
+    candidates = {name: r for name, r in block["rows"].items()
+                  if name.startswith(prefix + "adaptive")}
     target = base["error_emitted"] / 2
     meets = {n: r for n, r in candidates.items()
              if r["rollouts_per_step"] <= base["rollouts_per_step"]
@@ -306,9 +359,14 @@ def fmt_reliability(rows: list[dict]) -> list[str]:
     return lines
 
 
+SPREADS = {"tau25": "tau25", "tau0": "tau0", "uniform": "uniform"}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--problems", type=int, default=500)
+    parser.add_argument("--problems", type=int, default=250)
+    parser.add_argument("--pilot", type=int, default=50,
+                        help="problems of the pilot each spread's prior is fitted on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adaptive_budget"))
     parser.add_argument("--render-only", action="store_true",
@@ -317,33 +375,51 @@ async def main() -> None:
     if args.render_only:
         out = json.loads(Path(args.out + ".json").read_text())
         for b in out["blocks"]:
-            b["verdict"] = verdict(b)
+            b["verdicts"] = {prefix: verdict(b, prefix) for prefix in VARIANTS}
         render(out, args.out)
         return
     problems = [PlantedProblem.make(f"ab-{i}", num_steps=NUM_STEPS, rng_seed=args.seed)
                 for i in range(args.problems)]
-    prior = BetaPrior()
+    pilot = [PlantedProblem.make(f"pilot-{i}", num_steps=NUM_STEPS, rng_seed=args.seed)
+             for i in range(args.pilot)]
     start = time.perf_counter()
-    blocks = [await run_setting("tau25", 0.25, 0.0, problems, args.seed, prior)]
+    fits = {spread: await fitted_prior(spread, pilot, args.seed) for spread in SPREADS}
+
+    def priors(spread: str) -> dict[str, BetaPrior]:
+        return {"uniform": BetaPrior(), "fitted": fits[spread]["prior"]}
+
+    blocks = [await run_setting("tau25", 0.25, 0.0, problems, args.seed, priors("tau25"))]
     for floor in FLOORS:
-        blocks.append(await run_setting("tau0", 0.0, floor, problems, args.seed, prior))
+        blocks.append(await run_setting("tau0", 0.0, floor, problems, args.seed,
+                                        priors("tau0")))
     for tau, floor in UNIFORM:
-        blocks.append(await run_setting("uniform", tau, floor, problems, args.seed, prior))
+        blocks.append(await run_setting("uniform", tau, floor, problems, args.seed,
+                                        priors("uniform")))
     for b in blocks:
-        b["verdict"] = verdict(b)
+        b["verdicts"] = {prefix: verdict(b, prefix) for prefix in VARIANTS}
     elapsed = time.perf_counter() - start
     load = os.getloadavg()
-    out = {"problems": args.problems, "steps_per_problem": NUM_STEPS - 1, "seed": args.seed,
-           "prior": [prior.a, prior.b], "budgets": [budget_name(b) for b in BUDGETS],
-           "blocks": blocks, "seconds": elapsed, "load": load, "python": platform.python_version()}
+    out = {"problems": args.problems, "pilot_problems": args.pilot,
+           "steps_per_problem": NUM_STEPS - 1, "seed": args.seed,
+           "fitted_priors": {k: {**v, "prior": [v["prior"].a, v["prior"].b]}
+                             for k, v in fits.items()},
+           "budgets": [budget_name(b) for b in BUDGETS], "futility": FUTILITY,
+           "blocks": blocks, "seconds": elapsed, "load": load,
+           "python": platform.python_version()}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1) + "\n")
     render(out, args.out)
 
 
+def setting_name(b: dict) -> str:
+    return (("uniform, " if b["setting"] == "uniform" else "")
+            + f"tau {b['tau']}" + (f", floor {b['min_success']}" if b["tau"] == 0 else ""))
+
+
 def render(out: dict, path: str) -> None:
     blocks, elapsed, load = out["blocks"], out["seconds"], out["load"]
+    fits = out["fitted_priors"]
     md = [f"# Adaptive budget on planted success rates ({out['problems']} problems x "
-          f"{NUM_STEPS - 1} steps, seed {out['seed']}, uniform prior)", "",
+          f"{NUM_STEPS - 1} steps, seed {out['seed']})", "",
           f"Run time {elapsed:.0f} s, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           "(the figures are counts, not timings: load does not change them).", "",
           "Planted rates, truth and rules: see the docstring of benchmarks/adaptive_budget.py. "
@@ -351,43 +427,55 @@ def render(out: dict, path: str) -> None:
           "wrong in the 'undecided = wrong' column. Rows in parentheses are other rules, "
           "simulated on the same rollouts: (pure) = the posterior alone, (any_correct) = "
           "positive at the first correct rollout.", "",
-          "Rules chosen from these tables (annotators/posterior.py): a positive needs a correct "
-          "rollout besides P >= confidence (the (pure) rule calls steps positive on the prior "
-          "alone at small floors); the floor min_success defaults to 0.2, the floor whose "
-          "adaptive rows come closest to the targets at tau = 0 (a zero-rate step needs "
-          "ln(1/(1-c)) / -ln(1-m) - 1 failures in a row to be decided negative); (any_correct) "
-          "is not used: it calls every step below the floor that shows one success positive.",
-          "",
+          "Priors: rows without a prefix use the uniform prior Beta(1, 1); rows `fitted:` use "
+          f"the prior fitted (annotators/posterior.fit_prior, what `steplabel plan` prints) to "
+          f"a fixed k = {PILOT_K} pilot of {out['pilot_problems']} other problems of the same "
+          "spread: " + "; ".join(
+              f"{spread} Beta({f['prior'][0]:g}, {f['prior'][1]:g}) from {f['steps']} steps"
+              for spread, f in fits.items()) + ". Rows with `futility "
+          f"{out['futility']}` stop a step undecided once its chance of being decided by "
+          "max_rollouts is at most that (budget.futility).", "",
           "## Summary", "",
-          "| setting | k=8 error | target | met by | closest (error, undecided, rollouts/step; "
-          "distance: 1 = on target) |", "|---|---:|---:|---|---|"]
+          "Best row per variant: error (emitted), undecided share, rollouts/step; distance = "
+          "max(error / target, undecided / 10%, rollouts / k=8's): 1 or less meets every "
+          "target.", "",
+          "| setting | k=8 error | target | " + " | ".join(
+              (prefix.rstrip(": ") or "uniform prior") for prefix in VARIANTS) + " |",
+          "|---|---:|---:|" + "---|" * len(VARIANTS)]
     for b in blocks:
-        v = b["verdict"]
-        c = b["rows"][v["closest"]]
-        setting = (("uniform, " if b["setting"] == "uniform" else "")
-                   + f"tau {b['tau']}" + (f", floor {b['min_success']}" if b["tau"] == 0 else ""))
-        md.append(f"| {setting} | {v['k8_error']:.3f} | {v['target_error']:.3f} | "
-                  f"{', '.join(v['met_by']) or 'none'} | {v['closest']} ({c['error_emitted']:.3f}, "
-                  f"{c['undecided']:.3f}, {c['rollouts_per_step']:.2f}; "
-                  f"{v['closest_distance']:.2f}) |")
+        cells = []
+        for prefix in VARIANTS:
+            v = b["verdicts"][prefix]
+            c = b["rows"][v["closest"]]
+            cells.append(f"{v['closest'][len(prefix) + 9:]}: {c['error_emitted']:.3f}, "
+                         f"{c['undecided']:.3f}, {c['rollouts_per_step']:.2f}; "
+                         f"**{v['closest_distance']:.2f}**")
+        v = b["verdicts"][""]
+        md.append(f"| {setting_name(b)} | {v['k8_error']:.3f} | {v['target_error']:.3f} | "
+                  + " | ".join(cells) + " |")
     md.append("")
+    name = budget_name(SHOWN)
     for b in blocks:
         title = (("uniform spread, " if b["setting"] == "uniform" else "")
                  + f"tau = {b['tau']}" + (f", min_success = {b['min_success']}"
                                           if b["tau"] == 0 else "")
                  + f" (threshold {b['threshold']}; {b['positive_share']:.2f} of steps positive)")
-        v = b["verdict"]
-        md += [f"## {title}", ""] + fmt_table(b) + [
-            "", f"Target: emitted error <= {v['target_error']:.3f} (half of k=8's "
-            f"{v['k8_error']:.3f}), undecided <= 0.10, rollouts/step <= k=8's. Met by: "
-            f"{', '.join(v['met_by']) or 'none'}.", ""]
-        name = budget_name(SHOWN)
-        md += [f"Reliability of P(p > threshold), {name}:", ""]
-        md += fmt_reliability(b["rows"][name]["reliability"]) + [""]
-        md += ["Reliability, fixed k=8:", ""]
-        md += fmt_reliability(b["rows"]["fixed k=8"]["reliability"]) + [""]
+        md += [f"## {title}", ""] + fmt_table(b) + [""]
+        for prefix in VARIANTS:
+            v = b["verdicts"][prefix]
+            md.append(f"Target ({prefix.rstrip(': ') or 'uniform prior'}): emitted error <= "
+                      f"{v['target_error']:.3f} (half of k=8's {v['k8_error']:.3f}), undecided "
+                      f"<= 0.10, rollouts/step <= k=8's. Met by: {', '.join(v['met_by']) or 'none'}"
+                      f"; closest {v['closest']} ({v['closest_distance']:.2f}).")
+        md.append("")
+        for label, row in ((f"uniform prior, {name}", name),
+                           (f"fitted prior, {name}", "fitted: " + name),
+                           ("uniform prior, fixed k=8", "fixed k=8"),
+                           ("fitted prior, fixed k=8", "fitted: fixed k=8")):
+            md += [f"Reliability of P(p > threshold), {label}:", ""]
+            md += fmt_reliability(b["rows"][row]["reliability"]) + [""]
     Path(path + ".md").write_text("\n".join(md))
-    print("\n".join(md))
+    print("\n".join(md[:40]))
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ DESCRIPTIONS = {
                     "first error), cost and provenance",
     "rejected": "trajectories consensus did not keep, with every annotator's first error and "
                 "the reason",
-    "omegaprm_states": "OmegaPRM tree states: a solution prefix, its Monte Carlo value and "
-                       "counts",
+    "omegaprm_states": "OmegaPRM tree states: a solution prefix, its Monte Carlo value, "
+                       "counts and posterior (mean, 90% interval, P(rate > min_success))",
     "omegaprm_pairs": "sibling preference pairs of OmegaPRM trees",
     "omegaprm_searches": "OmegaPRM binary searches: the searched solution in pieces and the "
                          "first error found",

@@ -41,14 +41,18 @@ MOVED_COLUMNS = {
 #: Columns later schema versions added to rows, with why: ``regenerate --verify`` ignores them
 #: where the reference dataset (written before them) does not have them, and says so.
 ADDED_COLUMNS = {
-    name: "added in schema 1.3 (the posterior of each step's Monte Carlo estimate): a dataset "
-          "written before has no such column"
-    for name in ("mc_posterior_mean", "mc_interval_low", "mc_interval_high", "mc_p_above",
-                 "mc_rollouts_spent", "mc_label_reasons")
+    **{name: "added in schema 1.3 (the posterior of each step's Monte Carlo estimate) to "
+             "trajectories, and in 1.4 to OmegaPRM states: a dataset written before has no "
+             "such column"
+       for name in ("mc_posterior_mean", "mc_interval_low", "mc_interval_high", "mc_p_above",
+                    "mc_rollouts_spent")},
+    "mc_label_reasons": "added in schema 1.3 (the posterior of each step's Monte Carlo "
+                        "estimate): a dataset written before has no such column",
+    "mc_label_reason": "added in schema 1.4 (the posterior of each OmegaPRM state): a dataset "
+                       "written before has no such column",
+    "omegaprm_rollout_id": "added in schema 1.4 (critiques of OmegaPRM's searched rollouts, "
+                           "critic.trust omegaprm): a dataset written before has no such column",
 }
-ADDED_COLUMNS["omegaprm_rollout_id"] = (
-    "added in schema 1.4 (critiques of OmegaPRM's searched rollouts, critic.trust omegaprm): a "
-    "dataset written before has no such column")
 
 
 def ignored_reason(column: str) -> str | None:

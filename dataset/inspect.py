@@ -186,6 +186,10 @@ def render_group(title: str, s: dict) -> str:
                      f"labelled ({_pct(omega['positive_state_rate'])} positive); "
                      f"{omega['rollouts']} rollouts, {_num(omega['rollouts_per_state_label'])} "
                      "per state label")
+        if omega.get("estimated_states"):  # schema 1.4: the states' posterior
+            lines.append(f"  posterior: {omega['estimated_states']} states estimated, mean 90% "
+                         f"interval width {_num(omega['interval_width_mean'])}, "
+                         f"{omega['undecided_probes']} probes undecided")
     lines += critique_lines(s.get("critiques") or {})
     return "\n".join(lines)
 

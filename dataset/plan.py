@@ -75,6 +75,7 @@ from steplabel.annotators.critic import (
     trusted_labels,
 )
 from steplabel.annotators.monte_carlo import UNDECIDED, GradedRollouts, budget_step_decision
+from steplabel.annotators.posterior import PriorFit, fit_prior
 from steplabel.annotators.prompts import load_template
 from steplabel.annotators.registry import ANNOTATORS, with_cost_on_rows
 from steplabel.dataset import storage
@@ -311,21 +312,32 @@ def counts_as_rollouts(correct: int, incorrect: int, unknown: int) -> GradedRoll
 
 @lru_cache(maxsize=65536)
 def step_forecast(n_correct: int, n_total: int, n_unknown: int, *, budget: RolloutBudget,
-                  threshold: float, prior: BetaPrior = BetaPrior()) -> StepForecast:
+                  threshold: float, prior: BetaPrior = BetaPrior(),
+                  population: BetaPrior | None = None) -> StepForecast:
     """The budget's expected cost on a step whose pilot rollouts were ``n_correct`` correct of
     ``n_total`` known, ``n_unknown`` unknown.
 
     The step's success rate is not known: it follows the pilot's posterior ``Beta(a +
-    n_correct, b + n_total - n_correct)``, so its new rollouts come out as a Pólya urn (each
-    known rollout correct with probability ``(a + c + c') / (a + b + n + c' + f')`` after
-    ``c'`` correct and ``f'`` incorrect new ones); each is unknown with the pilot's unknown
-    share. The rounds (:meth:`RolloutBudget.next_round`) and the stopping rule (the
-    annotator's :func:`~steplabel.annotators.monte_carlo.budget_step_decision`) are applied
-    exactly to every count the rounds can reach: at most ``(max + 1)(max + 2) / 2`` states.
+    n_correct, b + n_total - n_correct)`` from ``population`` (the prior the pilot's steps
+    say their rates come from: :func:`~steplabel.annotators.posterior.fit_prior`; None: the
+    manifest's ``prior``), so its new rollouts come out as a Pólya urn (each known rollout
+    correct with probability ``(a + c + c') / (a + b + n + c' + f')`` after ``c'`` correct and
+    ``f'`` incorrect new ones); each is unknown with the pilot's unknown share. The rounds
+    (:meth:`RolloutBudget.next_round`) and the stopping rule (the annotator's
+    :func:`~steplabel.annotators.monte_carlo.budget_step_decision`, with the manifest's
+    ``prior``) are applied exactly to every count the rounds can reach: at most ``(max + 1)
+    (max + 2) / 2`` states.
+
+    Why the population and not the manifest's prior: a pilot step that succeeded once in one
+    rollout (decided stopping) or 4 times in 4 has, under the uniform prior, a fair chance of
+    a rate near the threshold, and the urn then draws failures the step never shows when its
+    rate is really 1 (or, past an error, 0): on a scripted job whose rates are exactly 0 or 1
+    the uniform urn predicted 2.45 rollouts a step where the budget spent 2.00.
     """
     seen = n_total + n_unknown
     known = n_total / seen if seen else 1.0  # no pilot rollout: no sign of unknowns
-    a, b = prior.a + n_correct, prior.b + n_total - n_correct
+    urn = prior if population is None else population
+    a, b = urn.a + n_correct, urn.b + n_total - n_correct
     states: dict[tuple[int, int], float] = {(0, 0): 1.0}  # new (correct, incorrect) -> prob.
     sampled, rollouts, requests, undecided = 0, 0.0, 0.0, 0.0
     while states:
@@ -369,16 +381,48 @@ def estimated_steps(row: dict) -> list[tuple[int, int, int, int]]:
             for t, n in enumerate(spent) if n and t < min(len(correct), len(total), len(unknown))]
 
 
+def pilot_step_counts(dataset_dir: str) -> list[tuple[int, int]]:
+    """``(correct, incorrect)`` of every step a dataset estimated from rollouts (kept and
+    rejected trajectories; the final step, its graded answer, is not an estimate)."""
+    columns = ["mc_n_correct", "mc_n_total", "mc_n_unknown", "mc_rollouts_spent"]
+    counts = []
+    for output in ("trajectories", "rejected"):
+        for row in storage.iter_rows(dataset_dir, output, columns=columns):
+            counts += [(c, n - c) for c, n, _, _ in estimated_steps(row)]
+    return counts
+
+
+def prior_fit_summary(fit: PriorFit | None) -> dict | None:
+    if fit is None:
+        return None
+    return {"a": fit.prior.a, "b": fit.prior.b, "steps": fit.steps,
+            "mean": round(fit.prior.a / (fit.prior.a + fit.prior.b), 4),
+            "log_likelihood": round(fit.log_likelihood, 4), "at_bound": fit.at_bound}
+
+
+def prior_lines(fit: dict) -> list[str]:
+    """The fitted prior as text, with the manifest lines that use it."""
+    bound = (" (a parameter is at the fit's bound: the pilot's rates sit at 0 or 1, or are "
+             "all alike)" if fit["at_bound"] else "")
+    return [f"  Monte Carlo prior fitted to the pilot's {fit['steps']} estimated steps "
+            f"(Beta-Binomial maximum likelihood): Beta({fit['a']:g}, {fit['b']:g}), mean "
+            f"{fit['mean']:.3f}{bound}; to label with it, put in the manifest:",
+            "    monte_carlo:",
+            f"      prior: {{a: {fit['a']:g}, b: {fit['b']:g}}}"]
+
+
 class BudgetForecast:
     """The adaptive budget's rollouts on a pilot's trajectories: measured (what the pilot
     spent per estimated step, and its undecided steps) and predicted (:func:`step_forecast`
-    of every estimated step). ``predict``: the pilot was made with other Monte Carlo settings,
+    of every estimated step, its rate drawn from ``population``: the prior fitted to the
+    pilot's counts). ``predict``: the pilot was made with other Monte Carlo settings,
     so its Monte Carlo costs are scaled to the prediction (:meth:`factors`)."""
 
-    def __init__(self, config: MonteCarloConfig, *, predict: bool) -> None:
+    def __init__(self, config: MonteCarloConfig, *, predict: bool,
+                 population: BetaPrior | None = None) -> None:
         if config.budget is None:
             raise ValueError("a budget forecast needs monte_carlo.budget")
-        self.config, self.predict = config, predict
+        self.config, self.predict, self.population = config, predict, population
         self.steps = 0
         self.measured_rollouts = self.measured_undecided = 0
         self.predicted_rollouts = self.predicted_undecided = 0.0
@@ -395,7 +439,7 @@ class BudgetForecast:
             for correct, total, unknown, spent in estimated_steps(row):
                 forecast = step_forecast(correct, total, unknown, budget=self.config.budget,
                                          threshold=self.config.threshold,
-                                         prior=self.config.prior)
+                                         prior=self.config.prior, population=self.population)
                 self.steps += 1
                 measured += spent
                 predicted += forecast.rollouts
@@ -423,6 +467,8 @@ class BudgetForecast:
                                             if self.steps else None),
             "predicted_undecided_share": (round(self.predicted_undecided / self.steps, 4)
                                           if self.steps else None),
+            "population": (None if self.population is None
+                           else [self.population.a, self.population.b]),
         }
 
 
@@ -803,6 +849,8 @@ def format_plan(plan: dict) -> str:
     budget = plan.get("monte_carlo_budget")
     if budget:
         lines.append(budget_line(budget))
+    if plan.get("monte_carlo_prior_fit"):
+        lines += prior_lines(plan["monte_carlo_prior_fit"])
     lines.append(f"  [low-high]: {plan['interval']}")
     for note in plan["notes"]:
         lines.append(f"  note: {note}")
@@ -947,7 +995,12 @@ def run(args) -> int:
         rows_in = (stats.get("reconciliation") or {}).get("problems_in")
         if rows_in is None:
             raise PlanError(f"{dataset} does not record how many rows it read")
-        forecast = (BudgetForecast(manifest.monte_carlo, predict=predict_budget)
+        fit = None
+        if manifest.monte_carlo is not None:
+            counts = pilot_step_counts(dataset)
+            fit = fit_prior(counts) if any(c + f for c, f in counts) else None
+        forecast = (BudgetForecast(manifest.monte_carlo, predict=predict_budget,
+                                   population=None if fit is None else fit.prior)
                     if manifest.monte_carlo is not None and manifest.monte_carlo.budget
                     is not None else None)
         costs = problem_costs(dataset, rows_in=rows_in, counters=counters, budget=forecast,
@@ -990,6 +1043,7 @@ def run(args) -> int:
         plan["pilot_dataset"] = dataset if (args.from_dataset or keep_root) else None
         plan["pilot_load_average"] = load
         plan["monte_carlo_budget"] = forecast.summary() if forecast is not None else None
+        plan["monte_carlo_prior_fit"] = prior_fit_summary(fit)
     except (PlanError, ConfigError, JobError, FileNotFoundError) as exc:
         print(f"steplabel plan: error: {exc}", file=sys.stderr)
         if root is not None and not keep_root:

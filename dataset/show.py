@@ -306,6 +306,12 @@ def search_example(search: dict, states: list[dict]) -> dict:
             "n_total": state.get("n_total") if state else None,
             "n_unknown": state.get("n_unknown") if state else None,
             "n_truncated": state.get("n_truncated") if state else None,
+            # the state's hard label (MC > 0, or under a budget the posterior's decision), its
+            # 90% interval and why it is unknown (schema 1.4; None on older datasets)
+            "hard_label": state.get("hard_label") if state else None,
+            "interval": ((state["mc_interval_low"], state["mc_interval_high"])
+                         if state and state.get("mc_interval_low") is not None else None),
+            "label_reason": state.get("mc_label_reason") if state else None,
             "first_error": first_error is not None and index == first_error,
             "before_start": index < (search.get("start_index") or 0),
         })
@@ -539,16 +545,26 @@ def render_search(example: dict, *, style: Style, width: int) -> str:
                  + f" · {example['rollouts_used']} rollouts")
     for piece in example["pieces"]:
         value = piece["mc_value"]
+        label = piece.get("hard_label")
+        if label is None and value is not None and piece.get("label_reason") is None:
+            label = value > 0  # a state row without a hard label: MC > 0, as the tree reads it
         if piece["first_error"]:
             symbol = style(NEGATIVE, "red")
         elif value is None:
             symbol = style(UNLABELLED, "dim")
+        elif label is None:  # the budget left it undecided
+            symbol = style(UNKNOWN, "yellow")
         else:
-            symbol = style(POSITIVE, "green") if value > 0 else style(NEGATIVE, "red")
+            symbol = style(POSITIVE, "green") if label else style(NEGATIVE, "red")
         count = _counts(piece["n_correct"], piece["n_total"], piece["n_unknown"],
                         piece["n_truncated"])
         kind = piece["state_kind"] or ""
-        prefix = f"  {symbol} {piece['index']:>2}  MC {_value(value)} {count:<8} {kind:<10} "
+        if piece.get("label_reason"):
+            kind += f" ({piece['label_reason']})"
+        interval = piece.get("interval")
+        bounds = f"[{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
+        prefix = (f"  {symbol} {piece['index']:>2}  MC {_value(value)} {bounds:<12} {count:<8} "
+                  f"{kind:<10} ")
         text = piece["text"] + ("  " + style("◀ first error", "bold")
                                 if piece["first_error"] else "")
         lines += _wrap(text, first=prefix, indent=len(_plain(prefix)), width=width)
@@ -569,7 +585,9 @@ CRITIQUE_LEGEND = (f"critic / trusted: {POSITIVE} correct  {NEGATIVE} incorrect 
                    "no verdict (after the first error: not checked); indices are 0-based")
 SEARCH_LEGEND = (f"{POSITIVE} MC > 0 (a completion from this prefix is correct)  {NEGATIVE} "
                  f"MC = 0, or the first error found  {UNLABELLED} prefix not estimated by the "
-                 "tree; probe: estimated by a binary search")
+                 f"tree  {UNKNOWN} left undecided by the adaptive budget (which decides {POSITIVE}"
+                 f" and {NEGATIVE} then); [low, high]: the 90% credible interval of the "
+                 "prefix's success rate; probe: estimated by a binary search")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ COLUMNS: dict[str, list[str]] = {
     "trajectories": TRAJECTORY_COLUMNS,
     "rejected": TRAJECTORY_COLUMNS,
     "omegaprm_states": ["problem_id", "record_type", "hard_label", "n_total", "n_unknown",
-                        "n_truncated", "after_error"],
+                        "n_truncated", "after_error", "mc_interval_low", "mc_interval_high",
+                        "mc_label_reason"],
     "omegaprm_pairs": ["problem_id"],
     "omegaprm_searches": ["problem_id", "first_error", "pieces"],  # pieces: the critic's plan
     "filtered": ["problem_id", "source", "stage", "reason", "cost", "n_truncated"],
@@ -307,6 +308,10 @@ class LabelStats:
         self.dead_letter = Counter()
         self.states = Counter()
         self.labelled_states = self.positive_states = self.omegaprm_rollouts = 0
+        # OmegaPRM states' posterior (schema 1.4): probes the budget left undecided, and the
+        # 90% interval widths of the root's and probes' estimates
+        self.undecided_probes = self.estimated_states = 0
+        self.state_width_sum = 0.0
         #: stage -> [generated samples, of which cut off at max_tokens]
         self.truncation = {stage: [0, 0] for stage in TRUNCATION_STAGES}
         # Critiques (issue #25): plain counts, so that the pipeline's figures merge them.
@@ -358,6 +363,11 @@ class LabelStats:
             if row["hard_label"] is not None and not row.get("after_error"):
                 self.labelled_states += 1
                 self.positive_states += bool(row["hard_label"])
+            self.undecided_probes += row.get("mc_label_reason") == "undecided"
+            low, high = row.get("mc_interval_low"), row.get("mc_interval_high")
+            if row["record_type"] != "completion" and low is not None and high is not None:
+                self.estimated_states += 1
+                self.state_width_sum += high - low
             if row["record_type"] != "completion":  # completions have no rollouts of their own
                 self.omegaprm_rollouts += (row["n_total"] or 0) + (row["n_unknown"] or 0)
                 self.truncation["omegaprm"][0] += (row["n_total"] or 0) + (row["n_unknown"] or 0)
@@ -590,6 +600,11 @@ class LabelStats:
                 "rollouts_per_state_label": ratio(
                     self.omegaprm_rollouts + self.cost["omegaprm_prefilter_dropped"]["rollouts"],
                     self.labelled_states),
+                # the posterior (schema 1.4; none before): states estimated from a known
+                # rollout (root and probes), their mean 90% interval width, undecided probes
+                "estimated_states": self.estimated_states,
+                "interval_width_mean": ratio(self.state_width_sum, self.estimated_states),
+                "undecided_probes": self.undecided_probes,
             },
             "critiques": self._critique_summary(),
         }

@@ -15,7 +15,9 @@ from steplabel.schemas.critiques import CRITIQUE_SCHEMA
 # 1.1: trajectories.judge_reason; 1.2: cost records without cached_tokens (a run metric now);
 # 1.3: trajectories' per-step posterior (mc_posterior_mean, mc_interval_low/high, mc_p_above),
 # mc_rollouts_spent and mc_label_reasons ("undecided"), and the critiques output; 1.4:
-# critiques.omegaprm_rollout_id (a critique of one of OmegaPRM's searched rollouts)
+# critiques.omegaprm_rollout_id (a critique of one of OmegaPRM's searched rollouts) and OmegaPRM
+# states' posterior (mc_posterior_mean, mc_interval_low/high, mc_p_above, mc_rollouts_spent,
+# mc_label_reason)
 SCHEMA_VERSION = "1.4"
 
 # The schemas come from the typed row records (schemas/rows.py), field by field.

@@ -180,6 +180,19 @@ class OmegaPRMState:
     n_total: int = column(_I32)  # known rollouts: correct + incorrect
     n_unknown: int = column(_I32)
     n_truncated: int = column(_I32)  # cut off at max_tokens (unknown by default)
+    # The Beta posterior of the state's success rate (schema 1.4), as a trajectory step's: its
+    # mean, its 90% equal-tailed credible interval and P(rate > min_success), from the counts
+    # and omegaprm.prior; null without a known rollout. A completion is its own graded answer:
+    # mean = bounds = p_above = 1. Filled under fixed k too.
+    mc_posterior_mean: float | None = column(_F64)
+    mc_interval_low: float | None = column(_F64)
+    mc_interval_high: float | None = column(_F64)
+    mc_p_above: float | None = column(_F64)
+    # rollouts sampled from this state's prefix (the pre-filter's at the root; 0: completion)
+    mc_rollouts_spent: int = column(_I32)
+    # why hard_label is null with known rollouts: "undecided" (the adaptive budget's
+    # max_rollouts did not decide the probe); null otherwise
+    mc_label_reason: str | None = column(_STR)
     rollout_of: str | None = column(_STR)  # completion: the state whose rollout it is
     manifest_hash: str = column(_STR)
     completer_model: str | None = column(_STR)

@@ -209,6 +209,36 @@ def arithmetic_engine(config) -> ScriptedEngine:
     return ScriptedEngine(_arithmetic_respond, model_id="scripted-arithmetic")
 
 
+_STATED_SUM_RE = re.compile(r"The sum is (-?\d+)\.")
+
+
+def _zero_one_respond(request: GenerationRequest, index: int) -> str:
+    """Arithmetic with step success rates of exactly 0 or 1: a solution states the sum in
+    step 2 (one sample in three states it one too high, by seed and index) and repeats it as
+    its answer; every continuation repeats the sum its prefix stated, or states the right one
+    when the prefix has none. So a prefix holding a wrong sum never succeeds, any other
+    always does."""
+    match = _QUESTION_RE.search(request.prompt)
+    if match is None:
+        return "I cannot read this question."
+    a, b = int(match.group(1)), int(match.group(2))
+    steps = request.prompt.count("Step ")
+    if request.prompt.endswith("Step 1:"):  # a policy sample
+        total = a + b if ((request.seed or 0) + index) % 3 else a + b + 1
+        return f" Add {a} and {b}.\nStep 2: The sum is {total}.\nStep 3: The answer is: {total}"
+    stated = _STATED_SUM_RE.findall(request.prompt)
+    total = int(stated[-1]) if stated else a + b
+    if not stated:
+        return (f"Step {steps + 1}: The sum is {total}.\n"
+                f"Step {steps + 2}: The answer is: {total}")
+    return f"Step {steps + 1}: The answer is: {total}"
+
+
+def zero_one_engine(config) -> ScriptedEngine:
+    """``kind: custom`` factory: :func:`_zero_one_respond` (step rates exactly 0 or 1)."""
+    return ScriptedEngine(_zero_one_respond, model_id="scripted-zero-one")
+
+
 def slow_arithmetic_engine(config) -> ScriptedEngine:
     """Like :func:`arithmetic_engine`, 50 ms per request: long enough to kill a job mid-way."""
     return ScriptedEngine(_arithmetic_respond, model_id="scripted-arithmetic", delay_s=0.05)

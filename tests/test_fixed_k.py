@@ -29,9 +29,13 @@ TRAJECTORY_1_2 = [
     "judge_agreement", "judge_votes", "judge_replies", "judge_parse_reasons", "judge_reason",
     "judge_finish_reasons", "consensus_keep", "consensus_reason", "labels", "label_source",
     "cost_policy", "cost_mc", "cost_judge"]
+#: The columns schema 1.4 added to OmegaPRM state rows.
+STATE_POSTERIOR_COLUMNS = {"mc_posterior_mean", "mc_interval_low", "mc_interval_high",
+                           "mc_p_above", "mc_rollouts_spent", "mc_label_reason"}
 #: Left out of the digest: they name the run's temporary source path (through the manifest
-#: hash) and the code version (``provenance``, not in the list above either).
-UNPINNED = {"provenance", "manifest_hash"}
+#: hash) and the code version (``provenance``, not in the list above either); and the columns
+#: schema 1.4 added to OmegaPRM states (the digests are of the rows before them).
+UNPINNED = {"provenance", "manifest_hash", *STATE_POSTERIOR_COLUMNS}
 OUTPUTS = ["trajectories", "rejected", "omegaprm_states", "omegaprm_pairs", "omegaprm_searches",
            "filtered", "dead_letter"]
 EMPTY = hashlib.sha256(b"").hexdigest()[:16]
@@ -149,3 +153,36 @@ def test_demo_budget_is_the_demo_with_a_budget(repo_root):
                                                    "confidence": 0.8}
     assert budget.pop("name") == "demo-budget" and demo.pop("name") == "demo"
     assert budget == demo
+
+
+@pytest.mark.pipeline
+def test_omegaprm_state_rows_carry_the_posterior_of_their_counts(fixed_k_job):
+    """Schema 1.4: OmegaPRM state rows carry the posterior of their counts under the omegaprm
+    prior, asked about its min_success; a completion is its own answer; under fixed k nothing
+    is undecided; stats counts the estimated states and their mean interval width."""
+    _, manifest, out = fixed_k_job
+    config = manifest.omegaprm
+    states = list(storage.iter_rows(str(out), "omegaprm_states"))
+    assert states and all(STATE_POSTERIOR_COLUMNS <= set(row) for row in states)
+    widths = []
+    for row in states:
+        assert row["mc_label_reason"] is None
+        if row["record_type"] == "completion":
+            assert row["mc_rollouts_spent"] == 0
+            assert (row["mc_posterior_mean"], row["mc_interval_low"], row["mc_interval_high"],
+                    row["mc_p_above"]) == (1.0, 1.0, 1.0, 1.0)
+            continue
+        assert row["mc_rollouts_spent"] == row["n_total"] + row["n_unknown"] > 0
+        if not row["n_total"]:
+            assert row["mc_posterior_mean"] is None
+            continue
+        c, n = row["n_correct"], row["n_total"]
+        expected = posterior(c, n - c, prior=config.prior, threshold=config.min_success)
+        assert (row["mc_posterior_mean"], row["mc_interval_low"], row["mc_interval_high"],
+                row["mc_p_above"]) == (expected.mean, expected.low, expected.high,
+                                       expected.p_above)
+        widths.append(expected.high - expected.low)
+    omega = json.loads((out / "stats.json").read_text())["overall"]["omegaprm"]
+    assert omega["estimated_states"] == len(widths) > 0
+    assert omega["interval_width_mean"] == pytest.approx(sum(widths) / len(widths), abs=1e-6)
+    assert omega["undecided_probes"] == 0

@@ -341,6 +341,11 @@ def test_step_forecast_by_hand():
     # every rollout unknown: max rollouts in rounds, never decided, and not "undecided"
     unknown = plan.step_forecast(0, 0, 5, budget=RolloutBudget(**BUDGET), threshold=0.2)
     assert (unknown.rollouts, unknown.requests, unknown.undecided) == (4, 2, 0)
+    # futility 0.1: after ff the chance of a decision is 0.1 (posterior.decide_chance), so ff
+    # stops undecided at 2 rollouts.
+    futile = plan.step_forecast(0, 0, 0, budget=RolloutBudget(**BUDGET, futility=0.1),
+                                threshold=0.2)
+    assert (futile.rollouts, futile.undecided) == (pytest.approx(2), pytest.approx(1 / 3))
 
 
 @pytest.mark.unit
@@ -428,3 +433,49 @@ def test_plan_measures_the_budget_from_a_run_with_it(full_run, tmp_path, capsys)
                                                                 abs=1e-4)
     assert all(2 <= n <= 4 for n in spent)
     assert 2 <= forecast["predicted_rollouts_per_step"] <= 4
+
+
+def zero_one_manifest(folder: Path, source: Path, monte_carlo: dict) -> Path:
+    data = {"name": "plan-zero-one", "seed": 5, "source": {"kind": "jsonl", "path": str(source)},
+            "models": {"policy": {"kind": "custom", "factory": "fakes:zero_one_engine"}},
+            "policy": {"samples": 3}, "monte_carlo": monte_carlo, "runner": {"num_shards": 1}}
+    path = folder / f"{'budget' if 'budget' in monte_carlo else 'fixed'}.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_plan_predicts_what_the_budget_spends_on_rates_at_0_or_1(tmp_path, capsys):
+    """Step rates exactly 0 or 1 (fakes.zero_one_engine: a prefix with a wrong sum never
+    succeeds, any other always does). From a fixed-k pilot (4 rollouts, decided stopping: a
+    good step shows 1 of 1, a bad one 0 of 4) the forecast draws each step's rate from the
+    prior fitted to the pilot's counts, and predicts what a run with the budget spends: 2
+    rollouts on a good step, 4 and undecided on a bad one (P(rate > 0.2) = 0.8^5 after 0 of
+    4). The uniform prior's urn predicted 2.52 against 2.33 here."""
+    source = write_source(tmp_path / "problems.jsonl", 12)
+    fixed = zero_one_manifest(tmp_path, source, {"rollouts": 4})
+    budget = zero_one_manifest(tmp_path, source, {"rollouts": 4, "budget": BUDGET})
+    pilot, run = tmp_path / "fixed-run", tmp_path / "budget-run"
+    run_job(load_manifest(fixed), out_dir=str(pilot))
+    stats = run_job(load_manifest(budget), out_dir=str(run)).stats
+    spent = stats["overall"]["mc_posterior"]
+    assert spent["undecided"]["count"] > 0 and spent["estimated_steps"] > 0
+    predicted = plan_json(capsys, budget, "--from", pilot)
+    forecast, fit = predicted["monte_carlo_budget"], predicted["monte_carlo_prior_fit"]
+    assert forecast["costs"] == "predicted"
+    assert forecast["estimated_steps"] == spent["estimated_steps"]
+    assert forecast["predicted_rollouts_per_step"] == pytest.approx(
+        spent["rollouts_per_step"]["mean"], rel=0.005)
+    assert forecast["predicted_undecided_share"] == pytest.approx(spent["undecided"]["share"],
+                                                                  abs=0.005)
+    assert fit["at_bound"] and fit["steps"] == spent["estimated_steps"]
+    assert forecast["population"] == [fit["a"], fit["b"]]
+    # The uniform urn (the forecast before the fit) runs high on the good steps.
+    uniform = plan.step_forecast(1, 1, 0, budget=plan.RolloutBudget(**BUDGET), threshold=0.2)
+    assert uniform.rollouts == pytest.approx(2 + 1 / 3)
+    # The text names the fitted prior and the manifest lines that use it.
+    capsys.readouterr()
+    assert cli.main(["plan", str(fixed), "--from", str(pilot)]) == 0
+    text = capsys.readouterr().out
+    assert f"      prior: {{a: {fit['a']:g}, b: {fit['b']:g}}}" in text
+    assert predicted["stages"]["monte_carlo"]["rollouts"]["projected"] == pytest.approx(
+        spent["rollouts_per_step"]["mean"] * spent["estimated_steps"], rel=0.005)

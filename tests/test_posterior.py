@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 
+import numpy as np
 import pytest
 from fakes import ScriptedEngine
 from faulty import FaultyPolicy
@@ -27,16 +28,22 @@ from steplabel.annotators.omegaprm import (
     locate_first_error,
 )
 from steplabel.annotators.posterior import (
+    FIT_BOUNDS,
     BetaPrior,
     RolloutBudget,
     beta_cdf,
     beta_quantile,
+    decide_chance,
+    fit_prior,
     label_from,
+    log_marginal,
     posterior,
     prob_above,
     threshold_of,
 )
 from steplabel.annotators.splitting import get_splitter
+from steplabel.dataset.inspect import render_group
+from steplabel.dataset.stats import LabelStats, ProblemRows
 from steplabel.schemas.config import ConfigError, from_mapping, to_mapping
 
 pytestmark = pytest.mark.unit
@@ -128,6 +135,11 @@ def test_manifest_keys_and_canonical_form():
     # Without the new keys the canonical form (hence the manifest hash) is today's.
     assert not {"budget", "prior", "min_success"} & set(to_mapping(MonteCarloConfig()))
     assert not {"budget", "prior", "min_success"} & set(to_mapping(OmegaPRMConfig()))
+    # futility (off by default) is left out too; set, it is part of the budget.
+    with_futility = from_mapping(RolloutBudget, {"min_rollouts": 2, "futility": 0.1})
+    assert with_futility.futility == 0.1 and to_mapping(with_futility)["futility"] == 0.1
+    with pytest.raises(ConfigError, match=r"futility must be in \[0, 1\) or null, got 1.0"):
+        RolloutBudget(futility=1.0)
 
 
 def rollouts(correct: int, incorrect: int, unknown: int = 0) -> GradedRollouts:
@@ -351,6 +363,52 @@ def test_omegaprm_undecided_probe_stops_the_search():
     assert undecided and all((p.n_correct, p.n_total) == (4, 8) for p in undecided)
     # A probe past a planted error never succeeds: decided bad, not undecided.
     assert all(p.n_correct == 0 for p in probes if p.hard_label is False)
+    # The undecided probes say so, with the posterior of their counts (Beta(5, 5) at 0.5).
+    for p in undecided:
+        assert (p.label_reason, p.rollouts_spent) == ("undecided", 8)
+        assert p.posterior == posterior(4, 4, prior=BetaPrior(), threshold=0.5)
+        assert p.posterior.p_above == pytest.approx(0.5)
+    assert all(p.label_reason is None for p in probes if p.hard_label is not None)
+
+
+def check_state_posteriors(states, config: OmegaPRMConfig) -> int:
+    """Every state's posterior is that of its counts under ``config``'s prior, asked about
+    ``min_success``; a completion is certain; only an undecided probe has a reason. Returns
+    the number of states estimated from rollouts."""
+    estimated = 0
+    for s in states:
+        if s.kind == "completion":
+            assert (s.posterior.mean, s.posterior.low, s.posterior.high, s.posterior.p_above,
+                    s.rollouts_spent) == (1.0, 1.0, 1.0, 1.0, 0)
+            continue
+        assert s.rollouts_spent == s.n_total + s.n_unknown > 0
+        if not s.n_total:
+            assert s.posterior is None
+            continue
+        estimated += 1
+        assert s.posterior == posterior(s.n_correct, s.n_total - s.n_correct,
+                                        prior=config.prior, threshold=config.min_success)
+        assert s.posterior.low <= s.posterior.mean <= s.posterior.high
+        assert (s.label_reason == "undecided") == (s.kind == "probe" and s.hard_label is None
+                                                    and config.budget is not None)
+    return estimated
+
+
+@pytest.mark.parametrize("budget", [None, RolloutBudget(min_rollouts=4, max_rollouts=16,
+                                                        confidence=0.9)])
+def test_omegaprm_states_carry_the_posterior_of_their_counts(budget):
+    problem = PlantedProblem.make("omega-posterior", num_steps=8)
+    policy = FaultyPolicy(success_range=(0.4, 0.9), planted_error_rate=0.5)
+    config = {"search_limit": 4, "min_success": 0.1, "prior": BetaPrior(0.5, 2.0),
+              "budget": budget}
+    result = run_omegaprm(faulty_engine(policy), problem, **config)
+    states = [*result.states, *result.states_after_error]
+    assert {"root", "probe", "completion"} <= {s.kind for s in states}
+    assert check_state_posteriors(states, OmegaPRMConfig(**config)) > 1
+    root = next(s for s in states if s.kind == "root")
+    assert root.rollouts_spent == 32  # the pre-filter's rollouts
+    assert root.posterior.mean == pytest.approx((0.5 + root.n_correct)
+                                                / (2.5 + root.n_total))
 
 
 def test_locate_first_error_under_a_budget():
@@ -407,3 +465,164 @@ def test_a_job_with_a_budget_writes_decided_or_undecided_labels(tmp_path):
                 undecided += total > 0
     assert undecided > 0  # at max 8, steps near the 0.2 floor stay undecided (12 here)
     assert result.stats["counters"]["mc_steps_undecided"] == undecided
+
+
+def test_stats_count_undecided_probes_and_state_interval_widths():
+    """stats' OmegaPRM figures (schema 1.4): states with an interval (root, probes; not
+    completions), their mean width, and the probes the budget left undecided; rows written
+    before 1.4 (no such columns) add nothing."""
+    def state(kind, low, high, reason=None, label=True):
+        return {"problem_id": "p", "record_type": kind, "hard_label": label, "n_total": 4,
+                "n_unknown": 0, "n_truncated": 0, "after_error": False,
+                "mc_interval_low": low, "mc_interval_high": high, "mc_label_reason": reason}
+
+    problem = ProblemRows("p")
+    problem.rows["omegaprm_states"] = [
+        state("root", 0.2, 0.6), state("probe", 0.1, 0.5, "undecided", None),
+        state("probe", 0.5, 0.7), state("completion", 1.0, 1.0),
+        {"problem_id": "p", "record_type": "probe", "hard_label": False, "n_total": 4,
+         "n_unknown": 0, "n_truncated": 0, "after_error": False}]  # before 1.4
+    stats = LabelStats()
+    stats.add_problem(problem)
+    omega = stats.summary()["omegaprm"]
+    assert omega["estimated_states"] == 3 and omega["undecided_probes"] == 1
+    assert omega["interval_width_mean"] == pytest.approx((0.4 + 0.4 + 0.2) / 3)
+    assert ("posterior: 3 states estimated, mean 90% interval width 0.33, 1 probes undecided"
+            in render_group("all", stats.summary()))
+
+
+
+# -- a prior fitted to a pilot's counts ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("a,b", [(0.5, 2.0), (3.0, 5.0), (0.3, 0.3)])
+def test_fit_prior_recovers_the_rates_distribution(a, b):
+    """Seeded: 4000 steps, rates from Beta(a, b), 8 rollouts each; the fit is within 15% of
+    (a, b) and a local maximum of the marginal likelihood."""
+    rng = np.random.default_rng(3)
+    successes = rng.binomial(8, rng.beta(a, b, size=4000))
+    counts = [(int(s), 8 - int(s)) for s in successes]
+    fit = fit_prior(counts)
+    assert fit.steps == 4000 and not fit.at_bound
+    assert fit.prior.a == pytest.approx(a, rel=0.15) and fit.prior.b == pytest.approx(b, rel=0.15)
+    assert fit.log_likelihood == pytest.approx(log_marginal(counts, fit.prior))
+    for da, db in ((1.02, 1), (0.98, 1), (1, 1.02), (1, 0.98)):
+        moved = BetaPrior(fit.prior.a * da, fit.prior.b * db)
+        assert log_marginal(counts, moved) < fit.log_likelihood
+
+
+def test_log_marginal_by_hand():
+    """One step, 1 success and 1 failure, uniform prior: B(2, 2) / B(1, 1) = 1/6; 2 successes
+    under Beta(2, 1): B(4, 1) / B(2, 1) = (1/4) / (1/2)."""
+    assert log_marginal([(1, 1)], BetaPrior()) == pytest.approx(math.log(1 / 6))
+    assert log_marginal([(2, 0)], BetaPrior(2, 1)) == pytest.approx(math.log(1 / 2))
+
+
+def test_fit_prior_at_rates_of_0_or_1_stops_at_its_bounds():
+    """Rates exactly 0 or 1 (every step all correct or all wrong): the likelihood grows as a
+    and b go to 0, so the fit stops at the lower bound, keeping the share of good steps as its
+    mean; steps with no known rollout are skipped; all alike goes to the upper bound."""
+    fit = fit_prior([(4, 0)] * 30 + [(0, 4)] * 10 + [(0, 0)] * 5)
+    assert fit.at_bound and fit.steps == 40 and min(fit.prior.a, fit.prior.b) == FIT_BOUNDS[0]
+    assert fit.prior.a / (fit.prior.a + fit.prior.b) == pytest.approx(0.75, abs=0.02)
+    alike = fit_prior([(2, 2)] * 40)
+    assert alike.at_bound and alike.prior.a == alike.prior.b == FIT_BOUNDS[1]
+    with pytest.raises(ValueError, match="no step with a known rollout"):
+        fit_prior([(0, 0)])
+    with pytest.raises(ValueError, match=">= 0"):
+        fit_prior([(-1, 2)])
+
+
+
+# -- the futility rule -----------------------------------------------------------------------
+
+
+def test_decide_chance_by_hand():
+    """Budget 2..4 @ 0.8, threshold 0.2, uniform prior, 0 of 2 correct: the last round of 2
+    decides only at 2 of 2 (Beta(3, 3): P(p > 0.2) = 0.942; 1 of 2: Beta(2, 4), 0.737; 0 of 2:
+    0.8^5 = 0.328), whose urn probability from Beta(1, 3) is B(3, 3) / B(1, 3) = 0.1. At 0.95
+    nothing decides it: 0."""
+    budget = RolloutBudget(min_rollouts=2, max_rollouts=4, confidence=0.8)
+    assert decide_chance(0, 2, 2, budget=budget, threshold=0.2,
+                         prior=BetaPrior()) == pytest.approx(0.1)
+    strict = RolloutBudget(min_rollouts=2, max_rollouts=4, confidence=0.95)
+    assert decide_chance(0, 2, 2, budget=strict, threshold=0.2, prior=BetaPrior()) == 0.0
+    assert decide_chance(0, 4, 4, budget=budget, threshold=0.2, prior=BetaPrior()) == 0.0
+
+
+def test_futility_stops_undecidable_steps_early():
+    budget = RolloutBudget(min_rollouts=2, max_rollouts=4, confidence=0.8)
+
+    def decide(futility, *counts):
+        return budget_step_decision(rollouts(*counts), threshold=0.2, prior=BetaPrior(),
+                                    budget=RolloutBudget(2, 4, 0.8, futility=futility))
+
+    assert decide(None, 0, 2) is UNDECIDED and decide(0.0, 0, 2) is UNDECIDED
+    assert decide(0.1, 0, 2) is None  # chance 0.1 <= 0.1: undecided now
+    assert decide(0.05, 0, 2) is UNDECIDED
+    assert decide(0.5, 0, 0, 2) is UNDECIDED  # no known rollout: it goes on
+    assert budget.futility is None
+
+
+def simulate_step(rate: float, budget: RolloutBudget, seed: int) -> tuple[bool | None, int]:
+    rng = np.random.default_rng(seed)
+    draws = rng.random(budget.max_rollouts) < rate
+    n = 0
+    while True:
+        n += budget.next_round(n)
+        c = int(draws[:n].sum())
+        decision = budget_step_decision(rollouts(c, n - c), budget=budget, threshold=0.25,
+                                        prior=BetaPrior())
+        if decision is not UNDECIDED:
+            return decision, n
+
+
+def test_futility_zero_keeps_every_label_in_fewer_rollouts():
+    """Seeded: 600 steps at rates around the threshold, the same rollouts with and without
+    futility 0: identical labels, never more rollouts, fewer on some undecided steps."""
+    plain = RolloutBudget(min_rollouts=4, max_rollouts=24, confidence=0.9)
+    exact = RolloutBudget(min_rollouts=4, max_rollouts=24, confidence=0.9, futility=0.0)
+    saved = 0
+    for i in range(600):
+        rate = 0.05 + 0.45 * (i % 60) / 60
+        label, n = simulate_step(rate, plain, i)
+        label_f, n_f = simulate_step(rate, exact, i)
+        assert label_f == label and n_f <= n
+        saved += n - n_f
+        if n_f < n:
+            assert label is None
+    assert saved > 0
+
+
+@pytest.mark.pipeline
+def test_a_job_with_an_omegaprm_budget_writes_undecided_probes(tmp_path):
+    """OmegaPRM under a budget through the whole job: state rows carry the posterior of their
+    counts, undecided probes say so (hard label null, mc_label_reason undecided), and stats
+    counts them."""
+    from test_label_truth import manifest, rows, write_planted
+
+    from steplabel.pipelines.job import run_job
+
+    source = tmp_path / "p.jsonl"
+    write_planted(source, 4, num_steps=6)
+    job = manifest(source, "realistic", judge=None, consensus=None, monte_carlo=None,
+                   omegaprm={"prefilter_rollouts": 8, "search_limit": 4, "min_success": 0.3,
+                             "sampling": {"max_tokens": 120},
+                             "budget": {"min_rollouts": 2, "max_rollouts": 6,
+                                        "confidence": 0.9}})
+    out = str(tmp_path / "out")
+    result = run_job(job, out_dir=out)
+    states = rows(out, "omegaprm_states")
+    undecided = [s for s in states if s["mc_label_reason"] == "undecided"]
+    assert undecided and all(s["record_type"] == "probe" and s["hard_label"] is None
+                             and s["mc_rollouts_spent"] == 6 and s["n_total"] > 0
+                             for s in undecided)
+    for s in states:
+        if s["record_type"] != "completion" and s["n_total"]:
+            c, n = s["n_correct"], s["n_total"]
+            p = posterior(c, n - c, prior=BetaPrior(), threshold=0.3)
+            assert (s["mc_posterior_mean"], s["mc_p_above"]) == (p.mean, p.p_above)
+            if s["record_type"] == "probe" and s["hard_label"] is not None:
+                assert 2 <= s["mc_rollouts_spent"] <= 6
+                assert (p.p_above >= 0.9) if s["hard_label"] else (1 - p.p_above >= 0.9)
+    assert result.stats["overall"]["omegaprm"]["undecided_probes"] == len(undecided)

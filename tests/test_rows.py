@@ -30,9 +30,10 @@ PINNED = {
             "omegaprm_states": "06051d06949b100c", "omegaprm_pairs": "f935b2ce1fef8025",
             "omegaprm_searches": "1025b20505c2fb39", "filtered": "55444884d90fe9a0",
             "dead_letter": "418df54ab34e18d4", "critiques": "c185026b74787004"},
-    # 1.4: critiques.omegaprm_rollout_id (critic.trust omegaprm critiques OmegaPRM's rollouts).
+    # 1.4: critiques.omegaprm_rollout_id (critic.trust omegaprm critiques OmegaPRM's rollouts)
+    # and the posterior columns of OmegaPRM states (#26).
     "1.4": {"trajectories": "4f1888e8f26f22a1", "rejected": "4f1888e8f26f22a1",
-            "omegaprm_states": "06051d06949b100c", "omegaprm_pairs": "f935b2ce1fef8025",
+            "omegaprm_states": "9647f97bd2a0e13b", "omegaprm_pairs": "f935b2ce1fef8025",
             "omegaprm_searches": "1025b20505c2fb39", "filtered": "55444884d90fe9a0",
             "dead_letter": "418df54ab34e18d4", "critiques": "50a72c08c2f18239"},
 }

@@ -14,6 +14,8 @@ from steplabel.pipelines.cli import main
 from steplabel.dataset.inspect import dataset_report, render_html
 from steplabel.pipelines.job import run_job
 from steplabel.dataset.show import (
+    Style,
+    render_search,
     sample_trajectories,
     search_example,
     select_searches,
@@ -128,6 +130,34 @@ def test_omegaprm_searches_show_the_tree_values_along_the_solution(dataset, caps
     assert main(["show", str(dataset), "--omegaprm", "--limit", "1", "--color", "never"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("── OmegaPRM search 0 of ") and "MC of the question" in text
+
+
+@pytest.mark.unit
+def test_search_pieces_show_the_budget_label_and_interval():
+    """Under a budget a probe's mark is its decided label, not MC > 0: an undecided probe (MC
+    0.5) is '?' with its reason, beside its 90% interval (schema 1.4); a state row without the
+    posterior columns is read as before."""
+    def state(node, prefix, value, label, **extra):
+        return {"problem_id": "x", "node_id": node, "parent_id": None if node == "x/0" else "x/0",
+                "record_type": "root" if node == "x/0" else "probe", "prefix": prefix,
+                "mc_value": value, "hard_label": label, "n_correct": 4, "n_total": 8,
+                "n_unknown": 0, "n_truncated": 0, **extra}
+
+    states = [state("x/0", "", 0.5, True),
+              state("x/1", "a", 0.5, None, mc_interval_low=0.25, mc_interval_high=0.75,
+                    mc_label_reason="undecided"),
+              state("x/2", "ab", 0.25, True)]  # decided positive: P(p > floor) high enough
+    example = search_example({"problem_id": "x", "search_index": 0, "start_node": "x/0",
+                              "rollout_id": "x/0#0", "pieces": ["a", "b", "c"],
+                              "first_error": None, "reason": "probe_undecided",
+                              "rollouts_used": 16}, states)
+    first, second = example["pieces"][:2]
+    assert (first["hard_label"], first["interval"], first["label_reason"]) == (
+        None, (0.25, 0.75), "undecided")
+    assert (second["hard_label"], second["interval"]) == (True, None)
+    lines = render_search(example, style=Style(False), width=100).splitlines()
+    assert lines[2].startswith("  ?  0  MC 0.50 [0.25, 0.75]") and "probe (undecided)" in lines[2]
+    assert lines[3].startswith("  ✓  1  MC 0.25")
 
 
 def test_missing_columns_are_absent_not_errors(tmp_path, dataset):
