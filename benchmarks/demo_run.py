@@ -60,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     manifest, result = DEMOS[args.demo]
     record: dict = {}
     if args.source:
-        dataset = Path(args.source)
+        dataset = Path(args.source).resolve()
     else:
-        dataset = Path(args.out or ROOT / "out" / f"{args.demo}-demo-record")
+        # Relative to the repository (the run's working directory): the recorded terminal
+        # lines name it, and no path of this machine goes into the record.
+        dataset = Path(args.out or Path("out") / f"{args.demo}-demo-record")
         load = os.getloadavg()[0]
         started = time.perf_counter()
         run = subprocess.run(
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         record["load_average_at_start"] = round(load, 2)
         record["terminal"] = [line for line in run.stdout.splitlines() + run.stderr.splitlines()
                               if line.strip()]
-    record.update(summarize(dataset))
+    record.update(summarize(ROOT / dataset))
     (ROOT / "benchmarks" / "results" / result).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(json.dumps(record, indent=2, sort_keys=True))
     return 0
