@@ -26,15 +26,9 @@ from steplabel.annotators.critic import (
 )
 from steplabel.engines.base import GenerationRequest
 from steplabel.schemas.config import ConfigError, from_mapping, to_mapping
+from test_critic import QUESTION, STEPS
 
 pytestmark = pytest.mark.unit
-
-QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
-STEPS = [
-    "Step 1: Tom starts with 3 apples.",
-    "Step 2: He buys 4 more, so he has 3 + 4 = 8 apples.",
-    "Step 3: The answer is: 8",
-]
 
 
 def form(verdicts: list[bool], texts: list[str] | None = None) -> str:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fakes import CRITIC_SCRIPT
+from fakes import CRITIC_SCRIPT, arithmetic_first_error
+from steplabel.annotators.judge import tag_steps
 from steplabel.dataset import storage
 from steplabel.pipelines.job import run_job
 from steplabel.pipelines.checkpoints import stage_checkpoint_counts
@@ -48,11 +49,12 @@ def truth_of(trajectory: dict) -> int:
     return -1 if trajectory["final_answer_correct"] else 1
 
 
-def expected_reasons(truth: int, trusted: int | None, *, keep: int = 1) -> list[str]:
+def expected_reasons(truth: int, trusted: int | None, *, keep: int = 1,
+                     steps: int = 2) -> list[str]:
     """Each sample's reason, from the script (``fakes.CRITIC_SCRIPT``) and the trusted first
     error, written out by hand: steps after the first error are not checked; the quota keeps
     the lowest sample indices among the agreeing ones."""
-    wrong = 1 if truth < 0 else -1  # the wrong_verdicts sample's first error (2 steps)
+    wrong = steps - 1 if truth < 0 else -1  # the wrong_verdicts sample's first error
 
     def verdict(first_error: int) -> str:
         if trusted is None:
@@ -402,25 +404,9 @@ def omegaprm_manifest(path: Path, critic: dict):
 def expected_reasons_of(steps: list, question: str, trusted: int | None) -> list[str]:
     """:func:`expected_reasons` for any number of steps: the scripted critic's truth is
     ``fakes.arithmetic_first_error`` of what it is shown."""
-    from fakes import arithmetic_first_error
-    from steplabel.annotators.judge import tag_steps
-
     count, truth = arithmetic_first_error(f"{question}\n{tag_steps(steps)}")
     assert count == len(steps)
-    wrong = count - 1 if truth < 0 else -1
-
-    def verdict(first_error: int) -> str:
-        if trusted is None:
-            return "no_trusted_labels"
-        if first_error == trusted:
-            return "kept"
-        return f"disagrees_at_step_{min(i for i in (first_error, trusted) if i != -1)}"
-
-    reasons = [verdict(truth), "unusable:truncated", "unusable:missing_verdict",
-               "unusable:contradiction", verdict(wrong), verdict(truth),
-               "unusable:two_verdicts_for_step"]
-    return [("not_kept_quota" if r == "kept" and "kept" in reasons[:i] else r)
-            for i, r in enumerate(reasons)]
+    return expected_reasons(truth, trusted, steps=count)
 
 
 @pytest.fixture(scope="module")
