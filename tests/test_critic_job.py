@@ -55,24 +55,35 @@ def expected_reasons(truth: int, trusted: int | None, *, keep: int = 1,
     error, written out by hand: steps after the first error are not checked; the quota keeps
     the lowest sample indices among the agreeing ones."""
     wrong = steps - 1 if truth < 0 else -1  # the wrong_verdicts sample's first error
+    verdict = verdict_against(trusted)
+    reasons = [verdict(truth), "unusable:truncated", "unusable:missing_verdict",
+               "unusable:contradiction", verdict(wrong), verdict(truth),
+               "unusable:two_verdicts_for_step"]
+    return with_quota(reasons, keep)
 
+
+def verdict_against(trusted: int | None):
+    """A usable critique's reason from its first error, against the trusted one."""
     def verdict(first_error: int) -> str:
         if trusted is None:
             return "no_trusted_labels"
         if first_error == trusted:
             return "kept"
         return f"disagrees_at_step_{min(i for i in (first_error, trusted) if i != -1)}"
+    return verdict
 
-    reasons = [verdict(truth), "unusable:truncated", "unusable:missing_verdict",
-               "unusable:contradiction", verdict(wrong), verdict(truth),
-               "unusable:two_verdicts_for_step"]
+
+def with_quota(reasons: list[str], keep: int) -> list[str]:
+    """The agreeing critiques past the first ``keep`` (lowest sample indices) are over quota."""
     kept = 0
-    for i, reason in enumerate(reasons):
+    out = []
+    for reason in reasons:
         if reason == "kept":
             kept += 1
             if kept > keep:
-                reasons[i] = "not_kept_quota"
-    return reasons
+                reason = "not_kept_quota"
+        out.append(reason)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -316,23 +327,10 @@ def expected_constrained_reasons(truth: int, trusted: int | None) -> list[str]:
     - two_verdicts: its second "Paragraph 0" line becomes paragraph 1: first error -1.
     """
     wrong = 1 if truth < 0 else -1
-
-    def verdict(first_error: int) -> str:
-        if trusted is None:
-            return "no_trusted_labels"
-        if first_error == trusted:
-            return "kept"
-        return f"disagrees_at_step_{min(i for i in (first_error, trusted) if i != -1)}"
-
+    verdict = verdict_against(trusted)
     reasons = [verdict(truth), "unusable:truncated", verdict(-1 if truth < 0 else 0),
                verdict(0), verdict(wrong), verdict(truth), verdict(-1)]
-    kept = 0
-    for i, reason in enumerate(reasons):
-        if reason == "kept":
-            kept += 1
-            if kept > 1:
-                reasons[i] = "not_kept_quota"
-    return reasons
+    return with_quota(reasons, 1)
 
 
 @pytest.fixture(scope="module")
