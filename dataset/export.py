@@ -478,21 +478,10 @@ def export_critiques(dataset_dir: str, *, out_dir: str, options: ExportOptions,
             written.append(target)
     if not written:
         raise ExportError(f"no kept critique in {dataset_dir} ({_describe_counts(counts)})")
-    info = _read_info(dataset_dir)
-    kind = "json" if options.format == "thinkprm" else "parquet"
-    manifest = {
-        "format": options.format,
-        "columns": schema.names,
-        "source_dataset": dataset_dir,
-        "source_manifest_hash": info.get("manifest_hash"),
-        "files": [posixpath.relpath(p, out_dir) if "://" not in p else p for p in written],
-        "counts": dict(sorted(counts.items())),
-        "load_with": f"datasets.load_dataset('{kind}', data_files='{out_dir}/{DATA_DIR}/"
-                     f"*.{'jsonl' if kind == 'json' else 'parquet'}')",
-        "trl_step_separator": None,
-    }
-    storage.write_json_atomic(storage.join(out_dir, "export.json"), manifest)
-    return manifest
+    return _write_export_manifest(
+        dataset_dir, out_dir, schema, written, counts,
+        loader="json" if options.format == "thinkprm" else "parquet",
+        format=options.format, trl_step_separator=None)
 
 
 def export_dataset(dataset_dir: str, *, out_dir: str, options: ExportOptions,
@@ -530,23 +519,32 @@ def export_dataset(dataset_dir: str, *, out_dir: str, options: ExportOptions,
     if not written:
         raise ExportError(f"no exportable example in {dataset_dir} "
                           f"({_describe_counts(counts)})")
-    info = _read_info(dataset_dir)
+    return _write_export_manifest(
+        dataset_dir, out_dir, schema, written, counts, loader="parquet",
+        format=options.format,
+        labels=options.labels,
+        keep_after_first_error=options.keep_after_first_error,
+        placeholder=options.placeholder if options.format == "openrlhf" else None,
+        weight=POSTERIOR_WEIGHT if options.labels == "posterior" else None,
+        tokenizer_checked=options.tokenizer,
+        step_tag=MATH_SHEPHERD_TAG if options.format == "math-shepherd" else None,
+        trl_step_separator=step_separator(dataset_dir) if options.format == "trl" else None)
+
+
+def _write_export_manifest(dataset_dir: str, out_dir: str, schema: pa.Schema, written: list,
+                           counts: Counter, *, loader: str, **fields) -> dict:
+    """Write ``export.json``: the format's own ``fields``, then what every export records (its
+    columns, source, files, counts and how to load it with ``datasets``); returns it."""
+    extension = "jsonl" if loader == "json" else "parquet"
     manifest = {
-        "format": options.format,
-        "labels": options.labels,
-        "keep_after_first_error": options.keep_after_first_error,
-        "placeholder": options.placeholder if options.format == "openrlhf" else None,
-        "weight": POSTERIOR_WEIGHT if options.labels == "posterior" else None,
-        "tokenizer_checked": options.tokenizer,
-        "step_tag": MATH_SHEPHERD_TAG if options.format == "math-shepherd" else None,
-        "trl_step_separator": step_separator(dataset_dir) if options.format == "trl" else None,
+        **fields,
         "columns": schema.names,
         "source_dataset": dataset_dir,
-        "source_manifest_hash": info.get("manifest_hash"),
+        "source_manifest_hash": _read_info(dataset_dir).get("manifest_hash"),
         "files": [posixpath.relpath(p, out_dir) if "://" not in p else p for p in written],
         "counts": dict(sorted(counts.items())),
-        "load_with": f"datasets.load_dataset('parquet', data_files='{out_dir}/{DATA_DIR}/"
-                     "*.parquet')",
+        "load_with": f"datasets.load_dataset('{loader}', data_files='{out_dir}/{DATA_DIR}/"
+                     f"*.{extension}')",
     }
     storage.write_json_atomic(storage.join(out_dir, "export.json"), manifest)
     return manifest
